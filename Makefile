@@ -1,0 +1,33 @@
+# 共同缔造 platform. `make run` starts everything locally; `make test` runs the whole suite.
+# Both create or refresh the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: venv run test test-unit test-integration rebuild clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	bin/run-platform
+
+test: venv
+	$(VENV)/bin/python -m pytest tests
+
+test-unit: venv
+	$(VENV)/bin/python -m pytest tests/unit
+
+test-integration: venv
+	$(VENV)/bin/python -m pytest tests/integration tests/e2e
+
+rebuild: venv
+	for s in projects volunteers feedback; do $(VENV)/bin/python -m services.$$s rebuild || exit 1; done
+
+clean:
+	rm -rf var .pytest_cache

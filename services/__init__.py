@@ -1,0 +1,1 @@
+"""The platform's services and their shared infrastructure kernel (``services.kernel``)."""

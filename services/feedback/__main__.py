@@ -1,0 +1,7 @@
+"""`python -m services.feedback relay|consumer GROUP|rebuild|migrate`"""
+
+from services.kernel.service import main
+from services.feedback.service import DEFINITION
+
+if __name__ == "__main__":
+    main(DEFINITION)

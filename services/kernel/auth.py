@@ -1,0 +1,101 @@
+"""Bearer-token verification shared by the gateway and every service.
+
+The algorithm is pinned by configuration (a token's own ``alg`` header is never trusted), and
+``exp``, ``aud`` and ``iss`` are required and checked. Services verify the forwarded token
+themselves; they never trust plain identity headers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+
+import jwt
+
+from services.kernel.config import AuthSettings
+from services.kernel.errors import Forbidden, Unauthenticated
+
+ROLES = ("resident", "representative", "grid_worker", "cadre", "organizer", "admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    person_id: str
+    name: str
+    roles: frozenset[str]
+    community: str | None
+    token: str = dataclasses.field(repr=False, default="")
+
+    def has_any(self, roles: Iterable[str]) -> bool:
+        return bool(self.roles.intersection(roles))
+
+    def require(self, *roles: str) -> None:
+        if not self.has_any(roles):
+            raise Forbidden(f"this action needs one of the roles: {', '.join(roles)}")
+
+
+class TokenVerifier:
+    def __init__(self, settings: AuthSettings) -> None:
+        self.algorithm = settings.jwt_algorithm
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
+        self._key = settings.jwt_secret if self.algorithm == "HS256" else settings.jwt_public_key
+
+    def verify(self, token: str) -> Principal:
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token).key if self._jwks else self._key
+            claims = jwt.decode(
+                token, key, algorithms=[self.algorithm], audience=self.audience, issuer=self.issuer,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired", reason="token_expired") from None
+        except (jwt.InvalidTokenError, jwt.PyJWKClientError) as exc:
+            raise Unauthenticated(f"the token is not valid: {exc}", reason="token_invalid") from None
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise Unauthenticated("the token's roles claim must be a list of strings", reason="token_invalid")
+        return Principal(
+            person_id=str(claims["sub"]),
+            name=str(claims.get("name", "")),
+            roles=frozenset(roles),
+            community=claims.get("community"),
+            token=token,
+        )
+
+    def from_header(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated("an Authorization: Bearer token is required")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        return self.verify(token.strip())
+
+
+def issue_token(
+    settings: AuthSettings,
+    *,
+    person_id: str,
+    name: str = "",
+    roles: Iterable[str] = ("resident",),
+    community: str | None = None,
+    lifetime: dt.timedelta = dt.timedelta(hours=8),
+    private_key: str | None = None,
+) -> str:
+    """Sign a token (HS256 with the shared secret, or RS256 with ``private_key``)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    claims = {
+        "sub": person_id, "name": name, "roles": sorted(roles), "community": community,
+        "aud": settings.jwt_audience, "iss": settings.jwt_issuer,
+        "iat": now, "exp": now + lifetime, "jti": str(uuid.uuid4()),
+    }
+    if settings.jwt_algorithm == "HS256":
+        return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+    if private_key is None:
+        raise ValueError("RS256 tokens need the private key")
+    return jwt.encode(claims, private_key, algorithm="RS256")

@@ -1,0 +1,79 @@
+"""The settings objects of the platform's processes (services, their workers, the gateway)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from services.kernel.settings import SettingsError, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    """How bearer tokens are verified. HS256 with a shared secret locally, RS256 in production."""
+
+    jwt_algorithm: str = setting("HS256", doc="HS256 (shared secret, local use) or RS256 (production)")
+    jwt_secret: str = setting("", doc="HS256 secret, at least 32 characters")
+    jwt_public_key: str = setting("", doc="RS256 public key in PEM")
+    jwt_jwks_url: str = setting("", doc="RS256 JWKS URL (instead of a public key)")
+    jwt_audience: str = setting("cocreate", doc="expected `aud` claim")
+    jwt_issuer: str = setting("cocreate", doc="expected `iss` claim")
+
+    def validate(self, prefix: str) -> None:
+        if self.jwt_algorithm not in ("HS256", "RS256"):
+            raise SettingsError(f"environment variable {prefix}_JWT_ALGORITHM must be HS256 or RS256")
+        if self.jwt_algorithm == "HS256" and len(self.jwt_secret) < 32:
+            raise SettingsError(
+                f"environment variable {prefix}_JWT_SECRET (or COCREATE_JWT_SECRET) must be set to at "
+                "least 32 characters when the algorithm is HS256"
+            )
+        if self.jwt_algorithm == "RS256" and not (self.jwt_public_key or self.jwt_jwks_url):
+            raise SettingsError(
+                f"environment variable {prefix}_JWT_PUBLIC_KEY or {prefix}_JWT_JWKS_URL is required for RS256"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings(AuthSettings):
+    """Settings of a service's API and of its relay and consumer workers."""
+
+    service: str = setting("", doc="set by the entry point: projects, volunteers or feedback")
+    data_dir: Path = setting(Path("var"), doc="where SQLite files live when no database URL is set")
+    database_url: str = setting("", doc="SQLAlchemy URL; default sqlite:///<data_dir>/<service>.db")
+    kafka_bootstrap_servers: str = setting(
+        "127.0.0.1:9092", aliases=("KAFKA_BOOTSTRAP_SERVERS",), doc="Kafka bootstrap servers")
+    kafka_create_topics: bool = setting(True, doc="create missing topics at start (off when Strimzi manages them)")
+    kafka_topic_partitions: int = setting(3, doc="partitions for topics this process creates")
+    kafka_replication_factor: int = setting(1, doc="replication factor for topics this process creates")
+    log_level: str = setting("INFO", doc="log level")
+    max_body_bytes: int = setting(1_048_576, doc="largest accepted request body (413 above)")
+    relay_batch_size: int = setting(500, doc="events published per relay round")
+    relay_idle_seconds: float = setting(0.05, doc="relay poll interval when caught up")
+    consumer_max_retries: int = setting(5, doc="attempts for a transient error before the worker gives up")
+    health_port: int = setting(0, doc="HTTP port of a worker's /healthz /readyz /metrics (0: none)")
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if not self.service:
+            raise SettingsError("the service name is not set (entry point bug)")
+        if self.relay_batch_size < 1:
+            raise SettingsError(f"environment variable {prefix}_RELAY_BATCH_SIZE must be >= 1")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir}/{self.service}.db"
+
+    @property
+    def topic(self) -> str:
+        return f"{self.service}.events"
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings(AuthSettings):
+    """Settings of the public gateway."""
+
+    log_level: str = setting("INFO", doc="log level")
+    max_body_bytes: int = setting(1_048_576, doc="largest accepted request body (413 above)")
+    projects_url: str = setting("http://127.0.0.1:8001", doc="base URL of the projects service")
+    volunteers_url: str = setting("http://127.0.0.1:8002", doc="base URL of the volunteers service")
+    feedback_url: str = setting("http://127.0.0.1:8003", doc="base URL of the feedback service")

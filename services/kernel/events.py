@@ -1,0 +1,209 @@
+"""The event envelope shared by every service, and the upcaster chain applied on read.
+
+The envelope is the public, language-neutral contract of DESIGN.md §3: event types are explicit
+strings (never Python import paths) with a ``schema_version``; stored payloads are never edited,
+older versions are upcast on the way out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+
+class EnvelopeError(ValueError):
+    """A record does not hold a valid event envelope (a poison message for consumers)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+    """Who caused an event and within which request or message."""
+
+    actor: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEvent:
+    """An event decided by an aggregate, not yet stored."""
+
+    event_type: str
+    data: Mapping[str, Any]
+    schema_version: int = 1
+    event_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredEvent:
+    """An event as committed: with its stream version and global position."""
+
+    event_id: str
+    event_type: str
+    schema_version: int
+    stream_id: str
+    version: int
+    position: int
+    occurred_at: datetime
+    data: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+
+    def to_envelope(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "schema_version": self.schema_version,
+            "stream_id": self.stream_id,
+            "version": self.version,
+            "position": self.position,
+            "occurred_at": format_time(self.occurred_at),
+            "data": dict(self.data),
+            "metadata": dict(self.metadata),
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_envelope(), ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_envelope(cls, envelope: Any) -> "StoredEvent":
+        if not isinstance(envelope, Mapping):
+            raise EnvelopeError("envelope is not a JSON object")
+        missing = [k for k in _ENVELOPE_KEYS if k not in envelope]
+        if missing:
+            raise EnvelopeError(f"envelope lacks {', '.join(missing)}")
+        try:
+            event = cls(
+                event_id=str(envelope["event_id"]),
+                event_type=_require_str(envelope, "event_type"),
+                schema_version=_require_int(envelope, "schema_version"),
+                stream_id=_require_str(envelope, "stream_id"),
+                version=_require_int(envelope, "version"),
+                position=_require_int(envelope, "position"),
+                occurred_at=parse_time(envelope["occurred_at"]),
+                data=_require_mapping(envelope, "data"),
+                metadata=_require_mapping(envelope, "metadata"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise EnvelopeError(str(exc)) from None
+        return event
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> "StoredEvent":
+        if raw is None:
+            raise EnvelopeError("record has no value")
+        try:
+            return cls.from_envelope(json.loads(raw))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EnvelopeError(f"record value is not JSON: {exc}") from None
+
+
+_ENVELOPE_KEYS = (
+    "event_id", "event_type", "schema_version", "stream_id", "version", "position",
+    "occurred_at", "data", "metadata",
+)
+
+
+def _require_str(envelope: Mapping[str, Any], key: str) -> str:
+    value = envelope[key]
+    if not isinstance(value, str) or not value:
+        raise EnvelopeError(f"{key} must be a non-empty string")
+    return value
+
+
+def _require_int(envelope: Mapping[str, Any], key: str) -> int:
+    value = envelope[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EnvelopeError(f"{key} must be an integer")
+    return value
+
+
+def _require_mapping(envelope: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = envelope[key]
+    if not isinstance(value, Mapping):
+        raise EnvelopeError(f"{key} must be a JSON object")
+    return value
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: times must be timezone-aware")
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: Any) -> datetime:
+    if not isinstance(text, str):
+        raise EnvelopeError("occurred_at must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EnvelopeError(f"occurred_at is not ISO 8601: {text!r}") from None
+    if moment.tzinfo is None:
+        raise EnvelopeError("occurred_at must carry a time zone")
+    return moment.astimezone(timezone.utc)
+
+
+def to_micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: times must be timezone-aware")
+    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros // 1_000_000, tz=timezone.utc).replace(
+        microsecond=micros % 1_000_000
+    )
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class UpcasterChain:
+    """``v1 -> v2 -> v3`` payload converters per event type, applied on read.
+
+    ``register("ProjectProposed", 1, fn)`` says ``fn`` turns a version-1 payload into version 2.
+    Versions of one type must form an unbroken chain starting wherever stored events start.
+    """
+
+    def __init__(self) -> None:
+        self._steps: dict[tuple[str, int], Upcaster] = {}
+
+    def register(self, event_type: str, from_version: int, upcaster: Upcaster) -> None:
+        key = (event_type, from_version)
+        if key in self._steps:
+            raise ValueError(f"upcaster for {event_type} v{from_version} registered twice")
+        self._steps[key] = upcaster
+
+    def upcast(self, event_type: str, schema_version: int, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        while (step := self._steps.get((event_type, schema_version))) is not None:
+            data = step(data)
+            schema_version += 1
+        return schema_version, data
+
+    def latest_version(self, event_type: str, stored_version: int = 1) -> int:
+        version = stored_version
+        while (event_type, version) in self._steps:
+            version += 1
+        return version
+
+
+def events_by_stream(events: Iterable[StoredEvent]) -> dict[str, list[StoredEvent]]:
+    grouped: dict[str, list[StoredEvent]] = {}
+    for event in events:
+        grouped.setdefault(event.stream_id, []).append(event)
+    return grouped

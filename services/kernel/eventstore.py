@@ -1,0 +1,282 @@
+"""The event store: append-only streams with optimistic concurrency and gap-free global positions.
+
+One ``events`` table per service database. ``(stream_id, version)`` is unique: that constraint,
+not a read-then-check, is what makes a conflicting append fail. Appends are serialised (SQLite:
+``BEGIN IMMEDIATE``; PostgreSQL: ``LOCK TABLE events IN EXCLUSIVE MODE``, which still lets readers
+read) and take ``max(position) + 1``, so positions are gap-free and their order is commit order: a
+reader paging by position can never pass a gap that a slower transaction fills later.
+
+Read models (projections) are applied in the same transaction as the append, so a caller reads
+its own write; they can be dropped and rebuilt from the log at any time (:func:`rebuild`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from services.kernel import metrics
+from services.kernel.db import is_sqlite, read_transaction, write_transaction
+from services.kernel.errors import ConcurrencyError
+from services.kernel.events import (
+    Metadata, NewEvent, StoredEvent, UpcasterChain, from_micros, to_micros, utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+kernel_metadata = sa.MetaData()
+
+events_table = sa.Table(
+    "events",
+    kernel_metadata,
+    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("stream_id", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("event_type", sa.String(200), nullable=False),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("occurred_at_us", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
+    sa.Index("ix_events_occurred_at", "occurred_at_us"),
+)
+
+
+class Projection(Protocol):
+    """A read model kept in step with the log inside the append transaction."""
+
+    name: str
+    tables: Sequence[sa.Table]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None: ...
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+class EventStore:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        service: str = "service",
+        upcasters: UpcasterChain | None = None,
+        projections: Sequence[Projection] = (),
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.engine = engine
+        self.service = service
+        self.upcasters = upcasters or UpcasterChain()
+        self.projections = list(projections)
+        self._clock = clock
+        self._sqlite = is_sqlite(engine)
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the kernel tables and every projection's tables (idempotent)."""
+        with write_transaction(self.engine) as connection:
+            kernel_metadata.create_all(connection, checkfirst=True)
+            for projection in self.projections:
+                for table in projection.tables:
+                    table.create(connection, checkfirst=True)
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        *,
+        metadata: Metadata | None = None,
+        connection: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """Append ``events`` after ``expected_version`` (0 for a new stream), atomically.
+
+        With ``connection`` the append joins the caller's write transaction (consumers use this
+        to commit effects and their inbox row together); otherwise it runs in its own.
+        """
+        if not events:
+            return []
+        if expected_version < 0:
+            raise ValueError("expected_version must be >= 0")
+        if connection is None:
+            with write_transaction(self.engine) as own:
+                stored = self._append(own, stream_id, expected_version, events, metadata)
+        else:
+            stored = self._append(connection, stream_id, expected_version, events, metadata)
+        for event in stored:
+            metrics.EVENTS_APPENDED.labels(self.service, event.event_type).inc()
+        return stored
+
+    def _append(self, connection, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
+        if not self._sqlite:
+            connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+        actual = connection.execute(
+            sa.select(sa.func.max(events_table.c.version)).where(events_table.c.stream_id == stream_id)
+        ).scalar() or 0
+        if actual != expected_version:
+            raise ConcurrencyError(stream_id, expected_version, actual)
+        last_position = connection.execute(sa.select(sa.func.max(events_table.c.position))).scalar() or 0
+        occurred_at = self._clock()
+        occurred_us = to_micros(occurred_at)
+        meta = (metadata or Metadata()).as_dict()
+        meta_json = _dumps(meta)
+        rows, stored = [], []
+        for offset, event in enumerate(events, start=1):
+            data = dict(event.data)
+            rows.append({
+                "position": last_position + offset,
+                "event_id": event.event_id,
+                "stream_id": stream_id,
+                "version": expected_version + offset,
+                "event_type": event.event_type,
+                "schema_version": event.schema_version,
+                "occurred_at_us": occurred_us,
+                "data": _dumps(data),
+                "metadata": meta_json,
+            })
+            stored.append(StoredEvent(
+                event_id=event.event_id, event_type=event.event_type,
+                schema_version=event.schema_version, stream_id=stream_id,
+                version=expected_version + offset, position=last_position + offset,
+                occurred_at=from_micros(occurred_us), data=data, metadata=meta,
+            ))
+        try:
+            # A savepoint keeps an outer transaction (a consumer's) usable after a conflict.
+            with connection.begin_nested():
+                connection.execute(events_table.insert(), rows)
+        except sa.exc.IntegrityError as exc:
+            # The unique (stream_id, version) constraint is the guarantee against a racing writer.
+            raise ConcurrencyError(stream_id, expected_version, None) from exc
+        for event in stored:
+            for projection in self.projections:
+                projection.apply(connection, event)
+        return stored
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def current_version(self, stream_id: str, *, connection: Connection | None = None) -> int:
+        query = sa.select(sa.func.max(events_table.c.version)).where(events_table.c.stream_id == stream_id)
+        if connection is not None:
+            return connection.execute(query).scalar() or 0
+        with read_transaction(self.engine) as own:
+            return own.execute(query).scalar() or 0
+
+    def load(
+        self,
+        stream_id: str,
+        *,
+        up_to_version: int | None = None,
+        as_of: datetime | None = None,
+        connection: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """The stream's events in version order, optionally only up to a version or a moment."""
+        query = sa.select(events_table).where(events_table.c.stream_id == stream_id)
+        if up_to_version is not None:
+            query = query.where(events_table.c.version <= up_to_version)
+        if as_of is not None:
+            query = query.where(events_table.c.occurred_at_us <= to_micros(as_of))
+        query = query.order_by(events_table.c.version)
+        if connection is not None:
+            return [self._row_to_event(row) for row in connection.execute(query)]
+        with read_transaction(self.engine) as own:
+            return [self._row_to_event(row) for row in own.execute(query)]
+
+    def read_all(
+        self,
+        after_position: int = 0,
+        limit: int = 500,
+        *,
+        up_to_position: int | None = None,
+        connection: Connection | None = None,
+    ) -> list[StoredEvent]:
+        """One page of the whole log in position order, strictly after ``after_position``."""
+        query = sa.select(events_table).where(events_table.c.position > after_position)
+        if up_to_position is not None:
+            query = query.where(events_table.c.position <= up_to_position)
+        query = query.order_by(events_table.c.position).limit(limit)
+        if connection is not None:
+            return [self._row_to_event(row) for row in connection.execute(query)]
+        with read_transaction(self.engine) as own:
+            return [self._row_to_event(row) for row in own.execute(query)]
+
+    def iterate_all(self, after_position: int = 0, page_size: int = 1000,
+                    up_to_position: int | None = None) -> Iterator[StoredEvent]:
+        """Every event after ``after_position`` in pages, so memory stays flat."""
+        position = after_position
+        while True:
+            page = self.read_all(position, page_size, up_to_position=up_to_position)
+            if not page:
+                return
+            yield from page
+            position = page[-1].position
+
+    def last_position(self, *, connection: Connection | None = None) -> int:
+        query = sa.select(sa.func.max(events_table.c.position))
+        if connection is not None:
+            return connection.execute(query).scalar() or 0
+        with read_transaction(self.engine) as own:
+            return own.execute(query).scalar() or 0
+
+    def occurred_at_of(self, position: int) -> datetime | None:
+        with read_transaction(self.engine) as connection:
+            micros = connection.execute(
+                sa.select(events_table.c.occurred_at_us).where(events_table.c.position == position)
+            ).scalar()
+        return None if micros is None else from_micros(micros)
+
+    def _row_to_event(self, row) -> StoredEvent:
+        schema_version, data = self.upcasters.upcast(row.event_type, row.schema_version, json.loads(row.data))
+        return StoredEvent(
+            event_id=row.event_id,
+            event_type=row.event_type,
+            schema_version=schema_version,
+            stream_id=row.stream_id,
+            version=row.version,
+            position=row.position,
+            occurred_at=from_micros(row.occurred_at_us),
+            data=data,
+            metadata=json.loads(row.metadata),
+        )
+
+
+def rebuild(store: EventStore, page_size: int = 2000) -> int:
+    """Drop every projection's tables, recreate them and replay the whole log; returns the count.
+
+    The replay runs in one write transaction, so readers see either the old read models or the
+    complete new ones, and appends wait until it is done (no event is missed).
+    """
+    started = time.monotonic()
+    count = 0
+    with write_transaction(store.engine) as connection:
+        if not is_sqlite(connection):
+            connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+        for projection in store.projections:
+            for table in reversed(projection.tables):
+                table.drop(connection, checkfirst=True)
+            for table in projection.tables:
+                table.create(connection)
+        position = 0
+        while True:
+            page = store.read_all(position, page_size, connection=connection)
+            if not page:
+                break
+            for event in page:
+                for projection in store.projections:
+                    projection.apply(connection, event)
+            count += len(page)
+            position = page[-1].position
+    log.info("rebuilt read models", extra={"events": count, "seconds": round(time.monotonic() - started, 3),
+                                          "projections": [p.name for p in store.projections]})
+    return count

@@ -1,0 +1,34 @@
+"""gunicorn settings shared by every HTTP app: ``gunicorn -c python:services.kernel.gunicorn_conf``.
+
+Prometheus multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus-client
+is first imported, so it is set here (the master loads this file before any worker imports the
+app); the directory is wiped when the master starts and a dead worker's gauges are marked.
+"""
+
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+accesslog = None  # the apps log every request as a JSON line with its correlation id
+errorlog = "-"
+worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cocreate-metrics-")
+
+
+def on_starting(server):
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

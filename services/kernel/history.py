@@ -1,0 +1,155 @@
+"""Every service's event history for staff: the stream index read model and its endpoints.
+
+``GET /streams/<id>`` summarises a stream from the ``stream_index`` read model;
+``GET /streams/<id>/events`` returns its events, optionally only up to a version or an instant
+("as of" views); ``GET /events`` pages through the whole log by position. Admins only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import flask
+import marshmallow as ma
+import sqlalchemy as sa
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy.engine import Connection
+
+from services.kernel.db import read_transaction
+from services.kernel.errors import NotFound
+from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
+from services.kernel.web import Schema, current_principal
+
+STAFF_ROLES = ("admin",)
+
+
+class StreamIndex:
+    """Read model: one row per stream with its kind, version and the times it was first/last written."""
+
+    name = "stream_index"
+
+    def __init__(self) -> None:
+        metadata = sa.MetaData()
+        self.table = sa.Table(
+            "stream_index",
+            metadata,
+            sa.Column("stream_id", sa.String(200), primary_key=True),
+            sa.Column("stream_type", sa.String(100), nullable=False, index=True),
+            sa.Column("version", sa.Integer, nullable=False),
+            sa.Column("last_event_type", sa.String(200), nullable=False),
+            sa.Column("last_position", sa.BigInteger, nullable=False),
+            sa.Column("created_at_us", sa.BigInteger, nullable=False),
+            sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+        )
+        self.tables = [self.table]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        at = to_micros(event.occurred_at)
+        if event.version == 1:
+            connection.execute(self.table.insert().values(
+                stream_id=event.stream_id, stream_type=stream_type(event.stream_id), version=1,
+                last_event_type=event.event_type, last_position=event.position,
+                created_at_us=at, updated_at_us=at))
+        else:
+            connection.execute(self.table.update().where(self.table.c.stream_id == event.stream_id).values(
+                version=event.version, last_event_type=event.event_type,
+                last_position=event.position, updated_at_us=at))
+
+    def get(self, connection: Connection, stream_id: str) -> dict | None:
+        row = connection.execute(sa.select(self.table).where(self.table.c.stream_id == stream_id)).first()
+        if row is None:
+            return None
+        return {
+            "stream_id": row.stream_id, "stream_type": row.stream_type, "version": row.version,
+            "last_event_type": row.last_event_type, "last_position": row.last_position,
+            "created_at": format_time(from_micros(row.created_at_us)),
+            "updated_at": format_time(from_micros(row.updated_at_us)),
+        }
+
+
+def stream_type(stream_id: str) -> str:
+    """Streams are named ``<kind>-<id>`` (``project-3f2a...``); the kind is the prefix."""
+    return stream_id.split("-", 1)[0]
+
+
+class EventSchema(Schema):
+    event_id = ma.fields.String()
+    event_type = ma.fields.String()
+    schema_version = ma.fields.Integer()
+    stream_id = ma.fields.String()
+    version = ma.fields.Integer()
+    position = ma.fields.Integer()
+    occurred_at = ma.fields.String()
+    data = ma.fields.Dict()
+    metadata = ma.fields.Dict()
+
+
+class EventPageSchema(Schema):
+    events = ma.fields.List(ma.fields.Nested(EventSchema))
+    next_after = ma.fields.Integer(metadata={"description": "pass as `after` for the next page"})
+
+
+class EventPageQuery(Schema):
+    after = ma.fields.Integer(load_default=0, validate=ma.validate.Range(min=0))
+    limit = ma.fields.Integer(load_default=100, validate=ma.validate.Range(min=1, max=1000))
+
+
+class StreamEventsQuery(Schema):
+    up_to_version = ma.fields.Integer(validate=ma.validate.Range(min=1))
+    as_of = ma.fields.AwareDateTime(metadata={"description": "ISO 8601 with a time zone"})
+
+
+class StreamSummarySchema(Schema):
+    stream_id = ma.fields.String()
+    stream_type = ma.fields.String()
+    version = ma.fields.Integer()
+    last_event_type = ma.fields.String()
+    last_position = ma.fields.Integer()
+    created_at = ma.fields.String()
+    updated_at = ma.fields.String()
+
+
+def history_blueprint(store, index: StreamIndex) -> Blueprint:
+    blp = Blueprint("history", __name__, description="Event history (staff): the log, streams, as-of views")
+
+    @blp.route("/events")
+    class EventLog(MethodView):
+        @blp.arguments(EventPageQuery, location="query")
+        @blp.response(200, EventPageSchema)
+        def get(self, query):
+            """Page through the whole event log in position order"""
+            current_principal().require(*STAFF_ROLES)
+            events = store.read_all(query["after"], query["limit"])
+            return {"events": [e.to_envelope() for e in events],
+                    "next_after": events[-1].position if events else query["after"]}
+
+    @blp.route("/streams/<stream_id>")
+    class Stream(MethodView):
+        @blp.response(200, StreamSummarySchema)
+        def get(self, stream_id: str):
+            """Summary of one stream (from the stream index read model)"""
+            current_principal().require(*STAFF_ROLES)
+            with read_transaction(store.engine) as connection:
+                summary = index.get(connection, stream_id)
+            if summary is None:
+                raise NotFound(f"no stream {stream_id}")
+            response = flask.make_response(summary)
+            response.set_etag(str(summary["version"]))
+            return response
+
+    @blp.route("/streams/<stream_id>/events")
+    class StreamEvents(MethodView):
+        @blp.arguments(StreamEventsQuery, location="query")
+        @blp.response(200, EventPageSchema)
+        def get(self, query, stream_id: str):
+            """A stream's events, optionally as of a version or an instant"""
+            current_principal().require(*STAFF_ROLES)
+            as_of: datetime | None = query.get("as_of")
+            events = store.load(stream_id, up_to_version=query.get("up_to_version"), as_of=as_of)
+            if not events and store.current_version(stream_id) == 0:
+                raise NotFound(f"no stream {stream_id}")
+            return {"events": [e.to_envelope() for e in events],
+                    "next_after": events[-1].position if events else 0}
+
+    return blp

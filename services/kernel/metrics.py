@@ -1,0 +1,78 @@
+"""Prometheus metric declarations shared by every app and worker, and the /metrics exposition.
+
+Metric objects are declarations (the prometheus-client idiom), not connections: creating them
+opens nothing. Under gunicorn ``PROMETHEUS_MULTIPROC_DIR`` is set before this module is imported
+(see ``gunicorn_conf``), so each worker writes its own files and /metrics aggregates them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest,
+)
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+HTTP_REQUESTS = Counter(
+    "cocreate_http_requests_total", "HTTP requests handled",
+    ["app", "route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "cocreate_http_request_duration_seconds", "HTTP request latency",
+    ["app", "route", "method"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+EVENTS_APPENDED = Counter(
+    "cocreate_events_appended_total", "Events appended to the event store", ["service", "event_type"],
+)
+RELAY_LAG_EVENTS = Gauge(
+    "cocreate_relay_lag_events", "Events stored but not yet acknowledged by the broker",
+    ["service"], multiprocess_mode="max",
+)
+RELAY_LAG_SECONDS = Gauge(
+    "cocreate_relay_lag_seconds", "Age of the oldest event not yet acknowledged by the broker",
+    ["service"], multiprocess_mode="max",
+)
+RELAY_PUBLISHED = Counter(
+    "cocreate_relay_published_total", "Events acknowledged by the broker", ["service", "topic"],
+)
+RELAY_ERRORS = Counter(
+    "cocreate_relay_errors_total", "Failed publish attempts (retried)", ["service", "topic"],
+)
+RELAY_CHECKPOINT = Gauge(
+    "cocreate_relay_checkpoint_position", "Last position acknowledged by the broker",
+    ["service"], multiprocess_mode="max",
+)
+CONSUMER_LAG = Gauge(
+    "cocreate_consumer_lag_messages", "Messages on the topic not yet consumed by the group",
+    ["group", "topic", "partition"], multiprocess_mode="max",
+)
+MESSAGES_HANDLED = Counter(
+    "cocreate_consumer_messages_handled_total", "Messages whose effects were committed",
+    ["group", "topic", "event_type"],
+)
+MESSAGES_DUPLICATE = Counter(
+    "cocreate_consumer_messages_duplicate_total", "Redelivered messages skipped by the inbox",
+    ["group", "topic"],
+)
+MESSAGES_FAILED = Counter(
+    "cocreate_consumer_messages_failed_total", "Handling attempts that raised (retried or dead-lettered)",
+    ["group", "topic", "kind"],
+)
+MESSAGES_DEAD_LETTERED = Counter(
+    "cocreate_consumer_messages_dead_lettered_total", "Messages sent to the dead-letter topic",
+    ["group", "topic"],
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition for this process (all gunicorn workers in multiprocess mode)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,189 @@
+"""Wiring a service from its definition: the store, the HTTP app, the relay, consumers, rebuild.
+
+Each service declares one :class:`ServiceDefinition` (its name, projections, upcasters, HTTP
+blueprints and subscriptions); the functions here turn it into processes, so that the three
+services have the same shape and the same operational behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+
+import flask
+from flask_smorest import Blueprint
+
+from services.kernel import settings as settings_module
+from services.kernel.config import ServiceSettings
+from services.kernel.consumer import ConsumerStalled, EventConsumer, Handler
+from services.kernel.db import make_engine, ping
+from services.kernel.events import UpcasterChain
+from services.kernel.eventstore import EventStore, Projection, rebuild
+from services.kernel.history import StreamIndex, history_blueprint
+from services.kernel.kafka import broker_reachable
+from services.kernel.logs import configure_logging
+from services.kernel.relay import Relay
+from services.kernel.web import create_base_app
+from services.kernel.worker import run_until_signalled
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """A consumer of another service's topic: ``group`` is stable per purpose."""
+
+    group: str
+    topics: Sequence[str]
+    handlers: Callable[["Container"], Mapping[str, Handler]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceDefinition:
+    name: str
+    title: str
+    description: str
+    projections: Callable[[], Sequence[Projection]] = lambda: ()
+    upcasters: Callable[[], UpcasterChain] = UpcasterChain
+    blueprints: Callable[["Container"], Sequence[Blueprint]] = lambda container: ()
+    subscriptions: Sequence[Subscription] = ()
+
+
+@dataclasses.dataclass
+class Container:
+    """Everything a service's handlers need, built once per process by :func:`bootstrap`."""
+
+    settings: ServiceSettings
+    store: EventStore
+    stream_index: StreamIndex
+
+
+def load_settings(definition: ServiceDefinition, environ=None, **overrides) -> ServiceSettings:
+    return settings_module.load(ServiceSettings, definition.name.upper(), environ,
+                                service=definition.name, **overrides)
+
+
+def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, create_schema: bool = True) -> Container:
+    engine = make_engine(settings.effective_database_url)
+    index = StreamIndex()
+    store = EventStore(engine, service=definition.name, upcasters=definition.upcasters(),
+                       projections=[index, *definition.projections()])
+    if create_schema:
+        store.create_schema()
+    return Container(settings=settings, store=store, stream_index=index)
+
+
+def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> flask.Flask:
+    container = bootstrap(definition, settings)
+    app, api = create_base_app(
+        definition.name, settings, title=definition.title, description=definition.description,
+        readiness={"database": lambda: ping(container.store.engine)},
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.extensions["cocreate.container"] = container
+    api.register_blueprint(history_blueprint(container.store, container.stream_index))
+    for blueprint in definition.blueprints(container):
+        api.register_blueprint(blueprint)
+    return app
+
+
+def app_factory(definition: ServiceDefinition) -> flask.Flask:
+    """Entry for gunicorn (``module:build()``): settings from the environment."""
+    settings = load_settings(definition)
+    configure_logging(definition.name, settings.log_level)
+    return create_service_app(definition, settings)
+
+
+# -- worker and command entry points ------------------------------------------------------------
+
+def _settings_or_exit(definition: ServiceDefinition) -> ServiceSettings:
+    try:
+        settings = load_settings(definition)
+    except settings_module.SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return settings
+
+
+def relay_main(definition: ServiceDefinition) -> None:
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-relay", settings.log_level)
+    container = bootstrap(definition, settings)
+    relay = Relay(
+        container.store, topic=settings.topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+        batch_size=settings.relay_batch_size, idle_seconds=settings.relay_idle_seconds,
+        create_topics=settings.kafka_create_topics, partitions=settings.kafka_topic_partitions,
+        replication_factor=settings.kafka_replication_factor,
+    )
+
+    def broker_ready() -> None:
+        if not relay.broker_ok:
+            broker_reachable(settings.kafka_bootstrap_servers)
+
+    run_until_signalled(relay.run, health_port=settings.health_port,
+                        readiness={"database": lambda: ping(container.store.engine), "broker": broker_ready})
+
+
+def consumer_main(definition: ServiceDefinition, group: str) -> None:
+    subscription = {s.group: s for s in definition.subscriptions}[group]
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-consumer", settings.log_level)
+    container = bootstrap(definition, settings)
+    consumer = EventConsumer(
+        engine=container.store.engine, group_id=subscription.group, topics=subscription.topics,
+        handlers=subscription.handlers(container), bootstrap_servers=settings.kafka_bootstrap_servers,
+        max_retries=settings.consumer_max_retries, create_topics=settings.kafka_create_topics,
+        partitions=settings.kafka_topic_partitions, replication_factor=settings.kafka_replication_factor,
+    )
+
+    def broker_ready() -> None:
+        if not consumer.broker_ok:
+            broker_reachable(settings.kafka_bootstrap_servers)
+
+    try:
+        run_until_signalled(consumer.run, health_port=settings.health_port,
+                            readiness={"database": lambda: ping(container.store.engine), "broker": broker_ready})
+    except ConsumerStalled as exc:
+        log.error("consumer stalled; exiting so that it is restarted", extra={"error": str(exc)})
+        raise SystemExit(3) from None
+
+
+def rebuild_main(definition: ServiceDefinition) -> None:
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-rebuild", settings.log_level)
+    container = bootstrap(definition, settings)
+    count = rebuild(container.store)
+    print(f"{definition.name}: rebuilt {len(container.store.projections)} read models from {count} events")
+
+
+def migrate_main(definition: ServiceDefinition) -> None:
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-migrate", settings.log_level)
+    bootstrap(definition, settings, create_schema=True)
+    print(f"{definition.name}: schema is up to date")
+
+
+def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
+    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate``"""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{definition.name}",
+                                     description=f"{definition.title}: workers and commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("relay", help="publish the event store to Kafka (one per service)")
+    consumer = commands.add_parser("consumer", help="consume another service's events")
+    consumer.add_argument("group", choices=sorted(s.group for s in definition.subscriptions) or ["-"])
+    commands.add_parser("rebuild", help="drop the read models and replay the whole event store")
+    commands.add_parser("migrate", help="create or update the database schema")
+    args = parser.parse_args(argv)
+    if args.command == "relay":
+        relay_main(definition)
+    elif args.command == "consumer":
+        if not definition.subscriptions:
+            parser.error(f"{definition.name} has no subscriptions")
+        consumer_main(definition, args.group)
+    elif args.command == "rebuild":
+        rebuild_main(definition)
+    else:
+        migrate_main(definition)

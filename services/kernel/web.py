@@ -1,0 +1,240 @@
+"""HTTP scaffolding shared by the three services and the gateway.
+
+:func:`create_base_app` gives every app the same behaviour: flask-smorest with the OpenAPI document
+and a locally served Swagger UI, one error shape ``{code, status, message, errors}`` for every
+error (404, 405 with ``Allow``, 413, 415, 422, 500 and domain errors), unknown JSON fields rejected,
+a body size limit, a correlation id per request (taken from ``X-Correlation-ID`` or made up,
+returned, logged and put into event metadata), request metrics, ``/healthz``, ``/readyz`` and
+``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flask
+import marshmallow as ma
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedMediaType
+from werkzeug.http import HTTP_STATUS_CODES
+
+from services.kernel import metrics
+from services.kernel.auth import Principal, TokenVerifier
+from services.kernel.config import AuthSettings
+from services.kernel.errors import ConcurrencyError, DomainError
+from services.kernel.events import Metadata
+from services.kernel.logs import correlation_id_var
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+ReadinessCheck = Callable[[], None]
+
+
+class Schema(ma.Schema):
+    """Base schema: unknown fields are an error, never silently dropped."""
+
+    class Meta:
+        unknown = ma.RAISE
+        ordered = True
+
+
+def error_body(status: int, message: str, errors: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "code": status,
+        "status": HTTP_STATUS_CODES.get(status, "Error"),
+        "message": message,
+        "errors": dict(errors or {}),
+    }
+
+
+def error_response(status: int, message: str, errors: Mapping[str, Any] | None = None,
+                   headers: Mapping[str, str] | None = None) -> flask.Response:
+    response = flask.jsonify(error_body(status, message, errors))
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _swagger_assets_dir() -> Path:
+    import flask_swagger_ui
+
+    return Path(flask_swagger_ui.__file__).parent / "dist"
+
+
+def create_base_app(
+    name: str,
+    settings: AuthSettings,
+    *,
+    title: str,
+    version: str = "1.0",
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    max_body_bytes: int = 1_048_576,
+    description: str = "",
+) -> tuple[flask.Flask, Api]:
+    app = flask.Flask(name)
+    app.config.update(
+        API_TITLE=title,
+        API_VERSION=version,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
+        API_SPEC_OPTIONS={
+            "info": {"description": description},
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+            "security": [{"bearerAuth": []}],
+        },
+        MAX_CONTENT_LENGTH=max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.ensure_ascii = False
+    api = Api(app)
+    app.extensions["cocreate.verifier"] = TokenVerifier(settings)
+    app.extensions["cocreate.app_name"] = name
+    _install_error_handlers(app)
+    _install_request_hooks(app, name)
+    _install_operational_routes(app, readiness or {})
+    return app, api
+
+
+def _install_error_handlers(app: flask.Flask) -> None:
+    def handle_http(error: HTTPException):
+        status = error.code or 500
+        message = error.description or HTTP_STATUS_CODES.get(status, "")
+        errors: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        data = getattr(error, "data", None)
+        if data:
+            message = data.get("message", message if status != 422 else "the request is not valid")
+            errors = data.get("errors") or data.get("messages") or {}
+            headers.update(data.get("headers") or {})
+        for key, value in error.get_headers():
+            if key.lower() != "content-type":
+                headers[key] = value
+        if status >= 500:
+            log.error("server error", exc_info=error.original_exception if isinstance(error, InternalServerError) else None)
+        return error_response(status, message, errors, headers)
+
+    def handle_domain(error: DomainError):
+        status = error.status
+        if isinstance(error, ConcurrencyError) and flask.request.headers.get("If-Match"):
+            status = 412
+        errors = {"reason": error.reason, **error.details}
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        return error_response(status, error.message, errors, headers)
+
+    def handle_unexpected(error: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "an internal error occurred; quote the correlation id when reporting it")
+
+    app.register_error_handler(HTTPException, handle_http)
+    app.register_error_handler(DomainError, handle_domain)
+    app.register_error_handler(Exception, handle_unexpected)
+
+
+def _install_request_hooks(app: flask.Flask, name: str) -> None:
+    @app.before_request
+    def _start():
+        request = flask.request
+        correlation_id = request.headers.get(CORRELATION_HEADER, "").strip()[:128] or str(uuid.uuid4())
+        flask.g.correlation_id = correlation_id
+        flask.g.correlation_token = correlation_id_var.set(correlation_id)
+        flask.g.started = time.perf_counter()
+        if request.method in ("POST", "PUT", "PATCH") and _has_body(request) and not request.is_json:
+            raise UnsupportedMediaType("request bodies must be JSON (Content-Type: application/json)")
+
+    @app.after_request
+    def _finish(response: flask.Response):
+        request = flask.request
+        response.headers[CORRELATION_HEADER] = flask.g.get("correlation_id", "")
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        if route not in ("/metrics",):
+            elapsed = time.perf_counter() - flask.g.get("started", time.perf_counter())
+            metrics.HTTP_REQUESTS.labels(name, route, request.method, str(response.status_code)).inc()
+            metrics.HTTP_LATENCY.labels(name, route, request.method).observe(elapsed)
+            if route not in ("/healthz", "/readyz"):
+                log.info("request", extra={"method": request.method, "path": request.path,
+                                           "status": response.status_code,
+                                           "duration_ms": round(elapsed * 1000, 2)})
+        return response
+
+    @app.teardown_request
+    def _reset(_exc):
+        token = flask.g.pop("correlation_token", None)
+        if token is not None:
+            correlation_id_var.reset(token)
+
+
+def _has_body(request: flask.Request) -> bool:
+    if request.content_length:
+        return True
+    return request.headers.get("Transfer-Encoding", "").lower() == "chunked"
+
+
+def _install_operational_routes(app: flask.Flask, readiness: Mapping[str, ReadinessCheck]) -> None:
+    assets = _swagger_assets_dir()
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        checks, ready = {}, True
+        for check_name, check in readiness.items():
+            try:
+                check()
+                checks[check_name] = "ok"
+            except Exception as exc:  # a readiness probe reports, it does not raise
+                checks[check_name] = f"failing: {exc.__class__.__name__}: {exc}"[:300]
+                ready = False
+        return {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+
+    @app.get("/metrics")
+    def metrics_endpoint():
+        body, content_type = metrics.exposition()
+        return flask.Response(body, content_type=content_type)
+
+    @app.get("/docs/assets/<path:filename>")
+    def swagger_assets(filename: str):
+        return flask.send_from_directory(assets, filename, max_age=86_400)
+
+
+def current_principal() -> Principal:
+    """The verified caller of this request (401 when the token is missing or invalid)."""
+    principal = flask.g.get("principal")
+    if principal is None:
+        verifier: TokenVerifier = flask.current_app.extensions["cocreate.verifier"]
+        principal = verifier.from_header(flask.request.headers.get("Authorization"))
+        flask.g.principal = principal
+    return principal
+
+
+def event_metadata(principal: Principal | None = None) -> Metadata:
+    """Metadata for events caused by this request: actor and correlation id."""
+    actor = principal.person_id if principal is not None else None
+    return Metadata(actor=actor, correlation_id=flask.g.get("correlation_id"), causation_id=None)
+
+
+def expected_version_from_if_match() -> int | None:
+    """The aggregate version a client based its request on, from ``If-Match: "<version>"``."""
+    header = flask.request.headers.get("If-Match")
+    if not header:
+        return None
+    tag = header.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit():
+        raise DomainError("If-Match must hold the ETag the resource was served with, e.g. \"3\"",
+                          reason="invalid_if_match")
+    return int(tag)

@@ -1,0 +1,86 @@
+"""Running a worker (relay or consumer): signals, and its /healthz, /readyz and /metrics port."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from services.kernel import metrics
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    """A small HTTP server in a daemon thread; workers have no web framework of their own."""
+
+    def __init__(self, port: int, readiness: Mapping[str, Callable[[], None]], host: str = "0.0.0.0") -> None:
+        checks = dict(readiness)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._send(200, "application/json", json.dumps({"status": "ok"}).encode())
+                elif path == "/readyz":
+                    results, ready = {}, True
+                    for name, check in checks.items():
+                        try:
+                            check()
+                            results[name] = "ok"
+                        except Exception as exc:  # a probe reports, it does not raise
+                            results[name] = f"failing: {exc.__class__.__name__}: {exc}"[:300]
+                            ready = False
+                    body = {"status": "ready" if ready else "not ready", "checks": results}
+                    self._send(200 if ready else 503, "application/json", json.dumps(body).encode())
+                elif path == "/metrics":
+                    body, content_type = metrics.exposition()
+                    self._send(200, content_type, body)
+                else:
+                    body = {"code": 404, "status": "Not Found", "message": f"no route {path}", "errors": {}}
+                    self._send(404, "application/json", json.dumps(body).encode())
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args):  # probes every few seconds would flood the log
+                return
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="health", daemon=True)
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_until_signalled(loop: Callable[[threading.Event], None], *, health_port: int,
+                        readiness: Mapping[str, Callable[[], None]]) -> None:
+    """Run ``loop(stop)`` until SIGTERM or SIGINT; serve probes on ``health_port`` when set."""
+    stop = threading.Event()
+
+    def _stop(signum, _frame):
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    health = HealthServer(health_port, readiness).start() if health_port else None
+    try:
+        loop(stop)
+    finally:
+        if health is not None:
+            health.stop()

@@ -1,0 +1,7 @@
+"""`python -m services.projects relay|consumer GROUP|rebuild|migrate`"""
+
+from services.kernel.service import main
+from services.projects.service import DEFINITION
+
+if __name__ == "__main__":
+    main(DEFINITION)

@@ -1,0 +1,1 @@
+"""Volunteers service: the volunteer card (义工卡): activities, hours, points, rewards, certificates."""
