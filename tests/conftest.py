@@ -1,0 +1,71 @@
+"""Shared fixtures: event-store backends (SQLite always, PostgreSQL when TEST_POSTGRES_URL is set)
+and a real broker process."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support.broker import Broker
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256"
+
+
+def _postgres_admin_url() -> str | None:
+    return os.environ.get("TEST_POSTGRES_URL") or None
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/events.db"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    admin_url = _postgres_admin_url()
+    if admin_url is None:
+        pytest.skip("PostgreSQL tests need TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)")
+    from services.kernel.db import normalise_url
+
+    admin = sa.create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"cocreate_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(normalise_url(admin_url)).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request):
+    """Every event-store contract test runs on both backends."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """One broker for the session (tests use their own topics and groups)."""
+    instance = Broker().start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def own_broker():
+    """A broker of the test's own, for drills that stop and restart it."""
+    instance = Broker().start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    return uuid.uuid4().hex[:10]

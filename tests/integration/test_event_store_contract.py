@@ -1,0 +1,257 @@
+"""The event store's contract, run against SQLite always and PostgreSQL when TEST_POSTGRES_URL is set."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from services.kernel.db import make_engine, write_transaction
+from services.kernel.errors import ConcurrencyError
+from services.kernel.events import Metadata, NewEvent, UpcasterChain
+from services.kernel.eventstore import EventStore, events_table
+
+
+def make_store(url: str, **kwargs) -> EventStore:
+    store = EventStore(make_engine(url), service="contract", **kwargs)
+    store.create_schema()
+    return store
+
+
+def ev(kind: str = "Happened", **data) -> NewEvent:
+    return NewEvent(kind, data or {"n": 1})
+
+
+def positions(store: EventStore) -> list[int]:
+    return [e.position for e in store.iterate_all()]
+
+
+def test_append_and_load_in_version_order(database_url, unique):
+    store = make_store(database_url)
+    stream = f"project-{unique}"
+    stored = store.append(stream, 0, [ev(n=1), ev(n=2)], metadata=Metadata(actor="p1", correlation_id="c1"))
+    store.append(stream, 2, [ev(n=3)])
+    loaded = store.load(stream)
+    assert [e.version for e in loaded] == [1, 2, 3]
+    assert [e.data["n"] for e in loaded] == [1, 2, 3]
+    assert [e.position for e in loaded] == [1, 2, 3]
+    assert loaded[0].metadata == {"actor": "p1", "correlation_id": "c1", "causation_id": None}
+    assert loaded[0].event_id == stored[0].event_id
+    assert loaded[0].occurred_at.tzinfo is not None
+    assert store.current_version(stream) == 3
+    assert store.current_version(f"missing-{unique}") == 0
+
+
+def test_conflicting_append_is_refused_and_changes_nothing(database_url, unique):
+    store = make_store(database_url)
+    stream = f"project-{unique}"
+    store.append(stream, 0, [ev(n=1)])
+    with pytest.raises(ConcurrencyError) as stale:
+        store.append(stream, 0, [ev(n=99)])
+    assert stale.value.actual_version == 1
+    with pytest.raises(ConcurrencyError):
+        store.append(stream, 5, [ev(n=99)])  # ahead of the stream: would leave a version gap
+    assert [e.data["n"] for e in store.load(stream)] == [1]
+    assert store.last_position() == 1
+
+
+def test_a_batch_is_atomic(database_url, unique):
+    store = make_store(database_url)
+    first = ev(n=1)
+    store.append(f"a-{unique}", 0, [first])
+    duplicate_id = NewEvent("Happened", {"n": 2}, event_id=first.event_id)
+    with pytest.raises(ConcurrencyError):
+        store.append(f"b-{unique}", 0, [ev(n=1), duplicate_id])
+    assert store.load(f"b-{unique}") == []
+    assert positions(store) == [1]
+
+
+def test_streams_keep_their_own_order_while_positions_interleave(database_url, unique):
+    store = make_store(database_url)
+    for round_ in range(5):
+        for name in ("a", "b", "c"):
+            store.append(f"{name}-{unique}", round_, [ev(n=round_)])
+    assert positions(store) == list(range(1, 16))
+    for name in ("a", "b", "c"):
+        events = store.load(f"{name}-{unique}")
+        assert [e.version for e in events] == [1, 2, 3, 4, 5]
+        assert [e.data["n"] for e in events] == [0, 1, 2, 3, 4]
+        assert all(x.position < y.position for x, y in zip(events, events[1:]))
+
+
+def test_two_threads_appending_never_leave_a_gap_or_interleave_batches(database_url, unique):
+    store = make_store(database_url)
+    per_thread, batch = 40, 3
+    errors: list[BaseException] = []
+
+    def writer(name: str) -> None:
+        try:
+            for i in range(per_thread):
+                store.append(f"{name}-{unique}", i * batch, [ev(n=i) for _ in range(batch)])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("left", "right")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    events = list(store.iterate_all(page_size=7))
+    assert [e.position for e in events] == list(range(1, 2 * per_thread * batch + 1))
+    # a batch's events are contiguous: no other writer's event sits inside it
+    for start in range(0, len(events), batch):
+        chunk = events[start:start + batch]
+        assert len({e.stream_id for e in chunk}) == 1
+        assert [e.version for e in chunk] == list(range(chunk[0].version, chunk[0].version + batch))
+
+
+def test_two_threads_racing_on_one_stream_one_wins_each_round(database_url, unique):
+    store = make_store(database_url)
+    stream = f"race-{unique}"
+    outcomes = {"ok": 0, "conflict": 0}
+    lock = threading.Lock()
+    for round_ in range(10):
+        barrier = threading.Barrier(2)
+
+        def contender() -> None:
+            barrier.wait()
+            try:
+                store.append(stream, round_, [ev(n=round_)])
+                result = "ok"
+            except ConcurrencyError:
+                result = "conflict"
+            with lock:
+                outcomes[result] += 1
+
+        threads = [threading.Thread(target=contender) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert outcomes == {"ok": 10, "conflict": 10}
+    assert [e.version for e in store.load(stream)] == list(range(1, 11))
+    assert positions(store) == list(range(1, 11))
+
+
+def _append_in_process(url: str, stream: str, start, results) -> None:
+    store = EventStore(make_engine(url), service="contract")
+    start.wait()
+    try:
+        store.append(stream, 0, [NewEvent("Happened", {"pid": multiprocessing.current_process().pid})])
+        results.put("ok")
+    except ConcurrencyError:
+        results.put("conflict")
+    except BaseException as exc:
+        results.put(f"error: {exc!r}")
+
+
+def test_two_processes_racing_on_one_stream(database_url, unique):
+    store = make_store(database_url)
+    stream = f"race-{unique}"
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Event(), context.Queue()
+    processes = [context.Process(target=_append_in_process, args=(database_url, stream, start, results))
+                 for _ in range(2)]
+    for process in processes:
+        process.start()
+    time.sleep(1.0)  # both processes imported and waiting on the event
+    start.set()
+    for process in processes:
+        process.join(timeout=60)
+    outcomes = sorted(results.get(timeout=5) for _ in processes)
+    assert outcomes == ["conflict", "ok"]
+    assert [e.version for e in store.load(stream)] == [1]
+    assert positions(store) == [1]
+
+
+def test_a_reader_never_passes_a_gap_filled_later(database_url, unique):
+    """A slow transaction holds the append lock; a later writer waits, so positions follow commit order."""
+    store = make_store(database_url)
+    store.append(f"base-{unique}", 0, [ev(n=0)])
+    later_done = threading.Event()
+
+    def later_writer() -> None:
+        store.append(f"later-{unique}", 0, [ev(n=2)])
+        later_done.set()
+
+    with write_transaction(store.engine) as connection:
+        store.append(f"slow-{unique}", 0, [ev(n=1)], connection=connection)
+        thread = threading.Thread(target=later_writer)
+        thread.start()
+        time.sleep(0.5)
+        assert not later_done.is_set(), "a second writer must wait for the open append transaction"
+        assert [e.position for e in store.read_all(0)] == [1], "uncommitted events are invisible"
+    thread.join(timeout=30)
+    assert later_done.is_set()
+    events = store.read_all(0)
+    assert [(e.position, e.stream_id) for e in events] == [
+        (1, f"base-{unique}"), (2, f"slow-{unique}"), (3, f"later-{unique}")]
+
+
+def test_upcasters_run_on_read_and_stored_payloads_are_never_rewritten(database_url, unique):
+    store = make_store(database_url)
+    stream = f"project-{unique}"
+    store.append(stream, 0, [NewEvent("ProjectProposed", {"title": "路灯", "cost": 12}, schema_version=1)])
+    chain = UpcasterChain()
+    chain.register("ProjectProposed", 1, lambda d: {**d, "cost_fen": d["cost"] * 100})
+    chain.register("ProjectProposed", 2, lambda d: {k: v for k, v in d.items() if k != "cost"})
+    upcasting = EventStore(store.engine, service="contract", upcasters=chain)
+    [event] = upcasting.load(stream)
+    assert event.schema_version == 3
+    assert event.data == {"title": "路灯", "cost_fen": 1200}
+    assert upcasting.read_all(0)[0].data == {"title": "路灯", "cost_fen": 1200}
+    with store.engine.connect() as connection:
+        row = connection.execute(sa.select(events_table.c.schema_version, events_table.c.data)).one()
+    assert row.schema_version == 1
+    assert json.loads(row.data) == {"title": "路灯", "cost": 12}
+
+
+def test_large_and_unicode_payloads_round_trip(database_url, unique):
+    store = make_store(database_url)
+    text = "共同缔造 海沧区 🏮 " * 40_000  # ~ 1 MB of UTF-8
+    payload = {"text": text, "nested": {"list": list(range(1000)), "名称": "居民议事会"}, "null": None}
+    store.append(f"big-{unique}", 0, [NewEvent("Big", payload)])
+    [event] = store.load(f"big-{unique}")
+    assert event.data == payload
+    assert StoredEventRoundTrip.check(event)
+
+
+class StoredEventRoundTrip:
+    @staticmethod
+    def check(event) -> bool:
+        from services.kernel.events import StoredEvent
+
+        return StoredEvent.from_json(event.to_json()) == event
+
+
+def test_reads_by_version_and_by_time(database_url, unique):
+    moments = iter(datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc) + timedelta(days=i) for i in range(10))
+    store = make_store(database_url, clock=lambda: next(moments))
+    stream = f"project-{unique}"
+    for version in range(4):
+        store.append(stream, version, [ev(n=version + 1)])
+    assert [e.version for e in store.load(stream, up_to_version=2)] == [1, 2]
+    as_of = datetime(2026, 1, 2, 12, 0, tzinfo=timezone.utc)
+    assert [e.version for e in store.load(stream, as_of=as_of)] == [1, 2]
+    assert [e.version for e in store.load(stream, as_of=as_of.astimezone(timezone(timedelta(hours=8))))] == [1, 2]
+    assert store.load(stream, as_of=datetime(2025, 12, 31, tzinfo=timezone.utc)) == []
+    assert store.load(stream)[2].occurred_at == datetime(2026, 1, 3, 8, 0, tzinfo=timezone.utc)
+
+
+def test_read_all_pages_by_position(database_url, unique):
+    store = make_store(database_url)
+    for i in range(25):
+        store.append(f"s{i % 4}-{unique}", i // 4, [ev(n=i)])
+    page = store.read_all(10, limit=5)
+    assert [e.position for e in page] == [11, 12, 13, 14, 15]
+    assert [e.position for e in store.read_all(20, limit=100)] == [21, 22, 23, 24, 25]
+    assert store.read_all(25) == []
+    assert [e.position for e in store.read_all(0, limit=100, up_to_position=3)] == [1, 2, 3]
+    assert [e.data["n"] for e in store.iterate_all(page_size=4)] == list(range(25))
+    assert store.last_position() == 25

@@ -1,0 +1,99 @@
+"""A real Kafka-protocol broker process (tansu, memory storage) for tests, and topic readers."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+
+from kafka import KafkaConsumer, TopicPartition
+
+from services.kernel.broker import broker_command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class Broker:
+    """Start, stop and restart a tansu broker on a fixed port (it loses everything on stop)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Broker":
+        self.process = subprocess.Popen(broker_command(self.port), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list:
+    """Every record of ``topic`` from the beginning (waiting until ``expected`` are there)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=1000)
+    try:
+        deadline = time.monotonic() + timeout
+        partitions = None
+        while time.monotonic() < deadline and not partitions:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                time.sleep(0.2)
+        if not partitions:
+            return []
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        records: list = []
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=500)
+            for recs in batch.values():
+                records.extend(recs)
+            if expected is not None and len(records) >= expected:
+                end = consumer.end_offsets(assigned)
+                if all(consumer.position(tp) >= end[tp] for tp in assigned):
+                    break
+            if expected is None and not batch:
+                end = consumer.end_offsets(assigned)
+                if all(consumer.position(tp) >= end[tp] for tp in assigned):
+                    break
+        return records
+    finally:
+        consumer.close()
+
+
+def first_occurrences(records: Iterable) -> list:
+    """Records with redeliveries dropped (first occurrence of each event id kept)."""
+    seen, kept = set(), []
+    for record in records:
+        event_id = dict(record.headers)["event_id"]
+        if event_id not in seen:
+            seen.add(event_id)
+            kept.append(record)
+    return kept
