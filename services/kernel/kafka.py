@@ -15,7 +15,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
-CLIENT_TIMEOUTS = {"request_timeout_ms": 10_000, "api_version_auto_timeout_ms": 5_000}
+CLIENT_TIMEOUTS = {"request_timeout_ms": 10_000}
 
 
 def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:

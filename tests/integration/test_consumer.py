@@ -1,0 +1,171 @@
+"""The consumer loop against a real broker: inbox dedupe, dead letters, retries, offsets."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from kafka import KafkaProducer
+
+from services.kernel.consumer import ConsumerStalled, EventConsumer, inbox_table
+from services.kernel.db import make_engine
+from services.kernel.events import NewEvent, StoredEvent, utc_now
+from services.kernel.eventstore import EventStore
+from services.kernel.kafka import ensure_topics
+from tests.support.broker import read_topic
+from tests.support.drill_service import effects, record_effect
+
+pytestmark = pytest.mark.broker
+
+
+def envelope(stream: str, version: int, **data) -> StoredEvent:
+    return StoredEvent(event_id=str(uuid.uuid4()), event_type="Happened", schema_version=1,
+                       stream_id=stream, version=version, position=version, occurred_at=utc_now(),
+                       data=data, metadata={"actor": None, "correlation_id": None, "causation_id": None})
+
+
+@pytest.fixture
+def setup(broker, sqlite_url, unique):
+    engine = make_engine(sqlite_url)
+    EventStore(engine, service="consumertest").create_schema()
+    effects.create(engine, checkfirst=True)
+    topic = f"consumertest-{unique}.events"
+    ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"], 2, 1)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+    yield engine, topic, producer
+    producer.close()
+
+
+def effect_rows(engine) -> list[str]:
+    with engine.connect() as connection:
+        return [row.event_id for row in connection.execute(sa.select(effects.c.event_id))]
+
+
+def run_until(consumer: EventConsumer, condition, timeout: float = 30.0) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert condition(), "the consumer did not reach the expected state in time"
+
+
+def make_consumer(broker, engine, topic, unique, **kwargs) -> EventConsumer:
+    return EventConsumer(engine=engine, group_id=f"test-{unique}", topics=[topic],
+                         handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap, **kwargs)
+
+
+def test_the_same_event_delivered_twice_has_one_effect(broker, setup, unique):
+    engine, topic, producer = setup
+    first, second = envelope(f"s-{unique}", 1), envelope(f"s-{unique}", 2)
+    for event in (first, first, second, first):
+        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
+    producer.flush()
+    consumer = make_consumer(broker, engine, topic, unique)
+    run_until(consumer, lambda: len(effect_rows(engine)) >= 2)
+    assert sorted(effect_rows(engine)) == sorted([first.event_id, second.event_id])
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 2
+
+
+def test_a_malformed_record_is_dead_lettered_and_the_next_is_processed(broker, setup, unique):
+    engine, topic, producer = setup
+    good = envelope(f"s-{unique}", 1)
+    poison = envelope(f"s-{unique}", 2, poison=True)
+    after = envelope(f"s-{unique}", 3)
+    key = f"s-{unique}".encode()
+    producer.send(topic, key=key, value=b"{not json")
+    producer.send(topic, key=key, value=json.dumps({"event_id": "x"}).encode())
+    for event in (good, poison, after):
+        producer.send(topic, key=key, value=event.to_json())
+    producer.flush()
+    consumer = make_consumer(broker, engine, topic, unique)
+    run_until(consumer, lambda: after.event_id in effect_rows(engine))
+    assert effect_rows(engine) == [good.event_id, after.event_id]
+    dead = read_topic(broker.bootstrap, f"{topic}.dlq", expected=3)
+    assert [r.value for r in dead][:2] == [b"{not json", json.dumps({"event_id": "x"}).encode()]
+    assert json.loads(dead[2].value)["event_id"] == poison.event_id
+    headers = dict(dead[2].headers)
+    assert headers["dlq.origin.topic"] == topic.encode()
+    assert int(headers["dlq.origin.offset"]) == 3  # 0 not JSON, 1 bad envelope, 2 good, 3 poison
+    assert b"poison" in headers["dlq.error"]
+    assert headers["dlq.group"] == f"test-{unique}".encode()
+    assert b"not JSON" in dict(dead[0].headers)["dlq.error"]
+
+
+def test_offsets_are_committed_so_a_new_run_starts_after_the_handled_messages(broker, setup, unique):
+    engine, topic, producer = setup
+    events = [envelope(f"s-{unique}", v) for v in range(1, 6)]
+    for event in events:
+        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
+    producer.flush()
+    run_until(make_consumer(broker, engine, topic, unique), lambda: len(effect_rows(engine)) == 5)
+    later = envelope(f"s-{unique}", 6)
+    producer.send(topic, key=later.stream_id.encode(), value=later.to_json())
+    producer.flush()
+    consumer = make_consumer(broker, engine, topic, unique)
+    run_until(consumer, lambda: len(effect_rows(engine)) == 6)
+    from services.kernel import metrics
+    duplicates = metrics.MESSAGES_DUPLICATE.labels(f"test-{unique}", topic)._value.get()
+    assert duplicates == 0, "the second run must not see the first run's messages again"
+
+
+def test_transient_errors_are_retried_then_the_consumer_stalls_without_dead_lettering(setup, unique):
+    engine, topic, _ = setup
+    attempts = []
+
+    def flaky(connection, event):
+        attempts.append(event.event_id)
+        if len(attempts) < 3:
+            raise sa.exc.OperationalError("SELECT 1", {}, Exception("database is away"))
+        record_effect(connection, event)
+
+    consumer = EventConsumer(engine=engine, group_id=f"g-{unique}", topics=[topic], handlers={"Happened": flaky},
+                             bootstrap_servers="127.0.0.1:1", max_retries=5, base_backoff_seconds=0.01)
+    event = envelope(f"s-{unique}", 1)
+    record = _Record(topic, event.to_json())
+    assert consumer.handle(record) == "handled"
+    assert len(attempts) == 3 and effect_rows(engine) == [event.event_id]
+
+    def broken(connection, event):
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("database is away"))
+
+    stalled = EventConsumer(engine=engine, group_id=f"h-{unique}", topics=[topic], handlers={"Happened": broken},
+                            bootstrap_servers="127.0.0.1:1", max_retries=3, base_backoff_seconds=0.01)
+    with pytest.raises(ConsumerStalled):
+        stalled.handle(_Record(topic, envelope(f"s-{unique}", 2).to_json()))
+    assert effect_rows(engine) == [event.event_id]
+
+
+class _Record:
+    """The attributes of a kafka-python ConsumerRecord that the consumer reads."""
+
+    def __init__(self, topic: str, value: bytes) -> None:
+        self.topic, self.partition, self.offset = topic, 0, 0
+        self.key, self.value, self.headers = b"k", value, []
+
+
+def test_effects_and_inbox_roll_back_together(setup, unique):
+    engine, topic, _ = setup
+
+    def half_done(connection, event):
+        record_effect(connection, event)
+        raise sa.exc.OperationalError("INSERT", {}, Exception("connection lost mid-transaction"))
+
+    consumer = EventConsumer(engine=engine, group_id=f"g-{unique}", topics=[topic],
+                             handlers={"Happened": half_done}, bootstrap_servers="127.0.0.1:1",
+                             max_retries=2, base_backoff_seconds=0.01)
+    with pytest.raises(ConsumerStalled):
+        consumer.handle(_Record(topic, envelope(f"s-{unique}", 1).to_json()))
+    assert effect_rows(engine) == []
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 0
