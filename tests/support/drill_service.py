@@ -64,7 +64,7 @@ def record_effect(connection: Connection, event: StoredEvent) -> None:
 
 def _handlers(container):
     effects.create(container.store.engine, checkfirst=True)
-    return {"Happened": record_effect}
+    return {"Happened": record_effect, "Pledged": record_effect}
 
 
 DEFINITION = ServiceDefinition(
