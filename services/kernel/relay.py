@@ -162,6 +162,7 @@ class Relay:
         backoff = 0.2
         while not stop.is_set():
             try:
+                self._ensure_producer()  # creates the topic at start, even before the first event
                 published = self.publish_once()
                 self.broker_ok = True
                 backoff = 0.2

@@ -121,7 +121,8 @@ def relay_main(definition: ServiceDefinition) -> None:
 
     def broker_ready() -> None:
         if not relay.broker_ok:
-            broker_reachable(settings.kafka_bootstrap_servers)
+            raise ConnectionError("the last attempt to reach the broker failed")
+        broker_reachable(settings.kafka_bootstrap_servers)
 
     run_until_signalled(relay.run, health_port=settings.health_port,
                         readiness={"database": lambda: ping(container.store.engine), "broker": broker_ready})
@@ -141,7 +142,8 @@ def consumer_main(definition: ServiceDefinition, group: str) -> None:
 
     def broker_ready() -> None:
         if not consumer.broker_ok:
-            broker_reachable(settings.kafka_bootstrap_servers)
+            raise ConnectionError("the last attempt to reach the broker failed")
+        broker_reachable(settings.kafka_bootstrap_servers)
 
     try:
         run_until_signalled(consumer.run, health_port=settings.health_port,
