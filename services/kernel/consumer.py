@@ -33,6 +33,7 @@ from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
 from services.kernel.kafka import ensure_topics, make_consumer, make_producer
+from services.kernel.logs import correlation_id_var
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,13 @@ class EventConsumer:
             self.dead_letter(record, f"invalid envelope: {exc}")
             return "dead_lettered"
         handler = self.handlers.get(event.event_type)
+        token = correlation_id_var.set(event.metadata.get("correlation_id") or event.event_id)
+        try:
+            return self._handle_with_retries(record, event, handler)
+        finally:
+            correlation_id_var.reset(token)
+
+    def _handle_with_retries(self, record, event: StoredEvent, handler: Handler | None) -> str:
         for attempt in range(1, self.max_retries + 1):
             try:
                 outcome = self._apply(record, event, handler)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +26,13 @@ class Metadata:
     actor: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+
+    @classmethod
+    def caused_by(cls, event: "StoredEvent", actor: str | None = None) -> "Metadata":
+        """Metadata for an event that reacts to ``event``: same correlation, caused by it."""
+        return cls(actor=actor if actor is not None else event.metadata.get("actor"),
+                   correlation_id=event.metadata.get("correlation_id") or event.event_id,
+                   causation_id=event.event_id)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -200,10 +207,3 @@ class UpcasterChain:
         while (event_type, version) in self._steps:
             version += 1
         return version
-
-
-def events_by_stream(events: Iterable[StoredEvent]) -> dict[str, list[StoredEvent]]:
-    grouped: dict[str, list[StoredEvent]] = {}
-    for event in events:
-        grouped.setdefault(event.stream_id, []).append(event)
-    return grouped

@@ -15,8 +15,21 @@ threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
+# gunicorn >= 25 opens a control socket under $HOME by default: four apps on one host would share
+# its path, and a read-only root filesystem has no place for it. Nothing here uses it.
+control_socket_disable = True
 accesslog = None  # the apps log every request as a JSON line with its correlation id
 errorlog = "-"
+# gunicorn's own lines (worker boot, timeouts) as JSON too, like the apps' lines.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "services.kernel.logs.JsonFormatter",
+                            "service": os.environ.get("COCREATE_APP_NAME", "gunicorn")}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": "INFO"},
+    "loggers": {"gunicorn.error": {"handlers": ["stderr"], "level": "INFO", "propagate": False}},
+}
 worker_tmp_dir = os.environ.get("GUNICORN_WORKER_TMP_DIR") or None
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="cocreate-metrics-")

@@ -51,9 +51,13 @@ def platform(tmp_path):
     try:
         yield process, ports, tmp_path / "platform.log"
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if process.poll() is None:  # the test failed half-way: stop everything as Ctrl-C would
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
 
 
 def test_run_starts_everything_and_ctrl_c_stops_everything(platform):
