@@ -37,7 +37,7 @@ class AuthSettings:
 class ServiceSettings(AuthSettings):
     """Settings of a service's API and of its relay and consumer workers."""
 
-    service: str = setting("", doc="set by the entry point: projects, volunteers or feedback")
+    service: str = setting("", internal=True, doc="set by the entry point: projects, volunteers or feedback")
     data_dir: Path = setting(Path("var"), doc="where SQLite files live when no database URL is set")
     database_url: str = setting("", doc="SQLAlchemy URL; default sqlite:///<data_dir>/<service>.db")
     kafka_bootstrap_servers: str = setting(

@@ -21,9 +21,13 @@ class SettingsError(RuntimeError):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
-def setting(default: Any = dataclasses.MISSING, *, aliases: tuple[str, ...] = (), doc: str = ""):
-    """Declare a settings field; ``aliases`` are extra unprefixed variable names."""
-    metadata = {"aliases": aliases, "doc": doc}
+def setting(default: Any = dataclasses.MISSING, *, aliases: tuple[str, ...] = (), doc: str = "",
+            internal: bool = False):
+    """Declare a settings field; ``aliases`` are extra unprefixed variable names.
+
+    ``internal`` fields are set by the entry point, never from the environment.
+    """
+    metadata = {"aliases": aliases, "doc": doc, "internal": internal}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -69,6 +73,8 @@ def load(cls: type, prefix: str, environ: Mapping[str, str] | None = None, **ove
         if field.name in overrides:
             values[field.name] = overrides[field.name]
             continue
+        if field.metadata.get("internal"):
+            continue
         names = env_names(prefix, field)
         for name in names:
             raw = environ.get(name)
@@ -89,6 +95,8 @@ def describe(cls: type, prefix: str) -> list[tuple[str, str, str]]:
     """(variable, default, doc) for every field: used to document the configuration."""
     rows = []
     for field in dataclasses.fields(cls):
+        if field.metadata.get("internal"):
+            continue
         default = "" if field.default is dataclasses.MISSING else str(field.default)
         rows.append((" / ".join(env_names(prefix, field)), default, field.metadata.get("doc", "")))
     return rows
