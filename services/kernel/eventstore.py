@@ -85,6 +85,9 @@ class EventStore:
     def create_schema(self) -> None:
         """Create the kernel tables and every projection's tables (idempotent)."""
         with write_transaction(self.engine) as connection:
+            if not self._sqlite:
+                # Several gunicorn workers start at once: serialise their CREATE TABLE IF NOT EXISTS.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7202611)")
             kernel_metadata.create_all(connection, checkfirst=True)
             for projection in self.projections:
                 for table in projection.tables:

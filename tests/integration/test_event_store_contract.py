@@ -255,3 +255,19 @@ def test_read_all_pages_by_position(database_url, unique):
     assert [e.position for e in store.read_all(0, limit=100, up_to_position=3)] == [1, 2, 3]
     assert [e.data["n"] for e in store.iterate_all(page_size=4)] == list(range(25))
     assert store.last_position() == 25
+
+
+def test_schema_creation_is_safe_when_processes_start_together(database_url):
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_create_schema, args=(database_url,)) for _ in range(3)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    store = make_store(database_url)
+    assert store.append("after-schema", 0, [ev()])[0].position == 1
+
+
+def _create_schema(url: str) -> None:
+    EventStore(make_engine(url), service="contract").create_schema()
