@@ -20,6 +20,10 @@ class AuthSettings:
     jwt_issuer: str = setting("cocreate", doc="expected `iss` claim")
 
     def validate(self, prefix: str) -> None:
+        self.validate_auth(prefix)
+
+    def validate_auth(self, prefix: str) -> None:
+        """Token verification is configured (needed by HTTP apps, not by workers)."""
         if self.jwt_algorithm not in ("HS256", "RS256"):
             raise SettingsError(f"environment variable {prefix}_JWT_ALGORITHM must be HS256 or RS256")
         if self.jwt_algorithm == "HS256" and len(self.jwt_secret) < 32:
@@ -53,7 +57,7 @@ class ServiceSettings(AuthSettings):
     health_port: int = setting(0, doc="HTTP port of a worker's /healthz /readyz /metrics (0: none)")
 
     def validate(self, prefix: str) -> None:
-        super().validate(prefix)
+        # Relays, consumers and commands verify no tokens: the API checks auth settings itself.
         if not self.service:
             raise SettingsError("the service name is not set (entry point bug)")
         if self.relay_batch_size < 1:

@@ -77,6 +77,7 @@ def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, creat
 
 
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> flask.Flask:
+    settings.validate_auth(definition.name.upper())
     container = bootstrap(definition, settings)
     app, api = create_base_app(
         definition.name, settings, title=definition.title, description=definition.description,

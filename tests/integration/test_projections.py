@@ -75,3 +75,40 @@ def container_summary(store, stream):
     index = store.projections[0]
     with store.engine.connect() as connection:
         return index.get(connection, stream)
+
+
+def test_the_rebuild_command_replays_a_service_store(tmp_path, unique):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    url = f"sqlite:///{tmp_path}/projects.db"
+    settings = load_settings(PROJECTS, environ={"COCREATE_JWT_SECRET": TEST_SECRET}, database_url=url)
+    store = bootstrap(PROJECTS, settings).store
+    fill(store, unique, count=40)
+    before = snapshot(store)
+    with store.engine.begin() as connection:
+        connection.execute(store.projections[0].table.delete())
+    assert snapshot(store)["stream_index"] == []
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-m", "services.projects", "rebuild"], cwd=root, capture_output=True, text=True,
+        env={**os.environ, "PROJECTS_DATABASE_URL": url}, timeout=60)  # commands need no token settings
+    assert result.returncode == 0, result.stderr
+    assert "from 40 events" in result.stdout
+    assert snapshot(store) == before
+
+
+def test_a_missing_setting_stops_a_worker_with_the_variable_named(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PROJECTS_DATABASE_URL": f"sqlite:///{tmp_path}/p.db", "PROJECTS_RELAY_BATCH_SIZE": "many"}
+    result = subprocess.run([sys.executable, "-m", "services.projects", "relay"], cwd=root, capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "PROJECTS_RELAY_BATCH_SIZE" in result.stderr
