@@ -60,11 +60,14 @@ class TokenVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("the token's roles claim must be a list of strings", reason="token_invalid")
+        name, community = claims.get("name") or "", claims.get("community")
+        if not isinstance(name, str) or not (community is None or isinstance(community, str)):
+            raise Unauthenticated("the token's name and community claims must be strings", reason="token_invalid")
         return Principal(
             person_id=str(claims["sub"]),
-            name=str(claims.get("name", "")),
+            name=name,
             roles=frozenset(roles),
-            community=claims.get("community"),
+            community=community,
             token=token,
         )
 

@@ -91,7 +91,7 @@ class StoredEvent:
             raise EnvelopeError(f"envelope lacks {', '.join(missing)}")
         try:
             event = cls(
-                event_id=str(envelope["event_id"]),
+                event_id=_require_str(envelope, "event_id"),
                 event_type=_require_str(envelope, "event_type"),
                 schema_version=_require_int(envelope, "schema_version"),
                 stream_id=_require_str(envelope, "stream_id"),
@@ -161,7 +161,10 @@ def parse_time(text: Any) -> datetime:
         raise EnvelopeError(f"occurred_at is not ISO 8601: {text!r}") from None
     if moment.tzinfo is None:
         raise EnvelopeError("occurred_at must carry a time zone")
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise EnvelopeError(f"occurred_at is out of range: {text!r}") from None
 
 
 def to_micros(moment: datetime) -> int:

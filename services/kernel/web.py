@@ -234,7 +234,7 @@ def expected_version_from_if_match() -> int | None:
     if tag.startswith("W/"):
         tag = tag[2:]
     tag = tag.strip('"')
-    if not tag.isdigit():
+    if not (tag.isascii() and tag.isdigit()):
         raise DomainError("If-Match must hold the ETag the resource was served with, e.g. \"3\"",
                           reason="invalid_if_match")
     return int(tag)
