@@ -68,6 +68,12 @@ class ServiceSettings(AuthSettings):
         return self.database_url or f"sqlite:///{self.data_dir}/{self.service}.db"
 
     @property
+    def topic_policy(self) -> "TopicPolicy":
+        from services.kernel.kafka import TopicPolicy
+
+        return TopicPolicy(self.kafka_create_topics, self.kafka_topic_partitions, self.kafka_replication_factor)
+
+    @property
     def topic(self) -> str:
         return f"{self.service}.events"
 

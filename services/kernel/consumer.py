@@ -32,7 +32,7 @@ from services.kernel.db import write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
-from services.kernel.kafka import ensure_topics, make_consumer, make_producer
+from services.kernel.kafka import TopicPolicy, make_consumer, make_producer
 from services.kernel.logs import correlation_id_var
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,7 @@ class EventConsumer:
         bootstrap_servers: str,
         max_retries: int = 5,
         base_backoff_seconds: float = 0.1,
-        create_topics: bool = True,
-        partitions: int = 3,
-        replication_factor: int = 1,
+        topic_policy: TopicPolicy = TopicPolicy(),
     ) -> None:
         self.engine = engine
         self.group_id = group_id
@@ -81,9 +79,7 @@ class EventConsumer:
         self.bootstrap_servers = bootstrap_servers
         self.max_retries = max_retries
         self.base_backoff_seconds = base_backoff_seconds
-        self.create_topics = create_topics
-        self.partitions = partitions
-        self.replication_factor = replication_factor
+        self.topic_policy = topic_policy
         self._dlq_producer = None
         self.broker_ok = False
 
@@ -173,10 +169,8 @@ class EventConsumer:
             while not stop.is_set():
                 if consumer is None:
                     try:
-                        if self.create_topics:
-                            ensure_topics(self.bootstrap_servers,
-                                          self.topics + [f"{t}.dlq" for t in self.topics],
-                                          self.partitions, self.replication_factor)
+                        self.topic_policy.ensure(self.bootstrap_servers,
+                                                 self.topics + [f"{t}.dlq" for t in self.topics])
                         consumer = make_consumer(self.bootstrap_servers, self.group_id, self.topics,
                                                  client_id=f"consumer-{self.group_id}")
                         backoff = 0.5

@@ -6,6 +6,7 @@ within seconds, back off and retry, not hang for the library's default minute.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 
@@ -69,6 +70,19 @@ def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int
         admin.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class TopicPolicy:
+    """Whether a worker creates the topics it needs, and how (off when Strimzi manages them)."""
+
+    create: bool = True
+    partitions: int = 3
+    replication_factor: int = 1
+
+    def ensure(self, bootstrap_servers: str, topics: Iterable[str]) -> None:
+        if self.create:
+            ensure_topics(bootstrap_servers, list(topics), self.partitions, self.replication_factor)
+
+
 def broker_reachable(bootstrap_servers: str) -> None:
     """Raise unless the broker answers a metadata request."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="cocreate-probe",
@@ -79,4 +93,4 @@ def broker_reachable(bootstrap_servers: str) -> None:
         admin.close()
 
 
-__all__ = ["KafkaError", "make_producer", "make_consumer", "ensure_topics", "broker_reachable"]
+__all__ = ["KafkaError", "TopicPolicy", "make_producer", "make_consumer", "ensure_topics", "broker_reachable"]

@@ -23,7 +23,7 @@ from services.kernel import metrics
 from services.kernel.db import read_transaction, write_transaction
 from services.kernel.eventstore import EventStore, kernel_metadata
 from services.kernel.events import StoredEvent, to_micros, utc_now
-from services.kernel.kafka import ensure_topics, make_producer
+from services.kernel.kafka import TopicPolicy, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ class Relay:
         bootstrap_servers: str,
         batch_size: int = 500,
         idle_seconds: float = 0.05,
-        create_topics: bool = True,
-        partitions: int = 3,
-        replication_factor: int = 1,
+        topic_policy: TopicPolicy = TopicPolicy(),
         producer_factory: Callable | None = None,
         max_backoff_seconds: float = 5.0,
     ) -> None:
@@ -61,9 +59,7 @@ class Relay:
         self.bootstrap_servers = bootstrap_servers
         self.batch_size = batch_size
         self.idle_seconds = idle_seconds
-        self.create_topics = create_topics
-        self.partitions = partitions
-        self.replication_factor = replication_factor
+        self.topic_policy = topic_policy
         self._producer_factory = producer_factory or (lambda: make_producer(bootstrap_servers, f"relay-{store.service}"))
         self._producer = None
         self.max_backoff_seconds = max_backoff_seconds
@@ -99,8 +95,7 @@ class Relay:
 
     def _ensure_producer(self):
         if self._producer is None:
-            if self.create_topics:
-                ensure_topics(self.bootstrap_servers, [self.topic], self.partitions, self.replication_factor)
+            self.topic_policy.ensure(self.bootstrap_servers, [self.topic])
             self._producer = self._producer_factory()
         return self._producer
 

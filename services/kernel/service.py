@@ -109,6 +109,17 @@ def _settings_or_exit(definition: ServiceDefinition) -> ServiceSettings:
     return settings
 
 
+def _worker_readiness(worker: Relay | EventConsumer, container: Container, settings: ServiceSettings):
+    """Ready when the database answers and the broker does (the worker's own last attempt included)."""
+
+    def broker_ready() -> None:
+        if not worker.broker_ok:
+            raise ConnectionError("the last attempt to reach the broker failed")
+        broker_reachable(settings.kafka_bootstrap_servers)
+
+    return {"database": lambda: ping(container.store.engine), "broker": broker_ready}
+
+
 def relay_main(definition: ServiceDefinition) -> None:
     settings = _settings_or_exit(definition)
     configure_logging(f"{definition.name}-relay", settings.log_level)
@@ -116,17 +127,10 @@ def relay_main(definition: ServiceDefinition) -> None:
     relay = Relay(
         container.store, topic=settings.topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         batch_size=settings.relay_batch_size, idle_seconds=settings.relay_idle_seconds,
-        create_topics=settings.kafka_create_topics, partitions=settings.kafka_topic_partitions,
-        replication_factor=settings.kafka_replication_factor,
+        topic_policy=settings.topic_policy,
     )
-
-    def broker_ready() -> None:
-        if not relay.broker_ok:
-            raise ConnectionError("the last attempt to reach the broker failed")
-        broker_reachable(settings.kafka_bootstrap_servers)
-
     run_until_signalled(relay.run, health_port=settings.health_port,
-                        readiness={"database": lambda: ping(container.store.engine), "broker": broker_ready})
+                        readiness=_worker_readiness(relay, container, settings))
 
 
 def consumer_main(definition: ServiceDefinition, group: str) -> None:
@@ -137,18 +141,11 @@ def consumer_main(definition: ServiceDefinition, group: str) -> None:
     consumer = EventConsumer(
         engine=container.store.engine, group_id=subscription.group, topics=subscription.topics,
         handlers=subscription.handlers(container), bootstrap_servers=settings.kafka_bootstrap_servers,
-        max_retries=settings.consumer_max_retries, create_topics=settings.kafka_create_topics,
-        partitions=settings.kafka_topic_partitions, replication_factor=settings.kafka_replication_factor,
+        max_retries=settings.consumer_max_retries, topic_policy=settings.topic_policy,
     )
-
-    def broker_ready() -> None:
-        if not consumer.broker_ok:
-            raise ConnectionError("the last attempt to reach the broker failed")
-        broker_reachable(settings.kafka_bootstrap_servers)
-
     try:
         run_until_signalled(consumer.run, health_port=settings.health_port,
-                            readiness={"database": lambda: ping(container.store.engine), "broker": broker_ready})
+                            readiness=_worker_readiness(consumer, container, settings))
     except ConsumerStalled as exc:
         log.error("consumer stalled; exiting so that it is restarted", extra={"error": str(exc)})
         raise SystemExit(3) from None

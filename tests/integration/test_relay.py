@@ -10,6 +10,7 @@ import pytest
 from services.kernel.db import make_engine
 from services.kernel.events import Metadata, NewEvent, StoredEvent
 from services.kernel.eventstore import EventStore
+from services.kernel.kafka import TopicPolicy
 from services.kernel.relay import PublishFailed, Relay
 from tests.support.broker import read_topic
 
@@ -59,7 +60,7 @@ def test_relay_publishes_in_position_order_with_envelope_and_headers(broker, sql
 def test_checkpoint_does_not_move_when_the_broker_is_unreachable(sqlite_url, unique):
     store = make_store(sqlite_url)
     store.append(f"project-{unique}", 0, [NewEvent("Pledged", {"amount_fen": 1})])
-    relay = Relay(store, topic=f"t-{unique}", bootstrap_servers="127.0.0.1:1", create_topics=False,
+    relay = Relay(store, topic=f"t-{unique}", bootstrap_servers="127.0.0.1:1", topic_policy=TopicPolicy(create=False),
                   producer_factory=_unreachable_producer)
     with pytest.raises(PublishFailed):
         relay.publish_once()
