@@ -4,18 +4,23 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-unit test-integration rebuild clean
+.PHONY: venv run demo test test-unit test-integration rebuild clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 run: venv
 	bin/run-platform
+
+# Fill the running platform (`make run` in another terminal) with a demo community, through the
+# gateway only.
+demo: venv
+	$(VENV)/bin/python -m cocreate_client.demo
 
 test: venv
 	$(VENV)/bin/python -m pytest tests

@@ -1,16 +1,59 @@
-"""The gateway's HTTP app: authentication at the edge; the services behind it verify again."""
+"""The gateway: the one public API (``/api/v1``) for resident and staff apps.
+
+- Authentication at the edge (the services verify the forwarded token again); a local token
+  endpoint backed by a users file when ``COCREATE_USERS_FILE`` is set.
+- Every service route under ``/api/v1`` (see :mod:`gateway.catalogue`), proxied over pooled
+  connections with per-call timeouts, retries for idempotent reads only and a circuit breaker per
+  service; a call to a service that is down is a 503 with ``Retry-After``.
+- ``Idempotency-Key`` on every POST: the first answer is kept (24 h by default) and returned for
+  a retry with the same key from the same caller; the same key with another body is a 422.
+- Rate limits per caller and per IP (429 with ``Retry-After``), the body size limit, CORS.
+- Composed views (project overview, community dashboard, me) that answer with what they have.
+- ``GET /api/v1/live`` — server-sent events of the caller's community, resumable with
+  ``Last-Event-ID`` (fed by the ``python -m gateway feed`` worker from Kafka).
+"""
 
 from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import flask
 import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
+from gateway import compose
+from gateway.catalogue import PREFIX, Catalogue, service_path
+from gateway.store import GatewayStore, fingerprint
+from gateway.tokens import authenticate, load_users
+from gateway.upstream import Upstream, UpstreamUnavailable
 from services.kernel import settings as settings_module
+from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
+from services.kernel.db import ping
+from services.kernel.errors import DomainError, NotFound, Unauthenticated
 from services.kernel.logs import configure_logging
-from services.kernel.web import Schema, create_base_app, current_principal
+from services.kernel.settings import SettingsError
+from services.kernel.web import (
+    CORRELATION_HEADER, IDENTIFIER, Schema, create_base_app, current_principal, error_response,
+)
+
+FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Accept",
+                             "Accept-Language")
+FORWARDED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Allow", "Retry-After")
+SUBJECT_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
+_CATALOGUE: Catalogue | None = None
+
+
+def catalogue() -> Catalogue:
+    global _CATALOGUE
+    if _CATALOGUE is None:
+        _CATALOGUE = Catalogue()
+    return _CATALOGUE
 
 
 class PrincipalSchema(Schema):
@@ -20,18 +63,78 @@ class PrincipalSchema(Schema):
     community = ma.fields.String(allow_none=True)
 
 
+class TokenRequestSchema(Schema):
+    username = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=100))
+    password = ma.fields.String(required=True, validate=ma.validate.Length(min=1, max=200))
+
+
+class TokenSchema(Schema):
+    access_token = ma.fields.String()
+    token_type = ma.fields.String()
+    expires_in = ma.fields.Integer()
+    person_id = ma.fields.String()
+    roles = ma.fields.List(ma.fields.String())
+    community = ma.fields.String(allow_none=True)
+
+
+class DashboardQuery(Schema):
+    kind = ma.fields.String(load_default="cadre", validate=ma.validate.OneOf(SUBJECT_KINDS),
+                            metadata={"description": "which satisfaction ranking to show"})
+
+
+class LiveQuery(Schema):
+    community_id = ma.fields.String(**IDENTIFIER, metadata={"description": "admins only: another community"})
+
+
 def load_settings(environ=None, **overrides) -> GatewaySettings:
-    return settings_module.load(GatewaySettings, "GATEWAY", environ, **overrides)
+    settings = settings_module.load(GatewaySettings, "GATEWAY", environ, **overrides)
+    if settings.users_file and settings.jwt_algorithm != "HS256":
+        raise SettingsError("COCREATE_USERS_FILE (the local token endpoint) works only with HS256 tokens")
+    return settings
 
 
 def create_app(settings: GatewaySettings) -> flask.Flask:
+    store = GatewayStore(settings.effective_database_url)
+    store.create_schema()
     app, api = create_base_app(
         "gateway", settings, title="共同缔造 public API", version="v1",
-        description="The one public API of the co-creation platform for resident and staff apps.",
+        description="The one public API of the co-creation platform for resident and staff apps. "
+                    "Every route needs a bearer token except the token endpoint.",
+        readiness={"database": lambda: ping(store.engine)},
         max_body_bytes=settings.max_body_bytes,
     )
     app.extensions["cocreate.gateway_settings"] = settings
-    blp = Blueprint("identity", __name__, url_prefix="/api/v1", description="Who is calling")
+    app.extensions["cocreate.gateway_store"] = store
+    upstreams = {
+        name: Upstream(name, url, timeout=settings.upstream_timeout_seconds,
+                       read_retries=settings.upstream_read_retries, failure_threshold=settings.breaker_failures,
+                       open_seconds=settings.breaker_open_seconds)
+        for name, url in (("projects", settings.projects_url), ("volunteers", settings.volunteers_url),
+                          ("feedback", settings.feedback_url))
+    }
+    app.extensions["cocreate.upstreams"] = upstreams
+    composer = compose.Composer(upstreams, ThreadPoolExecutor(max_workers=16, thread_name_prefix="compose"))
+    routes = catalogue()
+    users = UsersFile(settings.users_file) if settings.users_file else None
+    _install_edge(app, settings, store)
+
+    blp = Blueprint("gateway", __name__, url_prefix=PREFIX, description="Identity and composed views")
+
+    @blp.route("/auth/token")
+    class Token(MethodView):
+        @blp.arguments(TokenRequestSchema)
+        @blp.response(201, TokenSchema)
+        def post(self, body):
+            """Sign in with a username and password from the users file (local use and demos)"""
+            if users is None:
+                raise RouteNotFound()
+            user = authenticate(users.current(), body["username"], body["password"])
+            if user is None:
+                raise Unauthenticated("unknown username or wrong password")
+            token = issue_token(settings, person_id=user.person_id, name=user.name, roles=user.roles,
+                                community=user.community, lifetime=timedelta(minutes=settings.token_minutes))
+            return {"access_token": token, "token_type": "Bearer", "expires_in": settings.token_minutes * 60,
+                    "person_id": user.person_id, "roles": list(user.roles), "community": user.community}
 
     @blp.route("/whoami")
     class WhoAmI(MethodView):
@@ -42,8 +145,264 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
             return {"person_id": principal.person_id, "name": principal.name,
                     "roles": sorted(principal.roles), "community": principal.community}
 
+    def forward_headers() -> dict[str, str]:
+        headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := flask.request.headers.get(k))}
+        headers[CORRELATION_HEADER] = flask.g.get("correlation_id", "")
+        return headers
+
+    def composed(view: str, parts):
+        current_principal()
+        answer, missing = composer.gather(view, parts, forward_headers())
+        return {**answer, "missing": missing}
+
+    @blp.route("/projects/<project_id>/overview")
+    class ProjectOverview(MethodView):
+        @blp.response(200)
+        def get(self, project_id):
+            """The project, the volunteer minutes credited to it and its satisfaction score"""
+            return composed("project_overview", compose.project_overview_parts(project_id))
+
+    @blp.route("/communities/<community_id>/dashboard")
+    class Dashboard(MethodView):
+        @blp.arguments(DashboardQuery, location="query")
+        @blp.response(200)
+        def get(self, query, community_id):
+            """Projects per stage, fund, top volunteers this month, satisfaction ranking, follow-ups"""
+            return {"community_id": community_id,
+                    **composed("dashboard", compose.dashboard_parts(community_id, query["kind"]))}
+
+    @blp.route("/me")
+    class Me(MethodView):
+        @blp.response(200)
+        def get(self):
+            """My card, my proposals and pledges, my ratings and their follow-ups"""
+            principal = current_principal()
+            return {"person_id": principal.person_id, "name": principal.name, **composed("me", compose.me_parts())}
+
+    @blp.route("/live")
+    class Live(MethodView):
+        @blp.arguments(LiveQuery, location="query")
+        @blp.response(200, content_type="text/event-stream")
+        def get(self, query):
+            """Server-sent events of your community's events; resume with Last-Event-ID"""
+            principal = current_principal()
+            community = query.get("community_id") if "admin" in principal.roles else principal.community
+            last = flask.request.headers.get("Last-Event-ID", "").strip()
+            after = int(last) if last.isdigit() else store.last_feed_id()
+            return flask.Response(flask.stream_with_context(_event_stream(store, community, after)),
+                                  content_type="text/event-stream",
+                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     api.register_blueprint(blp)
+    _merge_service_documents(api, routes)
+
+    @app.route(f"{PREFIX}/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def proxy(rest: str):
+        principal = current_principal()
+        public = "/" + rest
+        try:
+            target, _args = routes.adapter().match(public, flask.request.method)
+        except MethodNotAllowed as exc:
+            return error_response(405, f"{flask.request.method} is not allowed on {PREFIX}{public}",
+                                  headers={"Allow": ", ".join(sorted(exc.valid_methods or ()))})
+        except RouteNotFound:
+            return error_response(404, f"no route {PREFIX}{public}")
+        path = service_path(target.service, public)
+        if flask.request.query_string:
+            path += "?" + flask.request.query_string.decode("latin-1")
+        body = flask.request.get_data()
+        key = flask.request.headers.get("Idempotency-Key", "").strip()
+        if flask.request.method == "POST" and key:
+            return _idempotent(store, settings, principal.person_id, key, public, body,
+                               lambda: _forward(upstreams[target.service], path, body, forward_headers()))
+        return _forward(upstreams[target.service], path, body, forward_headers())
+
     return app
+
+
+class UsersFile:
+    """The users file, read again when it changes (``make demo`` writes it to a running platform)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stamp: float | None = None
+        self._users: dict = {}
+
+    def current(self) -> dict:
+        try:
+            stamp = os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            raise NotFound(f"the token endpoint has no users file yet ({self.path})", reason="no_users_file") from None
+        if stamp != self._stamp:
+            self._users, self._stamp = load_users(self.path), stamp
+        return self._users
+
+
+def _forward(upstream: Upstream, path: str, body: bytes, headers: dict[str, str]) -> flask.Response:
+    method = flask.request.method
+    try:
+        reply = upstream.request(method, path, headers=headers, body=body or None)
+    except UpstreamUnavailable as exc:
+        if exc.why == "timed out" and method not in ("GET", "HEAD"):
+            # The service may have decided before the timeout: say so rather than invite a blind retry.
+            return error_response(504, f"the {exc.service} service did not answer in time; the outcome is "
+                                       "unknown — read the resource before trying again",
+                                  {"reason": "outcome_unknown", "service": exc.service})
+        return error_response(503, str(exc), {"reason": "service_unavailable", "service": exc.service},
+                              headers={"Retry-After": str(exc.retry_after)})
+    response = flask.Response(reply.body, status=reply.status)
+    for name in FORWARDED_RESPONSE_HEADERS:
+        value = _header(reply.headers, name)
+        if value:
+            response.headers[name] = value
+    location = _header(reply.headers, "Location")
+    if location and location.startswith("/"):
+        response.headers["Location"] = PREFIX + location
+    return response
+
+
+def _header(headers, name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def _idempotent(store: GatewayStore, settings: GatewaySettings, caller: str, key: str, path: str, body: bytes,
+                run) -> flask.Response:
+    if len(key) > 200:
+        raise DomainError("Idempotency-Key is at most 200 characters", reason="invalid_idempotency_key")
+    print_ = fingerprint("POST", path, body)
+    remembered = store.claim_key(caller, key, print_, timedelta(hours=settings.idempotency_hours))
+    if remembered is not None:
+        if not remembered.same_request:
+            raise DomainError("this Idempotency-Key was used for a different request",
+                              reason="idempotency_key_reused", details={"Idempotency-Key": "used for another request"})
+        if remembered.status is None:
+            return error_response(409, "the first request with this Idempotency-Key is still running",
+                                  {"reason": "idempotency_in_progress"}, headers={"Retry-After": "1"})
+        response = flask.Response(remembered.body, status=remembered.status, headers=remembered.headers)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    try:
+        response = run()
+    except Exception:
+        store.forget(caller, key)
+        raise
+    if response.status_code >= 500 and response.status_code != 504:
+        store.forget(caller, key)  # the service decided nothing (down, or rolled back): a retry may run it
+    else:
+        headers = {k: v for k, v in response.headers.items() if k in ("Content-Type", "ETag", "Location")}
+        store.remember(caller, key, response.status_code, headers, response.get_data())
+    return response
+
+
+def _event_stream(store: GatewayStore, community: str | None, after: int, idle_seconds: float = 0.5,
+                  heartbeat_seconds: float = 15.0, max_seconds: float = 300.0):
+    """Events after ``after`` as they arrive; the stream ends after ``max_seconds`` so that a
+    worker thread is not held forever — the browser reconnects with ``Last-Event-ID``."""
+    yield "retry: 3000\n\n"
+    started = quiet_since = time.monotonic()
+    while time.monotonic() - started < max_seconds:
+        rows = store.feed_after(community, after)
+        for row in rows:
+            after = row.id
+            yield f"id: {row.id}\nevent: {row.event_type}\ndata: {row.envelope}\n\n"
+        if rows:
+            quiet_since = time.monotonic()
+            continue
+        if time.monotonic() - quiet_since >= heartbeat_seconds:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        time.sleep(idle_seconds)
+
+
+def _install_edge(app: flask.Flask, settings: GatewaySettings, store: GatewayStore) -> None:
+    """Rate limits before anything else runs, and CORS on every answer."""
+    origins = set(settings.cors_origins)
+
+    @app.before_request
+    def _limit():
+        request = flask.request
+        if request.method == "OPTIONS" and origins:
+            return _preflight(origins)
+        if not request.path.startswith(PREFIX) or (settings.rate_limit_per_ip <= 0 and settings.rate_limit_per_caller <= 0):
+            return None
+        buckets, limits = [], []
+        if settings.rate_limit_per_ip > 0:
+            buckets.append(f"ip:{_client_ip(settings)}")
+            limits.append(settings.rate_limit_per_ip)
+        caller = _caller_quietly()
+        if caller and settings.rate_limit_per_caller > 0:
+            buckets.append(f"caller:{caller}")
+            limits.append(settings.rate_limit_per_caller)
+        counts, retry_after = store.hit(buckets)
+        for bucket, count, limit in zip(buckets, counts, limits):
+            if count > limit:
+                kind = bucket.split(":", 1)[0]
+                return error_response(429, f"too many requests from this {'caller' if kind == 'caller' else 'address'}:"
+                                           f" {limit} per minute", {"reason": "rate_limited", "limit": limit},
+                                      headers={"Retry-After": str(retry_after)})
+        return None
+
+    @app.after_request
+    def _cors(response: flask.Response):
+        origin = flask.request.headers.get("Origin")
+        if origin and origin in origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Expose-Headers"] = "ETag, Location, Retry-After, X-Correlation-ID"
+        return response
+
+
+def _preflight(origins: set[str]) -> flask.Response:
+    origin = flask.request.headers.get("Origin", "")
+    response = flask.Response(status=204)
+    if origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PUT, PATCH, DELETE"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, If-Match, Idempotency-Key, Last-Event-ID"
+        response.headers["Access-Control-Max-Age"] = "600"
+        response.headers["Vary"] = "Origin"
+    return response
+
+
+def _client_ip(settings: GatewaySettings) -> str:
+    request = flask.request
+    if settings.trusted_proxies > 0:
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        if len(hops) >= settings.trusted_proxies:
+            return hops[-settings.trusted_proxies]
+    return request.remote_addr or "unknown"
+
+
+def _caller_quietly() -> str | None:
+    """The caller's person id when the token verifies; the route itself answers 401 otherwise."""
+    try:
+        return current_principal().person_id
+    except DomainError:
+        flask.g.pop("principal", None)
+        return None
+
+
+def _merge_service_documents(api, routes: Catalogue) -> None:
+    """Add every service's paths, schemas, responses and tags to the gateway's document."""
+    paths, schemas, responses, tags = routes.openapi_parts()
+    spec = api.spec
+    for name, schema in schemas.items():
+        spec.components.schema(name, component=schema)
+    for name, response in responses.items():
+        spec.components.response(name, component=response)
+    for tag in tags:
+        spec.tag(tag)
+    own_to_dict = spec.to_dict
+
+    def to_dict():
+        document = own_to_dict()
+        document["paths"] = {**paths, **document["paths"]}
+        return document
+
+    spec.to_dict = to_dict
 
 
 def build() -> flask.Flask:
@@ -51,3 +410,4 @@ def build() -> flask.Flask:
     settings = load_settings()
     configure_logging("gateway", settings.log_level)
     return create_app(settings)
+

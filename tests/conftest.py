@@ -69,3 +69,17 @@ def own_broker():
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]
+
+
+def require_tool(name: str, install_hint: str) -> str:
+    """The path of an external tool; skipped with the reason when it is missing — except under CI
+    (``COCREATE_REQUIRE_ALL_TOOLS=1``, set by ``.ci/run``), where a missing tool fails the test."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({install_hint})"
+        if os.environ.get("COCREATE_REQUIRE_ALL_TOOLS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -35,7 +35,19 @@ class Principal:
 
     def require(self, *roles: str) -> None:
         if not self.has_any(roles):
-            raise Forbidden(f"this action needs one of the roles: {', '.join(roles)}")
+            raise Forbidden(f"this action needs one of the roles: {', '.join(roles)}", reason="role_required",
+                            details={"roles": list(roles)})
+
+
+def require_member(actor: Principal, community_id: str, roles: tuple[str, ...]) -> None:
+    """The actor holds one of ``roles`` and belongs to ``community_id`` (admins: any community,
+    when the action is open to cadres or admins)."""
+    if "admin" in actor.roles and ("admin" in roles or "cadre" in roles):
+        return
+    actor.require(*roles)
+    if actor.community != community_id:
+        raise Forbidden(f"this action is open only to members of community {community_id}",
+                        reason="other_community")
 
 
 class TokenVerifier:

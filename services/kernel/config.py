@@ -87,3 +87,25 @@ class GatewaySettings(AuthSettings):
     projects_url: str = setting("http://127.0.0.1:8001", doc="base URL of the projects service")
     volunteers_url: str = setting("http://127.0.0.1:8002", doc="base URL of the volunteers service")
     feedback_url: str = setting("http://127.0.0.1:8003", doc="base URL of the feedback service")
+    data_dir: Path = setting(Path("var"), doc="where the gateway's SQLite file lives when no database URL is set")
+    database_url: str = setting("", doc="gateway database (idempotency keys, rate windows, live feed); "
+                                       "default sqlite:///<data_dir>/gateway.db")
+    upstream_timeout_seconds: float = setting(2.0, doc="timeout of one call to a service")
+    upstream_read_retries: int = setting(1, doc="extra attempts for idempotent reads (never for writes)")
+    breaker_failures: int = setting(5, doc="consecutive failures that open a service's circuit breaker")
+    breaker_open_seconds: float = setting(15.0, doc="how long an open breaker refuses calls before a trial")
+    idempotency_hours: int = setting(24, doc="how long Idempotency-Key answers are kept")
+    rate_limit_per_caller: int = setting(600, doc="requests per minute per authenticated caller (0: off)")
+    rate_limit_per_ip: int = setting(1200, doc="requests per minute per client IP (0: off)")
+    trusted_proxies: int = setting(0, doc="X-Forwarded-For hops to trust for the client IP (1 behind an ingress)")
+    cors_origins: tuple[str, ...] = setting((), doc="comma-separated origins allowed by CORS (empty: none)")
+    users_file: str = setting("", doc="JSON users file enabling POST /api/v1/auth/token (local use and demos)")
+    token_minutes: int = setting(480, doc="lifetime of tokens the token endpoint issues")
+    kafka_bootstrap_servers: str = setting(
+        "127.0.0.1:9092", aliases=("KAFKA_BOOTSTRAP_SERVERS",), doc="Kafka bootstrap servers (live feed worker)")
+    feed_retention_hours: int = setting(72, doc="how long the live feed keeps events for Last-Event-ID resumption")
+    health_port: int = setting(0, doc="HTTP port of the feed worker's /healthz /readyz /metrics (0: none)")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir}/gateway.db"

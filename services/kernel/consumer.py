@@ -38,6 +38,7 @@ from services.kernel.logs import correlation_id_var
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Connection, StoredEvent], None]
+ANY_EVENT = "*"  # a handler under this key receives every event type without its own handler
 
 inbox_table = sa.Table(
     "inbox",
@@ -92,7 +93,7 @@ class EventConsumer:
         except EnvelopeError as exc:
             self.dead_letter(record, f"invalid envelope: {exc}")
             return "dead_lettered"
-        handler = self.handlers.get(event.event_type)
+        handler = self.handlers.get(event.event_type) or self.handlers.get(ANY_EVENT)
         token = correlation_id_var.set(event.metadata.get("correlation_id") or event.event_id)
         try:
             return self._handle_with_retries(record, event, handler)

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 
@@ -140,6 +140,16 @@ def _require_mapping(envelope: Mapping[str, Any], key: str) -> Mapping[str, Any]
     if not isinstance(value, Mapping):
         raise EnvelopeError(f"{key} must be a JSON object")
     return value
+
+
+# China Standard Time (UTC+8, no daylight saving): the neighbourhoods' calendar days, for daily
+# caps, leaderboard months, rating periods and working-day deadlines. Times are stored in UTC.
+LOCAL_TZ = timezone(timedelta(hours=8), "CST")
+
+
+def local_date(moment: datetime) -> str:
+    """The calendar date (YYYY-MM-DD) of ``moment`` in China Standard Time."""
+    return moment.astimezone(LOCAL_TZ).date().isoformat()
 
 
 def utc_now() -> datetime:

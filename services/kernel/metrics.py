@@ -14,6 +14,11 @@ from prometheus_client import (
 )
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
+# A worker started with PROMETHEUS_MULTIPROC_DIR pointing at a fresh emptyDir would fail on its
+# first metric write: make sure the directory exists (gunicorn's master also wipes it at start).
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 HTTP_REQUESTS = Counter(
     "cocreate_http_requests_total", "HTTP requests handled",
     ["app", "route", "method", "status"],
@@ -65,14 +70,62 @@ MESSAGES_DEAD_LETTERED = Counter(
     ["group", "topic"],
 )
 
+UPSTREAM_CALLS = Counter(
+    "cocreate_gateway_upstream_calls_total", "Gateway calls to a service, by outcome",
+    ["service", "outcome"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "cocreate_gateway_upstream_duration_seconds", "Latency of gateway calls to a service",
+    ["service"], buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+COMPOSED_PARTIAL = Counter(
+    "cocreate_gateway_composed_partial_total", "Composed views answered without some of their parts",
+    ["view", "service"],
+)
 
-def exposition() -> tuple[bytes, str]:
-    """The text exposition for this process (all gunicorn workers in multiprocess mode)."""
+
+def exposition(collectors=()) -> tuple[bytes, str]:
+    """The text exposition for this process (all gunicorn workers in multiprocess mode), plus
+    ``collectors`` computed at scrape time (domain figures read from the read models)."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST
+    else:
+        registry = CollectorRegistry()
+        registry.register(_DefaultRegistryView())
+    for collector in collectors:
+        registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _DefaultRegistryView:
+    """The process's default registry as one collector (outside gunicorn)."""
+
+    def collect(self):
+        return DEFAULT_REGISTRY.collect()
+
+
+class QueryGauge:
+    """A gauge family computed by a query at scrape time: ``query(connection)`` returns
+    ``[(label values..., value)]``. A failing query is left out of the scrape, not fatal."""
+
+    def __init__(self, engine, name: str, documentation: str, labels: list[str], query) -> None:
+        self.engine, self.name, self.documentation, self.labels, self.query = engine, name, documentation, labels, query
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        try:
+            with self.engine.connect() as connection:
+                for *values, number in self.query(connection):
+                    family.add_metric([str(v) for v in values], float(number))
+        except Exception:  # noqa: BLE001 — a scrape must not fail because a figure could not be read
+            return
+        yield family

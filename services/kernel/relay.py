@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -166,6 +165,10 @@ class Relay:
             except (KafkaError, PublishFailed, OSError) as exc:
                 self.broker_ok = False
                 metrics.RELAY_ERRORS.labels(self.store.service, self.topic).inc()
+                try:  # the lag keeps growing while the broker is away: show it
+                    self._update_lag(self.checkpoint())
+                except Exception:  # noqa: BLE001 — the database may be the thing that is down
+                    log.debug("lag not updated", exc_info=True)
                 log.warning("publishing failed; retrying", extra={"error": repr(exc), "backoff_s": backoff})
                 self._drop_producer()
                 stop.wait(backoff)

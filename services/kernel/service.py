@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import flask
 from flask_smorest import Blueprint
@@ -50,6 +51,11 @@ class ServiceDefinition:
     upcasters: Callable[[], UpcasterChain] = UpcasterChain
     blueprints: Callable[["Container"], Sequence[Blueprint]] = lambda container: ()
     subscriptions: Sequence[Subscription] = ()
+    # Extra one-shot commands: name -> (help, run(container) -> the line to print), e.g. a sweep
+    # that a Kubernetes CronJob runs.
+    commands: Mapping[str, tuple[str, Callable[["Container"], str]]] = dataclasses.field(default_factory=dict)
+    # Domain figures exported on the API's /metrics, computed from read models at scrape time.
+    collectors: Callable[["Container"], Sequence[Any]] = lambda container: ()
 
 
 @dataclasses.dataclass
@@ -85,6 +91,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
         max_body_bytes=settings.max_body_bytes,
     )
     app.extensions["cocreate.container"] = container
+    app.extensions["cocreate.collectors"] = list(definition.collectors(container))
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
     for blueprint in definition.blueprints(container):
         api.register_blueprint(blueprint)
@@ -167,7 +174,7 @@ def migrate_main(definition: ServiceDefinition) -> None:
 
 
 def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
-    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate``"""
+    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate|<definition.commands>``"""
     parser = argparse.ArgumentParser(prog=f"python -m services.{definition.name}",
                                      description=f"{definition.title}: workers and commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -176,7 +183,14 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     consumer.add_argument("group", choices=sorted(s.group for s in definition.subscriptions) or ["-"])
     commands.add_parser("rebuild", help="drop the read models and replay the whole event store")
     commands.add_parser("migrate", help="create or update the database schema")
+    for name, (help_text, _run) in definition.commands.items():
+        commands.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
+    if args.command in definition.commands:
+        settings = _settings_or_exit(definition)
+        configure_logging(f"{definition.name}-{args.command}", settings.log_level)
+        print(definition.commands[args.command][1](bootstrap(definition, settings)))
+        return
     if args.command == "relay":
         relay_main(definition)
     elif args.command == "consumer":

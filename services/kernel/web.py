@@ -10,6 +10,7 @@ returned, logged and put into event metadata), request metrics, ``/healthz``, ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -26,7 +27,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from services.kernel import metrics
 from services.kernel.auth import Principal, TokenVerifier
 from services.kernel.config import AuthSettings
-from services.kernel.errors import ConcurrencyError, DomainError
+from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
 from services.kernel.events import Metadata
 from services.kernel.logs import correlation_id_var
 
@@ -128,7 +129,8 @@ def _install_error_handlers(app: flask.Flask) -> None:
         status = error.status
         if isinstance(error, ConcurrencyError) and flask.request.headers.get("If-Match"):
             status = 412
-        errors = {"reason": error.reason, **error.details}
+        # The stable code wins over a detail that happens to be about a field named "reason".
+        errors = {**error.details, "reason": error.reason}
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
         return error_response(status, error.message, errors, headers)
 
@@ -201,7 +203,7 @@ def _install_operational_routes(app: flask.Flask, readiness: Mapping[str, Readin
 
     @app.get("/metrics")
     def metrics_endpoint():
-        body, content_type = metrics.exposition()
+        body, content_type = metrics.exposition(app.extensions.get("cocreate.collectors", ()))
         return flask.Response(body, content_type=content_type)
 
     @app.get("/docs/assets/<path:filename>")
@@ -238,3 +240,57 @@ def expected_version_from_if_match() -> int | None:
         raise DomainError("If-Match must hold the ETag the resource was served with, e.g. \"3\"",
                           reason="invalid_if_match")
     return int(tag)
+
+
+# -- shared pieces of every service's API ---------------------------------------------------------
+
+class EmptySchema(Schema):
+    """The body of a command that takes none: ``{}`` or nothing; any field is refused."""
+
+
+IDENTIFIER = {"validate": ma.validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",
+                                             error="1-64 letters, digits, '_', '-' or '.'")}
+
+
+def text_field(max_length: int, **kwargs) -> ma.fields.String:
+    """A non-empty string of at most ``max_length`` characters."""
+    return ma.fields.String(validate=ma.validate.Length(min=1, max=max_length), **kwargs)
+
+
+def recorded_json(events) -> list[dict[str, Any]]:
+    """The events a command recorded, as its answer lists them."""
+    return [{"event_type": e.event_type, "stream_id": e.stream_id, "version": e.version,
+             "position": e.position, "data": dict(e.data)} for e in events]
+
+
+def command_answer(key: str, resource: Mapping[str, Any], version: int, recorded, status: int = 200,
+                   created_id: str | None = None) -> flask.Response:
+    """``{key: resource, "recorded": [...], "created_id": ...}`` with the resource's version as ETag."""
+    response = flask.make_response(flask.jsonify({key: resource, "recorded": recorded_json(recorded),
+                                                  "created_id": created_id}), status)
+    response.set_etag(str(version))
+    return response
+
+
+ANY_ROLE = "any"
+PLATFORM_ROLES = ("resident", "representative", "volunteer", "grid_worker", "cadre", "organizer", "admin")
+
+
+def roles(blueprint, *allowed: str):
+    """Gate a view: 403 unless the caller's token holds one of ``allowed`` — checked before the body
+    is read or anything is loaded, so a caller without the role learns nothing about the resource.
+    The roles are published in the OpenAPI operation as ``x-roles``. Finer rules (the community,
+    the proposer, the organiser) stay in the domain."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def gated(*args, **kwargs):
+            principal = current_principal()
+            if ANY_ROLE not in allowed and not principal.has_any(allowed):
+                raise Forbidden(f"this action needs one of the roles: {', '.join(allowed)}",
+                                reason="role_required", details={"roles": list(allowed)})
+            return view(*args, **kwargs)
+
+        return blueprint.doc(**{"x-roles": list(allowed)})(gated)
+
+    return decorator

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Mapping
@@ -78,9 +79,25 @@ def run_until_signalled(loop: Callable[[threading.Event], None], *, health_port:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    _fresh_metrics_directory()
     health = HealthServer(health_port, readiness).start() if health_port else None
     try:
         loop(stop)
     finally:
         if health is not None:
             health.stop()
+
+
+def _fresh_metrics_directory() -> None:
+    """A worker is the only process of its container: files a crashed predecessor left in the
+    multiprocess directory (an emptyDir survives container restarts) would keep its last gauge
+    values alive, so they are removed at start."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory or not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.endswith(".db"):
+            try:
+                os.remove(os.path.join(directory, name))
+            except OSError:
+                pass

@@ -1,10 +1,25 @@
 """The projects service's definition: what the kernel needs to run its API and workers."""
 
+import sqlalchemy as sa
+
+from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition
+from services.projects import api, views
+
+
+def _collectors(container):
+    t = views.PROJECTS.table
+    return [QueryGauge(container.store.engine, "cocreate_projects", "Projects per community and stage",
+                       ["community", "stage"],
+                       lambda c: c.execute(sa.select(t.c.community_id, t.c.stage, sa.func.count())
+                                           .group_by(t.c.community_id, t.c.stage)).all())]
 
 DEFINITION = ServiceDefinition(
     name="projects",
     title="共同缔造 projects",
     description="Co-creation projects through the five stages 共谋 共建 共管 共评 共享, council votes, "
                 "contributions and the community fund.",
+    projections=views.projections,
+    blueprints=api.blueprints,
+    collectors=_collectors,
 )

@@ -24,8 +24,8 @@ from services.kernel.eventstore import EventStore
 from services.kernel.service import create_service_app, load_settings
 from services.projects.service import DEFINITION as PROJECTS
 from tests.conftest import TEST_SECRET
+from tests.support.errors import ERROR_KEYS
 
-ERROR_KEYS = {"code", "status", "message", "errors"}
 AUTH = AuthSettings(jwt_secret=TEST_SECRET)
 ROUTE = "/items/<stream_id>"
 SECRET_TEXT = "kaboom-internal-detail-4711"
@@ -420,7 +420,7 @@ def test_history_needs_admin_role(service):
     app, store = service
     client = app.test_client()
     body = assert_error(client.get("/events", headers=bearer("person-5", roles=["resident", "cadre"])), 403)
-    assert body["errors"]["reason"] == "forbidden"
+    assert body["errors"]["reason"] == "role_required"
     assert_error(client.get("/events"), 401)
 
 

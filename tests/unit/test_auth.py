@@ -226,7 +226,7 @@ def test_principal_require():
     with pytest.raises(Forbidden) as caught:
         principal.require("admin", "cadre")
     assert caught.value.status == 403
-    assert caught.value.reason == "forbidden"
+    assert caught.value.reason == "role_required"
     assert "admin" in caught.value.message and "cadre" in caught.value.message
 
 

@@ -1,0 +1,38 @@
+# One image for every app of the platform: the three services (API, relay, consumers), the
+# gateway and its feed worker. The Deployment chooses the command; the defaults below serve the
+# gateway. Build: docker build -t cocreate:$(git rev-parse --short HEAD) .
+FROM python:3.11.7-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY deploy/requirements.lock ./deploy/requirements.lock
+# --no-deps: the lock pins every runtime dependency, transitive ones included.
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-deps -r deploy/requirements.lock
+COPY pyproject.toml README.md ./
+COPY services ./services
+COPY gateway ./gateway
+COPY cocreate_client ./cocreate_client
+RUN /opt/venv/bin/pip install --no-deps . \
+ && /opt/venv/bin/python -c "import services.projects.app, services.volunteers.app, services.feedback.app, gateway.app"
+
+FROM python:3.11.7-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    COCREATE_DATA_DIR=/tmp/var \
+    GUNICORN_BIND=0.0.0.0:8000 \
+    GUNICORN_WORKER_TMP_DIR=/tmp \
+    COCREATE_APP_NAME=gateway
+COPY --from=build /opt/venv /opt/venv
+# The source stays in the image only as the installed package; no compilers, no caches.
+RUN groupadd --gid 10001 cocreate && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin cocreate
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000 9100
+# The same commands the local platform runs (Procfile), for example:
+#   gunicorn -c python:services.kernel.gunicorn_conf 'services.projects.app:build()'
+#   python -m services.projects relay            (COCREATE_HEALTH_PORT=9100 for probes and metrics)
+#   python -m services.volunteers consumer volunteers.project-labour
+#   python -m services.feedback sweep-overdue    (a CronJob)
+#   python -m gateway feed
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD python -c "import os, urllib.request; port = os.environ.get('COCREATE_HEALTH_PORT') or os.environ['GUNICORN_BIND'].rsplit(':', 1)[1]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"
+CMD ["gunicorn", "-c", "python:services.kernel.gunicorn_conf", "gateway.app:build()"]

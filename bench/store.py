@@ -1,0 +1,188 @@
+"""Event-store appends beside their anchors, and replay of a large log.
+
+- ours: :class:`services.kernel.eventstore.EventStore` on SQLite (WAL, ``synchronous=FULL``,
+  ``BEGIN IMMEDIATE``), one event per transaction and batches of 100 events per transaction;
+- ceiling: a bare ``sqlite3`` loop inserting the same rows into the same table shape with the same
+  durability — what any store on this disk can reach;
+- peer: the ``eventsourcing`` library's SQLite application recorder;
+- PostgreSQL (ours) when ``TEST_POSTGRES_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from services.kernel.db import make_engine
+from services.kernel.events import NewEvent
+from services.kernel.eventstore import EventStore
+
+PAYLOAD = {"project_id": "p-0001", "person_id": "resident-42", "choice": "yes", "note": "同意修建休闲活动室"}
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+def ours(url: str, events: int, batch: int) -> float:
+    store = EventStore(make_engine(url), service="bench", projections=[])
+    store.create_schema()
+    streams = max(1, events // (batch * 4))
+    versions = [0] * streams
+    started = time.perf_counter()
+    for i in range(events // batch):
+        s = i % streams
+        store.append(f"project-{s}", versions[s], [NewEvent("BallotCast", PAYLOAD) for _ in range(batch)])
+        versions[s] += batch
+    return rate(events // batch * batch, time.perf_counter() - started)
+
+
+def ceiling(path: Path, events: int, batch: int) -> float:
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE events (position INTEGER PRIMARY KEY, event_id TEXT UNIQUE, stream_id TEXT, "
+                       "version INTEGER, event_type TEXT, schema_version INTEGER, occurred_at_us INTEGER, "
+                       "data TEXT, metadata TEXT, UNIQUE (stream_id, version))")
+    data, meta = json.dumps(PAYLOAD, ensure_ascii=False), json.dumps({"actor": "resident-42"})
+    streams = max(1, events // (batch * 4))
+    versions = [0] * streams
+    started = time.perf_counter()
+    for i in range(events // batch):
+        s = i % streams
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(
+            "INSERT INTO events (event_id, stream_id, version, event_type, schema_version, occurred_at_us, data, "
+            "metadata) VALUES (?, ?, ?, 'BallotCast', 1, ?, ?, ?)",
+            [(str(uuid.uuid4()), f"project-{s}", versions[s] + k + 1, time.time_ns() // 1000, data, meta)
+             for k in range(batch)])
+        connection.execute("COMMIT")
+        versions[s] += batch
+    elapsed = time.perf_counter() - started
+    connection.close()
+    return rate(events // batch * batch, elapsed)
+
+
+def peer(path: Path, events: int, batch: int) -> float:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+    recorder = SQLiteApplicationRecorder(SQLiteDatastore(str(path)))
+    recorder.create_table()
+    state = json.dumps(PAYLOAD, ensure_ascii=False).encode()
+    streams = [uuid.uuid4() for _ in range(max(1, events // (batch * 4)))]
+    versions = [0] * len(streams)
+    started = time.perf_counter()
+    for i in range(events // batch):
+        s = i % len(streams)
+        recorder.insert_events([StoredEvent(streams[s], versions[s] + k + 1, "bench:BallotCast", state)
+                                for k in range(batch)])
+        versions[s] += batch
+    return rate(events // batch * batch, time.perf_counter() - started)
+
+
+def appends(workdir: Path, quick: bool) -> list[dict]:
+    single, batched = (500, 5_000) if quick else (2_000, 40_000)
+    rows = []
+    for batch, events in ((1, single), (100, batched)):
+        label = "one event per transaction" if batch == 1 else "batches of 100 events"
+        figures = {
+            "ours": ours(f"sqlite:///{workdir}/ours-{batch}.db", events, batch),
+            "ceiling": ceiling(workdir / f"ceiling-{batch}.db", events, batch),
+            "peer": peer(workdir / f"peer-{batch}.db", events, batch),
+        }
+        rows.append({"measure": f"append, SQLite, {label}", "unit": "events/s", "ours": figures["ours"],
+                     "anchors": {"bare sqlite3 (ceiling)": figures["ceiling"], "eventsourcing (peer)": figures["peer"]},
+                     "targets": [{"what": "≥ 1.2× peer", "met": figures["ours"] >= 1.2 * figures["peer"]},
+                                 {"what": "≥ 80% of ceiling", "met": figures["ours"] >= 0.8 * figures["ceiling"]}]})
+    postgres = os.environ.get("TEST_POSTGRES_URL")
+    if postgres:
+        for batch, events in ((1, single // 2), (100, batched // 2)):
+            url = _fresh_postgres(postgres)
+            value = ours(url, events, batch)
+            rows.append({"measure": f"append, PostgreSQL, {'one per transaction' if batch == 1 else 'batches of 100'}",
+                         "unit": "events/s", "ours": value, "anchors": {}, "targets": []})
+    return rows
+
+
+def _fresh_postgres(admin_url: str) -> str:
+    import sqlalchemy as sa
+
+    from services.kernel.db import normalise_url
+
+    admin = sa.create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"cocreate_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return sa.engine.make_url(normalise_url(admin_url)).set(database=name).render_as_string(hide_password=False)
+
+
+# -- replay --------------------------------------------------------------------------------------
+
+REPLAY_SCRIPT = r"""
+import json, resource, sys, time
+from services.feedback.views import STATS
+from services.kernel.db import make_engine
+from services.kernel.eventstore import EventStore, rebuild
+store = EventStore(make_engine(sys.argv[1]), service="bench", projections=[STATS])
+started = time.perf_counter()
+count = rebuild(store)
+elapsed = time.perf_counter() - started
+print(json.dumps({"events": count, "seconds": elapsed,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def fill_ratings_log(path: Path, events: int, subjects: int) -> None:
+    """``events`` RatingSubmitted events written straight into a store's table (fast bulk load)."""
+    store = EventStore(make_engine(f"sqlite:///{path}"), service="bench", projections=[])
+    store.create_schema()
+    store.engine.dispose()
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=OFF")  # loading the fixture, not measuring it
+    now = time.time_ns() // 1000
+    chunk = 50_000
+    for start in range(0, events, chunk):
+        rows = []
+        for i in range(start, min(events, start + chunk)):
+            level = 5 - (i * 7919 % 23) % 5
+            data = json.dumps({"rating_id": f"r{i}", "subject_id": f"s{i % subjects}", "subject_kind": "cadre",
+                               "subject_name": f"干部{i % subjects}", "subject_person_id": None, "community_id": "c1",
+                               "period": "2026-10", "person_id": f"resident-{i}", "level": level, "dimensions": {},
+                               "comment": "", "source": {"kind": "resident"}, "rated_at": "2026-10-05T02:00:00Z"},
+                              ensure_ascii=False)
+            rows.append((i + 1, str(uuid.uuid4()), f"rating-r{i}", 1, "RatingSubmitted", 1, now, data, "{}"))
+        connection.execute("BEGIN")
+        connection.executemany(
+            "INSERT INTO events (position, event_id, stream_id, version, event_type, schema_version, occurred_at_us, "
+            "data, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.execute("COMMIT")
+    connection.close()
+
+
+def replay(workdir: Path, quick: bool) -> list[dict]:
+    rows = []
+    sizes = (20_000, 100_000) if quick else (100_000, 1_000_000)
+    for events in sizes:
+        path = workdir / f"replay-{events}.db"
+        fill_ratings_log(path, events, subjects=10_000)
+        done = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, f"sqlite:///{path}"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        per_second = rate(figures["events"], figures["seconds"])
+        rows.append({"measure": f"replay {events:,} rating events into subject_stats", "unit": "events/s",
+                     "ours": per_second, "anchors": {},
+                     "extra": {"peak RSS MB": round(figures["peak_rss_mb"], 1), "seconds": round(figures["seconds"], 1)},
+                     "targets": [{"what": "≥ 100,000 events/s", "met": per_second >= 100_000},
+                                 {"what": "peak memory < 300 MB, flat in the number of events",
+                                  "met": figures["peak_rss_mb"] < 300}]})
+        path.unlink(missing_ok=True)
+    return rows

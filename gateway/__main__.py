@@ -1,0 +1,73 @@
+"""``python -m gateway feed`` — the live-feed worker; ``python -m gateway hash-password`` — a
+password hash for the users file."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import timedelta
+
+TOPICS = ("projects.events", "volunteers.events", "feedback.events")
+FEED_GROUP = "gateway.live-feed"
+
+
+def feed_main() -> None:
+    from gateway.app import load_settings
+    from gateway.store import GatewayStore
+    from services.kernel.consumer import ANY_EVENT, ConsumerStalled, EventConsumer
+    from services.kernel.db import ping
+    from services.kernel.kafka import broker_reachable
+    from services.kernel.logs import configure_logging
+    from services.kernel.settings import SettingsError
+    from services.kernel.worker import run_until_signalled
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging("gateway-feed", settings.log_level)
+    store = GatewayStore(settings.effective_database_url)
+    store.create_schema()
+    consumer = EventConsumer(engine=store.engine, group_id=FEED_GROUP, topics=TOPICS,
+                             handlers={ANY_EVENT: pruning(store, timedelta(hours=settings.feed_retention_hours))},
+                             bootstrap_servers=settings.kafka_bootstrap_servers)
+    readiness = {"database": lambda: ping(store.engine),
+                 "broker": lambda: broker_reachable(settings.kafka_bootstrap_servers)}
+    try:
+        run_until_signalled(consumer.run, health_port=settings.health_port, readiness=readiness)
+    except ConsumerStalled:
+        raise SystemExit(3) from None
+
+
+def pruning(store, retention, every: int = 1000):
+    """The feed handler, dropping events older than ``retention`` every ``every`` events."""
+    count = 0
+
+    def handle(connection, event) -> None:
+        nonlocal count
+        store.add_feed_event(connection, event)
+        count += 1
+        if count % every == 0:
+            store.prune_feed(retention, connection=connection)
+
+    return handle
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description="the gateway's workers and tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("feed", help="consume every service's topic into the live feed (one per gateway database)")
+    commands.add_parser("hash-password", help="read a password and print its hash for the users file")
+    args = parser.parse_args(argv)
+    if args.command == "feed":
+        feed_main()
+    else:
+        from gateway.tokens import hash_password
+        password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+        print(hash_password(password))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The gateway's own small database: idempotency keys, rate-limit windows and the live feed.
+
+SQLite by default (shared by the gunicorn workers of one gateway), PostgreSQL when the gateway
+runs as several replicas — then keys and limits hold across replicas too.
+
+- ``idempotency_keys``: (caller, key) → the fingerprint of the first request and, once it was
+  answered, its status, headers and body. A second request with the key gets that answer; a
+  different body with the same key is a 422; while the first is still running, a 409.
+- ``rate_windows``: a fixed one-minute window per caller and per IP.
+- ``feed_events``: the events of every service's topic, with their community, written by the feed
+  worker (``python -m gateway feed``) and read by the server-sent events stream; the row id is the
+  event id clients send back as ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from services.kernel.consumer import inbox_table
+from services.kernel.db import is_sqlite, make_engine, read_transaction, write_transaction
+from services.kernel.events import StoredEvent, to_micros, utc_now
+
+metadata = sa.MetaData()
+idempotency_keys = sa.Table(
+    "idempotency_keys", metadata,
+    sa.Column("caller", sa.String(100), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("status", sa.Integer, nullable=True),  # NULL while the first request runs
+    sa.Column("headers", sa.Text, nullable=True),
+    sa.Column("body", sa.LargeBinary, nullable=True),
+    sa.Column("created_us", sa.BigInteger, nullable=False, index=True),
+)
+rate_windows = sa.Table(
+    "rate_windows", metadata,
+    sa.Column("bucket", sa.String(200), primary_key=True),
+    sa.Column("window", sa.BigInteger, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+feed_events = sa.Table(
+    "feed_events", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("community_id", sa.String(100), nullable=True, index=True),
+    sa.Column("stream_id", sa.String(200), nullable=False),
+    sa.Column("event_type", sa.String(200), nullable=False),
+    sa.Column("envelope", sa.Text, nullable=False),
+    sa.Column("received_us", sa.BigInteger, nullable=False, index=True),
+)
+feed_streams = sa.Table(  # which community a stream belongs to, learnt from its events
+    "feed_streams", metadata,
+    sa.Column("stream_id", sa.String(200), primary_key=True),
+    sa.Column("community_id", sa.String(100), nullable=False),
+)
+
+
+# The live feed goes to every member of a community: contact details never, and nothing that tells
+# who rated whom (ratings and their follow-ups name residents only to staff).
+ALWAYS_HIDDEN = frozenset({"phone"})
+PRIVATE_STREAMS = ("rating-", "case-")
+HIDDEN_IN_PRIVATE = frozenset({"person_id", "comment", "note", "statement", "confirmed_by", "by"})
+
+
+def redacted(event: StoredEvent) -> dict[str, Any]:
+    envelope = event.to_envelope()
+    private = event.stream_id.startswith(PRIVATE_STREAMS)
+    hidden = ALWAYS_HIDDEN | HIDDEN_IN_PRIVATE if private else ALWAYS_HIDDEN
+    envelope["data"] = {k: v for k, v in envelope["data"].items() if k not in hidden}
+    if private:
+        envelope["metadata"] = {k: v for k, v in envelope["metadata"].items() if k != "actor"}
+    return envelope
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+@dataclass
+class Remembered:
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+    same_request: bool
+
+
+class GatewayStore:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = make_engine(url)
+
+    def create_schema(self) -> None:
+        with write_transaction(self.engine) as connection:
+            if not is_sqlite(connection):
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
+            metadata.create_all(connection)
+            inbox_table.create(connection, checkfirst=True)  # the feed worker's exactly-once inbox
+
+    # -- idempotency ------------------------------------------------------------------------------
+
+    def claim_key(self, caller: str, key: str, print_: str, ttl: timedelta) -> Remembered | None:
+        """Start the first request with this key (None), or return what is remembered of it."""
+        now = utc_now()
+        with write_transaction(self.engine) as connection:
+            t = idempotency_keys
+            connection.execute(t.delete().where(t.c.created_us < to_micros(now - ttl)))
+            row = connection.execute(sa.select(t).where(t.c.caller == caller, t.c.key == key)).first()
+            if row is None:
+                connection.execute(t.insert().values(caller=caller, key=key, fingerprint=print_,
+                                                     created_us=to_micros(now)))
+                return None
+            return Remembered(row.status, json.loads(row.headers) if row.headers else {}, row.body or b"",
+                              row.fingerprint == print_)
+
+    def remember(self, caller: str, key: str, status: int, headers: dict[str, str], body: bytes) -> None:
+        with write_transaction(self.engine) as connection:
+            t = idempotency_keys
+            connection.execute(t.update().where(t.c.caller == caller, t.c.key == key).values(
+                status=status, headers=json.dumps(headers), body=body))
+
+    def forget(self, caller: str, key: str) -> None:
+        """The first request failed before a service decided anything: let a retry run it."""
+        with write_transaction(self.engine) as connection:
+            t = idempotency_keys
+            connection.execute(t.delete().where(t.c.caller == caller, t.c.key == key))
+
+    # -- rate limits ------------------------------------------------------------------------------
+
+    def hit(self, buckets: list[str], now: datetime | None = None) -> tuple[list[int], int]:
+        """Count one request in each bucket's current minute; (counts, seconds left in the minute)."""
+        now = now or utc_now()
+        seconds = int(now.timestamp())
+        window = seconds // 60
+        counts = []
+        with write_transaction(self.engine) as connection:
+            t = rate_windows
+            if seconds % 60 == 0:
+                connection.execute(t.delete().where(t.c.window < window - 1))
+            for bucket in buckets:
+                updated = connection.execute(t.update().where(t.c.bucket == bucket, t.c.window == window)
+                                             .values(count=t.c.count + 1)).rowcount
+                if not updated:
+                    connection.execute(t.insert().values(bucket=bucket, window=window, count=1))
+                counts.append(connection.execute(sa.select(t.c.count).where(
+                    t.c.bucket == bucket, t.c.window == window)).scalar())
+        return counts, 60 - seconds % 60
+
+    # -- live feed --------------------------------------------------------------------------------
+
+    def add_feed_event(self, connection, event: StoredEvent) -> None:
+        """Keep one event for the live stream, under its community (from its data, or from an
+        earlier event of its stream)."""
+        s = feed_streams
+        community = event.data.get("community_id") if isinstance(event.data.get("community_id"), str) else None
+        if community:
+            known = connection.execute(sa.select(s.c.community_id).where(s.c.stream_id == event.stream_id)).first()
+            if known is None:
+                connection.execute(s.insert().values(stream_id=event.stream_id, community_id=community))
+        else:
+            community = connection.execute(sa.select(s.c.community_id).where(
+                s.c.stream_id == event.stream_id)).scalar()
+        connection.execute(feed_events.insert().values(
+            event_id=event.event_id, community_id=community, stream_id=event.stream_id,
+            event_type=event.event_type, envelope=json.dumps(redacted(event), ensure_ascii=False,
+                                                             separators=(",", ":")),
+            received_us=to_micros(utc_now())))
+
+    def feed_after(self, community_id: str | None, after_id: int, limit: int = 100) -> list[Any]:
+        t = feed_events
+        where = [t.c.id > after_id]
+        if community_id is not None:
+            where.append(t.c.community_id == community_id)
+        with read_transaction(self.engine) as connection:
+            return connection.execute(sa.select(t).where(*where).order_by(t.c.id).limit(limit)).all()
+
+    def last_feed_id(self) -> int:
+        with read_transaction(self.engine) as connection:
+            return connection.execute(sa.select(sa.func.coalesce(sa.func.max(feed_events.c.id), 0))).scalar()
+
+    def prune_feed(self, retention: timedelta, connection=None) -> int:
+        statement = feed_events.delete().where(feed_events.c.received_us < to_micros(utc_now() - retention))
+        if connection is not None:
+            return connection.execute(statement).rowcount
+        with write_transaction(self.engine) as own:
+            return own.execute(statement).rowcount

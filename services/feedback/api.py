@@ -1,0 +1,586 @@
+"""HTTP API of the feedback service (flask-smorest; /openapi.json and /docs).
+
+Commands answer with ``{"resource": ..., "recorded": [...], "created_id": ...}`` and an ``ETag``
+holding the resource's version. Who sees what:
+
+- a rating's rater is shown to the rater and to cadres/admins only — never to the rated subject,
+  so residents can rate without fear of retaliation; the subject and everyone else see the level,
+  the dimensions and the comment;
+- a follow-up case names the resident to case handlers (cadre, grid worker, admin) and to the
+  resident;
+- overdue cases are recorded when cases are read (and by ``python -m services.feedback
+  sweep-overdue``, for a periodic job).
+"""
+
+from __future__ import annotations
+
+import flask
+import marshmallow as ma
+import sqlalchemy as sa
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from services.feedback import handlers
+from services.feedback.domain import (
+    CASE_HANDLERS, RATERS, STAFF, SUBJECT_KINDS, Ranking, period_of, rank, ranking_key, valid_period,
+)
+from services.feedback.handlers import FeedbackService
+from services.feedback.views import CASES, PLANS, RANKINGS, RATINGS, STATS, SUBJECTS, policy_for
+from services.kernel.db import read_transaction
+from services.kernel.errors import DomainError, Forbidden, NotFound
+from services.kernel.web import (
+    ANY_ROLE, IDENTIFIER, Schema, command_answer, current_principal, event_metadata,
+    expected_version_from_if_match, roles, text_field,
+)
+
+f = ma.fields
+v = ma.validate
+ID = IDENTIFIER
+LEVEL = {"strict": True, "validate": v.Range(min=1, max=5)}
+SEES_RATERS = ("cadre", "admin")
+PERIOD = {"validate": v.Regexp(r"^20\d\d-(0[1-9]|1[0-2]|Q[1-4])$", error="YYYY-MM or YYYY-Qn")}
+
+
+class PolicySchema(Schema):
+    period = f.String(validate=v.OneOf(["month", "quarter"]))
+    min_ratings = f.Integer(strict=True, validate=v.Range(min=1, max=10_000))
+    prior_mean = f.Decimal(places=2, validate=v.Range(min=1, max=5), metadata={"description": "1.00 to 5.00"})
+    prior_weight = f.Integer(strict=True, validate=v.Range(min=0, max=10_000))
+    satisfaction_threshold_pct = f.Integer(strict=True, validate=v.Range(min=1, max=100))
+    followup_working_days = f.Integer(strict=True, validate=v.Range(min=1, max=30))
+    burst_window_minutes = f.Integer(strict=True, validate=v.Range(min=1, max=7 * 24 * 60))
+    burst_min_ratings = f.Integer(strict=True, validate=v.Range(min=2, max=10_000))
+
+
+class SubjectSchema(Schema):
+    subject_id = f.String(required=True, **ID)
+    kind = f.String(required=True, validate=v.OneOf(SUBJECT_KINDS))
+    name = text_field(100, required=True)
+    community_id = f.String(required=True, **ID)
+    unit_id = f.String(**ID, metadata={"description": "the unit a cadre or grid worker belongs to"})
+    person_id = f.String(**ID, metadata={"description": "for cadres and grid workers"})
+    description = f.String(validate=v.Length(max=500), load_default="")
+
+
+class SubjectListQuery(Schema):
+    community_id = f.String(**ID)
+    kind = f.String(validate=v.OneOf(SUBJECT_KINDS))
+    flagged = f.Boolean(metadata={"description": "only subjects with open burst flags"})
+
+
+class DimensionsSchema(Schema):
+    efficiency = f.Integer(**LEVEL)
+    attitude = f.Integer(**LEVEL)
+    result = f.Integer(**LEVEL)
+
+
+class RatingSchema(Schema):
+    level = f.Integer(required=True, **LEVEL, metadata={"description": "5 非常满意 … 1 非常不满意"})
+    dimensions = f.Nested(DimensionsSchema, load_default=dict)
+    comment = f.String(validate=v.Length(max=1000), load_default="")
+
+
+class PeriodQuery(Schema):
+    period = f.String(**PERIOD, metadata={"description": "default: the current period"})
+
+
+class AppealSchema(Schema):
+    grounds = f.String(required=True, validate=v.OneOf(["mistaken", "malicious"]))
+    statement = text_field(1000, required=True)
+
+
+class AppealDecisionSchema(Schema):
+    upheld = f.Boolean(required=True)
+    reason = text_field(500, required=True)
+
+
+class FlagReviewSchema(Schema):
+    decision = f.String(required=True, validate=v.OneOf(["keep", "exclude"]))
+    reason = text_field(500, required=True)
+
+
+class CaseListQuery(Schema):
+    community_id = f.String(**ID)
+    status = f.String(validate=v.OneOf(["open", "closed"]))
+    overdue = f.Boolean()
+    limit = f.Integer(load_default=100, validate=v.Range(min=1, max=500))
+
+
+class SummaryQuery(Schema):
+    community_id = f.String(required=True, **ID)
+
+
+class ContactSchema(Schema):
+    channel = f.String(required=True, validate=v.OneOf(["phone", "visit", "message"]))
+    note = text_field(1000, required=True)
+
+
+class RectificationSchema(Schema):
+    actions = text_field(2000, required=True)
+
+
+class ConfirmationSchema(Schema):
+    satisfied = f.Boolean(required=True)
+    comment = f.String(validate=v.Length(max=1000), load_default="")
+
+
+class PublishSchema(Schema):
+    community_id = f.String(required=True, **ID)
+    kind = f.String(required=True, validate=v.OneOf(SUBJECT_KINDS))
+    period = f.String(required=True, **PERIOD)
+    provisional = f.Boolean(load_default=False, metadata={"description": "an interim edition of the open "
+                                                                          "period (opens no support plans)"})
+
+
+class MentorSchema(Schema):
+    person_id = f.String(required=True, **ID)
+    name = text_field(100, required=True)
+
+
+class PlanSchema(Schema):
+    mentor = f.Nested(MentorSchema, required=True)
+    actions = f.List(text_field(500), required=True, validate=v.Length(min=1, max=20))
+    deadline = f.Date(required=True)
+
+
+class NoteSchema(Schema):
+    note = text_field(2000, required=True)
+
+
+class PlanListQuery(Schema):
+    community_id = f.String(**ID)
+    status = f.String(validate=v.OneOf(["open", "closed"]))
+
+
+def blueprints(container) -> list[Blueprint]:
+    store = container.store
+    service = FeedbackService(store)
+    policies = Blueprint("policies", __name__, url_prefix="/policies", description="评价规则 rating policy per community")
+    subjects = Blueprint("subjects", __name__, url_prefix="/subjects",
+                         description="被评价对象 subjects and their ratings")
+    ratings = Blueprint("ratings", __name__, url_prefix="/ratings", description="评价 ratings, revisions, appeals")
+    cases = Blueprint("cases", __name__, url_prefix="/cases", description="差评回访 follow-up of bad ratings")
+    rankings = Blueprint("rankings", __name__, url_prefix="/rankings", description="评价排队 rankings")
+    plans = Blueprint("plans", __name__, url_prefix="/plans", description="不满意干部帮扶 support plans")
+    me = Blueprint("me", __name__, url_prefix="/me", description="My ratings and their follow-ups")
+
+    def who():
+        principal = current_principal()
+        return principal, event_metadata(principal)
+
+    def answer(resource, version, recorded, status=200, created_id=None):
+        return command_answer("resource", resource, version, recorded, status, created_id)
+
+    def current_period(community_id: str) -> str:
+        with read_transaction(store.engine) as connection:
+            policy, _ = policy_for(connection, community_id)
+        return period_of(handlers.now(), policy["period"])
+
+    # -- policy ---------------------------------------------------------------------------------
+
+    @policies.route("/<community_id>")
+    class PolicyResource(MethodView):
+        @policies.response(200)
+        def get(self, community_id):
+            """The community's rating policy (defaults until a cadre changes it)"""
+            current_principal()
+            with read_transaction(store.engine) as connection:
+                settings, version = policy_for(connection, community_id)
+            response = flask.make_response({"community_id": community_id, "settings": settings, "version": version})
+            response.set_etag(str(version))
+            return response
+
+        @roles(policies, *STAFF)
+        @policies.arguments(PolicySchema)
+        @policies.response(200)
+        def patch(self, body, community_id):
+            """Change the policy (cadre of the community); applies to ratings and rankings from now on"""
+            principal, meta = who()
+            policy, recorded = service.change_policy(principal, meta, community_id, body,
+                                                     expected_version_from_if_match())
+            return answer({"community_id": community_id, "settings": policy.settings, "version": policy.version},
+                          policy.version, recorded)
+
+    # -- subjects -------------------------------------------------------------------------------
+
+    @subjects.route("")
+    class Subjects(MethodView):
+        @roles(subjects, *STAFF)
+        @subjects.arguments(SubjectSchema)
+        @subjects.response(201)
+        def post(self, body):
+            """Register a subject to be rated: cadre, grid worker, unit, service or project (staff)"""
+            principal, meta = who()
+            subject, recorded = service.register_subject(principal, meta, body)
+            response = answer(subject.view(), subject.version, recorded, 201, subject.id)
+            response.headers["Location"] = f"/subjects/{subject.id}"
+            return response
+
+        @subjects.arguments(SubjectListQuery, location="query")
+        @subjects.response(200)
+        def get(self, query):
+            """Subjects, by community and kind"""
+            current_principal()
+            t = SUBJECTS.table
+            where = [t.c[k] == query[k] for k in ("community_id", "kind") if query.get(k)]
+            if query.get("flagged"):
+                where.append(t.c.open_flags > 0)
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.id)).all()
+            return {"items": [SUBJECTS.cls.from_json(r.state).view() for r in rows]}
+
+    @subjects.route("/<subject_id>")
+    class SubjectResource(MethodView):
+        @subjects.arguments(PeriodQuery, location="query")
+        @subjects.response(200)
+        def get(self, query, subject_id):
+            """A subject with its figures for a period (default: the current one)"""
+            current_principal()
+            subject = SUBJECTS.fetch(store.engine, subject_id)
+            period = query.get("period") or current_period(subject.community_id)
+            with read_transaction(store.engine) as connection:
+                stats = STATS.for_subject(connection, subject_id, period)
+                policy, _ = policy_for(connection, subject.community_id)
+            table = rank({subject_id: {"name": subject.name, **stats}}, policy)
+            entry = (table["ranked"] + table["not_enough_ratings"] or [None])[0]
+            if entry is not None:
+                entry = {k: value for k, value in entry.items() if k != "rank"}  # a rank needs the others
+            response = flask.make_response({**subject.view(), "period": period, "figures": entry,
+                                            "formula": table["formula"]})
+            response.set_etag(str(subject.version))
+            return response
+
+    @subjects.route("/<subject_id>/ratings")
+    class SubjectRatings(MethodView):
+        @roles(subjects, *RATERS)
+        @subjects.arguments(RatingSchema)
+        @subjects.response(201)
+        def post(self, body, subject_id):
+            """Rate a subject of your community (resident): once per period, again to revise it"""
+            principal, meta = who()
+            rating, recorded, created = service.rate(principal, meta, subject_id, body)
+            return answer(rating.view(show_rater=True), rating.version, recorded, 201 if created else 200,
+                          rating.id if created else None)
+
+        @subjects.arguments(PeriodQuery, location="query")
+        @subjects.response(200)
+        def get(self, query, subject_id):
+            """The subject's ratings in a period (raters named to cadres and admins only)"""
+            principal = current_principal()
+            subject = SUBJECTS.fetch(store.engine, subject_id)
+            period = query.get("period") or current_period(subject.community_id)
+            t = RATINGS.table
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(t.c.subject_id == subject_id,
+                                                                     t.c.period == period)
+                                          .order_by(t.c.created_at_us, t.c.id)).all()
+            items = []
+            for row in rows:
+                rating = RATINGS.cls.from_json(row.state)
+                items.append({**rating.view(show_rater=sees_rater(principal, rating)),
+                              "flagged": rating.id in subject.flagged_ratings})
+            return {"subject_id": subject_id, "period": period, "items": items}
+
+    @subjects.route("/<subject_id>/flags/<flag_id>/review")
+    class FlagReview(MethodView):
+        @roles(subjects, *STAFF)
+        @subjects.arguments(FlagReviewSchema)
+        @subjects.response(200)
+        def post(self, body, subject_id, flag_id):
+            """Review a flagged burst of top ratings: keep them, or exclude them (cadre)"""
+            principal, meta = who()
+            subject, recorded = service.review_flag(principal, meta, subject_id, flag_id, body)
+            return answer({**subject.view(), "flags": subject.flags}, subject.version, recorded)
+
+    @subjects.route("/<subject_id>/flags")
+    class Flags(MethodView):
+        @subjects.response(200)
+        def get(self, subject_id):
+            """Bursts of top ratings flagged for review (staff)"""
+            principal = current_principal()
+            principal.require("cadre", "grid_worker", "admin")
+            subject = SUBJECTS.fetch(store.engine, subject_id)
+            flags = sorted(({"flag_id": k, **flag} for k, flag in subject.flags.items()),
+                           key=lambda flag: (flag["flagged_at"], flag["flag_id"]))
+            return {"subject_id": subject_id, "flags": flags}
+
+    # -- ratings --------------------------------------------------------------------------------
+
+    def rating_for(principal, rating_id):
+        rating = RATINGS.fetch(store.engine, rating_id)
+        return rating, sees_rater(principal, rating)
+
+    @ratings.route("/<rating_id>")
+    class RatingResource(MethodView):
+        @ratings.response(200)
+        def get(self, rating_id):
+            """A rating (its rater is named to the rater, cadres and admins)"""
+            rating, show = rating_for(current_principal(), rating_id)
+            response = flask.make_response(rating.view(show_rater=show))
+            response.set_etag(str(rating.version))
+            return response
+
+        @roles(ratings, *RATERS)
+        @ratings.arguments(RatingSchema)
+        @ratings.response(200)
+        def patch(self, body, rating_id):
+            """Revise your rating while its period is open"""
+            principal, meta = who()
+            rating, recorded = service.revise(principal, meta, rating_id, body, expected_version_from_if_match())
+            return answer(rating.view(show_rater=True), rating.version, recorded)
+
+    @ratings.route("/<rating_id>/appeal")
+    class Appeal(MethodView):
+        @roles(ratings, *CASE_HANDLERS)
+        @ratings.arguments(AppealSchema)
+        @ratings.response(201)
+        def post(self, body, rating_id):
+            """Appeal a rating as mistaken or malicious (the rated person, or staff for the unit)"""
+            principal, meta = who()
+            rating, recorded = service.appeal(principal, meta, rating_id, body)
+            return answer(rating.view(show_rater=sees_rater(principal, rating)), rating.version, recorded, 201)
+
+    @ratings.route("/<rating_id>/appeal/decision")
+    class AppealDecision(MethodView):
+        @roles(ratings, *STAFF)
+        @ratings.arguments(AppealDecisionSchema)
+        @ratings.response(200)
+        def post(self, body, rating_id):
+            """Decide an appeal (cadre): upheld excludes the rating from rankings, by an event"""
+            principal, meta = who()
+            rating, recorded = service.decide_appeal(principal, meta, rating_id, body)
+            return answer(rating.view(show_rater=sees_rater(principal, rating)), rating.version, recorded)
+
+    # -- follow-up cases ------------------------------------------------------------------------
+
+    def handles(principal, case) -> bool:
+        """A case handler of the case's community who is not the rated person."""
+        member = "admin" in principal.roles or principal.community == case.community_id
+        return (principal.has_any(CASE_HANDLERS) and member
+                and principal.person_id != case.subject_person_id)
+
+    def case_view(principal, case):
+        return case.view(full=principal.person_id == case.person_id or handles(principal, case))
+
+    @cases.route("")
+    class Cases(MethodView):
+        @cases.arguments(CaseListQuery, location="query")
+        @cases.response(200)
+        def get(self, query):
+            """Follow-up cases, by deadline (case handlers); overdue ones are recorded first"""
+            principal = current_principal()
+            principal.require(*CASE_HANDLERS)
+            community_id = query.get("community_id") or (None if "admin" in principal.roles else principal.community)
+            if "admin" not in principal.roles and community_id != principal.community:
+                raise Forbidden(f"you handle the cases of community {principal.community}", reason="other_community")
+            service.sweep_overdue(event_metadata(principal), community_id)
+            t = CASES.table
+            where = [t.c[k] == query[k] for k in ("status", "overdue") if k in query]
+            if community_id:
+                where.append(t.c.community_id == community_id)
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(*where)
+                                          .order_by(t.c.deadline_us, t.c.id).limit(query["limit"])).all()
+                counts = dict(connection.execute(
+                    sa.select(t.c.overdue, sa.func.count()).where(
+                        t.c.status == "open", *([t.c.community_id == community_id] if community_id else []))
+                    .group_by(t.c.overdue)).all())
+            return {"items": [case_view(principal, CASES.cls.from_json(r.state)) for r in rows],
+                    "open": sum(counts.values()), "overdue": counts.get(True, 0)}
+
+    @cases.route("/summary")
+    class CaseSummary(MethodView):
+        @cases.arguments(SummaryQuery, location="query")
+        @cases.response(200)
+        def get(self, query):
+            """Open and overdue follow-up counts of a community (any member; for dashboards)"""
+            principal = current_principal()
+            community_id = query["community_id"]
+            service.sweep_overdue(event_metadata(principal), community_id)
+            t = CASES.table
+            with read_transaction(store.engine) as connection:
+                counts = dict(connection.execute(
+                    sa.select(t.c.overdue, sa.func.count()).where(t.c.status == "open",
+                                                                  t.c.community_id == community_id)
+                    .group_by(t.c.overdue)).all())
+                closed = connection.execute(sa.select(sa.func.count()).where(
+                    t.c.status == "closed", t.c.community_id == community_id)).scalar()
+            return {"community_id": community_id, "open": sum(counts.values()), "overdue": counts.get(True, 0),
+                    "closed": closed}
+
+    @cases.route("/<case_id>")
+    class CaseResource(MethodView):
+        @cases.response(200)
+        def get(self, case_id):
+            """A follow-up case (the resident and case handlers)"""
+            principal = current_principal()
+            case = CASES.fetch(store.engine, case_id)
+            if not (principal.person_id == case.person_id or (
+                    principal.has_any(CASE_HANDLERS)
+                    and ("admin" in principal.roles or principal.community == case.community_id))):
+                raise NotFound(f"no follow-up case {case_id} for you")
+            if case.overdue_events(handlers.now()):
+                case, _ = service.on_case(principal, event_metadata(principal), case_id, lambda c: [])
+            response = flask.make_response(case_view(principal, case))
+            response.set_etag(str(case.version))
+            return response
+
+    def case_command(path, name, schema_cls, decide, doc, allowed=CASE_HANDLERS):
+        def handler(body, case_id):
+            principal, meta = who()
+            case, recorded = service.on_case(principal, meta, case_id, lambda c: decide(c, principal, body),
+                                             expected_version_from_if_match())
+            return answer(case_view(principal, case), case.version, recorded)
+        handler.__doc__, handler.__name__ = doc, name
+        view = cases.response(200)(cases.arguments(schema_cls)(handler))
+        cases.route(f"/<case_id>/{path}", methods=["POST"], endpoint=name)(roles(cases, *allowed)(view))
+
+    case_command("contacts", "contact_resident", ContactSchema,
+                 lambda c, p, b: c.contact(p, b["channel"], b["note"]),
+                 "回访: record contact with the resident (case handler)")
+    case_command("rectifications", "record_rectification", RectificationSchema,
+                 lambda c, p, b: c.rectify(p, b["actions"]), "Record the rectification (case handler)")
+    case_command("confirmation", "confirm_outcome", ConfirmationSchema,
+                 lambda c, p, b: c.confirm(p, b["satisfied"], b["comment"]),
+                 "Close the case with the resident's confirmation, satisfied or not (the resident, or a "
+                 "handler recording what the resident said)", allowed=RATERS + CASE_HANDLERS)
+
+    # -- rankings -------------------------------------------------------------------------------
+
+    @rankings.route("")
+    class Rankings(MethodView):
+        @roles(rankings, *STAFF)
+        @rankings.arguments(PublishSchema)
+        @rankings.response(201)
+        def post(self, body):
+            """Publish the ranking of a closed period (cadre), opening and closing support plans; or a
+            provisional edition of the open period"""
+            principal, meta = who()
+            ranking, recorded = service.publish_ranking(principal, meta, body["community_id"], body["kind"],
+                                                        body["period"], body["provisional"])
+            return answer(ranking.latest, ranking.version, recorded, 201, ranking.id)
+
+    @rankings.route("/<community_id>/<kind>")
+    class LiveRanking(MethodView):
+        @rankings.arguments(PeriodQuery, location="query")
+        @rankings.response(200)
+        def get(self, query, community_id, kind):
+            """The ranking as it stands now (not published), for a period (default: the current one)"""
+            current_principal()
+            _check_kind(kind)
+            period = query.get("period") or current_period(community_id)
+            with read_transaction(store.engine) as connection:
+                table = service.live_ranking(connection, community_id, kind, period)
+            return {"community_id": community_id, "kind": kind, "period": period, "published": False, **table}
+
+    def published(community_id, kind, period) -> Ranking:
+        _check_kind(kind)
+        if not valid_period(period):
+            raise DomainError("the period is YYYY-MM or YYYY-Qn", reason="invalid_period",
+                              details={"period": "YYYY-MM or YYYY-Qn"})
+        return RANKINGS.fetch(store.engine, ranking_key(community_id, kind, period))
+
+    @rankings.route("/<community_id>/<kind>/<period>")
+    class PublishedRanking(MethodView):
+        @rankings.response(200)
+        def get(self, community_id, kind, period):
+            """The published ranking (latest edition, with the number of editions)"""
+            current_principal()
+            ranking = published(community_id, kind, period)
+            return {"community_id": community_id, "kind": kind, "period": period, "published": True,
+                    "editions": len(ranking.editions), **ranking.latest}
+
+    @rankings.route("/<community_id>/<kind>/<period>/verification")
+    class RankingVerification(MethodView):
+        @rankings.response(200)
+        def get(self, community_id, kind, period):
+            """Recompute the published ranking from the event log up to its last position"""
+            current_principal()
+            return service.verify_ranking(published(community_id, kind, period))
+
+    # -- support plans --------------------------------------------------------------------------
+
+    @plans.route("")
+    class Plans(MethodView):
+        @plans.arguments(PlanListQuery, location="query")
+        @plans.response(200)
+        def get(self, query):
+            """Support plans (帮扶)"""
+            current_principal()
+            t = PLANS.table
+            where = [t.c[k] == query[k] for k in ("community_id", "status") if query.get(k)]
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.created_at_us, t.c.id)).all()
+            return {"items": [PLANS.cls.from_json(r.state).view() for r in rows]}
+
+    @plans.route("/<plan_id>")
+    class PlanResource(MethodView):
+        @plans.response(200)
+        def get(self, plan_id):
+            """A support plan"""
+            current_principal()
+            plan = PLANS.fetch(store.engine, plan_id)
+            response = flask.make_response(plan.view())
+            response.set_etag(str(plan.version))
+            return response
+
+    @plans.route("/<plan_id>/details")
+    class PlanDetails(MethodView):
+        @roles(plans, *STAFF)
+        @plans.arguments(PlanSchema)
+        @plans.response(200)
+        def post(self, body, plan_id):
+            """Draw up the plan: mentor, actions, deadline (cadre)"""
+            principal, meta = who()
+            plan, recorded = service.on_plan(principal, meta, plan_id,
+                                             lambda p: p.draw_up(principal, body["mentor"], body["actions"],
+                                                                 body["deadline"]))
+            return answer(plan.view(), plan.version, recorded)
+
+    @plans.route("/<plan_id>/notes")
+    class PlanNotes(MethodView):
+        @roles(plans, ANY_ROLE)  # the mentor may hold any role; the plan checks who
+        @plans.arguments(NoteSchema)
+        @plans.response(201)
+        def post(self, body, plan_id):
+            """A progress note (the mentor or a cadre)"""
+            principal, meta = who()
+            plan, recorded = service.on_plan(principal, meta, plan_id, lambda p: p.note(principal, body["note"]))
+            return answer(plan.view(), plan.version, recorded, 201)
+
+    # -- me -------------------------------------------------------------------------------------
+
+    @me.route("/ratings")
+    class MyRatings(MethodView):
+        @me.response(200)
+        def get(self):
+            """My ratings, newest first, with their follow-up cases"""
+            principal = current_principal()
+            t, c = RATINGS.table, CASES.table
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(t.c.person_id == principal.person_id)
+                                          .order_by(t.c.created_at_us.desc()).limit(200)).all()
+                case_rows = connection.execute(sa.select(c.c.state).where(c.c.person_id == principal.person_id)).all()
+            my_cases = {case.id: case.view(full=True) for case in (CASES.cls.from_json(r.state) for r in case_rows)}
+            items = []
+            for row in rows:
+                rating = RATINGS.cls.from_json(row.state)
+                items.append({**rating.view(show_rater=True), "case": my_cases.get(rating.case_id)})
+            return {"items": items}
+
+    return [policies, subjects, ratings, cases, rankings, plans, me]
+
+
+def sees_rater(principal, rating) -> bool:
+    """The rater, and cadres of the rating's community (or admins) who are not the rated person,
+    see who rated."""
+    if principal.person_id == rating.person_id:
+        return True
+    member = "admin" in principal.roles or principal.community == rating.community_id
+    return principal.has_any(SEES_RATERS) and member and principal.person_id != rating.subject_person_id
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in SUBJECT_KINDS:
+        raise NotFound(f"no subject kind {kind}; kinds are {', '.join(SUBJECT_KINDS)}")
+

@@ -1,0 +1,683 @@
+"""居民评价排队: satisfaction ratings, follow-up of bad ratings, appeals, rankings, support plans.
+
+Pure domain (no I/O). The scale is the national government-service scheme (政务服务"好差评"):
+
+    5 非常满意 · 4 满意 · 3 基本满意 · 2 不满意 · 1 非常不满意
+
+Rules kept here, all explained where they are decided:
+
+- Periods are calendar months (``2026-11``) or quarters (``2026-Q4``) in China Standard Time
+  (UTC+8, no daylight saving), chosen per community by its policy. One rating per resident, per
+  subject, per period, per source: a resident's own rating is revisable until its period ends; a
+  project evaluation (共评) is a separate rating of the project's responsible unit, one per project.
+- A rating of 1 or 2 (差评) opens a follow-up case with a deadline at the end of the N-th working
+  day (default 5) after the rating, local time; Saturdays and Sundays do not count (statutory
+  holidays are not modelled). Past the deadline the case becomes overdue by an event.
+- An upheld appeal, or a staff review of a flagged burst, *excludes* a rating by an event; nothing
+  is deleted and the rating stays visible in its history.
+- Ranking formula ``bayes-v1``: score = (prior_mean × prior_weight + Σ levels) / (prior_weight + n),
+  rounded half-even to 4 decimals; satisfaction rate = (#4 + #5) / n. Subjects with fewer than
+  ``min_ratings`` ratings are listed as not enough ratings, not ranked. Ranked by score, then n,
+  both descending, then subject id; equal scores and equal n share a rank.
+- Support plans (帮扶) open when a ranked subject's satisfaction rate is below the threshold, or
+  when it is ranked last in two consecutive published periods; a plan closes when a later
+  published period shows the subject ranked with a rate at or above the threshold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, ClassVar
+
+from services.kernel.aggregate import Aggregate
+from services.kernel.auth import Principal, require_member
+from services.kernel.errors import Conflict, DomainError, Forbidden
+from services.kernel.events import LOCAL_TZ, NewEvent, format_time, parse_time
+
+LEVELS = {5: "非常满意 very satisfied", 4: "满意 satisfied", 3: "基本满意 basically satisfied",
+          2: "不满意 dissatisfied", 1: "非常不满意 very dissatisfied"}
+DIMENSIONS = ("efficiency", "attitude", "result")
+SUBJECT_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
+PEOPLE_KINDS = ("cadre", "grid_worker")
+RATERS = ("resident", "representative")
+STAFF = ("cadre", "admin")
+CASE_HANDLERS = ("cadre", "grid_worker", "admin")
+LOCAL = LOCAL_TZ  # China Standard Time: periods and working days
+FORMULA_VERSION = "bayes-v1"
+DEFAULT_POLICY = {
+    "period": "month",                  # or "quarter"
+    "min_ratings": 10,                  # fewer: listed as "not enough ratings", not ranked
+    "prior_mean": "3.00",               # Bayesian prior: 基本满意
+    "prior_weight": 10,                 # how many ratings the prior weighs as
+    "satisfaction_threshold_pct": 80,   # below: a support plan opens
+    "followup_working_days": 5,
+    "burst_window_minutes": 60,         # this many top ratings within the window are flagged
+    "burst_min_ratings": 10,
+}
+
+
+# -- periods and working days -----------------------------------------------------------------
+
+def period_of(moment: datetime, kind: str) -> str:
+    local = moment.astimezone(LOCAL)
+    if kind == "quarter":
+        return f"{local.year}-Q{(local.month - 1) // 3 + 1}"
+    return f"{local.year}-{local.month:02d}"
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """[start, end) of a period, as aware UTC datetimes."""
+    year, rest = int(period[:4]), period[5:]
+    if rest.startswith("Q"):
+        first_month = (int(rest[1]) - 1) * 3 + 1
+        months = 3
+    else:
+        first_month, months = int(rest), 1
+    start = datetime(year, first_month, 1, tzinfo=LOCAL)
+    end_month = first_month + months
+    end = datetime(year + (end_month - 1) // 12, (end_month - 1) % 12 + 1, 1, tzinfo=LOCAL)
+    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+
+
+def previous_period(period: str) -> str:
+    year, rest = int(period[:4]), period[5:]
+    if rest.startswith("Q"):
+        quarter = int(rest[1])
+        return f"{year - 1}-Q4" if quarter == 1 else f"{year}-Q{quarter - 1}"
+    month = int(rest)
+    return f"{year - 1}-12" if month == 1 else f"{year}-{month - 1:02d}"
+
+
+def valid_period(period: str) -> bool:
+    import re
+    return bool(re.fullmatch(r"20\d\d-(0[1-9]|1[0-2]|Q[1-4])", period))
+
+
+def working_deadline(moment: datetime, working_days: int) -> datetime:
+    """The end (local midnight) of the ``working_days``-th working day after ``moment``'s day;
+    Saturdays and Sundays are skipped."""
+    day = moment.astimezone(LOCAL).date()
+    counted = 0
+    while counted < working_days:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            counted += 1
+    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=LOCAL).astimezone(timezone.utc)
+
+
+# -- the ranking formula ---------------------------------------------------------------------
+
+def empty_stats() -> dict[str, int]:
+    return {"n": 0, "total": 0, "top": 0, "l1": 0, "l2": 0, "l3": 0, "l4": 0, "l5": 0}
+
+
+def count_level(stats: dict[str, int], level: int, sign: int) -> None:
+    stats["n"] += sign
+    stats["total"] += sign * level
+    stats[f"l{level}"] += sign
+    if level >= 4:
+        stats["top"] += sign
+
+
+STATS_EVENTS = ("RatingSubmitted", "RatingRevised", "RatingExcluded")
+
+
+def stats_changes(event_type: str, d: dict[str, Any]) -> list[tuple[int, int]]:
+    """How a rating event changes its subject's counts in its period: [(level, +1 | -1)]."""
+    if event_type == "RatingSubmitted":
+        return [(d["level"], 1)]
+    if event_type == "RatingRevised":
+        return [(d["previous_level"], -1), (d["level"], 1)] if d["counted"] else []
+    if event_type == "RatingExcluded":
+        return [(d["level"], -1)]
+    return []
+
+
+def bayesian_score(total: int, n: int, prior_mean: str, prior_weight: int) -> Decimal:
+    value = (Decimal(prior_mean) * prior_weight + total) / Decimal(prior_weight + n)
+    return value.quantize(Decimal("0.0001"), rounding=ROUND_HALF_EVEN)
+
+
+def rank(stats: dict[str, dict[str, Any]], policy: dict[str, Any]) -> dict[str, Any]:
+    """``stats``: subject id -> {name, n, total, top, l1..l5}. Returns the ranked and the unranked."""
+    entries = []
+    for subject_id, s in stats.items():
+        if s["n"] <= 0:
+            continue
+        entries.append({
+            "subject_id": subject_id, "name": s.get("name", ""), "ratings": s["n"],
+            "score": str(bayesian_score(s["total"], s["n"], policy["prior_mean"], policy["prior_weight"])),
+            "average": str((Decimal(s["total"]) / s["n"]).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)),
+            "satisfaction_rate": str((Decimal(s["top"]) / s["n"]).quantize(Decimal("0.0001"), ROUND_HALF_EVEN)),
+            "levels": {str(level): s[f"l{level}"] for level in range(5, 0, -1)},
+        })
+    ranked = [e for e in entries if e["ratings"] >= policy["min_ratings"]]
+    ranked.sort(key=lambda e: (-Decimal(e["score"]), -e["ratings"], e["subject_id"]))
+    previous = None
+    for position, entry in enumerate(ranked, start=1):
+        key = (entry["score"], entry["ratings"])
+        entry["rank"] = previous[1] if previous and previous[0] == key else position
+        previous = (key, entry["rank"])
+    unranked = sorted((e for e in entries if e["ratings"] < policy["min_ratings"]),
+                      key=lambda e: e["subject_id"])
+    for entry in unranked:
+        entry["rank"] = None
+        entry["note"] = "not enough ratings 评价数不足"
+    return {"formula": {"version": FORMULA_VERSION, "prior_mean": policy["prior_mean"],
+                        "prior_weight": policy["prior_weight"], "min_ratings": policy["min_ratings"],
+                        "text": "score = (prior_mean × prior_weight + Σ levels) / (prior_weight + n)"},
+            "ranked": ranked, "not_enough_ratings": unranked}
+
+
+def ranking_digest(table: dict[str, Any]) -> str:
+    canonical = json.dumps({"ranked": table["ranked"], "not_enough_ratings": table["not_enough_ratings"],
+                            "formula": table["formula"]}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def rating_id_for(subject_id: str, period: str, person_id: str, source: str) -> str:
+    """Deterministic: the stream of one resident's rating of one subject in one period (and from
+    one source) is always the same, so a second submission finds the first."""
+    key = f"{subject_id}\x1f{period}\x1f{person_id}\x1f{source}"
+    return "r" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _at(event) -> str:
+    return format_time(event.occurred_at)
+
+
+# -- policy per community --------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Policy(Aggregate):
+    stream_prefix: ClassVar[str] = "policy"
+    label: ClassVar[str] = "rating policy"
+
+    settings: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_POLICY))
+
+    def change(self, actor: Principal, changes: dict[str, Any]) -> list[NewEvent]:
+        require_member(actor, self.id, STAFF)
+        merged = {**self.settings, **changes}
+        if "prior_mean" in changes:
+            merged["prior_mean"] = f"{Decimal(str(changes['prior_mean'])):.2f}"
+        if not Decimal("1") <= Decimal(merged["prior_mean"]) <= Decimal("5"):
+            raise DomainError("the prior mean is a level between 1 and 5", reason="invalid_policy",
+                              details={"prior_mean": "1.00 to 5.00"})
+        if merged == self.settings:
+            raise Conflict("the policy already has these settings", reason="no_change")
+        return [NewEvent("RatingPolicyChanged", {"community_id": self.id, "settings": merged,
+                                                 "changed": sorted(changes), "by": actor.person_id})]
+
+    def on_RatingPolicyChanged(self, d, event) -> None:
+        self.settings = dict(d["settings"])
+
+
+# -- subjects ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Subject(Aggregate):
+    stream_prefix: ClassVar[str] = "subject"
+    label: ClassVar[str] = "rated subject"
+
+    kind: str = ""
+    name: str = ""
+    community_id: str = ""
+    unit_id: str | None = None
+    person_id: str | None = None
+    description: str = ""
+    registered_via: str = ""
+    # flag_id -> {rating_ids, window_from, window_to, count, status, review}
+    flags: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    flagged_ratings: list[str] = dataclasses.field(default_factory=list)
+
+    def register(self, actor: Principal | None, body: dict[str, Any], via: str = "staff") -> list[NewEvent]:
+        if self.exists:
+            raise Conflict(f"subject {self.id} is already registered ({self.kind} {self.name})",
+                           reason="already_registered")
+        if actor is not None:
+            require_member(actor, body["community_id"], STAFF)
+        kind = body["kind"]
+        if kind in PEOPLE_KINDS and not (body.get("person_id") and body.get("unit_id")):
+            raise DomainError(f"a {kind} is a person: give their person_id and unit_id",
+                              reason="person_and_unit_required",
+                              details={k: "required for people" for k in ("person_id", "unit_id")
+                                       if not body.get(k)})
+        return [NewEvent("SubjectRegistered", {
+            "subject_id": self.id, "kind": kind, "name": body["name"], "community_id": body["community_id"],
+            "unit_id": body.get("unit_id"), "person_id": body.get("person_id") if kind in PEOPLE_KINDS else None,
+            "description": body.get("description", ""), "via": via,
+            "by": actor.person_id if actor else None})]
+
+    def may_be_rated_by(self, actor: Principal) -> None:
+        actor.require(*RATERS)
+        if actor.community != self.community_id:
+            raise Forbidden(f"residents rate only subjects of their own community ({actor.community}); "
+                            f"{self.name} serves {self.community_id}", reason="other_community")
+        if self.person_id and actor.person_id == self.person_id:
+            raise Forbidden("nobody rates themselves", reason="self_rating")
+
+    def flag_burst(self, flag_id: str, rating_ids: list[str], window_from: str, window_to: str) -> list[NewEvent]:
+        return [NewEvent("BurstFlagged", {"subject_id": self.id, "flag_id": flag_id, "rating_ids": rating_ids,
+                                          "count": len(rating_ids), "window_from": window_from,
+                                          "window_to": window_to, "community_id": self.community_id})]
+
+    def review_flag(self, actor: Principal, flag_id: str, decision: str, reason: str) -> list[NewEvent]:
+        require_member(actor, self.community_id, STAFF)
+        flag = self.flags.get(flag_id)
+        if flag is None:
+            raise DomainError(f"subject {self.id} has no flag {flag_id}", reason="unknown_flag",
+                              details={"flag_id": "unknown"})
+        if flag["status"] != "open":
+            raise Conflict(f"flag {flag_id} was already reviewed", reason="already_reviewed")
+        return [NewEvent("BurstReviewed", {"subject_id": self.id, "flag_id": flag_id, "decision": decision,
+                                           "reason": reason, "rating_ids": flag["rating_ids"],
+                                           "by": actor.person_id})]
+
+    def view(self) -> dict[str, Any]:
+        return {"subject_id": self.id, "kind": self.kind, "name": self.name, "community_id": self.community_id,
+                "unit_id": self.unit_id, "person_id": self.person_id, "description": self.description,
+                "registered_via": self.registered_via, "version": self.version, "created_at": self.created_at,
+                "open_flags": sum(1 for f in self.flags.values() if f["status"] == "open")}
+
+    def on_SubjectRegistered(self, d, event) -> None:
+        self.kind, self.name, self.community_id = d["kind"], d["name"], d["community_id"]
+        self.unit_id, self.person_id, self.description = d.get("unit_id"), d.get("person_id"), d.get("description", "")
+        self.registered_via = d.get("via", "staff")
+
+    def on_BurstFlagged(self, d, event) -> None:
+        self.flags[d["flag_id"]] = {"rating_ids": d["rating_ids"], "count": d["count"],
+                                    "window_from": d["window_from"], "window_to": d["window_to"],
+                                    "flagged_at": _at(event), "status": "open", "review": None}
+        self.flagged_ratings.extend(d["rating_ids"])
+
+    def on_BurstReviewed(self, d, event) -> None:
+        flag = self.flags[d["flag_id"]]
+        flag["status"] = "excluded" if d["decision"] == "exclude" else "kept"
+        flag["review"] = {"decision": d["decision"], "reason": d["reason"], "by": d["by"], "at": _at(event)}
+
+
+# -- ratings ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Rating(Aggregate):
+    stream_prefix: ClassVar[str] = "rating"
+    label: ClassVar[str] = "rating"
+
+    subject_id: str = ""
+    subject_kind: str = ""
+    subject_name: str = ""
+    subject_person_id: str | None = None
+    community_id: str = ""
+    period: str = ""
+    person_id: str = ""
+    level: int = 0
+    dimensions: dict[str, int] = dataclasses.field(default_factory=dict)
+    comment: str = ""
+    rated_at: str = ""
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    revisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    excluded: dict[str, Any] | None = None
+    appeal: dict[str, Any] | None = None
+    case_id: str | None = None
+
+    def submit(self, subject: Subject, person_id: str, period: str, level: int, dimensions: dict[str, int],
+               comment: str, source: dict[str, Any], rated_at: datetime) -> list[NewEvent]:
+        if self.exists:
+            raise Conflict("this rating exists already: revise it instead", reason="already_rated")
+        _check_level(level, dimensions)
+        return [NewEvent("RatingSubmitted", {
+            "rating_id": self.id, "subject_id": subject.id, "subject_kind": subject.kind,
+            "subject_name": subject.name, "subject_person_id": subject.person_id,
+            "community_id": subject.community_id, "period": period, "person_id": person_id, "level": level,
+            "dimensions": dimensions, "comment": comment, "source": source, "rated_at": format_time(rated_at)})]
+
+    def revise(self, actor: Principal, now: datetime, level: int, dimensions: dict[str, int],
+               comment: str) -> list[NewEvent]:
+        if actor.person_id != self.person_id:
+            raise Forbidden("only the resident who rated may revise the rating", reason="not_the_rater")
+        if self.source.get("kind") != "resident":
+            raise Conflict("a project evaluation is revised in the projects service, not here",
+                           reason="not_revisable")
+        if now >= period_bounds(self.period)[1]:
+            raise Conflict(f"the period {self.period} is closed: its ratings can no longer be revised",
+                           reason="period_closed")
+        _check_level(level, dimensions)
+        if (level, dimensions, comment) == (self.level, self.dimensions, self.comment):
+            raise Conflict("the rating already says this", reason="no_change")
+        return [NewEvent("RatingRevised", {
+            "rating_id": self.id, "subject_id": self.subject_id, "subject_kind": self.subject_kind,
+            "community_id": self.community_id, "period": self.period, "person_id": self.person_id,
+            "previous_level": self.level, "level": level, "dimensions": dimensions, "comment": comment,
+            "counted": self.excluded is None, "rated_at": format_time(now)})]
+
+    def file_appeal(self, actor: Principal, subject: Subject, grounds: str, statement: str) -> list[NewEvent]:
+        is_subject = bool(subject.person_id) and actor.person_id == subject.person_id
+        if not is_subject:
+            require_member(actor, self.community_id, ("cadre", "grid_worker", "admin"))
+        if actor.person_id == self.person_id:
+            raise Forbidden("a resident does not appeal their own rating; revise it instead", reason="own_rating")
+        if self.excluded is not None:
+            raise Conflict("the rating is already excluded", reason="already_excluded")
+        if self.appeal is not None:
+            raise Conflict(f"this rating was already appealed ({self.appeal['status']})", reason="already_appealed")
+        return [NewEvent("AppealFiled", {"rating_id": self.id, "subject_id": self.subject_id,
+                                         "community_id": self.community_id, "grounds": grounds,
+                                         "statement": statement, "by": actor.person_id})]
+
+    def decide_appeal(self, actor: Principal, upheld: bool, reason: str) -> list[NewEvent]:
+        require_member(actor, self.community_id, STAFF)
+        if self.appeal is None or self.appeal["status"] != "pending":
+            raise Conflict("there is no pending appeal on this rating", reason="no_pending_appeal")
+        if actor.person_id in (self.appeal["by"], self.subject_person_id):
+            raise Forbidden("the appellant and the rated person do not decide the appeal", reason="own_appeal")
+        events = [NewEvent("AppealDecided", {"rating_id": self.id, "subject_id": self.subject_id,
+                                             "community_id": self.community_id, "upheld": upheld,
+                                             "reason": reason, "by": actor.person_id})]
+        if upheld:
+            events += self.exclude(f"appeal upheld ({self.appeal['grounds']}): {reason}", actor.person_id, "appeal")
+        return events
+
+    def exclude(self, reason: str, by: str, via: str) -> list[NewEvent]:
+        if self.excluded is not None:
+            return []
+        return [NewEvent("RatingExcluded", {"rating_id": self.id, "subject_id": self.subject_id,
+                                            "subject_kind": self.subject_kind, "community_id": self.community_id,
+                                            "period": self.period, "level": self.level, "reason": reason,
+                                            "via": via, "by": by})]
+
+    def view(self, show_rater: bool) -> dict[str, Any]:
+        return {"rating_id": self.id, "subject_id": self.subject_id, "subject_kind": self.subject_kind,
+                "subject_name": self.subject_name, "community_id": self.community_id, "period": self.period,
+                "person_id": self.person_id if show_rater else None, "level": self.level,
+                "level_label": LEVELS.get(self.level), "dimensions": self.dimensions, "comment": self.comment,
+                "rated_at": self.rated_at, "source": self.source if show_rater else {"kind": self.source.get("kind"),
+                                                          "project_id": self.source.get("project_id")},
+                "revisions": len(self.revisions), "excluded": self.excluded,
+                "appeal": self.appeal, "case_id": self.case_id, "version": self.version,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def on_RatingSubmitted(self, d, event) -> None:
+        self.subject_id, self.subject_kind, self.subject_name = d["subject_id"], d["subject_kind"], d["subject_name"]
+        self.subject_person_id, self.community_id, self.period = d.get("subject_person_id"), d["community_id"], d["period"]
+        self.person_id, self.level, self.dimensions = d["person_id"], d["level"], dict(d["dimensions"])
+        self.comment, self.source, self.rated_at = d["comment"], dict(d["source"]), d["rated_at"]
+
+    def on_RatingRevised(self, d, event) -> None:
+        self.revisions.append({"level": self.level, "dimensions": self.dimensions, "comment": self.comment,
+                               "rated_at": self.rated_at, "until": d["rated_at"]})
+        self.level, self.dimensions, self.comment = d["level"], dict(d["dimensions"]), d["comment"]
+        self.rated_at = d["rated_at"]
+
+    def on_AppealFiled(self, d, event) -> None:
+        self.appeal = {"grounds": d["grounds"], "statement": d["statement"], "by": d["by"],
+                       "filed_at": _at(event), "status": "pending", "decision": None}
+
+    def on_AppealDecided(self, d, event) -> None:
+        self.appeal["status"] = "upheld" if d["upheld"] else "dismissed"
+        self.appeal["decision"] = {"reason": d["reason"], "by": d["by"], "at": _at(event)}
+
+    def on_RatingExcluded(self, d, event) -> None:
+        self.excluded = {"reason": d["reason"], "via": d["via"], "by": d["by"], "at": _at(event)}
+
+    def on_FollowUpLinked(self, d, event) -> None:
+        self.case_id = d["case_id"]
+
+
+def _check_level(level: int, dimensions: dict[str, int]) -> None:
+    if level not in LEVELS:
+        raise DomainError("the level is 1 (非常不满意) to 5 (非常满意)", reason="invalid_level",
+                          details={"level": "1 to 5"})
+    bad = {k: "1 to 5" for k, value in dimensions.items() if k not in DIMENSIONS or value not in LEVELS}
+    if bad:
+        raise DomainError("dimension scores are efficiency, attitude and result, each 1 to 5",
+                          reason="invalid_dimensions", details=bad)
+
+
+def is_bad(level: int) -> bool:
+    return level <= 2
+
+
+# -- follow-up cases --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class FollowUpCase(Aggregate):
+    stream_prefix: ClassVar[str] = "case"
+    label: ClassVar[str] = "follow-up case"
+
+    rating_id: str = ""
+    subject_id: str = ""
+    subject_name: str = ""
+    subject_person_id: str | None = None
+    community_id: str = ""
+    person_id: str = ""
+    level: int = 0
+    comment: str = ""
+    deadline: str = ""
+    status: str = ""  # open, closed
+    overdue: bool = False
+    contacts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rectifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    outcome: dict[str, Any] | None = None
+
+    def open(self, rating: Rating, opened_at: datetime, working_days: int) -> list[NewEvent]:
+        return [NewEvent("FollowUpOpened", {
+            "case_id": self.id, "rating_id": rating.id, "subject_id": rating.subject_id,
+            "subject_name": rating.subject_name, "subject_person_id": rating.subject_person_id,
+            "community_id": rating.community_id, "person_id": rating.person_id, "level": rating.level,
+            "comment": rating.comment,
+            "working_days": working_days, "deadline": format_time(working_deadline(opened_at, working_days))})]
+
+    def _handler(self, actor: Principal) -> None:
+        require_member(actor, self.community_id, CASE_HANDLERS)
+        if self.status != "open":
+            raise Conflict(f"case {self.id} is closed", reason="case_closed")
+
+    def contact(self, actor: Principal, channel: str, note: str) -> list[NewEvent]:
+        self._handler(actor)
+        return [NewEvent("ResidentContacted", {"case_id": self.id, "channel": channel, "note": note,
+                                               "by": actor.person_id})]
+
+    def rectify(self, actor: Principal, actions: str) -> list[NewEvent]:
+        self._handler(actor)
+        if not self.contacts:
+            raise Conflict("call back the resident (回访) before recording the rectification",
+                           reason="contact_first")
+        return [NewEvent("RectificationRecorded", {"case_id": self.id, "actions": actions, "by": actor.person_id})]
+
+    def confirm(self, actor: Principal, satisfied: bool, comment: str) -> list[NewEvent]:
+        """The resident confirms the outcome; staff may record what the resident said on a call."""
+        if actor.person_id != self.person_id:
+            require_member(actor, self.community_id, CASE_HANDLERS)
+        if self.status != "open":
+            raise Conflict(f"case {self.id} is closed", reason="case_closed")
+        if not self.rectifications:
+            raise Conflict("the case is closed after its rectification is recorded", reason="rectification_first")
+        return [NewEvent("FollowUpClosed", {"case_id": self.id, "satisfied": satisfied, "comment": comment,
+                                            "confirmed_by": actor.person_id,
+                                            "by_resident": actor.person_id == self.person_id})]
+
+    def overdue_events(self, now: datetime) -> list[NewEvent]:
+        if self.status == "open" and not self.overdue and now >= parse_time(self.deadline):
+            return [NewEvent("FollowUpOverdue", {"case_id": self.id, "deadline": self.deadline,
+                                                 "community_id": self.community_id, "subject_id": self.subject_id})]
+        return []
+
+    def view(self, full: bool) -> dict[str, Any]:
+        return {"case_id": self.id, "rating_id": self.rating_id, "subject_id": self.subject_id,
+                "subject_name": self.subject_name, "community_id": self.community_id,
+                "person_id": self.person_id if full else None, "level": self.level,
+                "level_label": LEVELS.get(self.level), "comment": self.comment, "deadline": self.deadline,
+                "status": self.status, "overdue": self.overdue, "contacts": self.contacts,
+                "rectifications": self.rectifications, "outcome": self.outcome, "version": self.version,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def on_FollowUpOpened(self, d, event) -> None:
+        for key in ("rating_id", "subject_id", "subject_name", "community_id", "person_id", "level", "comment",
+                    "deadline"):
+            setattr(self, key, d[key])
+        self.subject_person_id = d.get("subject_person_id")
+        self.status = "open"
+
+    def on_ResidentContacted(self, d, event) -> None:
+        self.contacts.append({"channel": d["channel"], "note": d["note"], "by": d["by"], "at": _at(event)})
+
+    def on_RectificationRecorded(self, d, event) -> None:
+        self.rectifications.append({"actions": d["actions"], "by": d["by"], "at": _at(event)})
+
+    def on_FollowUpClosed(self, d, event) -> None:
+        self.status = "closed"
+        self.outcome = {"satisfied": d["satisfied"], "comment": d["comment"], "confirmed_by": d["confirmed_by"],
+                        "by_resident": d["by_resident"], "at": _at(event), "late": self.overdue}
+
+    def on_FollowUpOverdue(self, d, event) -> None:
+        self.overdue = True
+
+
+# -- published rankings -----------------------------------------------------------------------
+
+def ranking_key(community_id: str, kind: str, period: str) -> str:
+    return f"{community_id}.{kind}.{period}"
+
+
+@dataclasses.dataclass
+class Ranking(Aggregate):
+    stream_prefix: ClassVar[str] = "ranking"
+    label: ClassVar[str] = "published ranking"
+
+    community_id: str = ""
+    kind: str = ""
+    period: str = ""
+    editions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def publish(self, actor: Principal, community_id: str, kind: str, period: str, now: datetime,
+                table: dict[str, Any], last_position: int, policy_version: int,
+                provisional: bool = False) -> list[NewEvent]:
+        """Publish the ranking of a closed period; a *provisional* edition (月中排名) of an open
+        period is allowed, marked so, and opens no support plans."""
+        require_member(actor, community_id, STAFF)
+        period_open = now < period_bounds(period)[1]
+        if period_open and not provisional:
+            raise Conflict(f"the period {period} is still open: its ratings may change until it ends "
+                           "(publish a provisional edition instead)", reason="period_open")
+        if provisional and not period_open:
+            raise Conflict(f"the period {period} is closed: publish the final ranking", reason="period_closed")
+        digest = ranking_digest(table)
+        latest = self.editions[-1] if self.editions else None
+        if latest and latest["digest"] == digest and latest["provisional"] == provisional:
+            raise Conflict("this ranking is already published with the same figures", reason="no_change")
+        return [NewEvent("RankingPublished", {
+            "community_id": community_id, "kind": kind, "period": period, "edition": len(self.editions) + 1,
+            "formula": table["formula"], "last_position": last_position, "policy_version": policy_version,
+            "ranked": table["ranked"], "not_enough_ratings": table["not_enough_ratings"], "digest": digest,
+            "provisional": provisional, "by": actor.person_id})]
+
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        return self.editions[-1] if self.editions else None
+
+    def on_RankingPublished(self, d, event) -> None:
+        self.community_id, self.kind, self.period = d["community_id"], d["kind"], d["period"]
+        self.editions.append({**{k: d[k] for k in ("edition", "formula", "last_position", "policy_version",
+                                                    "ranked", "not_enough_ratings", "digest", "by")},
+                              "provisional": d.get("provisional", False), "published_at": _at(event),
+                              "position": event.position})
+
+    @property
+    def latest_final(self) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.editions) if not e["provisional"]), None)
+
+
+# -- support plans (帮扶) ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SupportPlan(Aggregate):
+    stream_prefix: ClassVar[str] = "plan"
+    label: ClassVar[str] = "support plan"
+
+    subject_id: str = ""
+    subject_name: str = ""
+    subject_person_id: str | None = None
+    community_id: str = ""
+    kind: str = ""
+    opened_for: str = ""
+    triggers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    status: str = ""  # open, closed
+    mentor: dict[str, str] | None = None
+    actions: list[str] = dataclasses.field(default_factory=list)
+    deadline: str | None = None
+    notes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    closed: dict[str, Any] | None = None
+
+    def open(self, entry: dict[str, Any], subject_person_id: str | None, community_id: str, kind: str,
+             period: str, triggers: list[dict[str, Any]]) -> list[NewEvent]:
+        return [NewEvent("SupportPlanOpened", {"plan_id": self.id, "subject_id": entry["subject_id"],
+                                               "subject_name": entry["name"], "subject_person_id": subject_person_id,
+                                               "community_id": community_id, "kind": kind, "period": period,
+                                               "triggers": triggers})]
+
+    def draw_up(self, actor: Principal, mentor: dict[str, str], actions: list[str], deadline: date) -> list[NewEvent]:
+        require_member(actor, self.community_id, STAFF)
+        self._open()
+        if mentor["person_id"] in (self.subject_id, self.subject_person_id):
+            raise DomainError("the mentor is someone else", reason="invalid_mentor", details={"mentor": "not the subject"})
+        return [NewEvent("SupportPlanDrawnUp", {"plan_id": self.id, "mentor": mentor, "actions": actions,
+                                                "deadline": deadline.isoformat(), "by": actor.person_id})]
+
+    def note(self, actor: Principal, text: str) -> list[NewEvent]:
+        if not (self.mentor and actor.person_id == self.mentor["person_id"]):
+            require_member(actor, self.community_id, STAFF)
+        self._open()
+        return [NewEvent("SupportProgressNoted", {"plan_id": self.id, "note": text, "by": actor.person_id})]
+
+    def close(self, period: str, rate: str) -> list[NewEvent]:
+        return [NewEvent("SupportPlanClosed", {"plan_id": self.id, "subject_id": self.subject_id, "period": period,
+                                               "satisfaction_rate": rate,
+                                               "reason": f"satisfaction rate {rate} in {period} clears the threshold"})]
+
+    def _open(self) -> None:
+        if self.status != "open":
+            raise Conflict(f"support plan {self.id} is closed", reason="plan_closed")
+
+    def view(self) -> dict[str, Any]:
+        return {"plan_id": self.id, "subject_id": self.subject_id, "subject_name": self.subject_name,
+                "community_id": self.community_id, "kind": self.kind, "opened_for": self.opened_for,
+                "triggers": self.triggers, "status": self.status, "mentor": self.mentor, "actions": self.actions,
+                "deadline": self.deadline, "notes": self.notes, "closed": self.closed, "version": self.version,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def on_SupportPlanOpened(self, d, event) -> None:
+        self.subject_id, self.subject_name, self.community_id = d["subject_id"], d["subject_name"], d["community_id"]
+        self.subject_person_id = d.get("subject_person_id")
+        self.kind, self.opened_for, self.triggers, self.status = d["kind"], d["period"], d["triggers"], "open"
+
+    def on_SupportPlanDrawnUp(self, d, event) -> None:
+        self.mentor, self.actions, self.deadline = d["mentor"], d["actions"], d["deadline"]
+
+    def on_SupportProgressNoted(self, d, event) -> None:
+        self.notes.append({"note": d["note"], "by": d["by"], "at": _at(event)})
+
+    def on_SupportPlanClosed(self, d, event) -> None:
+        self.status = "closed"
+        self.closed = {"period": d["period"], "satisfaction_rate": d["satisfaction_rate"], "reason": d["reason"],
+                       "at": _at(event)}
+
+
+def support_triggers(entry: dict[str, Any], policy: dict[str, Any], last_subject: str | None,
+                     previous_last_subject: str | None, period: str) -> list[dict[str, Any]]:
+    """Why a ranked subject needs a support plan (empty: it does not)."""
+    triggers = []
+    threshold = Decimal(policy["satisfaction_threshold_pct"]) / 100
+    if Decimal(entry["satisfaction_rate"]) < threshold:
+        triggers.append({"trigger": "low_satisfaction", "satisfaction_rate": entry["satisfaction_rate"],
+                         "threshold": str(threshold.quantize(Decimal("0.01")))})
+    if last_subject == entry["subject_id"] and previous_last_subject == entry["subject_id"]:
+        triggers.append({"trigger": "ranked_last_twice", "periods": [previous_period(period), period]})
+    return triggers
+
+
+def clears_threshold(entry: dict[str, Any], policy: dict[str, Any]) -> bool:
+    return Decimal(entry["satisfaction_rate"]) >= Decimal(policy["satisfaction_threshold_pct"]) / 100

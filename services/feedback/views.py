@@ -1,0 +1,144 @@
+"""Read models of the feedback service and the queries over them.
+
+- ``policies_view``, ``subjects_view``, ``ratings_view``, ``cases_view``, ``rankings_view``,
+  ``plans_view``: current state as JSON with indexed columns;
+- ``subject_stats``: per subject and period the counted ratings (n, Σ levels, #4–5, per level),
+  kept incrementally so that a live ranking is one indexed read; a published ranking is checked
+  by folding the same events from the log instead (:func:`fold_stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from services.feedback.domain import (
+    DEFAULT_POLICY, STATS_EVENTS, FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, count_level,
+    empty_stats, stats_changes,
+)
+from services.kernel.aggregate import AggregateView
+from services.kernel.events import StoredEvent, parse_time, to_micros
+
+POLICIES = AggregateView(Policy, "policies_view")
+SUBJECTS = AggregateView(Subject, "subjects_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("open_flags", sa.Integer, nullable=False),
+], lambda s: {"community_id": s.community_id, "kind": s.kind,
+              "open_flags": sum(1 for f in s.flags.values() if f["status"] == "open")})
+RATINGS = AggregateView(Rating, "ratings_view", [
+    sa.Column("subject_id", sa.String(100), nullable=False),
+    sa.Column("community_id", sa.String(100), nullable=False),
+    sa.Column("period", sa.String(10), nullable=False),
+    sa.Column("person_id", sa.String(100), nullable=False, index=True),
+    sa.Column("level", sa.Integer, nullable=False),
+    sa.Column("excluded", sa.Boolean, nullable=False),
+    sa.Column("rated_at_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_ratings_subject_period", "subject_id", "period"),
+    sa.Index("ix_ratings_subject_level_time", "subject_id", "level", "rated_at_us"),
+], lambda r: {"subject_id": r.subject_id, "community_id": r.community_id, "period": r.period,
+              "person_id": r.person_id, "level": r.level, "excluded": r.excluded is not None,
+              "rated_at_us": to_micros(parse_time(r.rated_at)) if r.rated_at else 0})
+CASES = AggregateView(FollowUpCase, "cases_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("subject_id", sa.String(100), nullable=False),
+    sa.Column("person_id", sa.String(100), nullable=False, index=True),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("overdue", sa.Boolean, nullable=False),
+    sa.Column("deadline_us", sa.BigInteger, nullable=False, index=True),
+], lambda c: {"community_id": c.community_id, "subject_id": c.subject_id, "person_id": c.person_id,
+              "status": c.status, "overdue": c.overdue, "deadline_us": to_micros(parse_time(c.deadline))})
+RANKINGS = AggregateView(Ranking, "rankings_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("period", sa.String(10), nullable=False),
+], lambda r: {"community_id": r.community_id, "kind": r.kind, "period": r.period})
+PLANS = AggregateView(SupportPlan, "plans_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("subject_id", sa.String(100), nullable=False, index=True),
+    sa.Column("status", sa.String(10), nullable=False),
+], lambda p: {"community_id": p.community_id, "subject_id": p.subject_id, "status": p.status})
+
+
+class SubjectStats:
+    """Counted ratings per subject and period, changed by rating events only."""
+
+    name = "subject_stats"
+    COUNTS = ("n", "total", "top", "l1", "l2", "l3", "l4", "l5")
+
+    def __init__(self) -> None:
+        self.table = sa.Table(
+            "subject_stats", sa.MetaData(),
+            sa.Column("subject_id", sa.String(100), primary_key=True),
+            sa.Column("period", sa.String(10), primary_key=True),
+            sa.Column("community_id", sa.String(100), nullable=False),
+            sa.Column("kind", sa.String(20), nullable=False),
+            *(sa.Column(c, sa.Integer, nullable=False) for c in self.COUNTS),
+            sa.Index("ix_subject_stats_ranking", "community_id", "kind", "period"),
+        )
+        self.tables = [self.table]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        if event.event_type not in STATS_EVENTS:
+            return
+        changes = stats_changes(event.event_type, event.data)
+        if not changes:
+            return
+        d, t = event.data, self.table
+        key = (t.c.subject_id == d["subject_id"]) & (t.c.period == d["period"])
+        row = connection.execute(sa.select(t).where(key)).first()
+        stats = {c: getattr(row, c) for c in self.COUNTS} if row is not None else empty_stats()
+        for level, sign in changes:
+            count_level(stats, level, sign)
+        if row is None:
+            connection.execute(t.insert().values(subject_id=d["subject_id"], period=d["period"],
+                                                 community_id=d["community_id"], kind=d["subject_kind"], **stats))
+        else:
+            connection.execute(t.update().where(key).values(**stats))
+
+    def for_ranking(self, connection: Connection, community_id: str, kind: str, period: str) -> dict[str, dict]:
+        t, s = self.table, SUBJECTS.table
+        rows = connection.execute(
+            sa.select(t, s.c.state).join(s, s.c.id == t.c.subject_id, isouter=True)
+            .where(t.c.community_id == community_id, t.c.kind == kind, t.c.period == period)).all()
+        return {r.subject_id: {"name": _name(r.state), **{c: getattr(r, c) for c in self.COUNTS}} for r in rows}
+
+    def for_subject(self, connection: Connection, subject_id: str, period: str) -> dict[str, int]:
+        t = self.table
+        row = connection.execute(sa.select(t).where(t.c.subject_id == subject_id, t.c.period == period)).first()
+        return {c: getattr(row, c) for c in self.COUNTS} if row is not None else empty_stats()
+
+
+def _name(state: str | None) -> str:
+    return Subject.from_json(state).name if state else ""
+
+
+def fold_stats(events: Iterable[StoredEvent], community_id: str, kind: str, period: str,
+               names: dict[str, str]) -> dict[str, dict]:
+    """The same counts as ``subject_stats``, folded from the log (for verifying a ranking)."""
+    stats: dict[str, dict] = {}
+    for event in events:
+        if event.event_type not in STATS_EVENTS:
+            continue
+        d = event.data
+        if (d["community_id"], d["subject_kind"], d["period"]) != (community_id, kind, period):
+            continue
+        entry = stats.setdefault(d["subject_id"], {"name": names.get(d["subject_id"], ""), **empty_stats()})
+        for level, sign in stats_changes(event.event_type, d):
+            count_level(entry, level, sign)
+    return stats
+
+
+def policy_for(connection: Connection, community_id: str) -> tuple[dict[str, Any], int]:
+    policy = POLICIES.get(connection, community_id)
+    return (dict(policy.settings), policy.version) if policy is not None else (dict(DEFAULT_POLICY), 0)
+
+
+STATS = SubjectStats()
+
+
+def projections():
+    return [POLICIES, SUBJECTS, RATINGS, CASES, RANKINGS, PLANS, STATS]

@@ -1,0 +1,190 @@
+"""Event-sourced aggregates, the unit of work that changes them, and a read model of their state.
+
+An aggregate is a dataclass whose fields are JSON values (str, int, bool, None, lists, dicts), so
+that its state can be stored as JSON by :class:`AggregateView` and rebuilt from the log. It evolves
+only by applying events (``on_<EventType>(data, event)`` methods) and decides new events in plain
+methods that raise :mod:`services.kernel.errors` exceptions — no I/O, so the domain is unit-tested
+without a database.
+
+A :class:`UnitOfWork` opens one serialised write transaction, loads aggregates inside it (so what
+it decides on is what it appends after), and appends the events of one or several streams
+atomically: a project and its community fund change together or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from services.kernel.db import is_sqlite, read_transaction, write_transaction
+from services.kernel.errors import ConcurrencyError, NotFound
+from services.kernel.events import Metadata, NewEvent, StoredEvent, to_micros, utc_now
+
+A = TypeVar("A", bound="Aggregate")
+
+
+@dataclasses.dataclass
+class Aggregate:
+    """Base state of an event-sourced aggregate. ``version`` is the stream version applied last."""
+
+    stream_prefix: ClassVar[str] = ""
+    label: ClassVar[str] = "aggregate"
+
+    id: str
+    version: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @classmethod
+    def stream_id_for(cls, aggregate_id: str) -> str:
+        return f"{cls.stream_prefix}-{aggregate_id}"
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream_id_for(self.id)
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    def apply(self, event: StoredEvent) -> None:
+        handler = getattr(self, f"on_{event.event_type}", None)
+        if handler is not None:
+            handler(event.data, event)
+        stamp = event.occurred_at.isoformat().replace("+00:00", "Z")
+        if self.created_at is None:
+            self.created_at = stamp
+        self.updated_at = stamp
+        self.version = event.version
+
+    @classmethod
+    def replay(cls: type[A], aggregate_id: str, events: Sequence[StoredEvent]) -> A:
+        state = cls(id=aggregate_id)
+        for event in events:
+            state.apply(event)
+        return state
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[A], text: str) -> A:
+        return cls(**json.loads(text))
+
+
+def lock_for_write(connection: Connection) -> None:
+    """Serialise this transaction with every appender before it reads (PostgreSQL; SQLite's
+    ``BEGIN IMMEDIATE`` already does), so the state a command decides on cannot change under it."""
+    if not is_sqlite(connection):
+        connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+
+
+class UnitOfWork:
+    """Load aggregates and append their new events in one serialised write transaction."""
+
+    def __init__(self, store, connection: Connection, metadata: Metadata, clock: Callable[[], datetime]):
+        self.store = store
+        self.connection = connection
+        self.metadata = metadata
+        self.clock = clock
+        self.recorded: list[StoredEvent] = []
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def load(self, cls: type[A], aggregate_id: str) -> A:
+        """The aggregate's current state; a new, empty one (version 0) when it has no events."""
+        events = self.store.load(cls.stream_id_for(aggregate_id), connection=self.connection)
+        return cls.replay(aggregate_id, events)
+
+    def get(self, cls: type[A], aggregate_id: str, *, expected_version: int | None = None) -> A:
+        """An existing aggregate (404 otherwise); with ``expected_version`` (from ``If-Match``) a
+        stale client is refused before anything is decided."""
+        state = self.load(cls, aggregate_id)
+        if not state.exists:
+            raise NotFound(f"no {cls.label} {aggregate_id}")
+        if expected_version is not None and expected_version != state.version:
+            raise ConcurrencyError(state.stream_id, expected_version, state.version)
+        return state
+
+    def record(self, state: Aggregate, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        """Append ``events`` after the version ``state`` was loaded at, and apply them to it."""
+        stored = self.store.append(state.stream_id, state.version, events, metadata=self.metadata,
+                                   connection=self.connection)
+        for event in stored:
+            state.apply(event)
+        self.recorded.extend(stored)
+        return stored
+
+
+@contextlib.contextmanager
+def unit_of_work(store, metadata: Metadata | None = None, *,
+                 connection: Connection | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> Iterator[UnitOfWork]:
+    """``with unit_of_work(store, meta) as uow:`` — commits on success, changes nothing on error.
+
+    With ``connection`` (a consumer's transaction, which also holds its inbox row) the unit joins
+    that transaction instead of opening its own.
+    """
+    if connection is not None:
+        lock_for_write(connection)
+        yield UnitOfWork(store, connection, metadata or Metadata(), clock)
+        return
+    with write_transaction(store.engine) as own:
+        lock_for_write(own)
+        yield UnitOfWork(store, own, metadata or Metadata(), clock)
+
+
+class AggregateView:
+    """Read model: the current state of every aggregate of one kind as JSON, plus indexed columns
+    (``columns`` with ``extract(state) -> {column: value}``) for filtering and sorting."""
+
+    def __init__(self, cls: type[Aggregate], table_name: str, columns: Sequence[sa.Column] = (),
+                 extract: Callable[[Any], Mapping[str, Any]] = lambda state: {}) -> None:
+        self.cls = cls
+        self.name = table_name
+        self.extract = extract
+        self.table = sa.Table(
+            table_name, sa.MetaData(),
+            sa.Column("id", sa.String(100), primary_key=True),
+            sa.Column("version", sa.Integer, nullable=False),
+            sa.Column("created_at_us", sa.BigInteger, nullable=False, index=True),
+            sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+            sa.Column("state", sa.Text, nullable=False),
+            *columns,
+        )
+        self.tables = [self.table]
+        self._prefix = cls.stream_prefix + "-"
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        if not event.stream_id.startswith(self._prefix):
+            return
+        aggregate_id = event.stream_id[len(self._prefix):]
+        row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
+        state = self.cls.from_json(row.state) if row is not None else self.cls(id=aggregate_id)
+        state.apply(event)
+        values = {"version": state.version, "updated_at_us": to_micros(event.occurred_at),
+                  "state": state.to_json(), **self.extract(state)}
+        if row is None:
+            connection.execute(self.table.insert().values(
+                id=aggregate_id, created_at_us=to_micros(event.occurred_at), **values))
+        else:
+            connection.execute(self.table.update().where(self.table.c.id == aggregate_id).values(**values))
+
+    def get(self, connection: Connection, aggregate_id: str) -> Any | None:
+        row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
+        return None if row is None else self.cls.from_json(row.state)
+
+    def fetch(self, engine, aggregate_id: str):
+        with read_transaction(engine) as connection:
+            state = self.get(connection, aggregate_id)
+        if state is None:
+            raise NotFound(f"no {self.cls.label} {aggregate_id}")
+        return state

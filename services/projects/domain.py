@@ -1,0 +1,619 @@
+"""A co-creation project through the five stages 共谋 共建 共管 共评 共享 (pure domain, no I/O).
+
+Stages and, within 共谋, phases::
+
+    co_plan   collecting_cosigners -> deliberation -> voting --(approved)--> co_build
+                       |                   |             \\--(rejected)--> rejected (ends)
+                       \\-------------------+--(withdrawn by the proposer)--> withdrawn (ends)
+    co_build  pledges, deliveries, spending, milestones; completion at progress 100 -> co_manage
+    co_manage maintainers, maintenance logs, problems (these continue in the later stages)
+    co_evaluate  residents rate the result 1-5 once each; closing -> co_share
+    co_share  results published once; rewards (以奖代补) paid from the fund
+
+Every decision checks who the actor is (roles and community from the token) and the stage; a
+command in the wrong stage or a repeat is a :class:`Conflict` whose message lists what is allowed
+now. The fund side of a decision (reserve, release, spend, reward) is decided by
+:class:`~services.projects.community.CommunityFund` in the same unit of work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import datetime
+from typing import Any, ClassVar
+
+from services.kernel.aggregate import Aggregate
+from services.kernel.auth import Principal, require_member  # noqa: F401 (re-exported)
+from services.kernel.errors import Conflict, DomainError, Forbidden
+from services.kernel.events import NewEvent, format_time, parse_time
+
+STAGES = {
+    "co_plan": "共谋 co-planning",
+    "co_build": "共建 co-building",
+    "co_manage": "共管 co-managing",
+    "co_evaluate": "共评 co-evaluating",
+    "co_share": "共享 co-sharing",
+    "rejected": "否决 rejected by the council",
+    "withdrawn": "撤回 withdrawn by the proposer",
+}
+PHASES = {
+    "collecting_cosigners": "征集联署 collecting co-signers",
+    "deliberation": "协商议事 deliberation",
+    "voting": "居民代表表决 council vote",
+    "building": "建设中 building",
+    "maintaining": "管护中 maintaining",
+    "evaluating": "评议中 evaluating",
+    "results_pending": "待公示 results pending",
+    "published": "已公示 results published",
+    "ended": "已结束 ended",
+}
+CATEGORIES = {
+    "environment": "环境整治 environment",
+    "facilities": "公共设施 public facilities",
+    "greening": "绿化美化 greening",
+    "elderly_care": "养老助老 elderly care",
+    "children": "儿童友好 children",
+    "culture": "文化活动 culture",
+    "safety": "平安建设 safety",
+    "parking": "停车交通 parking and traffic",
+    "other": "其他 other",
+}
+STANCES = ("support", "oppose", "neutral")
+CHOICES = ("yes", "no", "abstain")
+CONTRIBUTOR_TYPES = ("resident", "enterprise", "social_organisation")
+CONTRIBUTION_KINDS = ("labour", "money", "materials", "skills")
+STAFF = ("cadre", "admin")
+FIELD_STAFF = ("cadre", "grid_worker", "admin")
+RESIDENTS = ("resident", "representative")
+AMENDABLE = ("title", "description", "category", "location", "estimated_cost_fen", "requested_fen")
+
+
+@dataclasses.dataclass
+class Project(Aggregate):
+    stream_prefix: ClassVar[str] = "project"
+    label: ClassVar[str] = "project"
+
+    community_id: str = ""
+    grid_id: str = ""
+    title: str = ""
+    description: str = ""
+    category: str = ""
+    location: str = ""
+    estimated_cost_fen: int = 0
+    requested_fen: int = 0
+    proposer_id: str = ""
+    proposer_name: str = ""
+    stage: str = ""
+    phase: str = ""
+    revisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    cosigners_required: int = 0
+    cosigners: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    opinions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    withdrawal: dict[str, Any] | None = None
+    vote: dict[str, Any] | None = None
+    responsible_unit: dict[str, str] | None = None
+    pledges: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    spending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    spent_fen: int = 0
+    progress: int = 0
+    milestones: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    completed_at: str | None = None
+    maintainers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    maintenance_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    problems: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+    rewards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    # -- what is allowed now ----------------------------------------------------------------
+
+    def allowed_actions(self) -> list[str]:
+        if not self.exists:
+            return ["propose"]
+        if self.stage == "co_plan":
+            if self.phase == "collecting_cosigners":
+                return ["cosign", "amend", "withdraw"]
+            if self.phase == "deliberation":
+                return ["cosign", "post_opinion", "amend", "withdraw", "open_vote"]
+            return ["cast_ballot", "close_vote"]
+        if self.stage == "co_build":
+            return ["pledge", "confirm_delivery", "record_spending", "record_milestone", "complete"]
+        upkeep = ["assign_maintainer", "log_maintenance", "report_problem", "resolve_problem"]
+        if self.stage == "co_manage":
+            return upkeep + ["open_evaluation"]
+        if self.stage == "co_evaluate":
+            return upkeep + ["rate", "close_evaluation"]
+        if self.stage == "co_share":
+            return upkeep + (["pay_reward"] if self.results else ["publish_results", "pay_reward"])
+        return []
+
+    def _expect(self, action: str, what: str) -> None:
+        allowed = self.allowed_actions()
+        if action not in allowed:
+            now = ", ".join(allowed) if allowed else "nothing (the project has ended)"
+            raise Conflict(
+                f"cannot {what}: the project is in stage {self.stage} ({self.phase}); allowed now: {now}",
+                reason="wrong_stage",
+                details={"stage": self.stage, "phase": self.phase, "allowed_actions": allowed})
+
+    def _repeated(self, message: str, reason: str) -> Conflict:
+        """A repeated (or otherwise impossible) command: a 409 that says what is allowed now."""
+        allowed = self.allowed_actions()
+        return Conflict(f"{message}; allowed now: {', '.join(allowed) if allowed else 'nothing'}", reason=reason,
+                        details={"stage": self.stage, "phase": self.phase, "allowed_actions": allowed})
+
+    # -- 共谋 co_plan -----------------------------------------------------------------------
+
+    def propose(self, actor: Principal, proposal: dict[str, Any], community) -> list[NewEvent]:
+        if self.exists:
+            raise Conflict(f"project {self.id} already exists", reason="already_exists")
+        if not community.exists:
+            raise DomainError(f"no community {proposal['community_id']}", reason="unknown_community",
+                              details={"community_id": "unknown community"})
+        require_member(actor, community.id, RESIDENTS)
+        if proposal["grid_id"] not in community.grids:
+            raise DomainError(f"community {community.id} has no grid {proposal['grid_id']}",
+                              reason="unknown_grid", details={"grid_id": "unknown grid in this community"})
+        _check_text_fields(proposal)
+        return [NewEvent("ProjectProposed", {
+            "project_id": self.id, "community_id": community.id, "grid_id": proposal["grid_id"],
+            "title": proposal["title"], "description": proposal["description"],
+            "category": proposal["category"], "location": proposal.get("location", ""),
+            "estimated_cost_fen": proposal["estimated_cost_fen"], "requested_fen": proposal["requested_fen"],
+            "proposer_id": actor.person_id, "proposer_name": actor.name,
+            "cosigners_required": community.settings["cosigners_required"],
+        })]
+
+    def cosign(self, actor: Principal) -> list[NewEvent]:
+        self._expect("cosign", "co-sign")
+        require_member(actor, self.community_id, RESIDENTS)
+        if actor.person_id == self.proposer_id:
+            raise self._repeated("the proposer cannot co-sign their own proposal", "self_cosign")
+        if any(c["person_id"] == actor.person_id for c in self.cosigners):
+            raise self._repeated("you have already co-signed this proposal", "already_cosigned")
+        count = len(self.cosigners) + 1
+        events = [NewEvent("ProjectCosigned", {"project_id": self.id, "person_id": actor.person_id,
+                                                "name": actor.name, "count": count})]
+        if self.phase == "collecting_cosigners" and count >= self.cosigners_required:
+            events.append(NewEvent("ProjectQualified", {"project_id": self.id, "cosigners": count}))
+        return events
+
+    def post_opinion(self, actor: Principal, opinion_id: str, stance: str, text: str) -> list[NewEvent]:
+        self._expect("post_opinion", "post an opinion")
+        require_member(actor, self.community_id, RESIDENTS + FIELD_STAFF)
+        if stance not in STANCES:
+            raise DomainError("stance must be support, oppose or neutral", reason="invalid_stance",
+                              details={"stance": f"one of {', '.join(STANCES)}"})
+        return [NewEvent("OpinionPosted", {"project_id": self.id, "opinion_id": opinion_id,
+                                           "person_id": actor.person_id, "name": actor.name,
+                                           "stance": stance, "text": text})]
+
+    def amend(self, actor: Principal, changes: dict[str, Any], reason: str) -> list[NewEvent]:
+        self._expect("amend", "amend the proposal")
+        if actor.person_id != self.proposer_id:
+            raise Forbidden("only the proposer may amend the proposal", reason="not_proposer")
+        changed = {k: v for k, v in changes.items() if k in AMENDABLE and getattr(self, k) != v}
+        if not changed:
+            raise DomainError("the amendment changes nothing", reason="empty_amendment",
+                              details={"_schema": f"change at least one of {', '.join(AMENDABLE)}"})
+        _check_text_fields({**self._current_text(), **changed})
+        # revisions[0] is the original text, so the next revision number is the count so far.
+        return [NewEvent("ProposalAmended", {"project_id": self.id, "revision": len(self.revisions),
+                                             "changes": changed, "reason": reason})]
+
+    def withdraw(self, actor: Principal, reason: str) -> list[NewEvent]:
+        self._expect("withdraw", "withdraw the proposal")
+        if actor.person_id != self.proposer_id:
+            raise Forbidden("only the proposer may withdraw the proposal", reason="not_proposer")
+        return [NewEvent("ProjectWithdrawn", {"project_id": self.id, "reason": reason})]
+
+    def open_vote(self, actor: Principal, community, responsible_unit: dict[str, str] | None) -> list[NewEvent]:
+        self._expect("open_vote", "open the council vote")
+        require_member(actor, self.community_id, STAFF)
+        if not community.representatives:
+            raise Conflict(f"community {self.community_id} has no residents' representatives to vote",
+                           reason="no_electorate")
+        settings = community.settings
+        data = {
+            "project_id": self.id, "electorate": sorted(community.representatives),
+            "electorate_size": len(community.representatives),
+            "quorum_numerator": settings["quorum_numerator"], "quorum_denominator": settings["quorum_denominator"],
+            "pass_numerator": settings["pass_numerator"], "pass_denominator": settings["pass_denominator"],
+            "reserved_fen": self.requested_fen, "opened_by": actor.person_id,
+        }
+        if responsible_unit:
+            data["responsible_unit"] = responsible_unit
+        return [NewEvent("CouncilVoteOpened", data)]
+
+    def cast_ballot(self, actor: Principal, choice: str) -> list[NewEvent]:
+        self._expect("cast_ballot", "cast a ballot")
+        actor.require("representative")
+        if choice not in CHOICES:
+            raise DomainError("choice must be yes, no or abstain", reason="invalid_choice",
+                              details={"choice": f"one of {', '.join(CHOICES)}"})
+        if actor.person_id not in self.vote["electorate"]:
+            raise Forbidden("only the residents' representatives of the community when the vote opened "
+                            "may vote", reason="not_in_electorate")
+        if actor.person_id in self.vote["ballots"]:
+            raise self._repeated("you have already cast your ballot in this vote", "already_voted")
+        return [NewEvent("BallotCast", {"project_id": self.id, "person_id": actor.person_id, "choice": choice})]
+
+    def close_vote(self, actor: Principal) -> list[NewEvent]:
+        self._expect("close_vote", "close the council vote")
+        require_member(actor, self.community_id, STAFF)
+        tally = self.tally()
+        events = [NewEvent("CouncilVoteClosed", {"project_id": self.id, "closed_by": actor.person_id, **tally})]
+        if tally["result"] == "approved":
+            events.append(NewEvent("ProjectApproved", {"project_id": self.id, "reserved_fen": self.vote["reserved_fen"]}))
+        else:
+            events.append(NewEvent("ProjectRejected", {"project_id": self.id, "reason": tally["reason"]}))
+        return events
+
+    def tally(self) -> dict[str, Any]:
+        vote = self.vote
+        ballots = list(vote["ballots"].values())
+        yes, no, abstain = (ballots.count(c) for c in CHOICES)
+        size = vote["electorate_size"]
+        quorum_required = math.ceil(size * vote["quorum_numerator"] / vote["quorum_denominator"])
+        quorum_met = len(ballots) >= quorum_required
+        passed = yes * vote["pass_denominator"] > vote["pass_numerator"] * len(ballots)
+        if not quorum_met:
+            result, reason = "rejected", (f"quorum not met: {len(ballots)} of {size} representatives voted, "
+                                          f"{quorum_required} needed")
+        elif not passed:
+            result, reason = "rejected", (f"not passed: {yes} of {len(ballots)} ballots were yes, more than "
+                                          f"{vote['pass_numerator']}/{vote['pass_denominator']} needed")
+        else:
+            result, reason = "approved", f"passed: {yes} of {len(ballots)} ballots were yes"
+        return {"electorate_size": size, "ballots": len(ballots), "yes": yes, "no": no, "abstain": abstain,
+                "quorum_required": quorum_required, "quorum_met": quorum_met, "result": result, "reason": reason}
+
+    # -- 共建 co_build ----------------------------------------------------------------------
+
+    def pledge(self, actor: Principal, pledge_id: str, pledge: dict[str, Any]) -> list[NewEvent]:
+        self._expect("pledge", "pledge a contribution")
+        require_member(actor, self.community_id, RESIDENTS + FIELD_STAFF)
+        contributor = pledge.get("contributor")
+        if contributor is None:
+            contributor = {"contributor_id": actor.person_id, "name": actor.name, "type": "resident"}
+        elif not actor.has_any(FIELD_STAFF) and contributor["contributor_id"] != actor.person_id:
+            raise Forbidden("residents pledge for themselves; staff record pledges of enterprises and "
+                            "social organisations", reason="pledge_for_other")
+        kind = pledge["kind"]
+        amounts = _contribution_amounts(kind, pledge, "pledge")
+        return [NewEvent("ContributionPledged", {
+            "project_id": self.id, "community_id": self.community_id, "pledge_id": pledge_id,
+            "contributor_id": contributor["contributor_id"], "contributor_name": contributor["name"],
+            "contributor_type": contributor["type"], "kind": kind, **amounts,
+            "description": pledge.get("description", ""),
+        })]
+
+    def confirm_delivery(self, actor: Principal, pledge_id: str, delivery: dict[str, Any],
+                         delivered_at: str) -> list[NewEvent]:
+        self._expect("confirm_delivery", "confirm a delivery")
+        require_member(actor, self.community_id, FIELD_STAFF)
+        pledge = self.pledges.get(pledge_id)
+        if pledge is None:
+            raise DomainError(f"project {self.id} has no pledge {pledge_id}", reason="unknown_pledge",
+                              details={"pledge_id": "unknown pledge"})
+        amounts = _contribution_amounts(pledge["kind"], delivery, "delivery")
+        return [NewEvent("ContributionDelivered", {
+            "project_id": self.id, "project_title": self.title, "community_id": self.community_id,
+            "pledge_id": pledge_id, "delivery_no": len(pledge["deliveries"]) + 1,
+            "contributor_id": pledge["contributor_id"], "contributor_name": pledge["contributor_name"],
+            "contributor_type": pledge["contributor_type"], "kind": pledge["kind"], **amounts,
+            "delivered_at": delivered_at, "note": delivery.get("note", ""), "confirmed_by": actor.person_id,
+        })]
+
+    def record_spending(self, actor: Principal, spending_id: str, amount_fen: int, receipt_ref: str,
+                        description: str) -> list[NewEvent]:
+        self._expect("record_spending", "record spending")
+        require_member(actor, self.community_id, STAFF)
+        return [NewEvent("ProjectSpendingRecorded", {
+            "project_id": self.id, "spending_id": spending_id, "amount_fen": amount_fen,
+            "receipt_ref": receipt_ref, "description": description})]
+
+    def record_milestone(self, actor: Principal, progress: int, note: str) -> list[NewEvent]:
+        self._expect("record_milestone", "record a milestone")
+        require_member(actor, self.community_id, FIELD_STAFF)
+        if not 0 <= progress <= 100:
+            raise DomainError("progress must be between 0 and 100", reason="invalid_progress",
+                              details={"progress": "between 0 and 100"})
+        if progress < self.progress:
+            raise Conflict(f"progress cannot go back: it is {self.progress}, the milestone says {progress}",
+                           reason="progress_backwards", details={"progress": self.progress})
+        return [NewEvent("MilestoneRecorded", {"project_id": self.id, "progress": progress, "note": note})]
+
+    def complete(self, actor: Principal) -> list[NewEvent]:
+        self._expect("complete", "complete the project")
+        require_member(actor, self.community_id, STAFF)
+        if self.progress < 100:
+            raise Conflict(f"the project can be completed only at progress 100 (it is {self.progress})",
+                           reason="not_finished", details={"progress": self.progress})
+        return [NewEvent("ProjectCompleted", {"project_id": self.id, "spent_fen": self.spent_fen})]
+
+    # -- 共管 co_manage ---------------------------------------------------------------------
+
+    def assign_maintainer(self, actor: Principal, maintainer: dict[str, Any]) -> list[NewEvent]:
+        self._expect("assign_maintainer", "assign a maintainer")
+        require_member(actor, self.community_id, FIELD_STAFF)
+        if maintainer["maintainer_id"] in self.maintainers:
+            raise self._repeated(f"{maintainer['maintainer_id']} already maintains this project",
+                                 "already_maintainer")
+        return [NewEvent("MaintainerAssigned", {"project_id": self.id, **maintainer})]
+
+    def log_maintenance(self, actor: Principal, log_id: str, note: str, performed_at: datetime) -> list[NewEvent]:
+        self._expect("log_maintenance", "log maintenance")
+        maintainer = self._maintainer_of(actor)
+        if maintainer is None:
+            require_member(actor, self.community_id, FIELD_STAFF)
+        return [NewEvent("MaintenanceLogged", {
+            "project_id": self.id, "log_id": log_id, "maintainer_id": maintainer, "logged_by": actor.person_id,
+            "note": note, "performed_at": format_time(performed_at)})]
+
+    def report_problem(self, actor: Principal, problem_id: str, description: str) -> list[NewEvent]:
+        self._expect("report_problem", "report a problem")
+        require_member(actor, self.community_id, RESIDENTS + FIELD_STAFF)
+        return [NewEvent("ProblemReported", {"project_id": self.id, "problem_id": problem_id,
+                                             "reported_by": actor.person_id, "description": description})]
+
+    def resolve_problem(self, actor: Principal, problem_id: str, resolution: str, now: datetime) -> list[NewEvent]:
+        self._expect("resolve_problem", "resolve a problem")
+        if self._maintainer_of(actor) is None:
+            require_member(actor, self.community_id, FIELD_STAFF)
+        problem = self.problems.get(problem_id)
+        if problem is None:
+            raise DomainError(f"project {self.id} has no problem {problem_id}", reason="unknown_problem",
+                              details={"problem_id": "unknown problem"})
+        if problem["resolved_at"] is not None:
+            raise self._repeated(f"problem {problem_id} is already resolved", "already_resolved")
+        seconds = max(0, int((now - parse_time(problem["reported_at"])).total_seconds()))
+        return [NewEvent("ProblemResolved", {"project_id": self.id, "problem_id": problem_id,
+                                             "resolved_by": actor.person_id, "resolution": resolution,
+                                             "resolution_seconds": seconds})]
+
+    def _maintainer_of(self, actor: Principal) -> str | None:
+        for maintainer_id, m in self.maintainers.items():
+            if maintainer_id == actor.person_id or actor.person_id in m.get("members", []):
+                return maintainer_id
+        return None
+
+    # -- 共评 co_evaluate -------------------------------------------------------------------
+
+    def open_evaluation(self, actor: Principal, responsible_unit: dict[str, str] | None) -> list[NewEvent]:
+        self._expect("open_evaluation", "open the evaluation")
+        require_member(actor, self.community_id, STAFF)
+        unit = responsible_unit or self.responsible_unit
+        if unit is None:
+            raise DomainError("name the unit responsible for the project: its rating goes to that unit",
+                              reason="responsible_unit_required",
+                              details={"responsible_unit": "required (no unit was named when the vote opened)"})
+        return [NewEvent("EvaluationOpened", {"project_id": self.id, "responsible_unit": unit,
+                                              "opened_by": actor.person_id})]
+
+    def rate(self, actor: Principal, score: int, comment: str) -> list[NewEvent]:
+        self._expect("rate", "rate the project")
+        require_member(actor, self.community_id, RESIDENTS)
+        if not 1 <= score <= 5:
+            raise DomainError("score must be 1 to 5", reason="invalid_score", details={"score": "1 to 5"})
+        if actor.person_id in self.evaluation["ratings"]:
+            raise self._repeated("you have already rated this project", "already_rated")
+        return [NewEvent("ProjectRated", {
+            "project_id": self.id, "project_title": self.title, "community_id": self.community_id,
+            "responsible_unit": self.evaluation["responsible_unit"], "person_id": actor.person_id,
+            "score": score, "comment": comment})]
+
+    def close_evaluation(self, actor: Principal) -> list[NewEvent]:
+        self._expect("close_evaluation", "close the evaluation")
+        require_member(actor, self.community_id, STAFF)
+        scores = [r["score"] for r in self.evaluation["ratings"].values()]
+        average = round(sum(scores) / len(scores), 2) if scores else None
+        return [NewEvent("EvaluationClosed", {"project_id": self.id, "count": len(scores), "average": average,
+                                              "closed_by": actor.person_id})]
+
+    # -- 共享 co_share ----------------------------------------------------------------------
+
+    def publish_results(self, actor: Principal, benefits: str, volunteer_minutes: int | None) -> list[NewEvent]:
+        self._expect("publish_results", "publish the results")
+        require_member(actor, self.community_id, STAFF)
+        totals = self.totals()
+        return [NewEvent("ResultsPublished", {
+            "project_id": self.id, "community_id": self.community_id, "benefits": benefits,
+            "contributions": totals["delivered"], "by_contributor_type": totals["by_contributor_type"],
+            "contributors": totals["contributors"], "spent_fen": self.spent_fen,
+            "volunteer_minutes": totals["delivered"]["labour_minutes"] if volunteer_minutes is None else volunteer_minutes,
+            "evaluation": {"count": self.evaluation["count"], "average": self.evaluation["average"]},
+        })]
+
+    def pay_reward(self, actor: Principal, recipient_id: str, amount_fen: int, reason: str) -> list[NewEvent]:
+        self._expect("pay_reward", "pay a reward")
+        require_member(actor, self.community_id, STAFF)
+        names = {p["contributor_id"]: p["contributor_name"] for p in self.pledges.values()}
+        if recipient_id not in names:
+            raise DomainError(f"{recipient_id} did not contribute to this project", reason="not_a_contributor",
+                              details={"recipient_id": "must be one of the project's contributors"})
+        return [NewEvent("RewardGranted", {"project_id": self.id, "recipient_id": recipient_id,
+                                           "recipient_name": names[recipient_id], "amount_fen": amount_fen,
+                                           "reason": reason})]
+
+    # -- derived figures --------------------------------------------------------------------
+
+    def totals(self) -> dict[str, Any]:
+        def zero() -> dict[str, int]:
+            return {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
+        pledged, delivered, by_type = zero(), zero(), {t: zero() for t in CONTRIBUTOR_TYPES}
+        for p in self.pledges.values():
+            for target, source in ((pledged, p["pledged"]), (delivered, p["delivered"]),
+                                   (by_type[p["contributor_type"]], p["delivered"])):
+                for key, value in source.items():
+                    target[key] += value
+        return {"pledged": pledged, "delivered": delivered, "by_contributor_type": by_type,
+                "contributors": len({p["contributor_id"] for p in self.pledges.values()}),
+                "spent_fen": self.spent_fen, "rewards_fen": sum(r["amount_fen"] for r in self.rewards)}
+
+    def _current_text(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in AMENDABLE}
+
+    # -- evolution --------------------------------------------------------------------------
+
+    def on_ProjectProposed(self, d, event) -> None:
+        for key in ("community_id", "grid_id", "title", "description", "category", "location",
+                    "estimated_cost_fen", "requested_fen", "proposer_id", "proposer_name", "cosigners_required"):
+            setattr(self, key, d[key])
+        self.stage, self.phase = "co_plan", "collecting_cosigners"
+        self.revisions = [{"revision": 0, **self._current_text(), "reason": "original proposal",
+                           "at": _at(event)}]
+        if self.cosigners_required == 0:
+            self.phase = "deliberation"
+
+    def on_ProjectCosigned(self, d, event) -> None:
+        self.cosigners.append({"person_id": d["person_id"], "name": d["name"], "at": _at(event)})
+
+    def on_ProjectQualified(self, d, _event) -> None:
+        self.phase = "deliberation"
+
+    def on_OpinionPosted(self, d, event) -> None:
+        self.opinions.append({k: d[k] for k in ("opinion_id", "person_id", "name", "stance", "text")} | {"at": _at(event)})
+
+    def on_ProposalAmended(self, d, event) -> None:
+        for key, value in d["changes"].items():
+            setattr(self, key, value)
+        self.revisions.append({"revision": d["revision"], **self._current_text(), "reason": d["reason"],
+                               "at": _at(event), "by": event.metadata.get("actor")})
+
+    def on_ProjectWithdrawn(self, d, event) -> None:
+        self.stage, self.phase = "withdrawn", "ended"
+        self.withdrawal = {"reason": d["reason"], "at": _at(event)}
+
+    def on_CouncilVoteOpened(self, d, event) -> None:
+        self.phase = "voting"
+        self.vote = {k: d[k] for k in ("electorate", "electorate_size", "quorum_numerator", "quorum_denominator",
+                                       "pass_numerator", "pass_denominator", "reserved_fen", "opened_by")}
+        self.vote.update({"ballots": {}, "opened_at": _at(event), "tally": None})
+        if d.get("responsible_unit"):
+            self.responsible_unit = d["responsible_unit"]
+
+    def on_BallotCast(self, d, _event) -> None:
+        self.vote["ballots"][d["person_id"]] = d["choice"]
+
+    def on_CouncilVoteClosed(self, d, event) -> None:
+        self.vote["tally"] = {k: d[k] for k in ("electorate_size", "ballots", "yes", "no", "abstain",
+                                               "quorum_required", "quorum_met", "result", "reason")}
+        self.vote["closed_at"] = _at(event)
+
+    def on_ProjectApproved(self, d, _event) -> None:
+        self.stage, self.phase = "co_build", "building"
+
+    def on_ProjectRejected(self, d, _event) -> None:
+        self.stage, self.phase = "rejected", "ended"
+
+    def on_ContributionPledged(self, d, event) -> None:
+        amounts = {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
+        amounts.update(_amount_fields(d))
+        self.pledges[d["pledge_id"]] = {
+            "pledge_id": d["pledge_id"], "contributor_id": d["contributor_id"],
+            "contributor_name": d["contributor_name"], "contributor_type": d["contributor_type"],
+            "kind": d["kind"], "description": d.get("description", ""), "pledged": amounts,
+            "delivered": {k: 0 for k in amounts}, "deliveries": [], "at": _at(event)}
+
+    def on_ContributionDelivered(self, d, event) -> None:
+        pledge = self.pledges[d["pledge_id"]]
+        for key, value in _amount_fields(d).items():
+            pledge["delivered"][key] += value
+        pledge["deliveries"].append({"delivery_no": d["delivery_no"], **_amount_fields(d),
+                                     "delivered_at": d["delivered_at"], "note": d["note"],
+                                     "confirmed_by": d["confirmed_by"], "at": _at(event)})
+
+    def on_ProjectSpendingRecorded(self, d, event) -> None:
+        self.spent_fen += d["amount_fen"]
+        self.spending.append({k: d[k] for k in ("spending_id", "amount_fen", "receipt_ref", "description")}
+                             | {"at": _at(event)})
+
+    def on_MilestoneRecorded(self, d, event) -> None:
+        self.progress = d["progress"]
+        self.milestones.append({"progress": d["progress"], "note": d["note"], "at": _at(event)})
+
+    def on_ProjectCompleted(self, d, event) -> None:
+        self.stage, self.phase = "co_manage", "maintaining"
+        self.completed_at = _at(event)
+
+    def on_MaintainerAssigned(self, d, event) -> None:
+        self.maintainers[d["maintainer_id"]] = {k: d[k] for k in ("maintainer_id", "name", "kind", "duty", "rota",
+                                                                   "members")} | {"since": _at(event)}
+
+    def on_MaintenanceLogged(self, d, event) -> None:
+        self.maintenance_logs.append({k: d[k] for k in ("log_id", "maintainer_id", "logged_by", "note",
+                                                         "performed_at")} | {"at": _at(event)})
+
+    def on_ProblemReported(self, d, event) -> None:
+        self.problems[d["problem_id"]] = {"problem_id": d["problem_id"], "reported_by": d["reported_by"],
+                                          "description": d["description"], "reported_at": _at(event),
+                                          "resolved_at": None, "resolution": None, "resolution_seconds": None}
+
+    def on_ProblemResolved(self, d, event) -> None:
+        self.problems[d["problem_id"]].update(resolved_at=_at(event), resolution=d["resolution"],
+                                              resolution_seconds=d["resolution_seconds"],
+                                              resolved_by=d["resolved_by"])
+
+    def on_EvaluationOpened(self, d, event) -> None:
+        self.stage, self.phase = "co_evaluate", "evaluating"
+        self.responsible_unit = d["responsible_unit"]
+        self.evaluation = {"responsible_unit": d["responsible_unit"], "opened_at": _at(event), "ratings": {},
+                           "count": None, "average": None, "closed_at": None}
+
+    def on_ProjectRated(self, d, event) -> None:
+        self.evaluation["ratings"][d["person_id"]] = {"score": d["score"], "comment": d["comment"], "at": _at(event)}
+
+    def on_EvaluationClosed(self, d, event) -> None:
+        self.stage, self.phase = "co_share", "results_pending"
+        self.evaluation.update(count=d["count"], average=d["average"], closed_at=_at(event))
+
+    def on_ResultsPublished(self, d, event) -> None:
+        self.phase = "published"
+        self.results = {k: v for k, v in d.items() if k not in ("project_id", "community_id")} | {"at": _at(event)}
+
+    def on_RewardGranted(self, d, event) -> None:
+        self.rewards.append({k: d[k] for k in ("recipient_id", "recipient_name", "amount_fen", "reason")}
+                            | {"at": _at(event)})
+
+
+def _at(event) -> str:
+    return format_time(event.occurred_at)
+
+
+_AMOUNT_KEYS = {"labour": ("labour_minutes",), "skills": ("skills_minutes",), "money": ("money_fen",),
+                "materials": ("materials_fen",)}
+
+
+def _amount_fields(data: dict[str, Any]) -> dict[str, int]:
+    return {k: data[k] for keys in _AMOUNT_KEYS.values() for k in keys if k in data}
+
+
+def _contribution_amounts(kind: str, body: dict[str, Any], what: str) -> dict[str, int]:
+    """The one amount that fits the kind (minutes for labour/skills, fen for money/materials)."""
+    if kind not in CONTRIBUTION_KINDS:
+        raise DomainError(f"unknown contribution kind {kind!r}", reason="invalid_kind",
+                          details={"kind": f"one of {', '.join(CONTRIBUTION_KINDS)}"})
+    (key,) = _AMOUNT_KEYS[kind]
+    others = [k for keys in _AMOUNT_KEYS.values() for k in keys if k != key and body.get(k) is not None]
+    errors = {k: f"does not apply to a {kind} {what}" for k in others}
+    value = body.get(key)
+    if value is None or value <= 0:
+        errors[key] = f"a {kind} {what} needs a positive {key}"
+    if kind == "materials" and what == "pledge" and not body.get("description"):
+        errors["description"] = "describe the materials"
+    if errors:
+        raise DomainError(f"the {what} amounts do not fit its kind {kind}", reason="invalid_amounts",
+                          details=errors)
+    return {key: value}
+
+
+def _check_text_fields(fields: dict[str, Any]) -> None:
+    errors = {}
+    if fields["category"] not in CATEGORIES:
+        errors["category"] = f"one of {', '.join(CATEGORIES)}"
+    if fields["requested_fen"] > fields["estimated_cost_fen"]:
+        errors["requested_fen"] = "cannot exceed the estimated cost"
+    if errors:
+        raise DomainError("the proposal is not valid", reason="invalid_proposal", details=errors)

@@ -1,0 +1,447 @@
+"""HTTP API of the volunteers service (flask-smorest; /openapi.json and /docs).
+
+Commands answer with the changed resource, the events recorded (``recorded``) and an ``ETag``
+holding the resource's version. Contact details are masked except for the holder and staff.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date
+
+import flask
+import marshmallow as ma
+import sqlalchemy as sa
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from services.kernel.db import read_transaction
+from services.kernel.errors import NotFound
+from services.kernel.web import (
+    ANY_ROLE, IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, event_metadata,
+    expected_version_from_if_match, roles, text_field,
+)
+from services.volunteers import handlers
+from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
+from services.volunteers.handlers import VolunteersService
+from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS, REWARDS
+
+f = ma.fields
+v = ma.validate
+ID = IDENTIFIER
+VIEWERS_OF_CONTACTS = ("cadre", "admin", "organizer")
+
+
+text = text_field
+
+
+class CardSchema(Schema):
+    person_id = f.String(metadata={"description": "staff only: register someone else"}, **ID)
+    name = text(100)
+    community_id = f.String(**ID)
+    skills = f.List(text(50), load_default=list, validate=v.Length(max=20))
+    phone = f.String(validate=v.Regexp(r"^\+?[0-9 -]{5,20}$"), load_default="")
+
+
+class OrganiserSchema(Schema):
+    kind = f.String(required=True, validate=v.OneOf(ORGANISER_KINDS))
+    id = f.String(required=True, **ID)
+    name = text(100, required=True)
+
+
+class ActivitySchema(Schema):
+    title = text(100, required=True)
+    community_id = f.String(required=True, **ID)
+    place = text(200, required=True)
+    organiser = f.Nested(OrganiserSchema, required=True)
+    starts_at = f.AwareDateTime(required=True)
+    ends_at = f.AwareDateTime(required=True)
+    capacity = f.Integer(required=True, strict=True, validate=v.Range(min=1, max=10000))
+    planned_minutes = f.Integer(required=True, strict=True, validate=v.Range(min=30, max=24 * 60))
+    points_per_hour = f.Integer(required=True, strict=True, validate=v.Range(min=0, max=1000))
+
+
+class ActivityListQuery(Schema):
+    community_id = f.String(**ID)
+    status = f.String(validate=v.OneOf(["published", "cancelled"]))
+    limit = f.Integer(load_default=50, validate=v.Range(min=1, max=200))
+
+
+class ReasonSchema(Schema):
+    reason = text(500, required=True)
+
+
+class CodeSchema(Schema):
+    code = f.String(required=True, validate=v.Regexp(r"^[0-9]{6}$", error="six digits"))
+
+
+class AttendanceSchema(Schema):
+    person_id = f.String(required=True, **ID)
+    start = f.AwareDateTime(metadata={"description": "default: the activity's start"})
+    end = f.AwareDateTime(metadata={"description": "default: the activity's end"})
+
+
+class RetroactiveSchema(AttendanceSchema):
+    reason = text(500, required=True)
+
+
+class DecisionSchema(Schema):
+    decision = f.String(required=True, validate=v.OneOf(["approve", "reject"]))
+    minutes = f.Integer(strict=True, validate=v.Range(min=30, max=24 * 60),
+                        metadata={"description": "approve fewer minutes than claimed (with a reason)"})
+    reason = f.String(validate=v.Length(max=500), load_default="")
+
+
+class RewardSchema(Schema):
+    name = text(100, required=True)
+    description = f.String(validate=v.Length(max=500), load_default="")
+    community_id = f.String(required=True, **ID)
+    cost_points = f.Integer(required=True, strict=True, validate=v.Range(min=1, max=10**7))
+    stock = f.Integer(required=True, strict=True, validate=v.Range(min=0, max=10**6))
+
+
+class RestockSchema(Schema):
+    quantity = f.Integer(required=True, strict=True, validate=v.Range(min=1, max=10**6))
+
+
+class RewardListQuery(Schema):
+    community_id = f.String(**ID)
+
+
+class CertificateSchema(Schema):
+    person_id = f.String(required=True, **ID)
+    period_from = f.Date(required=True)
+    period_to = f.Date(required=True)
+    issuing_organisation = text(200, required=True)
+
+
+class VerificationSchema(Schema):
+    verification = f.String(validate=v.Length(equal=64), metadata={"description": "the value printed on "
+                                                                                   "the certificate"})
+
+
+class LeaderboardQuery(Schema):
+    period = f.String(load_default="month", validate=v.OneOf(["month", "year", "all"]))
+    month = f.String(validate=v.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$"), metadata={"description": "YYYY-MM"})
+    year = f.Integer(validate=v.Range(min=2000, max=2100))
+    limit = f.Integer(load_default=20, validate=v.Range(min=1, max=200))
+
+
+class CommandResultSchema(Schema):
+    resource = f.Raw()
+    recorded = f.List(f.Raw())
+    created_id = f.String(allow_none=True)
+
+
+def _answer(resource: dict, version: int, recorded, status: int = 200, created_id: str | None = None):
+    return command_answer("resource", resource, version, recorded, status, created_id)
+
+
+def _is_staff(principal) -> bool:
+    return principal.has_any(VIEWERS_OF_CONTACTS)
+
+
+def period_bounds(query) -> tuple[str | None, str | None, str]:
+    today = handlers.now().date()
+    if query["period"] == "all":
+        return None, None, "all"
+    if query["period"] == "year":
+        year = query.get("year") or today.year
+        return f"{year}-01-01", f"{year}-12-31", str(year)
+    year, month = (map(int, query["month"].split("-")) if query.get("month") else (today.year, today.month))
+    last = calendar.monthrange(year, month)[1]
+    return date(year, month, 1).isoformat(), date(year, month, last).isoformat(), f"{year}-{month:02d}"
+
+
+def blueprints(container) -> list[Blueprint]:
+    store = container.store
+    service = VolunteersService(store)
+    cards = Blueprint("cards", __name__, url_prefix="/cards", description="义工卡 volunteer cards")
+    activities = Blueprint("activities", __name__, url_prefix="/activities",
+                           description="活动 activities: sign-up, attendance, approval")
+    rewards = Blueprint("rewards", __name__, url_prefix="/rewards", description="积分兑换 rewards catalogue")
+    certificates = Blueprint("certificates", __name__, url_prefix="/certificates",
+                             description="志愿服务记录证明 certificates and their verification")
+    reports = Blueprint("reports", __name__, description="Leaderboards, my card, minutes per project")
+
+    def who():
+        principal = current_principal()
+        return principal, event_metadata(principal)
+
+    # -- cards ----------------------------------------------------------------------------------
+
+    @cards.route("")
+    class Cards(MethodView):
+        @roles(cards, *VOLUNTEERS, *STAFF)
+        @cards.arguments(CardSchema)
+        @cards.response(201, CommandResultSchema)
+        def post(self, body):
+            """Register a volunteer card (one per person)"""
+            principal, meta = who()
+            card, recorded = service.register(principal, meta, body)
+            response = _answer(card.view(full=True), card.version, recorded, 201, card.id)
+            response.headers["Location"] = f"/cards/{card.id}"
+            return response
+
+    def card_for(principal, person_id):
+        card = CARDS.fetch(store.engine, person_id)
+        return card, principal.person_id == person_id or _is_staff(principal)
+
+    @cards.route("/<person_id>")
+    class CardResource(MethodView):
+        @cards.response(200)
+        def get(self, person_id):
+            """A volunteer's card (contact details masked unless it is yours or you are staff)"""
+            card, full = card_for(current_principal(), person_id)
+            response = flask.make_response(card.view(full=full))
+            response.set_etag(str(card.version))
+            return response
+
+    @cards.route("/<person_id>/history")
+    class CardHistory(MethodView):
+        @cards.response(200)
+        def get(self, person_id):
+            """The card's credits and claims (the holder and staff)"""
+            principal = current_principal()
+            card, full = card_for(principal, person_id)
+            if not full:
+                raise NotFound(f"no card history of {person_id} for you")
+            with read_transaction(store.engine) as connection:
+                credits = CREDITS.for_person(connection, person_id)
+            claims = [{"claim_id": k, **c} for k, c in card.claims.items()]
+            return {"card": card.view(full=True), "credits": credits, "claims": claims}
+
+    # -- activities -----------------------------------------------------------------------------
+
+    @activities.route("")
+    class Activities(MethodView):
+        @roles(activities, *ORGANISERS)
+        @activities.arguments(ActivitySchema)
+        @activities.response(201, CommandResultSchema)
+        def post(self, body):
+            """Publish an activity (organiser: community cadre, social organisation, or a project)"""
+            principal, meta = who()
+            activity, recorded = service.publish(principal, meta, body)
+            return _answer(activity.view(show_code=True), activity.version, recorded, 201, activity.id)
+
+        @activities.arguments(ActivityListQuery, location="query")
+        @activities.response(200)
+        def get(self, query):
+            """Activities, newest start first"""
+            current_principal()
+            t = ACTIVITIES.table
+            where = [t.c[k] == query[k] for k in ("community_id", "status") if query.get(k)]
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(*where)
+                                          .order_by(t.c.starts_at.desc()).limit(query["limit"])).all()
+            return {"items": [ACTIVITIES.cls.from_json(r.state).view(show_code=False) for r in rows]}
+
+    @activities.route("/<activity_id>")
+    class ActivityResource(MethodView):
+        @activities.response(200)
+        def get(self, activity_id):
+            """An activity (the organiser also sees the check-in code and the volunteers)"""
+            principal = current_principal()
+            activity = ACTIVITIES.fetch(store.engine, activity_id)
+            try:
+                activity.require_organiser(principal)
+                organiser = True
+            except Exception:
+                organiser = False
+            response = flask.make_response(activity.view(show_code=organiser))
+            response.set_etag(str(activity.version))
+            return response
+
+    def activity_command(path, name, schema_cls, run, doc, status=201, allowed=ORGANISERS):
+        def handler(*args, activity_id, **kwargs):
+            body = args[0] if args else {}
+            principal, meta = who()
+            resource, recorded, version, created = run(principal, meta, activity_id, body, **kwargs)
+            return _answer(resource, version, recorded, status, created)
+        handler.__doc__, handler.__name__ = doc, name
+        view = activities.arguments(schema_cls or EmptySchema)(activities.response(status, CommandResultSchema)(handler))
+        activities.route(f"/<activity_id>/{path}", methods=["POST"], endpoint=name)(roles(activities, *allowed)(view))
+
+    def on_activity(decide):
+        def run(principal, meta, activity_id, body):
+            activity, recorded = service.on_activity(principal, meta, activity_id,
+                                                     lambda a, uow: decide(a, principal, body, uow),
+                                                     expected_version_from_if_match())
+            return activity.view(show_code=False), recorded, activity.version, None
+        return run
+
+    def on_card(command):
+        """A command that records a claim on a card: answer with the card and the new claim id."""
+        def run(principal, meta, activity_id, body):
+            card, recorded = command(principal, meta, activity_id, body)
+            claim = next((e.data["claim_id"] for e in recorded if e.event_type == "ClaimRecorded"), None)
+            return card.view(full=True), recorded, card.version, claim
+        return run
+
+    def sign_up(activity, principal, body, uow):
+        service._card(uow, principal.person_id)
+        return activity.sign_up(principal, uow.now())
+
+    activity_command("cancellation", "cancel_activity", ReasonSchema,
+                     on_activity(lambda a, p, b, uow: a.cancel(p, b["reason"])),
+                     "Cancel the activity (organiser)", status=200)
+    activity_command("signups", "sign_up", None, on_activity(sign_up),
+                     "Sign up (volunteer with a card; capacity enforced, once)", allowed=VOLUNTEERS)
+    activity_command("signups/withdrawal", "withdraw_signup", None,
+                     on_activity(lambda a, p, b, uow: a.withdraw(p)), "Withdraw a sign-up", status=200,
+                     allowed=VOLUNTEERS)
+    activity_command("check-in", "check_in", CodeSchema,
+                     on_activity(lambda a, p, b, uow: a.check_in(p, b["code"], uow.now())),
+                     "Check in with the activity's code (from an hour before the start to the end)",
+                     allowed=VOLUNTEERS)
+    activity_command("check-out", "check_out", CodeSchema, on_card(lambda p, m, a, b: service.check_out(p, m, a, b["code"])),
+                     "Check out with the code: the claim is computed from the times", allowed=VOLUNTEERS)
+    activity_command("attendance", "record_attendance", AttendanceSchema,
+                     on_card(lambda p, m, a, b: service.record_attendance(p, m, a, b, retroactive=False)),
+                     "Record a volunteer's attendance (organiser)")
+    activity_command("retroactive-entries", "retroactive_entry", RetroactiveSchema,
+                     on_card(lambda p, m, a, b: service.record_attendance(p, m, a, b, retroactive=True)),
+                     "补录: a retroactive entry after the activity, with a reason (organiser)")
+    activity_command("claims/<person_id>/decision", "decide_claim", DecisionSchema,
+                     lambda principal, meta, activity_id, body, person_id: _card_result(
+                         service.decide_claim(principal, meta, activity_id, person_id, body,
+                                              expected_version_from_if_match())),
+                     "Approve, adjust (with a reason) or reject a claim (organiser, never the volunteer)",
+                     status=200)
+
+    # -- rewards --------------------------------------------------------------------------------
+
+    @rewards.route("")
+    class Rewards(MethodView):
+        @roles(rewards, *STAFF)
+        @rewards.arguments(RewardSchema)
+        @rewards.response(201, CommandResultSchema)
+        def post(self, body):
+            """Add a reward to the catalogue (staff)"""
+            principal, meta = who()
+            reward, recorded = service.list_reward(principal, meta, body)
+            return _answer(reward.view(), reward.version, recorded, 201, reward.id)
+
+        @rewards.arguments(RewardListQuery, location="query")
+        @rewards.response(200)
+        def get(self, query):
+            """The rewards catalogue"""
+            current_principal()
+            t = REWARDS.table
+            where = [t.c.community_id == query["community_id"]] if query.get("community_id") else []
+            with read_transaction(store.engine) as connection:
+                rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.id)).all()
+            return {"items": [REWARDS.cls.from_json(r.state).view() for r in rows]}
+
+    @rewards.route("/<reward_id>/restock")
+    class Restock(MethodView):
+        @roles(rewards, *STAFF)
+        @rewards.arguments(RestockSchema)
+        @rewards.response(200, CommandResultSchema)
+        def post(self, body, reward_id):
+            """Add stock (staff)"""
+            principal, meta = who()
+            reward, recorded = service.restock(principal, meta, reward_id, body["quantity"],
+                                               expected_version_from_if_match())
+            return _answer(reward.view(), reward.version, recorded)
+
+    @rewards.route("/<reward_id>/redemptions")
+    class Redemptions(MethodView):
+        @roles(rewards, *VOLUNTEERS)
+        @rewards.arguments(EmptySchema)
+        @rewards.response(201, CommandResultSchema)
+        def post(self, _body, reward_id):
+            """Redeem one item with points: stock and points change together, never below zero"""
+            principal, meta = who()
+            reward, recorded = service.redeem(principal, meta, reward_id, expected_version_from_if_match())
+            redemption = next(e.data["redemption_id"] for e in recorded if e.event_type == "RewardRedeemed")
+            return _answer(reward.view(), reward.version, recorded, 201, redemption)
+
+    @rewards.route("/<reward_id>/redemptions/<redemption_id>/fulfilment")
+    class Fulfilment(MethodView):
+        @roles(rewards, *STAFF, "organizer")
+        @rewards.arguments(EmptySchema)
+        @rewards.response(200, CommandResultSchema)
+        def post(self, _body, reward_id, redemption_id):
+            """Record that the item was handed over (staff)"""
+            principal, meta = who()
+            reward, recorded = service.fulfil(principal, meta, reward_id, redemption_id, expected_version_from_if_match())
+            return _answer(reward.view(), reward.version, recorded)
+
+    # -- certificates ---------------------------------------------------------------------------
+
+    @certificates.route("")
+    class Certificates(MethodView):
+        @roles(certificates, *ORGANISERS)
+        @certificates.arguments(CertificateSchema)
+        @certificates.response(201, CommandResultSchema)
+        def post(self, body):
+            """Issue a certificate of volunteer service for a volunteer and a period (organiser, cadre)"""
+            principal, meta = who()
+            certificate, recorded = service.issue_certificate(principal, meta, body)
+            return _answer(certificate.view(), certificate.version, recorded, 201, certificate.id)
+
+    @certificates.route("/<number>")
+    class CertificateResource(MethodView):
+        @certificates.response(200)
+        def get(self, number):
+            """A certificate (its holder and staff)"""
+            principal = current_principal()
+            certificate = CERTIFICATES.fetch(store.engine, number)
+            if principal.person_id != certificate.person_id and not principal.has_any(STAFF + ("organizer",)):
+                raise NotFound(f"no certificate {number} for you")
+            return certificate.view()
+
+    @certificates.route("/<number>/verification")
+    class Verification(MethodView):
+        @roles(certificates, ANY_ROLE)
+        @certificates.arguments(VerificationSchema)
+        @certificates.response(200)
+        def post(self, body, number):
+            """Verify a presented certificate against the event store"""
+            current_principal()
+            certificate = CERTIFICATES.fetch(store.engine, number)
+            return service.verify_certificate(certificate, body.get("verification"))
+
+    # -- reports --------------------------------------------------------------------------------
+
+    @reports.route("/leaderboards/<community_id>")
+    class Leaderboard(MethodView):
+        @reports.arguments(LeaderboardQuery, location="query")
+        @reports.response(200)
+        def get(self, query, community_id):
+            """Volunteers ranked by approved hours in a month, a year or all time"""
+            current_principal()
+            first, last, label = period_bounds(query)
+            with read_transaction(store.engine) as connection:
+                items = CREDITS.leaderboard(connection, community_id, first, last, query["limit"])
+            return {"community_id": community_id, "period": query["period"], "label": label, "items": items}
+
+    @reports.route("/me/card")
+    class MyCard(MethodView):
+        @reports.response(200)
+        def get(self):
+            """My card: hours, points, star level, and its history"""
+            principal = current_principal()
+            card = CARDS.fetch(store.engine, principal.person_id)
+            with read_transaction(store.engine) as connection:
+                credits = CREDITS.for_person(connection, principal.person_id)
+            return {"card": card.view(full=True), "credits": credits,
+                    "claims": [{"claim_id": k, **c} for k, c in card.claims.items()]}
+
+    @reports.route("/projects/<project_id>/minutes")
+    class ProjectMinutes(MethodView):
+        @reports.response(200)
+        def get(self, project_id):
+            """Approved volunteer minutes credited to a co-creation project"""
+            current_principal()
+            with read_transaction(store.engine) as connection:
+                minutes = CREDITS.minutes_for_source(connection, "project", project_id)
+            return {"project_id": project_id, "minutes": minutes, "hours": round(minutes / 60, 1)}
+
+    return [cards, activities, rewards, certificates, reports]
+
+
+def _card_result(outcome):
+    card, recorded = outcome
+    return card.view(full=True), recorded, card.version, None

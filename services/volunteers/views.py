@@ -1,0 +1,103 @@
+"""Read models of the volunteers service and the queries over them.
+
+- ``cards_view``, ``activities_view``, ``rewards_view``, ``certificates_view``: current state as
+  JSON with indexed columns;
+- ``credits_view``: one row per approved credit (activity claim or project labour) with its day —
+  the leaderboards per community and period and a card's history come from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from services.kernel.aggregate import AggregateView
+from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
+from services.volunteers.domain import Activity, Card, Certificate, Reward
+
+CARDS = AggregateView(Card, "cards_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("card_number", sa.String(40), nullable=True, unique=True),  # NULL until registered
+    sa.Column("name", sa.String(200), nullable=False),
+], lambda c: {"community_id": c.community_id, "card_number": c.card_number or None, "name": c.name})
+ACTIVITIES = AggregateView(Activity, "activities_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("starts_at", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+], lambda a: {"community_id": a.community_id, "starts_at": a.starts_at, "status": a.status})
+REWARDS = AggregateView(Reward, "rewards_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+], lambda r: {"community_id": r.community_id})
+CERTIFICATES = AggregateView(Certificate, "certificates_view", [
+    sa.Column("person_id", sa.String(100), nullable=False, index=True),
+], lambda c: {"person_id": c.person_id})
+
+
+class CreditsView:
+    name = "credits_view"
+    SOURCES = {"ClaimApproved": "activity", "ProjectLabourCredited": "project"}
+
+    def __init__(self) -> None:
+        self.table = sa.Table(
+            "credits_view", sa.MetaData(),
+            sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+            sa.Column("person_id", sa.String(100), nullable=False, index=True),
+            sa.Column("community_id", sa.String(100), nullable=False),
+            sa.Column("day", sa.String(10), nullable=False),
+            sa.Column("minutes", sa.Integer, nullable=False),
+            sa.Column("points", sa.Integer, nullable=False),
+            sa.Column("source", sa.String(20), nullable=False),
+            sa.Column("source_id", sa.String(100), nullable=False),
+            sa.Column("retroactive", sa.Boolean, nullable=False),
+            sa.Column("at_us", sa.BigInteger, nullable=False),
+            sa.Index("ix_credits_community_day", "community_id", "day"),
+        )
+        self.tables = [self.table]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        source = self.SOURCES.get(event.event_type)
+        if source is None:
+            return
+        d = event.data
+        connection.execute(self.table.insert().values(
+            position=event.position, person_id=d["person_id"], community_id=d["community_id"], day=d["day"],
+            minutes=d["minutes"], points=d["points"], source=source,
+            source_id=d["activity_id"] if source == "activity" else d["project_id"],
+            retroactive=bool(d.get("retroactive", False)), at_us=to_micros(event.occurred_at)))
+
+    def for_person(self, connection: Connection, person_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        t = self.table
+        rows = connection.execute(sa.select(t).where(t.c.person_id == person_id)
+                                  .order_by(t.c.position.desc()).limit(limit))
+        return [{"day": r.day, "minutes": r.minutes, "points": r.points, "source": r.source,
+                 "source_id": r.source_id, "retroactive": r.retroactive,
+                 "credited_at": format_time(from_micros(r.at_us))} for r in rows]
+
+    def minutes_for_source(self, connection: Connection, source: str, source_id: str) -> int:
+        t = self.table
+        return connection.execute(sa.select(sa.func.coalesce(sa.func.sum(t.c.minutes), 0))
+                                  .where(t.c.source == source, t.c.source_id == source_id)).scalar()
+
+    def leaderboard(self, connection: Connection, community_id: str, first_day: str | None,
+                    last_day: str | None, limit: int) -> list[dict[str, Any]]:
+        t, cards = self.table, CARDS.table
+        where = [t.c.community_id == community_id]
+        if first_day:
+            where += [t.c.day >= first_day, t.c.day <= last_day]
+        total = sa.func.sum(t.c.minutes).label("minutes")
+        rows = connection.execute(
+            sa.select(t.c.person_id, total, cards.c.name, cards.c.card_number)
+            .join(cards, cards.c.id == t.c.person_id).where(*where)
+            .group_by(t.c.person_id, cards.c.name, cards.c.card_number)
+            .order_by(total.desc(), t.c.person_id).limit(limit))
+        return [{"rank": i, "person_id": r.person_id, "name": r.name, "card_number": r.card_number,
+                 "minutes": r.minutes, "hours": round(r.minutes / 60, 1)} for i, r in enumerate(rows, start=1)]
+
+
+CREDITS = CreditsView()
+
+
+def projections():
+    return [CARDS, ACTIVITIES, REWARDS, CERTIFICATES, CREDITS]

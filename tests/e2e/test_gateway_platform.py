@@ -1,0 +1,196 @@
+"""The whole platform as `make run` starts it (broker, services, relays, consumers, gateway, feed),
+driven only through the gateway with the Python client: one project from proposal to 共享, and its
+effects in the other services — the contributor's volunteer card and the responsible unit's
+satisfaction figures — plus the live stream of the community's events, resumed by Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cocreate_client import Client
+from gateway.tokens import hash_password
+from tests.e2e.test_platform import ROOT, get, platform  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.broker
+C = "haixin"
+UNIT = {"unit_id": "haixin-jsb", "name": "海新街道建设办"}
+
+
+def users() -> list[dict]:
+    hashed = hash_password("pw", iterations=5_000)
+    people = [("admin", ["admin"], None), ("cadre", ["cadre"], C), ("grid", ["grid_worker"], C)]
+    people += [(f"rep{i}", ["representative", "resident"], C) for i in range(5)]
+    people += [(f"res{i}", ["resident"], C) for i in range(8)]
+    return [{"username": name, "password_hash": hashed, "person_id": name, "name": name, "roles": roles,
+             "community": community} for name, roles, community in people]
+
+
+def wait_until(condition, timeout: float = 90.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def live_events(url: str, token: str, last_event_id: int, count: int, quiet: float = 3.0) -> list[dict]:
+    """Events of the stream after ``last_event_id``: ``count`` of them, or all that came before
+    the stream stayed quiet for ``quiet`` seconds."""
+    request = urllib.request.Request(url + "/api/v1/live", headers={
+        "Authorization": f"Bearer {token}", "Last-Event-ID": str(last_event_id), "Accept": "text/event-stream"})
+    events, current = [], {}
+    try:
+        with urllib.request.urlopen(request, timeout=quiet) as stream:
+            for raw in stream:
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    if "data" in current:
+                        events.append(current)
+                        if len(events) >= count:
+                            return events
+                    current = {}
+                elif not line.startswith(":") and ":" in line:
+                    key, _, value = line.partition(": ")
+                    current[key] = value
+    except TimeoutError:
+        pass
+    return events
+
+
+def test_one_project_through_the_gateway_reaches_every_service(platform):  # noqa: F811
+    process, ports, log_path = platform
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    wait_until(lambda: _ready(url) and _ready(f"http://127.0.0.1:{ports['gateway_feed']}"), 120, "the platform")
+    users_file = log_path.parent / "var" / "users.json"
+    users_file.write_text(json.dumps({"users": users()}), encoding="utf-8")
+    u = {entry["username"]: Client(url).login(entry["username"], "pw") for entry in users()}
+    cadre, grid, res, reps = u["cadre"], u["grid"], [u[f"res{i}"] for i in range(8)], [u[f"rep{i}"] for i in range(5)]
+
+    u["admin"].post("/communities", {"community_id": C, "name": "海新社区", "district": "海沧区",
+                                     "grids": [{"grid_id": "g1", "name": "第一网格"}]})
+    cadre.request("PUT", f"/communities/{C}/representatives",
+                  {"representatives": [{"person_id": f"rep{i}", "name": f"rep{i}"} for i in range(5)]})
+    cadre.post(f"/communities/{C}/fund/credits", {"amount_fen": 5_000_000, "source": "government_allocation",
+                                                  "reference": "海财〔2026〕7号"})
+    pid = res[0].propose(community_id=C, grid_id="g1", title="社区警务室", category="safety",
+                         description="建一间警务室", location="海新路 3 号", estimated_cost_fen=2_000_000,
+                         requested_fen=1_500_000)["project_id"]
+    for person in res[1:7]:
+        project = person.cosign(pid)
+    assert project["phase"] == "deliberation"
+    cadre.open_vote(pid, UNIT)
+    for rep in reps[:4]:
+        rep.ballot(pid, "yes")
+    assert cadre.close_vote(pid)["stage"] == "co_build"
+    pledge = res[7].pledge(pid, kind="labour", labour_minutes=300)
+    grid.deliver(pid, pledge, labour_minutes=270, note="砌墙")
+    cadre.command(pid, "spending", {"amount_fen": 1_000_000, "receipt_ref": "FP-1", "description": "材料"})
+    cadre.command(pid, "milestones", {"progress": 100, "note": "完工"})
+    assert cadre.command(pid, "completion")["stage"] == "co_manage"
+    cadre.command(pid, "evaluation/open")
+    for person, score in zip(res[:5], (5, 5, 4, 2, 4)):
+        person.command(pid, "evaluation/ratings", {"score": score})
+    cadre.command(pid, "evaluation/close")
+    assert cadre.command(pid, "results", {"benefits": "居民安全感提升"})["stage"] == "co_share"
+
+    # Labour reached the contributor's card (a card made for them) and ratings reached the unit.
+    wait_until(lambda: (res[7].me()["card"] or {}).get("approved_minutes") == 270, what="the labour credit")
+    card = res[7].me()["card"]
+    assert card["points_balance"] == 270 * 10 // 60
+    wait_until(lambda: _unit_ratings(cadre) == 5, what="the unit's ratings")
+    unit = cadre.get(f"/subjects/{UNIT['unit_id']}")["figures"]
+    assert unit["levels"] == {"5": 2, "4": 2, "3": 0, "2": 1, "1": 0} and unit["satisfaction_rate"] == "0.8000"
+    ranking = cadre.ranking(C, kind="unit")  # 5 ratings: listed, but fewer than the minimum of 10
+    assert [(e["subject_id"], e["ratings"]) for e in ranking["not_enough_ratings"]] == [(UNIT["unit_id"], 5)]
+    overview = cadre.project(pid)
+    assert overview["missing"] == [] and overview["project"]["stage"] == "co_share"
+    assert overview["volunteer_minutes"]["minutes"] == 270 and overview["satisfaction"]["ratings"] == 5
+    dashboard = cadre.dashboard(C, kind="unit")
+    assert dashboard["missing"] == [] and dashboard["projects"]["per_stage"]["co_share"] == 1
+    assert dashboard["fund"]["spent_fen"] == 1_000_000 and dashboard["follow_ups"]["open"] == 2
+    assert dashboard["top_volunteers"]["items"][0]["person_id"] == "res7"
+
+    # The live stream: the community's events, resumable from any id, never naming raters.
+    wait_until(lambda: _feed_has(url, cadre.token, "ResultsPublished"), what="the feed")
+    everything = live_events(url, res[0].token, 0, 100_000)
+    ids = [int(e["id"]) for e in everything]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    kinds = {e["event"] for e in everything}
+    assert {"ProjectProposed", "ProjectCosigned", "BallotCast", "ResultsPublished", "ContributionDelivered",
+            "ProjectLabourCredited", "RatingSubmitted", "FollowUpOpened"} <= kinds
+    resumed = live_events(url, cadre.token, ids[2], 2)
+    assert [int(e["id"]) for e in resumed] == ids[3:5]
+    for event in everything:
+        envelope = json.loads(event["data"])
+        assert envelope["event_type"] == event["event"]
+        if event["event"] in ("RatingSubmitted", "FollowUpOpened"):
+            assert "person_id" not in envelope["data"] and "actor" not in envelope["metadata"]
+        assert "phone" not in envelope["data"]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return get(url + "/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+def _unit_ratings(cadre: Client) -> int:
+    try:
+        return cadre.get(f"/subjects/{UNIT['unit_id']}")["figures"]["ratings"]
+    except Exception:
+        return 0
+
+
+def _feed_has(url: str, token: str, event_type: str) -> bool:
+    try:
+        events = live_events(url, token, 0, 100_000, quiet=2)
+    except OSError:
+        return False
+    return any(e["event"] == event_type for e in events)
+
+
+def test_make_demo_and_the_command_line_work_against_the_running_platform(platform, tmp_path):  # noqa: F811
+    process, ports, log_path = platform
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    wait_until(lambda: _ready(url), 120, "the gateway")
+    env = {**os.environ, "COCREATE_URL": url, "COCREATE_USERS_FILE": str(log_path.parent / "var" / "users.json"),
+           "COCREATE_TOKEN_FILE": str(tmp_path / "token")}
+    demo = subprocess.run([sys.executable, "-m", "cocreate_client.demo"], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    made = json.loads(demo.stdout[:demo.stdout.rindex("}") + 1])
+    per_stage = made["dashboard"]["projects"]["per_stage"]
+    assert {stage: per_stage[stage] for stage in ("co_plan", "co_build", "co_manage", "co_share", "rejected")} == {
+        "co_plan": 3, "co_build": 1, "co_manage": 1, "co_share": 1, "rejected": 1}
+    assert per_stage["co_evaluate"] == 1 and made["dashboard"]["missing"] == []
+    assert [name for name, _score in made["ranking"]["ranked"]] == ["陈书记", "林主任"]
+
+    cli = str(Path(sys.executable).with_name("cocreate"))
+
+    def cocreate(*args):
+        done = subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stdout, done.stderr
+
+    code, out, err = cocreate("login", "res1", "--password", "demo")
+    assert code == 0 and json.loads(out)["person_id"] == "res1", err
+    code, out, _ = cocreate("me")
+    me = json.loads(out)
+    assert code == 0 and me["card"]["approved_minutes"] == 180 and me["missing"] == []
+    code, out, _ = cocreate("projects", "--community", "xinyang", "--stage", "co_share")
+    assert code == 0 and [p["title"] for p in json.loads(out)["items"]] == ["儿童游乐场翻新"]
+    code, out, err = cocreate("rate", "chen", "6")
+    assert code == 2 and "invalid choice" in err  # argparse refuses a level outside 1-5
+    code, out, err = cocreate("call", "POST", "/subjects", '{"subject_id": "x", "kind": "unit", "name": "x", '
+                                                         '"community_id": "xinyang"}')
+    assert code == 1 and json.loads(err)["errors"]["reason"] == "role_required"
+

@@ -1,0 +1,1084 @@
+"""The projects service's HTTP API through Flask's test client, on SQLite (and, for the key tests,
+on PostgreSQL when TEST_POSTGRES_URL is set): every endpoint once for success, and its refusals —
+401 without a token, 403 for a wrong role or community, 404 for an unknown project or community,
+422 for bad input and unknown fields (one error shape), 409 for rule violations with their reason,
+412 for a stale If-Match — each followed by a check that nothing stored changed.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import pytest
+
+from services.kernel.service import create_service_app, load_settings
+from services.projects.service import DEFINITION as PROJECTS
+from tests.conftest import TEST_SECRET
+from tests.support.errors import assert_error
+from tests.support.projects import Community, FlaskClient, Person, ProjectsDriver
+
+DEFAULT_SETTINGS = {"cosigners_required": 6, "quorum_numerator": 2, "quorum_denominator": 3,
+                    "pass_numerator": 1, "pass_denominator": 2}
+UNIT = {"unit_id": "haicang-jwh", "name": "海沧社区居委会"}
+UPKEEP = ["assign_maintainer", "log_maintenance", "report_problem", "resolve_problem"]
+ADMIN = Person("admin-1", "管理员", ("admin",), None)
+OUTSIDER = Person("jimei-r1", "集美居民", ("resident",), "jimei")
+OTHER_CADRE = Person("jimei-cadre", "集美干部", ("cadre",), "jimei")
+ORGANIZER = Person("org-1", "活动组织者", ("organizer",), "haicang")
+
+
+class Api:
+    def __init__(self, app, store) -> None:
+        self.app = app
+        self.store = store
+        self.d = ProjectsDriver(FlaskClient(app.test_client()))
+
+    def state(self, project_id: str | None = None, community_id: str | None = None) -> dict:
+        """What a refused command must leave alone: the log, the project, the community and its fund."""
+        snap = {"position": self.store.last_position()}
+        if project_id:
+            reply = self.d.call(ADMIN, "GET", f"/projects/{project_id}")
+            snap["project"] = (reply.status_code, reply.headers.get("ETag"), reply.body)
+        if community_id:
+            for path in (f"/communities/{community_id}", f"/communities/{community_id}/fund"):
+                reply = self.d.call(ADMIN, "GET", path)
+                snap[path] = (reply.status_code, reply.body)
+        return snap
+
+    def refused(self, person, method: str, path: str, body=None, *, status: int, reason: str | None = None,
+                headers=None, project: str | None = None, community: str | None = None) -> dict:
+        before = self.state(project, community)
+        reply = self.d.call(person, method, path, body, headers)
+        error = assert_error(reply, status, reason)
+        assert self.state(project, community) == before, f"{method} {path} changed something"
+        return error
+
+    def detail(self, project_id: str) -> dict:
+        return self.d.get(ADMIN, f"/projects/{project_id}")
+
+    def fund(self, community_id: str) -> dict:
+        return self.d.get(ADMIN, f"/communities/{community_id}/fund")
+
+
+def _api(tmp_path, database_url: str):
+    settings = load_settings(PROJECTS, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
+                                                "COCREATE_DATA_DIR": str(tmp_path),
+                                                "PROJECTS_DATABASE_URL": database_url})
+    app = create_service_app(PROJECTS, settings)
+    return Api(app, app.extensions["cocreate.container"].store)
+
+
+@pytest.fixture
+def api(tmp_path):
+    instance = _api(tmp_path, f"sqlite:///{tmp_path}/projects.db")
+    yield instance
+    instance.store.engine.dispose()
+
+
+@pytest.fixture
+def any_api(tmp_path, database_url):
+    """The same API on SQLite and on PostgreSQL (skipped without TEST_POSTGRES_URL)."""
+    instance = _api(tmp_path, database_url)
+    yield instance
+    instance.store.engine.dispose()
+
+
+def json_errors(error: dict) -> set[str]:
+    """The fields a 422 of the request schema names."""
+    return set(error["errors"]["json"])
+
+
+def built(api: Api, c: Community) -> tuple[str, dict[str, str]]:
+    """An approved project (3 000 000 fen requested) with a labour pledge of resident 3 (210 of
+    240 minutes delivered), materials of an enterprise (300 000 fen), 600 000 fen spent, completed."""
+    d = api.d
+    pid = c.approved_project()["project_id"]
+    labour = d.post(c.residents[3], f"/projects/{pid}/pledges", {"kind": "labour", "labour_minutes": 240})
+    steel = d.post(c.cadre, f"/projects/{pid}/pledges", {
+        "kind": "materials", "materials_fen": 300_000, "description": "不锈钢扶手 40 米",
+        "contributor": {"contributor_id": "acme-steel", "name": "海沧钢材公司", "type": "enterprise"}})
+    d.post(c.grid_worker, f"/projects/{pid}/pledges/{labour['created_id']}/deliveries", {"labour_minutes": 210})
+    d.post(c.grid_worker, f"/projects/{pid}/pledges/{steel['created_id']}/deliveries", {"materials_fen": 300_000})
+    d.post(c.cadre, f"/projects/{pid}/spending", {"amount_fen": 600_000, "receipt_ref": "FP-2026-0012"})
+    d.post(c.cadre, f"/projects/{pid}/milestones", {"progress": 100, "note": "全部完成"})
+    d.post(c.cadre, f"/projects/{pid}/completion", status=200)
+    return pid, {"labour": labour["created_id"], "steel": steel["created_id"]}
+
+
+def shared(api: Api, c: Community, scores=(5, 5, 4, 4, 3)) -> str:
+    pid, _ = built(api, c)
+    api.d.post(c.cadre, f"/projects/{pid}/evaluation/open", {"responsible_unit": UNIT}, status=200)
+    for person, score in zip(c.residents, scores):
+        api.d.post(person, f"/projects/{pid}/evaluation/ratings", {"score": score})
+    api.d.post(c.cadre, f"/projects/{pid}/evaluation/close", status=200)
+    return pid
+
+
+# == communities ==================================================================================
+
+def test_a_community_is_registered_read_and_listed(api):
+    body = {"community_id": "haicang", "name": "海沧社区", "district": "海沧区",
+            "grids": [{"grid_id": "g1", "name": "第一网格"}]}
+    reply = api.d.call(ADMIN, "POST", "/communities", body)
+    assert reply.status_code == 201, reply.body
+    assert reply.headers["Location"] == "/communities/haicang"
+    assert reply.headers["ETag"] == '"1"'
+    created = reply.json()
+    assert {k: v for k, v in created.items() if k not in ("created_at", "updated_at")} == {
+        "community_id": "haicang", "name": "海沧社区", "district": "海沧区",
+        "grids": [{"grid_id": "g1", "name": "第一网格"}], "representatives": [], "representative_count": 0,
+        "settings": DEFAULT_SETTINGS, "version": 1}
+    read = api.d.call(OUTSIDER, "GET", "/communities/haicang")
+    assert read.status_code == 200 and read.headers["ETag"] == '"1"' and read.json() == created
+    api.d.post(ADMIN, "/communities", {"community_id": "anhe", "name": "安和社区",
+                                       "settings": {"cosigners_required": 2}})
+    listed = api.d.get(OUTSIDER, "/communities")["items"]
+    assert [(c["community_id"], c["settings"]["cosigners_required"]) for c in listed] == [("anhe", 2), ("haicang", 6)]
+
+
+def test_community_registration_refusals(api):
+    good = {"community_id": "haicang", "name": "海沧社区", "grids": [{"grid_id": "g1", "name": "第一网格"}]}
+    api.refused(None, "POST", "/communities", good, status=401, reason="unauthenticated")
+    api.refused(Person("c", "干部", ("cadre",), "haicang"), "POST", "/communities", good, status=403,
+                reason="role_required")
+    error = api.refused(ADMIN, "POST", "/communities", {**good, "colour": "red"}, status=422)
+    assert json_errors(error) == {"colour"}
+    error = api.refused(ADMIN, "POST", "/communities", {"community_id": "海 沧"}, status=422)
+    assert json_errors(error) == {"community_id", "name"}
+    error = api.refused(ADMIN, "POST", "/communities",
+                        {**good, "grids": [{"grid_id": "g1", "name": "a"}, {"grid_id": "g1", "name": "b"}]},
+                        status=422, reason="duplicate_grid")
+    assert error["errors"]["grids"] == "duplicate grid_id"
+    error = api.refused(ADMIN, "POST", "/communities", {**good, "settings": {"quorum_numerator": 4}},
+                        status=422, reason="invalid_settings")
+    assert set(error["errors"]) == {"quorum_numerator", "reason"}
+    api.d.post(ADMIN, "/communities", good)
+    api.refused(ADMIN, "POST", "/communities", good, status=409, reason="already_registered", community="haicang")
+    api.refused(ADMIN, "GET", "/communities/nowhere", status=404, reason="not_found")
+    api.refused(None, "GET", "/communities/haicang", status=401)
+    api.refused(None, "GET", "/communities", status=401)
+
+
+def test_grids_representatives_and_settings(api):
+    d = api.d
+    c = Community(d, "haicang", representatives=3, residents=2, fund_fen=0)
+    assert d.get(c.cadre, "/communities/haicang")["version"] == 2
+    reply = d.call(c.cadre, "POST", "/communities/haicang/grids", {"grid_id": "g3", "name": "第三网格"})
+    assert reply.status_code == 200 and reply.headers["ETag"] == '"3"'
+    assert reply.json()["grids"][-1] == {"grid_id": "g3", "name": "第三网格"}
+    reps = d.ok(ADMIN, "PUT", "/communities/haicang/representatives", {"representatives": [
+        {"person_id": "haicang-rep0", "name": "代表0"}, {"person_id": "new-rep", "name": "新代表"}]})
+    assert reps["representatives"] == [{"person_id": "haicang-rep0", "name": "代表0"},
+                                       {"person_id": "new-rep", "name": "新代表"}]
+    assert (reps["representative_count"], reps["version"]) == (2, 4)
+    unchanged = d.ok(c.cadre, "PATCH", "/communities/haicang/settings", {})
+    assert unchanged["version"] == 4
+    reply = d.call(c.cadre, "PATCH", "/communities/haicang/settings", {"cosigners_required": 3},
+                   headers={"If-Match": '"4"'})
+    assert reply.status_code == 200 and reply.json()["settings"] == {**DEFAULT_SETTINGS, "cosigners_required": 3}
+    assert reply.headers["ETag"] == '"5"'
+
+    watch = {"community": "haicang"}
+    path = "/communities/haicang"
+    api.refused(None, "POST", f"{path}/grids", {"grid_id": "g4", "name": "x"}, status=401, **watch)
+    api.refused(c.residents[0], "POST", f"{path}/grids", {"grid_id": "g4", "name": "x"}, status=403,
+                reason="role_required", **watch)
+    api.refused(c.grid_worker, "PATCH", f"{path}/settings", {"cosigners_required": 1}, status=403,
+                reason="role_required", **watch)
+    api.refused(OTHER_CADRE, "POST", f"{path}/grids", {"grid_id": "g4", "name": "x"}, status=403,
+                reason="other_community", **watch)
+    api.refused(c.cadre, "POST", "/communities/nowhere/grids", {"grid_id": "g4", "name": "x"}, status=404,
+                reason="not_found", **watch)
+    api.refused(c.cadre, "POST", f"{path}/grids", {"grid_id": "g3", "name": "又一个"}, status=409,
+                reason="duplicate_grid", **watch)
+    error = api.refused(c.cadre, "PUT", f"{path}/representatives", {"representatives": [
+        {"person_id": "a", "name": "A"}, {"person_id": "a", "name": "B"}]}, status=422,
+        reason="duplicate_representative", **watch)
+    assert error["errors"]["representatives"] == "duplicate person_id"
+    error = api.refused(c.cadre, "PUT", f"{path}/representatives", {"representatives": [{"person_id": "a"}]},
+                        status=422, **watch)
+    assert error["errors"]["json"] == {"representatives": {"0": {"name": ["Missing data for required field."]}}}
+    error = api.refused(c.cadre, "PATCH", f"{path}/settings", {"quorum_numerator": 5}, status=422,
+                        reason="invalid_settings", **watch)
+    assert "quorum_numerator" in error["errors"]
+    error = api.refused(c.cadre, "PATCH", f"{path}/settings", {"quorum": 5, "pass_denominator": 0}, status=422,
+                        **watch)
+    assert json_errors(error) == {"quorum", "pass_denominator"}
+    error = api.refused(c.cadre, "PATCH", f"{path}/settings", {"cosigners_required": 4},
+                        headers={"If-Match": '"4"'}, status=412, reason="concurrency_conflict", **watch)
+    assert (error["errors"]["expected_version"], error["errors"]["actual_version"]) == (4, 5)
+
+
+# == the community fund ===========================================================================
+
+def test_the_fund_is_credited_from_three_sources_and_its_ledger_paged(api):
+    d = api.d
+    c = Community(d, "haicang", representatives=0, residents=1, fund_fen=0)
+    credits = [("government_allocation", 1_000_000), ("reward_pool", 200_000), ("donation", 50_000)]
+    balance = 0
+    for version, (source, amount) in enumerate(credits, start=1):
+        reply = d.call(c.cadre if source != "donation" else ADMIN, "POST", "/communities/haicang/fund/credits",
+                       {"amount_fen": amount, "source": source, "reference": f"REF-{version}", "note": "入账"})
+        balance += amount
+        assert reply.status_code == 201 and reply.headers["ETag"] == f'"{version}"'
+        assert reply.json() == {"community_id": "haicang", "balance_fen": balance, "credited_fen": balance,
+                                "reserved_fen": 0, "spent_fen": 0, "released_fen": 0, "rewards_fen": 0,
+                                "version": version}
+    fund = d.get(c.residents[0], "/communities/haicang/fund")
+    assert (fund["balance_fen"], fund["credited_fen"], fund["version"]) == (1_250_000, 1_250_000, 3)
+    assert [(e["kind"], e["amount_fen"], e["balance_after_fen"], e["detail"], e["actor"], e["project_id"])
+            for e in fund["ledger"]] == [
+        ("credit", 1_000_000, 1_000_000, "government_allocation REF-1 入账", "haicang-cadre", None),
+        ("credit", 200_000, 1_200_000, "reward_pool REF-2 入账", "haicang-cadre", None),
+        ("credit", 50_000, 1_250_000, "donation REF-3 入账", "admin-1", None)]
+    first = d.get(c.residents[0], "/communities/haicang/fund?limit=2")
+    assert [e["amount_fen"] for e in first["ledger"]] == [1_000_000, 200_000]
+    assert first["next_after"] == first["ledger"][1]["position"]
+    rest = d.get(c.residents[0], f"/communities/haicang/fund?after={first['next_after']}")
+    assert [e["amount_fen"] for e in rest["ledger"]] == [50_000]
+    end = d.get(c.residents[0], f"/communities/haicang/fund?after={rest['next_after']}")
+    assert (end["ledger"], end["next_after"]) == ([], rest["next_after"])
+
+    watch = {"community": "haicang"}
+    path = "/communities/haicang/fund/credits"
+    good = {"amount_fen": 100, "source": "donation"}
+    api.refused(None, "POST", path, good, status=401, **watch)
+    api.refused(c.residents[0], "POST", path, good, status=403, reason="role_required", **watch)
+    api.refused(OTHER_CADRE, "POST", path, good, status=403, reason="other_community", **watch)
+    api.refused(c.cadre, "POST", "/communities/nowhere/fund/credits", good, status=404, reason="not_found", **watch)
+    for bad, fields in (({"amount_fen": 0, "source": "donation"}, {"amount_fen"}),
+                        ({"amount_fen": "100", "source": "donation"}, {"amount_fen"}),
+                        ({"amount_fen": 100, "source": "lottery"}, {"source"}),
+                        ({"amount_fen": 100, "source": "donation", "payer": "x"}, {"payer"}),
+                        ({}, {"amount_fen", "source"})):
+        assert json_errors(api.refused(c.cadre, "POST", path, bad, status=422, **watch)) == fields
+    api.refused(c.cadre, "GET", "/communities/nowhere/fund", status=404, reason="not_found")
+    api.refused(c.cadre, "GET", "/communities/haicang/fund?limit=0", status=422)
+    api.refused(None, "GET", "/communities/haicang/fund", status=401)
+
+
+# == 共谋: proposals and co-signing ================================================================
+
+PROPOSAL = {"community_id": "haicang", "grid_id": "g1", "title": "修建休闲活动室",
+            "description": "在小区空地建一间居民休闲活动室", "category": "facilities", "location": "3号楼旁",
+            "estimated_cost_fen": 5_000_000, "requested_fen": 3_000_000}
+
+
+def test_a_resident_proposes_a_project(api):
+    c = Community(api.d, "haicang")
+    reply = api.d.call(c.residents[0], "POST", "/projects", PROPOSAL)
+    assert reply.status_code == 201, reply.body
+    body = reply.json()
+    project = body["project"]
+    pid = project["project_id"]
+    assert reply.headers["Location"] == f"/projects/{pid}" and reply.headers["ETag"] == '"1"'
+    assert body["created_id"] is None
+    assert [(e["event_type"], e["stream_id"], e["version"]) for e in body["recorded"]] == [
+        ("ProjectProposed", f"project-{pid}", 1)]
+    assert {k: project[k] for k in ("community_id", "grid_id", "title", "description", "category", "location",
+                                    "estimated_cost_fen", "requested_fen", "proposer_id", "proposer_name", "stage",
+                                    "phase", "cosigners_required", "cosigner_count", "version", "allowed_actions")} == {
+        **PROPOSAL, "proposer_id": "haicang-r0", "proposer_name": "居民0", "stage": "co_plan",
+        "phase": "collecting_cosigners", "cosigners_required": 6, "cosigner_count": 0, "version": 1,
+        "allowed_actions": ["cosign", "amend", "withdraw"]}
+    assert (project["stage_label"], project["category_label"]) == ("共谋 co-planning", "公共设施 public facilities")
+    read = api.d.call(OUTSIDER, "GET", f"/projects/{pid}")
+    assert read.status_code == 200 and read.headers["ETag"] == '"1"' and read.json() == project
+
+
+def test_proposal_refusals(api):
+    c = Community(api.d, "haicang")
+    resident = c.residents[0]
+    api.refused(None, "POST", "/projects", PROPOSAL, status=401, reason="unauthenticated", community="haicang")
+    api.refused(c.cadre, "POST", "/projects", PROPOSAL, status=403, reason="role_required")
+    api.refused(ADMIN, "POST", "/projects", PROPOSAL, status=403, reason="role_required")
+    api.refused(OUTSIDER, "POST", "/projects", PROPOSAL, status=403, reason="other_community")
+    error = api.refused(resident, "POST", "/projects", {"community_id": "haicang", "budget": 1}, status=422)
+    assert json_errors(error) == {"budget", "grid_id", "title", "description", "category", "estimated_cost_fen",
+                                  "requested_fen"}
+    for bad, field in ((("category", "fireworks")), ("title", ""), ("title", "x" * 101),
+                       ("estimated_cost_fen", -1), ("requested_fen", "3000000"), ("grid_id", "g 1")):
+        error = api.refused(resident, "POST", "/projects", {**PROPOSAL, bad: field}, status=422)
+        assert json_errors(error) == {bad}
+    error = api.refused(resident, "POST", "/projects", {**PROPOSAL, "requested_fen": 5_000_001}, status=422,
+                        reason="invalid_proposal")
+    assert error["errors"]["requested_fen"] == "cannot exceed the estimated cost"
+    error = api.refused(resident, "POST", "/projects", {**PROPOSAL, "community_id": "nowhere"}, status=422,
+                        reason="unknown_community")
+    assert error["errors"]["community_id"] == "unknown community"
+    error = api.refused(resident, "POST", "/projects", {**PROPOSAL, "grid_id": "g9"}, status=422,
+                        reason="unknown_grid")
+    assert error["errors"]["grid_id"] == "unknown grid in this community"
+    assert api.d.get(resident, "/projects")["total"] == 0
+
+
+def test_co_signing_qualifies_the_proposal_at_six(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    for count, person in enumerate(c.residents[1:7], start=1):
+        reply = d.call(person, "POST", f"/projects/{pid}/cosignatures")
+        assert reply.status_code == 201 and reply.headers["ETag"] == f'"{count + 1 + (count == 6)}"'
+        project = reply.json()["project"]
+        assert project["cosigner_count"] == count
+        assert project["phase"] == ("deliberation" if count == 6 else "collecting_cosigners")
+    assert [e["event_type"] for e in reply.json()["recorded"]] == ["ProjectCosigned", "ProjectQualified"]
+    assert project["allowed_actions"] == ["cosign", "post_opinion", "amend", "withdraw", "open_vote"]
+    assert [s["person_id"] for s in project["cosigners"]] == [p.person_id for p in c.residents[1:7]]
+
+    watch = {"project": pid}
+    path = f"/projects/{pid}/cosignatures"
+    api.refused(None, "POST", path, status=401, **watch)
+    api.refused(c.residents[0], "POST", path, status=409, reason="self_cosign", **watch)
+    api.refused(c.residents[1], "POST", path, status=409, reason="already_cosigned", **watch)
+    api.refused(OUTSIDER, "POST", path, status=403, reason="other_community", **watch)
+    api.refused(c.cadre, "POST", path, status=403, reason="role_required", **watch)
+    api.refused(c.residents[8], "POST", "/projects/nope/cosignatures", status=404, reason="not_found", **watch)
+    # During deliberation more residents may still co-sign.
+    assert d.post(c.residents[7], path)["project"]["cosigner_count"] == 7
+
+
+def test_commands_that_take_no_body_refuse_unknown_fields(api):
+    """The platform refuses unknown JSON fields instead of dropping them; a command without a body
+    must not accept and ignore one either (a client posting {"choice": "no"} to vote/close would
+    close the vote)."""
+    c = Community(api.d, "haicang")
+    pid = c.propose()["project_id"]
+    error = api.refused(c.residents[1], "POST", f"/projects/{pid}/cosignatures", {"on_behalf_of": "haicang-r2"},
+                        status=422, project=pid)
+    assert "on_behalf_of" in error["errors"]["json"]
+
+
+# == 共谋: deliberation ============================================================================
+
+def test_opinions_with_a_stance_during_deliberation(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    error = api.refused(c.residents[8], "POST", f"/projects/{pid}/opinions", {"stance": "support", "text": "好"},
+                        status=409, reason="wrong_stage", project=pid)
+    assert error["errors"]["allowed_actions"] == ["cosign", "amend", "withdraw"]
+    assert error["message"].endswith("allowed now: cosign, amend, withdraw")
+    c.qualify(pid)
+    for person, stance in ((c.residents[8], "support"), (c.residents[9], "oppose"), (c.grid_worker, "neutral"),
+                           (c.residents[10], "support")):
+        reply = d.post(person, f"/projects/{pid}/opinions", {"stance": stance, "text": f"{stance} 意见"})
+        assert reply["created_id"] and reply["recorded"][0]["data"]["opinion_id"] == reply["created_id"]
+    project = api.detail(pid)
+    assert project["opinion_stances"] == {"support": 2, "oppose": 1, "neutral": 1}
+    assert [(o["person_id"], o["stance"]) for o in project["opinions"]] == [
+        ("haicang-r8", "support"), ("haicang-r9", "oppose"), ("haicang-grid", "neutral"), ("haicang-r10", "support")]
+    watch = {"project": pid}
+    path = f"/projects/{pid}/opinions"
+    error = api.refused(c.residents[8], "POST", path, {"stance": "love", "text": "x"}, status=422, **watch)
+    assert json_errors(error) == {"stance"}
+    error = api.refused(c.residents[8], "POST", path, {"stance": "support", "text": "", "mood": 1}, status=422,
+                        **watch)
+    assert json_errors(error) == {"text", "mood"}
+    api.refused(OUTSIDER, "POST", path, {"stance": "oppose", "text": "x"}, status=403, reason="other_community",
+                **watch)
+    api.refused(ORGANIZER, "POST", path, {"stance": "oppose", "text": "x"}, status=403, reason="role_required",
+                **watch)
+
+
+def test_amendments_keep_every_version(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    proposer = c.residents[0]
+    d.post(proposer, f"/projects/{pid}/amendments", {"requested_fen": 900_000, "reason": "居民自筹一部分"})
+    project = d.post(proposer, f"/projects/{pid}/amendments",
+                     {"title": "修建活动室", "location": "5号楼旁", "reason": "换个位置"})["project"]
+    assert (project["title"], project["location"], project["requested_fen"]) == ("修建活动室", "5号楼旁", 900_000)
+    assert [(r["revision"], r["title"], r["requested_fen"], r["reason"], r.get("by")) for r in project["revisions"]] == [
+        (0, "修建休闲活动室", 3_000_000, "original proposal", None),
+        (1, "修建休闲活动室", 900_000, "居民自筹一部分", "haicang-r0"),
+        (2, "修建活动室", 900_000, "换个位置", "haicang-r0")]
+    watch = {"project": pid}
+    path = f"/projects/{pid}/amendments"
+    api.refused(c.residents[1], "POST", path, {"title": "别人改", "reason": "r"}, status=403, reason="not_proposer",
+                **watch)
+    api.refused(proposer, "POST", path, {"title": "修建活动室", "reason": "r"}, status=422, reason="empty_amendment",
+                **watch)
+    error = api.refused(proposer, "POST", path, {"estimated_cost_fen": 1_000, "reason": "r"}, status=422,
+                        reason="invalid_proposal", **watch)
+    assert error["errors"]["requested_fen"] == "cannot exceed the estimated cost"
+    error = api.refused(proposer, "POST", path, {"title": "x", "proposer_id": "haicang-r5"}, status=422, **watch)
+    assert json_errors(error) == {"reason", "proposer_id"}
+
+
+def test_the_proposer_withdraws_before_the_vote_only(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    watch = {"project": pid}
+    api.refused(c.residents[1], "POST", f"/projects/{pid}/withdrawal", {"reason": "x"}, status=403,
+                reason="not_proposer", **watch)
+    api.refused(c.residents[0], "POST", f"/projects/{pid}/withdrawal", {}, status=422, **watch)
+    reply = d.call(c.residents[0], "POST", f"/projects/{pid}/withdrawal", {"reason": "居民另有方案"})
+    assert reply.status_code == 200
+    project = reply.json()["project"]
+    assert (project["stage"], project["phase"], project["allowed_actions"]) == ("withdrawn", "ended", [])
+    assert project["withdrawal"]["reason"] == "居民另有方案"
+    error = api.refused(c.residents[1], "POST", f"/projects/{pid}/cosignatures", status=409, reason="wrong_stage",
+                        **watch)
+    assert error["message"].endswith("allowed now: nothing (the project has ended)")
+    voting = c.propose()["project_id"]
+    c.qualify(voting)
+    d.post(c.cadre, f"/projects/{voting}/vote/open", {}, status=200)
+    error = api.refused(c.residents[0], "POST", f"/projects/{voting}/withdrawal", {"reason": "晚了"}, status=409,
+                        reason="wrong_stage", project=voting, community="haicang")
+    assert error["errors"]["allowed_actions"] == ["cast_ballot", "close_vote"]
+
+
+# == 共谋: the council vote ========================================================================
+
+def test_opening_the_vote_reserves_the_fund_or_says_it_is_insufficient(any_api):
+    api, d = any_api, any_api.d
+    c = Community(d, "haicang", fund_fen=5_000_000)
+    pid = c.propose()["project_id"]
+    second = c.propose(c.residents[7], title="安装路灯", requested_fen=2_500_000)["project_id"]
+    watch = {"project": pid, "community": "haicang"}
+    error = api.refused(c.cadre, "POST", f"/projects/{pid}/vote/open", {}, status=409, reason="wrong_stage", **watch)
+    assert error["errors"]["phase"] == "collecting_cosigners"
+    c.qualify(pid)
+    c.qualify(second)
+    path = f"/projects/{pid}/vote/open"
+    api.refused(None, "POST", path, {}, status=401, **watch)
+    api.refused(c.residents[0], "POST", path, {}, status=403, reason="role_required", **watch)
+    api.refused(c.representatives[0], "POST", path, {}, status=403, reason="role_required", **watch)
+    api.refused(c.grid_worker, "POST", path, {}, status=403, reason="role_required", **watch)
+    api.refused(OTHER_CADRE, "POST", path, {}, status=403, reason="other_community", **watch)
+    api.refused(c.cadre, "POST", "/projects/nope/vote/open", {}, status=404, reason="not_found", **watch)
+    error = api.refused(c.cadre, "POST", path, {"responsible_unit": {"unit_id": "x"}, "deadline": 1}, status=422,
+                        **watch)
+    assert error["errors"]["json"] == {"deadline": ["Unknown field."],
+                                       "responsible_unit": {"name": ["Missing data for required field."]}}
+
+    reply = d.call(c.cadre, "POST", path, {"responsible_unit": UNIT})
+    assert reply.status_code == 200, reply.body
+    assert reply.headers["ETag"] == '"9"'
+    body = reply.json()
+    assert [(e["event_type"], e["stream_id"]) for e in body["recorded"]] == [
+        ("FundReserved", "fund-haicang"), ("CouncilVoteOpened", f"project-{pid}")]
+    vote = body["project"]["vote"]
+    assert (vote["electorate_size"], vote["reserved_fen"], vote["ballots_cast"], vote["tally"]) == (9, 3_000_000, 0, None)
+    assert body["project"]["responsible_unit"] == UNIT and body["project"]["phase"] == "voting"
+    fund = api.fund("haicang")
+    assert (fund["balance_fen"], fund["reserved_fen"]) == (2_000_000, 3_000_000)
+    assert fund["ledger"][-1] | {"position": 0, "at": ""} == {
+        "position": 0, "kind": "reservation", "amount_fen": 3_000_000, "balance_after_fen": 2_000_000,
+        "project_id": pid, "detail": "reserved for the council vote", "actor": "haicang-cadre", "at": ""}
+
+    error = api.refused(c.cadre, "POST", f"/projects/{second}/vote/open", {}, status=409, reason="insufficient_fund",
+                        project=second, community="haicang")
+    assert error["message"] == ("insufficient community fund: the balance is 2000000 fen, the project requests "
+                                "2500000 fen")
+    assert (error["errors"]["balance_fen"], error["errors"]["requested_fen"]) == (2_000_000, 2_500_000)
+    assert api.detail(second)["phase"] == "deliberation"
+    api.refused(c.cadre, "POST", path, {}, status=409, reason="wrong_stage", **watch)
+
+
+def test_ballots_and_an_approved_vote(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    c.qualify(pid)
+    watch = {"project": pid, "community": "haicang"}
+    api.refused(c.representatives[0], "POST", f"/projects/{pid}/vote/ballots", {"choice": "yes"}, status=409,
+                reason="wrong_stage", **watch)
+    d.post(c.cadre, f"/projects/{pid}/vote/open", {}, status=200)
+    choices = ["yes"] * 5 + ["no", "abstain"]
+    for i, (rep, choice) in enumerate(zip(c.representatives, choices), start=1):
+        reply = d.post(rep, f"/projects/{pid}/vote/ballots", {"choice": choice})
+        assert reply["project"]["vote"]["ballots_cast"] == i
+        assert reply["recorded"][0]["data"] == {"project_id": pid, "person_id": rep.person_id, "choice": choice}
+    path = f"/projects/{pid}/vote/ballots"
+    api.refused(None, "POST", path, {"choice": "no"}, status=401, **watch)
+    error = api.refused(c.representatives[0], "POST", path, {"choice": "no"}, status=409, reason="already_voted",
+                        **watch)
+    assert error["message"].startswith("you have already cast your ballot in this vote")
+    api.refused(c.residents[1], "POST", path, {"choice": "yes"}, status=403, reason="role_required", **watch)
+    api.refused(c.cadre, "POST", path, {"choice": "yes"}, status=403, reason="role_required", **watch)
+    stranger = Person("jimei-rep", "集美代表", ("representative", "resident"), "jimei")
+    api.refused(stranger, "POST", path, {"choice": "yes"}, status=403, reason="not_in_electorate", **watch)
+    assert json_errors(api.refused(c.representatives[8], "POST", path, {"choice": "maybe"}, status=422,
+                                   **watch)) == {"choice"}
+    assert json_errors(api.refused(c.representatives[8], "POST", path, {}, status=422, **watch)) == {"choice"}
+    api.refused(c.representatives[8], "POST", "/projects/nope/vote/ballots", {"choice": "yes"}, status=404, **watch)
+    api.refused(c.representatives[0], "POST", f"/projects/{pid}/vote/close", status=403, reason="role_required",
+                **watch)
+    api.refused(OTHER_CADRE, "POST", f"/projects/{pid}/vote/close", status=403, reason="other_community", **watch)
+
+    reply = d.call(c.cadre, "POST", f"/projects/{pid}/vote/close")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert [e["event_type"] for e in body["recorded"]] == ["CouncilVoteClosed", "ProjectApproved"]
+    project = body["project"]
+    assert project["vote"]["tally"] == {"electorate_size": 9, "ballots": 7, "yes": 5, "no": 1, "abstain": 1,
+                                        "quorum_required": 6, "quorum_met": True, "result": "approved",
+                                        "reason": "passed: 5 of 7 ballots were yes"}
+    assert project["vote"]["closed_at"] and (project["stage"], project["phase"]) == ("co_build", "building")
+    fund = api.fund("haicang")
+    assert (fund["balance_fen"], fund["reserved_fen"], fund["released_fen"]) == (7_000_000, 3_000_000, 0)
+    api.refused(c.representatives[8], "POST", path, {"choice": "yes"}, status=409, reason="wrong_stage", **watch)
+    api.refused(c.cadre, "POST", f"/projects/{pid}/vote/close", status=409, reason="wrong_stage", **watch)
+
+
+def test_rejected_votes_release_the_reservation(any_api):
+    api, d = any_api, any_api.d
+    c = Community(d, "haicang", fund_fen=10_000_000)
+    tie = c.propose()["project_id"]
+    few = c.propose(c.residents[7], title="安装路灯", category="safety", requested_fen=2_000_000)["project_id"]
+    abstain = c.propose(c.residents[8], title="绿化", category="greening", requested_fen=1_000_000)["project_id"]
+    for pid in (tie, few, abstain):
+        c.qualify(pid)
+    results = {pid: c.vote(pid, **votes) for pid, votes in (
+        (tie, {"yes": 4, "no": 4}), (few, {"yes": 5}), (abstain, {"yes": 0, "abstain": 9}))}
+    assert {pid: (p["stage"], p["phase"], p["allowed_actions"]) for pid, p in results.items()} == {
+        pid: ("rejected", "ended", []) for pid in (tie, few, abstain)}
+    assert results[tie]["vote"]["tally"]["reason"] == "not passed: 4 of 8 ballots were yes, more than 1/2 needed"
+    assert results[few]["vote"]["tally"] | {"reason": None} == {
+        "electorate_size": 9, "ballots": 5, "yes": 5, "no": 0, "abstain": 0, "quorum_required": 6,
+        "quorum_met": False, "result": "rejected", "reason": None}
+    assert results[few]["vote"]["tally"]["reason"] == "quorum not met: 5 of 9 representatives voted, 6 needed"
+    assert (results[abstain]["vote"]["tally"]["abstain"], results[abstain]["vote"]["tally"]["quorum_met"]) == (9, True)
+    fund = api.fund("haicang")
+    assert (fund["balance_fen"], fund["reserved_fen"], fund["released_fen"]) == (10_000_000, 0, 6_000_000)
+    assert [(e["kind"], e["project_id"], e["amount_fen"], e["balance_after_fen"]) for e in fund["ledger"]] == [
+        ("credit", None, 10_000_000, 10_000_000),
+        ("reservation", tie, 3_000_000, 7_000_000), ("release", tie, 3_000_000, 10_000_000),
+        ("reservation", few, 2_000_000, 8_000_000), ("release", few, 2_000_000, 10_000_000),
+        ("reservation", abstain, 1_000_000, 9_000_000), ("release", abstain, 1_000_000, 10_000_000)]
+    assert fund["ledger"][2]["detail"] == f"project {tie} rejected by the council"
+    error = api.refused(c.cadre, "POST", f"/projects/{tie}/pledges", {"kind": "money", "money_fen": 1}, status=409,
+                        reason="wrong_stage", project=tie, community="haicang")
+    assert error["errors"] == {"stage": "rejected", "phase": "ended", "allowed_actions": [], "reason": "wrong_stage"}
+
+
+# == 共建 co_build =================================================================================
+
+def test_co_build_pledges_deliveries_spending_milestones_and_completion(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.approved_project()["project_id"]
+    watch = {"project": pid, "community": "haicang"}
+    pledges = f"/projects/{pid}/pledges"
+    labour = d.post(c.residents[3], pledges, {"kind": "labour", "labour_minutes": 240})
+    assert labour["recorded"][0]["data"] == {
+        "project_id": pid, "community_id": "haicang", "pledge_id": labour["created_id"],
+        "contributor_id": "haicang-r3", "contributor_name": "居民3", "contributor_type": "resident",
+        "kind": "labour", "labour_minutes": 240, "description": ""}
+    steel = d.post(c.cadre, pledges, {"kind": "materials", "materials_fen": 300_000, "description": "不锈钢扶手",
+                                      "contributor": {"contributor_id": "acme-steel", "name": "海沧钢材公司",
+                                                      "type": "enterprise"}})
+    d.post(c.grid_worker, pledges, {"kind": "skills", "skills_minutes": 120, "contributor": {
+        "contributor_id": "sw-org", "name": "社工站", "type": "social_organisation"}})
+    d.post(c.residents[4], pledges, {"kind": "money", "money_fen": 20_000})
+    api.refused(c.residents[3], "POST", pledges, {"kind": "money", "money_fen": 1, "contributor": {
+        "contributor_id": "acme-steel", "name": "海沧钢材公司", "type": "enterprise"}}, status=403,
+        reason="pledge_for_other", **watch)
+    api.refused(OUTSIDER, "POST", pledges, {"kind": "money", "money_fen": 1}, status=403, reason="other_community",
+                **watch)
+    api.refused(ORGANIZER, "POST", pledges, {"kind": "money", "money_fen": 1}, status=403, reason="role_required",
+                **watch)
+    error = api.refused(c.residents[3], "POST", pledges, {"kind": "labour", "money_fen": 100}, status=422,
+                        reason="invalid_amounts", **watch)
+    assert set(error["errors"]) == {"money_fen", "labour_minutes", "reason"}
+    error = api.refused(c.residents[3], "POST", pledges, {"kind": "materials", "materials_fen": 100}, status=422,
+                        reason="invalid_amounts", **watch)
+    assert error["errors"]["description"] == "describe the materials"
+    for bad, fields in (({"kind": "labour", "labour_minutes": 0}, {"labour_minutes"}),
+                        ({"kind": "time"}, {"kind"}),
+                        ({"kind": "money", "money_fen": 1, "currency": "CNY"}, {"currency"}),
+                        ({"kind": "money", "money_fen": 1, "contributor": {"contributor_id": "g", "name": "政府",
+                                                                           "type": "government"}}, {"contributor"})):
+        assert json_errors(api.refused(c.cadre, "POST", pledges, bad, status=422, **watch)) == fields
+
+    delivery = f"{pledges}/{labour['created_id']}/deliveries"
+    reply = d.post(c.grid_worker, delivery, {"labour_minutes": 210, "note": "实际 3.5 小时",
+                                             "delivered_at": "2026-11-20T09:00:00+08:00"})
+    assert {k: reply["recorded"][0]["data"][k] for k in ("delivery_no", "labour_minutes", "delivered_at",
+                                                         "confirmed_by", "contributor_id")} == {
+        "delivery_no": 1, "labour_minutes": 210, "delivered_at": "2026-11-20T01:00:00.000000Z",
+        "confirmed_by": "haicang-grid", "contributor_id": "haicang-r3"}
+    d.post(c.cadre, f"{pledges}/{steel['created_id']}/deliveries", {"materials_fen": 300_000})
+    api.refused(c.residents[3], "POST", delivery, {"labour_minutes": 30}, status=403, reason="role_required", **watch)
+    api.refused(OTHER_CADRE, "POST", delivery, {"labour_minutes": 30}, status=403, reason="other_community", **watch)
+    api.refused(c.grid_worker, "POST", f"{pledges}/nope/deliveries", {"labour_minutes": 30}, status=422,
+                reason="unknown_pledge", **watch)
+    api.refused(c.grid_worker, "POST", delivery, {"money_fen": 30}, status=422, reason="invalid_amounts", **watch)
+    error = api.refused(c.grid_worker, "POST", delivery, {"labour_minutes": 30, "delivered_at": "2026-11-20T09:00:00"},
+                        status=422, **watch)
+    assert json_errors(error) == {"delivered_at"}
+
+    spending = f"/projects/{pid}/spending"
+    reply = d.post(c.cadre, spending, {"amount_fen": 600_000, "receipt_ref": "FP-2026-0012", "description": "安装人工"})
+    assert [e["event_type"] for e in reply["recorded"]] == ["FundSpent", "ProjectSpendingRecorded"]
+    assert reply["project"]["totals"]["spent_fen"] == 600_000
+    assert [(s["amount_fen"], s["receipt_ref"], s["description"]) for s in reply["project"]["spending"]] == [
+        (600_000, "FP-2026-0012", "安装人工")]
+    fund = api.fund("haicang")
+    assert (fund["balance_fen"], fund["reserved_fen"], fund["spent_fen"]) == (7_000_000, 2_400_000, 600_000)
+    assert fund["ledger"][-1]["kind"] == "spending" and fund["ledger"][-1]["balance_after_fen"] == 7_000_000
+    assert fund["ledger"][-1]["detail"] == "FP-2026-0012 安装人工"
+    error = api.refused(c.cadre, "POST", spending, {"amount_fen": 2_400_001, "receipt_ref": "FP-2"}, status=409,
+                        reason="reservation_exceeded", **watch)
+    assert error["errors"]["reservation_remaining_fen"] == 2_400_000
+    api.refused(c.grid_worker, "POST", spending, {"amount_fen": 1, "receipt_ref": "FP-2"}, status=403,
+                reason="role_required", **watch)
+    assert json_errors(api.refused(c.cadre, "POST", spending, {"amount_fen": 0}, status=422, **watch)) == {
+        "amount_fen", "receipt_ref"}
+
+    milestones = f"/projects/{pid}/milestones"
+    d.post(c.grid_worker, milestones, {"progress": 50, "note": "一至三楼完成"})
+    error = api.refused(c.cadre, "POST", milestones, {"progress": 40, "note": "倒退"}, status=409,
+                        reason="progress_backwards", **watch)
+    assert error["errors"]["progress"] == 50
+    assert json_errors(api.refused(c.cadre, "POST", milestones, {"progress": 101, "note": "x"}, status=422,
+                                   **watch)) == {"progress"}
+    api.refused(c.residents[1], "POST", milestones, {"progress": 60, "note": "x"}, status=403, reason="role_required",
+                **watch)
+    error = api.refused(c.cadre, "POST", f"/projects/{pid}/completion", status=409, reason="not_finished", **watch)
+    assert error["message"] == "the project can be completed only at progress 100 (it is 50)"
+    d.post(c.cadre, milestones, {"progress": 100, "note": "全部完成"})
+    api.refused(c.grid_worker, "POST", f"/projects/{pid}/completion", status=403, reason="role_required", **watch)
+
+    reply = d.call(c.cadre, "POST", f"/projects/{pid}/completion")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert [e["event_type"] for e in body["recorded"]] == ["ProjectCompleted", "FundReservationReleased"]
+    project = body["project"]
+    assert (project["stage"], project["phase"], project["progress"]) == ("co_manage", "maintaining", 100)
+    assert [m["progress"] for m in project["milestones"]] == [50, 100]
+    assert project["totals"]["pledged"] == {"labour_minutes": 240, "skills_minutes": 120, "money_fen": 20_000,
+                                            "materials_fen": 300_000}
+    assert project["totals"]["delivered"] == {"labour_minutes": 210, "skills_minutes": 0, "money_fen": 0,
+                                              "materials_fen": 300_000}
+    assert project["totals"]["contributors"] == 4
+    fund = api.fund("haicang")
+    assert (fund["balance_fen"], fund["reserved_fen"], fund["released_fen"]) == (9_400_000, 0, 2_400_000)
+    assert [e["kind"] for e in fund["ledger"]] == ["credit", "reservation", "spending", "release"]
+    api.refused(c.cadre, "POST", spending, {"amount_fen": 1, "receipt_ref": "FP-3"}, status=409, reason="wrong_stage",
+                **watch)
+
+
+# == 共管 co_manage ================================================================================
+
+def test_co_manage_maintainers_logs_and_problems(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid, _ = built(api, c)
+    watch = {"project": pid}
+    maintainers = f"/projects/{pid}/maintainers"
+    d.post(c.grid_worker, maintainers, {"maintainer_id": "haicang-r4", "name": "居民4", "kind": "resident",
+                                        "duty": "每周检查扶手", "rota": "每周六"})
+    project = d.post(c.cadre, maintainers, {"maintainer_id": "team-1", "name": "楼长队", "kind": "group",
+                                            "duty": "清洁", "members": ["haicang-r6", "haicang-r7"]})["project"]
+    assert [(m["maintainer_id"], m["kind"], m["duty"], m["rota"], m["members"]) for m in project["maintainers"]] == [
+        ("haicang-r4", "resident", "每周检查扶手", "每周六", []),
+        ("team-1", "group", "清洁", "", ["haicang-r6", "haicang-r7"])]
+    api.refused(c.cadre, "POST", maintainers, {"maintainer_id": "team-1", "name": "x", "kind": "group", "duty": "d"},
+                status=409, reason="already_maintainer", **watch)
+    api.refused(c.residents[1], "POST", maintainers, {"maintainer_id": "haicang-r1", "name": "x", "kind": "resident",
+                                                      "duty": "d"}, status=403, reason="role_required", **watch)
+    assert json_errors(api.refused(c.cadre, "POST", maintainers, {"maintainer_id": "m", "name": "x", "kind": "robot"},
+                                   status=422, **watch)) == {"kind", "duty"}
+
+    logs = f"/projects/{pid}/maintenance-logs"
+    for person, maintainer in ((c.residents[4], "haicang-r4"), (c.residents[7], "team-1"), (c.grid_worker, None)):
+        reply = d.post(person, logs, {"note": "螺丝紧固", "performed_at": "2026-11-21T10:00:00+08:00"})
+        assert reply["recorded"][0]["data"] | {"log_id": None} == {
+            "project_id": pid, "log_id": None, "maintainer_id": maintainer, "logged_by": person.person_id,
+            "note": "螺丝紧固", "performed_at": "2026-11-21T02:00:00.000000Z"}
+        assert reply["recorded"][0]["data"]["log_id"] == reply["created_id"]
+    assert reply["project"]["maintenance_log_count"] == 3
+    api.refused(c.residents[1], "POST", logs, {"note": "x", "performed_at": "2026-11-21T02:00:00Z"}, status=403,
+                reason="role_required", **watch)
+    assert json_errors(api.refused(c.residents[4], "POST", logs, {"note": "x", "performed_at": "2026-11-21 02:00"},
+                                   status=422, **watch)) == {"performed_at"}
+
+    problem = d.post(c.residents[5], f"/projects/{pid}/problems", {"description": "二楼扶手松动"})
+    assert problem["project"]["problems"][0] | {"reported_at": None} == {
+        "problem_id": problem["created_id"], "reported_by": "haicang-r5", "description": "二楼扶手松动",
+        "reported_at": None, "resolved_at": None, "resolution": None, "resolution_seconds": None}
+    api.refused(OUTSIDER, "POST", f"/projects/{pid}/problems", {"description": "x"}, status=403,
+                reason="other_community", **watch)
+    assert json_errors(api.refused(c.residents[5], "POST", f"/projects/{pid}/problems", {"description": ""},
+                                   status=422, **watch)) == {"description"}
+    resolution = f"/projects/{pid}/problems/{problem['created_id']}/resolution"
+    api.refused(c.residents[5], "POST", resolution, {"resolution": "x"}, status=403, reason="role_required", **watch)
+    api.refused(c.residents[4], "POST", f"/projects/{pid}/problems/nope/resolution", {"resolution": "x"},
+                status=422, reason="unknown_problem", **watch)
+    resolved = d.post(c.residents[4], resolution, {"resolution": "已加固"})["project"]["problems"][0]
+    assert (resolved["resolution"], resolved["resolved_by"]) == ("已加固", "haicang-r4")
+    assert resolved["resolved_at"] >= resolved["reported_at"] and resolved["resolution_seconds"] >= 0
+    api.refused(c.cadre, "POST", resolution, {"resolution": "again"}, status=409, reason="already_resolved", **watch)
+
+
+# == 共评 co_evaluate ==============================================================================
+
+def test_the_evaluation_opens_rates_once_and_closes_with_the_average(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid, _ = built(api, c)  # the vote was opened without naming a responsible unit
+    watch = {"project": pid}
+    open_path = f"/projects/{pid}/evaluation/open"
+    api.refused(c.residents[0], "POST", f"/projects/{pid}/evaluation/ratings", {"score": 5}, status=409,
+                reason="wrong_stage", **watch)
+    api.refused(c.grid_worker, "POST", open_path, {"responsible_unit": UNIT}, status=403, reason="role_required",
+                **watch)
+    error = api.refused(c.cadre, "POST", open_path, {}, status=422, reason="responsible_unit_required", **watch)
+    assert "responsible_unit" in error["errors"]
+    reply = d.call(c.cadre, "POST", open_path, {"responsible_unit": UNIT})
+    assert reply.status_code == 200
+    project = reply.json()["project"]
+    assert (project["stage"], project["phase"], project["responsible_unit"]) == ("co_evaluate", "evaluating", UNIT)
+    assert project["allowed_actions"] == UPKEEP + ["rate", "close_evaluation"]
+
+    ratings = f"/projects/{pid}/evaluation/ratings"
+    for person, score in zip(c.residents, (5, 5, 4, 4, 3)):
+        reply = d.post(person, ratings, {"score": score, "comment": f"{score} 分"})
+        assert reply["recorded"][0]["data"]["responsible_unit"] == UNIT
+    assert api.detail(pid)["evaluation"] | {"opened_at": None} == {
+        "responsible_unit": UNIT, "opened_at": None, "closed_at": None, "ratings": 5, "average": 4.2}
+    error = api.refused(c.residents[0], "POST", ratings, {"score": 1}, status=409, reason="already_rated", **watch)
+    assert error["message"].startswith("you have already rated this project")
+    for bad in ({"score": 6}, {"score": 0}, {"score": "5"}, {}):
+        assert json_errors(api.refused(c.residents[6], "POST", ratings, bad, status=422, **watch)) == {"score"}
+    api.refused(c.cadre, "POST", ratings, {"score": 5}, status=403, reason="role_required", **watch)
+    api.refused(OUTSIDER, "POST", ratings, {"score": 5}, status=403, reason="other_community", **watch)
+    api.refused(c.residents[0], "POST", f"/projects/{pid}/evaluation/close", status=403, reason="role_required",
+                **watch)
+
+    reply = d.call(c.cadre, "POST", f"/projects/{pid}/evaluation/close")
+    assert reply.status_code == 200
+    assert reply.json()["recorded"][0]["data"] == {"project_id": pid, "count": 5, "average": 4.2,
+                                                   "closed_by": "haicang-cadre"}
+    project = reply.json()["project"]
+    assert (project["stage"], project["phase"]) == ("co_share", "results_pending")
+    assert (project["evaluation"]["ratings"], project["evaluation"]["average"]) == (5, 4.2)
+    assert project["evaluation"]["closed_at"]
+    api.refused(c.residents[6], "POST", ratings, {"score": 5}, status=409, reason="wrong_stage", **watch)
+
+
+# == 共享 co_share =================================================================================
+
+def test_results_are_published_once_and_rewards_paid_from_the_fund(any_api):
+    api, d = any_api, any_api.d
+    c = Community(d, "haicang")
+    pid = shared(api, c)
+    watch = {"project": pid, "community": "haicang"}
+    results = f"/projects/{pid}/results"
+    api.refused(c.grid_worker, "POST", results, {"benefits": "x"}, status=403, reason="role_required", **watch)
+    assert json_errors(api.refused(c.cadre, "POST", results, {"volunteer_minutes": -1}, status=422, **watch)) == {
+        "benefits", "volunteer_minutes"}
+    project = d.post(c.cadre, results, {"benefits": "120 户老人上下楼更安全"})["project"]
+    assert project["phase"] == "published"
+    assert project["results"] | {"at": None} == {
+        "benefits": "120 户老人上下楼更安全",
+        "contributions": {"labour_minutes": 210, "skills_minutes": 0, "money_fen": 0, "materials_fen": 300_000},
+        "by_contributor_type": {
+            "resident": {"labour_minutes": 210, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0},
+            "enterprise": {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 300_000},
+            "social_organisation": {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}},
+        "contributors": 2, "spent_fen": 600_000, "volunteer_minutes": 210,
+        "evaluation": {"count": 5, "average": 4.2}, "at": None}
+    error = api.refused(c.cadre, "POST", results, {"benefits": "again"}, status=409, reason="wrong_stage", **watch)
+    assert error["errors"]["allowed_actions"] == UPKEEP + ["pay_reward"]
+
+    rewards = f"/projects/{pid}/rewards"
+    reply = d.post(c.cadre, rewards, {"recipient_id": "acme-steel", "amount_fen": 50_000, "reason": "以奖代补:捐赠扶手"})
+    assert [e["event_type"] for e in reply["recorded"]] == ["FundRewardPaid", "RewardGranted"]
+    assert [(r["recipient_id"], r["recipient_name"], r["amount_fen"], r["reason"]) for r in reply["project"]["rewards"]] \
+        == [("acme-steel", "海沧钢材公司", 50_000, "以奖代补:捐赠扶手")]
+    assert reply["project"]["totals"]["rewards_fen"] == 50_000
+    fund = api.fund("haicang")
+    assert (fund["balance_fen"], fund["rewards_fen"]) == (9_350_000, 50_000)
+    assert fund["ledger"][-1] | {"position": 0, "at": ""} == {
+        "position": 0, "kind": "reward", "amount_fen": 50_000, "balance_after_fen": 9_350_000, "project_id": pid,
+        "detail": "海沧钢材公司: 以奖代补:捐赠扶手", "actor": "haicang-cadre", "at": ""}
+    error = api.refused(c.cadre, "POST", rewards, {"recipient_id": "haicang-r9", "amount_fen": 1, "reason": "x"},
+                        status=422, reason="not_a_contributor", **watch)
+    assert error["errors"]["recipient_id"] == "must be one of the project's contributors"
+    error = api.refused(c.cadre, "POST", rewards, {"recipient_id": "haicang-r3", "amount_fen": 9_350_001,
+                                                   "reason": "太多"}, status=409, reason="insufficient_fund", **watch)
+    assert error["message"] == "insufficient community fund: the balance is 9350000 fen, the reward is 9350001 fen"
+    api.refused(c.residents[3], "POST", rewards, {"recipient_id": "haicang-r3", "amount_fen": 1, "reason": "x"},
+                status=403, reason="role_required", **watch)
+    assert json_errors(api.refused(c.cadre, "POST", rewards, {"recipient_id": "haicang-r3", "amount_fen": 0},
+                                   status=422, **watch)) == {"amount_fen", "reason"}
+    # Upkeep continues after the results.
+    d.post(c.residents[1], f"/projects/{pid}/problems", {"description": "灯不亮"})
+
+
+# == every command: 401, 403, 404 =================================================================
+
+# path, a person allowed by the route's roles, a valid body, a person whose roles the route refuses
+COMMANDS = [
+    ("cosignatures", "resident", None, "cadre"),
+    ("opinions", "resident", {"stance": "support", "text": "好"}, "organizer"),
+    ("amendments", "resident", {"title": "新", "reason": "r"}, "cadre"),
+    ("withdrawal", "resident", {"reason": "r"}, "cadre"),
+    ("vote/open", "cadre", {}, "resident"),
+    ("vote/ballots", "representative", {"choice": "yes"}, "resident"),
+    ("vote/close", "cadre", None, "representative"),
+    ("pledges", "resident", {"kind": "labour", "labour_minutes": 60}, "organizer"),
+    ("pledges/pl-x/deliveries", "grid_worker", {"labour_minutes": 60}, "resident"),
+    ("spending", "cadre", {"amount_fen": 1, "receipt_ref": "FP"}, "grid_worker"),
+    ("milestones", "grid_worker", {"progress": 10, "note": "n"}, "resident"),
+    ("completion", "cadre", None, "grid_worker"),
+    ("maintainers", "grid_worker", {"maintainer_id": "m", "name": "x", "kind": "resident", "duty": "d"}, "resident"),
+    ("maintenance-logs", "grid_worker", {"note": "n", "performed_at": "2026-11-21T02:00:00Z"}, "organizer"),
+    ("problems", "resident", {"description": "d"}, "organizer"),
+    ("problems/pb-x/resolution", "grid_worker", {"resolution": "r"}, "organizer"),
+    ("evaluation/open", "cadre", {}, "grid_worker"),
+    ("evaluation/ratings", "resident", {"score": 5}, "cadre"),
+    ("evaluation/close", "cadre", None, "resident"),
+    ("results", "cadre", {"benefits": "b"}, "grid_worker"),
+    ("rewards", "cadre", {"recipient_id": "r3", "amount_fen": 1, "reason": "r"}, "representative"),
+]
+
+
+def test_every_command_is_401_without_a_token_403_for_a_wrong_role_and_404_for_an_unknown_project(api):
+    c = Community(api.d, "haicang")
+    pid = c.propose()["project_id"]
+    people = {"resident": c.residents[0], "representative": Person("rep-only", "代表", ("representative",), "haicang"),
+              "cadre": c.cadre, "grid_worker": c.grid_worker, "organizer": ORGANIZER}
+    watch = {"project": pid, "community": "haicang"}
+    for path, allowed, body, wrong in COMMANDS:
+        api.refused(None, "POST", f"/projects/{pid}/{path}", body, status=401, reason="unauthenticated", **watch)
+        error = api.refused(people[wrong], "POST", f"/projects/{pid}/{path}", body, status=403,
+                            reason="role_required", **watch)
+        assert allowed in error["errors"]["roles"] and wrong not in error["errors"]["roles"], path
+        error = api.refused(people[allowed], "POST", f"/projects/nope/{path}", body, status=404, reason="not_found",
+                            **watch)
+        assert error["message"] == "no project nope", path
+    for path in ("/projects/nope", "/projects/nope/history", "/projects/nope/as-of?version=1"):
+        api.refused(c.residents[0], "GET", path, status=404, reason="not_found")
+        api.refused(None, "GET", path, status=401, reason="unauthenticated")
+
+
+def test_a_command_in_the_wrong_stage_says_what_is_allowed_now(api):
+    c = Community(api.d, "haicang")
+    pid = c.approved_project()["project_id"]
+    people = {"resident": c.residents[1], "representative": c.representatives[0], "cadre": c.cadre,
+              "grid_worker": c.grid_worker}
+    allowed = ["pledge", "confirm_delivery", "record_spending", "record_milestone", "complete"]
+    for path, who, body, _wrong in COMMANDS:
+        if path in ("pledges", "pledges/pl-x/deliveries", "spending", "milestones", "completion"):
+            continue
+        error = api.refused(people[who], "POST", f"/projects/{pid}/{path}", body, status=409, reason="wrong_stage",
+                            project=pid, community="haicang")
+        assert error["errors"]["allowed_actions"] == allowed, path
+        assert error["message"].endswith(f"the project is in stage co_build (building); allowed now: "
+                                         f"{', '.join(allowed)}"), error["message"]
+
+
+# == optimistic concurrency =======================================================================
+
+def test_the_detail_carries_its_version_as_etag_and_a_stale_if_match_is_412(any_api):
+    api, d = any_api, any_api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    d.post(c.residents[1], f"/projects/{pid}/cosignatures")
+    read = d.call(c.residents[2], "GET", f"/projects/{pid}")
+    assert read.headers["ETag"] == '"2"' and read.json()["version"] == 2
+    watch = {"project": pid, "community": "haicang"}
+    error = api.refused(c.residents[2], "POST", f"/projects/{pid}/cosignatures", headers={"If-Match": '"1"'},
+                        status=412, reason="concurrency_conflict", **watch)
+    assert (error["errors"]["expected_version"], error["errors"]["actual_version"]) == (1, 2)
+    api.refused(c.residents[2], "POST", f"/projects/{pid}/cosignatures", headers={"If-Match": '"two"'},
+                status=422, reason="invalid_if_match", **watch)
+    reply = d.call(c.residents[2], "POST", f"/projects/{pid}/cosignatures", headers={"If-Match": read.headers["ETag"]})
+    assert reply.status_code == 201 and reply.headers["ETag"] == '"3"'
+    for person in c.residents[3:7]:
+        d.post(person, f"/projects/{pid}/cosignatures")
+    # A command that moves money too: the stale one reserves nothing.
+    api.refused(c.cadre, "POST", f"/projects/{pid}/vote/open", {}, headers={"If-Match": '"7"'}, status=412,
+                reason="concurrency_conflict", **watch)
+    assert api.fund("haicang")["reserved_fen"] == 0
+    etag = d.call(c.cadre, "GET", f"/projects/{pid}").headers["ETag"]
+    assert etag == '"8"'
+    reply = d.call(c.cadre, "POST", f"/projects/{pid}/vote/open", {}, headers={"If-Match": etag})
+    assert reply.status_code == 200 and api.fund("haicang")["reserved_fen"] == 3_000_000
+
+
+# == queries ======================================================================================
+
+def test_list_filters_and_pagination(api):
+    d = api.d
+    a = Community(d, "haicang")
+    b = Community(d, "jimei", representatives=0, residents=1, fund_fen=0)
+    hall = a.propose(title="修建休闲活动室", location="3号楼旁")["project_id"]
+    green = a.propose(a.residents[1], title="小区绿化", category="greening", grid_id="g2",
+                      description="种植 100% 本地树种", location="中心花园")["project_id"]
+    lights = a.approved_project(title="安装 LED 路灯", category="safety", description="背街小巷夜间无照明",
+                                location="永兴路 12 巷")["project_id"]
+    other = b.propose(b.residents[0], title="集美路灯", category="safety", location="集美路")["project_id"]
+    withdrawn = a.propose(a.residents[2], title="停车位划线", category="parking", location="停车场")["project_id"]
+    d.post(a.residents[2], f"/projects/{withdrawn}/withdrawal", {"reason": "不需要了"}, status=200)
+    reader = b.residents[0]
+
+    def ids(**query):
+        page = d.get(reader, "/projects?" + urlencode(query))
+        assert page["total"] >= len(page["items"])
+        return [item["project_id"] for item in page["items"]]
+
+    assert ids() == [withdrawn, other, lights, green, hall]  # newest first
+    assert ids(community_id="haicang") == [withdrawn, lights, green, hall]
+    assert ids(community_id="jimei") == [other]
+    assert ids(grid_id="g2") == [green]
+    assert ids(stage="co_build") == [lights]
+    assert ids(stage="withdrawn") == [withdrawn]
+    assert ids(stage="co_plan", community_id="haicang") == [green, hall]
+    assert ids(category="safety") == [other, lights]
+    assert ids(category="safety", community_id="haicang") == [lights]
+    assert ids(proposer_id="haicang-r1") == [green]
+    assert ids(q="路灯") == [other, lights]
+    assert ids(q="led") == [lights]  # case-insensitive
+    assert ids(q="3号楼") == [hall]  # the location
+    assert ids(q="夜间") == [lights]  # the description
+    assert ids(q="100%") == [green]
+    assert ids(q="%") == [green]  # a literal percent sign, not a wildcard
+    assert ids(q="不存在的词") == []
+    summary = d.get(reader, f"/projects?{urlencode({'stage': 'co_build'})}")
+    assert summary["items"][0] | {"created_at": None, "updated_at": None} == {
+        "project_id": lights, "community_id": "haicang", "grid_id": "g1", "title": "安装 LED 路灯",
+        "category": "safety", "category_label": "平安建设 safety", "stage": "co_build",
+        "stage_label": "共建 co-building", "phase": "building", "phase_label": "建设中 building",
+        "proposer_id": "haicang-r0", "proposer_name": "居民0", "requested_fen": 3_000_000,
+        "estimated_cost_fen": 5_000_000, "progress": 0, "cosigner_count": 6, "version": 20,
+        "created_at": None, "updated_at": None}
+
+    pages = [d.get(reader, f"/projects?per_page=2&page={n}") for n in (1, 2, 3, 4)]
+    assert [(p["total"], p["page"], p["per_page"], len(p["items"])) for p in pages] == [
+        (5, 1, 2, 2), (5, 2, 2, 2), (5, 3, 2, 1), (5, 4, 2, 0)]
+    assert [i["project_id"] for p in pages for i in p["items"]] == [withdrawn, other, lights, green, hall]
+    assert d.get(reader, "/projects?community_id=haicang&per_page=1")["total"] == 4
+    for bad, field in (("stage=building", "stage"), ("per_page=0", "per_page"), ("per_page=101", "per_page"),
+                       ("page=0", "page"), ("category=fireworks", "category"), ("q=", "q")):
+        error = api.refused(reader, "GET", f"/projects?{bad}", status=422)
+        assert set(error["errors"]["query"]) == {field}, bad
+    api.refused(None, "GET", "/projects", status=401)
+
+
+def test_history_lists_every_event_with_actor_time_and_labels(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    c.qualify(pid)
+    c.vote(pid, yes=6, no=2, abstain=1)
+    history = d.get(c.residents[0], f"/projects/{pid}/history")
+    assert history["project_id"] == pid
+    events = history["events"]
+    assert [e["event_type"] for e in events] == (
+        ["ProjectProposed"] + ["ProjectCosigned"] * 6 + ["ProjectQualified", "CouncilVoteOpened"]
+        + ["BallotCast"] * 9 + ["CouncilVoteClosed", "ProjectApproved"])
+    assert [e["version"] for e in events] == list(range(1, 21))
+    assert [e["position"] for e in events] == sorted(e["position"] for e in events)
+    assert [e["actor"] for e in events[:8]] == ["haicang-r0"] + [p.person_id for p in c.residents[1:7]] + ["haicang-r6"]
+    assert events[-1]["actor"] == "haicang-cadre"
+    assert [e["occurred_at"] for e in events] == sorted(e["occurred_at"] for e in events)
+    assert all(e["occurred_at"].endswith("Z") for e in events)
+    labels = {e["event_type"]: e["label"] for e in events}
+    assert labels["ProjectProposed"] == {"zh": "提出项目", "en": "project proposed"}
+    assert labels["BallotCast"] == {"zh": "代表投票", "en": "ballot cast"}
+    assert labels["ProjectApproved"] == {"zh": "项目通过,进入共建", "en": "project approved"}
+    assert all(label["zh"] and label["en"] and label["zh"] != label["en"] for label in labels.values())
+    assert events[-2]["data"]["yes"] == 6 and events[0]["data"]["title"] == "修建休闲活动室"
+
+
+def test_who_rated_is_shown_in_the_history_to_the_communitys_cadres_and_admins_only(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid, _ = built(api, c)
+    d.post(c.cadre, f"/projects/{pid}/evaluation/open", {"responsible_unit": UNIT}, status=200)
+    d.post(c.residents[5], f"/projects/{pid}/evaluation/ratings", {"score": 2, "comment": "不满意"})
+
+    def rated(person):
+        [event] = [e for e in d.get(person, f"/projects/{pid}/history")["events"] if e["event_type"] == "ProjectRated"]
+        return event["actor"], event["data"].get("person_id"), event["data"]["score"]
+
+    assert rated(c.cadre) == ("haicang-r5", "haicang-r5", 2)
+    assert rated(ADMIN) == ("haicang-r5", "haicang-r5", 2)
+    assert rated(c.residents[0]) == (None, None, 2)
+    assert rated(OTHER_CADRE) == (None, None, 2)
+    assert rated(c.grid_worker) == (None, None, 2)
+
+
+def test_the_project_as_of_a_version_or_a_time(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid = c.propose()["project_id"]
+    c.qualify(pid)
+    d.post(c.residents[0], f"/projects/{pid}/amendments", {"title": "修建活动室", "reason": "简短些"})
+    path = f"/projects/{pid}/as-of"
+    first = d.get(c.residents[5], f"{path}?version=1")
+    assert (first["version"], first["phase"], first["cosigner_count"], first["title"]) == (
+        1, "collecting_cosigners", 0, "修建休闲活动室")
+    assert d.get(c.residents[5], f"{path}?version=7")["phase"] == "collecting_cosigners"
+    qualified = d.get(c.residents[5], f"{path}?version=8")
+    assert (qualified["phase"], qualified["cosigner_count"], qualified["allowed_actions"]) == (
+        "deliberation", 6, ["cosign", "post_opinion", "amend", "withdraw", "open_vote"])
+    assert d.get(c.residents[5], f"{path}?version=99") == api.detail(pid)
+    history = d.get(c.residents[5], f"/projects/{pid}/history")["events"]
+    third = history[2]["occurred_at"]
+    at_third = d.get(c.residents[5], f"{path}?{urlencode({'at': third})}")
+    assert (at_third["version"], at_third["cosigner_count"]) == (3, 2)
+    before_amendment = d.get(c.residents[5], f"{path}?{urlencode({'at': history[-2]['occurred_at']})}")
+    assert (before_amendment["version"], before_amendment["title"]) == (8, "修建休闲活动室")
+    error = api.refused(c.residents[5], "GET", f"{path}?at=2020-01-01T00:00:00Z", status=404, reason="not_found")
+    assert error["message"] == f"project {pid} did not exist yet at that time"
+    for bad in ("", "?version=1&at=2026-11-22T08:00:00Z", "?version=0", "?at=2026-11-22T08:00:00", "?at=yesterday"):
+        error = api.refused(c.residents[5], "GET", f"{path}{bad}", status=422)
+        assert set(error["errors"]["query"]) <= {"_schema", "version", "at"} and error["errors"]["query"], bad
+
+
+def test_my_proposals_and_my_pledges(api):
+    d = api.d
+    c = Community(d, "haicang")
+    pid, pledges = built(api, c)
+    second = c.propose(title="楼道加装扶手", category="elderly_care")["project_id"]
+    mine = d.get(c.residents[0], "/me/proposals")
+    assert mine["total"] == 2 and [p["project_id"] for p in mine["items"]] == [second, pid]
+    assert d.get(c.residents[1], "/me/proposals") == {"items": [], "total": 0}
+    own = d.get(c.residents[3], "/me/pledges")["items"]
+    assert [p | {"pledged_at": None} for p in own] == [{
+        "pledge_id": pledges["labour"], "project_id": pid, "community_id": "haicang", "kind": "labour",
+        "pledged": 240, "delivered": 210, "unit": "minutes", "contributor_type": "resident", "pledged_at": None}]
+    assert d.get(c.cadre, "/me/pledges") == {"items": []}  # the enterprise's pledge is not the cadre's own
+    api.refused(None, "GET", "/me/proposals", status=401, reason="unauthenticated")
+    api.refused(None, "GET", "/me/pledges", status=401, reason="unauthenticated")
+
+
+def test_community_statistics(api):
+    d = api.d
+    c = Community(d, "haicang")
+    built_id, _ = built(api, c)  # co_manage, 600 000 spent, 2 400 000 released
+    building = c.approved_project(title="安装路灯", requested_fen=2_000_000)["project_id"]
+    d.post(c.residents[6], f"/projects/{building}/pledges", {"kind": "skills", "skills_minutes": 90})
+    rejected = c.propose(title="修建活动室(西区)")["project_id"]
+    c.qualify(rejected)
+    c.vote(rejected, yes=3, no=5)
+    c.propose(title="小区绿化", category="greening")
+    withdrawn = c.propose(title="停车位", category="parking")["project_id"]
+    d.post(c.residents[0], f"/projects/{withdrawn}/withdrawal", {"reason": "不需要了"}, status=200)
+    Community(d, "jimei", representatives=0, residents=1, fund_fen=1_000)
+
+    stats = d.get(c.residents[0], "/communities/haicang/stats")
+    assert stats == {
+        "community_id": "haicang", "projects": 5,
+        "projects_per_stage": {"co_plan": 1, "co_build": 1, "co_manage": 1, "co_evaluate": 0, "co_share": 0,
+                               "rejected": 1, "withdrawn": 1},
+        "votes": {"approved": 2, "rejected": 1, "approval_rate": 0.6667},
+        "contributions": {"labour_minutes": 210, "skills_minutes": 0, "money_fen": 0, "materials_fen": 300_000,
+                          "contributors": 3},
+        "project_spending_fen": 600_000,
+        "fund": {"community_id": "haicang", "balance_fen": 7_400_000, "credited_fen": 10_000_000,
+                 "reserved_fen": 2_000_000, "spent_fen": 600_000, "released_fen": 5_400_000, "rewards_fen": 0,
+                 "version": 7}}
+    empty = d.get(c.residents[0], "/communities/jimei/stats")
+    assert (empty["projects"], empty["votes"]["approval_rate"], empty["fund"]["balance_fen"]) == (0, None, 1_000)
+    api.refused(c.residents[0], "GET", "/communities/nowhere/stats", status=404, reason="not_found")
+    api.refused(None, "GET", "/communities/haicang/stats", status=401)
