@@ -39,6 +39,15 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def why_it_stopped(log_path: Path) -> str:
+    """The log's first lines up to the first process that stopped by itself, and its tail."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    first = next((i for i, line in enumerate(lines) if "stopped (rc=" in line and "rc=-15" not in line
+                  and "rc=-2)" not in line), len(lines))
+    head = "\n".join(lines[max(0, first - 60):first + 1])
+    return f"{head[-6000:]}\n...\n" + "\n".join(lines[-15:])
+
+
 @pytest.fixture
 def platform(tmp_path):
     ports = {name: free_port() for name in (*APPS, *WORKERS, "broker")}
@@ -67,7 +76,7 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(platform):
     deadline = time.monotonic() + 120
     pending = set(urls)
     while pending and time.monotonic() < deadline:
-        assert process.poll() is None, f"the platform exited: {log_path.read_text()[-3000:]}"
+        assert process.poll() is None, f"the platform exited:\n{why_it_stopped(log_path)}"
         for name in list(pending):
             try:
                 if get(urls[name] + "/readyz")[0] == 200:

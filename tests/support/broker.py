@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -12,10 +13,34 @@ from kafka import KafkaConsumer, TopicPartition
 from services.kernel.broker import broker_command
 
 
+_issued: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768-60999 on Linux).
+
+    A port the kernel handed out for ``bind(0)`` lies in the ephemeral range, so between our
+    check and the server's own bind any outgoing connection on the machine (a Kafka client, a
+    probe) may take it as its local port; ports from 20000-32000 are never picked that way.
+    Ports already issued by this process are not issued again.
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        if port in _issued:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        with socket.socket() as sock:  # nothing listening on any address either
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                continue
+        _issued.add(port)
+        return port
+    raise RuntimeError("no free port found in 20000-32000")
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
