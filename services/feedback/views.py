@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +21,7 @@ from services.feedback.domain import (
 )
 from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, parse_time, to_micros
+from services.kernel.eventstore import chunked
 
 POLICIES = AggregateView(Policy, "policies_view")
 SUBJECTS = AggregateView(Subject, "subjects_view", [
@@ -98,6 +99,38 @@ class SubjectStats:
                                                  community_id=d["community_id"], kind=d["subject_kind"], **stats))
         else:
             connection.execute(t.update().where(key).values(**stats))
+
+    def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
+        """The same as :meth:`apply` for each event, with one read per 500 keys and two batched writes."""
+        changed: dict[tuple[str, str], tuple[dict[str, Any], list]] = {}
+        for event in events:
+            if event.event_type in STATS_EVENTS:
+                changes = stats_changes(event.event_type, event.data)
+                if changes:
+                    d = event.data
+                    changed.setdefault((d["subject_id"], d["period"]), (d, []))[1].extend(changes)
+        if not changed:
+            return
+        t, current = self.table, {}
+        for chunk in chunked(sorted({subject for subject, _ in changed})):
+            for row in connection.execute(sa.select(t).where(t.c.subject_id.in_(chunk))):
+                if (row.subject_id, row.period) in changed:
+                    current[(row.subject_id, row.period)] = {c: getattr(row, c) for c in self.COUNTS}
+        inserts, updates = [], []
+        for key, (d, changes) in changed.items():
+            stats = current.get(key) or empty_stats()
+            for level, sign in changes:
+                count_level(stats, level, sign)
+            if key in current:
+                updates.append({"b_subject": key[0], "b_period": key[1], **stats})
+            else:
+                inserts.append({"subject_id": key[0], "period": key[1], "community_id": d["community_id"],
+                                "kind": d["subject_kind"], **stats})
+        if inserts:
+            connection.execute(t.insert(), inserts)
+        if updates:
+            connection.execute(t.update().where((t.c.subject_id == sa.bindparam("b_subject"))
+                                                & (t.c.period == sa.bindparam("b_period"))), updates)
 
     def for_ranking(self, connection: Connection, community_id: str, kind: str, period: str) -> dict[str, dict]:
         t, s = self.table, SUBJECTS.table

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from services.kernel.db import is_sqlite, read_transaction, write_transaction
 from services.kernel.errors import ConcurrencyError, NotFound
 from services.kernel.events import Metadata, NewEvent, StoredEvent, to_micros, utc_now
+from services.kernel.eventstore import chunked
 
 A = TypeVar("A", bound="Aggregate")
 
@@ -177,6 +178,36 @@ class AggregateView:
                 id=aggregate_id, created_at_us=to_micros(event.occurred_at), **values))
         else:
             connection.execute(self.table.update().where(self.table.c.id == aggregate_id).values(**values))
+
+    def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
+        """The same as :meth:`apply` for each event, with one read and two batched writes."""
+        prefix, t = self._prefix, self.table
+        ours = [e for e in events if e.stream_id.startswith(prefix)]
+        if not ours:
+            return
+        ids = list(dict.fromkeys(e.stream_id[len(prefix):] for e in ours))
+        states: dict[str, Any] = {}
+        for chunk in chunked(ids):
+            for row in connection.execute(sa.select(t.c.id, t.c.state).where(t.c.id.in_(chunk))):
+                states[row.id] = self.cls.from_json(row.state)
+        existing, created, updated = set(states), {}, {}
+        for event in ours:
+            aggregate_id = event.stream_id[len(prefix):]
+            state = states.get(aggregate_id)
+            if state is None:
+                state = states[aggregate_id] = self.cls(id=aggregate_id)
+                created[aggregate_id] = to_micros(event.occurred_at)
+            state.apply(event)
+            updated[aggregate_id] = to_micros(event.occurred_at)
+        rows = {aggregate_id: {"version": state.version, "updated_at_us": updated[aggregate_id],
+                               "state": state.to_json(), **self.extract(state)}
+                for aggregate_id, state in states.items() if aggregate_id in updated}
+        inserts = [{"id": i, "created_at_us": created[i], **values} for i, values in rows.items() if i not in existing]
+        changes = [{"b_id": i, **values} for i, values in rows.items() if i in existing]
+        if inserts:
+            connection.execute(t.insert(), inserts)
+        if changes:
+            connection.execute(t.update().where(t.c.id == sa.bindparam("b_id")), changes)
 
     def get(self, connection: Connection, aggregate_id: str) -> Any | None:
         row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()

@@ -2,8 +2,11 @@
 
 Exactly-once effects over at-least-once delivery:
 
-* each message is handled in one database transaction that also inserts an inbox row
-  ``(group_id, event_id)``; a redelivered event finds its row and has no second effect;
+* each message is handled in a database transaction that also inserts an inbox row
+  ``(group_id, event_id)``; a redelivered event finds its row and has no second effect. The
+  records of one poll share one transaction (one durable commit for up to 500 records); if any
+  of them fails, that transaction is rolled back and the records are applied one at a time,
+  each in its own transaction, with the retry and dead-letter rules below;
 * offsets are committed to Kafka (offset + 1) only after the database commit of every message
   before them, so a crash re-delivers, never skips;
 * a poison message (not an envelope, or a handler that refuses it) goes to ``<topic>.dlq`` with
@@ -144,6 +147,57 @@ class EventConsumer:
             handler(connection, event)
         return "handled"
 
+    def handle_together(self, records) -> bool:
+        """Apply a poll's records in one write transaction (one commit instead of one per record).
+
+        Returns False, having changed nothing, when any record is not a valid envelope or any
+        handler raises: the caller then applies the records one by one, with the retries and the
+        dead-lettering of :meth:`handle`. Partition order is kept; records of different partitions
+        are independent, so their interleaving does not matter.
+        """
+        try:
+            events = [StoredEvent.from_json(record.value) for record in records]
+        except EnvelopeError:
+            return False
+        outcomes: list[tuple[object, StoredEvent, str]] = []
+        try:
+            with write_transaction(self.engine) as connection:
+                wanted = [e.event_id for e in events
+                          if (self.handlers.get(e.event_type) or self.handlers.get(ANY_EVENT)) is not None]
+                seen: set[str] = set()
+                for start in range(0, len(wanted), 500):
+                    seen.update(connection.execute(sa.select(inbox_table.c.event_id).where(
+                        inbox_table.c.group_id == self.group_id,
+                        inbox_table.c.event_id.in_(wanted[start:start + 500]))).scalars())
+                now = to_micros(utc_now())
+                for record, event in zip(records, events):
+                    handler = self.handlers.get(event.event_type) or self.handlers.get(ANY_EVENT)
+                    if handler is None:
+                        outcomes.append((record, event, "ignored"))
+                        continue
+                    if event.event_id in seen:
+                        outcomes.append((record, event, "duplicate"))
+                        continue
+                    seen.add(event.event_id)
+                    connection.execute(inbox_table.insert().values(
+                        group_id=self.group_id, event_id=event.event_id, topic=record.topic,
+                        partition=record.partition, offset=record.offset, processed_at_us=now))
+                    token = correlation_id_var.set(event.metadata.get("correlation_id") or event.event_id)
+                    try:
+                        handler(connection, event)
+                    finally:
+                        correlation_id_var.reset(token)
+                    outcomes.append((record, event, "handled"))
+        except Exception as exc:  # rolled back: the records are applied one by one instead
+            log.info("batch not applied together; applying one by one", extra={"error": repr(exc)})
+            return False
+        for record, event, outcome in outcomes:
+            if outcome == "duplicate":
+                metrics.MESSAGES_DUPLICATE.labels(self.group_id, record.topic).inc()
+            else:  # handled, or ignored (no handler), counted as handled as in handle()
+                metrics.MESSAGES_HANDLED.labels(self.group_id, record.topic, event.event_type).inc()
+        return True
+
     def dead_letter(self, record, reason: str) -> None:
         log.error("dead-lettering message", extra={"topic": record.topic, "partition": record.partition,
                                                     "offset": record.offset, "reason": reason})
@@ -194,11 +248,16 @@ class EventConsumer:
         self.broker_ok = True
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         count = 0
-        for partition, records in batch.items():
+        records = [record for partition_records in batch.values() for record in partition_records]
+        if len(records) > 1 and self.handle_together(records):
+            count = len(records)
+        else:
             for record in records:
                 self.handle(record)
                 count += 1
-                offsets[partition] = OffsetAndMetadata(record.offset + 1, "", -1)
+        for partition, partition_records in batch.items():
+            if partition_records:
+                offsets[partition] = OffsetAndMetadata(partition_records[-1].offset + 1, "", -1)
         if offsets:
             try:
                 consumer.commit(offsets)

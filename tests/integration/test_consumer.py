@@ -169,3 +169,27 @@ def test_effects_and_inbox_roll_back_together(setup, unique):
     assert effect_rows(engine) == []
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 0
+
+
+def test_a_poll_is_applied_in_one_transaction_or_record_by_record(setup, unique):
+    """A batch applies together (duplicates inside it have one effect); a batch with a refused
+    record changes nothing together, so the records are then applied one by one."""
+    engine, topic, _ = setup
+    refused = envelope(f"s-{unique}", 2, poison=True)
+
+    def picky(connection, event):
+        if event.data.get("poison"):
+            raise ValueError("refused")
+        record_effect(connection, event)
+
+    consumer = EventConsumer(engine=engine, group_id=f"g-{unique}", topics=[topic], handlers={"Happened": picky},
+                             bootstrap_servers="127.0.0.1:1")
+    first, second = envelope(f"s-{unique}", 1), envelope(f"s-{unique}", 3)
+    assert consumer.handle_together([_Record(topic, e.to_json()) for e in (first, first, second)]) is True
+    assert sorted(effect_rows(engine)) == sorted([first.event_id, second.event_id])
+    third = envelope(f"s-{unique}", 4)
+    assert consumer.handle_together([_Record(topic, e.to_json()) for e in (third, refused)]) is False
+    assert sorted(effect_rows(engine)) == sorted([first.event_id, second.event_id])  # third rolled back too
+    assert consumer.handle_together([_Record(topic, b"not json"), _Record(topic, third.to_json())]) is False
+    with engine.connect() as connection:
+        assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 2

@@ -1,0 +1,226 @@
+"""Relay and consumer throughput beside bare kafka-python loops, against the same local broker.
+
+One run starts its own tansu broker (in-memory storage) on a free port and measures:
+
+- relay: a SQLite event store is filled with N ``BallotCast`` events (20,000 quick, 100,000 full);
+  :class:`services.kernel.relay.Relay` (default page of 500) then publishes them to a fresh
+  3-partition topic, stepped with ``publish_once`` until all N are acknowledged and checkpointed.
+  Anchor: a bare ``KafkaProducer`` with the kernel's producer settings (``make_producer``: acks=all,
+  idempotent, linger 5 ms) sends the same N envelopes (the same serialised JSON, keys and headers,
+  prepared before the clock starts) to another fresh topic, then flushes once.
+- consumer: :class:`services.kernel.consumer.EventConsumer` (fresh group, a handler that does
+  nothing, so each event costs exactly the kernel's own work: envelope parse, inbox lookup and
+  insert in one durable SQLite transaction, offset commit per poll) reads the topic the relay filled,
+  stepped with ``poll_once`` until the handler has seen all N. Anchor: a bare ``KafkaConsumer``
+  (fresh group, ``auto_offset_reset="earliest"``) iterating the same topic and json-decoding each
+  value until N messages are read.
+
+Both producers are created and both topics exist before the clock starts. For both consumers the
+clock starts when the first message is received, which leaves the group join out of the figure;
+it stops when the N-th message has been handled (ours: after that poll's offset commit).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+from kafka import KafkaConsumer
+
+from bench.store import PAYLOAD, rate
+from services.kernel.broker import broker_command
+from services.kernel.consumer import EventConsumer, inbox_table
+from services.kernel.db import make_engine
+from services.kernel.events import Metadata, NewEvent
+from services.kernel.eventstore import EventStore
+from services.kernel.kafka import TopicPolicy, ensure_topics, make_consumer, make_producer
+from services.kernel.relay import Relay, _headers
+
+PARTITIONS = 3  # the TopicPolicy default the workers use
+STREAMS = 100
+APPEND_BATCH = 1_000
+TIMEOUT_S = 900.0
+
+
+# -- the broker ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A free port in 20000-32000, below the ephemeral range a client's local port comes from."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port found in 20000-32000")
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"broker not listening on 127.0.0.1:{port} after {timeout}s")
+
+
+# -- relay ---------------------------------------------------------------------------------------
+
+def fill_store(url: str, events: int) -> EventStore:
+    """``events`` events over ``STREAMS`` streams, appended through the store in large batches."""
+    store = EventStore(make_engine(url), service="bench", projections=[])
+    store.create_schema()
+    versions = [0] * STREAMS
+    meta = Metadata(actor="resident-42", correlation_id=str(uuid.uuid4()))
+    for i in range(events // APPEND_BATCH):
+        s = i % STREAMS
+        store.append(f"project-{s}", versions[s], [NewEvent("BallotCast", PAYLOAD) for _ in range(APPEND_BATCH)],
+                     metadata=meta)
+        versions[s] += APPEND_BATCH
+    return store
+
+
+def relay_rate(store: EventStore, bootstrap: str, topic: str, events: int) -> tuple[float, int]:
+    """Rate of the relay publishing every event, and its page size."""
+    producer = make_producer(bootstrap, "bench-relay")
+    relay = Relay(store, topic=topic, bootstrap_servers=bootstrap, topic_policy=TopicPolicy(create=False),
+                  producer_factory=lambda: producer)
+    published = 0
+    started = time.perf_counter()
+    while published < events:
+        count = relay.publish_once()
+        if count == 0:
+            raise RuntimeError(f"relay stopped at {published} of {events} events")
+        published += count
+    elapsed = time.perf_counter() - started
+    if relay.checkpoint() != store.last_position():
+        raise RuntimeError("relay checkpoint does not match the last position")
+    producer.close(timeout=10)
+    return rate(events, elapsed), relay.batch_size
+
+
+def bare_producer_rate(store: EventStore, bootstrap: str, topic: str) -> tuple[float, float]:
+    """Rate and mean value size of a bare producer sending the relay's exact records."""
+    records = [(event.stream_id.encode(), event.to_json(), _headers(event)) for event in store.iterate_all()]
+    producer = make_producer(bootstrap, "bench-bare")  # a plain KafkaProducer with the kernel's settings
+    started = time.perf_counter()
+    for key, value, headers in records:
+        producer.send(topic, key=key, value=value, headers=headers)
+    producer.flush(timeout=120)
+    elapsed = time.perf_counter() - started
+    producer.close(timeout=10)
+    return rate(len(records), elapsed), sum(len(r[1]) for r in records) / len(records)
+
+
+# -- consumer ------------------------------------------------------------------------------------
+
+def consumer_rate(workdir: Path, bootstrap: str, topic: str, events: int) -> float:
+    engine = make_engine(f"sqlite:///{workdir}/consumer.db")
+    EventStore(engine, service="bench-consumer").create_schema()  # creates the inbox table
+    group = f"bench-ours-{uuid.uuid4().hex[:8]}"
+    seen = {"count": 0, "first": 0.0}
+
+    def handler(connection, event) -> None:
+        if seen["count"] == 0:
+            seen["first"] = time.perf_counter()
+        seen["count"] += 1
+
+    worker = EventConsumer(engine=engine, group_id=group, topics=[topic], handlers={"BallotCast": handler},
+                           bootstrap_servers=bootstrap, topic_policy=TopicPolicy(create=False))
+    client = make_consumer(bootstrap, group, [topic], client_id=f"consumer-{group}")  # as EventConsumer.run does
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while seen["count"] < events:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"EventConsumer handled {seen['count']} of {events} events")
+            worker.poll_once(client)
+        elapsed = time.perf_counter() - seen["first"]
+    finally:
+        client.close(autocommit=False)
+    with engine.connect() as connection:
+        inbox = connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar()
+    engine.dispose()
+    if inbox != events:
+        raise RuntimeError(f"inbox holds {inbox} rows, expected {events}")
+    return rate(events, elapsed)
+
+
+def bare_consumer_rate(bootstrap: str, topic: str, events: int) -> float:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
+                             auto_offset_reset="earliest", consumer_timeout_ms=int(TIMEOUT_S * 1000))
+    count, first = 0, 0.0
+    try:
+        for message in consumer:
+            if count == 0:
+                first = time.perf_counter()
+            json.loads(message.value)
+            count += 1
+            if count == events:
+                break
+        elapsed = time.perf_counter() - first
+    finally:
+        consumer.close()
+    if count != events:
+        raise TimeoutError(f"bare consumer read {count} of {events} messages")
+    return rate(events, elapsed)
+
+
+# -- the rows ------------------------------------------------------------------------------------
+
+def run(workdir: Path, quick: bool) -> list[dict]:
+    events = 20_000 if quick else 100_000
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = subprocess.Popen(broker_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        store = fill_store(f"sqlite:///{workdir}/pipeline.db", events)
+        suffix = uuid.uuid4().hex[:8]
+        relay_topic, bare_topic = f"bench-relay-{suffix}.events", f"bench-bare-{suffix}.events"
+        ensure_topics(bootstrap, [relay_topic, bare_topic, f"{relay_topic}.dlq"], PARTITIONS, 1)
+
+        bare_out, value_bytes = bare_producer_rate(store, bootstrap, bare_topic)
+        ours_out, page = relay_rate(store, bootstrap, relay_topic, events)
+        store.engine.dispose()
+        bare_in = bare_consumer_rate(bootstrap, relay_topic, events)
+        ours_in = consumer_rate(workdir, bootstrap, relay_topic, events)
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+    common = {"events": events, "partitions": PARTITIONS, "mean value bytes": round(value_bytes)}
+    return [
+        {"measure": "relay: SQLite event store to Kafka", "unit": "events/s", "ours": ours_out,
+         "anchors": {"bare kafka-python producer": bare_out},
+         "targets": [{"what": "≥ 70% of bare producer", "met": ours_out >= 0.7 * bare_out}],
+         "extra": {**common, "relay page": page}},
+        {"measure": "consumer: Kafka to handler with inbox (SQLite)", "unit": "events/s", "ours": ours_in,
+         "anchors": {"bare kafka-python consumer": bare_in},
+         "targets": [{"what": "≥ 60% of bare consumer", "met": ours_in >= 0.6 * bare_in}],
+         "extra": {**common, "clock starts": "first message received"}},
+    ]
+
+
+if __name__ == "__main__":
+    began = time.perf_counter()
+    rows = run(Path(tempfile.mkdtemp()), quick=True)
+    print(json.dumps(rows, ensure_ascii=False, indent=2))
+    print(f"total {time.perf_counter() - began:.1f}s")
