@@ -23,8 +23,6 @@ it stops when the N-th message has been handled (ours: after that poll's offset 
 from __future__ import annotations
 
 import json
-import random
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,7 +33,7 @@ import sqlalchemy as sa
 from kafka import KafkaConsumer
 
 from bench.store import PAYLOAD, rate
-from services.kernel.broker import broker_command
+from services.kernel.broker import broker_command, free_port, wait_for_port
 from services.kernel.consumer import EventConsumer, inbox_table
 from services.kernel.db import make_engine
 from services.kernel.events import Metadata, NewEvent
@@ -50,34 +48,6 @@ TIMEOUT_S = 900.0
 
 
 # -- the broker ----------------------------------------------------------------------------------
-
-def free_port() -> int:
-    """A free port in 20000-32000, below the ephemeral range a client's local port comes from."""
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise RuntimeError("no free port found in 20000-32000")
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"broker not listening on 127.0.0.1:{port} after {timeout}s")
-
 
 # -- relay ---------------------------------------------------------------------------------------
 

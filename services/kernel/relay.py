@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -63,6 +64,7 @@ class Relay:
         self._producer = None
         self.max_backoff_seconds = max_backoff_seconds
         self.broker_ok = False
+        self._lag_updated_at = 0.0
 
     # -- checkpoint -------------------------------------------------------------------------
 
@@ -135,13 +137,15 @@ class Relay:
         if acknowledged > start:
             self._save_checkpoint(acknowledged)
             metrics.RELAY_PUBLISHED.labels(self.store.service, self.topic).inc(acknowledged - start)
-        self._update_lag(acknowledged)
+        if failure is not None or len(page) < self.batch_size or time.monotonic() - self._lag_updated_at >= 1.0:
+            self._update_lag(acknowledged)  # while draining a backlog, at most once a second
         if failure is not None:
             raise PublishFailed(f"published up to position {acknowledged}: {failure!r}") from (
                 failure if isinstance(failure, BaseException) else None)
         return acknowledged - start
 
     def _update_lag(self, checkpoint: int) -> None:
+        self._lag_updated_at = time.monotonic()
         last = self.store.last_position()
         metrics.RELAY_LAG_EVENTS.labels(self.store.service).set(max(0, last - checkpoint))
         seconds = 0.0

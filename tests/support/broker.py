@@ -2,56 +2,13 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import time
 from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from services.kernel.broker import broker_command
-
-
-_issued: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range (32768-60999 on Linux).
-
-    A port the kernel handed out for ``bind(0)`` lies in the ephemeral range, so between our
-    check and the server's own bind any outgoing connection on the machine (a Kafka client, a
-    probe) may take it as its local port; ports from 20000-32000 are never picked that way.
-    Ports already issued by this process are not issued again.
-    """
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(20000, 32000)
-        if port in _issued:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        with socket.socket() as sock:  # nothing listening on any address either
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                continue
-        _issued.add(port)
-        return port
-    raise RuntimeError("no free port found in 20000-32000")
-
-
-def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+from services.kernel.broker import broker_command, free_port, wait_for_port  # noqa: F401 (re-exported)
 
 
 class Broker:

@@ -1,0 +1,143 @@
+"""The local platform (``bin/run-platform``, as ``make run`` starts it) and the hello-world anchor,
+started on free ports for the HTTP and end-to-end benchmarks.
+
+Differences from ``make run``, both stated in the report: the gateway's rate limits are off (a
+load test is one caller sending far more than 600 requests a minute), and tokens are signed
+with the tests' HS256 secret so that the benchmark can issue them itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from services.kernel.broker import free_port
+from tests.conftest import TEST_SECRET
+
+ROOT = Path(__file__).resolve().parents[1]
+APPS = ("gateway", "projects", "volunteers", "feedback")
+WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
+           "gateway_feed")
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/readyz", timeout=2) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class Platform:
+    """Broker, three services with their relays and consumers, gateway and feed worker."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "platform"
+        self.ports = {name: free_port() for name in (*APPS, *WORKERS, "broker")}
+        self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Platform":
+        env = {**os.environ, "COCREATE_DATA_DIR": str(self.data_dir), "COCREATE_JWT_SECRET": TEST_SECRET,
+               "COCREATE_BROKER_PORT": str(self.ports["broker"]), "GATEWAY_RATE_LIMIT_PER_CALLER": "0",
+               "GATEWAY_RATE_LIMIT_PER_IP": "0", "COCREATE_LOG_LEVEL": "WARNING"}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        for name, port in self.ports.items():
+            env[f"{name.upper()}_PORT"] = str(port)
+        self.log_path = self.workdir / "platform.log"
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen([str(ROOT / "bin" / "run-platform")], cwd=ROOT, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        pending = set(APPS) | set(WORKERS)
+        deadline = time.monotonic() + 180
+        while pending and time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the platform exited: {self.log_path.read_text()[-3000:]}")
+            pending = {name for name in pending if not _ready(self.urls[name])}
+            time.sleep(0.5)
+        if pending:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"not ready after 180 s: {sorted(pending)}")
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.process is not None:
+            _stop(self.process)
+        self._log.close()
+
+    def worker_rss_mb(self, app: str) -> list[float]:
+        """Resident memory of each gunicorn worker of ``app`` (the children of its master)."""
+        return gunicorn_worker_rss(self.ports[app])
+
+
+class HelloWorld:
+    """A hello-world Flask app under the same gunicorn settings as the services."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+
+    def __enter__(self) -> "HelloWorld":
+        env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{self.port}", "COCREATE_APP_NAME": "hello",
+               "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / "hello-metrics")}
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        self._log = open(self.workdir / "hello.log", "wb")
+        self.process = subprocess.Popen([gunicorn, "-c", "python:services.kernel.gunicorn_conf", "bench.hello:app"],
+                                        cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/hello", timeout=2):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        _stop(self.process, signal.SIGTERM)
+        raise RuntimeError("hello-world did not start")
+
+    def __exit__(self, *_exc) -> None:
+        _stop(self.process, signal.SIGTERM)
+        self._log.close()
+
+    def worker_rss_mb(self) -> list[float]:
+        return gunicorn_worker_rss(self.port)
+
+
+def gunicorn_worker_rss(port: int) -> list[float]:
+    """VmRSS (MB) of the gunicorn workers serving ``port``: processes started with that bind whose
+    parent is one too (the master's children)."""
+    marker = f"GUNICORN_BIND=127.0.0.1:{port}".encode()
+    processes: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if marker not in Path(f"/proc/{name}/environ").read_bytes():
+                continue
+            if b"gunicorn" not in Path(f"/proc/{name}/cmdline").read_bytes():
+                continue
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{name}/status").read_text().splitlines()
+                          if ":" in line)
+        except OSError:
+            continue
+        processes[int(name)] = (int(fields["PPid"]), int(fields.get("VmRSS", "0 kB").split()[0]) / 1024)
+    return [round(rss, 1) for parent, rss in processes.values() if parent in processes]
