@@ -25,7 +25,9 @@ from services.feedback.domain import (
     CASE_HANDLERS, RATERS, STAFF, SUBJECT_KINDS, Ranking, period_of, rank, ranking_key, valid_period,
 )
 from services.feedback.handlers import FeedbackService
-from services.feedback.views import CASES, PLANS, RANKINGS, RATINGS, STATS, SUBJECTS, policy_for
+from services.feedback.views import (
+    CASES, PLANS, RANKING_PAGES, RANKINGS, RATINGS, STATS, SUBJECTS, policy_for,
+)
 from services.kernel.db import read_transaction
 from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
@@ -78,6 +80,11 @@ class RatingSchema(Schema):
     level = f.Integer(required=True, **LEVEL, metadata={"description": "5 非常满意 … 1 非常不满意"})
     dimensions = f.Nested(DimensionsSchema, load_default=dict)
     comment = f.String(validate=v.Length(max=1000), load_default="")
+
+
+class RankingPageQuery(Schema):
+    limit = f.Integer(load_default=100, validate=v.Range(min=1, max=1000))
+    offset = f.Integer(load_default=0, validate=v.Range(min=0))
 
 
 class PeriodQuery(Schema):
@@ -482,13 +489,23 @@ def blueprints(container) -> list[Blueprint]:
 
     @rankings.route("/<community_id>/<kind>/<period>")
     class PublishedRanking(MethodView):
+        @rankings.arguments(RankingPageQuery, location="query")
         @rankings.response(200)
-        def get(self, community_id, kind, period):
-            """The published ranking (latest edition, with the number of editions)"""
+        def get(self, query, community_id, kind, period):
+            """The published ranking (latest edition, with the number of editions), a page at a time:
+            ``limit`` entries of each list from ``offset``; ``total_ranked`` and
+            ``total_not_enough_ratings`` give the full sizes"""
             current_principal()
-            ranking = published(community_id, kind, period)
-            return {"community_id": community_id, "kind": kind, "period": period, "published": True,
-                    "editions": len(ranking.editions), **ranking.latest}
+            _check_kind(kind)
+            if not valid_period(period):
+                raise DomainError("the period is YYYY-MM or YYYY-Qn", reason="invalid_period",
+                                  details={"period": "YYYY-MM or YYYY-Qn"})
+            key = ranking_key(community_id, kind, period)
+            with read_transaction(store.engine) as connection:
+                page = RANKING_PAGES.page(connection, key, query["limit"], query["offset"])
+            if page is None:
+                raise NotFound(f"no {Ranking.label} {key}")
+            return {"community_id": community_id, "kind": kind, "period": period, "published": True, **page}
 
     @rankings.route("/<community_id>/<kind>/<period>/verification")
     class RankingVerification(MethodView):

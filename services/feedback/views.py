@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from services.feedback.domain import (
     DEFAULT_POLICY, STATS_EVENTS, FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, count_level,
-    empty_stats, stats_changes,
+    empty_stats, ranking_key, stats_changes,
 )
 from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, parse_time, to_micros
@@ -145,6 +146,68 @@ class SubjectStats:
         return {c: getattr(row, c) for c in self.COUNTS} if row is not None else empty_stats()
 
 
+class RankingPages:
+    """Published rankings by page: one row per edition (its figures without the lists) and one
+    per entry, so that reading a page of a 10,000-subject ranking is two indexed reads instead of
+    parsing every edition of the ranking's state."""
+
+    name = "ranking_pages"
+    SECTIONS = ("ranked", "not_enough_ratings")
+
+    def __init__(self) -> None:
+        metadata = sa.MetaData()
+        self.editions = sa.Table(
+            "ranking_editions", metadata,
+            sa.Column("ranking_id", sa.String(200), primary_key=True),
+            sa.Column("edition", sa.Integer, primary_key=True),
+            sa.Column("header", sa.Text, nullable=False),
+            sa.Column("ranked", sa.Integer, nullable=False),
+            sa.Column("not_enough_ratings", sa.Integer, nullable=False),
+        )
+        self.entries = sa.Table(
+            "ranking_entries", metadata,
+            sa.Column("ranking_id", sa.String(200), primary_key=True),
+            sa.Column("edition", sa.Integer, primary_key=True),
+            sa.Column("section", sa.SmallInteger, primary_key=True),
+            sa.Column("seq", sa.Integer, primary_key=True),
+            sa.Column("entry", sa.Text, nullable=False),
+        )
+        self.tables = [self.editions, self.entries]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        if event.event_type != "RankingPublished":
+            return
+        d = event.data
+        ranking_id = ranking_key(d["community_id"], d["kind"], d["period"])
+        edition = Ranking(id=ranking_id)
+        edition.apply(event)  # the edition exactly as the Ranking aggregate keeps it
+        header = {k: v for k, v in edition.latest.items() if k not in self.SECTIONS}
+        connection.execute(self.editions.insert().values(
+            ranking_id=ranking_id, edition=d["edition"], header=json.dumps(header, ensure_ascii=False),
+            ranked=len(d["ranked"]), not_enough_ratings=len(d["not_enough_ratings"])))
+        rows = [{"ranking_id": ranking_id, "edition": d["edition"], "section": section, "seq": seq,
+                 "entry": json.dumps(entry, ensure_ascii=False)}
+                for section, name in enumerate(self.SECTIONS) for seq, entry in enumerate(d[name])]
+        if rows:
+            connection.execute(self.entries.insert(), rows)
+
+    def page(self, connection: Connection, ranking_id: str, limit: int, offset: int) -> dict[str, Any] | None:
+        """The latest edition with ``limit`` entries of each list from ``offset``, or None."""
+        e, t = self.editions, self.entries
+        row = connection.execute(sa.select(e).where(e.c.ranking_id == ranking_id)
+                                 .order_by(e.c.edition.desc()).limit(1)).first()
+        if row is None:
+            return None
+        result = {**json.loads(row.header), "editions": row.edition, "limit": limit, "offset": offset,
+                  "total_ranked": row.ranked, "total_not_enough_ratings": row.not_enough_ratings}
+        for section, name in enumerate(self.SECTIONS):
+            result[name] = [json.loads(r.entry) for r in connection.execute(
+                sa.select(t.c.entry).where(t.c.ranking_id == ranking_id, t.c.edition == row.edition,
+                                           t.c.section == section, t.c.seq >= offset)
+                .order_by(t.c.seq).limit(limit))]
+        return result
+
+
 def _name(state: str | None) -> str:
     return Subject.from_json(state).name if state else ""
 
@@ -171,7 +234,8 @@ def policy_for(connection: Connection, community_id: str) -> tuple[dict[str, Any
 
 
 STATS = SubjectStats()
+RANKING_PAGES = RankingPages()
 
 
 def projections():
-    return [POLICIES, SUBJECTS, RATINGS, CASES, RANKINGS, PLANS, STATS]
+    return [POLICIES, SUBJECTS, RATINGS, CASES, RANKINGS, PLANS, STATS, RANKING_PAGES]

@@ -9,6 +9,8 @@ statement (no deadlock-prone lock upgrades). Use :func:`write_transaction` for e
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,24 @@ def make_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+def _switch_to_wal(cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: switching a new file to WAL needs an exclusive lock
+    and SQLite answers "database is locked" at once, without waiting for the busy timeout, when
+    another process (the other gunicorn worker, the relay) is opening the same file at that moment.
+    A worker that gave up here would fail to boot and take the whole app down."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(0.2, delay * 2)
+
+
 def _sqlite_engine(url: str) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.database and parsed.database != ":memory:":
@@ -53,9 +73,9 @@ def _sqlite_engine(url: str) -> Engine:
         # Let SQLAlchemy's begin() decide when a transaction starts (pysqlite otherwise defers it).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cursor)
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

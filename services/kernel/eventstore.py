@@ -201,10 +201,14 @@ class EventStore:
         *,
         up_to_version: int | None = None,
         as_of: datetime | None = None,
+        after_version: int = 0,
         connection: Connection | None = None,
     ) -> list[StoredEvent]:
-        """The stream's events in version order, optionally only up to a version or a moment."""
+        """The stream's events in version order, optionally only after a version (continuing a
+        snapshot), up to a version or up to a moment."""
         query = sa.select(events_table).where(events_table.c.stream_id == stream_id)
+        if after_version:
+            query = query.where(events_table.c.version > after_version)
         if up_to_version is not None:
             query = query.where(events_table.c.version <= up_to_version)
         if as_of is not None:

@@ -977,3 +977,22 @@ def test_a_project_evaluation_becomes_two_ratings_once_and_is_not_revised_here(w
     # The resident's own rating of the unit is separate from the project evaluation.
     own = w.rate(RES[3], "jsb", 4, 201)["resource"]
     assert own["source"] == {"kind": "resident"} and w.figures("jsb")["ratings"] == 2
+
+
+def test_a_published_ranking_is_read_a_page_at_a_time(w):
+    w.policy(min_ratings=3)
+    for subject, levels in (("wang", [5, 5, 5]), ("li", [4, 4, 4]), ("zhao", [3, 3, 3]), ("sun", [5])):
+        w.register(subject)
+        w.rate_all(subject, levels)
+    w.clock.at = NOV
+    published = w.publish("2026-10")["resource"]
+    whole = w.get(CADRE, f"/rankings/{C}/cadre/2026-10")
+    assert whole["ranked"] == published["ranked"] and whole["digest"] == published["digest"]
+    assert (whole["total_ranked"], whole["total_not_enough_ratings"], whole["editions"]) == (3, 1, 1)
+    page = w.get(CADRE, f"/rankings/{C}/cadre/2026-10?limit=1&offset=1")
+    assert [e["subject_id"] for e in page["ranked"]] == ["li"] and page["ranked"][0]["rank"] == 2
+    assert page["not_enough_ratings"] == [] and page["total_ranked"] == 3
+    assert page["formula"] == published["formula"] and page["last_position"] == published["last_position"]
+    for bad in ("limit=0", "limit=1001", "offset=-1", "limit=ten"):
+        assert_error(w.d.call(CADRE, "GET", f"/rankings/{C}/cadre/2026-10?{bad}"), 422)
+    assert_error(w.d.call(CADRE, "GET", f"/rankings/{C}/cadre/2026-09"), 404)
