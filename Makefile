@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run demo test test-unit test-integration rebuild clean
+.PHONY: venv run demo test test-unit test-integration bench bench-quick rebuild clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ test-unit: venv
 
 test-integration: venv
 	$(VENV)/bin/python -m pytest tests/integration tests/e2e
+
+# Benchmarks (not part of `make test`): every figure beside its anchor, measured in the same run;
+# writes bench/results/latest.{json,md}. Under 10 minutes on 2 cores; bench-quick is a smoke run.
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/python -m bench
+
+bench-quick: $(BENCH_STAMP)
+	$(VENV)/bin/python -m bench --quick
 
 rebuild: venv
 	for s in projects volunteers feedback; do $(VENV)/bin/python -m services.$$s rebuild || exit 1; done

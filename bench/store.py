@@ -153,7 +153,9 @@ def fill_ratings_log(path: Path, events: int, subjects: int) -> None:
     for start in range(0, events, chunk):
         rows = []
         for i in range(start, min(events, start + chunk)):
-            level = 5 - (i * 7919 % 23) % 5
+            # mostly satisfied, each subject a little differently: about 85% 4–5 overall
+            draw = (i * 7919 + (i % subjects) * 37) % 100 + (i % subjects) % 13
+            level = 5 if draw < 50 else 4 if draw < 85 else 3 if draw < 96 else 2 if draw < 104 else 1
             data = json.dumps({"rating_id": f"r{i}", "subject_id": f"s{i % subjects}", "subject_kind": "cadre",
                                "subject_name": f"干部{i % subjects}", "subject_person_id": None, "community_id": "c1",
                                "period": "2026-10", "person_id": f"resident-{i}", "level": level, "dimensions": {},
@@ -169,10 +171,12 @@ def fill_ratings_log(path: Path, events: int, subjects: int) -> None:
 
 
 def replay(workdir: Path, quick: bool) -> list[dict]:
+    """Rebuild ``subject_stats`` from logs of two sizes (the memory must not grow with the log);
+    the larger log is kept as ``ratings.db`` for the ranking benchmark."""
     rows = []
     sizes = (20_000, 100_000) if quick else (100_000, 1_000_000)
     for events in sizes:
-        path = workdir / f"replay-{events}.db"
+        path = workdir / ("ratings.db" if events == sizes[-1] else f"replay-{events}.db")
         fill_ratings_log(path, events, subjects=10_000)
         done = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, f"sqlite:///{path}"], capture_output=True,
                               text=True, check=True, cwd=Path(__file__).resolve().parents[1])
@@ -184,5 +188,6 @@ def replay(workdir: Path, quick: bool) -> list[dict]:
                      "targets": [{"what": "≥ 100,000 events/s", "met": per_second >= 100_000},
                                  {"what": "peak memory < 300 MB, flat in the number of events",
                                   "met": figures["peak_rss_mb"] < 300}]})
-        path.unlink(missing_ok=True)
+        if path.name != "ratings.db":
+            path.unlink(missing_ok=True)
     return rows

@@ -1,0 +1,120 @@
+"""``make bench`` — every benchmark in one run, each figure beside its anchor measured in the same run.
+
+    python -m bench [--quick] [--out bench/results]
+
+Writes ``<out>/latest.json`` (every figure, with the machine and the date) and ``<out>/latest.md``
+(the table the README carries), and prints the table. ``--quick`` uses smaller sizes (a smoke run,
+about two minutes); the figures in the README come from a full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory = ""
+    try:
+        kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+        memory = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "memory": memory, "python": sys.version.split()[0],
+            "system": f"{host.system()} {host.release()}"}
+
+
+def _figure(value: float, unit: str) -> str:
+    if unit in ("s",) or unit.startswith("ms"):
+        return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
+    return f"{value:,.0f} {unit}"
+
+
+def table(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"Measured {report['date']} on {m['cpus']} CPUs ({m['cpu']}), {m['memory']}, Python {m['python']}, "
+             f"{'quick' if report['quick'] else 'full'} run in {report['seconds']:.0f} s.", "",
+             "| measure | ours | anchor(s), same run | details | targets |", "|---|---|---|---|---|"]
+    for row in report["rows"]:
+        anchors = "; ".join(f"{name}: {_figure(value, row['unit'])}" for name, value in row["anchors"].items()) or "—"
+        if row["anchors"]:
+            first = next(iter(row["anchors"].values()))
+            if first:
+                anchors += f" (ours = {row['ours'] / first:.0%})"
+        extra = "; ".join(f"{k}: {v}" for k, v in (row.get("extra") or {}).items()) or "—"
+        targets = "; ".join(f"{'✅' if t['met'] else '❌'} {t['what']}" for t in row["targets"]) or "—"
+        lines.append(f"| {row['measure']} | {_figure(row['ours'], row['unit'])} | {anchors} | {extra} | {targets} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the report goes")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these parts: store replay pipeline http propagation ranking")
+    args = parser.parse_args(argv)
+    parts = set(args.only or ("store", "replay", "pipeline", "http", "propagation", "ranking"))
+    if "ranking" in parts:
+        parts.add("replay")  # the ranking runs on the log the replay built
+
+    from bench import http, pipeline, propagation, ranking, store
+    from bench.platform import Platform
+
+    workdir = Path(tempfile.mkdtemp(prefix="cocreate-bench-"))
+    started = time.monotonic()
+    rows: list[dict] = []
+
+    def step(name: str, go) -> None:
+        began = time.monotonic()
+        print(f"… {name}", file=sys.stderr, flush=True)
+        rows.extend(go())
+        print(f"  {name} done in {time.monotonic() - began:.0f} s", file=sys.stderr, flush=True)
+
+    try:
+        if "store" in parts:
+            step("event store appends", lambda: store.appends(workdir, args.quick))
+        if "replay" in parts:
+            step("replay", lambda: store.replay(workdir, args.quick))
+        if "ranking" in parts:
+            step("rankings at scale", lambda: ranking.run(workdir, args.quick))
+        if "pipeline" in parts:
+            step("relay and consumer", lambda: pipeline.run(workdir, args.quick))
+        if parts & {"http", "propagation"}:
+            with Platform(workdir) as running:
+                if "http" in parts:
+                    step("HTTP", lambda: http.run(workdir, args.quick, running))
+                if "propagation" in parts:
+                    step("end-to-end propagation", lambda: propagation.run(workdir, args.quick, running))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
+              "machine": machine(), "seconds": time.monotonic() - started, "rows": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    text = table(report)
+    (out / "latest.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
