@@ -2,7 +2,7 @@
 
 One run starts its own tansu broker (in-memory storage) on a free port and measures:
 
-- relay: a SQLite event store is filled with N ``BallotCast`` events (20,000 quick, 100,000 full);
+- relay: a SQLite event store is filled with N ``BallotCast`` events (20,000 quick, 50,000 full);
   :class:`services.kernel.relay.Relay` (default page of 500) then publishes them to a fresh
   3-partition topic, stepped with ``publish_once`` until all N are acknowledged and checkpointed.
   Anchor: a bare ``KafkaProducer`` with the kernel's producer settings (``make_producer``: acks=all,
@@ -153,7 +153,7 @@ def bare_consumer_rate(bootstrap: str, topic: str, events: int) -> float:
 # -- the rows ------------------------------------------------------------------------------------
 
 def run(workdir: Path, quick: bool) -> list[dict]:
-    events = 20_000 if quick else 100_000
+    events = 20_000 if quick else 50_000
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     broker = subprocess.Popen(broker_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

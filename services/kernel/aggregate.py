@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -73,11 +74,23 @@ class Aggregate:
         return state
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        # Fields hold JSON values only, so the encoder can walk them as they are: no deep copy
+        # (``dataclasses.asdict``) of a state that may hold hundreds of ballots or claims.
+        fields = {name: getattr(self, name) for name in _field_names(type(self))}
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
     @classmethod
     def from_json(cls: type[A], text: str) -> A:
         return cls(**json.loads(text))
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# connection.info key: states a unit of work lends to the views while it appends.
+LENT_STATES = "cocreate.lent_states"
 
 
 def lock_for_write(connection: Connection) -> None:
@@ -138,11 +151,20 @@ class UnitOfWork:
         return state
 
     def record(self, state: Aggregate, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        """Append ``events`` after the version ``state`` was loaded at, and apply them to it."""
-        stored = self.store.append(state.stream_id, state.version, events, metadata=self.metadata,
-                                   connection=self.connection)
+        """Append ``events`` after the version ``state`` was loaded at, and apply them to it.
+
+        The state is lent to the store's :class:`AggregateView` for the append (it applies the
+        events to it and writes it, instead of reading and parsing its own row again)."""
+        lent = self.connection.info.setdefault(LENT_STATES, {})
+        lent[state.stream_id] = state
+        try:
+            stored = self.store.append(state.stream_id, state.version, events, metadata=self.metadata,
+                                       connection=self.connection)
+        finally:
+            lent.pop(state.stream_id, None)
         for event in stored:
-            state.apply(event)
+            if event.version > state.version:  # not applied by a view already
+                state.apply(event)
         self.recorded.extend(stored)
         return stored
 
@@ -198,12 +220,17 @@ class AggregateView:
         if not event.stream_id.startswith(self._prefix):
             return
         aggregate_id = event.stream_id[len(self._prefix):]
-        row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
-        state = self.cls.from_json(row.state) if row is not None else self.cls(id=aggregate_id)
+        lent = connection.info.get(LENT_STATES, {}).get(event.stream_id)
+        if type(lent) is self.cls and lent.version == event.version - 1:
+            state, exists = lent, lent.version > 0  # the unit of work's state, in step with the row
+        else:
+            row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
+            state = self.cls.from_json(row.state) if row is not None else self.cls(id=aggregate_id)
+            exists = row is not None
         state.apply(event)
         values = {"version": state.version, "updated_at_us": to_micros(event.occurred_at),
                   "state": state.to_json(), **self.extract(state)}
-        if row is None:
+        if not exists:
             connection.execute(self.table.insert().values(
                 id=aggregate_id, created_at_us=to_micros(event.occurred_at), **values))
         else:

@@ -78,6 +78,14 @@ def chunked(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
         yield values[start:start + size]
 
 
+# The stream's version and the log's last position, read together under the append lock.
+_HEADS = sa.select(
+    sa.select(sa.func.max(events_table.c.version))
+    .where(events_table.c.stream_id == sa.bindparam("stream_id")).scalar_subquery(),
+    sa.select(sa.func.max(events_table.c.position)).scalar_subquery(),
+)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -144,12 +152,10 @@ class EventStore:
     def _append(self, connection, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
         if not self._sqlite:
             connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
-        actual = connection.execute(
-            sa.select(sa.func.max(events_table.c.version)).where(events_table.c.stream_id == stream_id)
-        ).scalar() or 0
+        row = connection.execute(_HEADS, {"stream_id": stream_id}).one()  # one round trip for both
+        actual, last_position = row[0] or 0, row[1] or 0
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
-        last_position = connection.execute(sa.select(sa.func.max(events_table.c.position))).scalar() or 0
         occurred_at = self._clock()
         occurred_us = to_micros(occurred_at)
         meta = (metadata or Metadata()).as_dict()
