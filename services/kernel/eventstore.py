@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -36,7 +37,9 @@ kernel_metadata = sa.MetaData()
 events_table = sa.Table(
     "events",
     kernel_metadata,
-    sa.Column("position", sa.BigInteger, primary_key=True, autoincrement=False),
+    # On SQLite an INTEGER PRIMARY KEY is the rowid itself: no second index to maintain.
+    sa.Column("position", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=False),
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
     sa.Column("stream_id", sa.String(200), nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
@@ -84,6 +87,11 @@ _HEADS = sa.select(
     .where(events_table.c.stream_id == sa.bindparam("stream_id")).scalar_subquery(),
     sa.select(sa.func.max(events_table.c.position)).scalar_subquery(),
 )
+
+
+_COLUMNS = ("position", "event_id", "stream_id", "version", "event_type", "schema_version", "occurred_at_us",
+            "data", "metadata")
+_SQLITE_INSERT = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
 def _dumps(value: Any) -> str:
@@ -145,8 +153,8 @@ class EventStore:
                 stored = self._append(own, stream_id, expected_version, events, metadata)
         else:
             stored = self._append(connection, stream_id, expected_version, events, metadata)
-        for event in stored:
-            metrics.EVENTS_APPENDED.labels(self.service, event.event_type).inc()
+        for event_type, count in Counter(event.event_type for event in stored).items():
+            metrics.EVENTS_APPENDED.labels(self.service, event_type).inc(count)
         return stored
 
     def _append(self, connection, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
@@ -156,34 +164,28 @@ class EventStore:
         actual, last_position = row[0] or 0, row[1] or 0
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
-        occurred_at = self._clock()
-        occurred_us = to_micros(occurred_at)
+        occurred_us = to_micros(self._clock())
+        occurred_at = from_micros(occurred_us)  # what a reader will get back: microseconds
         meta = (metadata or Metadata()).as_dict()
         meta_json = _dumps(meta)
         rows, stored = [], []
         for offset, event in enumerate(events, start=1):
             data = dict(event.data)
-            rows.append({
-                "position": last_position + offset,
-                "event_id": event.event_id,
-                "stream_id": stream_id,
-                "version": expected_version + offset,
-                "event_type": event.event_type,
-                "schema_version": event.schema_version,
-                "occurred_at_us": occurred_us,
-                "data": _dumps(data),
-                "metadata": meta_json,
-            })
+            rows.append((last_position + offset, event.event_id, stream_id, expected_version + offset,
+                         event.event_type, event.schema_version, occurred_us, _dumps(data), meta_json))
             stored.append(StoredEvent(
                 event_id=event.event_id, event_type=event.event_type,
                 schema_version=event.schema_version, stream_id=stream_id,
                 version=expected_version + offset, position=last_position + offset,
-                occurred_at=from_micros(occurred_us), data=data, metadata=meta,
+                occurred_at=occurred_at, data=data, metadata=meta,
             ))
         try:
-            # A savepoint keeps an outer transaction (a consumer's) usable after a conflict.
-            with connection.begin_nested():
-                connection.execute(events_table.insert(), rows)
+            # No savepoint: nothing continues a transaction after a conflict (a unit of work or a
+            # consumer's batch is rolled back as a whole), and it would cost two statements.
+            if self._sqlite:  # the driver's executemany straight away: no per-row parameter building
+                connection.exec_driver_sql(_SQLITE_INSERT, rows)
+            else:
+                connection.execute(events_table.insert(), [dict(zip(_COLUMNS, row)) for row in rows])
         except sa.exc.IntegrityError as exc:
             # The unique (stream_id, version) constraint is the guarantee against a racing writer.
             raise ConcurrencyError(stream_id, expected_version, None) from exc
