@@ -3,7 +3,7 @@
 One run starts its own tansu broker (in-memory storage) on a free port and measures:
 
 - relay: a SQLite event store is filled with N ``BallotCast`` events (20,000 quick, 50,000 full);
-  :class:`services.kernel.relay.Relay` (default page of 500) then publishes them to a fresh
+  :class:`services.kernel.relay.Relay` (default page of 2,000) then publishes them to a fresh
   3-partition topic, stepped with ``publish_once`` until all N are acknowledged and checkpointed.
   Anchor: a bare ``KafkaProducer`` with the kernel's producer settings (``make_producer``: acks=all,
   idempotent, linger 5 ms) sends the same N envelopes (the same serialised JSON, keys and headers,

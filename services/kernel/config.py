@@ -51,7 +51,7 @@ class ServiceSettings(AuthSettings):
     kafka_replication_factor: int = setting(1, doc="replication factor for topics this process creates")
     log_level: str = setting("INFO", doc="log level")
     max_body_bytes: int = setting(1_048_576, doc="largest accepted request body (413 above)")
-    relay_batch_size: int = setting(500, doc="events published per relay round")
+    relay_batch_size: int = setting(2000, doc="events published per relay round")
     relay_idle_seconds: float = setting(0.05, doc="relay poll interval when caught up")
     consumer_max_retries: int = setting(5, doc="attempts for a transient error before the worker gives up")
     health_port: int = setting(0, doc="HTTP port of a worker's /healthz /readyz /metrics (0: none)")

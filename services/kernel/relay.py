@@ -47,7 +47,7 @@ class Relay:
         *,
         topic: str,
         bootstrap_servers: str,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         idle_seconds: float = 0.05,
         topic_policy: TopicPolicy = TopicPolicy(),
         producer_factory: Callable | None = None,

@@ -35,7 +35,7 @@ def test_defaults_apply_when_nothing_is_set():
     assert loaded.service == "projects"
     assert loaded.jwt_secret == TEST_SECRET
     assert loaded.kafka_bootstrap_servers == "127.0.0.1:9092"
-    assert loaded.relay_batch_size == 500
+    assert loaded.relay_batch_size == 2000
     assert loaded.kafka_create_topics is True
     assert loaded.data_dir == Path("var")
 
