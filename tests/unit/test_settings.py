@@ -236,7 +236,7 @@ def test_describe_lists_every_variable():
     assert ("PROJECTS_KAFKA_BOOTSTRAP_SERVERS / COCREATE_KAFKA_BOOTSTRAP_SERVERS / KAFKA_BOOTSTRAP_SERVERS"
             in by_variables)
     assert by_variables["PROJECTS_RELAY_BATCH_SIZE / COCREATE_RELAY_BATCH_SIZE"] == (
-        "500", "events published per relay round")
+        "2000", "events published per relay round")
     assert by_variables["PROJECTS_JWT_SECRET / COCREATE_JWT_SECRET"][1].startswith("HS256 secret")
 
 
