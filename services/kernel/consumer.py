@@ -170,6 +170,7 @@ class EventConsumer:
                         inbox_table.c.group_id == self.group_id,
                         inbox_table.c.event_id.in_(wanted[start:start + 500]))).scalars())
                 now = to_micros(utc_now())
+                inbox_rows = []
                 for record, event in zip(records, events):
                     handler = self.handlers.get(event.event_type) or self.handlers.get(ANY_EVENT)
                     if handler is None:
@@ -179,15 +180,17 @@ class EventConsumer:
                         outcomes.append((record, event, "duplicate"))
                         continue
                     seen.add(event.event_id)
-                    connection.execute(inbox_table.insert().values(
-                        group_id=self.group_id, event_id=event.event_id, topic=record.topic,
-                        partition=record.partition, offset=record.offset, processed_at_us=now))
+                    inbox_rows.append({"group_id": self.group_id, "event_id": event.event_id, "topic": record.topic,
+                                       "partition": record.partition, "offset": record.offset,
+                                       "processed_at_us": now})
                     token = correlation_id_var.set(event.metadata.get("correlation_id") or event.event_id)
                     try:
                         handler(connection, event)
                     finally:
                         correlation_id_var.reset(token)
                     outcomes.append((record, event, "handled"))
+                if inbox_rows:  # one statement for the batch, in the same transaction as the effects
+                    connection.execute(inbox_table.insert(), inbox_rows)
         except Exception as exc:  # rolled back: the records are applied one by one instead
             log.info("batch not applied together; applying one by one", extra={"error": repr(exc)})
             return False
