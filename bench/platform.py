@@ -57,7 +57,7 @@ class Platform:
     def __enter__(self) -> "Platform":
         env = {**os.environ, "COCREATE_DATA_DIR": str(self.data_dir), "COCREATE_JWT_SECRET": TEST_SECRET,
                "COCREATE_BROKER_PORT": str(self.ports["broker"]), "GATEWAY_RATE_LIMIT_PER_CALLER": "0",
-               "GATEWAY_RATE_LIMIT_PER_IP": "0", "COCREATE_LOG_LEVEL": "WARNING"}
+               "GATEWAY_RATE_LIMIT_PER_IP": "0"}
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         for name, port in self.ports.items():

@@ -43,7 +43,7 @@ def _timed(method: str, url: str, person: Person, body=None) -> tuple[float, dic
 def run(workdir: Path, quick: bool) -> list[dict]:
     path = workdir / "ratings.db"
     server = ServiceServer("feedback", workdir, env={"FEEDBACK_DATABASE_URL": f"sqlite:///{path}",
-                                                     "GUNICORN_TIMEOUT": "600", "COCREATE_LOG_LEVEL": "WARNING"})
+                                                     "GUNICORN_TIMEOUT": "600"})
     server.start(timeout=120)
     try:
         cadre = Person(f"{COMMUNITY}-cadre", "社区干部", ("cadre",), COMMUNITY)

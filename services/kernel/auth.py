@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -57,8 +58,32 @@ class TokenVerifier:
         self.issuer = settings.jwt_issuer
         self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url) if settings.jwt_jwks_url else None
         self._key = settings.jwt_secret if self.algorithm == "HS256" else settings.jwt_public_key
+        self._verified: dict[str, tuple[Principal, float, float]] = {}
 
-    def verify(self, token: str) -> Principal:
+    # Verified tokens are remembered for a while: a client sends the same token with every
+    # request, and checking a signature costs more than the rest of a small read. A remembered
+    # token still expires at its ``exp``; the memory is bounded in size and in age (so a key
+    # removed from the JWKS stops working within CACHE_SECONDS).
+    CACHE_SECONDS = 300.0
+    CACHE_SIZE = 10_000
+
+    def verify(self, token: str, now: float | None = None) -> Principal:
+        now = time.time() if now is None else now
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            principal, expires, forget_at = remembered
+            if now < expires and now < forget_at:
+                return principal
+            del self._verified[token]
+            if now >= expires:
+                raise Unauthenticated("the token has expired", reason="token_expired")
+        principal, expires = self._verify(token)
+        if len(self._verified) >= self.CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, expires, now + self.CACHE_SECONDS)
+        return principal
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             key = self._jwks.get_signing_key_from_jwt(token).key if self._jwks else self._key
             claims = jwt.decode(
@@ -81,7 +106,7 @@ class TokenVerifier:
             roles=frozenset(roles),
             community=community,
             token=token,
-        )
+        ), float(claims["exp"])
 
     def from_header(self, authorization: str | None) -> Principal:
         if not authorization:

@@ -234,3 +234,17 @@ def test_principal_without_roles_is_refused_everything():
     principal = Principal(person_id="p", name="", roles=frozenset(), community=None)
     with pytest.raises(Forbidden):
         principal.require("resident")
+
+
+def test_a_remembered_token_still_expires_and_is_checked_again_after_a_while():
+    verifier = TokenVerifier(HS)
+    token = issue_token(HS, person_id="p1", roles=["resident"], lifetime=dt.timedelta(minutes=10))
+    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    assert verifier.verify(token, now=now).person_id == "p1"
+    assert verifier.verify(token, now=now + 60).person_id == "p1"  # remembered
+    with pytest.raises(Unauthenticated) as expired:
+        verifier.verify(token, now=now + 601)
+    assert expired.value.reason == "token_expired"
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    with pytest.raises(Unauthenticated):
+        verifier.verify(forged, now=now)  # a different string is verified, never taken from memory
