@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from services.feedback.domain import (
@@ -22,7 +24,6 @@ from services.feedback.domain import (
 )
 from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, parse_time, to_micros
-from services.kernel.eventstore import chunked
 
 POLICIES = AggregateView(Policy, "policies_view")
 SUBJECTS = AggregateView(Subject, "subjects_view", [
@@ -102,36 +103,31 @@ class SubjectStats:
             connection.execute(t.update().where(key).values(**stats))
 
     def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
-        """The same as :meth:`apply` for each event, with one read per 500 keys and two batched writes."""
-        changed: dict[tuple[str, str], tuple[dict[str, Any], list]] = {}
+        """The same as :meth:`apply` for each event: the page's changes are summed per subject and
+        period in memory and added to the rows by one upsert (``n = n + excluded.n`` …)."""
+        deltas: dict[tuple[str, str], dict[str, Any]] = {}
         for event in events:
-            if event.event_type in STATS_EVENTS:
-                changes = stats_changes(event.event_type, event.data)
-                if changes:
-                    d = event.data
-                    changed.setdefault((d["subject_id"], d["period"]), (d, []))[1].extend(changes)
-        if not changed:
-            return
-        t, current = self.table, {}
-        for chunk in chunked(sorted({subject for subject, _ in changed})):
-            for row in connection.execute(sa.select(t).where(t.c.subject_id.in_(chunk))):
-                if (row.subject_id, row.period) in changed:
-                    current[(row.subject_id, row.period)] = {c: getattr(row, c) for c in self.COUNTS}
-        inserts, updates = [], []
-        for key, (d, changes) in changed.items():
-            stats = current.get(key) or empty_stats()
+            if event.event_type not in STATS_EVENTS:
+                continue
+            changes = stats_changes(event.event_type, event.data)
+            if not changes:
+                continue
+            d = event.data
+            row = deltas.get((d["subject_id"], d["period"]))
+            if row is None:
+                row = deltas[(d["subject_id"], d["period"])] = {
+                    "subject_id": d["subject_id"], "period": d["period"], "community_id": d["community_id"],
+                    "kind": d["subject_kind"], **empty_stats()}
             for level, sign in changes:
-                count_level(stats, level, sign)
-            if key in current:
-                updates.append({"b_subject": key[0], "b_period": key[1], **stats})
-            else:
-                inserts.append({"subject_id": key[0], "period": key[1], "community_id": d["community_id"],
-                                "kind": d["subject_kind"], **stats})
-        if inserts:
-            connection.execute(t.insert(), inserts)
-        if updates:
-            connection.execute(t.update().where((t.c.subject_id == sa.bindparam("b_subject"))
-                                                & (t.c.period == sa.bindparam("b_period"))), updates)
+                count_level(row, level, sign)
+        if not deltas:
+            return
+        t = self.table
+        insert = (sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert)(t)
+        statement = insert.on_conflict_do_update(
+            index_elements=[t.c.subject_id, t.c.period],
+            set_={c: t.c[c] + insert.excluded[c] for c in self.COUNTS})
+        connection.execute(statement, list(deltas.values()))
 
     def for_ranking(self, connection: Connection, community_id: str, kind: str, period: str) -> dict[str, dict]:
         t, s = self.table, SUBJECTS.table

@@ -94,6 +94,11 @@ _COLUMNS = ("position", "event_id", "stream_id", "version", "event_type", "schem
 _SQLITE_INSERT = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
+_MAX_POSITION = 2**63 - 1
+_SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS)} FROM events WHERE position > ? AND position <= ? "
+                "ORDER BY position LIMIT ?")
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -235,7 +240,16 @@ class EventStore:
         up_to_position: int | None = None,
         connection: Connection | None = None,
     ) -> list[StoredEvent]:
-        """One page of the whole log in position order, strictly after ``after_position``."""
+        """One page of the whole log in position order, strictly after ``after_position``.
+
+        The relay and rebuilds read the log this way, page after page; on SQLite the page is read
+        with the driver's cursor directly (no per-row result processing: the rows are plain)."""
+        if self._sqlite:
+            bound = up_to_position if up_to_position is not None else _MAX_POSITION
+            if connection is not None:
+                return self._sqlite_page(connection, after_position, bound, limit)
+            with read_transaction(self.engine) as own:
+                return self._sqlite_page(own, after_position, bound, limit)
         query = sa.select(events_table).where(events_table.c.position > after_position)
         if up_to_position is not None:
             query = query.where(events_table.c.position <= up_to_position)
@@ -244,6 +258,20 @@ class EventStore:
             return [self._row_to_event(row) for row in connection.execute(query)]
         with read_transaction(self.engine) as own:
             return [self._row_to_event(row) for row in own.execute(query)]
+
+    def _sqlite_page(self, connection: Connection, after: int, bound: int, limit: int) -> list[StoredEvent]:
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            rows = cursor.execute(_SQLITE_PAGE, (after, bound, limit)).fetchall()
+        finally:
+            cursor.close()
+        upcast, loads, micros = self.upcasters.upcast, json.loads, from_micros
+        page = []
+        for position, event_id, stream_id, version, event_type, schema_version, at, data, metadata in rows:
+            schema_version, payload = upcast(event_type, schema_version, loads(data))
+            page.append(StoredEvent(event_id, event_type, schema_version, stream_id, version, position,
+                                    micros(at), payload, loads(metadata)))
+        return page
 
     def iterate_all(self, after_position: int = 0, page_size: int = 1000,
                     up_to_position: int | None = None) -> Iterator[StoredEvent]:
