@@ -300,7 +300,7 @@ class Project(Aggregate):
         amounts = _contribution_amounts(pledge["kind"], delivery, "delivery")
         return [NewEvent("ContributionDelivered", {
             "project_id": self.id, "project_title": self.title, "community_id": self.community_id,
-            "pledge_id": pledge_id, "delivery_no": len(pledge["deliveries"]) + 1,
+            "pledge_id": pledge_id, "delivery_no": pledge["delivery_count"] + 1,
             "contributor_id": pledge["contributor_id"], "contributor_name": pledge["contributor_name"],
             "contributor_type": pledge["contributor_type"], "kind": pledge["kind"], **amounts,
             "delivered_at": delivered_at, "note": delivery.get("note", ""), "confirmed_by": actor.person_id,
@@ -407,7 +407,7 @@ class Project(Aggregate):
     def close_evaluation(self, actor: Principal) -> list[NewEvent]:
         self._expect("close_evaluation", "close the evaluation")
         require_member(actor, self.community_id, STAFF)
-        scores = [r["score"] for r in self.evaluation["ratings"].values()]
+        scores = list(self.evaluation["ratings"].values())
         average = round(sum(scores) / len(scores), 2) if scores else None
         return [NewEvent("EvaluationClosed", {"project_id": self.id, "count": len(scores), "average": average,
                                               "closed_by": actor.person_id})]
@@ -515,15 +515,17 @@ class Project(Aggregate):
             "pledge_id": d["pledge_id"], "contributor_id": d["contributor_id"],
             "contributor_name": d["contributor_name"], "contributor_type": d["contributor_type"],
             "kind": d["kind"], "description": d.get("description", ""), "pledged": amounts,
-            "delivered": {k: 0 for k in amounts}, "deliveries": [], "at": _at(event)}
+            "delivered": {k: 0 for k in amounts}, "delivery_count": 0, "last_delivered_at": None,
+            "at": _at(event)}
 
     def on_ContributionDelivered(self, d, event) -> None:
+        # Totals and a count, not the list of deliveries: the state is rewritten with every command,
+        # and a busy project has hundreds of deliveries (each one is in the project's history).
         pledge = self.pledges[d["pledge_id"]]
         for key, value in _amount_fields(d).items():
             pledge["delivered"][key] += value
-        pledge["deliveries"].append({"delivery_no": d["delivery_no"], **_amount_fields(d),
-                                     "delivered_at": d["delivered_at"], "note": d["note"],
-                                     "confirmed_by": d["confirmed_by"], "at": _at(event)})
+        pledge["delivery_count"] = d["delivery_no"]
+        pledge["last_delivered_at"] = d["delivered_at"]
 
     def on_ProjectSpendingRecorded(self, d, event) -> None:
         self.spent_fen += d["amount_fen"]
@@ -563,7 +565,8 @@ class Project(Aggregate):
                            "count": None, "average": None, "closed_at": None}
 
     def on_ProjectRated(self, d, event) -> None:
-        self.evaluation["ratings"][d["person_id"]] = {"score": d["score"], "comment": d["comment"], "at": _at(event)}
+        # Only the score: the state is rewritten with every command, the comment stays in the event.
+        self.evaluation["ratings"][d["person_id"]] = d["score"]
 
     def on_EvaluationClosed(self, d, event) -> None:
         self.stage, self.phase = "co_share", "results_pending"

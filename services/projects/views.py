@@ -236,7 +236,7 @@ def project_detail(project: Project) -> dict[str, Any]:
     evaluation = None
     if project.evaluation is not None:
         e = project.evaluation
-        scores = [r["score"] for r in e["ratings"].values()]
+        scores = list(e["ratings"].values())
         evaluation = {"responsible_unit": e["responsible_unit"], "opened_at": e["opened_at"],
                       "closed_at": e["closed_at"], "ratings": len(scores),
                       "average": e["average"] if e["closed_at"] else

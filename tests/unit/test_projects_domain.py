@@ -784,7 +784,7 @@ def test_deliveries_are_confirmed_by_field_staff_and_may_differ_from_the_pledge(
     assert second.data["delivery_no"] == 2 and second.data["note"] == ""
     pledge = project.pledges["pl1"]
     assert pledge["pledged"]["labour_minutes"] == 240 and pledge["delivered"]["labour_minutes"] == 300
-    assert [d["delivery_no"] for d in pledge["deliveries"]] == [1, 2]
+    assert pledge["delivery_count"] == 2 and pledge["last_delivered_at"] == "2026-11-04T01:00:00.000000Z"
     assert project.totals()["delivered"]["labour_minutes"] == 300
     assert kinds(project.confirm_delivery(ADMIN, "pl1", {"labour_minutes": 1}, "2026-11-04T01:00:00Z")) == [
         "ContributionDelivered"]
@@ -952,8 +952,7 @@ def test_each_resident_rates_once_from_1_to_5():
         assert error.details == {"score": "1 to 5"}
     refused(Forbidden, "other_community", lambda: project.rate(OUTSIDER, 5, ""), project)
     refused(Forbidden, "role_required", lambda: project.rate(CADRE, 5, ""), project)
-    assert project.evaluation["ratings"] == {"r1": {"score": 4, "comment": "不错",
-                                                    "at": "2026-11-02T01:00:00.000000Z"}}
+    assert project.evaluation["ratings"] == {"r1": 4}  # the comment stays in the ProjectRated event
 
 
 @pytest.mark.parametrize("scores, average", [((5, 5, 4, 4, 3), 4.2), ((5, 4, 4), 4.33), ((1,), 1.0), ((), None)])
