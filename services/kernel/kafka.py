@@ -48,6 +48,10 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         heartbeat_interval_ms=1_000,
         max_poll_interval_ms=60_000,
         max_poll_records=500,
+        # How long a fetch may wait for new records. Kafka answers as soon as data arrives; a
+        # broker that holds every fetch to the limit (the local tansu) would add this much to
+        # each event's way between services, so it is kept short.
+        fetch_max_wait_ms=100,
         **CLIENT_TIMEOUTS,
     )
 
