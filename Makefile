@@ -40,7 +40,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	$(VENV)/bin/python -m bench
+	$(VENV)/bin/python -m bench --readme
 
 bench-quick: $(BENCH_STAMP)
 	$(VENV)/bin/python -m bench --quick

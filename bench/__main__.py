@@ -1,10 +1,11 @@
 """``make bench`` — every benchmark in one run, each figure beside its anchor measured in the same run.
 
-    python -m bench [--quick] [--out bench/results]
+    python -m bench [--quick] [--readme] [--only PART ...] [--out bench/results]
 
 Writes ``<out>/latest.json`` (every figure, with the machine and the date) and ``<out>/latest.md``
-(the table the README carries), and prints the table. ``--quick`` uses smaller sizes (a smoke run,
-about two minutes); the figures in the README come from a full run.
+(the table), prints the table, and with ``--readme`` (``make bench``) puts it into README.md
+between the bench markers. ``--quick`` uses smaller sizes (a smoke run, about two minutes); the
+figures in the README come from a full run.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the report goes")
+    parser.add_argument("--readme", action="store_true",
+                        help="also put the table into README.md (between the bench markers)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only these parts: store replay pipeline http propagation ranking")
     args = parser.parse_args(argv)
@@ -112,8 +115,23 @@ def main(argv=None) -> int:
     (out / "latest.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     text = table(report)
     (out / "latest.md").write_text(text)
+    if args.readme:
+        update_readme(ROOT / "README.md", text)
     print(text)
     return 0
+
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def update_readme(path: Path, text: str) -> None:
+    """Replace what stands between the bench markers of the README with ``text``."""
+    readme = path.read_text()
+    if START not in readme or END not in readme:
+        raise SystemExit(f"{path} has no {START} … {END} markers")
+    head, rest = readme.split(START, 1)
+    _old, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{text}{END}{tail}")
 
 
 if __name__ == "__main__":

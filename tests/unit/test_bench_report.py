@@ -1,0 +1,46 @@
+"""The benchmark report: its table, and the README carrying the latest one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import END, START, table, update_readme
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORT = {"date": "2026-12-01 22:00 UTC", "quick": False, "seconds": 291.0,
+          "machine": {"cpus": 2, "cpu": "AMD EPYC", "memory": "23.5 GiB", "python": "3.11.7"},
+          "rows": [{"measure": "relay", "unit": "events/s", "ours": 5134.2,
+                    "anchors": {"bare kafka-python producer": 6417.0},
+                    "targets": [{"what": "≥ 70% of bare producer", "met": True}], "extra": {"events": 50000}},
+                   {"measure": "ranking read", "unit": "ms p99", "ours": 6.2, "anchors": {},
+                    "targets": [{"what": "p99 < 20 ms", "met": False}]}]}
+
+
+def test_the_table_shows_each_figure_beside_its_anchor_and_the_targets():
+    text = table(REPORT)
+    assert "Measured 2026-12-01 22:00 UTC on 2 CPUs (AMD EPYC)" in text
+    assert "| relay | 5,134 events/s | bare kafka-python producer: 6,417 events/s (ours = 80%) | events: 50000 | ✅ ≥ 70%" in text
+    assert "| ranking read | 6.20 ms p99 | — | — | ❌ p99 < 20 ms |" in text
+
+
+def test_the_readme_table_is_replaced_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{START}\nold table\n{END}\n\nafter\n")
+    update_readme(readme, table(REPORT))
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{END}\n\nafter\n") and "| relay | 5,134" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit):
+        update_readme(readme, "table")
+
+
+def test_the_readme_carries_a_full_run_of_every_part():
+    text = (ROOT / "README.md").read_text()
+    carried = text.split(START, 1)[1].split(END, 1)[0]
+    assert re.search(r"Measured \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC on \d+ CPUs .* full run", carried)
+    for part in ("append, SQLite", "replay 1,000,000", "ranking read", "relay:", "consumer:", "HTTP write",
+                 "HTTP read", "HTTP composed", "propagation"):
+        assert part in carried, part
