@@ -92,7 +92,7 @@ def _row(label: str, figures: dict, hello: dict, target_share: float, rss: list[
     p99 = half.percentile(99)
     return {"measure": label, "unit": "req/s", "ours": peak.per_second,
             "anchors": {"hello-world Flask, same gunicorn settings": hello_peak},
-            "extra": {"share of hello-world": f"{share:.0%}", "p50 ms @ half peak": round(half.percentile(50), 1),
+            "extra": {"p50 ms @ half peak": round(half.percentile(50), 1),
                       "p99 ms @ half peak": round(p99, 1), "hello p99 ms @ half peak":
                       round(hello["half"].percentile(99), 1), "RSS MB per worker": rss,
                       "errors": peak.errors + half.errors},

@@ -94,6 +94,8 @@ _COLUMNS = ("position", "event_id", "stream_id", "version", "event_type", "schem
 _SQLITE_INSERT = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
+_SQLITE_HEADS = ("SELECT (SELECT max(version) FROM events WHERE stream_id = ?), "
+                 "(SELECT max(position) FROM events)")
 _MAX_POSITION = 2**63 - 1
 _SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS)} FROM events WHERE position > ? AND position <= ? "
                 "ORDER BY position LIMIT ?")
@@ -165,7 +167,14 @@ class EventStore:
     def _append(self, connection, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
         if not self._sqlite:
             connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
-        row = connection.execute(_HEADS, {"stream_id": stream_id}).one()  # one round trip for both
+        if self._sqlite:  # the driver's cursor: this runs for every command
+            cursor = connection.connection.driver_connection.cursor()
+            try:
+                row = cursor.execute(_SQLITE_HEADS, (stream_id,)).fetchone()
+            finally:
+                cursor.close()
+        else:
+            row = connection.execute(_HEADS, {"stream_id": stream_id}).one()  # one round trip for both
         actual, last_position = row[0] or 0, row[1] or 0
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
