@@ -3,7 +3,7 @@
     python -m bench [--quick] [--readme] [--only PART ...] [--out bench/results]
 
 Writes ``<out>/latest.json`` (every figure, with the machine and the date) and ``<out>/latest.md``
-(the table), prints the table, and with ``--readme`` (``make bench``) puts it into README.md
+(the table; quick runs under ``bench/results/quick``, not kept in git), prints the table, and with ``--readme`` (``make bench``) puts it into README.md
 between the bench markers. ``--quick`` uses smaller sizes (a smoke run, about two minutes); the
 figures in the README come from a full run.
 """
@@ -68,7 +68,8 @@ def table(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a smoke run")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="where the report goes")
+    parser.add_argument("--out", default=None,
+                        help="where the report goes (default bench/results, quick runs bench/results/quick)")
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into README.md (between the bench markers)")
     parser.add_argument("--only", nargs="*", default=None,
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
               "machine": machine(), "seconds": time.monotonic() - started, "rows": rows}
-    out = Path(args.out)
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     text = table(report)
