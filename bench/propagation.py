@@ -29,25 +29,11 @@ from tests.support.projects import Community, HttpClient, Person, ProjectsDriver
 RATE = 100.0
 
 
-def _project_in_evaluation(d: ProjectsDriver, c: Community) -> str:
-    pid = c.propose(title="背街小巷路灯", category="safety", requested_fen=100_000)["project_id"]
-    c.qualify(pid)
-    d.post(c.cadre, f"/projects/{pid}/vote/open", {"responsible_unit": {"unit_id": "jsb", "name": "街道建设办"}},
-           status=200)
-    for rep in c.representatives:
-        d.post(rep, f"/projects/{pid}/vote/ballots", {"choice": "yes"})
-    d.post(c.cadre, f"/projects/{pid}/vote/close", {}, status=200)
-    d.post(c.cadre, f"/projects/{pid}/milestones", {"progress": 100, "note": "路灯全部安装"})
-    d.post(c.cadre, f"/projects/{pid}/completion", {}, status=200)
-    d.post(c.cadre, f"/projects/{pid}/evaluation/open", {}, status=200)
-    return pid
-
-
 def commands(projects_url: str, count: int) -> list[Request]:
     d = ProjectsDriver(HttpClient(projects_url))
     c = Community(d, "flow", representatives=9, residents=8, fund_fen=100_000_000)
     building = c.approved_project(requested_fen=100_000)["project_id"]
-    evaluated = _project_in_evaluation(d, c)
+    evaluated = c.project_in_evaluation({"unit_id": "jsb", "name": "街道建设办"}, requested_fen=100_000)
     workers = [Person(f"flow-w{i}", f"志愿者{i}", ("resident",), "flow") for i in range(count // 20 + 1)]
     pledges = [d.post(w, f"/projects/{building}/pledges", {"kind": "labour", "labour_minutes": 600})["created_id"]
                for w in workers]

@@ -22,20 +22,6 @@ from tests.support.projects import Community, FlaskClient, Person, ProjectsDrive
 pytestmark = pytest.mark.broker
 
 
-def project_in_evaluation(d: ProjectsDriver, c: Community, unit: dict) -> str:
-    project = c.propose(title="背街小巷路灯", category="safety")
-    pid = project["project_id"]
-    c.qualify(pid)
-    d.post(c.cadre, f"/projects/{pid}/vote/open", {"responsible_unit": unit}, status=200)
-    for rep in c.representatives:
-        d.post(rep, f"/projects/{pid}/vote/ballots", {"choice": "yes"})
-    d.post(c.cadre, f"/projects/{pid}/vote/close", {}, status=200)
-    d.post(c.cadre, f"/projects/{pid}/milestones", {"progress": 100, "note": "路灯全部安装"})
-    d.post(c.cadre, f"/projects/{pid}/completion", {}, status=200)
-    d.post(c.cadre, f"/projects/{pid}/evaluation/open", {}, status=200)
-    return pid
-
-
 def test_project_ratings_become_feedback_ratings_once_even_when_redelivered(broker, tmp_path, unique):
     projects_app, projects = service_app(PROJECTS, tmp_path, "projects")
     feedback_app, feedback = service_app(FEEDBACK, tmp_path, "feedback")
@@ -43,7 +29,7 @@ def test_project_ratings_become_feedback_ratings_once_even_when_redelivered(brok
     fb = ProjectsDriver(FlaskClient(feedback_app.test_client()))
     c = Community(d, f"c{unique[:8]}")
     unit = {"unit_id": f"jsb-{unique[:6]}", "name": "街道建设办"}
-    pid = project_in_evaluation(d, c, unit)
+    pid = c.project_in_evaluation(unit)
     scores = (5, 4, 4, 2, 1)
     for person, score in zip(c.residents, scores):
         d.post(person, f"/projects/{pid}/evaluation/ratings", {"score": score, "comment": f"评分 {score}"})

@@ -143,5 +143,19 @@ class Community:
         self.qualify(project["project_id"])
         return self.vote(project["project_id"], yes=len(self.representatives))
 
+    def project_in_evaluation(self, unit: dict, **overrides) -> str:
+        """A project approved with ``unit`` responsible, completed, and open for evaluation (共评)."""
+        d = self.driver
+        pid = self.propose(**{"title": "背街小巷路灯", "category": "safety", **overrides})["project_id"]
+        self.qualify(pid)
+        d.post(self.cadre, f"/projects/{pid}/vote/open", {"responsible_unit": unit}, status=200)
+        for rep in self.representatives:
+            d.post(rep, f"/projects/{pid}/vote/ballots", {"choice": "yes"})
+        d.post(self.cadre, f"/projects/{pid}/vote/close", {}, status=200)
+        d.post(self.cadre, f"/projects/{pid}/milestones", {"progress": 100, "note": "路灯全部安装"})
+        d.post(self.cadre, f"/projects/{pid}/completion", {}, status=200)
+        d.post(self.cadre, f"/projects/{pid}/evaluation/open", {}, status=200)
+        return pid
+
     def fund(self) -> dict:
         return self.driver.get(self.cadre, f"/communities/{self.id}/fund")
