@@ -41,7 +41,9 @@ def ours(url: str, events: int, batch: int) -> float:
         s = i % streams
         store.append(f"project-{s}", versions[s], [NewEvent("BallotCast", PAYLOAD) for _ in range(batch)])
         versions[s] += batch
-    return rate(events // batch * batch, time.perf_counter() - started)
+    figure = rate(events // batch * batch, time.perf_counter() - started)
+    store.engine.dispose()
+    return figure
 
 
 def ceiling(path: Path, events: int, batch: int) -> float:
@@ -108,7 +110,10 @@ def appends(workdir: Path, quick: bool) -> list[dict]:
     if postgres:
         for batch, events in ((1, single // 2), (100, batched // 2)):
             url = _fresh_postgres(postgres)
-            value = ours(url, events, batch)
+            try:
+                value = ours(url, events, batch)
+            finally:
+                _drop_postgres(postgres, url)
             rows.append({"measure": f"append, PostgreSQL, {'one per transaction' if batch == 1 else 'batches of 100'}",
                          "unit": "events/s", "ours": value, "anchors": {}, "targets": []})
     return rows
@@ -125,6 +130,17 @@ def _fresh_postgres(admin_url: str) -> str:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     admin.dispose()
     return sa.engine.make_url(normalise_url(admin_url)).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_postgres(admin_url: str, url: str) -> None:
+    import sqlalchemy as sa
+
+    from services.kernel.db import normalise_url
+
+    admin = sa.create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{sa.engine.make_url(url).database}"')
+    admin.dispose()
 
 
 # -- replay --------------------------------------------------------------------------------------
