@@ -14,7 +14,6 @@ holding the resource's version. Who sees what:
 
 from __future__ import annotations
 
-import flask
 import marshmallow as ma
 import sqlalchemy as sa
 from flask.views import MethodView
@@ -31,7 +30,7 @@ from services.feedback.views import (
 from services.kernel.db import read_transaction
 from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
-    ANY_ROLE, IDENTIFIER, Schema, command_answer, current_principal, event_metadata,
+    ANY_ROLE, IDENTIFIER, Schema, command_answer, current_principal, etagged, event_metadata,
     expected_version_from_if_match, roles, text_field,
 )
 
@@ -193,9 +192,7 @@ def blueprints(container) -> list[Blueprint]:
             current_principal()
             with read_transaction(store.engine) as connection:
                 settings, version = policy_for(connection, community_id)
-            response = flask.make_response({"community_id": community_id, "settings": settings, "version": version})
-            response.set_etag(str(version))
-            return response
+            return etagged({"community_id": community_id, "settings": settings, "version": version}, version)
 
         @roles(policies, *STAFF)
         @policies.arguments(PolicySchema)
@@ -252,10 +249,8 @@ def blueprints(container) -> list[Blueprint]:
             entry = (table["ranked"] + table["not_enough_ratings"] or [None])[0]
             if entry is not None:
                 entry = {k: value for k, value in entry.items() if k != "rank"}  # a rank needs the others
-            response = flask.make_response({**subject.view(), "period": period, "figures": entry,
-                                            "formula": table["formula"]})
-            response.set_etag(str(subject.version))
-            return response
+            return etagged({**subject.view(), "period": period, "figures": entry,
+                                            "formula": table["formula"]}, subject.version)
 
     @subjects.route("/<subject_id>/ratings")
     class SubjectRatings(MethodView):
@@ -323,9 +318,7 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, rating_id):
             """A rating (its rater is named to the rater, cadres and admins)"""
             rating, show = rating_for(current_principal(), rating_id)
-            response = flask.make_response(rating.view(show_rater=show))
-            response.set_etag(str(rating.version))
-            return response
+            return etagged(rating.view(show_rater=show), rating.version)
 
         @roles(ratings, *RATERS)
         @ratings.arguments(RatingSchema)
@@ -428,9 +421,7 @@ def blueprints(container) -> list[Blueprint]:
                 raise NotFound(f"no follow-up case {case_id} for you")
             if case.overdue_events(handlers.now()):
                 case, _ = service.on_case(principal, event_metadata(principal), case_id, lambda c: [])
-            response = flask.make_response(case_view(principal, case))
-            response.set_etag(str(case.version))
-            return response
+            return etagged(case_view(principal, case), case.version)
 
     def case_command(path, name, schema_cls, decide, doc, allowed=CASE_HANDLERS):
         def handler(body, case_id):
@@ -537,9 +528,7 @@ def blueprints(container) -> list[Blueprint]:
             """A support plan"""
             current_principal()
             plan = PLANS.fetch(store.engine, plan_id)
-            response = flask.make_response(plan.view())
-            response.set_etag(str(plan.version))
-            return response
+            return etagged(plan.view(), plan.version)
 
     @plans.route("/<plan_id>/details")
     class PlanDetails(MethodView):

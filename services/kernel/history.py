@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import flask
 import marshmallow as ma
 import sqlalchemy as sa
 from flask.views import MethodView
@@ -20,7 +19,7 @@ from sqlalchemy.engine import Connection
 from services.kernel.db import read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
-from services.kernel.web import Schema, current_principal
+from services.kernel.web import Schema, current_principal, etagged
 
 STAFF_ROLES = ("admin",)
 
@@ -156,9 +155,7 @@ def history_blueprint(store, index: StreamIndex) -> Blueprint:
                 summary = index.get(connection, stream_id)
             if summary is None:
                 raise NotFound(f"no stream {stream_id}")
-            response = flask.make_response(summary)
-            response.set_etag(str(summary["version"]))
-            return response
+            return etagged(summary, summary["version"])
 
     @blp.route("/streams/<stream_id>/events")
     class StreamEvents(MethodView):

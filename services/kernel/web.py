@@ -263,13 +263,19 @@ def recorded_json(events) -> list[dict[str, Any]]:
              "position": e.position, "data": dict(e.data)} for e in events]
 
 
+def etagged(body: Mapping[str, Any], version: int, status: int = 200, location: str | None = None) -> flask.Response:
+    """``body`` as JSON with the resource's version as its ETag (clients send it back in If-Match)."""
+    response = flask.make_response(flask.jsonify(body), status)
+    response.set_etag(str(version))
+    if location:
+        response.headers["Location"] = location
+    return response
+
+
 def command_answer(key: str, resource: Mapping[str, Any], version: int, recorded, status: int = 200,
                    created_id: str | None = None) -> flask.Response:
     """``{key: resource, "recorded": [...], "created_id": ...}`` with the resource's version as ETag."""
-    response = flask.make_response(flask.jsonify({key: resource, "recorded": recorded_json(recorded),
-                                                  "created_id": created_id}), status)
-    response.set_etag(str(version))
-    return response
+    return etagged({key: resource, "recorded": recorded_json(recorded), "created_id": created_id}, version, status)
 
 
 ANY_ROLE = "any"

@@ -7,9 +7,7 @@ conditional (412 when someone else changed the project first). Reads need any va
 
 from __future__ import annotations
 
-from typing import Any
 
-import flask
 import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -17,8 +15,8 @@ from flask_smorest import Blueprint
 from services.kernel.db import read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.web import (
-    IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, event_metadata, expected_version_from_if_match,
-    roles, text_field,
+    IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, etagged, event_metadata,
+    expected_version_from_if_match, roles, text_field,
 )
 from services.projects.community import FUND_SOURCES
 from services.projects.domain import (
@@ -248,14 +246,6 @@ class ProjectPageSchema(Schema):
 
 # -- helpers --------------------------------------------------------------------------------------
 
-def _etagged(body: dict[str, Any], version: int, status: int = 200, location: str | None = None):
-    response = flask.make_response(flask.jsonify(body), status)
-    response.set_etag(str(version))
-    if location:
-        response.headers["Location"] = location
-    return response
-
-
 def _result(project: Project, recorded, status: int = 200, created_id: str | None = None):
     return command_answer("project", project_detail(project), project.version, recorded, status, created_id)
 
@@ -289,7 +279,7 @@ def blueprints(container) -> list[Blueprint]:
             """Register a community with its grids (admin)"""
             principal, meta = who()
             community, _ = service.register_community(principal, meta, body)
-            return _etagged(community.view(), community.version, 201, f"/communities/{community.id}")
+            return etagged(community.view(), community.version, 201, f"/communities/{community.id}")
 
         @communities.response(200)
         def get(self):
@@ -306,13 +296,13 @@ def blueprints(container) -> list[Blueprint]:
             """A community: grids, representatives, settings"""
             current_principal()
             community = COMMUNITIES.fetch(store.engine, community_id)
-            return _etagged(community.view(), community.version)
+            return etagged(community.view(), community.version)
 
     def community_command(method, schema_cls, doc):
         def handler(body, community_id):
             principal, meta = who()
             community, _ = method(principal, meta, community_id, body, expected_version_from_if_match())
-            return _etagged(community.view(), community.version)
+            return etagged(community.view(), community.version)
         handler.__doc__ = doc
         return roles(communities, *STAFF)(communities.response(200)(communities.arguments(schema_cls)(handler)))
 
@@ -349,7 +339,7 @@ def blueprints(container) -> list[Blueprint]:
             """Credit the fund: government allocation, reward pool (以奖代补) or donation (cadre, admin)"""
             principal, meta = who()
             fund, _ = service.credit_fund(principal, meta, community_id, body)
-            return _etagged(fund.view(), fund.version, 201)
+            return etagged(fund.view(), fund.version, 201)
 
     @communities.route("/<community_id>/stats")
     class Stats(MethodView):
@@ -392,7 +382,7 @@ def blueprints(container) -> list[Blueprint]:
             """Project detail: current stage, what is allowed now, totals"""
             current_principal()
             project = PROJECTS.fetch(store.engine, project_id)
-            return _etagged(project_detail(project), project.version)
+            return etagged(project_detail(project), project.version)
 
     @projects.route("/<project_id>/history")
     class History(MethodView):

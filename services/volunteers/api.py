@@ -9,7 +9,6 @@ from __future__ import annotations
 import calendar
 from datetime import date
 
-import flask
 import marshmallow as ma
 import sqlalchemy as sa
 from flask.views import MethodView
@@ -18,7 +17,7 @@ from flask_smorest import Blueprint
 from services.kernel.db import read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.web import (
-    ANY_ROLE, IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, event_metadata,
+    ANY_ROLE, IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, etagged, event_metadata,
     expected_version_from_if_match, roles, text_field,
 )
 from services.volunteers import handlers
@@ -193,9 +192,7 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, person_id):
             """A volunteer's card (contact details masked unless it is yours or you are staff)"""
             card, full = card_for(current_principal(), person_id)
-            response = flask.make_response(card.view(full=full))
-            response.set_etag(str(card.version))
-            return response
+            return etagged(card.view(full=full), card.version)
 
     @cards.route("/<person_id>/history")
     class CardHistory(MethodView):
@@ -248,9 +245,7 @@ def blueprints(container) -> list[Blueprint]:
                 organiser = True
             except Exception:
                 organiser = False
-            response = flask.make_response(activity.view(show_code=organiser))
-            response.set_etag(str(activity.version))
-            return response
+            return etagged(activity.view(show_code=organiser), activity.version)
 
     def activity_command(path, name, schema_cls, run, doc, status=201, allowed=ORGANISERS):
         def handler(*args, activity_id, **kwargs):
