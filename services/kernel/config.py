@@ -38,17 +38,35 @@ class AuthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ServiceSettings(AuthSettings):
+class KafkaSettings:
+    """How a worker reaches the broker and which topic shape it expects (relays, consumers, the feed).
+
+    Every worker checks at start that each topic it uses exists with these partition counts and
+    stops with a message naming the topic otherwise; the relay creates its own missing topics
+    when ``kafka_create_topics`` is on (off when Strimzi's ``KafkaTopic``s manage them)."""
+
+    kafka_bootstrap_servers: str = setting(
+        "127.0.0.1:9092", aliases=("KAFKA_BOOTSTRAP_SERVERS",), doc="Kafka bootstrap servers")
+    kafka_create_topics: bool = setting(True, doc="the relay creates its missing topics (off when Strimzi manages them)")
+    kafka_topic_partitions: int = setting(3, doc="partitions of every event topic (created with, and checked at start)")
+    kafka_dlq_partitions: int = setting(1, doc="partitions of every dead-letter topic (created with, and checked at start)")
+    kafka_replication_factor: int = setting(1, doc="replication factor of the topics the relay creates")
+
+    @property
+    def topic_policy(self) -> "TopicPolicy":
+        from services.kernel.kafka import TopicPolicy
+
+        return TopicPolicy(self.kafka_create_topics, self.kafka_topic_partitions, self.kafka_replication_factor,
+                           self.kafka_dlq_partitions)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings(AuthSettings, KafkaSettings):
     """Settings of a service's API and of its relay and consumer workers."""
 
     service: str = setting("", internal=True, doc="set by the entry point: projects, volunteers or feedback")
     data_dir: Path = setting(Path("var"), doc="where SQLite files live when no database URL is set")
     database_url: str = setting("", doc="SQLAlchemy URL; default sqlite:///<data_dir>/<service>.db")
-    kafka_bootstrap_servers: str = setting(
-        "127.0.0.1:9092", aliases=("KAFKA_BOOTSTRAP_SERVERS",), doc="Kafka bootstrap servers")
-    kafka_create_topics: bool = setting(True, doc="create missing topics at start (off when Strimzi manages them)")
-    kafka_topic_partitions: int = setting(3, doc="partitions for topics this process creates")
-    kafka_replication_factor: int = setting(1, doc="replication factor for topics this process creates")
     log_level: str = setting("INFO", doc="log level")
     max_body_bytes: int = setting(1_048_576, doc="largest accepted request body (413 above)")
     relay_batch_size: int = setting(2000, doc="events published per relay round")
@@ -68,18 +86,12 @@ class ServiceSettings(AuthSettings):
         return self.database_url or f"sqlite:///{self.data_dir}/{self.service}.db"
 
     @property
-    def topic_policy(self) -> "TopicPolicy":
-        from services.kernel.kafka import TopicPolicy
-
-        return TopicPolicy(self.kafka_create_topics, self.kafka_topic_partitions, self.kafka_replication_factor)
-
-    @property
     def topic(self) -> str:
         return f"{self.service}.events"
 
 
 @dataclasses.dataclass(frozen=True)
-class GatewaySettings(AuthSettings):
+class GatewaySettings(AuthSettings, KafkaSettings):
     """Settings of the public gateway."""
 
     log_level: str = setting("INFO", doc="log level")
@@ -101,8 +113,6 @@ class GatewaySettings(AuthSettings):
     cors_origins: tuple[str, ...] = setting((), doc="comma-separated origins allowed by CORS (empty: none)")
     users_file: str = setting("", doc="JSON users file enabling POST /api/v1/auth/token (local use and demos)")
     token_minutes: int = setting(480, doc="lifetime of tokens the token endpoint issues")
-    kafka_bootstrap_servers: str = setting(
-        "127.0.0.1:9092", aliases=("KAFKA_BOOTSTRAP_SERVERS",), doc="Kafka bootstrap servers (live feed worker)")
     feed_retention_hours: int = setting(72, doc="how long the live feed keeps events for Last-Event-ID resumption")
     health_port: int = setting(0, doc="HTTP port of the feed worker's /healthz /readyz /metrics (0: none)")
 

@@ -45,6 +45,15 @@ RELAY_PUBLISHED = Counter(
 RELAY_ERRORS = Counter(
     "cocreate_relay_errors_total", "Failed publish attempts (retried)", ["service", "topic"],
 )
+RELAY_BROKER_DATA_LOSS = Counter(
+    "cocreate_relay_broker_data_loss_total",
+    "Times the broker held fewer records than it had acknowledged (the relay re-published)",
+    ["service", "topic"],
+)
+RELAY_REPUBLISHED = Counter(
+    "cocreate_relay_republished_events_total", "Events re-published after the broker lost them",
+    ["service", "topic"],
+)
 RELAY_CHECKPOINT = Gauge(
     "cocreate_relay_checkpoint_position", "Last position acknowledged by the broker",
     ["service"], multiprocess_mode="max",
