@@ -162,7 +162,7 @@ def run(workdir: Path, quick: bool) -> list[dict]:
         store = fill_store(f"sqlite:///{workdir}/pipeline.db", events)
         suffix = uuid.uuid4().hex[:8]
         relay_topic, bare_topic = f"bench-relay-{suffix}.events", f"bench-bare-{suffix}.events"
-        ensure_topics(bootstrap, [relay_topic, bare_topic, f"{relay_topic}.dlq"], PARTITIONS, 1)
+        ensure_topics(bootstrap, [relay_topic, bare_topic, f"{relay_topic}.dlq"], TopicPolicy(partitions=PARTITIONS))
 
         bare_out, value_bytes = bare_producer_rate(store, bootstrap, bare_topic)
         ours_out, page = relay_rate(store, bootstrap, relay_topic, events)

@@ -15,7 +15,7 @@ FEED_GROUP = "gateway.live-feed"
 def feed_main() -> None:
     from gateway.app import load_settings
     from gateway.store import GatewayStore
-    from services.kernel.consumer import ANY_EVENT, ConsumerStalled, EventConsumer
+    from services.kernel.consumer import ConsumerStalled
     from services.kernel.db import ping
     from services.kernel.kafka import broker_reachable
     from services.kernel.logs import configure_logging
@@ -30,15 +30,41 @@ def feed_main() -> None:
     configure_logging("gateway-feed", settings.log_level)
     store = GatewayStore(settings.effective_database_url)
     store.create_schema()
-    consumer = EventConsumer(engine=store.engine, group_id=FEED_GROUP, topics=TOPICS,
-                             handlers={ANY_EVENT: pruning(store, timedelta(hours=settings.feed_retention_hours))},
-                             bootstrap_servers=settings.kafka_bootstrap_servers)
+    consumer = feed_consumer(settings, store)
     readiness = {"database": lambda: ping(store.engine),
                  "broker": lambda: broker_reachable(settings.kafka_bootstrap_servers)}
     try:
         run_until_signalled(consumer.run, health_port=settings.health_port, readiness=readiness)
     except ConsumerStalled:
         raise SystemExit(3) from None
+
+
+def feed_consumer(settings, store):
+    from services.kernel.consumer import ANY_EVENT, EventConsumer
+
+    return EventConsumer(engine=store.engine, group_id=FEED_GROUP, topics=TOPICS,
+                         handlers={ANY_EVENT: pruning(store, timedelta(hours=settings.feed_retention_hours))},
+                         bootstrap_servers=settings.kafka_bootstrap_servers, topic_policy=settings.topic_policy,
+                         verify_seconds=settings.broker_verify_seconds)
+
+
+def dead_letters_main(action: str, republish_all: bool) -> None:
+    """Like ``python -m services.<name> dead-letters``, for the feed worker's dead letters."""
+    import json
+
+    from gateway.app import load_settings
+    from gateway.store import GatewayStore
+    from services.kernel.consumer import list_dead_letters
+
+    settings = load_settings()
+    store = GatewayStore(settings.effective_database_url)
+    store.create_schema()
+    if action == "list":
+        for row in list_dead_letters(store.engine):
+            print(json.dumps(row, ensure_ascii=False))
+    else:
+        sent = feed_consumer(settings, store).republish_dead_letters(all_of_them=republish_all)
+        print(f"gateway: re-published {sent} dead letters")
 
 
 def pruning(store, retention, every: int = 1000):
@@ -60,9 +86,15 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("feed", help="consume every service's topic into the live feed (one per gateway database)")
     commands.add_parser("hash-password", help="read a password and print its hash for the users file")
+    dead = commands.add_parser("dead-letters", help="list the feed worker's dead letters kept in the database, "
+                                                     "or re-publish them to their DLQ topics")
+    dead.add_argument("action", choices=["list", "republish"])
+    dead.add_argument("--all", action="store_true", help="re-publish those already re-published too")
     args = parser.parse_args(argv)
     if args.command == "feed":
         feed_main()
+    elif args.command == "dead-letters":
+        dead_letters_main(args.action, args.all)
     else:
         from gateway.tokens import hash_password
         password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")

@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from services.kernel.consumer import inbox_table
+from services.kernel.consumer import dead_letters_table, inbox_table
 from services.kernel.db import is_sqlite, make_engine, read_transaction, write_transaction
 from services.kernel.events import StoredEvent, to_micros, utc_now
 
@@ -100,6 +100,7 @@ class GatewayStore:
                 connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
             metadata.create_all(connection)
             inbox_table.create(connection, checkfirst=True)  # the feed worker's exactly-once inbox
+            dead_letters_table.create(connection, checkfirst=True)  # and the dead letters it kept
 
     # -- idempotency ------------------------------------------------------------------------------
 

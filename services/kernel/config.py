@@ -51,6 +51,17 @@ class KafkaSettings:
     kafka_topic_partitions: int = setting(3, doc="partitions of every event topic (created with, and checked at start)")
     kafka_dlq_partitions: int = setting(1, doc="partitions of every dead-letter topic (created with, and checked at start)")
     kafka_replication_factor: int = setting(1, doc="replication factor of the topics the relay creates")
+    broker_verify_seconds: float = setting(
+        2.0, doc="how often an idle relay, and every consumer, compares what the broker holds with what it "
+                 "acknowledged or committed (the relay also checks before each round); consumer lag is "
+                 "reported at the same pace")
+
+    def validate_kafka(self, prefix: str) -> None:
+        for name in ("kafka_topic_partitions", "kafka_dlq_partitions", "kafka_replication_factor"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"environment variable {prefix}_{name.upper()} must be >= 1")
+        if self.broker_verify_seconds <= 0:
+            raise SettingsError(f"environment variable {prefix}_BROKER_VERIFY_SECONDS must be > 0")
 
     @property
     def topic_policy(self) -> "TopicPolicy":
@@ -71,6 +82,8 @@ class ServiceSettings(AuthSettings, KafkaSettings):
     max_body_bytes: int = setting(1_048_576, doc="largest accepted request body (413 above)")
     relay_batch_size: int = setting(2000, doc="events published per relay round")
     relay_idle_seconds: float = setting(0.05, doc="relay poll interval when caught up")
+    relay_rounds_kept: int = setting(1000, doc="publish rounds the relay remembers to find what a broker still "
+                                               "holds after a loss (older: it re-publishes from the start)")
     consumer_max_retries: int = setting(5, doc="attempts for a transient error before the worker gives up")
     health_port: int = setting(0, doc="HTTP port of a worker's /healthz /readyz /metrics (0: none)")
 
@@ -80,6 +93,9 @@ class ServiceSettings(AuthSettings, KafkaSettings):
             raise SettingsError("the service name is not set (entry point bug)")
         if self.relay_batch_size < 1:
             raise SettingsError(f"environment variable {prefix}_RELAY_BATCH_SIZE must be >= 1")
+        if self.relay_rounds_kept < 1:
+            raise SettingsError(f"environment variable {prefix}_RELAY_ROUNDS_KEPT must be >= 1")
+        self.validate_kafka(prefix)
 
     @property
     def effective_database_url(self) -> str:
@@ -115,6 +131,10 @@ class GatewaySettings(AuthSettings, KafkaSettings):
     token_minutes: int = setting(480, doc="lifetime of tokens the token endpoint issues")
     feed_retention_hours: int = setting(72, doc="how long the live feed keeps events for Last-Event-ID resumption")
     health_port: int = setting(0, doc="HTTP port of the feed worker's /healthz /readyz /metrics (0: none)")
+
+    def validate(self, prefix: str) -> None:
+        self.validate_auth(prefix)
+        self.validate_kafka(prefix)
 
     @property
     def effective_database_url(self) -> str:

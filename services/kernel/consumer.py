@@ -14,11 +14,28 @@ Exactly-once effects over at-least-once delivery:
 * a transient error (database unreachable, a concurrent writer) is retried with bounded
   exponential backoff; when the retries are spent the worker stops without committing, so the
   process supervisor restarts it and the message is delivered again. Transient failures are never
-  dead-lettered: an outage must not empty the topic into the DLQ.
+  dead-lettered: an outage must not empty the topic into the DLQ;
+* every dead letter is also kept in the consumer's own database (``dead_letters``: the record, its
+  error and origin), because a broker may lose the DLQ topic; ``python -m services.<name>
+  dead-letters republish`` sends the kept ones to their DLQ topics again.
+
+Coming back whole after a broker restart or a long outage: the consumer subscribes by pattern
+(its metadata requests name no topic, so it never creates one), and only once every topic it
+reads exists with the configured partition count (a wrong count stops the worker with
+:class:`~services.kernel.kafka.TopicMismatch`). Every ``verify_seconds`` it asks the broker
+(:class:`~services.kernel.kafka.BrokerView`) for the topics' ids and end offsets and the group's
+committed offsets. When a topic is gone or was created again (another id), a committed offset lies
+beyond its partition's end, or the broker has forgotten an offset this consumer committed, the
+Kafka client is closed and a new one is built: nothing kept in memory from before (assignment,
+positions) survives; the new member starts at the committed offsets, or at the earliest offset
+where the broker has none, and the inbox makes the repeats harmless. The same check reports the
+lag of every partition of the subscribed topics, held by this member or not: end offset minus
+committed offset, or minus the beginning offset where nothing is committed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,9 +50,9 @@ from sqlalchemy.engine import Connection, Engine
 from services.kernel import metrics
 from services.kernel.db import write_transaction
 from services.kernel.errors import ConcurrencyError
-from services.kernel.events import EnvelopeError, StoredEvent, to_micros, utc_now
+from services.kernel.events import EnvelopeError, StoredEvent, from_micros, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
-from services.kernel.kafka import TopicPolicy, make_consumer, make_producer
+from services.kernel.kafka import DLQ_SUFFIX, BrokerView, TopicMissing, TopicPolicy, make_consumer, make_producer
 from services.kernel.logs import correlation_id_var
 
 log = logging.getLogger(__name__)
@@ -54,9 +71,37 @@ inbox_table = sa.Table(
     sa.Column("processed_at_us", sa.BigInteger, nullable=False),
 )
 
+dead_letters_table = sa.Table(
+    "dead_letters",
+    kernel_metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("group_id", sa.String(200), nullable=False),
+    sa.Column("topic", sa.String(200), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.LargeBinary, nullable=True),
+    sa.Column("value", sa.LargeBinary, nullable=True),
+    sa.Column("headers", sa.Text, nullable=False),  # JSON [[name, latin-1 text], ...]
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("dead_lettered_at_us", sa.BigInteger, nullable=False),
+    sa.Column("republished_at_us", sa.BigInteger, nullable=True),
+)
+
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, ConcurrencyError, TimeoutError,
 )
+
+
+def list_dead_letters(engine: Engine) -> list[dict]:
+    """The dead letters kept in this database, oldest first, as JSON-ready rows."""
+    d = dead_letters_table
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(d).order_by(d.c.id)).mappings().all()
+    return [{"id": r["id"], "group": r["group_id"], "topic": r["topic"], "partition": r["partition"],
+             "offset": r["offset"], "error": r["error"],
+             "dead_lettered_at": from_micros(r["dead_lettered_at_us"]).isoformat(),
+             "republished_at": from_micros(r["republished_at_us"]).isoformat() if r["republished_at_us"] else None,
+             "value": (r["value"] or b"").decode("utf-8", "replace")} for r in rows]
 
 
 class ConsumerStalled(RuntimeError):
@@ -75,6 +120,8 @@ class EventConsumer:
         max_retries: int = 5,
         base_backoff_seconds: float = 0.1,
         topic_policy: TopicPolicy = TopicPolicy(),
+        verify_seconds: float = 2.0,
+        broker_view: BrokerView | None = None,
     ) -> None:
         self.engine = engine
         self.group_id = group_id
@@ -86,6 +133,13 @@ class EventConsumer:
         self.topic_policy = topic_policy
         self._dlq_producer = None
         self.broker_ok = False
+        self.verify_seconds = verify_seconds
+        self.view = broker_view or BrokerView(bootstrap_servers, f"consumer-{group_id}")
+        self._topic_ids: dict[str, str | None] = {}
+        self._committed: dict[tuple[str, int], int] = {}  # what this member committed, since it was built
+        self._verified_at = 0.0
+        self._unassigned_since: float | None = None
+        self.unassigned_grace_seconds = 30.0
 
     # -- one message ------------------------------------------------------------------------
 
@@ -202,21 +256,68 @@ class EventConsumer:
         return True
 
     def dead_letter(self, record, reason: str) -> None:
+        """Keep the record in the database, then on ``<topic>.dlq`` (acknowledged before the offset
+        moves past it)."""
         log.error("dead-lettering message", extra={"topic": record.topic, "partition": record.partition,
                                                     "offset": record.offset, "reason": reason})
-        headers = list(record.headers or []) + [
+        d = dead_letters_table
+        with write_transaction(self.engine) as connection:
+            kept = connection.execute(sa.select(d.c.id).where(  # a redelivery after a failed send
+                d.c.group_id == self.group_id, d.c.topic == record.topic, d.c.partition == record.partition,
+                d.c.offset == record.offset, d.c.value == record.value)).first()
+            if kept is None:
+                connection.execute(d.insert().values(
+                    group_id=self.group_id, topic=record.topic, partition=record.partition, offset=record.offset,
+                    key=record.key, value=record.value, error=reason[:2000],
+                    headers=json.dumps([[name, (value or b"").decode("latin-1")] for name, value in record.headers or []]),
+                    dead_lettered_at_us=to_micros(utc_now())))
+        self._send_dead_letter(record.topic, record.partition, record.offset, record.key, record.value,
+                               list(record.headers or []), reason)
+        metrics.MESSAGES_DEAD_LETTERED.labels(self.group_id, record.topic).inc()
+
+    def _send_dead_letter(self, topic, partition, offset, key, value, headers, reason: str) -> None:
+        dlq = f"{topic}{DLQ_SUFFIX}"
+        # The DLQ must exist with its count before a producer names it (naming it may create it).
+        self.topic_policy.check(self.view, [dlq])
+        headers = headers + [
             ("dlq.error", reason[:2000].encode()),
-            ("dlq.origin.topic", record.topic.encode()),
-            ("dlq.origin.partition", str(record.partition).encode()),
-            ("dlq.origin.offset", str(record.offset).encode()),
+            ("dlq.origin.topic", topic.encode()),
+            ("dlq.origin.partition", str(partition).encode()),
+            ("dlq.origin.offset", str(offset).encode()),
             ("dlq.group", self.group_id.encode()),
         ]
         if self._dlq_producer is None:
             self._dlq_producer = make_producer(self.bootstrap_servers, f"dlq-{self.group_id}")
-        # Wait for the acknowledgement: the offset must not be committed past an unsaved message.
-        self._dlq_producer.send(f"{record.topic}.dlq", key=record.key, value=record.value,
-                                headers=headers).get(timeout=30)
-        metrics.MESSAGES_DEAD_LETTERED.labels(self.group_id, record.topic).inc()
+        try:
+            self._dlq_producer.send(dlq, key=key, value=value, headers=headers).get(timeout=30)
+        except Exception:
+            self._dlq_producer.close(timeout=1)
+            self._dlq_producer = None
+            raise
+
+    def republish_dead_letters(self, *, all_of_them: bool = False) -> int:
+        """Send the dead letters kept in the database to their DLQ topics again (those never
+        re-published, or every one); returns how many were sent."""
+        d = dead_letters_table
+        query = sa.select(d).where(d.c.group_id == self.group_id).order_by(d.c.id)
+        if not all_of_them:
+            query = query.where(d.c.republished_at_us.is_(None))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).mappings().all()
+        try:
+            for row in rows:
+                headers = [(name, text.encode("latin-1")) for name, text in json.loads(row["headers"])]
+                self._send_dead_letter(row["topic"], row["partition"], row["offset"], row["key"], row["value"],
+                                       headers, row["error"])
+                with write_transaction(self.engine) as connection:
+                    connection.execute(d.update().where(d.c.id == row["id"])
+                                       .values(republished_at_us=to_micros(utc_now())))
+        finally:
+            if self._dlq_producer is not None:
+                self._dlq_producer.close(timeout=5)
+                self._dlq_producer = None
+            self.view.close()
+        return len(rows)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -227,24 +328,105 @@ class EventConsumer:
             while not stop.is_set():
                 if consumer is None:
                     try:
-                        self.topic_policy.ensure(self.bootstrap_servers,
-                                                 self.topics + [f"{t}.dlq" for t in self.topics])
-                        consumer = make_consumer(self.bootstrap_servers, self.group_id, self.topics,
-                                                 client_id=f"consumer-{self.group_id}")
+                        consumer = self._connect()
                         backoff = 0.5
-                        log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
-                    except (KafkaError, OSError) as exc:
+                    except (KafkaError, TopicMissing, OSError) as exc:
                         self.broker_ok = False
-                        log.warning("broker not reachable; retrying", extra={"error": repr(exc)})
+                        log.warning("not consuming yet; retrying", extra={"error": repr(exc), "backoff_s": backoff})
                         stop.wait(backoff)
                         backoff = min(5.0, backoff * 2)
                         continue
-                self.poll_once(consumer)
+                try:
+                    self.poll_once(consumer)
+                except (KafkaError, TopicMissing, OSError) as exc:  # a dead letter that could not be sent
+                    log.warning("broker failed mid-poll; reconnecting", extra={"error": repr(exc)})
+                    self._disconnect(consumer)
+                    consumer = None
+                    stop.wait(backoff)
+                    continue
+                if self._verify_due(consumer) and not self.verify(consumer):
+                    self._disconnect(consumer)
+                    consumer = None
         finally:
             if consumer is not None:
-                consumer.close(autocommit=False)
+                self._disconnect(consumer)
             if self._dlq_producer is not None:
                 self._dlq_producer.close(timeout=5)
+            self.view.close()
+
+    def _connect(self):
+        """A new Kafka client, once every topic read exists with its configured partition count."""
+        found = self.topic_policy.check(self.view, self.topics + [f"{t}{DLQ_SUFFIX}" for t in self.topics])
+        consumer = make_consumer(self.bootstrap_servers, self.group_id, self.topics,
+                                 client_id=f"consumer-{self.group_id}")
+        self._topic_ids = {t: found[t].topic_id for t in self.topics}
+        self._committed = {}
+        self._verified_at = time.monotonic()
+        self._unassigned_since = None
+        log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
+        return consumer
+
+    def _disconnect(self, consumer) -> None:
+        try:
+            consumer.close(autocommit=False)
+        except Exception:  # a client of a vanished broker may fail to close cleanly
+            log.debug("closing the consumer failed", exc_info=True)
+
+    def _verify_due(self, consumer) -> bool:
+        """Every ``verify_seconds`` while the member holds partitions. Not while it is joining the
+        group: the local broker restarts a join that an offset fetch or a fetch of the group's
+        topics meets halfway, so a check then would keep the group from ever forming. A member
+        that gets no partitions for ``unassigned_grace_seconds`` is checked all the same (its topics
+        may be gone)."""
+        now = time.monotonic()
+        if now - self._verified_at < self.verify_seconds:
+            return False
+        if consumer.assignment():
+            self._unassigned_since = None
+            return True
+        if self._unassigned_since is None:
+            self._unassigned_since = now
+        if now - self._unassigned_since >= self.unassigned_grace_seconds:
+            self._unassigned_since = now
+            return True
+        return False
+
+    def verify(self, consumer=None) -> bool:
+        """Compare what the broker holds with what this member assumes, and report the lag of every
+        partition. False when the broker lost the topics or the group's offsets: the caller builds
+        a new client. True when nothing was lost, or when the broker did not answer (the poll loop
+        keeps trying; the next check decides)."""
+        self._verified_at = time.monotonic()
+        try:
+            found = self.view.topics(self.topics)
+            committed = self.view.committed(self.group_id)
+            ends: dict[tuple[str, int], int] = {}
+            begins: dict[tuple[str, int], int] = {}
+            for topic in self.topics:
+                info = found.get(topic)
+                if info is None or info.topic_id != self._topic_ids.get(topic):
+                    log.warning("the broker lost a topic this consumer reads; starting again from the broker's "
+                                "committed offsets", extra={"topic": topic, "group": self.group_id,
+                                                            "topic_id_was": self._topic_ids.get(topic),
+                                                            "topic_id_now": info.topic_id if info else None})
+                    return False
+                for partition, end in self.view.end_offsets(topic, info.partitions).items():
+                    ends[(topic, partition)] = end
+                begins.update({(topic, p): o for p, o in self.view.begin_offsets(topic, info.partitions).items()})
+        except KafkaError as exc:
+            log.info("broker check failed; polling on", extra={"error": repr(exc)})
+            return True
+        for key, end in ends.items():
+            done = committed.get(key)
+            lag = end - (done if done is not None else begins.get(key, 0))
+            metrics.CONSUMER_LAG.labels(self.group_id, key[0], str(key[1])).set(max(0, lag))
+            ours = self._committed.get(key)
+            if (done is not None and done > end) or (ours is not None and (done is None or done < ours)):
+                log.warning("the broker lost records or committed offsets; starting again from what it holds",
+                            extra={"topic": key[0], "partition": key[1], "group": self.group_id,
+                                   "committed_by_us": ours, "committed_on_broker": done, "end_offset": end})
+                return False
+        return True
 
     def poll_once(self, consumer, timeout_ms: int = 500) -> int:
         batch = consumer.poll(timeout_ms=timeout_ms)
@@ -264,20 +446,9 @@ class EventConsumer:
         if offsets:
             try:
                 consumer.commit(offsets)
+                for partition, meta in offsets.items():
+                    self._committed[(partition.topic, partition.partition)] = meta.offset
             except (CommitFailedError, KafkaError) as exc:
                 # The inbox makes the redelivery that follows harmless.
                 log.warning("offset commit failed", extra={"error": repr(exc)})
-        self._update_lag(consumer)
         return count
-
-    def _update_lag(self, consumer) -> None:
-        for partition in consumer.assignment():
-            highwater = consumer.highwater(partition)
-            if highwater is None:
-                continue
-            try:
-                position = consumer.position(partition, timeout_ms=1000)
-            except KafkaError:
-                continue
-            metrics.CONSUMER_LAG.labels(self.group_id, partition.topic, str(partition.partition)).set(
-                max(0, highwater - position))

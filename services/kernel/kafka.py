@@ -2,21 +2,51 @@
 
 Time-outs are short on purpose: a relay or consumer that cannot reach the broker should notice
 within seconds, back off and retry, not hang for the library's default minute.
+
+Topics are only ever created on purpose. A broker may create a topic whenever a client's metadata
+request names it (the local tansu does, with 4 partitions, whatever the client asks), so:
+
+* every client here is built with ``allow_auto_create_topics=False`` (honoured by a real Kafka);
+* consumers subscribe by pattern, whose metadata requests name no topic;
+* every worker checks with the admin client (``describe_topics`` creates nothing) that each topic
+  it uses exists with the configured partition count before it subscribes or produces
+  (:meth:`TopicPolicy.check`); only the relay creates a missing topic, its own and its DLQ;
+* a topic with another partition count stops the worker with :class:`TopicMismatch`, whose
+  message names the topic, both counts and the fix.
+
+:class:`BrokerView` answers what the broker holds now: topic ids (a recreated topic has a new
+one), end offsets and a group's committed offsets. End offsets are the high watermark of a fetch
+response, not of ``ListOffsets``: the local broker answers ``ListOffsets(latest)`` with the base
+offset of the last record batch plus one, which undercounts whenever records were batched.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+import re
+import time
+from collections.abc import Iterable, Mapping
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUTS = {"request_timeout_ms": 10_000}
+# The admin client's bootstrap (30 s by default) and reconnect back-off (up to 30 s): a worker
+# probing a broker that is away should hear "no" within seconds and find it soon after it is back.
+ADMIN_TIMEOUTS = {**CLIENT_TIMEOUTS, "bootstrap_timeout_ms": 5_000, "reconnect_backoff_max_ms": 1_000}
+DLQ_SUFFIX = ".dlq"
+
+
+class TopicMismatch(RuntimeError):
+    """A topic exists with another partition count than the configuration says: the worker stops."""
+
+
+class TopicMissing(RuntimeError):
+    """A topic the worker needs does not exist (yet); the worker waits for it."""
 
 
 def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
@@ -31,19 +61,21 @@ def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
         max_block_ms=10_000,
         delivery_timeout_ms=30_000,
         retry_backoff_ms=200,
+        allow_auto_create_topics=False,
         **CLIENT_TIMEOUTS,
     )
 
 
 def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str) -> KafkaConsumer:
-    """Manual-commit consumer; short session time-outs so a group join takes seconds."""
-    return KafkaConsumer(
-        *topics,
+    """Manual-commit consumer subscribed by pattern to exactly ``topics``; short session
+    time-outs so a group join takes seconds."""
+    consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id=client_id,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        allow_auto_create_topics=False,
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
         max_poll_interval_ms=60_000,
@@ -52,49 +84,198 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         # broker that holds every fetch to the limit (the local tansu) would add this much to
         # each event's way between services, so it is kept short.
         fetch_max_wait_ms=100,
+        # A pattern subscription finds its topics in the next metadata refresh: soon, not in 5 min.
+        metadata_max_age_ms=1_000,
         **CLIENT_TIMEOUTS,
     )
+    consumer.subscribe(pattern=topics_pattern(topics))
+    return consumer
 
 
-def ensure_topics(bootstrap_servers: str, topics: Iterable[str], partitions: int, replication_factor: int) -> None:
-    """Create the topics that do not exist yet (a no-op for existing ones)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="cocreate-admin",
-                             **CLIENT_TIMEOUTS)
-    try:
-        existing = set(admin.list_topics())
-        missing = [t for t in topics if t not in existing]
-        if not missing:
-            return
+def topics_pattern(topics: Iterable[str]) -> str:
+    """A regular expression matching exactly these topic names."""
+    return "^(" + "|".join(re.escape(t) for t in sorted(topics)) + ")$"
+
+
+@dataclasses.dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    topic_id: str | None
+    partitions: int
+
+
+class BrokerView:
+    """What the broker holds now, asked without creating anything: one admin client and one
+    group-less consumer (for fetch high watermarks), kept open between calls."""
+
+    def __init__(self, bootstrap_servers: str, client_id: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.client_id = client_id
+        self._admin: KafkaAdminClient | None = None
+        self._probe: KafkaConsumer | None = None
+
+    def _admin_client(self) -> KafkaAdminClient:
+        if self._admin is None:
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers.split(","),
+                                           client_id=f"{self.client_id}-admin", **ADMIN_TIMEOUTS)
+        return self._admin
+
+    def _probe_consumer(self) -> KafkaConsumer:
+        if self._probe is None:
+            self._probe = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-probe",
+                group_id=None, enable_auto_commit=False, auto_offset_reset="none",
+                allow_auto_create_topics=False, fetch_max_wait_ms=10, max_partition_fetch_bytes=65_536,
+                **CLIENT_TIMEOUTS)
+        return self._probe
+
+    def close(self) -> None:
+        for client in (self._admin, self._probe):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing a broken client must not mask what broke it
+                    log.debug("closing a broker client failed", exc_info=True)
+        self._admin = self._probe = None
+
+    def topics(self, names: Iterable[str]) -> dict[str, TopicInfo | None]:
+        """Each topic's id and partition count, or None when the broker does not have it."""
+        found: dict[str, TopicInfo | None] = {}
         try:
-            admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
-            log.info("created topics", extra={"topics": missing})
+            described = self._admin_client().describe_topics(list(names))
+        except Exception:
+            self.close()
+            raise
+        for topic in described:
+            if topic.get("error_code") or not topic.get("partitions"):
+                found[topic["name"]] = None
+            else:
+                found[topic["name"]] = TopicInfo(topic["name"], topic.get("topic_id"), len(topic["partitions"]))
+        return found
+
+    def create(self, topics: Mapping[str, int], replication_factor: int) -> None:
+        try:
+            self._admin_client().create_topics(
+                {name: {"num_partitions": n, "replication_factor": replication_factor} for name, n in topics.items()})
+            log.info("created topics", extra={"topics": dict(topics)})
         except TopicAlreadyExistsError:
             pass
-    finally:
-        admin.close()
+        except Exception:
+            self.close()
+            raise
+
+    def end_offsets(self, topic: str, partitions: int, beyond: Mapping[int, int] | None = None,
+                    timeout: float = 5.0) -> dict[int, int]:
+        """Each partition's end offset (the offset the next record will get).
+
+        ``ListOffsets`` never overstates the end, so when it already lies beyond each offset of
+        ``beyond`` that answer is enough; otherwise a fetch near the end gives the high watermark.
+        """
+        wanted = [TopicPartition(topic, p) for p in range(partitions)]
+        try:
+            listed = self._admin_client().list_partition_offsets({tp: OffsetSpec.LATEST for tp in wanted})
+            if beyond is not None and all(listed[tp].offset > beyond.get(tp.partition, -1) for tp in wanted):
+                return {tp.partition: listed[tp].offset for tp in wanted}
+            probe = self._probe_consumer()
+            probe.unsubscribe()  # forget the watermarks of earlier calls: only a fresh answer counts
+            probe.assign(wanted)
+            for tp in wanted:  # at most the last batch comes back; the answer carries the watermark
+                probe.seek(tp, listed[tp].offset if listed[tp].offset > 0 else 0)
+            deadline = time.monotonic() + timeout
+            while True:
+                probe.poll(timeout_ms=100)
+                marks = {tp: probe.highwater(tp) for tp in wanted}
+                if all(mark is not None for mark in marks.values()):
+                    return {tp.partition: max(marks[tp], listed[tp].offset) for tp in wanted}
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"no high watermark for {topic} within {timeout}s")
+        except Exception:
+            self.close()
+            raise
+
+    def begin_offsets(self, topic: str, partitions: int) -> dict[int, int]:
+        wanted = [TopicPartition(topic, p) for p in range(partitions)]
+        try:
+            listed = self._admin_client().list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in wanted})
+        except Exception:
+            self.close()
+            raise
+        return {tp.partition: listed[tp].offset for tp in wanted}
+
+    def committed(self, group_id: str) -> dict[tuple[str, int], int]:
+        """The group's committed offsets on the broker: ``{(topic, partition): offset}``."""
+        try:
+            offsets = self._admin_client().list_group_offsets(group_id).get(group_id, {})
+        except Exception:
+            self.close()
+            raise
+        return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()
+                if meta is not None and meta.offset >= 0}
 
 
 @dataclasses.dataclass(frozen=True)
 class TopicPolicy:
-    """Whether a worker creates the topics it needs, and how (off when Strimzi manages them)."""
+    """Which partition counts topics must have, and whether the relay creates its missing ones
+    (off when Strimzi's ``KafkaTopic``s manage them)."""
 
     create: bool = True
     partitions: int = 3
     replication_factor: int = 1
+    dlq_partitions: int = 1
 
-    def ensure(self, bootstrap_servers: str, topics: Iterable[str]) -> None:
-        if self.create:
-            ensure_topics(bootstrap_servers, list(topics), self.partitions, self.replication_factor)
+    def expected_partitions(self, topic: str) -> int:
+        return self.dlq_partitions if topic.endswith(DLQ_SUFFIX) else self.partitions
+
+    def check(self, view: BrokerView, topics: Iterable[str], *, create: bool = False) -> dict[str, TopicInfo]:
+        """Every topic exists with its configured partition count; creates the missing ones when
+        ``create`` (the relay, for its own topics) and this policy allow it.
+
+        Raises :class:`TopicMismatch` for a topic with another count and :class:`TopicMissing`
+        for a topic that does not exist and is not ours to create.
+        """
+        names = list(topics)
+        found = view.topics(names)
+        missing = [name for name in names if found.get(name) is None]
+        if missing and create and self.create:
+            view.create({name: self.expected_partitions(name) for name in missing}, self.replication_factor)
+            found = view.topics(names)
+            missing = [name for name in names if found.get(name) is None]
+        for name in names:
+            info = found.get(name)
+            if info is not None and info.partitions != self.expected_partitions(name):
+                raise TopicMismatch(
+                    f"topic {name} has {info.partitions} partitions but this worker is configured for "
+                    f"{self.expected_partitions(name)} "
+                    f"({'COCREATE_KAFKA_DLQ_PARTITIONS' if name.endswith(DLQ_SUFFIX) else 'COCREATE_KAFKA_TOPIC_PARTITIONS'}). "
+                    f"Fix: set that variable to {info.partitions} if the topic is right, or delete the topic and "
+                    f"let the relay create it again (events are re-published from the event store) — a topic "
+                    f"created by accident, e.g. by a client that named it before its relay created it, has the "
+                    f"broker's default count.")
+        if missing:
+            raise TopicMissing(f"topics not on the broker yet: {', '.join(missing)}"
+                               + ("" if create and self.create else " (waiting for their relay or KafkaTopic)"))
+        return {name: found[name] for name in names}  # type: ignore[misc]
+
+
+def ensure_topics(bootstrap_servers: str, topics: Iterable[str], policy: TopicPolicy = TopicPolicy()) -> dict[str, TopicInfo]:
+    """Create the topics that do not exist yet, with the policy's counts (``.dlq`` topics with its
+    DLQ count), and check the counts of those that do: what a relay does for its own topics."""
+    view = BrokerView(bootstrap_servers, "cocreate-admin")
+    try:
+        return policy.check(view, topics, create=True)
+    finally:
+        view.close()
 
 
 def broker_reachable(bootstrap_servers: str) -> None:
-    """Raise unless the broker answers a metadata request."""
+    """Raise unless the broker answers a metadata request (for all topics: it names none)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="cocreate-probe",
-                             **CLIENT_TIMEOUTS)
+                             **ADMIN_TIMEOUTS)
     try:
         admin.list_topics()
     finally:
         admin.close()
 
 
-__all__ = ["KafkaError", "TopicPolicy", "make_producer", "make_consumer", "ensure_topics", "broker_reachable"]
+__all__ = ["KafkaError", "TopicPolicy", "TopicMismatch", "TopicMissing", "BrokerView", "make_producer",
+           "make_consumer", "ensure_topics", "broker_reachable", "topics_pattern"]

@@ -7,10 +7,24 @@ acknowledgement, and only then advances the checkpoint to the last position of t
 prefix. A crash or a broker outage therefore means re-sending, never losing: consumers dedupe by
 event id. Run exactly one relay per service (the Kubernetes Deployment uses one replica and the
 Recreate strategy).
+
+The log is the source of truth; the broker may lose data (the local broker keeps everything in
+memory and comes back empty; a Kafka topic can be deleted and created again, or truncated by an
+unclean leader election). So with each checkpoint move the relay records the round it published:
+its positions, the topic's id and, per partition, the first and last offsets the broker
+acknowledged (``relay_rounds``, the newest ``rounds_kept``). Before each round, at least every
+``verify_seconds`` while idle, and after any producer error it compares the newest round with
+what the broker holds now (:class:`~services.kernel.kafka.BrokerView`): the topic is missing or
+has another id, or a partition ends at or before an acknowledged offset. Then it logs the loss,
+counts it (``cocreate_relay_broker_data_loss_total``), moves its checkpoint back to the start of
+the newest recorded round the broker still holds in full — to the start of the log when it holds
+none, e.g. an empty broker — and publishes again from there. Offsets acknowledged lower than the
+previous round's on the same topic mean the same (the broker lost records mid-round).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +37,7 @@ from services.kernel import metrics
 from services.kernel.db import read_transaction, write_transaction
 from services.kernel.eventstore import EventStore, kernel_metadata
 from services.kernel.events import StoredEvent, to_micros, utc_now
-from services.kernel.kafka import TopicPolicy, make_producer
+from services.kernel.kafka import DLQ_SUFFIX, BrokerView, TopicInfo, TopicMissing, TopicPolicy, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +47,18 @@ relay_checkpoints = sa.Table(
     sa.Column("name", sa.String(200), primary_key=True),
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+)
+
+relay_rounds = sa.Table(
+    "relay_rounds",
+    kernel_metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("first_position", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("last_position", sa.BigInteger, nullable=False),
+    sa.Column("topic_id", sa.String(64), nullable=True),
+    # {"partition": [first offset, last offset]} as the broker acknowledged them
+    sa.Column("offsets", sa.Text, nullable=False),
+    sa.Column("published_at_us", sa.BigInteger, nullable=False),
 )
 
 
@@ -52,6 +78,9 @@ class Relay:
         topic_policy: TopicPolicy = TopicPolicy(),
         producer_factory: Callable | None = None,
         max_backoff_seconds: float = 5.0,
+        verify_seconds: float = 1.0,
+        rounds_kept: int = 1000,
+        broker_view: BrokerView | None = None,
     ) -> None:
         self.store = store
         self.topic = topic
@@ -63,8 +92,14 @@ class Relay:
         self._producer_factory = producer_factory or (lambda: make_producer(bootstrap_servers, f"relay-{store.service}"))
         self._producer = None
         self.max_backoff_seconds = max_backoff_seconds
+        self.verify_seconds = verify_seconds
+        self.rounds_kept = rounds_kept
+        self.view = broker_view or BrokerView(bootstrap_servers, f"relay-{store.service}")
         self.broker_ok = False
         self._lag_updated_at = 0.0
+        self._verified_at = float("-inf")
+        self._topic: TopicInfo | None = None
+        self._rounds_since_prune = 0
 
     # -- checkpoint -------------------------------------------------------------------------
 
@@ -75,28 +110,116 @@ class Relay:
             ).scalar()
         return value or 0
 
-    def _save_checkpoint(self, position: int) -> None:
+    def _save_checkpoint(self, connection, position: int, now: int) -> None:
+        updated = connection.execute(
+            relay_checkpoints.update()
+            .where(relay_checkpoints.c.name == self.name, relay_checkpoints.c.position < position)
+            .values(position=position, updated_at_us=now)
+        ).rowcount
+        if not updated:
+            exists = connection.execute(
+                sa.select(relay_checkpoints.c.position).where(relay_checkpoints.c.name == self.name)
+            ).first()
+            if exists is None:
+                connection.execute(relay_checkpoints.insert().values(
+                    name=self.name, position=position, updated_at_us=now))
+
+    def _record_round(self, first: int, last: int, offsets: dict[int, list[int]]) -> None:
+        """Move the checkpoint over an acknowledged round and record what the broker acknowledged."""
         now = to_micros(utc_now())
         with write_transaction(self.store.engine) as connection:
-            updated = connection.execute(
-                relay_checkpoints.update()
-                .where(relay_checkpoints.c.name == self.name, relay_checkpoints.c.position < position)
-                .values(position=position, updated_at_us=now)
-            ).rowcount
+            self._save_checkpoint(connection, last, now)
+            connection.execute(relay_rounds.insert().values(
+                name=self.name, first_position=first, last_position=last,
+                topic_id=self._topic.topic_id if self._topic else None,
+                offsets=json.dumps({str(p): span for p, span in sorted(offsets.items())}), published_at_us=now))
+            self._rounds_since_prune += 1
+            if self._rounds_since_prune >= 100:
+                self._rounds_since_prune = 0
+                self._prune(connection)
+        metrics.RELAY_CHECKPOINT.labels(self.store.service).set(last)
+
+    def _prune(self, connection) -> None:
+        r = relay_rounds
+        cutoff = connection.execute(
+            sa.select(r.c.first_position).where(r.c.name == self.name)
+            .order_by(r.c.first_position.desc()).offset(self.rounds_kept - 1).limit(1)).scalar()
+        if cutoff is not None:
+            connection.execute(r.delete().where(r.c.name == self.name, r.c.first_position < cutoff))
+
+    def rounds(self, limit: int | None = None) -> list[dict]:
+        """The recorded rounds, newest first."""
+        r = relay_rounds
+        query = sa.select(r).where(r.c.name == self.name).order_by(r.c.first_position.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with read_transaction(self.store.engine) as connection:
+            rows = connection.execute(query).mappings().all()
+        return [{**row, "offsets": {int(p): span for p, span in json.loads(row["offsets"]).items()}}
+                for row in rows]
+
+    def _rewind(self, position: int) -> None:
+        """Move the checkpoint back to ``position``; rounds after it are no longer on the broker."""
+        now = to_micros(utc_now())
+        with write_transaction(self.store.engine) as connection:
+            connection.execute(relay_rounds.delete().where(relay_rounds.c.name == self.name,
+                                                           relay_rounds.c.first_position > position))
+            updated = connection.execute(relay_checkpoints.update().where(relay_checkpoints.c.name == self.name)
+                                         .values(position=position, updated_at_us=now)).rowcount
             if not updated:
-                exists = connection.execute(
-                    sa.select(relay_checkpoints.c.position).where(relay_checkpoints.c.name == self.name)
-                ).first()
-                if exists is None:
-                    connection.execute(relay_checkpoints.insert().values(
-                        name=self.name, position=position, updated_at_us=now))
+                connection.execute(relay_checkpoints.insert().values(name=self.name, position=position,
+                                                                     updated_at_us=now))
         metrics.RELAY_CHECKPOINT.labels(self.store.service).set(position)
+
+    # -- what the broker still holds --------------------------------------------------------
+
+    def verify(self) -> int | None:
+        """Compare the newest recorded round with the broker; on a loss move the checkpoint back.
+
+        Creates the topic and its DLQ when missing (if the topic policy allows). Returns the
+        position the checkpoint was moved back to, or None when nothing was lost.
+        """
+        self._verified_at = time.monotonic()
+        self._topic = self.topic_policy.check(self.view, [self.topic, self.topic + DLQ_SUFFIX], create=True)[self.topic]
+        recent = self.rounds(limit=1)
+        if not recent:
+            return None
+        newest = recent[0]
+        if newest["topic_id"] != self._topic.topic_id:
+            return self._lost(newest, 0, reason="the topic is not the one that acknowledged them (created again)")
+        ends = self.view.end_offsets(self.topic, self._topic.partitions,
+                                     beyond={p: last for p, (_first, last) in newest["offsets"].items()})
+        if self._holds(newest, ends):
+            return None
+        held = None
+        for recorded in self.rounds(limit=self.rounds_kept):
+            if self._holds(recorded, ends):
+                held = recorded
+                break
+        return self._lost(newest, 0 if held is None else held["first_position"] - 1,
+                          reason="the broker holds fewer records than it acknowledged", ends=ends)
+
+    def _holds(self, recorded: dict, ends: dict[int, int]) -> bool:
+        if self._topic is None or recorded["topic_id"] != self._topic.topic_id:
+            return False
+        return all(ends.get(partition, 0) > last for partition, (_first, last) in recorded["offsets"].items())
+
+    def _lost(self, newest: dict, position: int, *, reason: str, ends: dict | None = None) -> int:
+        checkpoint = self.checkpoint()
+        log.error("the broker lost acknowledged events; publishing again from the event store",
+                  extra={"topic": self.topic, "reason": reason, "acknowledged_up_to": newest["last_position"],
+                         "acknowledged_offsets": newest["offsets"], "broker_end_offsets": ends,
+                         "checkpoint_from": checkpoint, "checkpoint_to": position})
+        metrics.RELAY_BROKER_DATA_LOSS.labels(self.store.service, self.topic).inc()
+        metrics.RELAY_REPUBLISHED.labels(self.store.service, self.topic).inc(max(0, checkpoint - position))
+        self._rewind(position)
+        self._drop_producer()  # a broker that lost its data lost our producer id too
+        return position
 
     # -- publishing -------------------------------------------------------------------------
 
     def _ensure_producer(self):
         if self._producer is None:
-            self.topic_policy.ensure(self.bootstrap_servers, [self.topic])
             self._producer = self._producer_factory()
         return self._producer
 
@@ -115,8 +238,14 @@ class Relay:
         start = self.checkpoint()
         page = self.store.read_all(start, self.batch_size)
         if not page:
+            if time.monotonic() - self._verified_at >= self.verify_seconds:
+                if self.verify() is not None:
+                    return self.publish_once()
             self._update_lag(start)
             return 0
+        if self.verify() is not None:  # before each round: a broker that lost data is caught here
+            start = self.checkpoint()
+            page = self.store.read_all(start, self.batch_size)
         producer = self._ensure_producer()
         futures = [(event, producer.send(self.topic, key=event.stream_id.encode(), value=event.to_json(),
                                          headers=_headers(event))) for event in page]
@@ -126,6 +255,7 @@ class Relay:
             log.warning("flush failed", extra={"error": repr(exc)})
         acknowledged = start
         failure: BaseException | None = None
+        offsets: dict[int, list[int]] = {}
         for event, future in futures:
             if not future.is_done:
                 failure = PublishFailed(f"no acknowledgement for position {event.position}")
@@ -133,9 +263,16 @@ class Relay:
             if future.failed():
                 failure = future.exception
                 break
+            record = future.value
+            span = offsets.setdefault(record.partition, [record.offset, record.offset])
+            span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
             acknowledged = event.position
         if acknowledged > start:
-            self._save_checkpoint(acknowledged)
+            if self._went_back(offsets):
+                # Offsets lower than the last round's: the broker lost records while we published.
+                self._lost(self.rounds(limit=1)[0], 0, reason="the broker acknowledged offsets it had given before")
+                raise PublishFailed("the broker lost records during the round; publishing again from the start")
+            self._record_round(start + 1, acknowledged, offsets)
             metrics.RELAY_PUBLISHED.labels(self.store.service, self.topic).inc(acknowledged - start)
         if failure is not None or len(page) < self.batch_size or time.monotonic() - self._lag_updated_at >= 1.0:
             self._update_lag(acknowledged)  # while draining a backlog, at most once a second
@@ -143,6 +280,14 @@ class Relay:
             raise PublishFailed(f"published up to position {acknowledged}: {failure!r}") from (
                 failure if isinstance(failure, BaseException) else None)
         return acknowledged - start
+
+    def _went_back(self, offsets: dict[int, list[int]]) -> bool:
+        recent = self.rounds(limit=1)
+        if not recent or self._topic is None or recent[0]["topic_id"] != self._topic.topic_id:
+            return False
+        previous = recent[0]["offsets"]
+        return any(partition in previous and first <= previous[partition][1]
+                   for partition, (first, _last) in offsets.items())
 
     def _update_lag(self, checkpoint: int) -> None:
         self._lag_updated_at = time.monotonic()
@@ -158,26 +303,31 @@ class Relay:
     def run(self, stop: threading.Event) -> None:
         log.info("relay started", extra={"topic": self.topic, "checkpoint": self.checkpoint()})
         backoff = 0.2
-        while not stop.is_set():
-            try:
-                self._ensure_producer()  # creates the topic at start, even before the first event
-                published = self.publish_once()
-                self.broker_ok = True
-                backoff = 0.2
-                if published < self.batch_size:
-                    stop.wait(self.idle_seconds)
-            except (KafkaError, PublishFailed, OSError) as exc:
-                self.broker_ok = False
-                metrics.RELAY_ERRORS.labels(self.store.service, self.topic).inc()
-                try:  # the lag keeps growing while the broker is away: show it
-                    self._update_lag(self.checkpoint())
-                except Exception:  # noqa: BLE001 — the database may be the thing that is down
-                    log.debug("lag not updated", exc_info=True)
-                log.warning("publishing failed; retrying", extra={"error": repr(exc), "backoff_s": backoff})
-                self._drop_producer()
-                stop.wait(backoff)
-                backoff = min(self.max_backoff_seconds, backoff * 2)
-        self._drop_producer()
+        try:
+            while not stop.is_set():
+                try:
+                    if self._topic is None:
+                        self.verify()  # creates the topic at start, even before the first event
+                    published = self.publish_once()
+                    self.broker_ok = True
+                    backoff = 0.2
+                    if published < self.batch_size:
+                        stop.wait(self.idle_seconds)
+                except (KafkaError, PublishFailed, TopicMissing, OSError) as exc:
+                    self.broker_ok = False
+                    metrics.RELAY_ERRORS.labels(self.store.service, self.topic).inc()
+                    try:  # the lag keeps growing while the broker is away: show it
+                        self._update_lag(self.checkpoint())
+                    except Exception:  # noqa: BLE001 — the database may be the thing that is down
+                        log.debug("lag not updated", exc_info=True)
+                    log.warning("publishing failed; retrying", extra={"error": repr(exc), "backoff_s": backoff})
+                    self._drop_producer()
+                    self._topic = None  # after any producer error: compare with the broker again first
+                    stop.wait(backoff)
+                    backoff = min(self.max_backoff_seconds, backoff * 2)
+        finally:
+            self._drop_producer()
+            self.view.close()
         log.info("relay stopped", extra={"checkpoint": self.checkpoint()})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from flask_smorest import Blueprint
 
 from services.kernel import settings as settings_module
 from services.kernel.config import ServiceSettings
-from services.kernel.consumer import ConsumerStalled, EventConsumer, Handler
+from services.kernel.consumer import ConsumerStalled, EventConsumer, Handler, list_dead_letters
 from services.kernel.db import make_engine, ping
 from services.kernel.events import UpcasterChain
 from services.kernel.eventstore import EventStore, Projection, rebuild
@@ -134,28 +135,52 @@ def relay_main(definition: ServiceDefinition) -> None:
     relay = Relay(
         container.store, topic=settings.topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         batch_size=settings.relay_batch_size, idle_seconds=settings.relay_idle_seconds,
-        topic_policy=settings.topic_policy,
+        topic_policy=settings.topic_policy, verify_seconds=settings.broker_verify_seconds,
+        rounds_kept=settings.relay_rounds_kept,
     )
     run_until_signalled(relay.run, health_port=settings.health_port,
                         readiness=_worker_readiness(relay, container, settings))
 
 
-def consumer_main(definition: ServiceDefinition, group: str) -> None:
+def _consumer(definition: ServiceDefinition, group: str, settings: ServiceSettings,
+              container: Container) -> EventConsumer:
     subscription = {s.group: s for s in definition.subscriptions}[group]
-    settings = _settings_or_exit(definition)
-    configure_logging(f"{definition.name}-consumer", settings.log_level)
-    container = bootstrap(definition, settings)
-    consumer = EventConsumer(
+    return EventConsumer(
         engine=container.store.engine, group_id=subscription.group, topics=subscription.topics,
         handlers=subscription.handlers(container), bootstrap_servers=settings.kafka_bootstrap_servers,
         max_retries=settings.consumer_max_retries, topic_policy=settings.topic_policy,
+        verify_seconds=settings.broker_verify_seconds,
     )
+
+
+def consumer_main(definition: ServiceDefinition, group: str) -> None:
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-consumer", settings.log_level)
+    container = bootstrap(definition, settings)
+    consumer = _consumer(definition, group, settings, container)
     try:
         run_until_signalled(consumer.run, health_port=settings.health_port,
                             readiness=_worker_readiness(consumer, container, settings))
     except ConsumerStalled as exc:
         log.error("consumer stalled; exiting so that it is restarted", extra={"error": str(exc)})
         raise SystemExit(3) from None
+
+
+def dead_letters_main(definition: ServiceDefinition, action: str, republish_all: bool) -> None:
+    """List the dead letters kept in the service's database, or send them to their DLQ topics
+    again (after a broker lost them): those never re-published, or every one with ``--all``."""
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-dead-letters", settings.log_level)
+    container = bootstrap(definition, settings)
+    if action == "list":
+        for row in list_dead_letters(container.store.engine):
+            print(json.dumps(row, ensure_ascii=False))
+        return
+    sent = 0
+    for subscription in definition.subscriptions:
+        sent += _consumer(definition, subscription.group, settings, container).republish_dead_letters(
+            all_of_them=republish_all)
+    print(f"{definition.name}: re-published {sent} dead letters")
 
 
 def rebuild_main(definition: ServiceDefinition) -> None:
@@ -183,6 +208,10 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     consumer.add_argument("group", choices=sorted(s.group for s in definition.subscriptions) or ["-"])
     commands.add_parser("rebuild", help="drop the read models and replay the whole event store")
     commands.add_parser("migrate", help="create or update the database schema")
+    dead = commands.add_parser("dead-letters", help="list the consumers' dead letters kept in the database, "
+                                                     "or re-publish them to their DLQ topics")
+    dead.add_argument("action", choices=["list", "republish"])
+    dead.add_argument("--all", action="store_true", help="re-publish those already re-published too")
     for name, (help_text, _run) in definition.commands.items():
         commands.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
@@ -197,6 +226,10 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
         if not definition.subscriptions:
             parser.error(f"{definition.name} has no subscriptions")
         consumer_main(definition, args.group)
+    elif args.command == "dead-letters":
+        if not definition.subscriptions:
+            parser.error(f"{definition.name} has no subscriptions, so no dead letters")
+        dead_letters_main(definition, args.action, args.all)
     elif args.command == "rebuild":
         rebuild_main(definition)
     else:

@@ -6,11 +6,13 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from services.kernel import metrics
+from services.kernel.kafka import TopicMismatch
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,10 @@ class HealthServer:
 
 def run_until_signalled(loop: Callable[[threading.Event], None], *, health_port: int,
                         readiness: Mapping[str, Callable[[], None]]) -> None:
-    """Run ``loop(stop)`` until SIGTERM or SIGINT; serve probes on ``health_port`` when set."""
+    """Run ``loop(stop)`` until SIGTERM or SIGINT; serve probes on ``health_port`` when set.
+
+    A topic with another partition count than configured stops the worker with exit code 2 and
+    the message on stderr (the same code as a configuration error)."""
     stop = threading.Event()
 
     def _stop(signum, _frame):
@@ -83,6 +88,10 @@ def run_until_signalled(loop: Callable[[threading.Event], None], *, health_port:
     health = HealthServer(health_port, readiness).start() if health_port else None
     try:
         loop(stop)
+    except TopicMismatch as exc:  # configuration, not an outage: restarting would not help
+        log.error("topic mismatch; stopping", extra={"error": str(exc)})
+        print(f"topic mismatch: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     finally:
         if health is not None:
             health.stop()

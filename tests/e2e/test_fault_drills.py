@@ -144,7 +144,7 @@ def test_consumer_killed_mid_batch_and_restarted_applies_each_effect_once(own_br
     engine = make_engine(url)
     EventStore(engine, service="drill").create_schema()
     effects.create(engine, checkfirst=True)
-    ensure_topics(own_broker.bootstrap, [DRILL_TOPIC, f"{DRILL_TOPIC}.dlq"], 3, 1)
+    ensure_topics(own_broker.bootstrap, [DRILL_TOPIC, f"{DRILL_TOPIC}.dlq"])
     source = projects_store(f"sqlite:///{tmp_path}/source.db")
     total = 1000
     append_round_robin(source, [f"project-{unique}-{i}" for i in range(8)], total)

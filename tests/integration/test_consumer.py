@@ -34,7 +34,7 @@ def setup(broker, sqlite_url, unique):
     EventStore(engine, service="consumertest").create_schema()
     effects.create(engine, checkfirst=True)
     topic = f"consumertest-{unique}.events"
-    ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"], 2, 1)
+    ensure_topics(broker.bootstrap, [topic, f"{topic}.dlq"])
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
     yield engine, topic, producer
     producer.close()

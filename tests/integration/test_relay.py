@@ -57,11 +57,10 @@ def test_relay_publishes_in_position_order_with_envelope_and_headers(broker, sql
     assert relay.publish_once() == 0
 
 
-def test_checkpoint_does_not_move_when_the_broker_is_unreachable(sqlite_url, unique):
+def test_checkpoint_does_not_move_when_the_broker_does_not_acknowledge(broker, sqlite_url, unique):
     store = make_store(sqlite_url)
     store.append(f"project-{unique}", 0, [NewEvent("Pledged", {"amount_fen": 1})])
-    relay = Relay(store, topic=f"t-{unique}", bootstrap_servers="127.0.0.1:1", topic_policy=TopicPolicy(create=False),
-                  producer_factory=_unreachable_producer)
+    relay = Relay(store, topic=f"t-{unique}", bootstrap_servers=broker.bootstrap, producer_factory=_unreachable_producer)
     with pytest.raises(PublishFailed):
         relay.publish_once()
     assert relay.checkpoint() == 0

@@ -5,7 +5,9 @@ validates strictly offline (``kubernetes-validate``, unknown fields rejected); o
 (Strimzi, CloudNativePG, Prometheus Operator) are checked for the fields this platform relies on.
 Then the rules operators count on: non-root, read-only root filesystem, probes on /readyz and
 /healthz, requests and limits, single relays with the Recreate strategy, the same entry commands
-as the local platform, no secret values committed, default-deny network policies.
+as the local platform, no secret values committed, default-deny network policies, and the topic
+shape every relay, consumer and the feed worker loads from its container's environment (the
+settings code itself) matching the Strimzi KafkaTopics, which those workers check at start.
 """
 
 from __future__ import annotations
@@ -181,6 +183,119 @@ def test_topics_databases_and_monitors(rendered):
     [ingress] = of_kind(objects, "Ingress")
     assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "gateway"
 
+
+# -- the workers' topic settings and the KafkaTopics --------------------------------------------
+
+DLQ = ".dlq"
+WORKER_COMPONENTS = ("relay", "consumer", "feed")
+
+
+def container_environment(objects, container) -> dict[str, str]:
+    """The variables a container's process gets, as far as the manifests say: the ConfigMaps of its
+    ``envFrom`` (in order, a later source winning), then its own ``env`` (winning over ``envFrom``).
+    Values held in Secrets are not in the repository: such variables are left out."""
+    config_maps = {c["metadata"]["name"]: c.get("data") or {} for c in of_kind(objects, "ConfigMap")}
+    environ: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            ref = source["configMapRef"]
+            if ref["name"] not in config_maps:
+                assert ref.get("optional"), f"envFrom names a ConfigMap that is not deployed: {ref['name']}"
+                continue
+            environ.update({source.get("prefix", "") + key: value for key, value in config_maps[ref["name"]].items()})
+    for variable in container.get("env", []):
+        name, value_from = variable["name"], variable.get("valueFrom")
+        if value_from is None:
+            environ[name] = variable.get("value", "")
+        elif "configMapKeyRef" in value_from:
+            ref = value_from["configMapKeyRef"]
+            environ[name] = config_maps[ref["name"]][ref["key"]]
+        else:
+            environ.pop(name, None)  # a Secret or the downward API: the value is unknown here
+    return environ
+
+
+def worker_settings_and_topics(command: list[str], environ: dict[str, str]):
+    """(settings, topics it consumes or publishes, without their DLQs) of a worker command, loaded
+    as the process itself loads them; None for a command that is not a relay, consumer or feed."""
+    import importlib
+
+    from services.kernel.service import load_settings
+
+    if command[:2] != ["python", "-m"] or len(command) < 4:
+        return None
+    module, verb, *args = command[2:]
+    if module == "gateway" and verb == "feed":
+        from gateway.__main__ import TOPICS
+        from gateway.app import load_settings as load_gateway_settings
+
+        return load_gateway_settings(environ=environ), list(TOPICS)
+    if module.startswith("services.") and verb in ("relay", "consumer"):
+        definition = importlib.import_module(f"{module}.service").DEFINITION
+        settings = load_settings(definition, environ=environ)
+        if verb == "relay":
+            assert not args, command
+            return settings, [settings.topic]
+        [group] = args
+        subscriptions = {s.group: s for s in definition.subscriptions}
+        assert group in subscriptions, f"{command}: {definition.name} has no subscription {group}"
+        return settings, list(subscriptions[group].topics)
+    return None
+
+
+def test_workers_expect_the_topics_strimzi_creates(rendered):
+    """Every relay, consumer and the gateway's feed worker checks at start that each topic it uses
+    has exactly the configured partition counts, and stops otherwise: the settings its container
+    gets must describe the KafkaTopics of the same overlay, and every KafkaTopic must be used."""
+    overlay, objects = rendered
+    topics = {t["spec"].get("topicName", t["metadata"]["name"]): t["spec"] for t in of_kind(objects, "KafkaTopic")}
+    used: set[str] = set()
+    workers = []
+    for deployment in of_kind(objects, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            environ = container_environment(objects, container)
+            found = worker_settings_and_topics(container.get("command", []), environ)
+            if found is None:
+                continue
+            where = f"{overlay}: {deployment['metadata']['name']}/{container['name']}"
+            workers.append(deployment["metadata"]["name"])
+            settings, event_topics = found
+            assert settings.kafka_create_topics is False, f"{where}: Strimzi's KafkaTopics create the topics"
+            for topic in [*event_topics, *(t + DLQ for t in event_topics)]:
+                used.add(topic)
+                assert topic in topics, f"{where}: uses {topic}, which no KafkaTopic declares"
+                expected = settings.kafka_dlq_partitions if topic.endswith(DLQ) else settings.kafka_topic_partitions
+                variable = "COCREATE_KAFKA_DLQ_PARTITIONS" if topic.endswith(DLQ) else "COCREATE_KAFKA_TOPIC_PARTITIONS"
+                assert topics[topic]["partitions"] == expected, (
+                    f"{where}: KafkaTopic {topic} has {topics[topic]['partitions']} partitions, the worker "
+                    f"expects {expected} ({variable}): it would refuse to start")
+                assert topics[topic]["replicas"] == settings.kafka_replication_factor, (
+                    f"{where}: KafkaTopic {topic} has {topics[topic]['replicas']} replicas, "
+                    f"COCREATE_KAFKA_REPLICATION_FACTOR says {settings.kafka_replication_factor}")
+    # Every worker Deployment was recognised (the checks above ran for each of them) …
+    expected_workers = sorted(d["metadata"]["name"] for d in of_kind(objects, "Deployment")
+                              if d["metadata"]["labels"]["app.kubernetes.io/component"] in WORKER_COMPONENTS)
+    assert sorted(workers) == expected_workers == [
+        "feedback-consumer", "feedback-relay", "gateway-feed", "projects-relay", "volunteers-consumer",
+        "volunteers-relay"]
+    # … and every KafkaTopic is one some worker uses.
+    assert sorted(set(topics) - used) == [], f"{overlay}: KafkaTopics no worker uses"
+
+
+def test_the_topic_check_sees_a_mismatch(rendered):
+    """The check above fails when a KafkaTopic or the ConfigMap changes (one of each)."""
+    _, objects = rendered
+    for change in ("topic", "config"):
+        changed = copy.deepcopy(objects)
+        if change == "topic":
+            [topic] = [t for t in of_kind(changed, "KafkaTopic") if t["spec"]["topicName"] == "projects.events"]
+            topic["spec"]["partitions"] += 1
+        else:
+            [config] = [c for c in of_kind(changed, "ConfigMap") if c["metadata"]["name"] == "cocreate-platform"]
+            config["data"]["COCREATE_KAFKA_DLQ_PARTITIONS"] = "2"
+        with pytest.raises(AssertionError, match="partitions"):
+            test_workers_expect_the_topics_strimzi_creates(("changed", changed))
 
 # -- the image ------------------------------------------------------------------------------------
 
