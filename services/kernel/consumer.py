@@ -400,8 +400,6 @@ class EventConsumer:
         try:
             found = self.view.topics(self.topics)
             committed = self.view.committed(self.group_id)
-            ends: dict[tuple[str, int], int] = {}
-            begins: dict[tuple[str, int], int] = {}
             for topic in self.topics:
                 info = found.get(topic)
                 if info is None or info.topic_id != self._topic_ids.get(topic):
@@ -410,9 +408,9 @@ class EventConsumer:
                                                             "topic_id_was": self._topic_ids.get(topic),
                                                             "topic_id_now": info.topic_id if info else None})
                     return False
-                for partition, end in self.view.end_offsets(topic, info.partitions).items():
-                    ends[(topic, partition)] = end
-                begins.update({(topic, p): o for p, o in self.view.begin_offsets(topic, info.partitions).items()})
+            counts = {topic: found[topic].partitions for topic in self.topics}  # type: ignore[union-attr]
+            ends = self.view.end_offsets(counts)
+            begins = self.view.begin_offsets(counts)
         except KafkaError as exc:
             log.info("broker check failed; polling on", extra={"error": repr(exc)})
             return True

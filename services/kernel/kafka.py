@@ -105,14 +105,13 @@ class TopicInfo:
 
 
 class BrokerView:
-    """What the broker holds now, asked without creating anything: one admin client and one
-    group-less consumer (for fetch high watermarks), kept open between calls."""
+    """What the broker holds now, asked without creating anything: one admin client kept open
+    between calls, and a group-less consumer for fetch high watermarks, opened per question."""
 
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.client_id = client_id
         self._admin: KafkaAdminClient | None = None
-        self._probe: KafkaConsumer | None = None
 
     def _admin_client(self) -> KafkaAdminClient:
         if self._admin is None:
@@ -120,23 +119,13 @@ class BrokerView:
                                            client_id=f"{self.client_id}-admin", **ADMIN_TIMEOUTS)
         return self._admin
 
-    def _probe_consumer(self) -> KafkaConsumer:
-        if self._probe is None:
-            self._probe = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-probe",
-                group_id=None, enable_auto_commit=False, auto_offset_reset="none",
-                allow_auto_create_topics=False, fetch_max_wait_ms=10, max_partition_fetch_bytes=65_536,
-                **CLIENT_TIMEOUTS)
-        return self._probe
-
     def close(self) -> None:
-        for client in (self._admin, self._probe):
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:  # closing a broken client must not mask what broke it
-                    log.debug("closing a broker client failed", exc_info=True)
-        self._admin = self._probe = None
+        if self._admin is not None:
+            try:
+                self._admin.close()
+            except Exception:  # closing a broken client must not mask what broke it
+                log.debug("closing a broker client failed", exc_info=True)
+        self._admin = None
 
     def topics(self, names: Iterable[str]) -> dict[str, TopicInfo | None]:
         """Each topic's id and partition count, or None when the broker does not have it."""
@@ -164,43 +153,53 @@ class BrokerView:
             self.close()
             raise
 
-    def end_offsets(self, topic: str, partitions: int, beyond: Mapping[int, int] | None = None,
-                    timeout: float = 5.0) -> dict[int, int]:
-        """Each partition's end offset (the offset the next record will get).
+    def end_offsets(self, partitions: Mapping[str, int], beyond: Mapping[tuple[str, int], int] | None = None,
+                    timeout: float = 5.0) -> dict[tuple[str, int], int]:
+        """Each partition's end offset (the offset the next record will get), for topics that
+        exist: ``{topic: partition count}`` in, ``{(topic, partition): end}`` out.
 
         ``ListOffsets`` never overstates the end, so when it already lies beyond each offset of
         ``beyond`` that answer is enough; otherwise a fetch near the end gives the high watermark.
+        The fetching consumer is closed at once: a client that keeps a topic in its metadata asks
+        for it again after a broker restart, and the local broker would create it then.
         """
-        wanted = [TopicPartition(topic, p) for p in range(partitions)]
+        wanted = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
         try:
             listed = self._admin_client().list_partition_offsets({tp: OffsetSpec.LATEST for tp in wanted})
-            if beyond is not None and all(listed[tp].offset > beyond.get(tp.partition, -1) for tp in wanted):
-                return {tp.partition: listed[tp].offset for tp in wanted}
-            probe = self._probe_consumer()
-            probe.unsubscribe()  # forget the watermarks of earlier calls: only a fresh answer counts
+        except Exception:
+            self.close()
+            raise
+        ends = {(tp.topic, tp.partition): listed[tp].offset for tp in wanted}
+        if beyond is not None and all(ends[key] > beyond.get(key, -1) for key in ends):
+            return ends
+        probe = KafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-probe",
+            group_id=None, enable_auto_commit=False, auto_offset_reset="none",
+            allow_auto_create_topics=False, fetch_max_wait_ms=10, max_partition_fetch_bytes=65_536,
+            **ADMIN_TIMEOUTS)
+        try:
             probe.assign(wanted)
             for tp in wanted:  # at most the last batch comes back; the answer carries the watermark
-                probe.seek(tp, listed[tp].offset if listed[tp].offset > 0 else 0)
+                probe.seek(tp, listed[tp].offset)
             deadline = time.monotonic() + timeout
             while True:
                 probe.poll(timeout_ms=100)
                 marks = {tp: probe.highwater(tp) for tp in wanted}
                 if all(mark is not None for mark in marks.values()):
-                    return {tp.partition: max(marks[tp], listed[tp].offset) for tp in wanted}
+                    return {(tp.topic, tp.partition): max(marks[tp], listed[tp].offset) for tp in wanted}
                 if time.monotonic() > deadline:
-                    raise KafkaError(f"no high watermark for {topic} within {timeout}s")
-        except Exception:
-            self.close()
-            raise
+                    raise KafkaError(f"no high watermark for {sorted(partitions)} within {timeout}s")
+        finally:
+            probe.close()
 
-    def begin_offsets(self, topic: str, partitions: int) -> dict[int, int]:
-        wanted = [TopicPartition(topic, p) for p in range(partitions)]
+    def begin_offsets(self, partitions: Mapping[str, int]) -> dict[tuple[str, int], int]:
+        wanted = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
         try:
             listed = self._admin_client().list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in wanted})
         except Exception:
             self.close()
             raise
-        return {tp.partition: listed[tp].offset for tp in wanted}
+        return {(tp.topic, tp.partition): listed[tp].offset for tp in wanted}
 
     def committed(self, group_id: str) -> dict[tuple[str, int], int]:
         """The group's committed offsets on the broker: ``{(topic, partition): offset}``."""

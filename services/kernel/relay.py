@@ -187,8 +187,9 @@ class Relay:
         newest = recent[0]
         if newest["topic_id"] != self._topic.topic_id:
             return self._lost(newest, 0, reason="the topic is not the one that acknowledged them (created again)")
-        ends = self.view.end_offsets(self.topic, self._topic.partitions,
-                                     beyond={p: last for p, (_first, last) in newest["offsets"].items()})
+        ends = {p: end for (_t, p), end in self.view.end_offsets(
+            {self.topic: self._topic.partitions},
+            beyond={(self.topic, p): last for p, (_first, last) in newest["offsets"].items()}).items()}
         if self._holds(newest, ends):
             return None
         held = None

@@ -7,8 +7,10 @@ import time
 from collections.abc import Iterable
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
 
 from services.kernel.broker import broker_command, free_port, wait_for_port  # noqa: F401 (re-exported)
+from services.kernel.kafka import BrokerView
 
 
 class Broker:
@@ -37,19 +39,29 @@ class Broker:
 
 
 def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout: float = 30.0) -> list:
-    """Every record of ``topic`` from the beginning (waiting until ``expected`` are there)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=1000)
+    """Every record of ``topic`` from the beginning (waiting until ``expected`` are there).
+
+    The topic is looked up with the admin client first: a consumer that names a missing topic
+    makes the local broker create it (with 4 partitions), which would spoil the drill."""
+    deadline = time.monotonic() + timeout
+    view = BrokerView(bootstrap, "test-reader")
     try:
-        deadline = time.monotonic() + timeout
-        partitions = None
-        while time.monotonic() < deadline and not partitions:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
+        info = None
+        while info is None and time.monotonic() < deadline:
+            try:
+                info = view.topics([topic]).get(topic)
+            except KafkaError:
+                info = None
+            if info is None:
                 time.sleep(0.2)
-        if not partitions:
-            return []
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    finally:
+        view.close()
+    if info is None:
+        return []
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             consumer_timeout_ms=1000, allow_auto_create_topics=False)
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(info.partitions)]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
         records: list = []
