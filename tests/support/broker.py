@@ -27,6 +27,13 @@ class Broker:
         wait_for_port(self.port)
         return self
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the memory-only broker loses everything."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
