@@ -17,7 +17,7 @@ from kafka import KafkaProducer
 from services.kernel.db import make_engine
 from services.kernel.events import NewEvent
 from services.kernel.eventstore import EventStore
-from services.kernel.kafka import ensure_topics
+from services.kernel.kafka import TopicPolicy, ensure_topics
 from services.kernel.relay import relay_checkpoints
 from tests.conftest import TEST_SECRET
 from tests.support.broker import first_occurrences, read_topic
@@ -178,3 +178,20 @@ def test_consumer_killed_mid_batch_and_restarted_applies_each_effect_once(own_br
     finally:
         stop(consumer)
     assert counts() == (total, total)
+
+
+def test_a_topic_with_another_partition_count_stops_every_worker_that_uses_it(own_broker, tmp_path):
+    # As a client that named the topic before its relay created it would leave it: 4 partitions.
+    ensure_topics(own_broker.bootstrap, ["projects.events", "projects.events.dlq"], TopicPolicy(partitions=4))
+    env = {**os.environ, "COCREATE_JWT_SECRET": TEST_SECRET, "PYTHONPATH": str(ROOT),
+           "COCREATE_DATA_DIR": str(tmp_path / "var"), "KAFKA_BOOTSTRAP_SERVERS": own_broker.bootstrap}
+    for command in (["services.projects", "relay"], ["services.volunteers", "consumer", "volunteers.project-labour"],
+                    ["gateway", "feed"]):
+        done = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 2, (command, done.returncode, done.stderr[-2000:])
+        assert ("topic mismatch: topic projects.events has 4 partitions but this worker is configured for 3 "
+                "(COCREATE_KAFKA_TOPIC_PARTITIONS)") in done.stderr, (command, done.stderr[-2000:])
+        assert "Fix: set that variable to 4" in done.stderr
+    assert ensure_topics(own_broker.bootstrap, ["projects.events"], TopicPolicy(partitions=4))[
+        "projects.events"].partitions == 4  # nothing was changed or created again
