@@ -13,12 +13,13 @@ memory and comes back empty; a Kafka topic can be deleted and created again, or 
 unclean leader election). So with each checkpoint move the relay records the round it published:
 its positions, the topic's id and, per partition, the first and last offsets the broker
 acknowledged (``relay_rounds``, the newest ``rounds_kept``). Before each round, at least every
-``verify_seconds`` while idle, and after any producer error it compares the newest round with
-what the broker holds now (:class:`~services.kernel.kafka.BrokerView`): the topic is missing or
-has another id, or a partition ends at or before an acknowledged offset. Then it logs the loss,
-counts it (``cocreate_relay_broker_data_loss_total``), moves its checkpoint back to the start of
-the newest recorded round the broker still holds in full — to the start of the log when it holds
-none, e.g. an empty broker — and publishes again from there. Offsets acknowledged lower than the
+``verify_seconds`` while idle, and after any producer error it compares what the recorded rounds
+say was acknowledged with what the broker holds now (:class:`~services.kernel.kafka.BrokerView`):
+the topic is missing or has another id, or a partition ends at or before the last offset
+acknowledged on it. Then it logs the loss, counts it (``cocreate_relay_broker_data_loss_total``),
+moves its checkpoint back past every round the broker no longer holds in full — to the start of
+the newest round of the held prefix, or of the log when even the oldest recorded round is gone
+(e.g. an empty broker) — and publishes again from there. Offsets acknowledged lower than the
 previous round's on the same topic mean the same (the broker lost records mid-round).
 """
 
@@ -100,6 +101,7 @@ class Relay:
         self._verified_at = float("-inf")
         self._topic: TopicInfo | None = None
         self._rounds_since_prune = 0
+        self._acknowledged_cache: tuple[str | None, dict[int, int]] | None = None
 
     # -- checkpoint -------------------------------------------------------------------------
 
@@ -137,6 +139,13 @@ class Relay:
             if self._rounds_since_prune >= 100:
                 self._rounds_since_prune = 0
                 self._prune(connection)
+        cached = self._acknowledged_cache
+        topic_id = self._topic.topic_id if self._topic else None
+        if cached is not None and cached[0] == topic_id:
+            for partition, (_first, offset) in offsets.items():
+                cached[1][partition] = max(offset, cached[1].get(partition, -1))
+        else:
+            self._acknowledged_cache = None
         metrics.RELAY_CHECKPOINT.labels(self.store.service).set(last)
 
     def _prune(self, connection) -> None:
@@ -146,6 +155,7 @@ class Relay:
             .order_by(r.c.first_position.desc()).offset(self.rounds_kept - 1).limit(1)).scalar()
         if cutoff is not None:
             connection.execute(r.delete().where(r.c.name == self.name, r.c.first_position < cutoff))
+            self._acknowledged_cache = None
 
     def rounds(self, limit: int | None = None) -> list[dict]:
         """The recorded rounds, newest first."""
@@ -169,48 +179,71 @@ class Relay:
             if not updated:
                 connection.execute(relay_checkpoints.insert().values(name=self.name, position=position,
                                                                      updated_at_us=now))
+        self._acknowledged_cache = None
         metrics.RELAY_CHECKPOINT.labels(self.store.service).set(position)
 
     # -- what the broker still holds --------------------------------------------------------
 
     def verify(self) -> int | None:
-        """Compare the newest recorded round with the broker; on a loss move the checkpoint back.
+        """Compare what the broker acknowledged with what it holds; on a loss move the checkpoint back.
 
-        Creates the topic and its DLQ when missing (if the topic policy allows). Returns the
-        position the checkpoint was moved back to, or None when nothing was lost.
+        Every partition is compared with the last offset acknowledged on it in any recorded round
+        (a round of a few events touches only some partitions). Creates the topic and its DLQ
+        when missing (if the topic policy allows). Returns the position the checkpoint was moved
+        back to, or None when nothing was lost.
         """
         self._verified_at = time.monotonic()
         self._topic = self.topic_policy.check(self.view, [self.topic, self.topic + DLQ_SUFFIX], create=True)[self.topic]
-        recent = self.rounds(limit=1)
-        if not recent:
+        acknowledged = self._acknowledged()
+        if acknowledged is None:
             return None
-        newest = recent[0]
-        if newest["topic_id"] != self._topic.topic_id:
-            return self._lost(newest, 0, reason="the topic is not the one that acknowledged them (created again)")
+        topic_id, last_offsets = acknowledged
+        if topic_id != self._topic.topic_id:
+            return self._lost(0, reason="the topic is not the one that acknowledged them (created again)",
+                              acknowledged=last_offsets)
         ends = {p: end for (_t, p), end in self.view.end_offsets(
             {self.topic: self._topic.partitions},
-            beyond={(self.topic, p): last for p, (_first, last) in newest["offsets"].items()}).items()}
-        if self._holds(newest, ends):
+            beyond={(self.topic, p): last for p, last in last_offsets.items()}).items()}
+        if all(ends.get(p, 0) > last for p, last in last_offsets.items()):
             return None
+        # Back past every round the broker no longer holds in full: to the start of the newest
+        # round of the held prefix (the start of the log when the oldest recorded round is gone).
+        rounds = list(reversed(self.rounds(limit=self.rounds_kept)))  # oldest first
         held = None
-        for recorded in self.rounds(limit=self.rounds_kept):
-            if self._holds(recorded, ends):
-                held = recorded
+        for recorded in rounds:
+            if not self._holds(recorded, ends):
                 break
-        return self._lost(newest, 0 if held is None else held["first_position"] - 1,
-                          reason="the broker holds fewer records than it acknowledged", ends=ends)
+            held = recorded
+        return self._lost(0 if held is None else held["first_position"] - 1,
+                          reason="the broker holds fewer records than it acknowledged",
+                          acknowledged=last_offsets, ends=ends)
+
+    def _acknowledged(self) -> tuple[str | None, dict[int, int]] | None:
+        """The newest round's topic id and, per partition, the last offset acknowledged on it by
+        any recorded round of that topic (kept in memory, read from the table after a change)."""
+        if self._acknowledged_cache is None:
+            rounds = self.rounds(limit=self.rounds_kept)
+            if not rounds:
+                return None
+            topic_id = rounds[0]["topic_id"]
+            last: dict[int, int] = {}
+            for recorded in rounds:
+                if recorded["topic_id"] == topic_id:
+                    for partition, (_first, offset) in recorded["offsets"].items():
+                        last[partition] = max(offset, last.get(partition, -1))
+            self._acknowledged_cache = (topic_id, last)
+        return self._acknowledged_cache
 
     def _holds(self, recorded: dict, ends: dict[int, int]) -> bool:
         if self._topic is None or recorded["topic_id"] != self._topic.topic_id:
             return False
         return all(ends.get(partition, 0) > last for partition, (_first, last) in recorded["offsets"].items())
 
-    def _lost(self, newest: dict, position: int, *, reason: str, ends: dict | None = None) -> int:
+    def _lost(self, position: int, *, reason: str, acknowledged: dict | None = None, ends: dict | None = None) -> int:
         checkpoint = self.checkpoint()
         log.error("the broker lost acknowledged events; publishing again from the event store",
-                  extra={"topic": self.topic, "reason": reason, "acknowledged_up_to": newest["last_position"],
-                         "acknowledged_offsets": newest["offsets"], "broker_end_offsets": ends,
-                         "checkpoint_from": checkpoint, "checkpoint_to": position})
+                  extra={"topic": self.topic, "reason": reason, "acknowledged_offsets": acknowledged,
+                         "broker_end_offsets": ends, "checkpoint_from": checkpoint, "checkpoint_to": position})
         metrics.RELAY_BROKER_DATA_LOSS.labels(self.store.service, self.topic).inc()
         metrics.RELAY_REPUBLISHED.labels(self.store.service, self.topic).inc(max(0, checkpoint - position))
         self._rewind(position)
@@ -270,8 +303,9 @@ class Relay:
             acknowledged = event.position
         if acknowledged > start:
             if self._went_back(offsets):
-                # Offsets lower than the last round's: the broker lost records while we published.
-                self._lost(self.rounds(limit=1)[0], 0, reason="the broker acknowledged offsets it had given before")
+                # Offsets lower than acknowledged before: the broker lost records while we published.
+                self._lost(0, reason="the broker acknowledged offsets it had given before",
+                           acknowledged={p: span[0] for p, span in offsets.items()})
                 raise PublishFailed("the broker lost records during the round; publishing again from the start")
             self._record_round(start + 1, acknowledged, offsets)
             metrics.RELAY_PUBLISHED.labels(self.store.service, self.topic).inc(acknowledged - start)
@@ -283,11 +317,11 @@ class Relay:
         return acknowledged - start
 
     def _went_back(self, offsets: dict[int, list[int]]) -> bool:
-        recent = self.rounds(limit=1)
-        if not recent or self._topic is None or recent[0]["topic_id"] != self._topic.topic_id:
+        acknowledged = self._acknowledged()
+        if acknowledged is None or self._topic is None or acknowledged[0] != self._topic.topic_id:
             return False
-        previous = recent[0]["offsets"]
-        return any(partition in previous and first <= previous[partition][1]
+        previous = acknowledged[1]
+        return any(partition in previous and first <= previous[partition]
                    for partition, (first, _last) in offsets.items())
 
     def _update_lag(self, checkpoint: int) -> None:
