@@ -402,13 +402,13 @@ class EventConsumer:
             committed = self.view.committed(self.group_id)
             for topic in self.topics:
                 info = found.get(topic)
-                if info is None or info.topic_id != self._topic_ids.get(topic):
+                if self._topic_ids and (info is None or info.topic_id != self._topic_ids.get(topic)):
                     log.warning("the broker lost a topic this consumer reads; starting again from the broker's "
                                 "committed offsets", extra={"topic": topic, "group": self.group_id,
                                                             "topic_id_was": self._topic_ids.get(topic),
                                                             "topic_id_now": info.topic_id if info else None})
                     return False
-            counts = {topic: found[topic].partitions for topic in self.topics}  # type: ignore[union-attr]
+            counts = {topic: info.partitions for topic, info in found.items() if info is not None}
             ends = self.view.end_offsets(counts)
             begins = self.view.begin_offsets(counts)
         except KafkaError as exc:

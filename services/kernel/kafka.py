@@ -6,7 +6,8 @@ within seconds, back off and retry, not hang for the library's default minute.
 Topics are only ever created on purpose. A broker may create a topic whenever a client's metadata
 request names it (the local tansu does, with 4 partitions, whatever the client asks), so:
 
-* every client here is built with ``allow_auto_create_topics=False`` (honoured by a real Kafka);
+* every client here is built with ``allow_auto_create_topics=False``, and :func:`no_auto_create`
+  makes sure kafka-python really sends it (both brokers honour it then);
 * consumers subscribe by pattern, whose metadata requests name no topic;
 * every worker checks with the admin client (``describe_topics`` creates nothing) that each topic
   it uses exists with the configured partition count before it subscribes or produces
@@ -49,9 +50,26 @@ class TopicMissing(RuntimeError):
     """A topic the worker needs does not exist (yet); the worker waits for it."""
 
 
+def no_auto_create(client):
+    """Make the client's metadata requests really say ``allow_auto_topic_creation=false``.
+
+    kafka-python 3.0 accepts ``allow_auto_create_topics`` but does not pass it on to the cluster
+    metadata its requests are built from, so every client would ask the broker to create any
+    topic it names. Both brokers we run honour the flag once it is sent."""
+    from kafka.cluster import ClusterMetadata
+
+    clusters = [value for value in vars(client).values() if isinstance(value, ClusterMetadata)]
+    if not clusters:
+        raise RuntimeError(f"no cluster metadata found on {type(client).__name__}: kafka-python changed; "
+                           "check that allow_auto_create_topics=False reaches its metadata requests")
+    for cluster in clusters:
+        cluster.config["allow_auto_create_topics"] = False
+    return client
+
+
 def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
     """Idempotent producer, acks from all in-sync replicas, order kept per partition."""
-    return KafkaProducer(
+    return no_auto_create(KafkaProducer(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id=client_id,
         acks="all",
@@ -63,7 +81,7 @@ def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
         retry_backoff_ms=200,
         allow_auto_create_topics=False,
         **CLIENT_TIMEOUTS,
-    )
+    ))
 
 
 def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str) -> KafkaConsumer:
@@ -88,6 +106,7 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         metadata_max_age_ms=1_000,
         **CLIENT_TIMEOUTS,
     )
+    no_auto_create(consumer)
     consumer.subscribe(pattern=topics_pattern(topics))
     return consumer
 
@@ -154,12 +173,13 @@ class BrokerView:
             raise
 
     def end_offsets(self, partitions: Mapping[str, int], beyond: Mapping[tuple[str, int], int] | None = None,
-                    timeout: float = 5.0) -> dict[tuple[str, int], int]:
+                    timeout: float = 5.0, fetch: bool = True) -> dict[tuple[str, int], int]:
         """Each partition's end offset (the offset the next record will get), for topics that
         exist: ``{topic: partition count}`` in, ``{(topic, partition): end}`` out.
 
         ``ListOffsets`` never overstates the end, so when it already lies beyond each offset of
-        ``beyond`` that answer is enough; otherwise a fetch near the end gives the high watermark.
+        ``beyond`` that answer is enough; otherwise a fetch near the end gives the high watermark
+        (unless ``fetch`` is false: then the ``ListOffsets`` answer, a lower bound, is returned).
         The fetching consumer is closed at once: a client that keeps a topic in its metadata asks
         for it again after a broker restart, and the local broker would create it then.
         """
@@ -170,13 +190,14 @@ class BrokerView:
             self.close()
             raise
         ends = {(tp.topic, tp.partition): listed[tp].offset for tp in wanted}
-        if beyond is not None and all(ends[key] > beyond.get(key, -1) for key in ends):
+        if not fetch or (beyond is not None and all(ends[key] > beyond.get(key, -1) for key in ends)):
             return ends
         probe = KafkaConsumer(
             bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-probe",
             group_id=None, enable_auto_commit=False, auto_offset_reset="none",
             allow_auto_create_topics=False, fetch_max_wait_ms=10, max_partition_fetch_bytes=65_536,
             **ADMIN_TIMEOUTS)
+        no_auto_create(probe)
         try:
             probe.assign(wanted)
             for tp in wanted:  # at most the last batch comes back; the answer carries the watermark
@@ -186,7 +207,7 @@ class BrokerView:
                 probe.poll(timeout_ms=100)
                 marks = {tp: probe.highwater(tp) for tp in wanted}
                 if all(mark is not None for mark in marks.values()):
-                    return {(tp.topic, tp.partition): max(marks[tp], listed[tp].offset) for tp in wanted}
+                    return {(tp.topic, tp.partition): marks[tp] for tp in wanted}
                 if time.monotonic() > deadline:
                     raise KafkaError(f"no high watermark for {sorted(partitions)} within {timeout}s")
         finally:
@@ -276,5 +297,5 @@ def broker_reachable(bootstrap_servers: str) -> None:
         admin.close()
 
 
-__all__ = ["KafkaError", "TopicPolicy", "TopicMismatch", "TopicMissing", "BrokerView", "make_producer",
+__all__ = ["no_auto_create", "KafkaError", "TopicPolicy", "TopicMismatch", "TopicMissing", "BrokerView", "make_producer",
            "make_consumer", "ensure_topics", "broker_reachable", "topics_pattern"]

@@ -101,7 +101,9 @@ class Relay:
         self._verified_at = float("-inf")
         self._topic: TopicInfo | None = None
         self._rounds_since_prune = 0
-        self._acknowledged_cache: tuple[str | None, dict[int, int]] | None = None
+        # (topic id, last acknowledged offset per partition, first offset of the newest round per partition)
+        self._acknowledged_cache: tuple[str | None, dict[int, int], dict[int, int]] | None = None
+        self._fetched_at = float("-inf")
 
     # -- checkpoint -------------------------------------------------------------------------
 
@@ -142,8 +144,9 @@ class Relay:
         cached = self._acknowledged_cache
         topic_id = self._topic.topic_id if self._topic else None
         if cached is not None and cached[0] == topic_id:
-            for partition, (_first, offset) in offsets.items():
+            for partition, (first, offset) in offsets.items():
                 cached[1][partition] = max(offset, cached[1].get(partition, -1))
+                cached[2][partition] = first
         else:
             self._acknowledged_cache = None
         metrics.RELAY_CHECKPOINT.labels(self.store.service).set(last)
@@ -197,41 +200,66 @@ class Relay:
         acknowledged = self._acknowledged()
         if acknowledged is None:
             return None
-        topic_id, last_offsets = acknowledged
+        topic_id, last_offsets, newest_firsts = acknowledged
         if topic_id != self._topic.topic_id:
             return self._lost(0, reason="the topic is not the one that acknowledged them (created again)",
                               acknowledged=last_offsets)
-        ends = {p: end for (_t, p), end in self.view.end_offsets(
-            {self.topic: self._topic.partitions},
-            beyond={(self.topic, p): last for p, last in last_offsets.items()}).items()}
+        # ListOffsets never overstates an end but may undercount (the local broker counts from the
+        # last batch's first offset; a round's batches hold only that round's records). An end at
+        # or before the first offset of the newest round on a partition is a loss for certain;
+        # between that and the last acknowledged offset it cannot tell, and a fetch gives the true
+        # end — at most every verify_seconds, so that a busy relay does not pay for one per round.
+        listed = self._ends(fetch=False)
+        if all(listed.get(p, 0) > last for p, last in last_offsets.items()):
+            return None
+        certain = any(listed.get(p, 0) <= first for p, first in newest_firsts.items())
+        if not certain and time.monotonic() - self._fetched_at < self.verify_seconds:
+            return None
+        ends = self._ends(fetch=True)
         if all(ends.get(p, 0) > last for p, last in last_offsets.items()):
             return None
-        # Back past every round the broker no longer holds in full: to the start of the newest
-        # round of the held prefix (the start of the log when the oldest recorded round is gone).
-        rounds = list(reversed(self.rounds(limit=self.rounds_kept)))  # oldest first
+        return self._rewind_past_lost(ends, reason="the broker holds fewer records than it acknowledged",
+                                      acknowledged=last_offsets)
+
+    def _ends(self, *, fetch: bool) -> dict[int, int]:
+        if fetch:
+            self._fetched_at = time.monotonic()
+        assert self._topic is not None
+        return {p: end for (_t, p), end in self.view.end_offsets({self.topic: self._topic.partitions},
+                                                                 fetch=fetch).items()}
+
+    def _rewind_past_lost(self, ends: dict[int, int], *, reason: str, acknowledged: dict,
+                          overwritten: dict[int, int] | None = None) -> int:
+        """Back past every round the broker no longer holds in full: to the start of the newest
+        round of the held prefix (the start of the log when the oldest recorded round is gone).
+        ``overwritten``: per partition, the first offset the broker gave again to other records."""
         held = None
-        for recorded in rounds:
-            if not self._holds(recorded, ends):
+        for recorded in reversed(self.rounds(limit=self.rounds_kept)):  # oldest first
+            if not self._holds(recorded, ends) or any(
+                    partition in recorded["offsets"] and recorded["offsets"][partition][1] >= offset
+                    for partition, offset in (overwritten or {}).items()):
                 break
             held = recorded
-        return self._lost(0 if held is None else held["first_position"] - 1,
-                          reason="the broker holds fewer records than it acknowledged",
-                          acknowledged=last_offsets, ends=ends)
+        return self._lost(0 if held is None else held["first_position"] - 1, reason=reason,
+                          acknowledged=acknowledged, ends=ends)
 
-    def _acknowledged(self) -> tuple[str | None, dict[int, int]] | None:
+    def _acknowledged(self) -> tuple[str | None, dict[int, int], dict[int, int]] | None:
         """The newest round's topic id and, per partition, the last offset acknowledged on it by
-        any recorded round of that topic (kept in memory, read from the table after a change)."""
+        any recorded round of that topic and the first offset of the newest round that wrote to it
+        (kept in memory, read from the table after a change)."""
         if self._acknowledged_cache is None:
             rounds = self.rounds(limit=self.rounds_kept)
             if not rounds:
                 return None
             topic_id = rounds[0]["topic_id"]
             last: dict[int, int] = {}
-            for recorded in rounds:
+            firsts: dict[int, int] = {}
+            for recorded in rounds:  # newest first
                 if recorded["topic_id"] == topic_id:
-                    for partition, (_first, offset) in recorded["offsets"].items():
+                    for partition, (first, offset) in recorded["offsets"].items():
                         last[partition] = max(offset, last.get(partition, -1))
-            self._acknowledged_cache = (topic_id, last)
+                        firsts.setdefault(partition, first)
+            self._acknowledged_cache = (topic_id, last, firsts)
         return self._acknowledged_cache
 
     def _holds(self, recorded: dict, ends: dict[int, int]) -> bool:
@@ -302,11 +330,14 @@ class Relay:
             span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
             acknowledged = event.position
         if acknowledged > start:
-            if self._went_back(offsets):
-                # Offsets lower than acknowledged before: the broker lost records while we published.
-                self._lost(0, reason="the broker acknowledged offsets it had given before",
-                           acknowledged={p: span[0] for p, span in offsets.items()})
-                raise PublishFailed("the broker lost records during the round; publishing again from the start")
+            overwritten = self._went_back(offsets)
+            if overwritten:
+                # Offsets acknowledged before were given again: the broker lost records (and this
+                # round's records now sit where recorded rounds thought theirs were).
+                self._rewind_past_lost(self._ends(fetch=True), overwritten=overwritten,
+                                       reason="the broker acknowledged offsets it had given before",
+                                       acknowledged=self._acknowledged()[1])
+                return 0
             self._record_round(start + 1, acknowledged, offsets)
             metrics.RELAY_PUBLISHED.labels(self.store.service, self.topic).inc(acknowledged - start)
         if failure is not None or len(page) < self.batch_size or time.monotonic() - self._lag_updated_at >= 1.0:
@@ -316,13 +347,15 @@ class Relay:
                 failure if isinstance(failure, BaseException) else None)
         return acknowledged - start
 
-    def _went_back(self, offsets: dict[int, list[int]]) -> bool:
+    def _went_back(self, offsets: dict[int, list[int]]) -> dict[int, int]:
+        """Per partition, the first offset of this round when it is not past every offset
+        acknowledged before on that partition (empty when all is well)."""
         acknowledged = self._acknowledged()
         if acknowledged is None or self._topic is None or acknowledged[0] != self._topic.topic_id:
-            return False
+            return {}
         previous = acknowledged[1]
-        return any(partition in previous and first <= previous[partition]
-                   for partition, (first, _last) in offsets.items())
+        return {partition: first for partition, (first, _last) in offsets.items()
+                if partition in previous and first <= previous[partition]}
 
     def _update_lag(self, checkpoint: int) -> None:
         self._lag_updated_at = time.monotonic()

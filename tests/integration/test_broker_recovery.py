@@ -13,8 +13,10 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError
 
+from services.kernel import kafka as kernel_kafka
 from services.kernel import metrics
 from services.kernel.consumer import EventConsumer, dead_letters_table, list_dead_letters
 from services.kernel.db import make_engine
@@ -128,6 +130,9 @@ def test_a_consumer_comes_back_whole_after_the_broker_restarted_empty(own_broker
     consumer = EventConsumer(engine=engine, group_id=group, topics=[topic], handlers={"Happened": record_effect},
                              bootstrap_servers=own_broker.bootstrap, verify_seconds=0.5)
     duplicates = metrics.MESSAGES_DUPLICATE.labels(group, topic)
+    clients = []  # each Kafka client the consumer builds
+    build = consumer._connect
+    consumer._connect = lambda: clients.append(build()) or clients[-1]
 
     with running(consumer):
         wait_for(lambda: len(effect_rows(engine)) == 30, 30, "the first 30 effects")
@@ -137,6 +142,7 @@ def test_a_consumer_comes_back_whole_after_the_broker_restarted_empty(own_broker
         # The new events first: on every partition they take the offsets the old events had, so a
         # position kept in memory from before the restart would skip them.
         produce(own_broker.bootstrap, topic, [(e.stream_id.encode(), e.to_json()) for e in new + old])
+        wait_for(lambda: len(clients) >= 2, 30, "the loss noticed and a new Kafka client built")
         wait_for(lambda: len(effect_rows(engine)) >= 45, 60, "all 45 effects after the restart")
         wait_for(lambda: group_offsets_at_end(own_broker.bootstrap, group, topic), 30,
                  "the group's offsets at the end of every partition")
@@ -259,3 +265,34 @@ def test_a_topic_with_another_partition_count_stops_the_consumer(broker, sqlite_
             signal.signal(number, handler)
     assert exited.value.code == 2
     assert f"topic mismatch: topic {topic} has 4 partitions" in capsys.readouterr().err
+
+
+# kafka-python 3.0.12 does not pass allow_auto_create_topics on to its metadata requests
+# (services.kernel.kafka.no_auto_create does): without that, the probe would create the topic.
+def test_the_end_offset_probe_creates_no_topic_that_went_away_meanwhile(broker, unique, monkeypatch):
+    topic = f"probe-{unique}.events"
+    ensure_topics(broker.bootstrap, [topic])
+    produce(broker.bootstrap, topic, [(None, b"x")])
+    real = kernel_kafka.KafkaConsumer
+
+    def topic_gone_first(*args, **kwargs):  # a broker restart or a deletion, just before the probe
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_kafka, "KafkaConsumer", topic_gone_first)
+    view = BrokerView(broker.bootstrap, f"probe-{unique}")
+    try:
+        with contextlib.suppress(KafkaError):
+            view.end_offsets({topic: 3}, timeout=1.0)
+    finally:
+        view.close()
+    monkeypatch.setattr(kernel_kafka, "KafkaConsumer", real)
+    check = BrokerView(broker.bootstrap, f"check-{unique}")
+    try:
+        assert check.topics([topic])[topic] is None, "the probe created the topic"
+    finally:
+        check.close()

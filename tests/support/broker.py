@@ -10,7 +10,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from services.kernel.broker import broker_command, free_port, wait_for_port  # noqa: F401 (re-exported)
-from services.kernel.kafka import BrokerView
+from services.kernel.kafka import BrokerView, no_auto_create
 
 
 class Broker:
@@ -65,8 +65,8 @@ def read_topic(bootstrap: str, topic: str, expected: int | None = None, timeout:
         view.close()
     if info is None:
         return []
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=1000, allow_auto_create_topics=False)
+    consumer = no_auto_create(KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                            consumer_timeout_ms=1000, allow_auto_create_topics=False))
     try:
         assigned = [TopicPartition(topic, p) for p in range(info.partitions)]
         consumer.assign(assigned)

@@ -10,8 +10,10 @@ shapes, so the code under test cannot tell them apart:
   as kafka-python's default partitioner puts them; sending to a missing topic fails the future
   (a real Kafka with ``allow_auto_create_topics=False`` creates nothing).
 * :class:`FakeBrokerView` is :class:`services.kernel.kafka.BrokerView`: ``topics(names)``,
-  ``create(mapping, replication_factor)``, ``end_offsets(partitions, beyond=None)``,
-  ``begin_offsets(partitions)``, ``committed(group_id)``, ``close()``.
+  ``create(mapping, replication_factor)``, ``end_offsets(partitions, beyond=None, timeout=,
+  fetch=True)`` (``ListOffsets`` first, a fetch's high watermark when that cannot tell; set
+  :attr:`FakeBroker.listed_behind` for a broker whose ``ListOffsets`` undercounts, as tansu's
+  does), ``begin_offsets(partitions)``, ``committed(group_id)``, ``close()``.
 
 What a broker can do to the data, for the tests to inflict: :meth:`FakeBroker.wipe` (it came back
 empty: every topic and group offset gone), :meth:`FakeBroker.truncate` (records from an offset on
@@ -83,6 +85,9 @@ class FakeBroker:
         self._groups: dict[str, dict[tuple[str, int], int]] = {}
         self._round_robin = itertools.count()
         self.failure: BaseException | None = None  # set: every view call and send raises/fails with it
+        # How far ListOffsets(latest) falls short of a partition's end (never below its beginning):
+        # the local broker answers the last batch's base offset + 1, fewer when records were batched.
+        self.listed_behind = 0
 
     # -- clients ----------------------------------------------------------------------------
 
@@ -194,6 +199,10 @@ class FakeBroker:
         except KeyError:
             raise UnknownTopicOrPartitionError(f"topic {name} does not exist") from None
 
+    def _listed_end(self, topic: str, partition: int) -> int:
+        held = self._topic(topic).partitions[partition]
+        return max(held.begin, held.end - self.listed_behind)
+
     def _answer(self) -> None:
         if self.failure is not None:
             raise self.failure
@@ -253,6 +262,8 @@ class FakeBrokerView:
     def __init__(self, broker: FakeBroker) -> None:
         self.broker = broker
         self.closes = 0
+        self.end_offset_calls = 0
+        self.fetches = 0  # end_offsets answers that needed the (real view's) fetch probe
 
     def close(self) -> None:
         self.closes += 1
@@ -274,11 +285,19 @@ class FakeBrokerView:
             self.broker.create_topic(name, partitions)
 
     def end_offsets(self, partitions: Mapping[str, int], beyond: Mapping[tuple[str, int], int] | None = None,
-                    timeout: float = 5.0) -> dict[tuple[str, int], int]:
-        """``{topic: partition count}`` in, ``{(topic, partition): end offset}`` out (the true
-        high watermark; ``beyond`` changes nothing here, it only saves the real view a fetch)."""
+                    timeout: float = 5.0, fetch: bool = True) -> dict[tuple[str, int], int]:
+        """``{topic: partition count}`` in, ``{(topic, partition): end offset}`` out, decided as
+        the real view decides: the ``ListOffsets`` answer (which falls
+        :attr:`FakeBroker.listed_behind` short of the end) when ``fetch`` is false or when it lies
+        beyond each offset of ``beyond``; otherwise the true end (a fetch's high watermark)."""
         self.broker._answer()
-        return {key: self.broker._topic(key[0]).partitions[key[1]].end for key in self._wanted(partitions)}
+        self.end_offset_calls += 1
+        wanted = self._wanted(partitions)
+        listed = {key: self.broker._listed_end(*key) for key in wanted}
+        if not fetch or (beyond is not None and all(listed[key] > beyond.get(key, -1) for key in listed)):
+            return listed
+        self.fetches += 1
+        return {key: self.broker._topic(key[0]).partitions[key[1]].end for key in wanted}
 
     def begin_offsets(self, partitions: Mapping[str, int]) -> dict[tuple[str, int], int]:
         self.broker._answer()
