@@ -139,7 +139,7 @@ class EventConsumer:
         self._committed: dict[tuple[str, int], int] = {}  # what this member committed, since it was built
         self._verified_at = 0.0
         self._unassigned_since: float | None = None
-        self.unassigned_grace_seconds = 30.0
+        self.unassigned_grace_seconds = 10.0
 
     # -- one message ------------------------------------------------------------------------
 
