@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.kernel.settings import SettingsError, setting
+
+if TYPE_CHECKING:
+    from services.kernel.kafka import TopicPolicy
 
 
 @dataclasses.dataclass(frozen=True)

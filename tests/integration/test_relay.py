@@ -10,7 +10,6 @@ import pytest
 from services.kernel.db import make_engine
 from services.kernel.events import Metadata, NewEvent, StoredEvent
 from services.kernel.eventstore import EventStore
-from services.kernel.kafka import TopicPolicy
 from services.kernel.relay import PublishFailed, Relay
 from tests.support.broker import read_topic
 

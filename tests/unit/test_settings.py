@@ -260,3 +260,31 @@ def test_env_names_order():
     field = {f.name: f for f in dataclasses.fields(ServiceSettings)}["kafka_bootstrap_servers"]
     assert settings_module.env_names("VOLUNTEERS", field) == [
         "VOLUNTEERS_KAFKA_BOOTSTRAP_SERVERS", "COCREATE_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"]
+
+
+# -- the shape of topics ------------------------------------------------------------------------
+
+def test_topic_policy_follows_the_kafka_settings_for_services_and_the_gateway_feed():
+    environ = {**BASE, "COCREATE_KAFKA_TOPIC_PARTITIONS": "6", "COCREATE_KAFKA_DLQ_PARTITIONS": "2",
+               "COCREATE_KAFKA_REPLICATION_FACTOR": "3", "COCREATE_KAFKA_CREATE_TOPICS": "false"}
+    for loaded in (load_service(environ), load(GatewaySettings, "GATEWAY", environ)):
+        policy = loaded.topic_policy
+        assert (policy.create, policy.partitions, policy.dlq_partitions, policy.replication_factor) == (False, 6, 2, 3)
+        assert policy.expected_partitions("projects.events") == 6
+        assert policy.expected_partitions("projects.events.dlq") == 2
+    defaults = load_service(dict(BASE)).topic_policy
+    assert (defaults.create, defaults.partitions, defaults.dlq_partitions, defaults.replication_factor) == (True, 3, 1, 1)
+
+
+@pytest.mark.parametrize("variable", ["KAFKA_TOPIC_PARTITIONS", "KAFKA_DLQ_PARTITIONS", "KAFKA_REPLICATION_FACTOR",
+                                      "BROKER_VERIFY_SECONDS"])
+def test_topic_shape_and_verify_pace_must_be_positive_for_workers_and_the_feed(variable):
+    with pytest.raises(SettingsError, match=f"PROJECTS_{variable}"):
+        load_service({**BASE, f"COCREATE_{variable}": "0"})
+    with pytest.raises(SettingsError, match=f"GATEWAY_{variable}"):
+        load(GatewaySettings, "GATEWAY", {**BASE, f"COCREATE_{variable}": "0"})
+
+
+def test_relay_rounds_kept_must_be_positive():
+    with pytest.raises(SettingsError, match="PROJECTS_RELAY_ROUNDS_KEPT"):
+        load_service({**BASE, "PROJECTS_RELAY_ROUNDS_KEPT": "0"})
