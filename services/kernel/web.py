@@ -11,7 +11,9 @@ returned, logged and put into event metadata), request metrics, ``/healthz``, ``
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -151,8 +153,12 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
         flask.g.correlation_id = correlation_id
         flask.g.correlation_token = correlation_id_var.set(correlation_id)
         flask.g.started = time.perf_counter()
-        if request.method in ("POST", "PUT", "PATCH") and _has_body(request) and not request.is_json:
-            raise UnsupportedMediaType("request bodies must be JSON (Content-Type: application/json)")
+        if request.method in ("POST", "PUT", "PATCH") and _has_body(request):
+            if not request.is_json:
+                raise UnsupportedMediaType("request bodies must be JSON (Content-Type: application/json)")
+            problem = hostile_json(request.get_data(cache=True))
+            if problem is not None:
+                return error_response(*problem)
 
     @app.after_request
     def _finish(response: flask.Response):
@@ -174,6 +180,73 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
         token = flask.g.pop("correlation_token", None)
         if token is not None:
             correlation_id_var.reset(token)
+
+
+MAX_JSON_DEPTH = 32
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def hostile_json(body: bytes) -> tuple[int, str, dict[str, Any]] | None:
+    """Why a JSON body must be refused before any schema or store sees it, as (status, message,
+    errors in the schemas' shape ``{"json": {field: [...]}}``), or None. Every app checks this
+    first, so these answers are the same at the gateway and at each service, on SQLite and
+    PostgreSQL alike:
+
+    * nesting deeper than ``MAX_JSON_DEPTH`` (400: the parsers would recurse until they fail);
+    * a string or key holding a lone surrogate (``"\\ud800"``: no encoding can store it) or NUL
+      (PostgreSQL text cannot hold it, so SQLite must not either) — 422, naming the field;
+    * an integer outside the signed 64-bit range of every store's integer columns — 422, naming
+      the field (each schema may set a lower maximum of its own).
+
+    A body that is not JSON at all is left to the schema's own parser (400)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+        depth += 1 if bracket.group() in (b"[", b"{") else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                return 400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep", {
+                    "json": {"_schema": [f"nested more than {MAX_JSON_DEPTH} levels"]}}
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    found = _hostile_value(document, [])
+    if found is None:
+        return None
+    path, problem = found
+    errors: dict[Any, Any] = {problem_key: [problem] for problem_key in [path[-1] if path else "_schema"]}
+    for key in reversed(path[:-1]):
+        errors = {key: errors}
+    where = ".".join(str(key) for key in path if key != "_schema") or "the body"
+    return 422, f"the request is not valid: {where} {problem}", {"json": errors}
+
+
+def _hostile_value(value: Any, path: list) -> tuple[list, str] | None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            return path, "must not contain NUL characters"
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return path, "must not contain lone surrogates (not valid Unicode text)"
+        return None
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return None
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            return path, f"must lie between {INT64[0]} and {INT64[1]}"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str):
+            found = _hostile_value(key, path + ["_schema"])
+            if found is not None:
+                return found[0], f"keys {found[1]}"
+        found = _hostile_value(item, path + [key])
+        if found is not None:
+            return found
+    return None
 
 
 def _has_body(request: flask.Request) -> bool:

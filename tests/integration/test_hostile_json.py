@@ -1,0 +1,103 @@
+"""Hostile JSON bodies get a 4xx in the one error shape before any schema or store sees them, at a
+service (on SQLite and PostgreSQL) and at the gateway, and nothing is written (issue 13's
+hostile-input cases for bodies: deep nesting, lone surrogates, NUL, integers beyond 64 bits)."""
+
+from __future__ import annotations
+
+import pytest
+
+import gateway.app as gateway_app
+from services.kernel.auth import issue_token
+from services.kernel.config import AuthSettings
+from services.kernel.service import create_service_app, load_settings
+from services.kernel.web import MAX_JSON_DEPTH, hostile_json
+from services.projects.service import DEFINITION as PROJECTS
+from tests.conftest import TEST_SECRET
+from tests.support.errors import assert_error
+from tests.support.projects import FlaskClient, Person, ProjectsDriver
+
+ADMIN = Person("admin-1", "管理员", ("admin",), None)
+RESIDENT = Person("h-r1", "居民", ("resident",), "hostile")
+PROPOSAL = {"community_id": "hostile", "grid_id": "g1", "title": "修建休闲活动室", "description": "在小区空地建一间活动室",
+            "category": "facilities", "location": "3号楼旁", "estimated_cost_fen": 5_000_000, "requested_fen": 3_000_000}
+RAW_CASES = {  # raw bodies: json.dumps would refuse or escape some of these
+    "nested 1,000 levels": (b'{"title": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, None),
+    "a lone surrogate": (b'{"title": "\\ud800 fence"}', 422, "title"),
+    "a NUL character": (b'{"description": "a\\u0000b"}', 422, "description"),
+    "2^63 fen": (b'{"estimated_cost_fen": 9223372036854775808}', 422, "estimated_cost_fen"),
+    "a NUL in a key": (b'{"ti\\u0000tle": "x"}', 422, "_schema"),
+}
+
+
+def body_with(raw: bytes) -> bytes:
+    """The proposal with one field replaced by ``raw`` (a JSON object text)."""
+    import json
+
+    rest = json.dumps({k: v for k, v in PROPOSAL.items() if k.encode() not in raw}, ensure_ascii=False).encode()
+    return raw[:-1] + b", " + rest[1:]
+
+
+@pytest.fixture
+def projects(tmp_path, database_url):
+    settings = load_settings(PROJECTS, environ={"COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path),
+                                                "PROJECTS_DATABASE_URL": database_url})
+    app = create_service_app(PROJECTS, settings)
+    driver = ProjectsDriver(FlaskClient(app.test_client()))
+    driver.post(ADMIN, "/communities", {"community_id": "hostile", "name": "海沧社区", "district": "海沧区",
+                                        "grids": [{"grid_id": "g1", "name": "第一网格"}]})
+    store = app.extensions["cocreate.container"].store
+    yield app.test_client(), store
+    store.engine.dispose()
+
+
+@pytest.mark.parametrize("case", sorted(RAW_CASES))
+def test_a_hostile_proposal_is_refused_and_nothing_is_written(projects, case):
+    client, store = projects
+    raw, status, field = RAW_CASES[case]
+    before = store.last_position()
+    reply = client.post("/projects", data=body_with(raw), headers={**RESIDENT.headers,
+                                                                   "Content-Type": "application/json"})
+    error = assert_error(_Reply(reply), status)
+    if field is not None:
+        assert field in error["errors"]["json"], error
+    assert store.last_position() == before
+    # The same proposal without the hostile part is accepted: the refusal was about that part.
+    assert client.post("/projects", json=PROPOSAL, headers=RESIDENT.headers).status_code == 201
+
+
+@pytest.mark.parametrize("case", sorted(RAW_CASES))
+def test_the_gateway_refuses_hostile_bodies_before_forwarding_them(case):
+    # No service runs behind this gateway: a forwarded request would be a 502/503/504, not this.
+    client = gateway_app.create_app(gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET})).test_client()
+    token = issue_token(AuthSettings(jwt_secret=TEST_SECRET), person_id="h-r1", name="居民", roles=["resident"],
+                        community="hostile")
+    raw, status, field = RAW_CASES[case]
+    reply = client.post("/api/v1/projects", data=body_with(raw),
+                        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    error = assert_error(_Reply(reply), status)
+    if field is not None:
+        assert field in error["errors"]["json"], error
+
+
+def test_the_depth_limit_and_what_it_does_not_count():
+    assert hostile_json(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH) is None
+    assert hostile_json(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))[0] == 400
+    assert hostile_json(b'{"t": "' + b"[" * 500 + b'\\" {{"}') is None  # brackets inside strings
+    assert hostile_json(b'{"n": -9223372036854775808, "m": 9223372036854775807, "f": 1e300}') is None
+    assert hostile_json(b'{"n": -9223372036854775809}')[0] == 422
+    assert hostile_json(b"not json") is None  # left to the schema's parser: a 400 of its own
+    assert hostile_json('{"t": "海沧 \U0001F600"}'.encode()) is None  # a real astral character is fine
+
+
+class _Reply:
+    """Flask's test response with the shape assert_error reads."""
+
+    def __init__(self, response) -> None:
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.body = response.get_data()
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
