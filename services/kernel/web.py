@@ -36,15 +36,26 @@ from services.kernel.logs import correlation_id_var
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-ID"
+INT64 = (-(2 ** 63), 2 ** 63 - 1)  # the range of every integer column of every store
 ReadinessCheck = Callable[[], None]
 
 
 class Schema(ma.Schema):
-    """Base schema: unknown fields are an error, never silently dropped."""
+    """Base schema: unknown fields are an error, never silently dropped; every integer field has a
+    documented minimum and maximum (at most the signed 64-bit range of the stores' columns, so no
+    value can overflow a query parameter or a column: a field's own ``Range`` may narrow it)."""
 
     class Meta:
         unknown = ma.RAISE
         ordered = True
+
+    def on_bind_field(self, field_name: str, field_obj: ma.fields.Field) -> None:
+        if isinstance(field_obj, ma.fields.Integer) and not getattr(field_obj, "_int64_bounded", False):
+            ranges = [v for v in field_obj.validators if isinstance(v, ma.validate.Range)]
+            if not any(r.max is not None for r in ranges) or not any(r.min is not None for r in ranges):
+                field_obj.validators.append(ma.validate.Range(min=INT64[0], max=INT64[1]))
+            field_obj._int64_bounded = True  # type: ignore[attr-defined]
+        super().on_bind_field(field_name, field_obj)
 
 
 def error_body(status: int, message: str, errors: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -183,7 +194,6 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
 
 
 MAX_JSON_DEPTH = 32
-INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 

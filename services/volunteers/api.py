@@ -121,7 +121,7 @@ class VerificationSchema(Schema):
 
 class LeaderboardQuery(Schema):
     period = f.String(load_default="month", validate=v.OneOf(["month", "year", "all"]))
-    month = f.String(validate=v.Regexp(r"^\d{4}-(0[1-9]|1[0-2])$"), metadata={"description": "YYYY-MM"})
+    month = f.String(validate=v.Regexp(r"^(?!0000)\d{4}-(0[1-9]|1[0-2])$"), metadata={"description": "YYYY-MM, year 0001 to 9999"})
     year = f.Integer(validate=v.Range(min=2000, max=2100))
     limit = f.Integer(load_default=20, validate=v.Range(min=1, max=200))
 

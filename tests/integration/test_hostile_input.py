@@ -4,6 +4,8 @@ hostile-input cases for bodies: deep nesting, lone surrogates, NUL, integers bey
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 import gateway.app as gateway_app
@@ -101,3 +103,67 @@ class _Reply:
         import json
 
         return json.loads(self.body)
+
+
+# -- query strings and the documents ------------------------------------------------------------
+
+def service_client(definition, tmp_path, database_url):
+    settings = load_settings(definition, environ={"COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path),
+                                                  f"{definition.name.upper()}_DATABASE_URL": database_url})
+    app = create_service_app(definition, settings)
+    return app.test_client(), app.extensions["cocreate.container"].store
+
+
+@pytest.mark.parametrize("service", ["projects", "volunteers", "feedback"])
+def test_integers_beyond_64_bits_in_query_strings_are_422_on_every_service(service, tmp_path, database_url):
+    definition = importlib.import_module(f"services.{service}.service").DEFINITION
+    client, store = service_client(definition, tmp_path, database_url)
+    try:
+        for path in (f"/events?after={2 ** 63}", f"/events?limit={2 ** 64}",
+                     f"/streams/x/events?up_to_version={2 ** 63}", f"/events?after=-{2 ** 63 + 1}"):
+            reply = _Reply(client.get(path, headers=ADMIN.headers))
+            error = assert_error(reply, 422)
+            assert set(error["errors"]["query"]) <= {"after", "limit", "up_to_version"}, (path, error)
+        assert client.get(f"/events?after={2 ** 63 - 1}", headers=ADMIN.headers).status_code == 200
+    finally:
+        store.engine.dispose()
+
+
+def test_a_leaderboard_of_month_zero_is_422(tmp_path):
+    from services.volunteers.service import DEFINITION as VOLUNTEERS
+
+    client, store = service_client(VOLUNTEERS, tmp_path, f"sqlite:///{tmp_path}/volunteers.db")
+    try:
+        for month in ("0000-01", "2026-13", "2026-00"):
+            reply = _Reply(client.get(f"/leaderboards/hostile?period=month&month={month}", headers=RESIDENT.headers))
+            assert "month" in assert_error(reply, 422)["errors"]["query"], month
+        assert client.get("/leaderboards/hostile?period=month&month=0001-01", headers=RESIDENT.headers).status_code == 200
+    finally:
+        store.engine.dispose()
+
+
+@pytest.mark.parametrize("service", ["projects", "volunteers", "feedback"])
+def test_every_integer_in_a_document_has_a_documented_minimum_and_maximum(service, tmp_path):
+    definition = importlib.import_module(f"services.{service}.service").DEFINITION
+    client, store = service_client(definition, tmp_path, f"sqlite:///{tmp_path}/{service}.db")
+    try:
+        document = client.get("/openapi.json").get_json()
+    finally:
+        store.engine.dispose()
+    unbounded = []
+
+    def visit(node, where):
+        if isinstance(node, dict):
+            if node.get("type") == "integer" and ("minimum" not in node or "maximum" not in node):
+                unbounded.append(where)
+            for key, value in node.items():
+                visit(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                visit(value, f"{where}/{i}")
+
+    # flask-smorest's own response schemas (its error and pagination headers) are not ours to bound.
+    for name in ("Error", "PaginationMetadata"):
+        document["components"]["schemas"].pop(name, None)
+    visit(document, "")
+    assert unbounded == []
