@@ -91,11 +91,20 @@ class Catalogue:
                         operation["tags"] = [f"{name} · {tag}" for tag in operation.get("tags", [])]
                         operation["operationId"] = f"{name}_{method}_{path}".replace("/", "_").replace(
                             "{", "").replace("}", "")
+                        if method == "post":
+                            operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
                 paths[PREFIX + public_rule(name, path)] = operations
             schemas.update({f"{label}{k}": v for k, v in renamed["schemas"].items()})
             responses.update({f"{label}{k}": v for k, v in renamed["responses"].items()})
             tags += [{**tag, "name": f"{name} · {tag['name']}"} for tag in spec.get("tags", [])]
         return paths, schemas, responses, tags
+
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+    "description": "Send the same key again to retry safely: the first answer is returned again "
+                   "(kept 24 hours); another body with the same key is a 409 (idempotency_key_reused)."}
 
 
 def _plain(value: Any) -> Any:

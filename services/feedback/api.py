@@ -30,7 +30,7 @@ from services.feedback.views import (
 from services.kernel.db import read_transaction
 from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
-    ANY_ROLE, IDENTIFIER, Schema, command_answer, current_principal, etagged, event_metadata,
+    ANY_ROLE, IDENTIFIER, JsonBoolean, Schema, command_answer, current_principal, etagged, event_metadata,
     expected_version_from_if_match, roles, text_field,
 )
 
@@ -45,7 +45,9 @@ PERIOD = {"validate": v.Regexp(r"^20\d\d-(0[1-9]|1[0-2]|Q[1-4])$", error="YYYY-M
 class PolicySchema(Schema):
     period = f.String(validate=v.OneOf(["month", "quarter"]))
     min_ratings = f.Integer(strict=True, validate=v.Range(min=1, max=10_000))
-    prior_mean = f.Decimal(places=2, validate=v.Range(min=1, max=5), metadata={"description": "1.00 to 5.00"})
+    # The bounds as numbers in the document (apispec would render the Decimal bounds as strings).
+    prior_mean = f.Decimal(places=2, validate=v.Range(min=1, max=5),
+                           metadata={"description": "1.00 to 5.00", "minimum": 1, "maximum": 5})
     prior_weight = f.Integer(strict=True, validate=v.Range(min=0, max=10_000))
     satisfaction_threshold_pct = f.Integer(strict=True, validate=v.Range(min=1, max=100))
     followup_working_days = f.Integer(strict=True, validate=v.Range(min=1, max=30))
@@ -96,7 +98,7 @@ class AppealSchema(Schema):
 
 
 class AppealDecisionSchema(Schema):
-    upheld = f.Boolean(required=True)
+    upheld = JsonBoolean(required=True)
     reason = text_field(500, required=True)
 
 
@@ -126,7 +128,7 @@ class RectificationSchema(Schema):
 
 
 class ConfirmationSchema(Schema):
-    satisfied = f.Boolean(required=True)
+    satisfied = JsonBoolean(required=True)
     comment = f.String(validate=v.Length(max=1000), load_default="")
 
 
@@ -134,7 +136,7 @@ class PublishSchema(Schema):
     community_id = f.String(required=True, **ID)
     kind = f.String(required=True, validate=v.OneOf(SUBJECT_KINDS))
     period = f.String(required=True, **PERIOD)
-    provisional = f.Boolean(load_default=False, metadata={"description": "an interim edition of the open "
+    provisional = JsonBoolean(load_default=False, metadata={"description": "an interim edition of the open "
                                                                           "period (opens no support plans)"})
 
 
@@ -257,6 +259,7 @@ def blueprints(container) -> list[Blueprint]:
         @roles(subjects, *RATERS)
         @subjects.arguments(RatingSchema)
         @subjects.response(201)
+        @subjects.alt_response(200, description="the resident's rating of this period, revised")
         def post(self, body, subject_id):
             """Rate a subject of your community (resident): once per period, again to revise it"""
             principal, meta = who()

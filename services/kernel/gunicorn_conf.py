@@ -15,6 +15,11 @@ threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
+# gunicorn answers a request line over its limit (at most 8190) with an HTML 414 before the app
+# sees it. Its limit is lifted so that the apps answer over-long URLs themselves, with a 414 in the
+# one JSON error shape (services.kernel.web.MAX_URL_BYTES); in a cluster the ingress bounds
+# request lines before they reach a pod.
+limit_request_line = 0
 # gunicorn >= 25 opens a control socket under $HOME by default: four apps on one host would share
 # its path, and a read-only root filesystem has no place for it. Nothing here uses it.
 control_socket_disable = True

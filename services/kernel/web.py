@@ -11,6 +11,7 @@ returned, logged and put into event metadata), request metrics, ``/healthz``, ``
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import re
@@ -56,6 +57,16 @@ class Schema(ma.Schema):
                 field_obj.validators.append(ma.validate.Range(min=INT64[0], max=INT64[1]))
             field_obj._int64_bounded = True  # type: ignore[attr-defined]
         super().on_bind_field(field_name, field_obj)
+
+
+class JsonBoolean(ma.fields.Boolean):
+    """A boolean of a JSON body: ``true`` or ``false`` only (marshmallow's own also takes 0, 1,
+    "yes", "on", …: a client sending ``"provisional": 0`` has a bug it should hear about)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 def error_body(status: int, message: str, errors: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -164,6 +175,14 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
         flask.g.correlation_id = correlation_id
         flask.g.correlation_token = correlation_id_var.set(correlation_id)
         flask.g.started = time.perf_counter()
+        target = request.environ.get("RAW_URI") or request.full_path
+        if len(target.encode("latin-1", "replace")) > MAX_URL_BYTES:
+            return error_response(414, f"the URL is longer than {MAX_URL_BYTES} bytes", {
+                "url": [f"at most {MAX_URL_BYTES} bytes"]})
+        if request.content_length is None and "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+            too_large = _buffer_chunked_body(request, flask.current_app.config["MAX_CONTENT_LENGTH"])
+            if too_large is not None:
+                return too_large
         if request.method in ("POST", "PUT", "PATCH") and _has_body(request):
             if not request.is_json:
                 raise UnsupportedMediaType("request bodies must be JSON (Content-Type: application/json)")
@@ -194,6 +213,7 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
 
 
 MAX_JSON_DEPTH = 32
+MAX_URL_BYTES = 8_192  # below gunicorn's limit_request_line (16 384), so the app answers in JSON
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
@@ -256,6 +276,28 @@ def _hostile_value(value: Any, path: list) -> tuple[list, str] | None:
         found = _hostile_value(item, path + [key])
         if found is not None:
             return found
+    return None
+
+
+def _buffer_chunked_body(request: flask.Request, limit: int) -> flask.Response | None:
+    """A chunked body has no Content-Length for the size limit to check: read it (at most one byte
+    past the limit) and hand it on with its length, or answer 413 as for any body too large."""
+    source = request.environ["wsgi.input"]
+    parts, size = [], 0
+    while size <= limit:
+        part = source.read(min(65_536, limit + 1 - size))
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        return error_response(413, f"the request body is larger than {limit} bytes", {
+            "body": [f"at most {limit} bytes"]})
+    body = b"".join(parts)
+    request.environ["wsgi.input"] = io.BytesIO(body)
+    request.environ["CONTENT_LENGTH"] = str(len(body))
+    request.environ.pop("HTTP_TRANSFER_ENCODING", None)
+    request.environ.pop("wsgi.input_terminated", None)
     return None
 
 

@@ -167,3 +167,42 @@ def test_every_integer_in_a_document_has_a_documented_minimum_and_maximum(servic
         document["components"]["schemas"].pop(name, None)
     visit(document, "")
     assert unbounded == []
+
+
+def test_a_boolean_of_a_body_is_true_or_false_only(tmp_path):
+    from services.feedback.service import DEFINITION as FEEDBACK
+
+    client, store = service_client(FEEDBACK, tmp_path, f"sqlite:///{tmp_path}/feedback.db")
+    cadre = Person("h-cadre", "社区干部", ("cadre",), "hostile")
+    try:
+        before = store.last_position()
+        for value in (0, 1, "true", "yes", None):
+            body = {"community_id": "hostile", "kind": "cadre", "period": "2026-11", "provisional": value}
+            reply = _Reply(client.post("/rankings", json=body, headers=cadre.headers))
+            assert "provisional" in assert_error(reply, 422)["errors"]["json"], value
+        assert store.last_position() == before
+        ok = client.post("/rankings", json={"community_id": "hostile", "kind": "cadre", "period": "2026-11",
+                                            "provisional": False}, headers=cadre.headers)
+        assert ok.status_code != 422, ok.get_data()
+    finally:
+        store.engine.dispose()
+
+
+def test_the_documents_say_what_the_apps_do(tmp_path):
+    from services.feedback.service import DEFINITION as FEEDBACK
+
+    client, store = service_client(FEEDBACK, tmp_path, f"sqlite:///{tmp_path}/feedback.db")
+    try:
+        document = client.get("/openapi.json").get_json()
+    finally:
+        store.engine.dispose()
+    prior = document["components"]["schemas"]["Policy"]["properties"]["prior_mean"]
+    assert (prior["minimum"], prior["maximum"]) == (1, 5)  # numbers, not the strings "1.00", "5.00"
+    assert {"200", "201"} <= set(document["paths"]["/subjects/{subject_id}/ratings"]["post"]["responses"])
+    gateway = gateway_app.create_app(gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET}))
+    merged = gateway.test_client().get("/openapi.json").get_json()
+    forwarded = [(path, op) for path, ops in merged["paths"].items() for method, op in ops.items()
+                 if method == "post" and path != "/api/v1/auth/token"]
+    assert len(forwarded) > 40
+    for path, op in forwarded:
+        assert [p["in"] for p in op.get("parameters", []) if p["name"] == "Idempotency-Key"] == ["header"], path
