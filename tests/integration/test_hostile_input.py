@@ -206,3 +206,12 @@ def test_the_documents_say_what_the_apps_do(tmp_path):
     assert len(forwarded) > 40
     for path, op in forwarded:
         assert [p["in"] for p in op.get("parameters", []) if p["name"] == "Idempotency-Key"] == ["header"], path
+
+
+def test_a_post_without_the_body_its_schema_requires_is_422_naming_the_fields(projects):
+    client, store = projects
+    before = store.last_position()
+    for headers in ({}, {"Content-Type": "application/json"}):
+        reply = _Reply(client.post("/projects", headers={**RESIDENT.headers, **headers}))
+        assert {"title", "community_id"} <= set(assert_error(reply, 422)["errors"]["json"])
+    assert store.last_position() == before
