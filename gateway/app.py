@@ -35,7 +35,7 @@ from services.kernel import settings as settings_module
 from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
 from services.kernel.db import ping
-from services.kernel.errors import DomainError, NotFound, Unauthenticated
+from services.kernel.errors import DomainError, Forbidden, NotFound, Unauthenticated
 from services.kernel.logs import configure_logging
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
@@ -186,6 +186,10 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         def get(self, query):
             """Server-sent events of your community's events; resume with Last-Event-ID"""
             principal = current_principal()
+            if "admin" not in principal.roles and not principal.community:
+                # Without a community a token would read every community's events.
+                raise Forbidden("the live stream is open only to a token of a community (or an admin's)",
+                                reason="community_required")
             community = query.get("community_id") if "admin" in principal.roles else principal.community
             last = flask.request.headers.get("Last-Event-ID", "").strip()
             after = int(last) if last.isdigit() else store.last_feed_id()

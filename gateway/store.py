@@ -63,7 +63,8 @@ feed_streams = sa.Table(  # which community a stream belongs to, learnt from its
 
 # The live feed goes to every member of a community: contact details never, and nothing that tells
 # who rated whom (ratings and their follow-ups name residents only to staff).
-ALWAYS_HIDDEN = frozenset({"phone"})
+# Check-in codes too: whoever reads one could check in without attending.
+ALWAYS_HIDDEN = frozenset({"phone", "checkin_code"})
 PRIVATE_STREAMS = ("rating-", "case-")
 HIDDEN_IN_PRIVATE = frozenset({"person_id", "comment", "note", "statement", "confirmed_by", "by"})
 

@@ -228,7 +228,9 @@ class Project(Aggregate):
 
     def cast_ballot(self, actor: Principal, choice: str) -> list[NewEvent]:
         self._expect("cast_ballot", "cast a ballot")
-        actor.require("representative")
+        # A ballot counts for the community of the token it comes with: a representative of this
+        # community holding a token of another one is refused, like any member of another one.
+        require_member(actor, self.community_id, ("representative",))
         if choice not in CHOICES:
             raise DomainError("choice must be yes, no or abstain", reason="invalid_choice",
                               details={"choice": f"one of {', '.join(CHOICES)}"})

@@ -215,3 +215,27 @@ def test_a_post_without_the_body_its_schema_requires_is_422_naming_the_fields(pr
         reply = _Reply(client.post("/projects", headers={**RESIDENT.headers, **headers}))
         assert {"title", "community_id"} <= set(assert_error(reply, 422)["errors"]["json"])
     assert store.last_position() == before
+
+
+# -- the first privacy fixes (issue 13): the live stream ------------------------------------------
+
+def test_the_live_stream_is_refused_to_a_token_without_a_community():
+    client = gateway_app.create_app(gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET})).test_client()
+    token = issue_token(AuthSettings(jwt_secret=TEST_SECRET), person_id="drifter", name="无社区", roles=["resident"],
+                        community=None)
+    reply = _Reply(client.get("/api/v1/live", headers={"Authorization": f"Bearer {token}"}))
+    assert assert_error(reply, 403, "community_required")["message"].startswith("the live stream is open only")
+
+
+def test_the_live_feed_never_carries_a_check_in_code_or_a_phone():
+    from gateway.store import redacted
+    from services.kernel.events import StoredEvent, utc_now
+
+    event = StoredEvent(event_id="e1", event_type="ActivityPublished", schema_version=1, stream_id="activity-a1",
+                        version=1, position=1, occurred_at=utc_now(),
+                        data={"activity_id": "a1", "community_id": "hostile", "title": "清扫", "checkin_code": "483920",
+                              "phone": "13800000000"},
+                        metadata={"actor": "org", "correlation_id": None, "causation_id": None})
+    envelope = redacted(event)
+    assert "checkin_code" not in envelope["data"] and "phone" not in envelope["data"]
+    assert envelope["data"]["title"] == "清扫"

@@ -501,7 +501,10 @@ def test_ballots_and_an_approved_vote(api):
     api.refused(c.residents[1], "POST", path, {"choice": "yes"}, status=403, reason="role_required", **watch)
     api.refused(c.cadre, "POST", path, {"choice": "yes"}, status=403, reason="role_required", **watch)
     stranger = Person("jimei-rep", "集美代表", ("representative", "resident"), "jimei")
-    api.refused(stranger, "POST", path, {"choice": "yes"}, status=403, reason="not_in_electorate", **watch)
+    api.refused(stranger, "POST", path, {"choice": "yes"}, status=403, reason="other_community", **watch)
+    # One of this vote's electorate, holding a token of another community: refused all the same.
+    elsewhere = Person(c.representatives[8].person_id, "代表8", ("representative", "resident"), "jimei")
+    api.refused(elsewhere, "POST", path, {"choice": "yes"}, status=403, reason="other_community", **watch)
     assert json_errors(api.refused(c.representatives[8], "POST", path, {"choice": "maybe"}, status=422,
                                    **watch)) == {"choice"}
     assert json_errors(api.refused(c.representatives[8], "POST", path, {}, status=422, **watch)) == {"choice"}

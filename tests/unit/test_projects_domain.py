@@ -585,7 +585,9 @@ def test_each_representative_casts_exactly_one_ballot():
     refused(Forbidden, "role_required", lambda: project.cast_ballot(RESIDENTS[1], "yes"), project)
     refused(Forbidden, "role_required", lambda: project.cast_ballot(CADRE, "yes"), project)
     stranger = who("jimei-rep", "representative", community="jimei")
-    refused(Forbidden, "not_in_electorate", lambda: project.cast_ballot(stranger, "yes"), project)
+    refused(Forbidden, "other_community", lambda: project.cast_ballot(stranger, "yes"), project)
+    elsewhere = who(REPS[1].person_id, "representative", community="jimei")  # in the electorate, other token
+    refused(Forbidden, "other_community", lambda: project.cast_ballot(elsewhere, "yes"), project)
     error = refused(DomainError, "invalid_choice", lambda: project.cast_ballot(REPS[1], "maybe"), project)
     assert error.details == {"choice": "one of yes, no, abstain"}
 
