@@ -1,7 +1,8 @@
 """HTTP API of the volunteers service (flask-smorest; /openapi.json and /docs).
 
 Commands answer with the changed resource, the events recorded (``recorded``) and an ``ETag``
-holding the resource's version. Contact details are masked except for the holder and staff.
+holding the resource's version. Contact details are masked except for the holder, admins, cadres of the
+holder's community and organisers of activities the holder signed up for (see ``may_see_contact``).
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from services.kernel.web import (
     expected_version_from_if_match, roles, text_field,
 )
 from services.volunteers import handlers
-from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
+from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS, Activity
 from services.volunteers.handlers import VolunteersService
 from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS, REWARDS
 
 f = ma.fields
 v = ma.validate
 ID = IDENTIFIER
-VIEWERS_OF_CONTACTS = ("cadre", "admin", "organizer")
 
 
 text = text_field
@@ -136,10 +136,6 @@ def _answer(resource: dict, version: int, recorded, status: int = 200, created_i
     return command_answer("resource", resource, version, recorded, status, created_id)
 
 
-def _is_staff(principal) -> bool:
-    return principal.has_any(VIEWERS_OF_CONTACTS)
-
-
 def period_bounds(query) -> tuple[str | None, str | None, str]:
     today = handlers.now().date()
     if query["period"] == "all":
@@ -184,13 +180,30 @@ def blueprints(container) -> list[Blueprint]:
 
     def card_for(principal, person_id):
         card = CARDS.fetch(store.engine, person_id)
-        return card, principal.person_id == person_id or _is_staff(principal)
+        return card, may_see_contact(principal, card)
+
+    def may_see_contact(principal, card) -> bool:
+        """Contact details unmasked only for the holder, admins, cadres of the holder's community,
+        and organisers (of that community) of an activity the holder signed up for."""
+        if principal.person_id == card.id or "admin" in principal.roles:
+            return True
+        if principal.community != card.community_id:
+            return False
+        if "cadre" in principal.roles:
+            return True
+        if not principal.has_any(("organizer",)):
+            return False
+        with read_transaction(store.engine) as connection:
+            states = connection.execute(sa.select(ACTIVITIES.table.c.state).where(
+                ACTIVITIES.table.c.community_id == card.community_id)).scalars().all()
+        return any(a.organiser_person_id == principal.person_id and card.id in a.signups
+                   for a in map(Activity.from_json, states))
 
     @cards.route("/<person_id>")
     class CardResource(MethodView):
         @cards.response(200)
         def get(self, person_id):
-            """A volunteer's card (contact details masked unless it is yours or you are staff)"""
+            """A volunteer's card (contact details masked but for you, cadres of your community and your organisers)"""
             card, full = card_for(current_principal(), person_id)
             return etagged(card.view(full=full), card.version)
 
@@ -198,7 +211,7 @@ def blueprints(container) -> list[Blueprint]:
     class CardHistory(MethodView):
         @cards.response(200)
         def get(self, person_id):
-            """The card's credits and claims (the holder and staff)"""
+            """The card's credits and claims (those who see the phone unmasked)"""
             principal = current_principal()
             card, full = card_for(principal, person_id)
             if not full:

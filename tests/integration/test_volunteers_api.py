@@ -871,3 +871,23 @@ def test_project_minutes_count_each_delivery_once(api):
     created = api.get(CADRE, "/cards/v7")
     assert (created["registered_via"], created["name"], created["approved_minutes"]) == ("project", "贡献者v7", 60)
     assert [c["source_id"] for c in api.get(Person("v7", "贡献者v7", ("resident",), COMMUNITY), "/me/card")["credits"]] == ["p-1"]
+
+
+def test_who_sees_a_volunteers_phone_unmasked(api):
+    """The holder, admins, cadres of the holder's community, and organisers (of that community) of
+    an activity the holder signed up for; nobody else, whatever their role elsewhere."""
+    api.card(V1)
+    other_org = Person("org-x", "外社区社工站", ("organizer",), OTHER)
+    idle_org = Person("org-2", "另一社工站", ("organizer",), COMMUNITY)
+    full, masked = "13812345678", "138****5678"
+    for viewer, phone in ((V1, full), (ADMIN, full), (CADRE, full), (ORG, masked), (idle_org, masked),
+                          (other_org, masked), (OTHER_CADRE, masked), (V2, masked), (STRANGER, masked)):
+        assert api.get(viewer, "/cards/v1")["phone"] == phone, viewer.person_id
+    activity = api.publish(by=ORG)
+    api.post(V1, f"/activities/{activity['id']}/signups", status=201)
+    assert api.get(ORG, "/cards/v1")["phone"] == full  # now V1's organiser
+    for viewer in (idle_org, other_org, OTHER_CADRE, V2):
+        assert api.get(viewer, "/cards/v1")["phone"] == masked, viewer.person_id
+    # The card's history follows the same rule.
+    assert api.d.call(OTHER_CADRE, "GET", "/cards/v1/history").status_code == 404
+    assert api.d.call(ORG, "GET", "/cards/v1/history").status_code == 200
