@@ -246,7 +246,11 @@ class FeedbackService:
         """``ProjectRated`` on projects.events -> a rating of the project and of its responsible
         unit, each exactly once (the inbox, and the rating's own stream being deterministic)."""
         d = event.data
-        meta = Metadata.caused_by(event)
+        # No actor: the rater is in the ratings' data (shown as the policy says), never in the
+        # metadata of what the evaluation causes (a subject registered by a first evaluation is
+        # public, and its actor would name the rater).
+        caused = Metadata.caused_by(event)
+        meta = Metadata(actor=None, correlation_id=caused.correlation_id, causation_id=caused.causation_id)
         with self._uow(meta, connection=connection) as uow:
             unit = d["responsible_unit"]
             project_subject = self._subject_for(uow, f"project-{d['project_id']}", "project",

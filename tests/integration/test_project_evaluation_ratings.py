@@ -78,3 +78,8 @@ def test_project_ratings_become_feedback_ratings_once_even_when_redelivered(brok
     assert count_events(feedback.store, "SubjectRegistered") == 2
     assert count_events(feedback.store, "FollowUpOpened") == 4
     assert fb.get(cadre, f"/subjects/{unit['unit_id']}")["figures"]["ratings"] == 5
+    # Nothing the evaluations caused names a rater as its actor (subjects are public).
+    raters = {p.person_id for p in c.residents}
+    caused = [e for e in feedback.store.iterate_all() if e.metadata.get("causation_id")]
+    assert {e.event_type for e in caused} >= {"SubjectRegistered", "RatingSubmitted", "FollowUpOpened"}
+    assert not [e.event_type for e in caused if e.metadata.get("actor") in raters]
