@@ -19,6 +19,7 @@ from pathlib import Path
 
 from services.kernel.broker import free_port
 from tests.conftest import TEST_SECRET
+from tests.support.platform import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ("gateway", "projects", "volunteers", "feedback")
@@ -35,13 +36,7 @@ def _ready(url: str) -> bool:
 
 
 def _stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_group(process, sig)
 
 
 class Platform:

@@ -27,7 +27,8 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
@@ -146,14 +147,23 @@ class BrokerView:
                 log.debug("closing a broker client failed", exc_info=True)
         self._admin = None
 
-    def topics(self, names: Iterable[str]) -> dict[str, TopicInfo | None]:
-        """Each topic's id and partition count, or None when the broker does not have it."""
-        found: dict[str, TopicInfo | None] = {}
+    def _ask(self, question: Callable[[KafkaAdminClient], Any]) -> Any:
+        """One admin request; a failed one closes the client, so the next starts afresh."""
         try:
-            described = self._admin_client().describe_topics(list(names))
+            return question(self._admin_client())
         except Exception:
             self.close()
             raise
+
+    def _listed(self, partitions: Mapping[str, int], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        wanted = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
+        listed = self._ask(lambda admin: admin.list_partition_offsets({tp: spec for tp in wanted}))
+        return {(tp.topic, tp.partition): listed[tp].offset for tp in wanted}
+
+    def topics(self, names: Iterable[str]) -> dict[str, TopicInfo | None]:
+        """Each topic's id and partition count, or None when the broker does not have it."""
+        found: dict[str, TopicInfo | None] = {}
+        described = self._ask(lambda admin: admin.describe_topics(list(names)))
         for topic in described:
             if topic.get("error_code") or not topic.get("partitions"):
                 found[topic["name"]] = None
@@ -163,14 +173,11 @@ class BrokerView:
 
     def create(self, topics: Mapping[str, int], replication_factor: int) -> None:
         try:
-            self._admin_client().create_topics(
-                {name: {"num_partitions": n, "replication_factor": replication_factor} for name, n in topics.items()})
+            self._ask(lambda admin: admin.create_topics(
+                {name: {"num_partitions": n, "replication_factor": replication_factor} for name, n in topics.items()}))
             log.info("created topics", extra={"topics": dict(topics)})
         except TopicAlreadyExistsError:
             pass
-        except Exception:
-            self.close()
-            raise
 
     def end_offsets(self, partitions: Mapping[str, int], beyond: Mapping[tuple[str, int], int] | None = None,
                     timeout: float = 5.0, fetch: bool = True) -> dict[tuple[str, int], int]:
@@ -183,15 +190,10 @@ class BrokerView:
         The fetching consumer is closed at once: a client that keeps a topic in its metadata asks
         for it again after a broker restart, and the local broker would create it then.
         """
-        wanted = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
-        try:
-            listed = self._admin_client().list_partition_offsets({tp: OffsetSpec.LATEST for tp in wanted})
-        except Exception:
-            self.close()
-            raise
-        ends = {(tp.topic, tp.partition): listed[tp].offset for tp in wanted}
+        ends = self._listed(partitions, OffsetSpec.LATEST)
         if not fetch or (beyond is not None and all(ends[key] > beyond.get(key, -1) for key in ends)):
             return ends
+        wanted = [TopicPartition(topic, p) for topic, p in ends]
         probe = KafkaConsumer(
             bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-probe",
             group_id=None, enable_auto_commit=False, auto_offset_reset="none",
@@ -201,7 +203,7 @@ class BrokerView:
         try:
             probe.assign(wanted)
             for tp in wanted:  # at most the last batch comes back; the answer carries the watermark
-                probe.seek(tp, listed[tp].offset)
+                probe.seek(tp, ends[(tp.topic, tp.partition)])
             deadline = time.monotonic() + timeout
             while True:
                 probe.poll(timeout_ms=100)
@@ -214,21 +216,11 @@ class BrokerView:
             probe.close()
 
     def begin_offsets(self, partitions: Mapping[str, int]) -> dict[tuple[str, int], int]:
-        wanted = [TopicPartition(topic, p) for topic, count in partitions.items() for p in range(count)]
-        try:
-            listed = self._admin_client().list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in wanted})
-        except Exception:
-            self.close()
-            raise
-        return {(tp.topic, tp.partition): listed[tp].offset for tp in wanted}
+        return self._listed(partitions, OffsetSpec.EARLIEST)
 
     def committed(self, group_id: str) -> dict[tuple[str, int], int]:
         """The group's committed offsets on the broker: ``{(topic, partition): offset}``."""
-        try:
-            offsets = self._admin_client().list_group_offsets(group_id).get(group_id, {})
-        except Exception:
-            self.close()
-            raise
+        offsets = self._ask(lambda admin: admin.list_group_offsets(group_id)).get(group_id, {})
         return {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()
                 if meta is not None and meta.offset >= 0}
 

@@ -29,6 +29,17 @@ PORT_VARIABLES = {
 }
 
 
+def stop_group(process: subprocess.Popen, sig: int, timeout: float = 60) -> None:
+    """Send ``sig`` to the process group a process leads; SIGKILL it if it lingers."""
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def procfile() -> dict[str, str]:
     entries = {}
     for line in (ROOT / "Procfile").read_text().splitlines():
@@ -74,14 +85,7 @@ class LocalPlatform:
         log.close()
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        process = self.processes[name]
-        if process.poll() is None:
-            os.killpg(process.pid, sig)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_group(self.processes[name], sig)
 
     def wait_ready(self, names, timeout: float = 120) -> None:
         pending = set(names)
