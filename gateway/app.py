@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ from gateway.catalogue import PREFIX, Catalogue, service_path
 from gateway.store import GatewayStore, fingerprint
 from gateway.tokens import authenticate, load_users
 from gateway.upstream import Upstream, UpstreamUnavailable
-from services.kernel import settings as settings_module
+from services.kernel import privacy, settings as settings_module
 from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
 from services.kernel.db import ping
@@ -193,7 +194,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
             community = query.get("community_id") if "admin" in principal.roles else principal.community
             last = flask.request.headers.get("Last-Event-ID", "").strip()
             after = int(last) if last.isdigit() else store.last_feed_id()
-            return flask.Response(flask.stream_with_context(_event_stream(store, community, after)),
+            return flask.Response(flask.stream_with_context(_event_stream(store, principal, community, after)),
                                   content_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -301,20 +302,32 @@ def _idempotent(store: GatewayStore, settings: GatewaySettings, caller: str, key
     return response
 
 
-def _event_stream(store: GatewayStore, community: str | None, after: int, idle_seconds: float = 0.5,
+def _event_stream(store: GatewayStore, principal, community: str | None, after: int, idle_seconds: float = 0.5,
                   heartbeat_seconds: float = 15.0, max_seconds: float = 300.0):
-    """Events after ``after`` as they arrive; the stream ends after ``max_seconds`` so that a
-    worker thread is not held forever — the browser reconnects with ``Last-Event-ID``."""
+    """Events after ``after`` as they arrive, each as the privacy policy lets this reader see it
+    (:func:`services.kernel.privacy.live_view`: rating events only to staff who are not rated,
+    everyone else a ``RatingsChanged`` per subject and minute). The stream ends after
+    ``max_seconds`` so that a worker thread is not held forever — the browser reconnects with
+    ``Last-Event-ID``. An SSE comment ``: caught-up`` follows each drained backlog."""
     yield "retry: 3000\n\n"
     started = quiet_since = time.monotonic()
+    caught_up = False
     while time.monotonic() - started < max_seconds:
+        store.flush_summaries()
         rows = store.feed_after(community, after)
         for row in rows:
             after = row.id
-            yield f"id: {row.id}\nevent: {row.event_type}\ndata: {row.envelope}\n\n"
+            rel = privacy.relations(principal, row.community_id, rated=row.rated_person_id)
+            seen = privacy.live_view(json.loads(row.envelope), rel)
+            if seen is not None:
+                yield f"id: {row.id}\nevent: {row.event_type}\ndata: {json.dumps(seen, ensure_ascii=False)}\n\n"
         if rows:
             quiet_since = time.monotonic()
+            caught_up = False
             continue
+        if not caught_up:
+            yield f": caught-up {after}\n\n"
+            caught_up = True
         if time.monotonic() - quiet_since >= heartbeat_seconds:
             yield ": keep-alive\n\n"
             quiet_since = time.monotonic()

@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 
 from services.kernel.consumer import dead_letters_table, inbox_table
 from services.kernel.db import is_sqlite, make_engine, read_transaction, write_transaction
-from services.kernel.events import StoredEvent, to_micros, utc_now
+from services.kernel import privacy
+from services.kernel.events import StoredEvent, format_time, from_micros, to_micros, utc_now
 
 metadata = sa.MetaData()
 idempotency_keys = sa.Table(
@@ -61,22 +62,22 @@ feed_streams = sa.Table(  # which community a stream belongs to, learnt from its
 )
 
 
-# The live feed goes to every member of a community: contact details never, and nothing that tells
-# who rated whom (ratings and their follow-ups name residents only to staff).
-# Check-in codes too: whoever reads one could check in without attending.
-ALWAYS_HIDDEN = frozenset({"phone", "checkin_code"})
-PRIVATE_STREAMS = ("rating-", "case-")
-HIDDEN_IN_PRIVATE = frozenset({"person_id", "comment", "note", "statement", "confirmed_by", "by"})
-
-
-def redacted(event: StoredEvent) -> dict[str, Any]:
-    envelope = event.to_envelope()
-    private = event.stream_id.startswith(PRIVATE_STREAMS)
-    hidden = ALWAYS_HIDDEN | HIDDEN_IN_PRIVATE if private else ALWAYS_HIDDEN
-    envelope["data"] = {k: v for k, v in envelope["data"].items() if k not in hidden}
-    if private:
-        envelope["metadata"] = {k: v for k, v in envelope["metadata"].items() if k != "actor"}
-    return envelope
+feed_rated = sa.Table(  # whom a rating's (or case's) stream rates, learnt from its events
+    "feed_rated", metadata,
+    sa.Column("stream_id", sa.String(200), primary_key=True),
+    sa.Column("person_id", sa.String(100), nullable=False),
+)
+feed_summaries = sa.Table(  # subjects whose ratings changed, until their RatingsChanged is in the feed
+    "feed_summaries", metadata,
+    sa.Column("subject_id", sa.String(200), primary_key=True),
+    sa.Column("community_id", sa.String(100), nullable=True),
+    sa.Column("due_us", sa.BigInteger, nullable=False, index=True),
+    sa.Column("pending", sa.Boolean, nullable=False),
+)
+# Columns added to feed_events after it was first created (added to older databases at start).
+FEED_COLUMNS = (sa.Column("rated_person_id", sa.String(100), nullable=True),)
+for _column in FEED_COLUMNS:
+    feed_events.append_column(_column)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -100,6 +101,11 @@ class GatewayStore:
             if not is_sqlite(connection):
                 connection.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
             metadata.create_all(connection)
+            present = {c["name"] for c in sa.inspect(connection).get_columns("feed_events")}
+            for column in FEED_COLUMNS:
+                if column.name not in present:
+                    connection.execute(sa.text(f"ALTER TABLE feed_events ADD COLUMN {column.name} "
+                                               f"{column.type.compile(connection.dialect)}"))
             inbox_table.create(connection, checkfirst=True)  # the feed worker's exactly-once inbox
             dead_letters_table.create(connection, checkfirst=True)  # and the dead letters it kept
 
@@ -166,11 +172,67 @@ class GatewayStore:
         else:
             community = connection.execute(sa.select(s.c.community_id).where(
                 s.c.stream_id == event.stream_id)).scalar()
+        rated = event.data.get("subject_person_id")
+        if isinstance(rated, str) and rated:
+            if connection.execute(sa.select(feed_rated.c.person_id).where(
+                    feed_rated.c.stream_id == event.stream_id)).first() is None:
+                connection.execute(feed_rated.insert().values(stream_id=event.stream_id, person_id=rated))
+        else:
+            rated = connection.execute(sa.select(feed_rated.c.person_id).where(
+                feed_rated.c.stream_id == event.stream_id)).scalar()
+        now = utc_now()
         connection.execute(feed_events.insert().values(
             event_id=event.event_id, community_id=community, stream_id=event.stream_id,
-            event_type=event.event_type, envelope=json.dumps(redacted(event), ensure_ascii=False,
-                                                             separators=(",", ":")),
-            received_us=to_micros(utc_now())))
+            event_type=event.event_type, rated_person_id=rated,
+            envelope=json.dumps(privacy.for_feed(event.to_envelope()), ensure_ascii=False, separators=(",", ":")),
+            received_us=to_micros(now)))
+        if privacy.is_rating_event(event.event_type):
+            subject = privacy.rated_subject(event.event_type, event.data, event.stream_id)
+            if subject:
+                self._summary_due(connection, subject, community, now)
+
+    @staticmethod
+    def _summary_due(connection, subject: str, community: str | None, now: datetime) -> None:
+        """The subject's next ``RatingsChanged``: at the end of the current minute of a fixed grid
+        (one per subject and minute at most, whatever the number of ratings in it)."""
+        grid = privacy.SUMMARY_SECONDS * 1_000_000
+        due = (to_micros(now) // grid + 1) * grid
+        t = feed_summaries
+        row = connection.execute(sa.select(t.c.pending).where(t.c.subject_id == subject)).first()
+        if row is None:
+            connection.execute(t.insert().values(subject_id=subject, community_id=community, due_us=due, pending=True))
+        elif not row.pending:
+            connection.execute(t.update().where(t.c.subject_id == subject).values(due_us=due, pending=True))
+
+    def flush_summaries(self, now: datetime | None = None) -> int:
+        """Put every due ``RatingsChanged`` into the feed (called by the streams as they poll; a
+        summary is written once even when several streams flush at the same time)."""
+        now_us = to_micros(now or utc_now())
+        t = feed_summaries
+        with read_transaction(self.engine) as connection:
+            due = connection.execute(sa.select(t.c.subject_id).where(t.c.pending.is_(True), t.c.due_us <= now_us)
+                                     .limit(1)).first()
+        if due is None:
+            return 0
+        written = 0
+        with write_transaction(self.engine) as connection:
+            rows = connection.execute(sa.select(t).where(t.c.pending.is_(True), t.c.due_us <= now_us)).all()
+            for row in rows:
+                claimed = connection.execute(t.update().where(t.c.subject_id == row.subject_id, t.c.pending.is_(True))
+                                             .values(pending=False)).rowcount
+                if not claimed:
+                    continue
+                event_id = f"summary-{row.subject_id}-{row.due_us}"
+                envelope = {"event_id": event_id, "event_type": privacy.SUMMARY_EVENT, "stream_id": row.subject_id,
+                            "occurred_at": format_time(from_micros(row.due_us)),
+                            "data": {"subject_id": row.subject_id, "community_id": row.community_id},
+                            "metadata": {}}
+                connection.execute(feed_events.insert().values(
+                    event_id=event_id, community_id=row.community_id, stream_id=row.subject_id,
+                    event_type=privacy.SUMMARY_EVENT, rated_person_id=None,
+                    envelope=json.dumps(envelope, ensure_ascii=False, separators=(",", ":")), received_us=now_us))
+                written += 1
+        return written
 
     def feed_after(self, community_id: str | None, after_id: int, limit: int = 100) -> list[Any]:
         t = feed_events

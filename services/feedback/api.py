@@ -1,13 +1,16 @@
 """HTTP API of the feedback service (flask-smorest; /openapi.json and /docs).
 
 Commands answer with ``{"resource": ..., "recorded": [...], "created_id": ...}`` and an ``ETag``
-holding the resource's version. Who sees what:
+holding the resource's version. Who sees what is decided by the platform's one privacy policy
+(:mod:`services.kernel.privacy`):
 
-- a rating's rater is shown to the rater and to cadres/admins only — never to the rated subject,
-  so residents can rate without fear of retaliation; the subject and everyone else see the level,
-  the dimensions and the comment;
-- a follow-up case names the resident to case handlers (cadre, grid worker, admin) and to the
-  resident;
+- a rating's rater (and the actor of its events) is shown to the rater and to the community's
+  staff (cadre, grid worker, admin) who are not the rated person — never to the rated subject, so
+  residents can rate without fear of retaliation; the subject and everyone else see the level,
+  the dimensions and the comment; a follow-up case names its resident by the same rule;
+- rating ids are public ids (:class:`services.feedback.domain.RatingIds`): nobody can compute a
+  resident's rating id from their person id;
+- every read is scoped to the token's community (admins: any community);
 - overdue cases are recorded when cases are read (and by ``python -m services.feedback
   sweep-overdue``, for a periodic job).
 """
@@ -23,10 +26,11 @@ from services.feedback import handlers
 from services.feedback.domain import (
     CASE_HANDLERS, RATERS, STAFF, SUBJECT_KINDS, Ranking, period_of, rank, ranking_key, valid_period,
 )
-from services.feedback.handlers import FeedbackService
+from services.feedback.handlers import feedback_service
 from services.feedback.views import (
     CASES, PLANS, RANKING_PAGES, RANKINGS, RATINGS, STATS, SUBJECTS, policy_for,
 )
+from services.kernel import privacy
 from services.kernel.db import read_transaction
 from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
@@ -38,7 +42,6 @@ f = ma.fields
 v = ma.validate
 ID = IDENTIFIER
 LEVEL = {"strict": True, "validate": v.Range(min=1, max=5)}
-SEES_RATERS = ("cadre", "admin")
 PERIOD = {"validate": v.Regexp(r"^20\d\d-(0[1-9]|1[0-2]|Q[1-4])$", error="YYYY-MM or YYYY-Qn")}
 
 
@@ -162,7 +165,29 @@ class PlanListQuery(Schema):
 
 def blueprints(container) -> list[Blueprint]:
     store = container.store
-    service = FeedbackService(store)
+    service = feedback_service(container)
+    ids = service.ids
+
+    def present(principal, rating) -> dict:
+        """A rating as the privacy policy lets ``principal`` see it, under its public id."""
+        rel = privacy.relations(principal, rating.community_id, holder=rating.person_id,
+                                rated=rating.subject_person_id)
+        view = privacy.redact("rating", rating.view(), rel)
+        return {**view, "rating_id": ids.public(rating.id)}
+
+    def present_case(principal, case) -> dict:
+        rel = privacy.relations(principal, case.community_id, holder=case.person_id, rated=case.subject_person_id)
+        view = privacy.redact("case", case.view(), rel)
+        return {**view, "rating_id": ids.public(case.rating_id)}
+
+    def public_flags(flags: dict) -> dict[str, dict]:
+        return {k: {**flag, "rating_ids": [ids.public(r) for r in flag["rating_ids"]]} for k, flag in flags.items()}
+
+    def stored_id(rating_id: str) -> str:
+        stored = ids.resolve(rating_id)
+        if stored is None:
+            raise NotFound(f"no rating {rating_id}")
+        return stored
     policies = Blueprint("policies", __name__, url_prefix="/policies", description="评价规则 rating policy per community")
     subjects = Blueprint("subjects", __name__, url_prefix="/subjects",
                          description="被评价对象 subjects and their ratings")
@@ -191,7 +216,7 @@ def blueprints(container) -> list[Blueprint]:
         @policies.response(200)
         def get(self, community_id):
             """The community's rating policy (defaults until a cadre changes it)"""
-            current_principal()
+            current_principal().require_reader(community_id)
             with read_transaction(store.engine) as connection:
                 settings, version = policy_for(connection, community_id)
             return etagged({"community_id": community_id, "settings": settings, "version": version}, version)
@@ -225,10 +250,12 @@ def blueprints(container) -> list[Blueprint]:
         @subjects.arguments(SubjectListQuery, location="query")
         @subjects.response(200)
         def get(self, query):
-            """Subjects, by community and kind"""
-            current_principal()
+            """Subjects, by community (default and, but for admins, only: yours) and kind"""
+            community_id = current_principal().reading_community(query.get("community_id"))
             t = SUBJECTS.table
-            where = [t.c[k] == query[k] for k in ("community_id", "kind") if query.get(k)]
+            where = [t.c.kind == query["kind"]] if query.get("kind") else []
+            if community_id:
+                where.append(t.c.community_id == community_id)
             if query.get("flagged"):
                 where.append(t.c.open_flags > 0)
             with read_transaction(store.engine) as connection:
@@ -241,8 +268,9 @@ def blueprints(container) -> list[Blueprint]:
         @subjects.response(200)
         def get(self, query, subject_id):
             """A subject with its figures for a period (default: the current one)"""
-            current_principal()
+            principal = current_principal()
             subject = SUBJECTS.fetch(store.engine, subject_id)
+            principal.require_reader(subject.community_id)
             period = query.get("period") or current_period(subject.community_id)
             with read_transaction(store.engine) as connection:
                 stats = STATS.for_subject(connection, subject_id, period)
@@ -264,15 +292,16 @@ def blueprints(container) -> list[Blueprint]:
             """Rate a subject of your community (resident): once per period, again to revise it"""
             principal, meta = who()
             rating, recorded, created = service.rate(principal, meta, subject_id, body)
-            return answer(rating.view(show_rater=True), rating.version, recorded, 201 if created else 200,
-                          rating.id if created else None)
+            return answer(present(principal, rating), rating.version, recorded, 201 if created else 200,
+                          ids.public(rating.id) if created else None)
 
         @subjects.arguments(PeriodQuery, location="query")
         @subjects.response(200)
         def get(self, query, subject_id):
-            """The subject's ratings in a period (raters named to cadres and admins only)"""
+            """The subject's ratings in a period (raters named to the community's staff who are not rated)"""
             principal = current_principal()
             subject = SUBJECTS.fetch(store.engine, subject_id)
+            principal.require_reader(subject.community_id)
             period = query.get("period") or current_period(subject.community_id)
             t = RATINGS.table
             with read_transaction(store.engine) as connection:
@@ -282,8 +311,7 @@ def blueprints(container) -> list[Blueprint]:
             items = []
             for row in rows:
                 rating = RATINGS.cls.from_json(row.state)
-                items.append({**rating.view(show_rater=sees_rater(principal, rating)),
-                              "flagged": rating.id in subject.flagged_ratings})
+                items.append({**present(principal, rating), "flagged": rating.id in subject.flagged_ratings})
             return {"subject_id": subject_id, "period": period, "items": items}
 
     @subjects.route("/<subject_id>/flags/<flag_id>/review")
@@ -295,7 +323,7 @@ def blueprints(container) -> list[Blueprint]:
             """Review a flagged burst of top ratings: keep them, or exclude them (cadre)"""
             principal, meta = who()
             subject, recorded = service.review_flag(principal, meta, subject_id, flag_id, body)
-            return answer({**subject.view(), "flags": subject.flags}, subject.version, recorded)
+            return answer({**subject.view(), "flags": public_flags(subject.flags)}, subject.version, recorded)
 
     @subjects.route("/<subject_id>/flags")
     class Flags(MethodView):
@@ -303,25 +331,28 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, subject_id):
             """Bursts of top ratings flagged for review (staff)"""
             principal = current_principal()
-            principal.require("cadre", "grid_worker", "admin")
+            principal.require(*privacy.STAFF_ROLES)
             subject = SUBJECTS.fetch(store.engine, subject_id)
-            flags = sorted(({"flag_id": k, **flag} for k, flag in subject.flags.items()),
+            principal.require_reader(subject.community_id)
+            flags = sorted(({"flag_id": k, **flag} for k, flag in public_flags(subject.flags).items()),
                            key=lambda flag: (flag["flagged_at"], flag["flag_id"]))
             return {"subject_id": subject_id, "flags": flags}
 
     # -- ratings --------------------------------------------------------------------------------
 
     def rating_for(principal, rating_id):
-        rating = RATINGS.fetch(store.engine, rating_id)
-        return rating, sees_rater(principal, rating)
+        rating = RATINGS.fetch(store.engine, stored_id(rating_id))
+        principal.require_reader(rating.community_id)
+        return rating
 
     @ratings.route("/<rating_id>")
     class RatingResource(MethodView):
         @ratings.response(200)
         def get(self, rating_id):
-            """A rating (its rater is named to the rater, cadres and admins)"""
-            rating, show = rating_for(current_principal(), rating_id)
-            return etagged(rating.view(show_rater=show), rating.version)
+            """A rating (its rater is named to the rater and to the community's staff who are not rated)"""
+            principal = current_principal()
+            rating = rating_for(principal, rating_id)
+            return etagged(present(principal, rating), rating.version)
 
         @roles(ratings, *RATERS)
         @ratings.arguments(RatingSchema)
@@ -329,8 +360,9 @@ def blueprints(container) -> list[Blueprint]:
         def patch(self, body, rating_id):
             """Revise your rating while its period is open"""
             principal, meta = who()
-            rating, recorded = service.revise(principal, meta, rating_id, body, expected_version_from_if_match())
-            return answer(rating.view(show_rater=True), rating.version, recorded)
+            rating, recorded = service.revise(principal, meta, stored_id(rating_id), body,
+                                              expected_version_from_if_match())
+            return answer(present(principal, rating), rating.version, recorded)
 
     @ratings.route("/<rating_id>/appeal")
     class Appeal(MethodView):
@@ -340,8 +372,8 @@ def blueprints(container) -> list[Blueprint]:
         def post(self, body, rating_id):
             """Appeal a rating as mistaken or malicious (the rated person, or staff for the unit)"""
             principal, meta = who()
-            rating, recorded = service.appeal(principal, meta, rating_id, body)
-            return answer(rating.view(show_rater=sees_rater(principal, rating)), rating.version, recorded, 201)
+            rating, recorded = service.appeal(principal, meta, stored_id(rating_id), body)
+            return answer(present(principal, rating), rating.version, recorded, 201)
 
     @ratings.route("/<rating_id>/appeal/decision")
     class AppealDecision(MethodView):
@@ -351,19 +383,13 @@ def blueprints(container) -> list[Blueprint]:
         def post(self, body, rating_id):
             """Decide an appeal (cadre): upheld excludes the rating from rankings, by an event"""
             principal, meta = who()
-            rating, recorded = service.decide_appeal(principal, meta, rating_id, body)
-            return answer(rating.view(show_rater=sees_rater(principal, rating)), rating.version, recorded)
+            rating, recorded = service.decide_appeal(principal, meta, stored_id(rating_id), body)
+            return answer(present(principal, rating), rating.version, recorded)
 
     # -- follow-up cases ------------------------------------------------------------------------
 
-    def handles(principal, case) -> bool:
-        """A case handler of the case's community who is not the rated person."""
-        member = "admin" in principal.roles or principal.community == case.community_id
-        return (principal.has_any(CASE_HANDLERS) and member
-                and principal.person_id != case.subject_person_id)
-
     def case_view(principal, case):
-        return case.view(full=principal.person_id == case.person_id or handles(principal, case))
+        return present_case(principal, case)
 
     @cases.route("")
     class Cases(MethodView):
@@ -399,6 +425,7 @@ def blueprints(container) -> list[Blueprint]:
             """Open and overdue follow-up counts of a community (any member; for dashboards)"""
             principal = current_principal()
             community_id = query["community_id"]
+            principal.require_reader(community_id)
             service.sweep_overdue(event_metadata(principal), community_id)
             t = CASES.table
             with read_transaction(store.engine) as connection:
@@ -467,7 +494,7 @@ def blueprints(container) -> list[Blueprint]:
         @rankings.response(200)
         def get(self, query, community_id, kind):
             """The ranking as it stands now (not published), for a period (default: the current one)"""
-            current_principal()
+            current_principal().require_reader(community_id)
             _check_kind(kind)
             period = query.get("period") or current_period(community_id)
             with read_transaction(store.engine) as connection:
@@ -489,7 +516,7 @@ def blueprints(container) -> list[Blueprint]:
             """The published ranking (latest edition, with the number of editions), a page at a time:
             ``limit`` entries of each list from ``offset``; ``total_ranked`` and
             ``total_not_enough_ratings`` give the full sizes"""
-            current_principal()
+            current_principal().require_reader(community_id)
             _check_kind(kind)
             if not valid_period(period):
                 raise DomainError("the period is YYYY-MM or YYYY-Qn", reason="invalid_period",
@@ -506,7 +533,7 @@ def blueprints(container) -> list[Blueprint]:
         @rankings.response(200)
         def get(self, community_id, kind, period):
             """Recompute the published ranking from the event log up to its last position"""
-            current_principal()
+            current_principal().require_reader(community_id)
             return service.verify_ranking(published(community_id, kind, period))
 
     # -- support plans --------------------------------------------------------------------------
@@ -516,10 +543,12 @@ def blueprints(container) -> list[Blueprint]:
         @plans.arguments(PlanListQuery, location="query")
         @plans.response(200)
         def get(self, query):
-            """Support plans (帮扶)"""
-            current_principal()
+            """Support plans (帮扶) of a community (default and, but for admins, only: yours)"""
+            community_id = current_principal().reading_community(query.get("community_id"))
             t = PLANS.table
-            where = [t.c[k] == query[k] for k in ("community_id", "status") if query.get(k)]
+            where = [t.c.status == query["status"]] if query.get("status") else []
+            if community_id:
+                where.append(t.c.community_id == community_id)
             with read_transaction(store.engine) as connection:
                 rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.created_at_us, t.c.id)).all()
             return {"items": [PLANS.cls.from_json(r.state).view() for r in rows]}
@@ -529,8 +558,9 @@ def blueprints(container) -> list[Blueprint]:
         @plans.response(200)
         def get(self, plan_id):
             """A support plan"""
-            current_principal()
+            principal = current_principal()
             plan = PLANS.fetch(store.engine, plan_id)
+            principal.require_reader(plan.community_id)
             return etagged(plan.view(), plan.version)
 
     @plans.route("/<plan_id>/details")
@@ -570,23 +600,15 @@ def blueprints(container) -> list[Blueprint]:
                 rows = connection.execute(sa.select(t.c.state).where(t.c.person_id == principal.person_id)
                                           .order_by(t.c.created_at_us.desc()).limit(200)).all()
                 case_rows = connection.execute(sa.select(c.c.state).where(c.c.person_id == principal.person_id)).all()
-            my_cases = {case.id: case.view(full=True) for case in (CASES.cls.from_json(r.state) for r in case_rows)}
+            my_cases = {case.id: present_case(principal, case)
+                        for case in (CASES.cls.from_json(r.state) for r in case_rows)}
             items = []
             for row in rows:
                 rating = RATINGS.cls.from_json(row.state)
-                items.append({**rating.view(show_rater=True), "case": my_cases.get(rating.case_id)})
+                items.append({**present(principal, rating), "case": my_cases.get(rating.case_id)})
             return {"items": items}
 
     return [policies, subjects, ratings, cases, rankings, plans, me]
-
-
-def sees_rater(principal, rating) -> bool:
-    """The rater, and cadres of the rating's community (or admins) who are not the rated person,
-    see who rated."""
-    if principal.person_id == rating.person_id:
-        return True
-    member = "admin" in principal.roles or principal.community == rating.community_id
-    return principal.has_any(SEES_RATERS) and member and principal.person_id != rating.subject_person_id
 
 
 def _check_kind(kind: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -179,11 +180,54 @@ def ranking_digest(table: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def rating_id_for(subject_id: str, period: str, person_id: str, source: str) -> str:
-    """Deterministic: the stream of one resident's rating of one subject in one period (and from
-    one source) is always the same, so a second submission finds the first."""
+def legacy_rating_id(subject_id: str, period: str, person_id: str, source: str) -> str:
+    """How rating streams were named before rating ids were keyed by a secret: anyone who knew
+    a person's id could recompute it. Only used to find such a rating again; never shown."""
     key = f"{subject_id}\x1f{period}\x1f{person_id}\x1f{source}"
     return "r" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+class RatingIds:
+    """Rating ids, keyed by the deployment's rating-id secret (``FEEDBACK_RATING_ID_SECRET``).
+
+    - The stream of one resident's rating of one subject in one period (and from one source) is
+      deterministic, so that a second submission finds the first: ``r`` + HMAC(secret, key).
+      Without the secret nobody can compute it from a person's id.
+    - Readers never see a stored id: every view shows the *public* id, an AES encryption of the
+      stored id under a key derived from the secret (``r`` + 32 hex digits). It reveals nothing,
+      and the API turns it back into the stored id. This covers ratings stored before ids were
+      keyed (their stored ids are derivable, see :func:`legacy_rating_id`) as well.
+    """
+
+    PUBLIC_LENGTH = 33
+
+    def __init__(self, secret: bytes) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        self._key = hmac.new(secret, b"rating-stream-key", hashlib.sha256).digest()
+        self._cipher = Cipher(algorithms.AES(hmac.new(secret, b"rating-public-id", hashlib.sha256).digest()),
+                              modes.ECB())
+
+    def stored(self, subject_id: str, period: str, person_id: str, source: str) -> str:
+        key = f"{subject_id}\x1f{period}\x1f{person_id}\x1f{source}"
+        return "r" + hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()[:24]
+
+    def public(self, stored_id: str) -> str:
+        block = bytes.fromhex(stored_id[1:]) + b"\0\0\0\0"
+        encryptor = self._cipher.encryptor()
+        return "r" + (encryptor.update(block) + encryptor.finalize()).hex()
+
+    def resolve(self, public_id: str) -> str | None:
+        """The stored id behind a public id, or None when it is not one."""
+        if len(public_id) != self.PUBLIC_LENGTH or not public_id.startswith("r"):
+            return None
+        try:
+            block = bytes.fromhex(public_id[1:])
+        except ValueError:
+            return None
+        decryptor = self._cipher.decryptor()
+        plain = decryptor.update(block) + decryptor.finalize()
+        return "r" + plain[:12].hex() if plain[12:] == b"\0\0\0\0" else None
 
 
 def _at(event) -> str:
@@ -389,13 +433,14 @@ class Rating(Aggregate):
                                             "period": self.period, "level": self.level, "reason": reason,
                                             "via": via, "by": by})]
 
-    def view(self, show_rater: bool) -> dict[str, Any]:
+    def view(self) -> dict[str, Any]:
+        """Everything; readers get it through the privacy policy (``kind="rating"``), with the public id."""
         return {"rating_id": self.id, "subject_id": self.subject_id, "subject_kind": self.subject_kind,
                 "subject_name": self.subject_name, "community_id": self.community_id, "period": self.period,
-                "person_id": self.person_id if show_rater else None, "level": self.level,
+                "person_id": self.person_id, "level": self.level,
                 "level_label": LEVELS.get(self.level), "dimensions": self.dimensions, "comment": self.comment,
-                "rated_at": self.rated_at, "source": self.source if show_rater else {"kind": self.source.get("kind"),
-                                                          "project_id": self.source.get("project_id")},
+                "rated_at": self.rated_at, "source": {"kind": self.source.get("kind"),
+                                                      "project_id": self.source.get("project_id")},
                 "revisions": len(self.revisions), "excluded": self.excluded,
                 "appeal": self.appeal, "case_id": self.case_id, "version": self.version,
                 "created_at": self.created_at, "updated_at": self.updated_at}
@@ -506,10 +551,11 @@ class FollowUpCase(Aggregate):
                                                  "community_id": self.community_id, "subject_id": self.subject_id})]
         return []
 
-    def view(self, full: bool) -> dict[str, Any]:
+    def view(self) -> dict[str, Any]:
+        """Everything; readers get it through the privacy policy (``kind="case"``), with the public rating id."""
         return {"case_id": self.id, "rating_id": self.rating_id, "subject_id": self.subject_id,
                 "subject_name": self.subject_name, "community_id": self.community_id,
-                "person_id": self.person_id if full else None, "level": self.level,
+                "person_id": self.person_id, "level": self.level,
                 "level_label": LEVELS.get(self.level), "comment": self.comment, "deadline": self.deadline,
                 "status": self.status, "overdue": self.overdue, "contacts": self.contacts,
                 "rectifications": self.rectifications, "outcome": self.outcome, "version": self.version,

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from services.feedback.domain import (
     FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, clears_threshold, is_bad, period_of,
-    previous_period, rank, ranking_digest, ranking_key, rating_id_for, support_triggers,
+    RatingIds, legacy_rating_id, previous_period, rank, ranking_digest, ranking_key, support_triggers,
 )
 from services.feedback.views import CASES, PLANS, RANKINGS, RATINGS, STATS, SUBJECTS, fold_stats, policy_for
 from services.kernel.aggregate import unit_of_work
@@ -25,6 +25,7 @@ from services.kernel.auth import Principal
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import Metadata, NewEvent, StoredEvent, format_time, to_micros, utc_now
 from services.kernel.eventstore import EventStore
+from services.kernel.secrets import deployment_secret
 
 
 def now() -> datetime:
@@ -36,9 +37,28 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def feedback_service(container) -> "FeedbackService":
+    """The service layer of a process, with the deployment's rating-id secret (the setting, or the
+    one generated at first start and kept in the database)."""
+    secret = deployment_secret(container.store.engine, "rating-id secret", container.settings.rating_id_secret,
+                               "FEEDBACK_RATING_ID_SECRET")
+    return FeedbackService(container.store, RatingIds(secret))
+
+
 class FeedbackService:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: EventStore, ids: RatingIds) -> None:
         self.store = store
+        self.ids = ids
+
+    def _rating(self, uow, subject_id: str, period: str, person_id: str, source: str) -> Rating:
+        """The resident's rating of the subject in the period from this source: new, or the one
+        submitted before (also under the id it had before ids were keyed by the secret)."""
+        rating = uow.load(Rating, self.ids.stored(subject_id, period, person_id, source))
+        if not rating.exists:
+            earlier = uow.load(Rating, legacy_rating_id(subject_id, period, person_id, source))
+            if earlier.exists:
+                return earlier
+        return rating
 
     def _uow(self, meta: Metadata | None, connection=None):
         return unit_of_work(self.store, meta, connection=connection, clock=lambda: now())
@@ -70,7 +90,7 @@ class FeedbackService:
             subject.may_be_rated_by(actor)
             policy, _ = policy_for(uow.connection, subject.community_id)
             period = period_of(uow.now(), policy["period"])
-            rating = uow.load(Rating, rating_id_for(subject.id, period, actor.person_id, "resident"))
+            rating = self._rating(uow, subject.id, period, actor.person_id, "resident")
             created = not rating.exists
             dimensions, comment = body.get("dimensions", {}), body.get("comment", "")
             if created:
@@ -260,8 +280,7 @@ class FeedbackService:
             for subject in (project_subject, unit_subject):
                 policy, _ = policy_for(uow.connection, subject.community_id)
                 period = period_of(event.occurred_at, policy["period"])
-                rating = uow.load(Rating, rating_id_for(subject.id, period, d["person_id"],
-                                                        f"project:{d['project_id']}"))
+                rating = self._rating(uow, subject.id, period, d["person_id"], f"project:{d['project_id']}")
                 if rating.exists:
                     continue  # the same evaluation again
                 uow.record(rating, rating.submit(subject, d["person_id"], period, d["score"], {},

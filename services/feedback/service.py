@@ -3,7 +3,7 @@
 import sqlalchemy as sa
 
 from services.feedback import api, views
-from services.feedback.handlers import FeedbackService
+from services.feedback.handlers import feedback_service
 from services.kernel.events import to_micros, utc_now
 from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition, Subscription
@@ -12,12 +12,12 @@ from services.kernel.service import ServiceDefinition, Subscription
 def _project_evaluation_handlers(container):
     """A project evaluation (共评, ``ProjectRated``) becomes a rating of the project and of its
     responsible unit, once."""
-    service = FeedbackService(container.store)
+    service = feedback_service(container)
     return {"ProjectRated": service.record_project_evaluation}
 
 
 def _sweep_overdue(container) -> str:
-    count = FeedbackService(container.store).sweep_overdue()
+    count = feedback_service(container).sweep_overdue()
     return f"feedback: {count} follow-up case(s) became overdue"
 
 

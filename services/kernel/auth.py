@@ -40,6 +40,27 @@ class Principal:
                             details={"roles": list(roles)})
 
 
+    def require_reader(self, community_id: str | None) -> None:
+        """A read of a record of ``community_id``: admins read every community; any other token
+        only its own (403 ``other_community``), and a token without a community nothing that
+        belongs to a community (403 ``community_required``)."""
+        if "admin" in self.roles:
+            return
+        if not self.community:
+            raise Forbidden("this read is open only to a token of a community", reason="community_required")
+        if community_id is not None and community_id != self.community:
+            raise Forbidden(f"this read is open only to members of community {community_id}",
+                            reason="other_community")
+
+    def reading_community(self, asked: str | None) -> str | None:
+        """The community a list reads: the one asked for (admins: None is every community), which
+        for any other token must be, and defaults to, the token's own."""
+        if "admin" in self.roles:
+            return asked
+        self.require_reader(asked)
+        return self.community
+
+
 def require_member(actor: Principal, community_id: str, roles: tuple[str, ...]) -> None:
     """The actor holds one of ``roles`` and belongs to ``community_id`` (admins: any community,
     when the action is open to cadres or admins)."""

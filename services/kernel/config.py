@@ -90,8 +90,13 @@ class ServiceSettings(AuthSettings, KafkaSettings):
                                                "holds after a loss (older: it re-publishes from the start)")
     consumer_max_retries: int = setting(5, doc="attempts for a transient error before the worker gives up")
     health_port: int = setting(0, doc="HTTP port of a worker's /healthz /readyz /metrics (0: none)")
+    rating_id_secret: str = setting(
+        "", doc="feedback: the secret that keys rating ids (at least 32 characters; never change it). Empty: one "
+                "is generated at first start and kept in the feedback database")
 
     def validate(self, prefix: str) -> None:
+        if self.rating_id_secret and len(self.rating_id_secret) < 32:
+            raise SettingsError(f"environment variable {prefix}_RATING_ID_SECRET must be at least 32 characters")
         # Relays, consumers and commands verify no tokens: the API checks auth settings itself.
         if not self.service:
             raise SettingsError("the service name is not set (entry point bug)")

@@ -8,14 +8,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 
 from services.feedback import handlers
-from services.feedback.handlers import FeedbackService
+from services.feedback.domain import RatingIds, legacy_rating_id
+from services.feedback.handlers import feedback_service
 from services.feedback.service import DEFINITION
-from services.kernel.db import write_transaction
-from services.kernel.events import StoredEvent
+from services.kernel.auth import Principal
+from services.kernel.db import read_transaction, write_transaction
+from services.kernel.events import Metadata, StoredEvent
 from services.kernel.eventstore import rebuild
 from services.kernel.service import create_service_app, load_settings
+from services.kernel.settings import SettingsError
 from tests.conftest import TEST_SECRET
 from tests.support.errors import assert_error
 from tests.support.projects import FlaskClient, Person, ProjectsDriver
@@ -67,11 +71,20 @@ class World:
     def get(self, person, path):
         return self.d.get(person, path)
 
+    @property
+    def service(self):
+        return feedback_service(self.app.extensions["cocreate.container"])
+
     def events(self) -> int:
         return self.store.last_position()
 
     def stream(self, stream_id: str) -> list[str]:
         return [e["event_type"] for e in self.get(ADMIN, f"/streams/{stream_id}/events")["events"]]
+
+    def streams(self, prefix: str) -> list[str]:
+        with read_transaction(self.store.engine) as connection:
+            return sorted(connection.execute(sa.text("SELECT DISTINCT stream_id FROM events WHERE stream_id LIKE :p"),
+                                             {"p": prefix + "%"}).scalars())
 
     # scenario steps
     def register(self, subject_id, kind="cadre", name=None, person_id=None, community=C):
@@ -218,7 +231,10 @@ def test_subjects_are_registered_by_staff_listed_and_read(w):
     items = w.get(RES[0], f"/subjects?community_id={C}")["items"]
     assert [s["subject_id"] for s in items] == ["svc", "wang"]
     assert [s["subject_id"] for s in w.get(RES[0], f"/subjects?community_id={C}&kind=cadre")["items"]] == ["wang"]
-    assert [s["subject_id"] for s in w.get(RES[0], "/subjects?community_id=jimei")["items"]] == ["other"]
+    # A token's community scopes its reads: another community's subjects are the admin's to list.
+    refused(w.call(RES[0], "GET", "/subjects?community_id=jimei"), 403, "other_community")
+    assert [s["subject_id"] for s in w.get(ADMIN, "/subjects?community_id=jimei")["items"]] == ["other"]
+    assert [s["subject_id"] for s in w.get(RES[0], "/subjects")["items"]] == ["svc", "wang"]
     subject = w.get(RES[0], "/subjects/svc")
     assert (subject["kind"], subject["name"], subject["period"], subject["figures"]) == (
         "service", "便民服务站", "2026-10", None)
@@ -314,7 +330,7 @@ def test_staff_of_another_community_do_not_see_its_raters_or_case_residents(w):
     or a subject's ratings must not name that community's residents to staff of another one."""
     w.register("svc", kind="service", name="便民服务站")
     case_id = w.rate(RES[0], "svc", 1, 201)["resource"]["case_id"]
-    assert w.get(OUTSIDE_CADRE, "/subjects/svc/ratings")["items"][0]["person_id"] is None
+    refused(w.call(OUTSIDE_CADRE, "GET", "/subjects/svc/ratings"), 403, "other_community")
     refused(w.call(OUTSIDE_CADRE, "GET", f"/cases/{case_id}"), 404)
     refused(w.call(OUTSIDE_CADRE, "GET", f"/cases?community_id={C}"), 403, "other_community")
 
@@ -359,7 +375,7 @@ def test_overdue_is_recorded_on_read_exactly_once(both):
     w.get(RES[1], f"/cases/{case_b}")
     assert w.stream(f"case-{case_a}") == ["FollowUpOpened", "FollowUpOverdue"]
     assert w.stream(f"case-{case_b}") == ["FollowUpOpened", "FollowUpOverdue"]
-    assert FeedbackService(w.store).sweep_overdue() == 0
+    assert w.service.sweep_overdue() == 0
     assert {c["case_id"] for c in w.get(CADRE, "/cases?overdue=true")["items"]} == {case_a, case_b}
     assert w.get(CADRE, "/cases?overdue=false")["items"] == []
 
@@ -396,7 +412,7 @@ def test_the_sweep_command_records_overdue_cases(w):
     w.clock.at = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)
     assert DEFINITION.commands["sweep-overdue"][1](w.app.extensions["cocreate.container"]) == (
         "feedback: 1 follow-up case(s) became overdue")
-    assert FeedbackService(w.store).sweep_overdue() == 0
+    assert w.service.sweep_overdue() == 0
     assert w.stream(f"case-{case_id}") == ["FollowUpOpened", "FollowUpOverdue"]
 
 
@@ -873,12 +889,12 @@ def test_raters_are_hidden_from_the_rated_person_and_other_residents(w):
     rating = w.rate(RES[0], "wang", 3, 201, comment="态度一般")["resource"]
     w.rate(RES[1], "wang", 5, 201)
     path = f"/ratings/{rating['rating_id']}"
-    for viewer in (WANG, RES[5], GRID):
+    for viewer in (WANG, RES[5]):
         seen = w.get(viewer, path)
         assert seen["person_id"] is None and seen["comment"] == "态度一般" and seen["level"] == 3
         assert seen["source"] == {"kind": "resident", "project_id": None}
         assert all(r["person_id"] is None for r in w.get(viewer, "/subjects/wang/ratings")["items"])
-    for viewer, rater in ((RES[0], "r0"), (CADRE, "r0"), (ADMIN, "r0")):
+    for viewer, rater in ((RES[0], "r0"), (CADRE, "r0"), (GRID, "r0"), (ADMIN, "r0")):
         assert w.get(viewer, path)["person_id"] == rater
     assert [r["person_id"] for r in w.get(CADRE, "/subjects/wang/ratings")["items"]] == ["r0", "r1"]
     assert [r["person_id"] for r in w.get(ADMIN, "/subjects/wang/ratings")["items"]] == ["r0", "r1"]
@@ -951,11 +967,76 @@ def test_refusals_say_why_in_the_common_shape_and_change_nothing(w):
     assert w.get(CADRE, "/cases")["items"] == [] and w.get(CADRE, "/plans")["items"] == []
 
 
+# -- rating ids reveal nothing ------------------------------------------------------------------
+
+def test_a_rating_id_cannot_be_computed_from_the_raters_person_id(w):
+    """A rated cadre who knows residents' person ids (they are public: proposers, co-signers)
+    cannot find their ratings: neither the old sha256 scheme nor any id the API shows is
+    derivable without the deployment's secret, and only public ids open a rating."""
+    w.register("wang", person_id="p-wang")
+    created = w.rate(RES[0], "wang", 1, 201, comment="态度差")
+    public = created["resource"]["rating_id"]
+    assert created["created_id"] == public and len(public) == 33
+    period = created["resource"]["period"]
+    guessed = legacy_rating_id("wang", period, RES[0].person_id, "resident")
+    [stream] = [s for s in w.streams("rating-")]
+    stored = stream.removeprefix("rating-")
+    assert stored not in (guessed, public) and public != guessed
+    for wrong in (guessed, stored, "r" + "0" * 32, public[:-1] + ("0" if public[-1] != "0" else "1")):
+        refused(w.call(WANG, "GET", f"/ratings/{wrong}"), 404, "not_found")
+    seen = w.get(WANG, f"/ratings/{public}")
+    assert (seen["level"], seen["comment"], seen["person_id"]) == (1, "态度差", None)
+    # The case, the resident's list and the subject's list all show the same public id.
+    case = w.get(RES[0], f"/cases/{seen['case_id']}")
+    assert case["rating_id"] == public and w.get(RES[0], "/me/ratings")["items"][0]["rating_id"] == public
+    assert [r["rating_id"] for r in w.get(WANG, "/subjects/wang/ratings")["items"]] == [public]
+    # Another deployment (another secret) shows another id for the same rating.
+    other = RatingIds(b"another-deployment-secret-0123456789")
+    assert other.public(stored) != public and other.resolve(public) != stored
+
+
+def test_a_rating_stored_under_a_derivable_id_is_found_again_and_shown_under_a_public_id(w):
+    """Ratings stored before ids were keyed by the secret keep their stream; a resident rating
+    again in the period revises it, and readers never see (nor can use) its derivable id."""
+    w.register("wang", person_id="p-wang")
+    old = w.service
+    old.ids.stored = legacy_rating_id  # how the service named rating streams before
+    principal = Principal(RES[0].person_id, RES[0].name, frozenset(RES[0].roles), C)
+    old.rate(principal, Metadata(actor=RES[0].person_id), "wang", {"level": 2, "comment": "旧评价"})
+    period = w.get(RES[0], "/me/ratings")["items"][0]["period"]
+    legacy = legacy_rating_id("wang", period, RES[0].person_id, "resident")
+    assert w.streams("rating-") == [f"rating-{legacy}"]
+
+    revised = w.rate(RES[0], "wang", 4, 200)["resource"]
+    assert w.streams("rating-") == [f"rating-{legacy}"] and revised["revisions"] == 1
+    public = revised["rating_id"]
+    assert public != legacy and len(public) == 33
+    refused(w.call(WANG, "GET", f"/ratings/{legacy}"), 404, "not_found")
+    assert w.get(WANG, f"/ratings/{public}")["level"] == 4
+
+
+def test_the_rating_id_secret_cannot_change_under_a_database(sqlite_url, clock):
+    first = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
+                                               "FEEDBACK_RATING_ID_SECRET": "s" * 40}, database_url=sqlite_url)
+    create_service_app(DEFINITION, first).extensions["cocreate.container"].store.engine.dispose()
+    again = create_service_app(DEFINITION, first)  # the same secret: fine
+    again.extensions["cocreate.container"].store.engine.dispose()
+    changed = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
+                                                 "FEEDBACK_RATING_ID_SECRET": "t" * 40}, database_url=sqlite_url)
+    with pytest.raises(SettingsError, match="FEEDBACK_RATING_ID_SECRET does not hold"):
+        create_service_app(DEFINITION, changed)
+    unset = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET}, database_url=sqlite_url)
+    with pytest.raises(SettingsError, match="FEEDBACK_RATING_ID_SECRET must be set"):
+        create_service_app(DEFINITION, unset)
+    with pytest.raises(SettingsError, match="at least 32 characters"):
+        load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET, "FEEDBACK_RATING_ID_SECRET": "short"})
+
+
 # -- project evaluations -----------------------------------------------------------------------
 
 def test_a_project_evaluation_becomes_two_ratings_once_and_is_not_revised_here(w):
     store = w.store
-    service = FeedbackService(store)
+    service = w.service
     event = StoredEvent(
         event_id="0f6d2a44-3b1c-4a8e-9c1e-2d3b4c5d6e7f", event_type="ProjectRated", schema_version=1,
         stream_id="project-p1", version=9, position=99, occurred_at=MON,
@@ -976,7 +1057,7 @@ def test_a_project_evaluation_becomes_two_ratings_once_and_is_not_revised_here(w
     assert w.events() == before
     # The resident's own rating of the unit is separate from the project evaluation.
     own = w.rate(RES[3], "jsb", 4, 201)["resource"]
-    assert own["source"] == {"kind": "resident"} and w.figures("jsb")["ratings"] == 2
+    assert own["source"] == {"kind": "resident", "project_id": None} and w.figures("jsb")["ratings"] == 2
 
 
 def test_a_published_ranking_is_read_a_page_at_a_time(w):

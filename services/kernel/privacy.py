@@ -1,0 +1,183 @@
+"""Who sees which field: the platform's one privacy policy, as data.
+
+Every service's routes and read models, and the gateway's live feed, decide what a reader sees
+with this module alone (the gateway uses it without importing a service). A reader relates to a
+record by a set of *relations*, computed by :func:`relations` from the token and the record:
+
+- ``holder``    the person the record is about: the resident who rated, the card's holder;
+- ``rated``     the person a rating (or its follow-up case) rates;
+- ``staff``     a cadre, grid worker or admin of the record's community (an admin: any community);
+- ``organiser`` the organiser of the activity (for a card: of an activity the holder signed up
+                for, in the holder's community);
+- ``member``    any token of the record's community (and admins).
+
+A field listed in :data:`FIELDS` is shown to a reader holding one of its ``to`` relations and
+none of its ``never`` relations; to everyone else it is masked (phones: ``138****5678``) or
+``null``. A field not listed is visible to whoever may read the record at all (its route decides
+that: members of the record's community, see :meth:`services.kernel.auth.Principal.require_reader`).
+
+The live feed (``GET /api/v1/live``) applies the same rules to events, and more:
+- events of a rating, of a project evaluation or of a follow-up case (:data:`RATING_EVENTS`) go
+  individually only to the community's staff who are not the rated person; every other reader
+  (residents, the rated person) gets a subject-level ``RatingsChanged`` at most once per
+  :data:`SUMMARY_SECONDS`, on a fixed grid, so that timing cannot single out a rater;
+- the actor of an event of the feedback service (e.g. a ``SubjectRegistered`` that a first
+  project evaluation caused) is a rating's actor: staff only;
+- fields marked ``live=False`` (contact details, check-in codes) never enter the feed at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
+STAFF_ROLES = ("cadre", "grid_worker", "admin")
+SUMMARY_SECONDS = 60
+SUMMARY_EVENT = "RatingsChanged"
+
+
+@dataclasses.dataclass(frozen=True)
+class Visible:
+    """A private field: shown to readers with one of ``to`` and none of ``never``."""
+
+    to: frozenset[str]
+    never: frozenset[str] = frozenset()
+    mask: str | None = None  # how a hidden value is shown: None (null) or "phone"
+    live: bool = True  # False: never carried by the live feed
+
+    def shown(self, rel: Iterable[str]) -> bool:
+        rel = set(rel)
+        return bool(rel & self.to) and not rel & self.never
+
+
+def _visible(to: Iterable[str], never: Iterable[str] = (), **kw) -> Visible:
+    return Visible(frozenset(to), frozenset(never), **kw)
+
+
+RATER = _visible((HOLDER, STAFF), never=(RATED,))
+
+# record kind -> field -> rule. The kinds: a satisfaction rating (feedback), a follow-up case of a
+# bad rating (feedback), a project evaluation (projects' ``ProjectRated``), a volunteer card, an
+# activity. ``actor`` stands for the metadata actor of the record's events.
+FIELDS: Mapping[str, Mapping[str, Visible]] = {
+    "rating": {"person_id": RATER, "actor": RATER},
+    "case": {"person_id": RATER, "actor": RATER},
+    "project_rating": {"person_id": RATER, "actor": RATER},
+    "feedback_event": {"actor": RATER},
+    "card": {"phone": _visible((HOLDER, ORGANISER, STAFF), mask="phone", live=False)},
+    "activity": {"checkin_code": _visible((ORGANISER, STAFF), live=False),
+                 "volunteers": _visible((ORGANISER, STAFF), live=False)},
+}
+
+# Events that tell of one rating: (record kind, the data field naming the rated subject).
+RATING_EVENTS: Mapping[str, str] = {
+    **{name: "rating" for name in ("RatingSubmitted", "RatingRevised", "AppealFiled", "AppealDecided",
+                                   "RatingExcluded", "FollowUpLinked", "BurstFlagged", "BurstReviewed")},
+    **{name: "case" for name in ("FollowUpOpened", "ResidentContacted", "RectificationRecorded",
+                                 "FollowUpClosed", "FollowUpOverdue")},
+    "ProjectRated": "project_rating",
+}
+# Which kind the other events' fields fall under in the live feed.
+EVENT_KINDS: Mapping[str, str] = {
+    "CardRegistered": "card", "CardUpdated": "card", "ActivityPublished": "activity",
+}
+FEEDBACK_STREAMS = ("subject-", "policy-", "ranking-", "plan-", "rating-", "case-")
+
+
+def relations(principal, community_id: str | None, *, holder: str | None = None, rated: str | None = None,
+              organisers: Iterable[str] = ()) -> frozenset[str]:
+    """The reader's relations to a record of ``community_id``."""
+    rel = set()
+    admin = "admin" in principal.roles
+    member = admin or (principal.community is not None and principal.community == community_id)
+    if holder is not None and principal.person_id == holder:
+        rel.add(HOLDER)
+    if rated is not None and principal.person_id == rated:
+        rel.add(RATED)
+    if member:
+        rel.add(MEMBER)
+        if principal.roles & set(STAFF_ROLES):
+            rel.add(STAFF)
+        if principal.person_id in set(organisers):
+            rel.add(ORGANISER)
+    return frozenset(rel)
+
+
+def shown(kind: str, field: str, rel: Iterable[str]) -> bool:
+    rule = FIELDS.get(kind, {}).get(field)
+    return rule is None or rule.shown(rel)
+
+
+def mask_phone(phone: str) -> str:
+    """``138****5678`` for a mobile number; shorter numbers show at most their last half."""
+    if len(phone) >= 11:
+        return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
+    tail = min(4, len(phone) // 2)
+    return "*" * (len(phone) - tail) + (phone[-tail:] if tail else "")
+
+
+def _hidden(rule: Visible, value: Any) -> Any:
+    if rule.mask == "phone" and isinstance(value, str):
+        return mask_phone(value)
+    return None
+
+
+def redact(kind: str, record: Mapping[str, Any], rel: Iterable[str]) -> dict[str, Any]:
+    """``record`` as a reader with ``rel`` may see it."""
+    rel = frozenset(rel)
+    out = dict(record)
+    for field, rule in FIELDS.get(kind, {}).items():
+        if field in out and not rule.shown(rel):
+            out[field] = _hidden(rule, out[field])
+    return out
+
+
+def event_kind(event_type: str, stream_id: str) -> str | None:
+    if event_type in RATING_EVENTS:
+        return RATING_EVENTS[event_type]
+    if event_type in EVENT_KINDS:
+        return EVENT_KINDS[event_type]
+    if stream_id.startswith(FEEDBACK_STREAMS):
+        return "feedback_event"
+    return None
+
+
+def for_feed(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as the live feed keeps it: the fields that never enter the feed removed."""
+    kind = event_kind(envelope["event_type"], envelope["stream_id"])
+    out = dict(envelope)
+    rules = FIELDS.get(kind or "", {})
+    out["data"] = {k: v for k, v in envelope["data"].items() if k not in rules or rules[k].live}
+    return out
+
+
+def is_rating_event(event_type: str) -> bool:
+    return event_type in RATING_EVENTS
+
+
+def rated_subject(event_type: str, data: Mapping[str, Any], stream_id: str) -> str | None:
+    """The subject a rating event is about (``project-<id>`` for a project evaluation)."""
+    if event_type == "ProjectRated":
+        return f"project-{data.get('project_id') or stream_id.split('-', 1)[-1]}"
+    subject = data.get("subject_id")
+    return subject if isinstance(subject, str) else None
+
+
+def live_view(envelope: Mapping[str, Any], rel: Iterable[str]) -> dict[str, Any] | None:
+    """What a reader with ``rel`` (relations to the event's community and its rated person)
+    receives of a feed event: the event with private fields hidden, or None (a rating event for a
+    reader who gets only the subject-level summary)."""
+    rel = frozenset(rel)
+    kind = event_kind(envelope["event_type"], envelope["stream_id"])
+    if envelope["event_type"] in RATING_EVENTS and not (STAFF in rel and RATED not in rel):
+        return None
+    if kind is None:
+        return dict(envelope)
+    out = dict(envelope)
+    out["data"] = redact(kind, envelope["data"], rel)
+    rules = FIELDS.get(kind, {})
+    if "actor" in rules and not rules["actor"].shown(rel):
+        out["metadata"] = {k: v for k, v in envelope.get("metadata", {}).items() if k != "actor"}
+    return out
