@@ -1,8 +1,11 @@
 """HTTP API of the volunteers service (flask-smorest; /openapi.json and /docs).
 
 Commands answer with the changed resource, the events recorded (``recorded``) and an ``ETag``
-holding the resource's version. Contact details are masked except for the holder, admins, cadres of the
-holder's community and organisers of activities the holder signed up for (see ``may_see_contact``).
+holding the resource's version. Who sees what follows the platform's privacy policy
+(:mod:`services.kernel.privacy`): phones are masked except for the holder, the staff (cadre, grid worker,
+admin) of the holder's community and the organisers, in that community, of activities the holder signed
+up for; check-in codes and the list of volunteers go to the activity's organiser and staff; every read
+is scoped to the token's community (admins: any).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sqlalchemy as sa
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from services.kernel import privacy
 from services.kernel.db import read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.web import (
@@ -179,19 +183,19 @@ def blueprints(container) -> list[Blueprint]:
             return response
 
     def card_for(principal, person_id):
+        """The card as the privacy policy lets ``principal`` see it (the phone unmasked for the
+        holder, the staff of the holder's community and the organisers, in that community, of an
+        activity the holder signed up for), and whether the phone is unmasked."""
         card = CARDS.fetch(store.engine, person_id)
-        return card, may_see_contact(principal, card)
+        if principal.person_id != card.id:
+            principal.require_reader(card.community_id)
+        rel = privacy.relations(principal, card.community_id, holder=card.id,
+                                organisers=[principal.person_id] if organises_for(principal, card) else [])
+        return privacy.redact("card", card.view(full=True), rel), privacy.shown("card", "phone", rel)
 
-    def may_see_contact(principal, card) -> bool:
-        """Contact details unmasked only for the holder, admins, cadres of the holder's community,
-        and organisers (of that community) of an activity the holder signed up for."""
-        if principal.person_id == card.id or "admin" in principal.roles:
-            return True
-        if principal.community != card.community_id:
-            return False
-        if "cadre" in principal.roles:
-            return True
-        if not principal.has_any(("organizer",)):
+    def organises_for(principal, card) -> bool:
+        """``principal`` organises, in the holder's community, an activity the holder signed up for."""
+        if principal.community != card.community_id or not principal.has_any(("organizer",)):
             return False
         with read_transaction(store.engine) as connection:
             states = connection.execute(sa.select(ACTIVITIES.table.c.state).where(
@@ -199,13 +203,17 @@ def blueprints(container) -> list[Blueprint]:
         return any(a.organiser_person_id == principal.person_id and card.id in a.signups
                    for a in map(Activity.from_json, states))
 
+    def activity_view(principal, activity) -> dict:
+        rel = privacy.relations(principal, activity.community_id, organisers=[activity.organiser_person_id])
+        return privacy.redact("activity", activity.view(show_code=True), rel)
+
     @cards.route("/<person_id>")
     class CardResource(MethodView):
         @cards.response(200)
         def get(self, person_id):
             """A volunteer's card (contact details masked but for you, cadres of your community and your organisers)"""
-            card, full = card_for(current_principal(), person_id)
-            return etagged(card.view(full=full), card.version)
+            card, _unmasked = card_for(current_principal(), person_id)
+            return etagged(card, card["version"])
 
     @cards.route("/<person_id>/history")
     class CardHistory(MethodView):
@@ -213,13 +221,13 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, person_id):
             """The card's credits and claims (those who see the phone unmasked)"""
             principal = current_principal()
-            card, full = card_for(principal, person_id)
-            if not full:
+            card, unmasked = card_for(principal, person_id)
+            if not unmasked:  # the history goes to those who may see the phone
                 raise NotFound(f"no card history of {person_id} for you")
             with read_transaction(store.engine) as connection:
                 credits = CREDITS.for_person(connection, person_id)
-            claims = [{"claim_id": k, **c} for k, c in card.claims.items()]
-            return {"card": card.view(full=True), "credits": credits, "claims": claims}
+            claims = [{"claim_id": k, **c} for k, c in CARDS.fetch(store.engine, person_id).claims.items()]
+            return {"card": card, "credits": credits, "claims": claims}
 
     # -- activities -----------------------------------------------------------------------------
 
@@ -237,14 +245,17 @@ def blueprints(container) -> list[Blueprint]:
         @activities.arguments(ActivityListQuery, location="query")
         @activities.response(200)
         def get(self, query):
-            """Activities, newest start first"""
-            current_principal()
+            """Activities of a community (default and, but for admins, only: yours), newest start first"""
+            principal = current_principal()
+            community_id = principal.reading_community(query.get("community_id"))
             t = ACTIVITIES.table
-            where = [t.c[k] == query[k] for k in ("community_id", "status") if query.get(k)]
+            where = [t.c.status == query["status"]] if query.get("status") else []
+            if community_id:
+                where.append(t.c.community_id == community_id)
             with read_transaction(store.engine) as connection:
                 rows = connection.execute(sa.select(t.c.state).where(*where)
                                           .order_by(t.c.starts_at.desc()).limit(query["limit"])).all()
-            return {"items": [ACTIVITIES.cls.from_json(r.state).view(show_code=False) for r in rows]}
+            return {"items": [activity_view(principal, ACTIVITIES.cls.from_json(r.state)) for r in rows]}
 
     @activities.route("/<activity_id>")
     class ActivityResource(MethodView):
@@ -253,12 +264,8 @@ def blueprints(container) -> list[Blueprint]:
             """An activity (the organiser also sees the check-in code and the volunteers)"""
             principal = current_principal()
             activity = ACTIVITIES.fetch(store.engine, activity_id)
-            try:
-                activity.require_organiser(principal)
-                organiser = True
-            except Exception:
-                organiser = False
-            return etagged(activity.view(show_code=organiser), activity.version)
+            principal.require_reader(activity.community_id)
+            return etagged(activity_view(principal, activity), activity.version)
 
     def activity_command(path, name, schema_cls, run, doc, status=201, allowed=ORGANISERS):
         def handler(*args, activity_id, **kwargs):
@@ -333,10 +340,10 @@ def blueprints(container) -> list[Blueprint]:
         @rewards.arguments(RewardListQuery, location="query")
         @rewards.response(200)
         def get(self, query):
-            """The rewards catalogue"""
-            current_principal()
+            """The rewards catalogue of a community (default and, but for admins, only: yours)"""
+            community_id = current_principal().reading_community(query.get("community_id"))
             t = REWARDS.table
-            where = [t.c.community_id == query["community_id"]] if query.get("community_id") else []
+            where = [t.c.community_id == community_id] if community_id else []
             with read_transaction(store.engine) as connection:
                 rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.id)).all()
             return {"items": [REWARDS.cls.from_json(r.state).view() for r in rows]}
@@ -393,11 +400,13 @@ def blueprints(container) -> list[Blueprint]:
     class CertificateResource(MethodView):
         @certificates.response(200)
         def get(self, number):
-            """A certificate (its holder and staff)"""
+            """A certificate (its holder, and staff and organisers of the holder's community)"""
             principal = current_principal()
             certificate = CERTIFICATES.fetch(store.engine, number)
-            if principal.person_id != certificate.person_id and not principal.has_any(STAFF + ("organizer",)):
-                raise NotFound(f"no certificate {number} for you")
+            if principal.person_id != certificate.person_id:
+                if not principal.has_any(STAFF + ("organizer",)):
+                    raise NotFound(f"no certificate {number} for you")
+                principal.require_reader(CARDS.fetch(store.engine, certificate.person_id).community_id)
             return certificate.view()
 
     @certificates.route("/<number>/verification")
@@ -419,7 +428,7 @@ def blueprints(container) -> list[Blueprint]:
         @reports.response(200)
         def get(self, query, community_id):
             """Volunteers ranked by approved hours in a month, a year or all time"""
-            current_principal()
+            current_principal().require_reader(community_id)
             first, last, label = period_bounds(query)
             with read_transaction(store.engine) as connection:
                 items = CREDITS.leaderboard(connection, community_id, first, last, query["limit"])
@@ -441,10 +450,11 @@ def blueprints(container) -> list[Blueprint]:
     class ProjectMinutes(MethodView):
         @reports.response(200)
         def get(self, project_id):
-            """Approved volunteer minutes credited to a co-creation project"""
-            current_principal()
+            """Approved volunteer minutes credited to a co-creation project (by volunteers of your community)"""
+            principal = current_principal()
+            community_id = principal.reading_community(None)
             with read_transaction(store.engine) as connection:
-                minutes = CREDITS.minutes_for_source(connection, "project", project_id)
+                minutes = CREDITS.minutes_for_source(connection, "project", project_id, community_id)
             return {"project_id": project_id, "minutes": minutes, "hours": round(minutes / 60, 1)}
 
     return [cards, activities, rewards, certificates, reports]

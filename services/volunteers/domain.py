@@ -29,6 +29,7 @@ from services.kernel.aggregate import Aggregate
 from services.kernel.auth import Principal
 from services.kernel.errors import Conflict, DomainError, Forbidden
 from services.kernel.events import NewEvent, format_time, local_date, parse_time
+from services.kernel.privacy import mask_phone
 
 SLOT_MINUTES = 30
 DAILY_CAP_MINUTES = 8 * 60
@@ -47,14 +48,6 @@ def star_level(minutes: int) -> int:
 
 def points_for(minutes: int, points_per_hour: int) -> int:
     return minutes * points_per_hour // 60
-
-
-def mask_phone(phone: str) -> str:
-    """``138****5678`` for a mobile number; shorter numbers show at most their last half."""
-    if len(phone) >= 11:
-        return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
-    tail = min(4, len(phone) // 2)
-    return "*" * (len(phone) - tail) + (phone[-tail:] if tail else "")
 
 
 def day_of(moment: str) -> str:

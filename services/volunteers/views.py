@@ -75,10 +75,13 @@ class CreditsView:
                  "source_id": r.source_id, "retroactive": r.retroactive,
                  "credited_at": format_time(from_micros(r.at_us))} for r in rows]
 
-    def minutes_for_source(self, connection: Connection, source: str, source_id: str) -> int:
+    def minutes_for_source(self, connection: Connection, source: str, source_id: str,
+                           community_id: str | None = None) -> int:
         t = self.table
-        return connection.execute(sa.select(sa.func.coalesce(sa.func.sum(t.c.minutes), 0))
-                                  .where(t.c.source == source, t.c.source_id == source_id)).scalar()
+        where = [t.c.source == source, t.c.source_id == source_id]
+        if community_id is not None:
+            where.append(t.c.community_id == community_id)
+        return connection.execute(sa.select(sa.func.coalesce(sa.func.sum(t.c.minutes), 0)).where(*where)).scalar()
 
     def leaderboard(self, connection: Connection, community_id: str, first_day: str | None,
                     last_day: str | None, limit: int) -> list[dict[str, Any]]:
