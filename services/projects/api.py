@@ -283,10 +283,12 @@ def blueprints(container) -> list[Blueprint]:
 
         @communities.response(200)
         def get(self):
-            """List the communities"""
-            current_principal()
+            """List the communities (admins: every one; anyone else: their own)"""
+            community_id = current_principal().reading_community(None)
+            t = COMMUNITIES.table
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(COMMUNITIES.table.select().order_by(COMMUNITIES.table.c.id)).all()
+                rows = connection.execute(t.select().where(*([t.c.id == community_id] if community_id else []))
+                                          .order_by(t.c.id)).all()
             return {"items": [COMMUNITIES.cls.from_json(r.state).view() for r in rows]}
 
     @communities.route("/<community_id>")
@@ -294,7 +296,7 @@ def blueprints(container) -> list[Blueprint]:
         @communities.response(200)
         def get(self, community_id):
             """A community: grids, representatives, settings"""
-            current_principal()
+            current_principal().require_reader(community_id)
             community = COMMUNITIES.fetch(store.engine, community_id)
             return etagged(community.view(), community.version)
 
@@ -321,7 +323,7 @@ def blueprints(container) -> list[Blueprint]:
         @communities.response(200)
         def get(self, query, community_id):
             """The community fund: balance, totals and the ledger (paged by position)"""
-            current_principal()
+            current_principal().require_reader(community_id)
             with read_transaction(store.engine) as connection:
                 if COMMUNITIES.get(connection, community_id) is None:
                     raise NotFound(f"no community {community_id}")
@@ -346,7 +348,7 @@ def blueprints(container) -> list[Blueprint]:
         @communities.response(200)
         def get(self, community_id):
             """Projects per stage, approval rate, contributions and the fund"""
-            current_principal()
+            current_principal().require_reader(community_id)
             with read_transaction(store.engine) as connection:
                 if COMMUNITIES.get(connection, community_id) is None:
                     raise NotFound(f"no community {community_id}")
@@ -369,10 +371,11 @@ def blueprints(container) -> list[Blueprint]:
         @projects.arguments(ProjectListQuery, location="query")
         @projects.response(200, ProjectPageSchema)
         def get(self, query):
-            """List projects, filtered by community, grid, stage, category, proposer or free text"""
-            current_principal()
+            """List projects of a community (default and, but for admins, only: yours), filtered by
+            grid, stage, category, proposer or free text"""
+            community_id = current_principal().reading_community(query.get("community_id"))
             with read_transaction(store.engine) as connection:
-                items, total = list_projects(connection, query)
+                items, total = list_projects(connection, {**query, "community_id": community_id})
             return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
 
     @projects.route("/<project_id>")
@@ -380,8 +383,9 @@ def blueprints(container) -> list[Blueprint]:
         @projects.response(200)
         def get(self, project_id):
             """Project detail: current stage, what is allowed now, totals"""
-            current_principal()
+            principal = current_principal()
             project = PROJECTS.fetch(store.engine, project_id)
+            principal.require_reader(project.community_id)
             return etagged(project_detail(project), project.version)
 
     @projects.route("/<project_id>/history")
@@ -389,16 +393,15 @@ def blueprints(container) -> list[Blueprint]:
         @projects.response(200)
         def get(self, project_id):
             """Every event of the project with actor, time and labels (中文 / English); who rated
-            the project is shown to cadres of its community and admins only"""
+            the project is shown to the rater and the community's staff only (the privacy policy)"""
             principal = current_principal()
             events = store.load(Project.stream_id_for(project_id))
             if not events:
                 raise NotFound(f"no project {project_id}")
             community = events[0].data.get("community_id")
-            show_raters = "admin" in principal.roles or (
-                "cadre" in principal.roles and principal.community == community)
+            principal.require_reader(community)
             return {"project_id": project_id,
-                    "events": [history_entry(e, show_raters=show_raters) for e in events]}
+                    "events": [history_entry(e, principal, community) for e in events]}
 
     @projects.route("/<project_id>/as-of")
     class AsOf(MethodView):
@@ -406,13 +409,14 @@ def blueprints(container) -> list[Blueprint]:
         @projects.response(200)
         def get(self, query, project_id):
             """The project as it was at a version or an instant (replayed from its events)"""
-            current_principal()
+            principal = current_principal()
             events = store.load(Project.stream_id_for(project_id), up_to_version=query.get("version"),
                                 as_of=query.get("at"))
             if not events:
                 if store.current_version(Project.stream_id_for(project_id)) == 0:
                     raise NotFound(f"no project {project_id}")
                 raise NotFound(f"project {project_id} did not exist yet at that time")
+            principal.require_reader(events[0].data.get("community_id"))
             return project_detail(Project.replay(project_id, events))
 
     def project_command(path, name, schema_cls, decide, doc, status=201, created=None, endpoint_method=None,

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
+from services.kernel import privacy
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.projects.community import Community, CommunityFund
 from services.projects.domain import CATEGORIES, PHASES, STAGES, Project
@@ -260,14 +261,17 @@ def project_detail(project: Project) -> dict[str, Any]:
     }
 
 
-PRIVATE_EVENTS = ("ProjectRated",)  # residents rate without being named to each other
-
-
-def history_entry(event: StoredEvent, show_raters: bool = True) -> dict[str, Any]:
+def history_entry(event: StoredEvent, principal=None, community_id: str | None = None) -> dict[str, Any]:
+    """One event of a project's history as ``principal`` may see it: a project evaluation
+    (``ProjectRated``) names its rater, in its data and as its actor, only as the privacy policy
+    says (:mod:`services.kernel.privacy`, kind ``project_rating``). Without a principal: everything."""
     data, actor = dict(event.data), event.metadata.get("actor")
-    if event.event_type in PRIVATE_EVENTS and not show_raters:
-        data.pop("person_id", None)
-        actor = None
+    kind = "project_rating" if event.event_type == "ProjectRated" else None
+    if kind and principal is not None:
+        rel = privacy.relations(principal, community_id, holder=event.data.get("person_id"))
+        data = privacy.redact(kind, data, rel)
+        if not privacy.shown(kind, "actor", rel):
+            actor = None
     return {"version": event.version, "position": event.position, "event_type": event.event_type,
             "label": labels(event.event_type), "actor": actor,
             "occurred_at": format_time(event.occurred_at), "data": data}

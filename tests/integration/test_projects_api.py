@@ -128,12 +128,16 @@ def test_a_community_is_registered_read_and_listed(api):
         "community_id": "haicang", "name": "海沧社区", "district": "海沧区",
         "grids": [{"grid_id": "g1", "name": "第一网格"}], "representatives": [], "representative_count": 0,
         "settings": DEFAULT_SETTINGS, "version": 1}
-    read = api.d.call(OUTSIDER, "GET", "/communities/haicang")
+    read = api.d.call(ADMIN, "GET", "/communities/haicang")
     assert read.status_code == 200 and read.headers["ETag"] == '"1"' and read.json() == created
+    api.refused(OUTSIDER, "GET", "/communities/haicang", status=403, reason="other_community")
     api.d.post(ADMIN, "/communities", {"community_id": "anhe", "name": "安和社区",
                                        "settings": {"cosigners_required": 2}})
-    listed = api.d.get(OUTSIDER, "/communities")["items"]
+    listed = api.d.get(ADMIN, "/communities")["items"]
     assert [(c["community_id"], c["settings"]["cosigners_required"]) for c in listed] == [("anhe", 2), ("haicang", 6)]
+    haicang = Person("haicang-r1", "海沧居民", ("resident",), "haicang")
+    assert [c["community_id"] for c in api.d.get(haicang, "/communities")["items"]] == ["haicang"]
+    assert api.d.get(OUTSIDER, "/communities")["items"] == []  # jimei is not registered
 
 
 def test_community_registration_refusals(api):
@@ -252,7 +256,8 @@ def test_the_fund_is_credited_from_three_sources_and_its_ledger_paged(api):
                         ({"amount_fen": 100, "source": "donation", "payer": "x"}, {"payer"}),
                         ({}, {"amount_fen", "source"})):
         assert json_errors(api.refused(c.cadre, "POST", path, bad, status=422, **watch)) == fields
-    api.refused(c.cadre, "GET", "/communities/nowhere/fund", status=404, reason="not_found")
+    api.refused(ADMIN, "GET", "/communities/nowhere/fund", status=404, reason="not_found")
+    api.refused(c.cadre, "GET", "/communities/nowhere/fund", status=403, reason="other_community")
     api.refused(c.cadre, "GET", "/communities/haicang/fund?limit=0", status=422)
     api.refused(None, "GET", "/communities/haicang/fund", status=401)
 
@@ -282,8 +287,9 @@ def test_a_resident_proposes_a_project(api):
         "phase": "collecting_cosigners", "cosigners_required": 6, "cosigner_count": 0, "version": 1,
         "allowed_actions": ["cosign", "amend", "withdraw"]}
     assert (project["stage_label"], project["category_label"]) == ("共谋 co-planning", "公共设施 public facilities")
-    read = api.d.call(OUTSIDER, "GET", f"/projects/{pid}")
+    read = api.d.call(ADMIN, "GET", f"/projects/{pid}")
     assert read.status_code == 200 and read.headers["ETag"] == '"1"' and read.json() == project
+    api.refused(OUTSIDER, "GET", f"/projects/{pid}", status=403, reason="other_community")
 
 
 def test_proposal_refusals(api):
@@ -921,7 +927,7 @@ def test_list_filters_and_pagination(api):
     other = b.propose(b.residents[0], title="集美路灯", category="safety", location="集美路")["project_id"]
     withdrawn = a.propose(a.residents[2], title="停车位划线", category="parking", location="停车场")["project_id"]
     d.post(a.residents[2], f"/projects/{withdrawn}/withdrawal", {"reason": "不需要了"}, status=200)
-    reader = b.residents[0]
+    reader = ADMIN
 
     def ids(**query):
         page = d.get(reader, "/projects?" + urlencode(query))
@@ -931,6 +937,9 @@ def test_list_filters_and_pagination(api):
     assert ids() == [withdrawn, other, lights, green, hall]  # newest first
     assert ids(community_id="haicang") == [withdrawn, lights, green, hall]
     assert ids(community_id="jimei") == [other]
+    # Anyone else lists their own community's projects only.
+    assert [p["project_id"] for p in d.get(b.residents[0], "/projects")["items"]] == [other]
+    api.refused(b.residents[0], "GET", "/projects?community_id=haicang", status=403, reason="other_community")
     assert ids(grid_id="g2") == [green]
     assert ids(stage="co_build") == [lights]
     assert ids(stage="withdrawn") == [withdrawn]
@@ -992,7 +1001,7 @@ def test_history_lists_every_event_with_actor_time_and_labels(api):
     assert events[-2]["data"]["yes"] == 6 and events[0]["data"]["title"] == "修建休闲活动室"
 
 
-def test_who_rated_is_shown_in_the_history_to_the_communitys_cadres_and_admins_only(api):
+def test_who_rated_is_shown_in_the_history_to_the_rater_and_the_communitys_staff_only(api):
     d = api.d
     c = Community(d, "haicang")
     pid, _ = built(api, c)
@@ -1005,9 +1014,10 @@ def test_who_rated_is_shown_in_the_history_to_the_communitys_cadres_and_admins_o
 
     assert rated(c.cadre) == ("haicang-r5", "haicang-r5", 2)
     assert rated(ADMIN) == ("haicang-r5", "haicang-r5", 2)
+    assert rated(c.grid_worker) == ("haicang-r5", "haicang-r5", 2)
+    assert rated(c.residents[5]) == ("haicang-r5", "haicang-r5", 2)  # the rater
     assert rated(c.residents[0]) == (None, None, 2)
-    assert rated(OTHER_CADRE) == (None, None, 2)
-    assert rated(c.grid_worker) == (None, None, 2)
+    api.refused(OTHER_CADRE, "GET", f"/projects/{pid}/history", status=403, reason="other_community")
 
 
 def test_the_project_as_of_a_version_or_a_time(api):
@@ -1081,7 +1091,8 @@ def test_community_statistics(api):
         "fund": {"community_id": "haicang", "balance_fen": 7_400_000, "credited_fen": 10_000_000,
                  "reserved_fen": 2_000_000, "spent_fen": 600_000, "released_fen": 5_400_000, "rewards_fen": 0,
                  "version": 7}}
-    empty = d.get(c.residents[0], "/communities/jimei/stats")
+    empty = d.get(ADMIN, "/communities/jimei/stats")
     assert (empty["projects"], empty["votes"]["approval_rate"], empty["fund"]["balance_fen"]) == (0, None, 1_000)
-    api.refused(c.residents[0], "GET", "/communities/nowhere/stats", status=404, reason="not_found")
+    api.refused(c.residents[0], "GET", "/communities/jimei/stats", status=403, reason="other_community")
+    api.refused(ADMIN, "GET", "/communities/nowhere/stats", status=404, reason="not_found")
     api.refused(None, "GET", "/communities/haicang/stats", status=401)
