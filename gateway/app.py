@@ -169,6 +169,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         @blp.response(200)
         def get(self, query, community_id):
             """Projects per stage, fund, top volunteers this month, satisfaction ranking, follow-ups"""
+            current_principal().require_reader(community_id)
             return {"community_id": community_id,
                     **composed("dashboard", compose.dashboard_parts(community_id, query["kind"]))}
 

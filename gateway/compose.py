@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from gateway.upstream import Upstream, UpstreamUnavailable
 from services.kernel import metrics
-from services.kernel.errors import NotFound
+from services.kernel.errors import Forbidden, NotFound
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class Composer:
             return True, None
         if reply.status == 404:
             raise NotFound((reply.json() or {}).get("message", "not found"))
+        if reply.status == 403 and not part.absent_ok:
+            # The view is about a record the caller may not read (another community's project).
+            body = reply.json() or {}
+            raise Forbidden(body.get("message", "forbidden"), reason=(body.get("errors") or {}).get("reason"))
         if reply.status >= 400:
             return False, f"answered {reply.status}"
         return True, part.shape(reply.json())

@@ -17,6 +17,7 @@ import pytest
 
 from cocreate_client import Client
 from gateway.tokens import hash_password
+from services.kernel import privacy
 from tests.e2e.test_platform import ROOT, get, platform  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.broker
@@ -119,22 +120,31 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):  # noq
     assert dashboard["fund"]["spent_fen"] == 1_000_000 and dashboard["follow_ups"]["open"] == 2
     assert dashboard["top_volunteers"]["items"][0]["person_id"] == "res7"
 
-    # The live stream: the community's events, resumable from any id, never naming raters.
+    # The live stream: the community's events, resumable from any id. Staff who are not rated see
+    # each rating with its rater; residents never get a rating event, only a subject-level
+    # RatingsChanged at most once a minute (on a fixed grid); no phone or check-in code ever.
     wait_until(lambda: _feed_has(url, cadre.token, "ResultsPublished"), what="the feed")
-    everything = live_events(url, res[0].token, 0, 100_000)
-    ids = [int(e["id"]) for e in everything]
+    staff = live_events(url, cadre.token, 0, 100_000)
+    ids = [int(e["id"]) for e in staff]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    kinds = {e["event"] for e in everything}
     assert {"ProjectProposed", "ProjectCosigned", "BallotCast", "ResultsPublished", "ContributionDelivered",
-            "ProjectLabourCredited", "RatingSubmitted", "FollowUpOpened"} <= kinds
+            "ProjectLabourCredited", "ProjectRated", "RatingSubmitted", "FollowUpOpened"} <= {e["event"] for e in staff}
     resumed = live_events(url, cadre.token, ids[2], 2)
     assert [int(e["id"]) for e in resumed] == ids[3:5]
-    for event in everything:
+    submitted = [json.loads(e["data"]) for e in staff if e["event"] == "RatingSubmitted"]
+    assert submitted and all(s["data"]["person_id"] in {f"res{i}" for i in range(5)} for s in submitted)
+    resident = live_events(url, res[0].token, 0, 100_000)
+    assert {"ProjectProposed", "BallotCast", "ResultsPublished"} <= {e["event"] for e in resident}
+    assert not {e["event"] for e in resident} & set(privacy.RATING_EVENTS)
+    for event in staff + resident:
         envelope = json.loads(event["data"])
         assert envelope["event_type"] == event["event"]
-        if event["event"] in ("RatingSubmitted", "FollowUpOpened"):
-            assert "person_id" not in envelope["data"] and "actor" not in envelope["metadata"]
-        assert "phone" not in envelope["data"]
+        assert "phone" not in envelope["data"] and "checkin_code" not in envelope["data"]
+    wait_until(lambda: _feed_has(url, res[0].token, "RatingsChanged"), 100, "the subject-level summary")
+    changed = [json.loads(e["data"])["data"] for e in live_events(url, res[0].token, 0, 100_000)
+               if e["event"] == "RatingsChanged"]
+    assert {c["subject_id"] for c in changed} <= {UNIT["unit_id"], f"project-{pid}"}
+    assert all(set(c) == {"subject_id", "community_id"} for c in changed)
 
 
 def _ready(url: str) -> bool:

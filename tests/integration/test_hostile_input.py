@@ -227,15 +227,26 @@ def test_the_live_stream_is_refused_to_a_token_without_a_community():
     assert assert_error(reply, 403, "community_required")["message"].startswith("the live stream is open only")
 
 
-def test_the_live_feed_never_carries_a_check_in_code_or_a_phone():
-    from gateway.store import redacted
+def test_the_live_feed_never_carries_a_check_in_code_or_a_phone(tmp_path):
+    from gateway.store import GatewayStore, feed_events
+    from services.kernel.db import write_transaction
     from services.kernel.events import StoredEvent, utc_now
 
-    event = StoredEvent(event_id="e1", event_type="ActivityPublished", schema_version=1, stream_id="activity-a1",
-                        version=1, position=1, occurred_at=utc_now(),
-                        data={"activity_id": "a1", "community_id": "hostile", "title": "清扫", "checkin_code": "483920",
-                              "phone": "13800000000"},
-                        metadata={"actor": "org", "correlation_id": None, "causation_id": None})
-    envelope = redacted(event)
-    assert "checkin_code" not in envelope["data"] and "phone" not in envelope["data"]
-    assert envelope["data"]["title"] == "清扫"
+    def event(n, event_type, stream_id, data):
+        return StoredEvent(event_id=f"e{n}", event_type=event_type, schema_version=1, stream_id=stream_id,
+                           version=1, position=n, occurred_at=utc_now(), data=data,
+                           metadata={"actor": "org", "correlation_id": None, "causation_id": None})
+
+    store = GatewayStore(f"sqlite:///{tmp_path}/gateway.db")
+    store.create_schema()
+    with write_transaction(store.engine) as connection:
+        store.add_feed_event(connection, event(1, "ActivityPublished", "activity-a1", {
+            "activity_id": "a1", "community_id": "hostile", "title": "清扫", "checkin_code": "483920"}))
+        store.add_feed_event(connection, event(2, "CardRegistered", "card-v1", {
+            "person_id": "v1", "community_id": "hostile", "name": "志愿者", "phone": "13800000000"}))
+    with store.engine.connect() as connection:
+        kept = connection.execute(feed_events.select().order_by(feed_events.c.id)).all()
+    assert "483920" not in kept[0].envelope and "13800000000" not in kept[1].envelope
+    assert "清扫" in kept[0].envelope and "志愿者" in kept[1].envelope
+    store.engine.dispose()
+
