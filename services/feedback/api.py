@@ -444,6 +444,7 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, case_id):
             """A follow-up case (the resident and case handlers)"""
             principal = current_principal()
+            principal.require_reader(None)  # a token without a community reads no case
             case = CASES.fetch(store.engine, case_id)
             if not (principal.person_id == case.person_id or (
                     principal.has_any(CASE_HANDLERS)
@@ -559,6 +560,7 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, plan_id):
             """A support plan"""
             principal = current_principal()
+            principal.require_reader(None)
             plan = PLANS.fetch(store.engine, plan_id)
             principal.require_reader(plan.community_id)
             return etagged(plan.view(), plan.version)

@@ -402,6 +402,7 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, number):
             """A certificate (its holder, and staff and organisers of the holder's community)"""
             principal = current_principal()
+            principal.require_reader(None)
             certificate = CERTIFICATES.fetch(store.engine, number)
             if principal.person_id != certificate.person_id:
                 if not principal.has_any(STAFF + ("organizer",)):
