@@ -7,9 +7,13 @@ runs as several replicas — then keys and limits hold across replicas too.
   answered, its status, headers and body. A second request with the key gets that answer; a
   different body with the same key is a 422; while the first is still running, a 409.
 - ``rate_windows``: a fixed one-minute window per caller and per IP.
-- ``feed_events``: the events of every service's topic, with their community, written by the feed
-  worker (``python -m gateway feed``) and read by the server-sent events stream; the row id is the
-  event id clients send back as ``Last-Event-ID``.
+- ``feed_events``: the events of every service's topic, with their community (and, for a rating or
+  case, the person it rates), written by the feed worker (``python -m gateway feed``) without the
+  fields the privacy policy keeps out of the feed, and read by the server-sent events stream, which
+  shows each reader what the policy lets them see; the row id is the event id clients send back as
+  ``Last-Event-ID``.
+- ``feed_summaries``: subjects whose ratings changed, until their ``RatingsChanged`` is written to
+  the feed at the end of the minute (one per subject and minute, whatever the number of ratings).
 """
 
 from __future__ import annotations
@@ -216,7 +220,8 @@ class GatewayStore:
             return 0
         written = 0
         with write_transaction(self.engine) as connection:
-            rows = connection.execute(sa.select(t).where(t.c.pending.is_(True), t.c.due_us <= now_us)).all()
+            rows = connection.execute(sa.select(t).where(t.c.pending.is_(True), t.c.due_us <= now_us)
+                                      .order_by(t.c.due_us, t.c.subject_id)).all()
             for row in rows:
                 claimed = connection.execute(t.update().where(t.c.subject_id == row.subject_id, t.c.pending.is_(True))
                                              .values(pending=False)).rowcount

@@ -354,3 +354,45 @@ def test_every_write_route_refuses_callers_without_its_roles(app):
     assert len(checked) >= 45
     assert sorted(open_to_all) == ["POST /api/v1/certificates/{number}/verification",
                                    "POST /api/v1/plans/{plan_id}/notes"]
+
+
+def test_ratings_changed_comes_once_per_subject_and_minute_on_a_fixed_grid(tmp_path, monkeypatch):
+    """The live stream's summary of rating events: whatever the number of ratings in a minute, one
+    RatingsChanged per subject at the end of that minute of a fixed grid, naming only the subject."""
+    from gateway import store as store_module
+    from services.kernel.db import write_transaction
+    from services.kernel.events import StoredEvent
+
+    store = store_module.GatewayStore(f"sqlite:///{tmp_path}/gateway.db")
+    store.create_schema()
+    minute = dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.timezone.utc)
+
+    def rated(n: int, at: dt.datetime, subject: str = "cadre-wang") -> None:
+        monkeypatch.setattr(store_module, "utc_now", lambda: at)
+        event = StoredEvent(event_id=f"e{n}", event_type="RatingSubmitted", schema_version=1,
+                            stream_id=f"rating-r{n}", version=1, position=n, occurred_at=at,
+                            data={"rating_id": f"r{n}", "subject_id": subject, "community_id": "anhai",
+                                  "subject_person_id": "p-wang", "person_id": f"res{n}", "level": 1},
+                            metadata={"actor": f"res{n}"})
+        with write_transaction(store.engine) as connection:
+            store.add_feed_event(connection, event)
+
+    def summaries() -> list[dict]:
+        return [json.loads(row.envelope) for row in store.feed_after(None, 0, 1000)
+                if row.event_type == "RatingsChanged"]
+
+    rated(1, minute + dt.timedelta(seconds=5))
+    rated(2, minute + dt.timedelta(seconds=50))
+    rated(3, minute + dt.timedelta(seconds=51), subject="grid-li")
+    assert store.flush_summaries(minute + dt.timedelta(seconds=59)) == 0
+    assert store.flush_summaries(minute + dt.timedelta(minutes=1)) == 2
+    assert store.flush_summaries(minute + dt.timedelta(minutes=1, seconds=1)) == 0
+    rated(4, minute + dt.timedelta(minutes=1, seconds=2))
+    assert store.flush_summaries(minute + dt.timedelta(minutes=1, seconds=59)) == 0
+    assert store.flush_summaries(minute + dt.timedelta(minutes=2)) == 1
+    made = summaries()
+    assert [(s["data"]["subject_id"], s["occurred_at"]) for s in made] == [
+        ("cadre-wang", "2026-12-03T10:01:00.000000Z"), ("grid-li", "2026-12-03T10:01:00.000000Z"),
+        ("cadre-wang", "2026-12-03T10:02:00.000000Z")]
+    assert all(set(s["data"]) == {"subject_id", "community_id"} and s["metadata"] == {} for s in made)
+    store.engine.dispose()
