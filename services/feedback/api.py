@@ -312,6 +312,9 @@ def blueprints(container) -> list[Blueprint]:
             for row in rows:
                 rating = RATINGS.cls.from_json(row.state)
                 items.append({**present(principal, rating), "flagged": rating.id in subject.flagged_ratings})
+            if not privacy.shown("rating", "rated_at",
+                                 privacy.relations(principal, subject.community_id, rated=subject.person_id)):
+                items.sort(key=lambda item: item["rating_id"])  # not in the order they came: that is timing too
             return {"subject_id": subject_id, "period": period, "items": items}
 
     @subjects.route("/<subject_id>/flags/<flag_id>/review")

@@ -32,6 +32,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from services.kernel.events import LOCAL_TZ, parse_time
+
 HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
 STAFF_ROLES = ("cadre", "grid_worker", "admin")
 SUMMARY_SECONDS = 60
@@ -44,7 +46,7 @@ class Visible:
 
     to: frozenset[str]
     never: frozenset[str] = frozenset()
-    mask: str | None = None  # how a hidden value is shown: None (null) or "phone"
+    mask: str | None = None  # how a hidden value is shown: None (null), "phone" or "day"
     live: bool = True  # False: never carried by the live feed
 
     def shown(self, rel: Iterable[str]) -> bool:
@@ -57,13 +59,17 @@ def _visible(to: Iterable[str], never: Iterable[str] = (), **kw) -> Visible:
 
 
 RATER = _visible((HOLDER, STAFF), never=(RATED,))
+# When a rating was made, to the microsecond, would let the rated person match it with whom they
+# met: readers who may not know the rater see the day (China Standard Time) only.
+RATING_TIME = _visible((HOLDER, STAFF), never=(RATED,), mask="day")
 
 # record kind -> field -> rule. The kinds: a satisfaction rating (feedback), a follow-up case of a
 # bad rating (feedback), a project evaluation (projects' ``ProjectRated``), a volunteer card, an
 # activity. ``actor`` stands for the metadata actor of the record's events.
 FIELDS: Mapping[str, Mapping[str, Visible]] = {
-    "rating": {"person_id": RATER, "actor": RATER},
-    "case": {"person_id": RATER, "actor": RATER},
+    "rating": {"person_id": RATER, "actor": RATER, "rated_at": RATING_TIME, "created_at": RATING_TIME,
+               "updated_at": RATING_TIME},
+    "case": {"person_id": RATER, "actor": RATER, "created_at": RATING_TIME, "updated_at": RATING_TIME},
     "project_rating": {"person_id": RATER, "actor": RATER},
     "feedback_event": {"actor": RATER},
     "card": {"phone": _visible((HOLDER, ORGANISER, STAFF), mask="phone", live=False)},
@@ -121,6 +127,11 @@ def mask_phone(phone: str) -> str:
 def _hidden(rule: Visible, value: Any) -> Any:
     if rule.mask == "phone" and isinstance(value, str):
         return mask_phone(value)
+    if rule.mask == "day" and isinstance(value, str):
+        try:
+            return parse_time(value).astimezone(LOCAL_TZ).date().isoformat()
+        except ValueError:
+            return None
     return None
 
 
