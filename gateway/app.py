@@ -20,6 +20,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from urllib.parse import quote
 
 import flask
 import marshmallow as ma
@@ -184,7 +185,8 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     @blp.route("/live")
     class Live(MethodView):
         @blp.arguments(LiveQuery, location="query")
-        @blp.response(200, content_type="text/event-stream")
+        @blp.doc(responses={"200": {"description": "server-sent events (each as the privacy policy lets you see it)",
+                                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
         def get(self, query):
             """Server-sent events of your community's events; resume with Last-Event-ID"""
             principal = current_principal()
@@ -213,7 +215,9 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
                                   headers={"Allow": ", ".join(sorted(exc.valid_methods or ()))})
         except RouteNotFound:
             return error_response(404, f"no route {PREFIX}{public}")
-        path = service_path(target.service, public)
+        # Forwarded percent-encoded again: a decoded "%23" or "%3F" in a path parameter would
+        # otherwise cut the service's path short (or inject a query string).
+        path = quote(service_path(target.service, public), safe="/")
         if flask.request.query_string:
             path += "?" + flask.request.query_string.decode("latin-1")
         body = flask.request.get_data()

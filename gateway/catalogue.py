@@ -104,7 +104,7 @@ IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
     "description": "Send the same key again to retry safely: the first answer is returned again "
-                   "(kept 24 hours); another body with the same key is a 409 (idempotency_key_reused)."}
+                   "(kept 24 hours); another body with the same key is a 422 (idempotency_key_reused)."}
 
 
 def _plain(value: Any) -> Any:

@@ -2,10 +2,11 @@
 
 :func:`create_base_app` gives every app the same behaviour: flask-smorest with the OpenAPI document
 and a locally served Swagger UI, one error shape ``{code, status, message, errors}`` for every
-error (404, 405 with ``Allow``, 413, 415, 422, 500 and domain errors), unknown JSON fields rejected,
-a body size limit, a correlation id per request (taken from ``X-Correlation-ID`` or made up,
-returned, logged and put into event metadata), request metrics, ``/healthz``, ``/readyz`` and
-``/metrics``.
+error (404, 405 with ``Allow``, 413, 415, 422, 500 and domain errors; the documents name the error
+answers of every operation, with no catch-all ``default``: :class:`CommonErrorResponses`), unknown
+JSON fields rejected, a body size limit, a correlation id per request (taken from
+``X-Correlation-ID`` or made up, returned, logged and put into event metadata), request metrics,
+``/healthz``, ``/readyz`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import flask
 import marshmallow as ma
+from apispec import BasePlugin
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedMediaType
 from werkzeug.http import HTTP_STATUS_CODES
@@ -67,6 +70,49 @@ class JsonBoolean(ma.fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+class ErrorSchema(Schema):
+    """The one error shape (documentation only: :func:`error_body` makes every error answer)."""
+
+    code = ma.fields.Integer(required=True, validate=ma.validate.Range(min=400, max=599),
+                             metadata={"description": "the HTTP status code"})
+    status = ma.fields.String(required=True, metadata={"description": "the status code's name"})
+    message = ma.fields.String(required=True, metadata={"description": "what went wrong, for people"})
+    errors = ma.fields.Dict(required=True, metadata={
+        "description": "details: fields and their problems (``json``, ``query``), ``reason`` (a stable code)"})
+
+
+# The error answers (in the one shape) of every operation of every app: the shared request checks
+# (a URL too long, a chunked body too large), authentication and roles, missing resources, schema
+# and domain refusals, and — the services' routes being the gateway's too — the gateway's rate
+# limit and an unavailable service. Writes add conflicts, stale If-Match, bodies that are not JSON
+# and the gateway's "outcome unknown". flask-smorest's catch-all ``default`` response is off: a
+# status code an operation answers must be one its document names.
+ERRORS_OF_EVERY_OPERATION = (400, 401, 403, 404, 413, 414, 422, 429, 503)
+ERRORS_OF_EVERY_WRITE = (409, 412, 415, 504)
+WRITE_METHODS = ("post", "put", "patch", "delete")
+
+
+class CommonErrorResponses(BasePlugin):
+    """Declare :data:`ERRORS_OF_EVERY_OPERATION` (and, on writes, :data:`ERRORS_OF_EVERY_WRITE`)
+    on every operation, as references to flask-smorest's response per status (the error schema)."""
+
+    def operation_helper(self, path=None, operations=None, **kwargs) -> None:
+        for method, operation in (operations or {}).items():
+            if method not in ("get", *WRITE_METHODS):
+                continue
+            responses = operation.setdefault("responses", {})
+            declared = {str(code) for code in responses}
+            extra = ERRORS_OF_EVERY_WRITE if method in WRITE_METHODS else ()
+            for code in sorted((*ERRORS_OF_EVERY_OPERATION, *extra)):
+                if str(code) not in declared:
+                    responses[str(code)] = HTTPStatus(code).name
+
+
+class CocreateApi(Api):
+    ERROR_SCHEMA = ErrorSchema
+    DEFAULT_ERROR_RESPONSE_NAME = None  # every error is declared by CommonErrorResponses instead
 
 
 def error_body(status: int, message: str, errors: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -122,7 +168,7 @@ def create_base_app(
         JSON_SORT_KEYS=False,
     )
     app.json.ensure_ascii = False
-    api = Api(app)
+    api = CocreateApi(app, spec_kwargs={"extra_plugins": [CommonErrorResponses()]})
     app.extensions["cocreate.verifier"] = TokenVerifier(settings)
     app.extensions["cocreate.app_name"] = name
     _install_error_handlers(app)

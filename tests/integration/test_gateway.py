@@ -76,6 +76,18 @@ def test_every_service_is_reachable_under_one_prefix(app, unique):
     assert_error(d.call(c.cadre, "DELETE", f"/projects/{pid}"), 405)
 
 
+def test_an_encoded_character_in_a_path_parameter_reaches_the_service_encoded(app, unique):
+    """A "%23" (#) or "%3F" (?) in a path parameter stays part of the parameter: it neither cuts
+    the service's path short (another record answered) nor injects a query string."""
+    d, c = community(app, unique)
+    holder = c.residents[0]
+    d.post(holder, "/cards", {})
+    assert d.get(c.cadre, f"/cards/{holder.person_id}")["person_id"] == holder.person_id
+    assert_error(d.call(c.cadre, "GET", f"/cards/{holder.person_id}%23x"), 404)
+    assert_error(d.call(c.cadre, "GET", f"/communities/{c.id}%3Fx=1"), 403)  # not community {c.id}
+    assert_error(d.call(c.cadre, "POST", "/plans/abc%23def/notes", {"note": "x"}), 404)
+
+
 def test_composed_views_answer_with_all_parts(app, unique):
     d, c = community(app, unique)
     pid = c.approved_project(title="楼道扶手")["project_id"]

@@ -208,6 +208,30 @@ def test_the_documents_say_what_the_apps_do(tmp_path):
         assert [p["in"] for p in op.get("parameters", []) if p["name"] == "Idempotency-Key"] == ["header"], path
 
 
+def test_every_operation_names_its_error_answers_and_their_shape(tmp_path):
+    """No catch-all ``default`` response: every operation of the public document (each service's
+    routes and the gateway's own) declares the shared error answers, each in the one error shape
+    with every field required (tests/e2e/test_fuzz.py checks the apps answer only those)."""
+    from services.kernel.web import ERRORS_OF_EVERY_OPERATION, ERRORS_OF_EVERY_WRITE, error_body
+
+    gateway = gateway_app.create_app(gateway_app.load_settings(environ={
+        "COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path)}))
+    document = gateway.test_client().get("/openapi.json").get_json()
+    components = document["components"]
+    operations = [(f"{method.upper()} {path}", method, op) for path, ops in document["paths"].items()
+                  for method, op in ops.items() if method in ("get", "post", "put", "patch", "delete")]
+    assert len(operations) > 90
+    for name, method, operation in operations:
+        responses = operation["responses"]
+        assert "default" not in responses, name
+        expected = {*ERRORS_OF_EVERY_OPERATION, *(ERRORS_OF_EVERY_WRITE if method != "get" else ())}
+        assert {str(code) for code in expected} <= set(responses), name
+        for code in expected:
+            response = components["responses"][responses[str(code)]["$ref"].rsplit("/", 1)[1]]
+            schema = components["schemas"][response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+            assert set(schema["required"]) == set(error_body(code, "x")) == set(schema["properties"]), (name, code)
+
+
 def test_a_post_without_the_body_its_schema_requires_is_422_naming_the_fields(projects):
     client, store = projects
     before = store.last_position()
