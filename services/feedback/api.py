@@ -391,9 +391,6 @@ def blueprints(container) -> list[Blueprint]:
 
     # -- follow-up cases ------------------------------------------------------------------------
 
-    def case_view(principal, case):
-        return present_case(principal, case)
-
     @cases.route("")
     class Cases(MethodView):
         @cases.arguments(CaseListQuery, location="query")
@@ -417,7 +414,7 @@ def blueprints(container) -> list[Blueprint]:
                     sa.select(t.c.overdue, sa.func.count()).where(
                         t.c.status == "open", *([t.c.community_id == community_id] if community_id else []))
                     .group_by(t.c.overdue)).all())
-            return {"items": [case_view(principal, CASES.cls.from_json(r.state)) for r in rows],
+            return {"items": [present_case(principal, CASES.cls.from_json(r.state)) for r in rows],
                     "open": sum(counts.values()), "overdue": counts.get(True, 0)}
 
     @cases.route("/summary")
@@ -455,14 +452,14 @@ def blueprints(container) -> list[Blueprint]:
                 raise NotFound(f"no follow-up case {case_id} for you")
             if case.overdue_events(handlers.now()):
                 case, _ = service.on_case(principal, event_metadata(principal), case_id, lambda c: [])
-            return etagged(case_view(principal, case), case.version)
+            return etagged(present_case(principal, case), case.version)
 
     def case_command(path, name, schema_cls, decide, doc, allowed=CASE_HANDLERS):
         def handler(body, case_id):
             principal, meta = who()
             case, recorded = service.on_case(principal, meta, case_id, lambda c: decide(c, principal, body),
                                              expected_version_from_if_match())
-            return answer(case_view(principal, case), case.version, recorded)
+            return answer(present_case(principal, case), case.version, recorded)
         handler.__doc__, handler.__name__ = doc, name
         view = cases.response(200)(cases.arguments(schema_cls)(handler))
         cases.route(f"/<case_id>/{path}", methods=["POST"], endpoint=name)(roles(cases, *allowed)(view))
