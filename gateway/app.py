@@ -41,7 +41,7 @@ from services.kernel.errors import DomainError, Forbidden, NotFound, Unauthentic
 from services.kernel.logs import configure_logging
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
-    CORRELATION_HEADER, IDENTIFIER, Schema, create_base_app, current_principal, error_response,
+    CORRELATION_HEADER, IDENTIFIER, Schema, create_base_app, current_principal, error_response, require_tokens,
 )
 
 FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Accept",
@@ -119,6 +119,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     routes = catalogue()
     users = UsersFile(settings.users_file) if settings.users_file else None
     _install_edge(app, settings, store)
+    require_tokens(app, open_paths=(f"{PREFIX}/auth/token",))
 
     blp = Blueprint("gateway", __name__, url_prefix=PREFIX, description="Identity and composed views")
 

@@ -28,7 +28,7 @@ from services.kernel.history import StreamIndex, history_blueprint
 from services.kernel.kafka import broker_reachable
 from services.kernel.logs import configure_logging
 from services.kernel.relay import Relay
-from services.kernel.web import create_base_app
+from services.kernel.web import create_base_app, require_tokens
 from services.kernel.worker import run_until_signalled
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
     )
     app.extensions["cocreate.container"] = container
     app.extensions["cocreate.collectors"] = list(definition.collectors(container))
+    require_tokens(app)
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
     for blueprint in definition.blueprints(container):
         api.register_blueprint(blueprint)

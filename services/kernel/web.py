@@ -382,6 +382,24 @@ def _install_operational_routes(app: flask.Flask, readiness: Mapping[str, Readin
         return flask.send_from_directory(assets, filename, max_age=86_400)
 
 
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static")
+
+
+def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = ()) -> None:
+    """Every request but the probes, the documents and ``open_paths`` needs a valid token, checked
+    before its arguments are read (a bad query without a token is a 401, not a 422). Installed
+    after an app's own request hooks, so that the gateway's rate limits count anonymous callers."""
+    exempt = OPEN_PATHS + tuple(open_paths)
+
+    @app.before_request
+    def _authenticate():
+        request = flask.request
+        if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(exempt):
+            return None
+        current_principal()
+        return None
+
+
 def current_principal() -> Principal:
     """The verified caller of this request (401 when the token is missing or invalid)."""
     principal = flask.g.get("principal")

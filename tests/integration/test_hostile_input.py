@@ -274,3 +274,17 @@ def test_the_live_feed_never_carries_a_check_in_code_or_a_phone(tmp_path):
     assert "清扫" in kept[0].envelope and "志愿者" in kept[1].envelope
     store.engine.dispose()
 
+
+
+def test_without_a_token_a_bad_query_is_401_not_422(projects, tmp_path):
+    """The token is checked before anything the request says is read: a caller without one learns
+    nothing about the route's arguments. The probes, the documents and the token endpoint stay open."""
+    client, _store = projects
+    assert_error(_Reply(client.get("/projects/p1/as-of?version=abc")), 401)
+    assert_error(_Reply(client.get("/projects/p1/as-of?version=abc", headers=RESIDENT.headers)), 422)
+    assert client.get("/openapi.json").status_code == 200 and client.get("/healthz").status_code == 200
+    gateway = gateway_app.create_app(gateway_app.load_settings(environ={
+        "COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path)})).test_client()
+    assert_error(_Reply(gateway.get("/api/v1/communities/hostile/dashboard?kind=mayor")), 401)
+    assert_error(_Reply(gateway.get("/api/v1/live?community_id=%20")), 401)
+    assert_error(_Reply(gateway.post("/api/v1/auth/token", json={"username": "x", "password": "y"})), 404)
