@@ -407,4 +407,13 @@ def test_ratings_changed_comes_once_per_subject_and_minute_on_a_fixed_grid(tmp_p
         ("cadre-wang", "2026-12-03T10:01:00.000000Z"), ("grid-li", "2026-12-03T10:01:00.000000Z"),
         ("cadre-wang", "2026-12-03T10:02:00.000000Z")]
     assert all(set(s["data"]) == {"subject_id", "community_id"} and s["metadata"] == {} for s in made)
+    # A subject's stream rates its person: a flagged burst of its ratings is not for them to see.
+    for n, (event_type, data) in enumerate((("SubjectRegistered", {"person_id": "p-wang", "community_id": "anhai"}),
+                                            ("BurstFlagged", {"subject_id": "cadre-wang", "rating_ids": ["r1"]})), 10):
+        event = StoredEvent(event_id=f"e{n}", event_type=event_type, schema_version=1, stream_id="subject-cadre-wang",
+                            version=n - 9, position=n, occurred_at=minute, data=data, metadata={})
+        with write_transaction(store.engine) as connection:
+            store.add_feed_event(connection, event)
+    assert [r.rated_person_id for r in store.feed_after(None, 0, 1000) if r.stream_id == "subject-cadre-wang"] == [
+        "p-wang", "p-wang"]
     store.engine.dispose()
