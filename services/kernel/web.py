@@ -386,16 +386,17 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/sta
 
 
 def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = ()) -> None:
-    """Every request but the probes, the documents and ``open_paths`` needs a valid token, checked
-    before its arguments are read (a bad query without a token is a 401, not a 422). Installed
-    after an app's own request hooks, so that the gateway's rate limits count anonymous callers."""
+    """Every request to a route (but the probes, the documents and ``open_paths``) needs a valid
+    token, checked before its arguments are read: a bad query without a token is a 401, not a 422.
+    Installed after an app's own request hooks, so that the gateway's rate limits count anonymous
+    callers."""
     exempt = OPEN_PATHS + tuple(open_paths)
 
     @app.before_request
     def _authenticate():
         request = flask.request
-        if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(exempt):
-            return None
+        if request.url_rule is None or request.method == "OPTIONS" or request.path.startswith(exempt):
+            return None  # no such route (404, as the published documents say) or an open one
         current_principal()
         return None
 
