@@ -18,11 +18,10 @@ holding the resource's version. Who sees what is decided by the platform's one p
 from __future__ import annotations
 
 import marshmallow as ma
-import sqlalchemy as sa
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from services.feedback import handlers
+from services.feedback import handlers, views
 from services.feedback.domain import (
     CASE_HANDLERS, RATERS, STAFF, SUBJECT_KINDS, Ranking, period_of, rank, ranking_key, valid_period,
 )
@@ -252,15 +251,9 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, query):
             """Subjects, by community (default and, but for admins, only: yours) and kind"""
             community_id = current_principal().reading_community(query.get("community_id"))
-            t = SUBJECTS.table
-            where = [t.c.kind == query["kind"]] if query.get("kind") else []
-            if community_id:
-                where.append(t.c.community_id == community_id)
-            if query.get("flagged"):
-                where.append(t.c.open_flags > 0)
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.id)).all()
-            return {"items": [SUBJECTS.cls.from_json(r.state).view() for r in rows]}
+                found = views.list_subjects(connection, community_id, query.get("kind"), query.get("flagged", False))
+            return {"items": [subject.view() for subject in found]}
 
     @subjects.route("/<subject_id>")
     class SubjectResource(MethodView):
@@ -303,15 +296,10 @@ def blueprints(container) -> list[Blueprint]:
             subject = SUBJECTS.fetch(store.engine, subject_id)
             principal.require_reader(subject.community_id)
             period = query.get("period") or current_period(subject.community_id)
-            t = RATINGS.table
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(t.c.subject_id == subject_id,
-                                                                     t.c.period == period)
-                                          .order_by(t.c.created_at_us, t.c.id)).all()
-            items = []
-            for row in rows:
-                rating = RATINGS.cls.from_json(row.state)
-                items.append({**present(principal, rating), "flagged": rating.id in subject.flagged_ratings})
+                found = views.ratings_of_subject(connection, subject_id, period)
+            items = [{**present(principal, rating), "flagged": rating.id in subject.flagged_ratings}
+                     for rating in found]
             if not privacy.shown("rating", "rated_at",
                                  privacy.relations(principal, subject.community_id, rated=subject.person_id)):
                 items.sort(key=lambda item: item["rating_id"])  # not in the order they came: that is timing too
@@ -403,19 +391,12 @@ def blueprints(container) -> list[Blueprint]:
             if "admin" not in principal.roles and community_id != principal.community:
                 raise Forbidden(f"you handle the cases of community {principal.community}", reason="other_community")
             service.sweep_overdue(event_metadata(principal), community_id)
-            t = CASES.table
-            where = [t.c[k] == query[k] for k in ("status", "overdue") if k in query]
-            if community_id:
-                where.append(t.c.community_id == community_id)
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(*where)
-                                          .order_by(t.c.deadline_us, t.c.id).limit(query["limit"])).all()
-                counts = dict(connection.execute(
-                    sa.select(t.c.overdue, sa.func.count()).where(
-                        t.c.status == "open", *([t.c.community_id == community_id] if community_id else []))
-                    .group_by(t.c.overdue)).all())
-            return {"items": [present_case(principal, CASES.cls.from_json(r.state)) for r in rows],
-                    "open": sum(counts.values()), "overdue": counts.get(True, 0)}
+                found = views.list_cases(connection, community_id, query.get("status"), query.get("overdue"),
+                                         query["limit"])
+                counts = views.case_counts(connection, community_id)
+            return {"items": [present_case(principal, case) for case in found],
+                    "open": counts["open"], "overdue": counts["overdue"]}
 
     @cases.route("/summary")
     class CaseSummary(MethodView):
@@ -427,16 +408,9 @@ def blueprints(container) -> list[Blueprint]:
             community_id = query["community_id"]
             principal.require_reader(community_id)
             service.sweep_overdue(event_metadata(principal), community_id)
-            t = CASES.table
             with read_transaction(store.engine) as connection:
-                counts = dict(connection.execute(
-                    sa.select(t.c.overdue, sa.func.count()).where(t.c.status == "open",
-                                                                  t.c.community_id == community_id)
-                    .group_by(t.c.overdue)).all())
-                closed = connection.execute(sa.select(sa.func.count()).where(
-                    t.c.status == "closed", t.c.community_id == community_id)).scalar()
-            return {"community_id": community_id, "open": sum(counts.values()), "overdue": counts.get(True, 0),
-                    "closed": closed}
+                counts = views.case_counts(connection, community_id)
+            return {"community_id": community_id, **counts}
 
     @cases.route("/<case_id>")
     class CaseResource(MethodView):
@@ -546,13 +520,9 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, query):
             """Support plans (帮扶) of a community (default and, but for admins, only: yours)"""
             community_id = current_principal().reading_community(query.get("community_id"))
-            t = PLANS.table
-            where = [t.c.status == query["status"]] if query.get("status") else []
-            if community_id:
-                where.append(t.c.community_id == community_id)
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.created_at_us, t.c.id)).all()
-            return {"items": [PLANS.cls.from_json(r.state).view() for r in rows]}
+                found = views.list_plans(connection, community_id, query.get("status"))
+            return {"items": [plan.view() for plan in found]}
 
     @plans.route("/<plan_id>")
     class PlanResource(MethodView):
@@ -597,18 +567,11 @@ def blueprints(container) -> list[Blueprint]:
         def get(self):
             """My ratings, newest first, with their follow-up cases"""
             principal = current_principal()
-            t, c = RATINGS.table, CASES.table
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(t.c.person_id == principal.person_id)
-                                          .order_by(t.c.created_at_us.desc()).limit(200)).all()
-                case_rows = connection.execute(sa.select(c.c.state).where(c.c.person_id == principal.person_id)).all()
-            my_cases = {case.id: present_case(principal, case)
-                        for case in (CASES.cls.from_json(r.state) for r in case_rows)}
-            items = []
-            for row in rows:
-                rating = RATINGS.cls.from_json(row.state)
-                items.append({**present(principal, rating), "case": my_cases.get(rating.case_id)})
-            return {"items": items}
+                mine = views.ratings_of_person(connection, principal.person_id)
+                my_cases = {case.id: present_case(principal, case)
+                            for case in views.cases_of_person(connection, principal.person_id)}
+            return {"items": [{**present(principal, rating), "case": my_cases.get(rating.case_id)} for rating in mine]}
 
     return [policies, subjects, ratings, cases, rankings, plans, me]
 
