@@ -231,64 +231,44 @@ def policy_for(connection: Connection, community_id: str) -> tuple[dict[str, Any
 
 # -- named queries (the API's reads) -------------------------------------------------------------
 
-def _where(table: sa.Table, **equal: Any) -> list[Any]:
-    """``column == value`` for every given value (None: not filtered)."""
-    return [table.c[name] == value for name, value in equal.items() if value is not None]
-
-
 def list_subjects(connection: Connection, community_id: str | None, kind: str | None,
                   flagged: bool = False) -> list[Subject]:
-    t = SUBJECTS.table
-    where = _where(t, community_id=community_id, kind=kind) + ([t.c.open_flags > 0] if flagged else [])
-    return [Subject.from_json(state) for state in
-            connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.id)).scalars()]
+    where = [SUBJECTS.table.c.open_flags > 0] if flagged else []
+    return SUBJECTS.find(connection, where=where, community_id=community_id, kind=kind)
 
 
 def ratings_of_subject(connection: Connection, subject_id: str, period: str) -> list[Rating]:
-    t = RATINGS.table
-    return [Rating.from_json(state) for state in connection.execute(
-        sa.select(t.c.state).where(t.c.subject_id == subject_id, t.c.period == period)
-        .order_by(t.c.created_at_us, t.c.id)).scalars()]
+    return RATINGS.find(connection, order_by=[RATINGS.table.c.created_at_us], subject_id=subject_id, period=period)
 
 
 def ratings_of_person(connection: Connection, person_id: str, limit: int = 200) -> list[Rating]:
     """A resident's ratings, newest first."""
-    t = RATINGS.table
-    return [Rating.from_json(state) for state in connection.execute(
-        sa.select(t.c.state).where(t.c.person_id == person_id).order_by(t.c.created_at_us.desc()).limit(limit))
-        .scalars()]
+    return RATINGS.find(connection, order_by=[RATINGS.table.c.created_at_us.desc()], limit=limit, person_id=person_id)
 
 
 def cases_of_person(connection: Connection, person_id: str) -> list[FollowUpCase]:
-    t = CASES.table
-    return [FollowUpCase.from_json(state)
-            for state in connection.execute(sa.select(t.c.state).where(t.c.person_id == person_id)).scalars()]
+    return CASES.find(connection, person_id=person_id)
 
 
 def list_cases(connection: Connection, community_id: str | None, status: str | None, overdue: bool | None,
                limit: int) -> list[FollowUpCase]:
     """Cases by deadline."""
-    t = CASES.table
-    where = _where(t, community_id=community_id, status=status, overdue=overdue)
-    return [FollowUpCase.from_json(state) for state in connection.execute(
-        sa.select(t.c.state).where(*where).order_by(t.c.deadline_us, t.c.id).limit(limit)).scalars()]
+    return CASES.find(connection, order_by=[CASES.table.c.deadline_us], limit=limit, community_id=community_id,
+                      status=status, overdue=overdue)
 
 
 def case_counts(connection: Connection, community_id: str | None) -> dict[str, int]:
     """Open cases, of them overdue, and closed cases (of a community, or of all)."""
     t = CASES.table
+    of_community = [t.c.community_id == community_id] if community_id else []
     counts = dict(connection.execute(sa.select(t.c.overdue, sa.func.count()).where(
-        t.c.status == "open", *_where(t, community_id=community_id)).group_by(t.c.overdue)).all())
-    closed = connection.execute(sa.select(sa.func.count()).where(
-        t.c.status == "closed", *_where(t, community_id=community_id))).scalar()
+        t.c.status == "open", *of_community).group_by(t.c.overdue)).all())
+    closed = connection.execute(sa.select(sa.func.count()).where(t.c.status == "closed", *of_community)).scalar()
     return {"open": sum(counts.values()), "overdue": counts.get(True, 0), "closed": closed}
 
 
 def list_plans(connection: Connection, community_id: str | None, status: str | None) -> list[SupportPlan]:
-    t = PLANS.table
-    return [SupportPlan.from_json(state) for state in connection.execute(
-        sa.select(t.c.state).where(*_where(t, community_id=community_id, status=status))
-        .order_by(t.c.created_at_us, t.c.id)).scalars()]
+    return PLANS.find(connection, order_by=[PLANS.table.c.created_at_us], community_id=community_id, status=status)
 
 
 STATS = SubjectStats()

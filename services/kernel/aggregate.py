@@ -270,6 +270,17 @@ class AggregateView:
         row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
         return None if row is None else self.cls.from_json(row.state)
 
+    def find(self, connection: Connection, *, order_by: Sequence[Any] = (), limit: int | None = None,
+             where: Sequence[Any] = (), **equal: Any) -> list[Any]:
+        """The aggregates whose columns equal the given values (a value of None: not filtered),
+        that match ``where`` (SQL conditions on :attr:`table`), in ``order_by`` order."""
+        t = self.table
+        conditions = [*where, *(t.c[name] == value for name, value in equal.items() if value is not None)]
+        statement = sa.select(t.c.state).where(*conditions).order_by(*order_by, t.c.id)
+        if limit is not None:
+            statement = statement.limit(limit)
+        return [self.cls.from_json(state) for state in connection.execute(statement).scalars()]
+
     def fetch(self, engine, aggregate_id: str):
         with read_transaction(engine) as connection:
             state = self.get(connection, aggregate_id)

@@ -285,11 +285,9 @@ def blueprints(container) -> list[Blueprint]:
         def get(self):
             """List the communities (admins: every one; anyone else: their own)"""
             community_id = current_principal().reading_community(None)
-            t = COMMUNITIES.table
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(t.select().where(*([t.c.id == community_id] if community_id else []))
-                                          .order_by(t.c.id)).all()
-            return {"items": [COMMUNITIES.cls.from_json(r.state).view() for r in rows]}
+                found = COMMUNITIES.find(connection, id=community_id)
+            return {"items": [community.view() for community in found]}
 
     @communities.route("/<community_id>")
     class CommunityResource(MethodView):

@@ -14,7 +14,6 @@ import calendar
 from datetime import date
 
 import marshmallow as ma
-import sqlalchemy as sa
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -25,10 +24,10 @@ from services.kernel.web import (
     ANY_ROLE, IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, etagged, event_metadata,
     expected_version_from_if_match, roles, text_field,
 )
-from services.volunteers import handlers
-from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS, Activity
+from services.volunteers import handlers, views
+from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
 from services.volunteers.handlers import VolunteersService
-from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS, REWARDS
+from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS
 
 f = ma.fields
 v = ma.validate
@@ -198,10 +197,7 @@ def blueprints(container) -> list[Blueprint]:
         if principal.community != card.community_id or not principal.has_any(("organizer",)):
             return False
         with read_transaction(store.engine) as connection:
-            states = connection.execute(sa.select(ACTIVITIES.table.c.state).where(
-                ACTIVITIES.table.c.community_id == card.community_id)).scalars().all()
-        return any(a.organiser_person_id == principal.person_id and card.id in a.signups
-                   for a in map(Activity.from_json, states))
+            return views.organises_for(connection, principal.person_id, card)
 
     def activity_view(principal, activity) -> dict:
         rel = privacy.relations(principal, activity.community_id, organisers=[activity.organiser_person_id])
@@ -248,14 +244,9 @@ def blueprints(container) -> list[Blueprint]:
             """Activities of a community (default and, but for admins, only: yours), newest start first"""
             principal = current_principal()
             community_id = principal.reading_community(query.get("community_id"))
-            t = ACTIVITIES.table
-            where = [t.c.status == query["status"]] if query.get("status") else []
-            if community_id:
-                where.append(t.c.community_id == community_id)
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(*where)
-                                          .order_by(t.c.starts_at.desc()).limit(query["limit"])).all()
-            return {"items": [activity_view(principal, ACTIVITIES.cls.from_json(r.state)) for r in rows]}
+                found = views.list_activities(connection, community_id, query.get("status"), query["limit"])
+            return {"items": [activity_view(principal, activity) for activity in found]}
 
     @activities.route("/<activity_id>")
     class ActivityResource(MethodView):
@@ -342,11 +333,9 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, query):
             """The rewards catalogue of a community (default and, but for admins, only: yours)"""
             community_id = current_principal().reading_community(query.get("community_id"))
-            t = REWARDS.table
-            where = [t.c.community_id == community_id] if community_id else []
             with read_transaction(store.engine) as connection:
-                rows = connection.execute(sa.select(t.c.state).where(*where).order_by(t.c.id)).all()
-            return {"items": [REWARDS.cls.from_json(r.state).view() for r in rows]}
+                found = views.list_rewards(connection, community_id)
+            return {"items": [reward.view() for reward in found]}
 
     @rewards.route("/<reward_id>/restock")
     class Restock(MethodView):

@@ -104,3 +104,22 @@ CREDITS = CreditsView()
 
 def projections():
     return [CARDS, ACTIVITIES, REWARDS, CERTIFICATES, CREDITS]
+
+
+# -- named queries (the API's reads) -------------------------------------------------------------
+
+def list_activities(connection: Connection, community_id: str | None, status: str | None,
+                    limit: int) -> list[Activity]:
+    """Activities, newest start first."""
+    return ACTIVITIES.find(connection, order_by=[ACTIVITIES.table.c.starts_at.desc()], limit=limit,
+                           community_id=community_id, status=status)
+
+
+def list_rewards(connection: Connection, community_id: str | None) -> list[Reward]:
+    return REWARDS.find(connection, community_id=community_id)
+
+
+def organises_for(connection: Connection, organiser_id: str, card: Card) -> bool:
+    """``organiser_id`` organises, in the holder's community, an activity the holder signed up for."""
+    return any(activity.organiser_person_id == organiser_id and card.id in activity.signups
+               for activity in ACTIVITIES.find(connection, community_id=card.community_id))
