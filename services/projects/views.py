@@ -261,13 +261,13 @@ def project_detail(project: Project) -> dict[str, Any]:
     }
 
 
-def history_entry(event: StoredEvent, principal=None, community_id: str | None = None) -> dict[str, Any]:
+def history_entry(event: StoredEvent, principal, community_id: str | None) -> dict[str, Any]:
     """One event of a project's history as ``principal`` may see it: a project evaluation
     (``ProjectRated``) names its rater, in its data and as its actor, only as the privacy policy
-    says (:mod:`services.kernel.privacy`, kind ``project_rating``). Without a principal: everything."""
+    says (:mod:`services.kernel.privacy`, kind ``project_rating``)."""
     data, actor = dict(event.data), event.metadata.get("actor")
     kind = "project_rating" if event.event_type == "ProjectRated" else None
-    if kind and principal is not None:
+    if kind:
         rel = privacy.relations(principal, community_id, holder=event.data.get("person_id"))
         data = privacy.redact(kind, data, rel)
         if not privacy.shown(kind, "actor", rel):

@@ -184,13 +184,13 @@ def blueprints(container) -> list[Blueprint]:
     def card_for(principal, person_id):
         """The card as the privacy policy lets ``principal`` see it (the phone unmasked for the
         holder, the staff of the holder's community and the organisers, in that community, of an
-        activity the holder signed up for), and whether the phone is unmasked."""
+        activity the holder signed up for), whether the phone is unmasked, and the card itself."""
         card = CARDS.fetch(store.engine, person_id)
         if principal.person_id != card.id:
             principal.require_reader(card.community_id)
         rel = privacy.relations(principal, card.community_id, holder=card.id,
                                 organisers=[principal.person_id] if organises_for(principal, card) else [])
-        return privacy.redact("card", card.view(full=True), rel), privacy.shown("card", "phone", rel)
+        return privacy.redact("card", card.view(full=True), rel), privacy.shown("card", "phone", rel), card
 
     def organises_for(principal, card) -> bool:
         """``principal`` organises, in the holder's community, an activity the holder signed up for."""
@@ -208,8 +208,8 @@ def blueprints(container) -> list[Blueprint]:
         @cards.response(200)
         def get(self, person_id):
             """A volunteer's card (contact details masked but for you, cadres of your community and your organisers)"""
-            card, _unmasked = card_for(current_principal(), person_id)
-            return etagged(card, card["version"])
+            seen, _unmasked, card = card_for(current_principal(), person_id)
+            return etagged(seen, card.version)
 
     @cards.route("/<person_id>/history")
     class CardHistory(MethodView):
@@ -217,13 +217,13 @@ def blueprints(container) -> list[Blueprint]:
         def get(self, person_id):
             """The card's credits and claims (those who see the phone unmasked)"""
             principal = current_principal()
-            card, unmasked = card_for(principal, person_id)
+            seen, unmasked, card = card_for(principal, person_id)
             if not unmasked:  # the history goes to those who may see the phone
                 raise NotFound(f"no card history of {person_id} for you")
             with read_transaction(store.engine) as connection:
                 credits = CREDITS.for_person(connection, person_id)
-            claims = [{"claim_id": k, **c} for k, c in CARDS.fetch(store.engine, person_id).claims.items()]
-            return {"card": card, "credits": credits, "claims": claims}
+            claims = [{"claim_id": k, **c} for k, c in card.claims.items()]
+            return {"card": seen, "credits": credits, "claims": claims}
 
     # -- activities -----------------------------------------------------------------------------
 
