@@ -1,117 +1,67 @@
-"""Event-sourced aggregates, the unit of work that changes them, and a read model of their state.
+"""The unit of work that changes aggregates, and a read model of their state.
 
-An aggregate is a dataclass whose fields are JSON values (str, int, bool, None, lists, dicts), so
-that its state can be stored as JSON by :class:`AggregateView` and rebuilt from the log. It evolves
-only by applying events (``on_<EventType>(data, event)`` methods) and decides new events in plain
-methods that raise :mod:`services.kernel.errors` exceptions — no I/O, so the domain is unit-tested
-without a database.
+Aggregates themselves (:class:`services.kernel.model.Aggregate`) are plain dataclasses of JSON
+values that evolve only by applying events and decide new events in plain methods: no I/O, so the
+domain is unit-tested without a database.
 
-A :class:`UnitOfWork` opens one serialised write transaction, loads aggregates inside it (so what
-it decides on is what it appends after), and appends the events of one or several streams
-atomically: a project and its community fund change together or not at all.
+A :class:`UnitOfWork` opens one serialised write transaction on the store (SQLite, PostgreSQL or
+the in-memory store of the unit tier), loads aggregates inside it (so what it decides on is what
+it appends after), and appends the events of one or several streams atomically: a project and its
+community fund change together or not at all. It carries what a command handler needs besides
+the command: the caller (``actor``), the metadata of the events, the clock and the id factory
+(both injected by :func:`services.kernel.service.bootstrap`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import json
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from services.kernel.db import is_sqlite, read_transaction, write_transaction
-from services.kernel.errors import ConcurrencyError, NotFound
+from services.kernel.db import read_transaction
+from services.kernel.errors import ConcurrencyError, Forbidden, NotFound
 from services.kernel.events import Metadata, NewEvent, StoredEvent, to_micros, utc_now
 from services.kernel.eventstore import chunked
+from services.kernel.model import Aggregate, Principal  # noqa: F401 (Aggregate re-exported)
 
-A = TypeVar("A", bound="Aggregate")
-
-
-@dataclasses.dataclass
-class Aggregate:
-    """Base state of an event-sourced aggregate. ``version`` is the stream version applied last."""
-
-    stream_prefix: ClassVar[str] = ""
-    label: ClassVar[str] = "aggregate"
-
-    id: str
-    version: int = 0
-    created_at: str | None = None
-    updated_at: str | None = None
-
-    @classmethod
-    def stream_id_for(cls, aggregate_id: str) -> str:
-        return f"{cls.stream_prefix}-{aggregate_id}"
-
-    @property
-    def stream_id(self) -> str:
-        return self.stream_id_for(self.id)
-
-    @property
-    def exists(self) -> bool:
-        return self.version > 0
-
-    def apply(self, event: StoredEvent) -> None:
-        handler = getattr(self, f"on_{event.event_type}", None)
-        if handler is not None:
-            handler(event.data, event)
-        stamp = event.occurred_at.isoformat().replace("+00:00", "Z")
-        if self.created_at is None:
-            self.created_at = stamp
-        self.updated_at = stamp
-        self.version = event.version
-
-    @classmethod
-    def replay(cls: type[A], aggregate_id: str, events: Sequence[StoredEvent]) -> A:
-        state = cls(id=aggregate_id)
-        for event in events:
-            state.apply(event)
-        return state
-
-    def to_json(self) -> str:
-        # Fields hold JSON values only, so the encoder can walk them as they are: no deep copy
-        # (``dataclasses.asdict``) of a state that may hold hundreds of ballots or claims.
-        fields = {name: getattr(self, name) for name in _field_names(type(self))}
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls: type[A], text: str) -> A:
-        return cls(**json.loads(text))
+A = TypeVar("A", bound=Aggregate)
 
 
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-# connection.info key: states a unit of work lends to the views while it appends.
-LENT_STATES = "cocreate.lent_states"
-
-
-def lock_for_write(connection: Connection) -> None:
-    """Serialise this transaction with every appender before it reads (PostgreSQL; SQLite's
-    ``BEGIN IMMEDIATE`` already does), so the state a command decides on cannot change under it."""
-    if not is_sqlite(connection):
-        connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+def new_id() -> str:
+    """The default id factory: 16 hex digits of a random UUID."""
+    return uuid.uuid4().hex[:16]
 
 
 class UnitOfWork:
     """Load aggregates and append their new events in one serialised write transaction."""
 
-    def __init__(self, store, connection: Connection, metadata: Metadata, clock: Callable[[], datetime]):
+    def __init__(self, store, connection, metadata: Metadata, clock: Callable[[], datetime],
+                 new_id: Callable[[], str] = new_id, actor: Principal | None = None):
         self.store = store
         self.connection = connection
         self.metadata = metadata
         self.clock = clock
+        self.id_factory = new_id
+        self._actor = actor
         self.recorded: list[StoredEvent] = []
+
+    @property
+    def actor(self) -> Principal:
+        """The caller of the command (a command sent by a consumer or a job has none)."""
+        if self._actor is None:
+            raise Forbidden("this command needs a caller", reason="no_caller")
+        return self._actor
 
     def now(self) -> datetime:
         return self.clock()
+
+    def new_id(self) -> str:
+        return self.id_factory()
 
     def load(self, cls: type[A], aggregate_id: str) -> A:
         """The aggregate's current state; a new, empty one (version 0) when it has no events.
@@ -132,7 +82,7 @@ class UnitOfWork:
         return state
 
     def _snapshot(self, cls: type[A], aggregate_id: str) -> A | None:
-        view = _views_of(self.store).get(cls)
+        view = self.store.view_of(cls)
         if view is None:
             return None
         try:
@@ -150,18 +100,17 @@ class UnitOfWork:
             raise ConcurrencyError(state.stream_id, expected_version, state.version)
         return state
 
+    def events_of(self, state: Aggregate) -> list[StoredEvent]:
+        """The stream's stored events (for a decision that looks at its history, e.g. a certificate)."""
+        return self.store.load(state.stream_id, connection=self.connection)
+
     def record(self, state: Aggregate, events: Sequence[NewEvent]) -> list[StoredEvent]:
         """Append ``events`` after the version ``state`` was loaded at, and apply them to it.
 
-        The state is lent to the store's :class:`AggregateView` for the append (it applies the
-        events to it and writes it, instead of reading and parsing its own row again)."""
-        lent = self.connection.info.setdefault(LENT_STATES, {})
-        lent[state.stream_id] = state
-        try:
-            stored = self.store.append(state.stream_id, state.version, events, metadata=self.metadata,
-                                       connection=self.connection)
-        finally:
-            lent.pop(state.stream_id, None)
+        The state is handed to the store with the append: the store's :class:`AggregateView` of its
+        class applies the events to it and writes it, instead of reading and parsing its row again."""
+        stored = self.store.append(state.stream_id, state.version, events, metadata=self.metadata,
+                                   connection=self.connection, state=state)
         for event in stored:
             if event.version > state.version:  # not applied by a view already
                 state.apply(event)
@@ -169,30 +118,23 @@ class UnitOfWork:
         return stored
 
 
-def _views_of(store) -> dict[type, "AggregateView"]:
-    views = getattr(store, "_aggregate_views", None)
-    if views is None:
-        views = {p.cls: p for p in store.projections if isinstance(p, AggregateView)}
-        store._aggregate_views = views
-    return views
-
-
 @contextlib.contextmanager
-def unit_of_work(store, metadata: Metadata | None = None, *,
-                 connection: Connection | None = None,
-                 clock: Callable[[], datetime] = utc_now) -> Iterator[UnitOfWork]:
+def unit_of_work(store, metadata: Metadata | None = None, *, connection=None,
+                 clock: Callable[[], datetime] = utc_now, new_id: Callable[[], str] = new_id,
+                 actor: Principal | None = None) -> Iterator[UnitOfWork]:
     """``with unit_of_work(store, meta) as uow:`` — commits on success, changes nothing on error.
 
     With ``connection`` (a consumer's transaction, which also holds its inbox row) the unit joins
-    that transaction instead of opening its own.
+    that transaction instead of opening its own. Either way the transaction is serialised with
+    every appender before anything is read (:meth:`EventStore.lock_for_write`).
     """
     if connection is not None:
-        lock_for_write(connection)
-        yield UnitOfWork(store, connection, metadata or Metadata(), clock)
+        store.lock_for_write(connection)
+        yield UnitOfWork(store, connection, metadata or Metadata(), clock, new_id, actor)
         return
-    with write_transaction(store.engine) as own:
-        lock_for_write(own)
-        yield UnitOfWork(store, own, metadata or Metadata(), clock)
+    with store.write_transaction() as own:
+        store.lock_for_write(own)
+        yield UnitOfWork(store, own, metadata or Metadata(), clock, new_id, actor)
 
 
 class AggregateView:
@@ -217,12 +159,16 @@ class AggregateView:
         self._prefix = cls.stream_prefix + "-"
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
+        self.apply_state(connection, event, None)
+
+    def apply_state(self, connection: Connection, event: StoredEvent, lent: Any | None) -> None:
+        """:meth:`apply`, given the unit of work's state of the stream (``lent``, in step with the
+        row when its version is the event's minus one): no read of the row then."""
         if not event.stream_id.startswith(self._prefix):
             return
         aggregate_id = event.stream_id[len(self._prefix):]
-        lent = connection.info.get(LENT_STATES, {}).get(event.stream_id)
         if type(lent) is self.cls and lent.version == event.version - 1:
-            state, exists = lent, lent.version > 0  # the unit of work's state, in step with the row
+            state, exists = lent, lent.version > 0
         else:
             row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
             state = self.cls.from_json(row.state) if row is not None else self.cls(id=aggregate_id)

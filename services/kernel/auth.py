@@ -7,7 +7,6 @@ themselves; they never trust plain identity headers.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -16,60 +15,11 @@ from collections.abc import Iterable
 import jwt
 
 from services.kernel.config import AuthSettings
-from services.kernel.errors import Forbidden, Unauthenticated
+from services.kernel.errors import Unauthenticated
+from services.kernel.model import ROLES, Principal, require_member
 
-ROLES = ("resident", "representative", "grid_worker", "cadre", "organizer", "admin")
+__all__ = ["ROLES", "Principal", "TokenVerifier", "issue_token", "require_member"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Principal:
-    """The authenticated caller."""
-
-    person_id: str
-    name: str
-    roles: frozenset[str]
-    community: str | None
-    token: str = dataclasses.field(repr=False, default="")
-
-    def has_any(self, roles: Iterable[str]) -> bool:
-        return bool(self.roles.intersection(roles))
-
-    def require(self, *roles: str) -> None:
-        if not self.has_any(roles):
-            raise Forbidden(f"this action needs one of the roles: {', '.join(roles)}", reason="role_required",
-                            details={"roles": list(roles)})
-
-
-    def require_reader(self, community_id: str | None) -> None:
-        """A read of a record of ``community_id``: admins read every community; any other token
-        only its own (403 ``other_community``), and a token without a community nothing that
-        belongs to a community (403 ``community_required``)."""
-        if "admin" in self.roles:
-            return
-        if not self.community:
-            raise Forbidden("this read is open only to a token of a community", reason="community_required")
-        if community_id is not None and community_id != self.community:
-            raise Forbidden(f"this read is open only to members of community {community_id}",
-                            reason="other_community")
-
-    def reading_community(self, asked: str | None) -> str | None:
-        """The community a list reads: the one asked for (admins: None is every community), which
-        for any other token must be, and defaults to, the token's own."""
-        if "admin" in self.roles:
-            return asked
-        self.require_reader(asked)
-        return self.community
-
-
-def require_member(actor: Principal, community_id: str, roles: tuple[str, ...]) -> None:
-    """The actor holds one of ``roles`` and belongs to ``community_id`` (admins: any community,
-    when the action is open to cadres or admins)."""
-    if "admin" in actor.roles and ("admin" in roles or "cadre" in roles):
-        return
-    actor.require(*roles)
-    if actor.community != community_id:
-        raise Forbidden(f"this action is open only to members of community {community_id}",
-                        reason="other_community")
 
 
 class TokenVerifier:

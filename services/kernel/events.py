@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
+from services.kernel.model import (  # noqa: F401 (re-exported: NewEvent, the time helpers)
+    LOCAL_TZ, EnvelopeError, NewEvent, format_time, local_date, parse_time, utc_now,
+)
 
-class EnvelopeError(ValueError):
-    """A record does not hold a valid event envelope (a poison message for consumers)."""
+__all__ = ["LOCAL_TZ", "EnvelopeError", "Metadata", "NewEvent", "StoredEvent", "UpcasterChain", "format_time",
+           "from_micros", "local_date", "parse_time", "to_micros", "utc_now"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +42,6 @@ class Metadata:
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
         }
-
-
-@dataclasses.dataclass(frozen=True)
-class NewEvent:
-    """An event decided by an aggregate, not yet stored."""
-
-    event_type: str
-    data: Mapping[str, Any]
-    schema_version: int = 1
-    event_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,41 +132,6 @@ def _require_mapping(envelope: Mapping[str, Any], key: str) -> Mapping[str, Any]
     if not isinstance(value, Mapping):
         raise EnvelopeError(f"{key} must be a JSON object")
     return value
-
-
-# China Standard Time (UTC+8, no daylight saving): the neighbourhoods' calendar days, for daily
-# caps, leaderboard months, rating periods and working-day deadlines. Times are stored in UTC.
-LOCAL_TZ = timezone(timedelta(hours=8), "CST")
-
-
-def local_date(moment: datetime) -> str:
-    """The calendar date (YYYY-MM-DD) of ``moment`` in China Standard Time."""
-    return moment.astimezone(LOCAL_TZ).date().isoformat()
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def format_time(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        raise ValueError("naive datetime: times must be timezone-aware")
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: Any) -> datetime:
-    if not isinstance(text, str):
-        raise EnvelopeError("occurred_at must be an ISO 8601 string")
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise EnvelopeError(f"occurred_at is not ISO 8601: {text!r}") from None
-    if moment.tzinfo is None:
-        raise EnvelopeError("occurred_at must carry a time zone")
-    try:
-        return moment.astimezone(timezone.utc)
-    except OverflowError:
-        raise EnvelopeError(f"occurred_at is out of range: {text!r}") from None
 
 
 def to_micros(moment: datetime) -> int:

@@ -121,6 +121,27 @@ class EventStore:
         self.projections = list(projections)
         self._clock = clock
         self._sqlite = is_sqlite(engine)
+        # The read model that keeps each aggregate class's current state (an AggregateView): the
+        # unit of work's snapshots, and the view that takes a unit of work's state with an append.
+        self._views = {p.cls: p for p in self.projections if getattr(p, "cls", None) is not None}
+
+    # -- transactions (the unit of work opens them through the store, whatever its backend) --
+
+    def write_transaction(self):
+        return write_transaction(self.engine)
+
+    def read_transaction(self):
+        return read_transaction(self.engine)
+
+    def lock_for_write(self, connection: Connection) -> None:
+        """Serialise this transaction with every appender before it reads (PostgreSQL; SQLite's
+        ``BEGIN IMMEDIATE`` already does), so the state a command decides on cannot change under it."""
+        if not self._sqlite:
+            connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
+
+    def view_of(self, cls: type):
+        """The read model holding the current state of ``cls`` aggregates, or None."""
+        return self._views.get(cls)
 
     # -- schema -----------------------------------------------------------------------------
 
@@ -145,11 +166,14 @@ class EventStore:
         *,
         metadata: Metadata | None = None,
         connection: Connection | None = None,
+        state: Any | None = None,
     ) -> list[StoredEvent]:
         """Append ``events`` after ``expected_version`` (0 for a new stream), atomically.
 
         With ``connection`` the append joins the caller's write transaction (consumers use this
-        to commit effects and their inbox row together); otherwise it runs in its own.
+        to commit effects and their inbox row together); otherwise it runs in its own. ``state``
+        is the stream's aggregate as the caller loaded it (a unit of work): the read model of its
+        class applies the events to it instead of reading its own row again.
         """
         if not events:
             return []
@@ -157,14 +181,14 @@ class EventStore:
             raise ValueError("expected_version must be >= 0")
         if connection is None:
             with write_transaction(self.engine) as own:
-                stored = self._append(own, stream_id, expected_version, events, metadata)
+                stored = self._append(own, stream_id, expected_version, events, metadata, state)
         else:
-            stored = self._append(connection, stream_id, expected_version, events, metadata)
+            stored = self._append(connection, stream_id, expected_version, events, metadata, state)
         for event_type, count in Counter(event.event_type for event in stored).items():
             metrics.EVENTS_APPENDED.labels(self.service, event_type).inc(count)
         return stored
 
-    def _append(self, connection, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
+    def _append(self, connection, stream_id, expected_version, events, metadata, state) -> list[StoredEvent]:
         if not self._sqlite:
             connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
         if self._sqlite:  # the driver's cursor: this runs for every command
@@ -203,9 +227,13 @@ class EventStore:
         except sa.exc.IntegrityError as exc:
             # The unique (stream_id, version) constraint is the guarantee against a racing writer.
             raise ConcurrencyError(stream_id, expected_version, None) from exc
+        lent_to = self._views.get(type(state)) if state is not None else None
         for event in stored:
             for projection in self.projections:
-                projection.apply(connection, event)
+                if projection is lent_to:
+                    projection.apply_state(connection, event, state)
+                else:
+                    projection.apply(connection, event)
         return stored
 
     # -- reading ----------------------------------------------------------------------------

@@ -19,10 +19,13 @@ import flask
 from flask_smorest import Blueprint
 
 from services.kernel import settings as settings_module
+from services.kernel.aggregate import new_id as default_new_id
+from services.kernel.bus import Handler as CommandHandler
+from services.kernel.bus import MessageBus
 from services.kernel.config import ServiceSettings
 from services.kernel.consumer import ConsumerStalled, EventConsumer, Handler, list_dead_letters
 from services.kernel.db import make_engine, ping
-from services.kernel.events import UpcasterChain
+from services.kernel.events import UpcasterChain, utc_now
 from services.kernel.eventstore import EventStore, Projection, rebuild
 from services.kernel.history import StreamIndex, history_blueprint
 from services.kernel.kafka import broker_reachable
@@ -50,7 +53,10 @@ class ServiceDefinition:
     description: str
     projections: Callable[[], Sequence[Projection]] = lambda: ()
     upcasters: Callable[[], UpcasterChain] = UpcasterChain
-    blueprints: Callable[["Container"], Sequence[Blueprint]] = lambda container: ()
+    # The HTTP API: module-level blueprints whose routes send commands to the container's bus.
+    blueprints: Sequence[Blueprint] = ()
+    # Each command class (a frozen dataclass) and its one handler, ``handler(command, uow)``.
+    command_handlers: Mapping[type, CommandHandler] = dataclasses.field(default_factory=dict)
     subscriptions: Sequence[Subscription] = ()
     # Extra one-shot commands: name -> (help, run(container) -> the line to print), e.g. a sweep
     # that a Kubernetes CronJob runs.
@@ -66,6 +72,7 @@ class Container:
     settings: ServiceSettings
     store: EventStore
     stream_index: StreamIndex
+    bus: MessageBus
 
 
 def load_settings(definition: ServiceDefinition, environ=None, **overrides) -> ServiceSettings:
@@ -73,19 +80,24 @@ def load_settings(definition: ServiceDefinition, environ=None, **overrides) -> S
                                 service=definition.name, **overrides)
 
 
-def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, create_schema: bool = True) -> Container:
+def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, create_schema: bool = True,
+              clock: Callable[[], Any] = utc_now, new_id: Callable[[], str] = default_new_id) -> Container:
+    """The store, its read models and the message bus of one process. ``clock`` and ``new_id``
+    are the only clock and id factory command handlers see (tests pass their own)."""
     engine = make_engine(settings.effective_database_url)
     index = StreamIndex()
     store = EventStore(engine, service=definition.name, upcasters=definition.upcasters(),
                        projections=[index, *definition.projections()])
     if create_schema:
         store.create_schema()
-    return Container(settings=settings, store=store, stream_index=index)
+    bus = MessageBus(store, definition.command_handlers, clock=clock, new_id=new_id)
+    return Container(settings=settings, store=store, stream_index=index, bus=bus)
 
 
-def create_service_app(definition: ServiceDefinition, settings: ServiceSettings) -> flask.Flask:
+def create_service_app(definition: ServiceDefinition, settings: ServiceSettings, *,
+                       clock: Callable[[], Any] = utc_now, new_id: Callable[[], str] = default_new_id) -> flask.Flask:
     settings.validate_auth(definition.name.upper())
-    container = bootstrap(definition, settings)
+    container = bootstrap(definition, settings, clock=clock, new_id=new_id)
     app, api = create_base_app(
         definition.name, settings, title=definition.title, description=definition.description,
         readiness={"database": lambda: ping(container.store.engine)},
@@ -95,7 +107,8 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings)
     app.extensions["cocreate.collectors"] = list(definition.collectors(container))
     require_tokens(app)
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
-    for blueprint in definition.blueprints(container):
+    blueprints = definition.blueprints(container) if callable(definition.blueprints) else definition.blueprints
+    for blueprint in blueprints:
         api.register_blueprint(blueprint)
     return app
 

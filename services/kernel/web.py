@@ -11,6 +11,7 @@ JSON fields rejected, a body size limit, a correlation id per request (taken fro
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -21,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import flask
 import marshmallow as ma
@@ -436,6 +437,37 @@ def expected_version_from_if_match() -> int | None:
 
 class EmptySchema(Schema):
     """The body of a command that takes none: ``{}`` or nothing; any field is refused."""
+
+
+class CommandSchema(Schema):
+    """The body of a write route, loaded into its command (``command``, a frozen dataclass).
+
+    The command's fields that the route's path names (``project_id``) come from the path, and a
+    command with an ``expected_version`` field takes it from ``If-Match``; every other field comes
+    from the body, so a body cannot name a path parameter (unknown fields are refused)."""
+
+    command: ClassVar[type]
+
+    @ma.post_load
+    def to_command(self, data: dict[str, Any], **_kwargs: Any) -> Any:
+        names = {field.name for field in dataclasses.fields(self.command)}
+        path = (flask.request.view_args or {}) if flask.has_request_context() else {}
+        given = {k: v for k, v in path.items() if k in names}
+        if "expected_version" in names and flask.has_request_context():
+            given["expected_version"] = expected_version_from_if_match()
+        return self.command(**data, **given)
+
+
+def service_container() -> Any:
+    """The container :func:`services.kernel.service.bootstrap` built for this app."""
+    return flask.current_app.extensions["cocreate.container"]
+
+
+def send(command: Any):
+    """Hand ``command`` to the app's message bus as the caller of this request; the
+    :class:`services.kernel.bus.Outcome` (the handler's result and the events recorded)."""
+    principal = current_principal()
+    return service_container().bus.handle(command, actor=principal, metadata=event_metadata(principal))
 
 
 IDENTIFIER = {"validate": ma.validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",

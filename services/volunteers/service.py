@@ -4,14 +4,20 @@ import sqlalchemy as sa
 
 from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition, Subscription
-from services.volunteers import api, views
-from services.volunteers.handlers import VolunteersService
+from services.kernel.events import Metadata
+from services.volunteers import api, handlers, views
+from services.volunteers.commands import CreditProjectLabour
 
 
 def _project_labour_handlers(container):
     """Labour delivered to a co-creation project is credited to the contributor's card, once."""
-    service = VolunteersService(container.store)
-    return {"ContributionDelivered": service.credit_project_labour}
+
+    def credit(connection, event) -> None:
+        if event.data.get("kind") == "labour":
+            container.bus.handle(CreditProjectLabour(delivery=event.data), metadata=Metadata.caused_by(event),
+                                 connection=connection)
+
+    return {"ContributionDelivered": credit}
 
 
 def _collectors(container):
@@ -28,7 +34,8 @@ DEFINITION = ServiceDefinition(
     title="义工卡 volunteers",
     description="The volunteer card (义工卡): activities, hours, points, star levels, rewards, certificates.",
     projections=views.projections,
-    blueprints=api.blueprints,
+    blueprints=api.BLUEPRINTS,
+    command_handlers=handlers.HANDLERS,
     subscriptions=(
         Subscription(group="volunteers.project-labour", topics=("projects.events",),
                      handlers=_project_labour_handlers),

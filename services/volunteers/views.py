@@ -15,7 +15,10 @@ from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
-from services.volunteers.domain import Activity, Card, Certificate, Reward
+from services.kernel.eventstore import EventStore
+from services.volunteers.domain import (
+    Activity, Card, Certificate, Reward, certificate_digest, certificate_entries,
+)
 
 CARDS = AggregateView(Card, "cards_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
@@ -123,3 +126,23 @@ def organises_for(connection: Connection, organiser_id: str, card: Card) -> bool
     """``organiser_id`` organises, in the holder's community, an activity the holder signed up for."""
     return any(activity.organiser_person_id == organiser_id and card.id in activity.signups
                for activity in ACTIVITIES.find(connection, community_id=card.community_id))
+
+
+def verify_certificate(store: EventStore, certificate: Certificate, presented: str | None) -> dict[str, Any]:
+    """Recompute the certificate from the card's events up to its last position (a query: it
+    records nothing)."""
+    events = [e for e in store.load(Card.stream_id_for(certificate.person_id))
+              if e.position <= certificate.last_position]
+    entries = certificate_entries(events, certificate.period_from, certificate.period_to)
+    digest = certificate_digest(certificate.person_id, certificate.period_from, certificate.period_to,
+                                entries, certificate.last_position)
+    problems = []
+    if digest != certificate.digest:
+        problems.append("the card's events no longer give the recorded verification value")
+    if presented is not None and presented != certificate.digest:
+        problems.append("the presented verification value is not the one issued")
+    if sum(e["minutes"] for e in entries) != certificate.total_minutes:
+        problems.append("the total minutes differ from the card's events")
+    return {"certificate_number": certificate.id, "valid": not problems, "problems": problems,
+            "recomputed": digest, "total_minutes": certificate.total_minutes,
+            "last_position": certificate.last_position}

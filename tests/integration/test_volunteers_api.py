@@ -2,7 +2,7 @@
 and its refusals in the common error shape, with nothing stored by a refused command.
 
 SQLite always; the tests taking ``database_url`` also run on PostgreSQL when TEST_POSTGRES_URL is
-set. The service's clock (``handlers.now``) is replaced so that check-in, check-out, retroactive
+set. The service's clock (injected into ``create_service_app``) is the test's so that check-in, check-out, retroactive
 entries, certificate dates and leaderboard periods happen at known times.
 """
 
@@ -20,8 +20,7 @@ from services.kernel.db import write_transaction
 from services.kernel.events import StoredEvent
 from services.kernel.eventstore import events_table
 from services.kernel.service import create_service_app, load_settings
-from services.volunteers import handlers
-from services.volunteers.handlers import VolunteersService
+from services.volunteers.service import _project_labour_handlers
 from services.volunteers.service import DEFINITION as VOLUNTEERS
 from services.volunteers.views import CERTIFICATES
 from tests.conftest import TEST_SECRET
@@ -49,11 +48,12 @@ class Clock:
 
 
 class Api:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Clock) -> None:
         settings = load_settings(VOLUNTEERS, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
                                                       "VOLUNTEERS_DATABASE_URL": url})
-        self.app = create_service_app(VOLUNTEERS, settings)
-        self.store = self.app.extensions["cocreate.container"].store
+        self.app = create_service_app(VOLUNTEERS, settings, clock=lambda: clock.at)
+        self.container = self.app.extensions["cocreate.container"]
+        self.store = self.container.store
         self.d = ProjectsDriver(FlaskClient(self.app.test_client()))
 
     # -- calls ----------------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Api:
                   "confirmed_by": "grid-1"},
             metadata={"actor": "grid-1", "correlation_id": "corr-1", "causation_id": None})
         with write_transaction(self.store.engine) as connection:
-            VolunteersService(self.store).credit_project_labour(connection, event)
+            _project_labour_handlers(self.container)["ContributionDelivered"](connection, event)
 
 
 def activity_body(start=START, hours=4, planned=180, capacity=5, pph=20, title="敬老院陪伴",
@@ -131,22 +131,20 @@ def activity_body(start=START, hours=4, planned=180, capacity=5, pph=20, title="
 
 
 @pytest.fixture
-def clock(monkeypatch) -> Clock:
-    instance = Clock(START - timedelta(days=1))
-    monkeypatch.setattr(handlers, "now", lambda: instance.at)
-    return instance
+def clock() -> Clock:
+    return Clock(START - timedelta(days=1))
 
 
 @pytest.fixture
 def api(sqlite_url, clock):
-    instance = Api(sqlite_url)
+    instance = Api(sqlite_url, clock)
     yield instance
     instance.store.engine.dispose()
 
 
 @pytest.fixture
 def api_any(database_url, clock):
-    instance = Api(database_url)
+    instance = Api(database_url, clock)
     yield instance
     instance.store.engine.dispose()
 

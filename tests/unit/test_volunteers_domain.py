@@ -207,8 +207,8 @@ def _activity_json(**changes) -> dict:
 
 def test_the_activity_schema_accepts_a_valid_activity():
     loaded = ActivitySchema().load(_activity_json(points_per_hour=0, capacity=1, planned_minutes=30))
-    assert loaded["starts_at"] == T0 and (loaded["capacity"], loaded["planned_minutes"]) == (1, 30)
-    assert loaded["points_per_hour"] == 0
+    assert loaded.starts_at == T0 and (loaded.capacity, loaded.planned_minutes) == (1, 30)
+    assert loaded.points_per_hour == 0
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -1,0 +1,256 @@
+"""The domain's kernel: what every service's domain modules may import, and nothing else.
+
+Standard library only (an import-contract test keeps it so): the aggregate base, the event an
+aggregate decides (:class:`NewEvent`), the named refusals (:class:`DomainError` and its kinds),
+the caller (:class:`Principal`), and the platform's time helpers. The rest of the kernel (storage,
+HTTP, tokens, Kafka) builds on this module; this module builds on nothing of it, so that a domain
+is read, and unit-tested, without a database, a web framework or a token library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, ClassVar, TypeVar
+
+A = TypeVar("A", bound="Aggregate")
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+class DomainError(Exception):
+    """A command refused for a domain reason. ``reason`` is a stable machine-readable code."""
+
+    status = 422
+    reason = "domain_rule"
+
+    def __init__(self, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.details = details or {}
+
+
+class NotFound(DomainError):
+    status = 404
+    reason = "not_found"
+
+
+class Forbidden(DomainError):
+    status = 403
+    reason = "forbidden"
+
+
+class Conflict(DomainError):
+    """The command contradicts the current state (already voted, insufficient fund, ...)."""
+
+    status = 409
+    reason = "conflict"
+
+
+class ConcurrencyError(Conflict):
+    """Someone else appended to the stream first: reload and decide again."""
+
+    reason = "concurrency_conflict"
+
+    def __init__(self, stream_id: str, expected_version: int, actual_version: int | None):
+        actual = "unknown" if actual_version is None else str(actual_version)
+        super().__init__(
+            f"stream {stream_id} is at version {actual}, expected {expected_version}",
+            details={"stream_id": stream_id, "expected_version": expected_version,
+                     "actual_version": actual_version},
+        )
+        self.stream_id = stream_id
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class Unauthenticated(DomainError):
+    status = 401
+    reason = "unauthenticated"
+
+
+# -- events and time -----------------------------------------------------------------------------
+
+class EnvelopeError(ValueError):
+    """A record does not hold a valid event envelope (a poison message for consumers)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NewEvent:
+    """An event decided by an aggregate, not yet stored."""
+
+    event_type: str
+    data: Mapping[str, Any]
+    schema_version: int = 1
+    event_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+
+
+# China Standard Time (UTC+8, no daylight saving): the neighbourhoods' calendar days, for daily
+# caps, leaderboard months, rating periods and working-day deadlines. Times are stored in UTC.
+LOCAL_TZ = timezone(timedelta(hours=8), "CST")
+
+
+def local_date(moment: datetime) -> str:
+    """The calendar date (YYYY-MM-DD) of ``moment`` in China Standard Time."""
+    return moment.astimezone(LOCAL_TZ).date().isoformat()
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("naive datetime: times must be timezone-aware")
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: Any) -> datetime:
+    if not isinstance(text, str):
+        raise EnvelopeError("occurred_at must be an ISO 8601 string")
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EnvelopeError(f"occurred_at is not ISO 8601: {text!r}") from None
+    if moment.tzinfo is None:
+        raise EnvelopeError("occurred_at must carry a time zone")
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise EnvelopeError(f"occurred_at is out of range: {text!r}") from None
+
+
+# -- aggregates ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Aggregate:
+    """Base state of an event-sourced aggregate. ``version`` is the stream version applied last."""
+
+    stream_prefix: ClassVar[str] = ""
+    label: ClassVar[str] = "aggregate"
+
+    id: str
+    version: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @classmethod
+    def stream_id_for(cls, aggregate_id: str) -> str:
+        return f"{cls.stream_prefix}-{aggregate_id}"
+
+    @property
+    def stream_id(self) -> str:
+        return self.stream_id_for(self.id)
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    def apply(self, event: Any) -> None:
+        """Apply one stored event (anything with ``event_type``, ``data``, ``occurred_at`` and ``version``)."""
+        handler = getattr(self, f"on_{event.event_type}", None)
+        if handler is not None:
+            handler(event.data, event)
+        stamp = event.occurred_at.isoformat().replace("+00:00", "Z")
+        if self.created_at is None:
+            self.created_at = stamp
+        self.updated_at = stamp
+        self.version = event.version
+
+    @classmethod
+    def replay(cls: type[A], aggregate_id: str, events: Sequence[Any]) -> A:
+        state = cls(id=aggregate_id)
+        for event in events:
+            state.apply(event)
+        return state
+
+    def to_json(self) -> str:
+        # Fields hold JSON values only, so the encoder can walk them as they are: no deep copy
+        # (``dataclasses.asdict``) of a state that may hold hundreds of ballots or claims.
+        fields = {name: getattr(self, name) for name in _field_names(type(self))}
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[A], text: str) -> A:
+        return cls(**json.loads(text))
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# -- the caller ----------------------------------------------------------------------------------
+
+ROLES = ("resident", "representative", "grid_worker", "cadre", "organizer", "admin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    person_id: str
+    name: str
+    roles: frozenset[str]
+    community: str | None
+    token: str = dataclasses.field(repr=False, default="")
+
+    def has_any(self, roles: Iterable[str]) -> bool:
+        return bool(self.roles.intersection(roles))
+
+    def require(self, *roles: str) -> None:
+        if not self.has_any(roles):
+            raise Forbidden(f"this action needs one of the roles: {', '.join(roles)}", reason="role_required",
+                            details={"roles": list(roles)})
+
+
+    def require_reader(self, community_id: str | None) -> None:
+        """A read of a record of ``community_id``: admins read every community; any other token
+        only its own (403 ``other_community``), and a token without a community nothing that
+        belongs to a community (403 ``community_required``)."""
+        if "admin" in self.roles:
+            return
+        if not self.community:
+            raise Forbidden("this read is open only to a token of a community", reason="community_required")
+        if community_id is not None and community_id != self.community:
+            raise Forbidden(f"this read is open only to members of community {community_id}",
+                            reason="other_community")
+
+    def reading_community(self, asked: str | None) -> str | None:
+        """The community a list reads: the one asked for (admins: None is every community), which
+        for any other token must be, and defaults to, the token's own."""
+        if "admin" in self.roles:
+            return asked
+        self.require_reader(asked)
+        return self.community
+
+
+def require_member(actor: Principal, community_id: str, roles: tuple[str, ...]) -> None:
+    """The actor holds one of ``roles`` and belongs to ``community_id`` (admins: any community,
+    when the action is open to cadres or admins)."""
+    if "admin" in actor.roles and ("admin" in roles or "cadre" in roles):
+        return
+    actor.require(*roles)
+    if actor.community != community_id:
+        raise Forbidden(f"this action is open only to members of community {community_id}",
+                        reason="other_community")
+
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def command(cls: type) -> type:
+    """Declare a command: a frozen, keyword-only dataclass (an imperative name, ``CastBallot``)
+    that one handler of the service's message bus carries out."""
+    return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+
+
+def fields_of(cmd: Any) -> dict[str, Any]:
+    """A command's fields as a dict (for a domain method that takes a record's fields)."""
+    return {field.name: getattr(cmd, field.name) for field in dataclasses.fields(cmd)}
