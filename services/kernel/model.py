@@ -243,6 +243,16 @@ def require_member(actor: Principal, community_id: str, roles: tuple[str, ...]) 
 
 
 
+# -- personal data ------------------------------------------------------------------------------
+
+def mask_phone(phone: str) -> str:
+    """``138****5678`` for a mobile number; shorter numbers show at most their last half."""
+    if len(phone) >= 11:
+        return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
+    tail = min(4, len(phone) // 2)
+    return "*" * (len(phone) - tail) + (phone[-tail:] if tail else "")
+
+
 # -- commands ------------------------------------------------------------------------------------
 
 def command(cls: type) -> type:

@@ -33,6 +33,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.kernel.events import LOCAL_TZ, parse_time
+from services.kernel.model import mask_phone
+
+__all__ = [
+    "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "RATED", "RATER", "RATING_EVENTS",
+    "RATING_TIME", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT", "SUMMARY_SECONDS", "Visible", "event_kind", "for_feed",
+    "is_rating_event", "live_view", "mask_phone", "rated_subject", "redact", "relations", "shown",
+]
 
 HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
 STAFF_ROLES = ("cadre", "grid_worker", "admin")
@@ -114,14 +121,6 @@ def relations(principal, community_id: str | None, *, holder: str | None = None,
 def shown(kind: str, field: str, rel: Iterable[str]) -> bool:
     rule = FIELDS.get(kind, {}).get(field)
     return rule is None or rule.shown(rel)
-
-
-def mask_phone(phone: str) -> str:
-    """``138****5678`` for a mobile number; shorter numbers show at most their last half."""
-    if len(phone) >= 11:
-        return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
-    tail = min(4, len(phone) // 2)
-    return "*" * (len(phone) - tail) + (phone[-tail:] if tail else "")
 
 
 def _hidden(rule: Visible, value: Any) -> Any:

@@ -25,11 +25,10 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from services.kernel.aggregate import Aggregate
-from services.kernel.auth import Principal
-from services.kernel.errors import Conflict, DomainError, Forbidden
-from services.kernel.events import NewEvent, format_time, local_date, parse_time
-from services.kernel.privacy import mask_phone
+from services.kernel.model import (
+    Aggregate, Conflict, DomainError, Forbidden, NewEvent, Principal, format_time, local_date, mask_phone,
+    parse_time,
+)
 
 SLOT_MINUTES = 30
 DAILY_CAP_MINUTES = 8 * 60
