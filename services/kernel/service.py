@@ -55,8 +55,11 @@ class ServiceDefinition:
     upcasters: Callable[[], UpcasterChain] = UpcasterChain
     # The HTTP API: module-level blueprints whose routes send commands to the container's bus.
     blueprints: Sequence[Blueprint] = ()
-    # Each command class (a frozen dataclass) and its one handler, ``handler(command, uow)``.
-    command_handlers: Mapping[type, CommandHandler] = dataclasses.field(default_factory=dict)
+    # Each command class (a frozen dataclass) and its one handler, ``handler(command, uow)``; or a
+    # function ``(store, settings) -> that mapping`` when handlers need something of the process (a
+    # deployment secret).
+    command_handlers: Mapping[type, CommandHandler] | Callable[[EventStore, ServiceSettings], Mapping[type, CommandHandler]] = \
+        dataclasses.field(default_factory=dict)
     subscriptions: Sequence[Subscription] = ()
     # Extra one-shot commands: name -> (help, run(container) -> the line to print), e.g. a sweep
     # that a Kubernetes CronJob runs.
@@ -90,7 +93,10 @@ def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, creat
                        projections=[index, *definition.projections()])
     if create_schema:
         store.create_schema()
-    bus = MessageBus(store, definition.command_handlers, clock=clock, new_id=new_id)
+    handlers = definition.command_handlers
+    if callable(handlers):
+        handlers = handlers(store, settings)
+    bus = MessageBus(store, handlers, clock=clock, new_id=new_id)
     return Container(settings=settings, store=store, stream_index=index, bus=bus)
 
 
