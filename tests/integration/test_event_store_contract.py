@@ -1,4 +1,6 @@
-"""The event store's contract, run against SQLite always and PostgreSQL when TEST_POSTGRES_URL is set."""
+"""The event store's contract, run against the in-memory store (the unit tier's), SQLite always, and
+PostgreSQL when TEST_POSTGRES_URL is set. Tests that need a database of their own (processes racing
+on one file or server, the schema created by several processes) run on the two databases only."""
 
 from __future__ import annotations
 
@@ -11,16 +13,26 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from services.kernel.db import make_engine, write_transaction
+from services.kernel.db import make_engine
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import Metadata, NewEvent, UpcasterChain
 from services.kernel.eventstore import EventStore, events_table
+from services.kernel.memory import InMemoryEventStore
 
 
 def make_store(url: str, **kwargs) -> EventStore:
     store = EventStore(make_engine(url), service="contract", **kwargs)
     store.create_schema()
     return store
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def make(request):
+    """A factory of empty stores of one backend: ``make(**kwargs)``."""
+    if request.param == "memory":
+        return lambda **kwargs: InMemoryEventStore(service="contract", **kwargs)
+    url = request.getfixturevalue(f"{request.param}_url")
+    return lambda **kwargs: make_store(url, **kwargs)
 
 
 def ev(kind: str = "Happened", **data) -> NewEvent:
@@ -31,8 +43,8 @@ def positions(store: EventStore) -> list[int]:
     return [e.position for e in store.iterate_all()]
 
 
-def test_append_and_load_in_version_order(database_url, unique):
-    store = make_store(database_url)
+def test_append_and_load_in_version_order(make, unique):
+    store = make()
     stream = f"project-{unique}"
     stored = store.append(stream, 0, [ev(n=1), ev(n=2)], metadata=Metadata(actor="p1", correlation_id="c1"))
     store.append(stream, 2, [ev(n=3)])
@@ -47,8 +59,8 @@ def test_append_and_load_in_version_order(database_url, unique):
     assert store.current_version(f"missing-{unique}") == 0
 
 
-def test_conflicting_append_is_refused_and_changes_nothing(database_url, unique):
-    store = make_store(database_url)
+def test_conflicting_append_is_refused_and_changes_nothing(make, unique):
+    store = make()
     stream = f"project-{unique}"
     store.append(stream, 0, [ev(n=1)])
     with pytest.raises(ConcurrencyError) as stale:
@@ -60,8 +72,8 @@ def test_conflicting_append_is_refused_and_changes_nothing(database_url, unique)
     assert store.last_position() == 1
 
 
-def test_a_batch_is_atomic(database_url, unique):
-    store = make_store(database_url)
+def test_a_batch_is_atomic(make, unique):
+    store = make()
     first = ev(n=1)
     store.append(f"a-{unique}", 0, [first])
     duplicate_id = NewEvent("Happened", {"n": 2}, event_id=first.event_id)
@@ -71,8 +83,8 @@ def test_a_batch_is_atomic(database_url, unique):
     assert positions(store) == [1]
 
 
-def test_streams_keep_their_own_order_while_positions_interleave(database_url, unique):
-    store = make_store(database_url)
+def test_streams_keep_their_own_order_while_positions_interleave(make, unique):
+    store = make()
     for round_ in range(5):
         for name in ("a", "b", "c"):
             store.append(f"{name}-{unique}", round_, [ev(n=round_)])
@@ -84,8 +96,8 @@ def test_streams_keep_their_own_order_while_positions_interleave(database_url, u
         assert all(x.position < y.position for x, y in zip(events, events[1:]))
 
 
-def test_two_threads_appending_never_leave_a_gap_or_interleave_batches(database_url, unique):
-    store = make_store(database_url)
+def test_two_threads_appending_never_leave_a_gap_or_interleave_batches(make, unique):
+    store = make()
     per_thread, batch = 40, 3
     errors: list[BaseException] = []
 
@@ -111,8 +123,8 @@ def test_two_threads_appending_never_leave_a_gap_or_interleave_batches(database_
         assert [e.version for e in chunk] == list(range(chunk[0].version, chunk[0].version + batch))
 
 
-def test_two_threads_racing_on_one_stream_one_wins_each_round(database_url, unique):
-    store = make_store(database_url)
+def test_two_threads_racing_on_one_stream_one_wins_each_round(make, unique):
+    store = make()
     stream = f"race-{unique}"
     outcomes = {"ok": 0, "conflict": 0}
     lock = threading.Lock()
@@ -170,9 +182,9 @@ def test_two_processes_racing_on_one_stream(database_url, unique):
     assert positions(store) == [1]
 
 
-def test_a_reader_never_passes_a_gap_filled_later(database_url, unique):
+def test_a_reader_never_passes_a_gap_filled_later(make, unique):
     """A slow transaction holds the append lock; a later writer waits, so positions follow commit order."""
-    store = make_store(database_url)
+    store = make()
     store.append(f"base-{unique}", 0, [ev(n=0)])
     later_done = threading.Event()
 
@@ -180,7 +192,7 @@ def test_a_reader_never_passes_a_gap_filled_later(database_url, unique):
         store.append(f"later-{unique}", 0, [ev(n=2)])
         later_done.set()
 
-    with write_transaction(store.engine) as connection:
+    with store.write_transaction() as connection:
         store.append(f"slow-{unique}", 0, [ev(n=1)], connection=connection)
         thread = threading.Thread(target=later_writer)
         thread.start()
@@ -194,26 +206,46 @@ def test_a_reader_never_passes_a_gap_filled_later(database_url, unique):
         (1, f"base-{unique}"), (2, f"slow-{unique}"), (3, f"later-{unique}")]
 
 
-def test_upcasters_run_on_read_and_stored_payloads_are_never_rewritten(database_url, unique):
-    store = make_store(database_url)
+def test_a_transaction_sees_its_own_appends_and_an_error_discards_them_all(make, unique):
+    store = make()
+    store.append(f"kept-{unique}", 0, [ev(n=0)])
+    with pytest.raises(RuntimeError):
+        with store.write_transaction() as connection:
+            store.append(f"a-{unique}", 0, [ev(n=1)], connection=connection)
+            store.append(f"b-{unique}", 0, [ev(n=2)], connection=connection)
+            assert [e.data["n"] for e in store.load(f"a-{unique}", connection=connection)] == [1]
+            assert store.current_version(f"b-{unique}", connection=connection) == 1
+            assert store.last_position(connection=connection) == 3
+            raise RuntimeError("the command failed after appending")
+    assert store.load(f"a-{unique}") == [] and store.load(f"b-{unique}") == []
+    assert positions(store) == [1]
+    assert store.append(f"a-{unique}", 0, [ev(n=3)])[0].position == 2
+
+
+def test_upcasters_run_on_read_and_stored_payloads_are_never_rewritten(make, unique):
+    store = make()
     stream = f"project-{unique}"
     store.append(stream, 0, [NewEvent("ProjectProposed", {"title": "路灯", "cost": 12}, schema_version=1)])
     chain = UpcasterChain()
     chain.register("ProjectProposed", 1, lambda d: {**d, "cost_fen": d["cost"] * 100})
     chain.register("ProjectProposed", 2, lambda d: {k: v for k, v in d.items() if k != "cost"})
-    upcasting = EventStore(store.engine, service="contract", upcasters=chain)
-    [event] = upcasting.load(stream)
+    store.upcasters = chain
+    [event] = store.load(stream)
     assert event.schema_version == 3
     assert event.data == {"title": "路灯", "cost_fen": 1200}
-    assert upcasting.read_all(0)[0].data == {"title": "路灯", "cost_fen": 1200}
-    with store.engine.connect() as connection:
-        row = connection.execute(sa.select(events_table.c.schema_version, events_table.c.data)).one()
-    assert row.schema_version == 1
-    assert json.loads(row.data) == {"title": "路灯", "cost": 12}
+    assert store.read_all(0)[0].data == {"title": "路灯", "cost_fen": 1200}
+    store.upcasters = UpcasterChain()  # what is stored is still version 1, as it was appended
+    [stored] = store.load(stream)
+    assert (stored.schema_version, stored.data) == (1, {"title": "路灯", "cost": 12})
+    if store.engine is not None:  # and so is the row itself
+        with store.engine.connect() as connection:
+            row = connection.execute(sa.select(events_table.c.schema_version, events_table.c.data)).one()
+        assert row.schema_version == 1
+        assert json.loads(row.data) == {"title": "路灯", "cost": 12}
 
 
-def test_large_and_unicode_payloads_round_trip(database_url, unique):
-    store = make_store(database_url)
+def test_large_and_unicode_payloads_round_trip(make, unique):
+    store = make()
     text = "共同缔造 海沧区 🏮 " * 40_000  # ~ 1 MB of UTF-8
     payload = {"text": text, "nested": {"list": list(range(1000)), "名称": "居民议事会"}, "null": None}
     store.append(f"big-{unique}", 0, [NewEvent("Big", payload)])
@@ -230,9 +262,9 @@ class StoredEventRoundTrip:
         return StoredEvent.from_json(event.to_json()) == event
 
 
-def test_reads_by_version_and_by_time(database_url, unique):
+def test_reads_by_version_and_by_time(make, unique):
     moments = iter(datetime(2026, 1, 1, 8, 0, tzinfo=timezone.utc) + timedelta(days=i) for i in range(10))
-    store = make_store(database_url, clock=lambda: next(moments))
+    store = make(clock=lambda: next(moments))
     stream = f"project-{unique}"
     for version in range(4):
         store.append(stream, version, [ev(n=version + 1)])
@@ -244,8 +276,8 @@ def test_reads_by_version_and_by_time(database_url, unique):
     assert store.load(stream)[2].occurred_at == datetime(2026, 1, 3, 8, 0, tzinfo=timezone.utc)
 
 
-def test_read_all_pages_by_position(database_url, unique):
-    store = make_store(database_url)
+def test_read_all_pages_by_position(make, unique):
+    store = make()
     for i in range(25):
         store.append(f"s{i % 4}-{unique}", i // 4, [ev(n=i)])
     page = store.read_all(10, limit=5)
