@@ -218,8 +218,34 @@ def migrate_main(definition: ServiceDefinition) -> None:
     print(f"{definition.name}: schema is up to date")
 
 
+def run_job(definition: ServiceDefinition, name: str, every: float | None) -> None:
+    """Run one of the definition's commands once, or every ``every`` seconds until SIGTERM/SIGINT
+    (with /healthz and /readyz on the service's health port when one is set). A run that fails is
+    logged and tried again at the next period: the job outlives a database that is briefly away."""
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-{name}", settings.log_level)
+    container = bootstrap(definition, settings)
+    run = definition.commands[name][1]
+    if every is None:
+        print(run(container))
+        return
+    if every <= 0:
+        raise SystemExit("--every needs a positive number of seconds")
+
+    def loop(stop) -> None:
+        while not stop.is_set():
+            try:
+                print(run(container), flush=True)
+            except Exception:  # noqa: BLE001 (logged; the next period tries again)
+                log.exception("periodic job failed", extra={"job": name})
+            stop.wait(every)
+
+    run_until_signalled(loop, health_port=settings.health_port,
+                        readiness={"database": lambda: ping(container.store.engine)})
+
+
 def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
-    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate|<definition.commands>``"""
+    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate|<definition.commands> [--every S]``"""
     parser = argparse.ArgumentParser(prog=f"python -m services.{definition.name}",
                                      description=f"{definition.title}: workers and commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,12 +259,13 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     dead.add_argument("action", choices=["list", "republish"])
     dead.add_argument("--all", action="store_true", help="re-publish those already re-published too")
     for name, (help_text, _run) in definition.commands.items():
-        commands.add_parser(name, help=help_text)
+        job = commands.add_parser(name, help=help_text)
+        job.add_argument("--every", type=float, metavar="SECONDS",
+                         help="run again every SECONDS until stopped (the local platform's periodic job; "
+                              "on Kubernetes a CronJob runs it once per schedule)")
     args = parser.parse_args(argv)
     if args.command in definition.commands:
-        settings = _settings_or_exit(definition)
-        configure_logging(f"{definition.name}-{args.command}", settings.log_level)
-        print(definition.commands[args.command][1](bootstrap(definition, settings)))
+        run_job(definition, args.command, args.every)
         return
     if args.command == "relay":
         relay_main(definition)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("gateway", "projects", "volunteers", "feedback")
 WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
-           "gateway_feed")
+           "feedback_sweep", "gateway_feed")
 
 
 def get(url: str) -> tuple[int, bytes, str]:

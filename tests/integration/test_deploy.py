@@ -109,23 +109,32 @@ def test_relays_and_the_feed_run_once_with_recreate(rendered):
     assert not scaled & {d["metadata"]["name"] for d in singles}
 
 
-def procfile_commands() -> set[str]:
-    commands = set()
+def procfile_commands() -> tuple[set[str], set[str]]:
+    """The local platform's long-running commands, and its periodic jobs (``--every S``, without
+    that option: on Kubernetes a CronJob runs the same command once per schedule)."""
+    commands, periodic = set(), set()
     for line in (ROOT / "Procfile").read_text().splitlines():
         if not line.strip() or line.startswith("broker:"):
             continue
         words = [w for w in shlex.split(line.split(":", 1)[1]) if not re.match(r"^[A-Z_]+=", w)]
-        commands.add(" ".join(words))
-    return commands
+        if "--every" in words:
+            every = words.index("--every")
+            periodic.add(" ".join(words[:every] + words[every + 2:]))
+        else:
+            commands.add(" ".join(words))
+    return commands, periodic
 
 
 def test_containers_run_the_commands_of_the_local_platform(rendered):
     _, objects = rendered
-    local = procfile_commands()
+    local, periodic = procfile_commands()
     for deployment in of_kind(objects, "Deployment"):
         command = " ".join(deployment["spec"]["template"]["spec"]["containers"][0]["command"])
         assert command in local, (deployment["metadata"]["name"], command)
     assert len(local) == len(of_kind(objects, "Deployment")), "every local process has its Deployment"
+    jobs = {" ".join(c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"])
+            for c in of_kind(objects, "CronJob")}
+    assert periodic == jobs == {"python -m services.feedback sweep-overdue"}, "every periodic job has its CronJob"
 
 
 def test_no_secret_values_and_databases_come_from_secrets(rendered):

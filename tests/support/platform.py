@@ -25,7 +25,8 @@ PORT_VARIABLES = {
     "projects": "PROJECTS_PORT", "volunteers": "VOLUNTEERS_PORT", "feedback": "FEEDBACK_PORT",
     "gateway": "GATEWAY_PORT", "projects-relay": "PROJECTS_RELAY_PORT", "volunteers-relay": "VOLUNTEERS_RELAY_PORT",
     "feedback-relay": "FEEDBACK_RELAY_PORT", "volunteers-consumer": "VOLUNTEERS_CONSUMER_PORT",
-    "feedback-consumer": "FEEDBACK_CONSUMER_PORT", "gateway-feed": "GATEWAY_FEED_PORT",
+    "feedback-consumer": "FEEDBACK_CONSUMER_PORT", "feedback-sweep": "FEEDBACK_SWEEP_PORT",
+    "gateway-feed": "GATEWAY_FEED_PORT",
 }
 
 
