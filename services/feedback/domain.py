@@ -1,6 +1,6 @@
 """居民评价排队: satisfaction ratings, follow-up of bad ratings, appeals, rankings, support plans.
 
-Pure domain (no I/O). The scale is the national government-service scheme (政务服务"好差评"):
+Pure domain (no I/O; the standard library and :mod:`services.kernel.model` only). The scale is the national government-service scheme (政务服务"好差评"):
 
     5 非常满意 · 4 满意 · 3 基本满意 · 2 不满意 · 1 非常不满意
 
@@ -12,7 +12,8 @@ Rules kept here, all explained where they are decided:
   project evaluation (共评) is a separate rating of the project's responsible unit, one per project.
 - A rating of 1 or 2 (差评) opens a follow-up case with a deadline at the end of the N-th working
   day (default 5) after the rating, local time; Saturdays and Sundays do not count (statutory
-  holidays are not modelled). Past the deadline the case becomes overdue by an event.
+  holidays are not modelled). Past the deadline the case becomes overdue by an event, which the
+  periodic sweep records (``SweepOverdue``); a case closed past its deadline is closed late.
 - An upheld appeal, or a staff review of a flagged burst, *excludes* a rating by an event; nothing
   is deleted and the rating stays visible in its history.
 - Ranking formula ``bayes-v1``: score = (prior_mean × prior_weight + Σ levels) / (prior_weight + n),
@@ -28,16 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import hmac
 import json
+import re
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, ClassVar
 
-from services.kernel.aggregate import Aggregate
-from services.kernel.auth import Principal, require_member
-from services.kernel.errors import Conflict, DomainError, Forbidden
-from services.kernel.events import LOCAL_TZ, NewEvent, format_time, parse_time
+from services.kernel.model import (
+    LOCAL_TZ, Aggregate, Conflict, DomainError, Forbidden, NewEvent, Principal, format_time, parse_time,
+    require_member,
+)
 
 LEVELS = {5: "非常满意 very satisfied", 4: "满意 satisfied", 3: "基本满意 basically satisfied",
           2: "不满意 dissatisfied", 1: "非常不满意 very dissatisfied"}
@@ -94,7 +95,6 @@ def previous_period(period: str) -> str:
 
 
 def valid_period(period: str) -> bool:
-    import re
     return bool(re.fullmatch(r"20\d\d-(0[1-9]|1[0-2]|Q[1-4])", period))
 
 
@@ -180,61 +180,20 @@ def ranking_digest(table: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def legacy_rating_id(subject_id: str, period: str, person_id: str, source: str) -> str:
-    """How rating streams were named before rating ids were keyed by a secret: anyone who knew
-    a person's id could recompute it. Only used to find such a rating again; never shown."""
-    key = f"{subject_id}\x1f{period}\x1f{person_id}\x1f{source}"
-    return "r" + hashlib.sha256(key.encode()).hexdigest()[:24]
-
-
-class RatingIds:
-    """Rating ids, keyed by the deployment's rating-id secret (``FEEDBACK_RATING_ID_SECRET``).
-
-    - The stream of one resident's rating of one subject in one period (and from one source) is
-      deterministic, so that a second submission finds the first: ``r`` + HMAC(secret, key).
-      Without the secret nobody can compute it from a person's id.
-    - Readers never see a stored id: every view shows the *public* id, an AES encryption of the
-      stored id under a key derived from the secret (``r`` + 32 hex digits). It reveals nothing,
-      and the API turns it back into the stored id. This covers ratings stored before ids were
-      keyed (their stored ids are derivable, see :func:`legacy_rating_id`) as well.
-    """
-
-    PUBLIC_LENGTH = 33
-
-    def __init__(self, secret: bytes) -> None:
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-        self._key = hmac.new(secret, b"rating-stream-key", hashlib.sha256).digest()
-        self._cipher = Cipher(algorithms.AES(hmac.new(secret, b"rating-public-id", hashlib.sha256).digest()),
-                              modes.ECB())
-
-    def stored(self, subject_id: str, period: str, person_id: str, source: str) -> str:
-        key = f"{subject_id}\x1f{period}\x1f{person_id}\x1f{source}"
-        return "r" + hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()[:24]
-
-    def public(self, stored_id: str) -> str:
-        block = bytes.fromhex(stored_id[1:]) + b"\0\0\0\0"
-        encryptor = self._cipher.encryptor()
-        return "r" + (encryptor.update(block) + encryptor.finalize()).hex()
-
-    def resolve(self, public_id: str) -> str | None:
-        """The stored id behind a public id, or None when it is not one."""
-        if len(public_id) != self.PUBLIC_LENGTH or not public_id.startswith("r"):
-            return None
-        try:
-            block = bytes.fromhex(public_id[1:])
-        except ValueError:
-            return None
-        decryptor = self._cipher.decryptor()
-        plain = decryptor.update(block) + decryptor.finalize()
-        return "r" + plain[:12].hex() if plain[12:] == b"\0\0\0\0" else None
-
-
 def _at(event) -> str:
     return format_time(event.occurred_at)
 
 
+def last_ranked(ranked: list[dict[str, Any]]) -> str | None:
+    """The subject ranked last, when more than one is ranked (a single subject is never "last")."""
+    return ranked[-1]["subject_id"] if len(ranked) > 1 else None
+
+
 # -- policy per community --------------------------------------------------------------------
+#
+# Each aggregate keeps what its decisions need; what readers are shown besides (names, notes,
+# timestamps, a rating's earlier versions, a ranking's figures) is kept by the read models
+# (:mod:`services.feedback.views`), folded from the same events.
 
 @dataclasses.dataclass
 class Policy(Aggregate):
@@ -270,11 +229,8 @@ class Subject(Aggregate):
     kind: str = ""
     name: str = ""
     community_id: str = ""
-    unit_id: str | None = None
     person_id: str | None = None
-    description: str = ""
-    registered_via: str = ""
-    # flag_id -> {rating_ids, window_from, window_to, count, status, review}
+    # flag_id -> {rating_ids, status}
     flags: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     flagged_ratings: list[str] = dataclasses.field(default_factory=list)
 
@@ -321,27 +277,16 @@ class Subject(Aggregate):
                                            "reason": reason, "rating_ids": flag["rating_ids"],
                                            "by": actor.person_id})]
 
-    def view(self) -> dict[str, Any]:
-        return {"subject_id": self.id, "kind": self.kind, "name": self.name, "community_id": self.community_id,
-                "unit_id": self.unit_id, "person_id": self.person_id, "description": self.description,
-                "registered_via": self.registered_via, "version": self.version, "created_at": self.created_at,
-                "open_flags": sum(1 for f in self.flags.values() if f["status"] == "open")}
-
     def on_SubjectRegistered(self, d, event) -> None:
         self.kind, self.name, self.community_id = d["kind"], d["name"], d["community_id"]
-        self.unit_id, self.person_id, self.description = d.get("unit_id"), d.get("person_id"), d.get("description", "")
-        self.registered_via = d.get("via", "staff")
+        self.person_id = d.get("person_id")
 
     def on_BurstFlagged(self, d, event) -> None:
-        self.flags[d["flag_id"]] = {"rating_ids": d["rating_ids"], "count": d["count"],
-                                    "window_from": d["window_from"], "window_to": d["window_to"],
-                                    "flagged_at": _at(event), "status": "open", "review": None}
+        self.flags[d["flag_id"]] = {"rating_ids": d["rating_ids"], "status": "open"}
         self.flagged_ratings.extend(d["rating_ids"])
 
     def on_BurstReviewed(self, d, event) -> None:
-        flag = self.flags[d["flag_id"]]
-        flag["status"] = "excluded" if d["decision"] == "exclude" else "kept"
-        flag["review"] = {"decision": d["decision"], "reason": d["reason"], "by": d["by"], "at": _at(event)}
+        self.flags[d["flag_id"]]["status"] = "excluded" if d["decision"] == "exclude" else "kept"
 
 
 # -- ratings ----------------------------------------------------------------------------------
@@ -353,7 +298,6 @@ class Rating(Aggregate):
 
     subject_id: str = ""
     subject_kind: str = ""
-    subject_name: str = ""
     subject_person_id: str | None = None
     community_id: str = ""
     period: str = ""
@@ -361,9 +305,7 @@ class Rating(Aggregate):
     level: int = 0
     dimensions: dict[str, int] = dataclasses.field(default_factory=dict)
     comment: str = ""
-    rated_at: str = ""
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
-    revisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     excluded: dict[str, Any] | None = None
     appeal: dict[str, Any] | None = None
     case_id: str | None = None
@@ -433,29 +375,17 @@ class Rating(Aggregate):
                                             "period": self.period, "level": self.level, "reason": reason,
                                             "via": via, "by": by})]
 
-    def view(self) -> dict[str, Any]:
-        """Everything; readers get it through the privacy policy (``kind="rating"``), with the public id."""
-        return {"rating_id": self.id, "subject_id": self.subject_id, "subject_kind": self.subject_kind,
-                "subject_name": self.subject_name, "community_id": self.community_id, "period": self.period,
-                "person_id": self.person_id, "level": self.level,
-                "level_label": LEVELS.get(self.level), "dimensions": self.dimensions, "comment": self.comment,
-                "rated_at": self.rated_at, "source": {"kind": self.source.get("kind"),
-                                                      "project_id": self.source.get("project_id")},
-                "revisions": len(self.revisions), "excluded": self.excluded,
-                "appeal": self.appeal, "case_id": self.case_id, "version": self.version,
-                "created_at": self.created_at, "updated_at": self.updated_at}
+    def link_case(self, case_id: str) -> list[NewEvent]:
+        return [NewEvent("FollowUpLinked", {"rating_id": self.id, "case_id": case_id})]
 
     def on_RatingSubmitted(self, d, event) -> None:
-        self.subject_id, self.subject_kind, self.subject_name = d["subject_id"], d["subject_kind"], d["subject_name"]
+        self.subject_id, self.subject_kind = d["subject_id"], d["subject_kind"]
         self.subject_person_id, self.community_id, self.period = d.get("subject_person_id"), d["community_id"], d["period"]
         self.person_id, self.level, self.dimensions = d["person_id"], d["level"], dict(d["dimensions"])
-        self.comment, self.source, self.rated_at = d["comment"], dict(d["source"]), d["rated_at"]
+        self.comment, self.source = d["comment"], dict(d["source"])
 
     def on_RatingRevised(self, d, event) -> None:
-        self.revisions.append({"level": self.level, "dimensions": self.dimensions, "comment": self.comment,
-                               "rated_at": self.rated_at, "until": d["rated_at"]})
         self.level, self.dimensions, self.comment = d["level"], dict(d["dimensions"]), d["comment"]
-        self.rated_at = d["rated_at"]
 
     def on_AppealFiled(self, d, event) -> None:
         self.appeal = {"grounds": d["grounds"], "statement": d["statement"], "by": d["by"],
@@ -493,25 +423,19 @@ class FollowUpCase(Aggregate):
     stream_prefix: ClassVar[str] = "case"
     label: ClassVar[str] = "follow-up case"
 
-    rating_id: str = ""
     subject_id: str = ""
-    subject_name: str = ""
-    subject_person_id: str | None = None
     community_id: str = ""
     person_id: str = ""
-    level: int = 0
-    comment: str = ""
     deadline: str = ""
     status: str = ""  # open, closed
     overdue: bool = False
-    contacts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    rectifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    outcome: dict[str, Any] | None = None
+    contacted: bool = False
+    rectified: bool = False
 
-    def open(self, rating: Rating, opened_at: datetime, working_days: int) -> list[NewEvent]:
+    def open(self, rating: Rating, subject: Subject, opened_at: datetime, working_days: int) -> list[NewEvent]:
         return [NewEvent("FollowUpOpened", {
             "case_id": self.id, "rating_id": rating.id, "subject_id": rating.subject_id,
-            "subject_name": rating.subject_name, "subject_person_id": rating.subject_person_id,
+            "subject_name": subject.name, "subject_person_id": rating.subject_person_id,
             "community_id": rating.community_id, "person_id": rating.person_id, "level": rating.level,
             "comment": rating.comment,
             "working_days": working_days, "deadline": format_time(working_deadline(opened_at, working_days))})]
@@ -528,22 +452,29 @@ class FollowUpCase(Aggregate):
 
     def rectify(self, actor: Principal, actions: str) -> list[NewEvent]:
         self._handler(actor)
-        if not self.contacts:
+        if not self.contacted:
             raise Conflict("call back the resident (回访) before recording the rectification",
                            reason="contact_first")
         return [NewEvent("RectificationRecorded", {"case_id": self.id, "actions": actions, "by": actor.person_id})]
 
-    def confirm(self, actor: Principal, satisfied: bool, comment: str) -> list[NewEvent]:
-        """The resident confirms the outcome; staff may record what the resident said on a call."""
+    def confirm(self, actor: Principal, satisfied: bool, comment: str, now: datetime) -> list[NewEvent]:
+        """The resident confirms the outcome; staff may record what the resident said on a call.
+        Closed past the deadline, the case was closed late (whether or not the sweep had recorded it
+        overdue yet)."""
         if actor.person_id != self.person_id:
             require_member(actor, self.community_id, CASE_HANDLERS)
         if self.status != "open":
             raise Conflict(f"case {self.id} is closed", reason="case_closed")
-        if not self.rectifications:
+        if not self.rectified:
             raise Conflict("the case is closed after its rectification is recorded", reason="rectification_first")
         return [NewEvent("FollowUpClosed", {"case_id": self.id, "satisfied": satisfied, "comment": comment,
                                             "confirmed_by": actor.person_id,
-                                            "by_resident": actor.person_id == self.person_id})]
+                                            "by_resident": actor.person_id == self.person_id,
+                                            "late": self.is_overdue(now)})]
+
+    def is_overdue(self, now: datetime) -> bool:
+        """Recorded overdue, or open and past its deadline (the sweep records it later)."""
+        return self.overdue or (self.status == "open" and now >= parse_time(self.deadline))
 
     def overdue_events(self, now: datetime) -> list[NewEvent]:
         if self.status == "open" and not self.overdue and now >= parse_time(self.deadline):
@@ -551,33 +482,21 @@ class FollowUpCase(Aggregate):
                                                  "community_id": self.community_id, "subject_id": self.subject_id})]
         return []
 
-    def view(self) -> dict[str, Any]:
-        """Everything; readers get it through the privacy policy (``kind="case"``), with the public rating id."""
-        return {"case_id": self.id, "rating_id": self.rating_id, "subject_id": self.subject_id,
-                "subject_name": self.subject_name, "community_id": self.community_id,
-                "person_id": self.person_id, "level": self.level,
-                "level_label": LEVELS.get(self.level), "comment": self.comment, "deadline": self.deadline,
-                "status": self.status, "overdue": self.overdue, "contacts": self.contacts,
-                "rectifications": self.rectifications, "outcome": self.outcome, "version": self.version,
-                "created_at": self.created_at, "updated_at": self.updated_at}
-
     def on_FollowUpOpened(self, d, event) -> None:
-        for key in ("rating_id", "subject_id", "subject_name", "community_id", "person_id", "level", "comment",
-                    "deadline"):
+        for key in ("subject_id", "community_id", "person_id", "deadline"):
             setattr(self, key, d[key])
-        self.subject_person_id = d.get("subject_person_id")
         self.status = "open"
 
     def on_ResidentContacted(self, d, event) -> None:
-        self.contacts.append({"channel": d["channel"], "note": d["note"], "by": d["by"], "at": _at(event)})
+        self.contacted = True
 
     def on_RectificationRecorded(self, d, event) -> None:
-        self.rectifications.append({"actions": d["actions"], "by": d["by"], "at": _at(event)})
+        self.rectified = True
 
     def on_FollowUpClosed(self, d, event) -> None:
         self.status = "closed"
-        self.outcome = {"satisfied": d["satisfied"], "comment": d["comment"], "confirmed_by": d["confirmed_by"],
-                        "by_resident": d["by_resident"], "at": _at(event), "late": self.overdue}
+        if d.get("late"):  # closed past its deadline before the sweep recorded it overdue
+            self.overdue = True
 
     def on_FollowUpOverdue(self, d, event) -> None:
         self.overdue = True
@@ -597,6 +516,7 @@ class Ranking(Aggregate):
     community_id: str = ""
     kind: str = ""
     period: str = ""
+    # One per edition: {edition, digest, provisional, last_ranked}; the figures are the read model's.
     editions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def publish(self, actor: Principal, community_id: str, kind: str, period: str, now: datetime,
@@ -612,7 +532,7 @@ class Ranking(Aggregate):
         if provisional and not period_open:
             raise Conflict(f"the period {period} is closed: publish the final ranking", reason="period_closed")
         digest = ranking_digest(table)
-        latest = self.editions[-1] if self.editions else None
+        latest = self.latest
         if latest and latest["digest"] == digest and latest["provisional"] == provisional:
             raise Conflict("this ranking is already published with the same figures", reason="no_change")
         return [NewEvent("RankingPublished", {
@@ -625,16 +545,14 @@ class Ranking(Aggregate):
     def latest(self) -> dict[str, Any] | None:
         return self.editions[-1] if self.editions else None
 
-    def on_RankingPublished(self, d, event) -> None:
-        self.community_id, self.kind, self.period = d["community_id"], d["kind"], d["period"]
-        self.editions.append({**{k: d[k] for k in ("edition", "formula", "last_position", "policy_version",
-                                                    "ranked", "not_enough_ratings", "digest", "by")},
-                              "provisional": d.get("provisional", False), "published_at": _at(event),
-                              "position": event.position})
-
     @property
     def latest_final(self) -> dict[str, Any] | None:
         return next((e for e in reversed(self.editions) if not e["provisional"]), None)
+
+    def on_RankingPublished(self, d, event) -> None:
+        self.community_id, self.kind, self.period = d["community_id"], d["kind"], d["period"]
+        self.editions.append({"edition": d["edition"], "digest": d["digest"],
+                              "provisional": d.get("provisional", False), "last_ranked": last_ranked(d["ranked"])})
 
 
 # -- support plans (帮扶) ----------------------------------------------------------------------
@@ -645,18 +563,11 @@ class SupportPlan(Aggregate):
     label: ClassVar[str] = "support plan"
 
     subject_id: str = ""
-    subject_name: str = ""
     subject_person_id: str | None = None
     community_id: str = ""
-    kind: str = ""
     opened_for: str = ""
-    triggers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     status: str = ""  # open, closed
     mentor: dict[str, str] | None = None
-    actions: list[str] = dataclasses.field(default_factory=list)
-    deadline: str | None = None
-    notes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    closed: dict[str, Any] | None = None
 
     def open(self, entry: dict[str, Any], subject_person_id: str | None, community_id: str, kind: str,
              period: str, triggers: list[dict[str, Any]]) -> list[NewEvent]:
@@ -688,28 +599,16 @@ class SupportPlan(Aggregate):
         if self.status != "open":
             raise Conflict(f"support plan {self.id} is closed", reason="plan_closed")
 
-    def view(self) -> dict[str, Any]:
-        return {"plan_id": self.id, "subject_id": self.subject_id, "subject_name": self.subject_name,
-                "community_id": self.community_id, "kind": self.kind, "opened_for": self.opened_for,
-                "triggers": self.triggers, "status": self.status, "mentor": self.mentor, "actions": self.actions,
-                "deadline": self.deadline, "notes": self.notes, "closed": self.closed, "version": self.version,
-                "created_at": self.created_at, "updated_at": self.updated_at}
-
     def on_SupportPlanOpened(self, d, event) -> None:
-        self.subject_id, self.subject_name, self.community_id = d["subject_id"], d["subject_name"], d["community_id"]
+        self.subject_id, self.community_id = d["subject_id"], d["community_id"]
         self.subject_person_id = d.get("subject_person_id")
-        self.kind, self.opened_for, self.triggers, self.status = d["kind"], d["period"], d["triggers"], "open"
+        self.opened_for, self.status = d["period"], "open"
 
     def on_SupportPlanDrawnUp(self, d, event) -> None:
-        self.mentor, self.actions, self.deadline = d["mentor"], d["actions"], d["deadline"]
-
-    def on_SupportProgressNoted(self, d, event) -> None:
-        self.notes.append({"note": d["note"], "by": d["by"], "at": _at(event)})
+        self.mentor = d["mentor"]
 
     def on_SupportPlanClosed(self, d, event) -> None:
         self.status = "closed"
-        self.closed = {"period": d["period"], "satisfaction_rate": d["satisfaction_rate"], "reason": d["reason"],
-                       "at": _at(event)}
 
 
 def support_triggers(entry: dict[str, Any], policy: dict[str, Any], last_subject: str | None,

@@ -1,56 +1,133 @@
-"""The feedback service layer: each command is one unit of work over one or more streams.
+"""The feedback service's command handlers: one per command, ``(command, uow)``.
 
-A rating of 1 or 2 opens its follow-up case in the same transaction; a rating of 5 checks, in the
-same transaction, whether it completes a burst of top ratings to flag; publishing a ranking opens
-and closes support plans in the same transaction as the ``RankingPublished`` event. Read models
-are consistent inside the write transaction (projections are applied with the append), so
-decisions may query them.
+Each runs in one unit of work (:class:`services.kernel.bus.MessageBus` opens it, or joins the
+consumer's transaction). A rating of 1 or 2 opens its follow-up case in the same unit of work; a
+rating of 5 checks, in the same unit, whether it completes a burst of top ratings to flag;
+publishing a ranking opens and closes support plans with the ``RankingPublished`` event. Read
+models are consistent inside the write transaction (projections are applied with the append), so
+decisions may query them (named queries of :mod:`services.feedback.views`). A handler answers with
+the changed resource's record (:mod:`services.feedback.views`), folded from its stream as the unit
+of work left it: what readers will see of it.
+
+The clock (``uow.now()``) and the ids (``uow.new_id()``) are the bus's, injected by bootstrap. The
+handlers of ratings need the deployment's rating ids too: :func:`handlers_for` binds them, and
+:func:`command_handlers` (the service definition's) with the deployment's secret.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar
 
-import sqlalchemy as sa
-
+from services.feedback import commands as c
+from services.feedback import views
 from services.feedback.domain import (
-    FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, clears_threshold, is_bad, period_of,
-    RatingIds, legacy_rating_id, previous_period, rank, ranking_digest, ranking_key, support_triggers,
+    FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, clears_threshold, is_bad, last_ranked, period_of,
+    previous_period, rank, ranking_key, support_triggers,
 )
-from services.feedback.views import CASES, PLANS, RANKINGS, RATINGS, STATS, SUBJECTS, fold_stats, policy_for
-from services.kernel.aggregate import unit_of_work
-from services.kernel.auth import Principal
-from services.kernel.errors import ConcurrencyError
-from services.kernel.events import Metadata, NewEvent, StoredEvent, format_time, to_micros, utc_now
-from services.kernel.eventstore import EventStore
-from services.kernel.secrets import deployment_secret
+from services.feedback.ids import RatingIds, legacy_rating_id
+from services.kernel.aggregate import UnitOfWork
+from services.kernel.bus import Handler
+from services.kernel.errors import ConcurrencyError, NotFound
+from services.kernel.events import format_time
+from services.kernel.model import Aggregate, fields_of
+
+A = TypeVar("A", bound=Aggregate)
 
 
-def now() -> datetime:
-    """The service's clock (tests replace it to move through periods and deadlines)."""
-    return utc_now()
+def _record(uow: UnitOfWork, record: type[A], state) -> A:
+    """``state``'s record (what readers see of it) as this unit of work left it: the state itself
+    when it was loaded as its record (from the read model's snapshot), else folded from its stream."""
+    if isinstance(state, record):
+        return state
+    return record.replay(state.id, uow.events_of(state))
 
 
-def new_id() -> str:
-    return uuid.uuid4().hex[:16]
+# -- policy and subjects ----------------------------------------------------------------------------
+
+def change_policy(cmd: c.ChangePolicy, uow: UnitOfWork) -> Policy:
+    policy = uow.load(Policy, cmd.community_id)  # a community without changes has the defaults
+    if cmd.expected_version is not None and cmd.expected_version != policy.version:
+        raise ConcurrencyError(policy.stream_id, cmd.expected_version, policy.version)
+    uow.record(policy, policy.change(uow.actor, cmd.changes()))
+    return policy
 
 
-def feedback_service(container) -> "FeedbackService":
-    """The service layer of a process, with the deployment's rating-id secret (the setting, or the
-    one generated at first start and kept in the database)."""
-    secret = deployment_secret(container.store.engine, "rating-id secret", container.settings.rating_id_secret,
-                               "FEEDBACK_RATING_ID_SECRET")
-    return FeedbackService(container.store, RatingIds(secret))
+def register_subject(cmd: c.RegisterSubject, uow: UnitOfWork) -> views.SubjectRecord:
+    subject = uow.load(Subject, cmd.subject_id)
+    uow.record(subject, subject.register(uow.actor, fields_of(cmd)))
+    return _record(uow, views.SubjectRecord, subject)
 
 
-class FeedbackService:
-    def __init__(self, store: EventStore, ids: RatingIds) -> None:
-        self.store = store
+def review_flag(cmd: c.ReviewFlag, uow: UnitOfWork) -> views.SubjectRecord:
+    """Keep the flagged ratings, or exclude them (each by its own ``RatingExcluded``)."""
+    actor = uow.actor
+    subject = uow.get(Subject, cmd.subject_id)
+    uow.record(subject, subject.review_flag(actor, cmd.flag_id, cmd.decision, cmd.reason))
+    if cmd.decision == "exclude":
+        for rating_id in subject.flags[cmd.flag_id]["rating_ids"]:
+            rating = uow.load(Rating, rating_id)
+            uow.record(rating, rating.exclude(f"burst of top ratings excluded on review: {cmd.reason}",
+                                              actor.person_id, "burst_review"))
+    return _record(uow, views.SubjectRecord, subject)
+
+
+def subject_for(uow: UnitOfWork, subject_id: str, kind: str, name: str, community_id: str) -> Subject:
+    """The subject, registered first (by no one: a project evaluation) when it is new."""
+    subject = uow.load(Subject, subject_id)
+    if not subject.exists:
+        uow.record(subject, subject.register(None, {"kind": kind, "name": name, "community_id": community_id},
+                                             via="project_evaluation"))
+    return subject
+
+
+# -- what a rating sets off -------------------------------------------------------------------------
+
+def after_rating(uow: UnitOfWork, rating: Rating, subject: Subject, policy: dict[str, Any]) -> None:
+    """差评 opens a follow-up case (unless one is open for this rating); a top rating may
+    complete a burst to flag."""
+    if is_bad(rating.level) and not _open_case(uow, rating):
+        case = uow.load(FollowUpCase, uow.new_id())
+        uow.record(case, case.open(rating, subject, uow.now(), policy["followup_working_days"]))
+        uow.record(rating, rating.link_case(case.id))
+    if rating.level == 5:
+        _check_burst(uow, subject, policy)
+
+
+def _open_case(uow: UnitOfWork, rating: Rating) -> bool:
+    if rating.case_id is None:
+        return False
+    return uow.load(FollowUpCase, rating.case_id).status == "open"
+
+
+def _check_burst(uow: UnitOfWork, subject: Subject, policy: dict[str, Any]) -> None:
+    now = uow.now()
+    since = now - timedelta(minutes=policy["burst_window_minutes"])
+    top = views.top_ratings_since(uow.connection, subject.id, since)
+    fresh = [r for r in top if r not in subject.flagged_ratings]
+    already = len(top) - len(fresh)
+    # A new burst needs the threshold of fresh ratings; an ongoing one (some in the window are
+    # flagged already) flags each further top rating as it comes.
+    if fresh and (len(fresh) >= policy["burst_min_ratings"] or already >= policy["burst_min_ratings"]):
+        uow.record(subject, subject.flag_burst(uow.new_id(), fresh, format_time(since), format_time(now)))
+
+
+# -- ratings (with the deployment's rating ids) -----------------------------------------------------
+
+class RatingHandlers:
+    """The handlers that find ratings by their ids: a resident's rating of a subject in a period is
+    stored under an id keyed by the deployment's secret, and callers name ratings by public ids."""
+
+    def __init__(self, ids: RatingIds) -> None:
         self.ids = ids
 
-    def _rating(self, uow, subject_id: str, period: str, person_id: str, source: str) -> Rating:
+    def _stored(self, public_id: str) -> str:
+        stored = self.ids.resolve(public_id)
+        if stored is None:
+            raise NotFound(f"no rating {public_id}")
+        return stored
+
+    def _rating(self, uow: UnitOfWork, subject_id: str, period: str, person_id: str, source: str) -> Rating:
         """The resident's rating of the subject in the period from this source: new, or the one
         submitted before (also under the id it had before ids were keyed by the secret)."""
         rating = uow.load(Rating, self.ids.stored(subject_id, period, person_id, source))
@@ -60,241 +137,160 @@ class FeedbackService:
                 return earlier
         return rating
 
-    def _uow(self, meta: Metadata | None, connection=None):
-        return unit_of_work(self.store, meta, connection=connection, clock=lambda: now())
+    def submit_rating(self, cmd: c.SubmitRating, uow: UnitOfWork) -> views.RatingRecord:
+        """A resident rates a subject: the first time in a period it is a new rating, again in the
+        same period it revises that rating."""
+        actor = uow.actor
+        subject = uow.get(Subject, cmd.subject_id)
+        subject.may_be_rated_by(actor)
+        policy, _ = views.policy_for(uow.connection, subject.community_id)
+        period = period_of(uow.now(), policy["period"])
+        rating = self._rating(uow, subject.id, period, actor.person_id, "resident")
+        if rating.exists:
+            uow.record(rating, rating.revise(actor, uow.now(), cmd.level, dict(cmd.dimensions), cmd.comment))
+        else:
+            uow.record(rating, rating.submit(subject, actor.person_id, period, cmd.level, dict(cmd.dimensions),
+                                             cmd.comment, {"kind": "resident"}, uow.now()))
+        after_rating(uow, rating, subject, policy)
+        return _record(uow, views.RatingRecord, rating)
 
-    # -- policy and subjects ------------------------------------------------------------------
+    def revise_rating(self, cmd: c.ReviseRating, uow: UnitOfWork) -> views.RatingRecord:
+        rating = uow.get(Rating, self._stored(cmd.rating_id), expected_version=cmd.expected_version)
+        uow.record(rating, rating.revise(uow.actor, uow.now(), cmd.level, dict(cmd.dimensions), cmd.comment))
+        subject = uow.get(Subject, rating.subject_id)
+        after_rating(uow, rating, subject, views.policy_for(uow.connection, subject.community_id)[0])
+        return _record(uow, views.RatingRecord, rating)
 
-    def change_policy(self, actor: Principal, meta, community_id: str, changes: dict[str, Any],
-                      expected_version=None):
-        with self._uow(meta) as uow:
-            policy = uow.load(Policy, community_id)
-            if expected_version is not None and expected_version != policy.version:
-                raise ConcurrencyError(policy.stream_id, expected_version, policy.version)
-            uow.record(policy, policy.change(actor, changes))
-        return policy, uow.recorded
+    def file_appeal(self, cmd: c.FileAppeal, uow: UnitOfWork) -> views.RatingRecord:
+        rating = uow.get(Rating, self._stored(cmd.rating_id))
+        subject = uow.get(Subject, rating.subject_id)
+        uow.record(rating, rating.file_appeal(uow.actor, subject, cmd.grounds, cmd.statement))
+        return _record(uow, views.RatingRecord, rating)
 
-    def register_subject(self, actor: Principal, meta, body: dict[str, Any]):
-        with self._uow(meta) as uow:
-            subject = uow.load(Subject, body["subject_id"])
-            uow.record(subject, subject.register(actor, body))
-        return subject, uow.recorded
+    def decide_appeal(self, cmd: c.DecideAppeal, uow: UnitOfWork) -> views.RatingRecord:
+        rating = uow.get(Rating, self._stored(cmd.rating_id))
+        uow.record(rating, rating.decide_appeal(uow.actor, cmd.upheld, cmd.reason))
+        return _record(uow, views.RatingRecord, rating)
 
-    # -- ratings ------------------------------------------------------------------------------
-
-    def rate(self, actor: Principal, meta, subject_id: str, body: dict[str, Any]):
-        """A resident rates a subject: the first time in a period it is a new rating (201), again
-        in the same period it revises that rating (200)."""
-        with self._uow(meta) as uow:
-            subject = uow.get(Subject, subject_id)
-            subject.may_be_rated_by(actor)
-            policy, _ = policy_for(uow.connection, subject.community_id)
-            period = period_of(uow.now(), policy["period"])
-            rating = self._rating(uow, subject.id, period, actor.person_id, "resident")
-            created = not rating.exists
-            dimensions, comment = body.get("dimensions", {}), body.get("comment", "")
-            if created:
-                uow.record(rating, rating.submit(subject, actor.person_id, period, body["level"], dimensions,
-                                                 comment, {"kind": "resident"}, uow.now()))
-            else:
-                uow.record(rating, rating.revise(actor, uow.now(), body["level"], dimensions, comment))
-            self._after_rating(uow, rating, subject, policy)
-        return rating, uow.recorded, created
-
-    def revise(self, actor: Principal, meta, rating_id: str, body: dict[str, Any], expected_version=None):
-        with self._uow(meta) as uow:
-            rating = uow.get(Rating, rating_id, expected_version=expected_version)
-            uow.record(rating, rating.revise(actor, uow.now(), body["level"], body.get("dimensions", {}),
-                                             body.get("comment", "")))
-            subject = uow.get(Subject, rating.subject_id)
-            self._after_rating(uow, rating, subject, policy_for(uow.connection, subject.community_id)[0])
-        return rating, uow.recorded
-
-    def _after_rating(self, uow, rating: Rating, subject: Subject, policy: dict[str, Any]) -> None:
-        """差评 opens a follow-up case (unless one is open for this rating); a top rating may
-        complete a burst to flag."""
-        if is_bad(rating.level) and not self._open_case(uow, rating):
-            case = uow.load(FollowUpCase, new_id())
-            uow.record(case, case.open(rating, uow.now(), policy["followup_working_days"]))
-            uow.record(rating, [_linked(rating, case.id)])
-        if rating.level == 5:
-            self._check_burst(uow, subject, policy)
-
-    @staticmethod
-    def _open_case(uow, rating: Rating) -> bool:
-        if rating.case_id is None:
-            return False
-        case = uow.load(FollowUpCase, rating.case_id)
-        return case.status == "open"
-
-    def _check_burst(self, uow, subject: Subject, policy: dict[str, Any]) -> None:
-        window = timedelta(minutes=policy["burst_window_minutes"])
-        since = uow.now() - window
-        t = RATINGS.table
-        rows = uow.connection.execute(
-            sa.select(t.c.id).where(t.c.subject_id == subject.id, t.c.level == 5,
-                                    t.c.rated_at_us >= to_micros(since), t.c.excluded.is_(False))
-            .order_by(t.c.rated_at_us, t.c.id)).all()
-        fresh = [r.id for r in rows if r.id not in subject.flagged_ratings]
-        already = len(rows) - len(fresh)
-        # A new burst needs the threshold of fresh ratings; an ongoing one (some in the window are
-        # flagged already) flags each further top rating as it comes.
-        if fresh and (len(fresh) >= policy["burst_min_ratings"] or already >= policy["burst_min_ratings"]):
-            uow.record(subject, subject.flag_burst(new_id(), fresh, format_time(since), format_time(uow.now())))
-
-    # -- appeals and flags --------------------------------------------------------------------
-
-    def appeal(self, actor, meta, rating_id, body):
-        with self._uow(meta) as uow:
-            rating = uow.get(Rating, rating_id)
-            subject = uow.get(Subject, rating.subject_id)
-            uow.record(rating, rating.file_appeal(actor, subject, body["grounds"], body["statement"]))
-        return rating, uow.recorded
-
-    def decide_appeal(self, actor, meta, rating_id, body):
-        with self._uow(meta) as uow:
-            rating = uow.get(Rating, rating_id)
-            uow.record(rating, rating.decide_appeal(actor, body["upheld"], body["reason"]))
-        return rating, uow.recorded
-
-    def review_flag(self, actor, meta, subject_id, flag_id, body):
-        """Keep the flagged ratings, or exclude them (each by its own ``RatingExcluded``)."""
-        with self._uow(meta) as uow:
-            subject = uow.get(Subject, subject_id)
-            uow.record(subject, subject.review_flag(actor, flag_id, body["decision"], body["reason"]))
-            if body["decision"] == "exclude":
-                for rating_id in subject.flags[flag_id]["rating_ids"]:
-                    rating = uow.load(Rating, rating_id)
-                    uow.record(rating, rating.exclude(f"burst of top ratings excluded on review: {body['reason']}",
-                                                      actor.person_id, "burst_review"))
-        return subject, uow.recorded
-
-    # -- follow-up cases ----------------------------------------------------------------------
-
-    def on_case(self, actor, meta, case_id, decide, expected_version=None):
-        with self._uow(meta) as uow:
-            case = uow.get(FollowUpCase, case_id, expected_version=expected_version)
-            uow.record(case, case.overdue_events(uow.now()))
-            uow.record(case, decide(case))
-        return case, uow.recorded
-
-    def sweep_overdue(self, meta: Metadata | None = None, community_id: str | None = None) -> int:
-        """Record ``FollowUpOverdue`` for every open case past its deadline; returns how many."""
-        t = CASES.table
-        where = [t.c.status == "open", t.c.overdue.is_(False), t.c.deadline_us <= to_micros(now())]
-        if community_id:
-            where.append(t.c.community_id == community_id)
-        with self.store.engine.connect() as connection:
-            due = [r.id for r in connection.execute(sa.select(t.c.id).where(*where))]
-        if not due:
-            return 0
-        with self._uow(meta or Metadata(actor="system:overdue-sweep")) as uow:
-            for case_id in due:
-                case = uow.load(FollowUpCase, case_id)
-                uow.record(case, case.overdue_events(uow.now()))
-        return sum(1 for e in uow.recorded if e.event_type == "FollowUpOverdue")
-
-    # -- rankings and support plans -----------------------------------------------------------
-
-    def live_ranking(self, connection, community_id: str, kind: str, period: str) -> dict[str, Any]:
-        policy, _ = policy_for(connection, community_id)
-        return rank(STATS.for_ranking(connection, community_id, kind, period), policy)
-
-    def publish_ranking(self, actor, meta, community_id: str, kind: str, period: str, provisional: bool = False):
-        with self._uow(meta) as uow:
-            ranking = uow.load(Ranking, ranking_key(community_id, kind, period))
-            connection = uow.connection
-            policy, policy_version = policy_for(connection, community_id)
-            table = rank(STATS.for_ranking(connection, community_id, kind, period), policy)
-            last_position = self.store.last_position(connection=connection)
-            uow.record(ranking, ranking.publish(actor, community_id, kind, period, uow.now(), table,
-                                                last_position, policy_version, provisional))
-            if not provisional:
-                self._support_plans(uow, community_id, kind, period, table, policy)
-        return ranking, uow.recorded
-
-    def _support_plans(self, uow, community_id, kind, period, table, policy) -> None:
-        ranked = table["ranked"]
-        last = ranked[-1]["subject_id"] if len(ranked) > 1 else None
-        previous = RANKINGS.get(uow.connection, ranking_key(community_id, kind, previous_period(period)))
-        previous_ranked = previous.latest_final["ranked"] if previous and previous.latest_final else []
-        previous_last = previous_ranked[-1]["subject_id"] if len(previous_ranked) > 1 else None
-        t = PLANS.table
-        for entry in ranked:
-            open_plan = uow.connection.execute(sa.select(t.c.id).where(
-                t.c.subject_id == entry["subject_id"], t.c.status == "open")).first()
-            triggers = support_triggers(entry, policy, last, previous_last, period)
-            if triggers and open_plan is None:
-                plan = uow.load(SupportPlan, new_id())
-                subject = SUBJECTS.get(uow.connection, entry["subject_id"])
-                uow.record(plan, plan.open(entry, subject.person_id if subject else None, community_id, kind,
-                                           period, triggers))
-            elif not triggers and open_plan is not None and clears_threshold(entry, policy):
-                plan = uow.load(SupportPlan, open_plan.id)
-                if plan.opened_for < period:
-                    uow.record(plan, plan.close(period, entry["satisfaction_rate"]))
-
-    def verify_ranking(self, ranking: Ranking, edition: int | None = None) -> dict[str, Any]:
-        """Recompute a published edition from the log up to its last position."""
-        published = ranking.editions[(edition or len(ranking.editions)) - 1]
-        with self.store.engine.connect() as connection:
-            names = {r.id: Subject.from_json(r.state).name
-                     for r in connection.execute(sa.select(SUBJECTS.table.c.id, SUBJECTS.table.c.state).where(
-                         SUBJECTS.table.c.community_id == ranking.community_id))}
-        events = self.store.iterate_all(up_to_position=published["last_position"])
-        stats = fold_stats(events, ranking.community_id, ranking.kind, ranking.period, names)
-        policy = {"prior_mean": published["formula"]["prior_mean"],
-                  "prior_weight": published["formula"]["prior_weight"],
-                  "min_ratings": published["formula"]["min_ratings"]}
-        table = rank(stats, policy)
-        digest = ranking_digest(table)
-        return {"ranking": ranking_key(ranking.community_id, ranking.kind, ranking.period),
-                "edition": published["edition"], "last_position": published["last_position"],
-                "published_digest": published["digest"], "recomputed_digest": digest,
-                "identical": digest == published["digest"] and table["ranked"] == published["ranked"],
-                "recomputed": table}
-
-    def on_plan(self, actor, meta, plan_id, decide):
-        with self._uow(meta) as uow:
-            plan = uow.get(SupportPlan, plan_id)
-            uow.record(plan, decide(plan))
-        return plan, uow.recorded
-
-    # -- project evaluations (consumer) -------------------------------------------------------
-
-    def record_project_evaluation(self, connection, event: StoredEvent) -> None:
-        """``ProjectRated`` on projects.events -> a rating of the project and of its responsible
-        unit, each exactly once (the inbox, and the rating's own stream being deterministic)."""
-        d = event.data
-        # No actor: the rater is in the ratings' data (shown as the policy says), never in the
-        # metadata of what the evaluation causes (a subject registered by a first evaluation is
-        # public, and its actor would name the rater).
-        caused = Metadata.caused_by(event)
-        meta = Metadata(actor=None, correlation_id=caused.correlation_id, causation_id=caused.causation_id)
-        with self._uow(meta, connection=connection) as uow:
-            unit = d["responsible_unit"]
-            project_subject = self._subject_for(uow, f"project-{d['project_id']}", "project",
-                                                d.get("project_title") or d["project_id"], d["community_id"])
-            unit_subject = self._subject_for(uow, unit["unit_id"], "unit", unit["name"], d["community_id"])
-            source = {"kind": "project_evaluation", "project_id": d["project_id"], "event_id": event.event_id}
-            for subject in (project_subject, unit_subject):
-                policy, _ = policy_for(uow.connection, subject.community_id)
-                period = period_of(event.occurred_at, policy["period"])
-                rating = self._rating(uow, subject.id, period, d["person_id"], f"project:{d['project_id']}")
-                if rating.exists:
-                    continue  # the same evaluation again
-                uow.record(rating, rating.submit(subject, d["person_id"], period, d["score"], {},
-                                                 d.get("comment", ""), source, event.occurred_at))
-                self._after_rating(uow, rating, subject, policy)
-
-    @staticmethod
-    def _subject_for(uow, subject_id: str, kind: str, name: str, community_id: str) -> Subject:
-        subject = uow.load(Subject, subject_id)
-        if not subject.exists:
-            uow.record(subject, subject.register(None, {"kind": kind, "name": name, "community_id": community_id},
-                                                 via="project_evaluation"))
-        return subject
+    def record_project_evaluation(self, cmd: c.RecordProjectEvaluation, uow: UnitOfWork) -> None:
+        """A project evaluation: a rating of the project and of its responsible unit, each exactly
+        once (the consumer's inbox, and the rating's own stream being deterministic)."""
+        unit = cmd.responsible_unit
+        project_subject = subject_for(uow, f"project-{cmd.project_id}", "project", cmd.project_title,
+                                      cmd.community_id)
+        unit_subject = subject_for(uow, unit["unit_id"], "unit", unit["name"], cmd.community_id)
+        source = {"kind": "project_evaluation", "project_id": cmd.project_id, "event_id": cmd.event_id}
+        for subject in (project_subject, unit_subject):
+            policy, _ = views.policy_for(uow.connection, subject.community_id)
+            period = period_of(cmd.rated_at, policy["period"])
+            rating = self._rating(uow, subject.id, period, cmd.person_id, f"project:{cmd.project_id}")
+            if rating.exists:
+                continue  # the same evaluation again
+            uow.record(rating, rating.submit(subject, cmd.person_id, period, cmd.score, {}, cmd.comment, source,
+                                             cmd.rated_at))
+            after_rating(uow, rating, subject, policy)
 
 
-def _linked(rating: Rating, case_id: str) -> NewEvent:
-    return NewEvent("FollowUpLinked", {"rating_id": rating.id, "case_id": case_id})
+# -- follow-up cases --------------------------------------------------------------------------------
+
+def contact_resident(cmd: c.ContactResident, uow: UnitOfWork) -> views.CaseRecord:
+    case = uow.get(FollowUpCase, cmd.case_id, expected_version=cmd.expected_version)
+    uow.record(case, case.contact(uow.actor, cmd.channel, cmd.note))
+    return _record(uow, views.CaseRecord, case)
+
+
+def record_rectification(cmd: c.RecordRectification, uow: UnitOfWork) -> views.CaseRecord:
+    case = uow.get(FollowUpCase, cmd.case_id, expected_version=cmd.expected_version)
+    uow.record(case, case.rectify(uow.actor, cmd.actions))
+    return _record(uow, views.CaseRecord, case)
+
+
+def confirm_outcome(cmd: c.ConfirmOutcome, uow: UnitOfWork) -> views.CaseRecord:
+    case = uow.get(FollowUpCase, cmd.case_id, expected_version=cmd.expected_version)
+    uow.record(case, case.confirm(uow.actor, cmd.satisfied, cmd.comment, uow.now()))
+    return _record(uow, views.CaseRecord, case)
+
+
+def sweep_overdue(cmd: c.SweepOverdue, uow: UnitOfWork) -> int:
+    """Record ``FollowUpOverdue`` for every open case past its deadline; how many."""
+    now = uow.now()
+    recorded = 0
+    for case_id in views.cases_past_deadline(uow.connection, now):
+        case = uow.load(FollowUpCase, case_id)
+        recorded += len(uow.record(case, case.overdue_events(now)))
+    return recorded
+
+
+# -- rankings and support plans ---------------------------------------------------------------------
+
+def publish_ranking(cmd: c.PublishRanking, uow: UnitOfWork) -> views.RankingRecord:
+    ranking = uow.load(Ranking, ranking_key(cmd.community_id, cmd.kind, cmd.period))
+    policy, policy_version = views.policy_for(uow.connection, cmd.community_id)
+    table = rank(views.STATS.for_ranking(uow.connection, cmd.community_id, cmd.kind, cmd.period), policy)
+    last_position = uow.store.last_position(connection=uow.connection)
+    uow.record(ranking, ranking.publish(uow.actor, cmd.community_id, cmd.kind, cmd.period, uow.now(), table,
+                                        last_position, policy_version, cmd.provisional))
+    if not cmd.provisional:
+        _support_plans(uow, cmd, table, policy)
+    return _record(uow, views.RankingRecord, ranking)
+
+
+def _support_plans(uow: UnitOfWork, cmd: c.PublishRanking, table: dict[str, Any], policy: dict[str, Any]) -> None:
+    """Open a plan for each ranked subject that needs one and has none; close the open plan of a
+    subject that clears the threshold in a later period than the plan's."""
+    last = last_ranked(table["ranked"])
+    previous = uow.load(Ranking, ranking_key(cmd.community_id, cmd.kind, previous_period(cmd.period))).latest_final
+    previous_last = previous["last_ranked"] if previous else None
+    for entry in table["ranked"]:
+        open_plan = views.open_plan_of(uow.connection, entry["subject_id"])
+        triggers = support_triggers(entry, policy, last, previous_last, cmd.period)
+        if triggers and open_plan is None:
+            plan = uow.load(SupportPlan, uow.new_id())
+            subject = uow.load(Subject, entry["subject_id"])
+            uow.record(plan, plan.open(entry, subject.person_id if subject.exists else None, cmd.community_id,
+                                       cmd.kind, cmd.period, triggers))
+        elif not triggers and open_plan is not None and clears_threshold(entry, policy):
+            plan = uow.load(SupportPlan, open_plan)
+            if plan.opened_for < cmd.period:
+                uow.record(plan, plan.close(cmd.period, entry["satisfaction_rate"]))
+
+
+def draw_up_plan(cmd: c.DrawUpPlan, uow: UnitOfWork) -> views.PlanRecord:
+    plan = uow.get(SupportPlan, cmd.plan_id)
+    uow.record(plan, plan.draw_up(uow.actor, dict(cmd.mentor), list(cmd.actions), cmd.deadline))
+    return _record(uow, views.PlanRecord, plan)
+
+
+def note_progress(cmd: c.NoteProgress, uow: UnitOfWork) -> views.PlanRecord:
+    plan = uow.get(SupportPlan, cmd.plan_id)
+    uow.record(plan, plan.note(uow.actor, cmd.note))
+    return _record(uow, views.PlanRecord, plan)
+
+
+# -- the mapping --------------------------------------------------------------------------------------
+
+def handlers_for(ids: RatingIds) -> dict[type, Handler]:
+    """Every command's one handler, those of ratings bound to ``ids``."""
+    ratings = RatingHandlers(ids)
+    return {
+        c.ChangePolicy: change_policy,
+        c.RegisterSubject: register_subject,
+        c.SubmitRating: ratings.submit_rating,
+        c.ReviseRating: ratings.revise_rating,
+        c.FileAppeal: ratings.file_appeal,
+        c.DecideAppeal: ratings.decide_appeal,
+        c.ReviewFlag: review_flag,
+        c.RecordProjectEvaluation: ratings.record_project_evaluation,
+        c.ContactResident: contact_resident,
+        c.RecordRectification: record_rectification,
+        c.ConfirmOutcome: confirm_outcome,
+        c.SweepOverdue: sweep_overdue,
+        c.PublishRanking: publish_ranking,
+        c.DrawUpPlan: draw_up_plan,
+        c.NoteProgress: note_progress,
+    }
+
+
+def command_handlers(resources) -> dict[type, Handler]:
+    """The handlers of a process: bound to its rating ids (:func:`services.feedback.ids.resources`)."""
+    return handlers_for(resources["rating_ids"])

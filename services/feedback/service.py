@@ -1,10 +1,12 @@
 """The feedback service's definition: what the kernel needs to run its API and workers."""
 
+import dataclasses
+
 import sqlalchemy as sa
 
-from services.feedback import api, views
-from services.feedback.handlers import feedback_service
-from services.kernel.events import to_micros, utc_now
+from services.feedback import api, handlers, ids, views
+from services.feedback.commands import RecordProjectEvaluation, SweepOverdue
+from services.kernel.events import Metadata, to_micros
 from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition, Subscription
 
@@ -12,23 +14,39 @@ from services.kernel.service import ServiceDefinition, Subscription
 def _project_evaluation_handlers(container):
     """A project evaluation (共评, ``ProjectRated``) becomes a rating of the project and of its
     responsible unit, once."""
-    service = feedback_service(container)
-    return {"ProjectRated": service.record_project_evaluation}
+
+    def record(connection, event) -> None:
+        d = event.data
+        # No actor: the rater is in the ratings' data (shown as the policy says), never in the
+        # metadata of what the evaluation causes (a subject registered by a first evaluation is
+        # public, and its actor would name the rater).
+        metadata = dataclasses.replace(Metadata.caused_by(event), actor=None)
+        command = RecordProjectEvaluation(
+            event_id=event.event_id, rated_at=event.occurred_at, project_id=d["project_id"],
+            project_title=d.get("project_title") or d["project_id"], community_id=d["community_id"],
+            responsible_unit=d["responsible_unit"], person_id=d["person_id"], score=d["score"],
+            comment=d.get("comment", ""))
+        container.bus.handle(command, metadata=metadata, connection=connection)
+
+    return {"ProjectRated": record}
 
 
 def _sweep_overdue(container) -> str:
-    count = feedback_service(container).sweep_overdue()
-    return f"feedback: {count} follow-up case(s) became overdue"
+    """``python -m services.feedback sweep-overdue``: the periodic job that records open cases past
+    their deadline as overdue (reads only show them so)."""
+    outcome = container.bus.handle(SweepOverdue(), metadata=Metadata(actor="system:overdue-sweep"))
+    return f"feedback: {outcome.result} follow-up case(s) became overdue"
 
 
 def _collectors(container):
     t = views.CASES.table
+    clock = container.bus.clock
 
     def cases(overdue_only: bool):
         def query(connection):
             where = [t.c.status == "open"]
-            if overdue_only:  # past the deadline, whether or not the overdue event is recorded yet
-                where.append(t.c.deadline_us <= to_micros(utc_now()))
+            if overdue_only:  # past the deadline, whether or not the sweep has recorded it yet
+                where.append(t.c.deadline_us <= to_micros(clock()))
             return connection.execute(sa.select(t.c.community_id, sa.func.count()).where(*where)
                                       .group_by(t.c.community_id)).all()
         return query
@@ -46,7 +64,9 @@ DEFINITION = ServiceDefinition(
     description="Satisfaction ratings (非常满意 … 非常不满意), follow-up of bad ratings, appeals, rankings, "
                 "support plans (帮扶).",
     projections=views.projections,
-    blueprints=api.blueprints,
+    blueprints=api.BLUEPRINTS,
+    resources=ids.resources,
+    command_handlers=handlers.command_handlers,
     subscriptions=(
         Subscription(group="feedback.project-evaluations", topics=("projects.events",),
                      handlers=_project_evaluation_handlers),

@@ -1,7 +1,9 @@
 """Read models of the feedback service and the queries over them.
 
 - ``policies_view``, ``subjects_view``, ``ratings_view``, ``cases_view``, ``rankings_view``,
-  ``plans_view``: current state as JSON with indexed columns;
+  ``plans_view``: current state as JSON with indexed columns. Each keeps a *record*: the
+  aggregate's state and what readers are shown besides (names, notes, timestamps, a rating's
+  number of revisions, a ranking's figures), folded from the same events, with its ``view()``;
 - ``subject_stats``: per subject and period the counted ratings (n, Σ levels, #4–5, per level),
   kept incrementally so that a live ranking is one indexed read; a published ranking is checked
   by folding the same events from the log instead (:func:`fold_stats`).
@@ -9,8 +11,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,20 +23,183 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from services.feedback.domain import (
-    DEFAULT_POLICY, STATS_EVENTS, FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, count_level,
-    empty_stats, ranking_key, stats_changes,
+    DEFAULT_POLICY, LEVELS, STATS_EVENTS, FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, count_level,
+    empty_stats, period_of, rank, ranking_digest, ranking_key, stats_changes,
 )
 from services.kernel.aggregate import AggregateView
-from services.kernel.events import StoredEvent, parse_time, to_micros
+from services.kernel.events import StoredEvent, format_time, parse_time, to_micros
+from services.kernel.eventstore import EventStore
+
+
+def _at(event) -> str:
+    return format_time(event.occurred_at)
+
+
+# -- records: an aggregate's state and what readers see of it besides -----------------------------
+
+@dataclasses.dataclass
+class SubjectRecord(Subject):
+    unit_id: str | None = None
+    description: str = ""
+    registered_via: str = ""
+
+    def view(self) -> dict[str, Any]:
+        return {"subject_id": self.id, "kind": self.kind, "name": self.name, "community_id": self.community_id,
+                "unit_id": self.unit_id, "person_id": self.person_id, "description": self.description,
+                "registered_via": self.registered_via, "version": self.version, "created_at": self.created_at,
+                "open_flags": sum(1 for f in self.flags.values() if f["status"] == "open")}
+
+    def on_SubjectRegistered(self, d, event) -> None:
+        super().on_SubjectRegistered(d, event)
+        self.unit_id, self.description = d.get("unit_id"), d.get("description", "")
+        self.registered_via = d.get("via", "staff")
+
+    def on_BurstFlagged(self, d, event) -> None:
+        super().on_BurstFlagged(d, event)
+        self.flags[d["flag_id"]] = {"rating_ids": d["rating_ids"], "count": d["count"],
+                                    "window_from": d["window_from"], "window_to": d["window_to"],
+                                    "flagged_at": _at(event), "status": "open", "review": None}
+
+    def on_BurstReviewed(self, d, event) -> None:
+        super().on_BurstReviewed(d, event)
+        self.flags[d["flag_id"]]["review"] = {"decision": d["decision"], "reason": d["reason"], "by": d["by"],
+                                              "at": _at(event)}
+
+
+@dataclasses.dataclass
+class RatingRecord(Rating):
+    subject_name: str = ""
+    rated_at: str = ""
+    revisions: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.revisions, list):  # a row kept when ratings held their earlier versions
+            self.revisions = len(self.revisions)
+
+    def view(self) -> dict[str, Any]:
+        """Everything; readers get it through the privacy policy (``kind="rating"``), with the public id."""
+        return {"rating_id": self.id, "subject_id": self.subject_id, "subject_kind": self.subject_kind,
+                "subject_name": self.subject_name, "community_id": self.community_id, "period": self.period,
+                "person_id": self.person_id, "level": self.level,
+                "level_label": LEVELS.get(self.level), "dimensions": self.dimensions, "comment": self.comment,
+                "rated_at": self.rated_at, "source": {"kind": self.source.get("kind"),
+                                                      "project_id": self.source.get("project_id")},
+                "revisions": self.revisions, "excluded": self.excluded,
+                "appeal": self.appeal, "case_id": self.case_id, "version": self.version,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def on_RatingSubmitted(self, d, event) -> None:
+        super().on_RatingSubmitted(d, event)
+        self.subject_name, self.rated_at = d["subject_name"], d["rated_at"]
+
+    def on_RatingRevised(self, d, event) -> None:
+        super().on_RatingRevised(d, event)
+        self.revisions += 1
+        self.rated_at = d["rated_at"]
+
+
+@dataclasses.dataclass
+class CaseRecord(FollowUpCase):
+    rating_id: str = ""
+    subject_name: str = ""
+    subject_person_id: str | None = None
+    level: int = 0
+    comment: str = ""
+    contacts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    rectifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    outcome: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # A row kept before cases held these two flags: they follow from the lists.
+        self.contacted = self.contacted or bool(self.contacts)
+        self.rectified = self.rectified or bool(self.rectifications)
+
+    def view(self, now: datetime) -> dict[str, Any]:
+        """Everything; readers get it through the privacy policy (``kind="case"``), with the public
+        rating id. An open case past its deadline shows as overdue before the sweep records it."""
+        return {"case_id": self.id, "rating_id": self.rating_id, "subject_id": self.subject_id,
+                "subject_name": self.subject_name, "community_id": self.community_id,
+                "person_id": self.person_id, "level": self.level,
+                "level_label": LEVELS.get(self.level), "comment": self.comment, "deadline": self.deadline,
+                "status": self.status, "overdue": self.is_overdue(now), "contacts": self.contacts,
+                "rectifications": self.rectifications, "outcome": self.outcome, "version": self.version,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def on_FollowUpOpened(self, d, event) -> None:
+        super().on_FollowUpOpened(d, event)
+        self.rating_id, self.subject_name, self.level, self.comment = (
+            d["rating_id"], d["subject_name"], d["level"], d["comment"])
+        self.subject_person_id = d.get("subject_person_id")
+
+    def on_ResidentContacted(self, d, event) -> None:
+        super().on_ResidentContacted(d, event)
+        self.contacts.append({"channel": d["channel"], "note": d["note"], "by": d["by"], "at": _at(event)})
+
+    def on_RectificationRecorded(self, d, event) -> None:
+        super().on_RectificationRecorded(d, event)
+        self.rectifications.append({"actions": d["actions"], "by": d["by"], "at": _at(event)})
+
+    def on_FollowUpClosed(self, d, event) -> None:
+        late = d.get("late", self.overdue)  # before the event said so: overdue when it was closed
+        super().on_FollowUpClosed(d, event)
+        self.outcome = {"satisfied": d["satisfied"], "comment": d["comment"], "confirmed_by": d["confirmed_by"],
+                        "by_resident": d["by_resident"], "at": _at(event), "late": late}
+
+
+@dataclasses.dataclass
+class RankingRecord(Ranking):
+    """Every edition with its figures (the aggregate keeps only what the next decision needs)."""
+
+    def on_RankingPublished(self, d, event) -> None:
+        self.community_id, self.kind, self.period = d["community_id"], d["kind"], d["period"]
+        self.editions.append({**{k: d[k] for k in ("edition", "formula", "last_position", "policy_version",
+                                                    "ranked", "not_enough_ratings", "digest", "by")},
+                              "provisional": d.get("provisional", False), "published_at": _at(event),
+                              "position": event.position})
+
+
+@dataclasses.dataclass
+class PlanRecord(SupportPlan):
+    subject_name: str = ""
+    kind: str = ""
+    triggers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    actions: list[str] = dataclasses.field(default_factory=list)
+    deadline: str | None = None
+    notes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    closed: dict[str, Any] | None = None
+
+    def view(self) -> dict[str, Any]:
+        return {"plan_id": self.id, "subject_id": self.subject_id, "subject_name": self.subject_name,
+                "community_id": self.community_id, "kind": self.kind, "opened_for": self.opened_for,
+                "triggers": self.triggers, "status": self.status, "mentor": self.mentor, "actions": self.actions,
+                "deadline": self.deadline, "notes": self.notes, "closed": self.closed, "version": self.version,
+                "created_at": self.created_at, "updated_at": self.updated_at}
+
+    def on_SupportPlanOpened(self, d, event) -> None:
+        super().on_SupportPlanOpened(d, event)
+        self.subject_name, self.kind, self.triggers = d["subject_name"], d["kind"], d["triggers"]
+
+    def on_SupportPlanDrawnUp(self, d, event) -> None:
+        super().on_SupportPlanDrawnUp(d, event)
+        self.actions, self.deadline = d["actions"], d["deadline"]
+
+    def on_SupportProgressNoted(self, d, event) -> None:
+        self.notes.append({"note": d["note"], "by": d["by"], "at": _at(event)})
+
+    def on_SupportPlanClosed(self, d, event) -> None:
+        super().on_SupportPlanClosed(d, event)
+        self.closed = {"period": d["period"], "satisfaction_rate": d["satisfaction_rate"], "reason": d["reason"],
+                       "at": _at(event)}
+
 
 POLICIES = AggregateView(Policy, "policies_view")
-SUBJECTS = AggregateView(Subject, "subjects_view", [
+SUBJECTS = AggregateView(SubjectRecord, "subjects_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("open_flags", sa.Integer, nullable=False),
 ], lambda s: {"community_id": s.community_id, "kind": s.kind,
               "open_flags": sum(1 for f in s.flags.values() if f["status"] == "open")})
-RATINGS = AggregateView(Rating, "ratings_view", [
+RATINGS = AggregateView(RatingRecord, "ratings_view", [
     sa.Column("subject_id", sa.String(100), nullable=False),
     sa.Column("community_id", sa.String(100), nullable=False),
     sa.Column("period", sa.String(10), nullable=False),
@@ -45,7 +212,7 @@ RATINGS = AggregateView(Rating, "ratings_view", [
 ], lambda r: {"subject_id": r.subject_id, "community_id": r.community_id, "period": r.period,
               "person_id": r.person_id, "level": r.level, "excluded": r.excluded is not None,
               "rated_at_us": to_micros(parse_time(r.rated_at)) if r.rated_at else 0})
-CASES = AggregateView(FollowUpCase, "cases_view", [
+CASES = AggregateView(CaseRecord, "cases_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("subject_id", sa.String(100), nullable=False),
     sa.Column("person_id", sa.String(100), nullable=False, index=True),
@@ -54,12 +221,12 @@ CASES = AggregateView(FollowUpCase, "cases_view", [
     sa.Column("deadline_us", sa.BigInteger, nullable=False, index=True),
 ], lambda c: {"community_id": c.community_id, "subject_id": c.subject_id, "person_id": c.person_id,
               "status": c.status, "overdue": c.overdue, "deadline_us": to_micros(parse_time(c.deadline))})
-RANKINGS = AggregateView(Ranking, "rankings_view", [
+RANKINGS = AggregateView(RankingRecord, "rankings_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("period", sa.String(10), nullable=False),
 ], lambda r: {"community_id": r.community_id, "kind": r.kind, "period": r.period})
-PLANS = AggregateView(SupportPlan, "plans_view", [
+PLANS = AggregateView(PlanRecord, "plans_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("subject_id", sa.String(100), nullable=False, index=True),
     sa.Column("status", sa.String(10), nullable=False),
@@ -175,8 +342,8 @@ class RankingPages:
             return
         d = event.data
         ranking_id = ranking_key(d["community_id"], d["kind"], d["period"])
-        edition = Ranking(id=ranking_id)
-        edition.apply(event)  # the edition exactly as the Ranking aggregate keeps it
+        edition = RankingRecord(id=ranking_id)
+        edition.apply(event)  # the edition exactly as the ranking's record keeps it
         header = {k: v for k, v in edition.latest.items() if k not in self.SECTIONS}
         connection.execute(self.editions.insert().values(
             ranking_id=ranking_id, edition=d["edition"], header=json.dumps(header, ensure_ascii=False),
@@ -205,7 +372,7 @@ class RankingPages:
 
 
 def _name(state: str | None) -> str:
-    return Subject.from_json(state).name if state else ""
+    return SubjectRecord.from_json(state).name if state else ""
 
 
 def fold_stats(events: Iterable[StoredEvent], community_id: str, kind: str, period: str,
@@ -229,46 +396,115 @@ def policy_for(connection: Connection, community_id: str) -> tuple[dict[str, Any
     return (dict(policy.settings), policy.version) if policy is not None else (dict(DEFAULT_POLICY), 0)
 
 
-# -- named queries (the API's reads) -------------------------------------------------------------
+# -- named queries (the API's reads, and what the handlers' decisions read) ------------------------
+
+def current_period(connection: Connection, community_id: str, now: datetime) -> str:
+    """The community's rating period at ``now`` (its policy says month or quarter)."""
+    policy, _ = policy_for(connection, community_id)
+    return period_of(now, policy["period"])
+
 
 def list_subjects(connection: Connection, community_id: str | None, kind: str | None,
-                  flagged: bool = False) -> list[Subject]:
+                  flagged: bool = False) -> list[SubjectRecord]:
     where = [SUBJECTS.table.c.open_flags > 0] if flagged else []
     return SUBJECTS.find(connection, where=where, community_id=community_id, kind=kind)
 
 
-def ratings_of_subject(connection: Connection, subject_id: str, period: str) -> list[Rating]:
+def ratings_of_subject(connection: Connection, subject_id: str, period: str) -> list[RatingRecord]:
     return RATINGS.find(connection, order_by=[RATINGS.table.c.created_at_us], subject_id=subject_id, period=period)
 
 
-def ratings_of_person(connection: Connection, person_id: str, limit: int = 200) -> list[Rating]:
+def ratings_of_person(connection: Connection, person_id: str, limit: int = 200) -> list[RatingRecord]:
     """A resident's ratings, newest first."""
     return RATINGS.find(connection, order_by=[RATINGS.table.c.created_at_us.desc()], limit=limit, person_id=person_id)
 
 
-def cases_of_person(connection: Connection, person_id: str) -> list[FollowUpCase]:
+def top_ratings_since(connection: Connection, subject_id: str, since: datetime) -> list[str]:
+    """The ids of the subject's counted top ratings (5) made since ``since``, oldest first."""
+    t = RATINGS.table
+    return list(connection.execute(
+        sa.select(t.c.id).where(t.c.subject_id == subject_id, t.c.level == 5,
+                                t.c.rated_at_us >= to_micros(since), t.c.excluded.is_(False))
+        .order_by(t.c.rated_at_us, t.c.id)).scalars())
+
+
+def cases_of_person(connection: Connection, person_id: str) -> list[CaseRecord]:
     return CASES.find(connection, person_id=person_id)
 
 
+def _overdue(now: datetime):
+    """SQL: the case is overdue at ``now`` (recorded so, or open and past its deadline)."""
+    t = CASES.table
+    return sa.or_(t.c.overdue.is_(True), sa.and_(t.c.status == "open", t.c.deadline_us <= to_micros(now)))
+
+
 def list_cases(connection: Connection, community_id: str | None, status: str | None, overdue: bool | None,
-               limit: int) -> list[FollowUpCase]:
-    """Cases by deadline."""
-    return CASES.find(connection, order_by=[CASES.table.c.deadline_us], limit=limit, community_id=community_id,
-                      status=status, overdue=overdue)
+               limit: int, now: datetime) -> list[CaseRecord]:
+    """Cases by deadline; ``overdue`` as the cases show it at ``now``."""
+    where = [] if overdue is None else [_overdue(now) if overdue else sa.not_(_overdue(now))]
+    return CASES.find(connection, order_by=[CASES.table.c.deadline_us], limit=limit, where=where,
+                      community_id=community_id, status=status)
 
 
-def case_counts(connection: Connection, community_id: str | None) -> dict[str, int]:
-    """Open cases, of them overdue, and closed cases (of a community, or of all)."""
+def case_counts(connection: Connection, community_id: str | None, now: datetime) -> dict[str, int]:
+    """Open cases, of them overdue at ``now``, and closed cases (of a community, or of all)."""
     t = CASES.table
     of_community = [t.c.community_id == community_id] if community_id else []
-    counts = dict(connection.execute(sa.select(t.c.overdue, sa.func.count()).where(
-        t.c.status == "open", *of_community).group_by(t.c.overdue)).all())
-    closed = connection.execute(sa.select(sa.func.count()).where(t.c.status == "closed", *of_community)).scalar()
-    return {"open": sum(counts.values()), "overdue": counts.get(True, 0), "closed": closed}
+    is_open = t.c.status == "open"
+    opened, overdue, closed = connection.execute(sa.select(
+        _count(is_open), _count(sa.and_(is_open, _overdue(now))), _count(t.c.status == "closed"),
+    ).where(*of_community)).one()
+    return {"open": int(opened), "overdue": int(overdue), "closed": int(closed)}
 
 
-def list_plans(connection: Connection, community_id: str | None, status: str | None) -> list[SupportPlan]:
+def _count(condition):
+    """SQL: how many rows meet ``condition``."""
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+
+def cases_past_deadline(connection: Connection, now: datetime) -> list[str]:
+    """Open cases past their deadline at ``now`` and not yet recorded overdue (for the sweep)."""
+    t = CASES.table
+    return list(connection.execute(sa.select(t.c.id).where(
+        t.c.status == "open", t.c.overdue.is_(False), t.c.deadline_us <= to_micros(now)).order_by(t.c.id)).scalars())
+
+
+def list_plans(connection: Connection, community_id: str | None, status: str | None) -> list[PlanRecord]:
     return PLANS.find(connection, order_by=[PLANS.table.c.created_at_us], community_id=community_id, status=status)
+
+
+def open_plan_of(connection: Connection, subject_id: str) -> str | None:
+    """The id of the subject's open support plan, if it has one."""
+    t = PLANS.table
+    return connection.execute(sa.select(t.c.id).where(t.c.subject_id == subject_id, t.c.status == "open")
+                              .order_by(t.c.id)).scalars().first()
+
+
+def ranking_table(connection: Connection, community_id: str, kind: str, period: str) -> dict[str, Any]:
+    """The ranking of ``kind`` subjects in ``period`` as it stands (by the community's policy)."""
+    policy, _ = policy_for(connection, community_id)
+    return rank(STATS.for_ranking(connection, community_id, kind, period), policy)
+
+
+def verify_ranking(store: EventStore, ranking: RankingRecord, edition: int | None = None) -> dict[str, Any]:
+    """Recompute a published edition from the log up to its last position (a query: it records nothing)."""
+    published = ranking.editions[(edition or len(ranking.editions)) - 1]
+    with store.read_transaction() as connection:
+        names = {r.id: SubjectRecord.from_json(r.state).name
+                 for r in connection.execute(sa.select(SUBJECTS.table.c.id, SUBJECTS.table.c.state).where(
+                     SUBJECTS.table.c.community_id == ranking.community_id))}
+    events = store.iterate_all(up_to_position=published["last_position"])
+    stats = fold_stats(events, ranking.community_id, ranking.kind, ranking.period, names)
+    policy = {"prior_mean": published["formula"]["prior_mean"],
+              "prior_weight": published["formula"]["prior_weight"],
+              "min_ratings": published["formula"]["min_ratings"]}
+    table = rank(stats, policy)
+    digest = ranking_digest(table)
+    return {"ranking": ranking_key(ranking.community_id, ranking.kind, ranking.period),
+            "edition": published["edition"], "last_position": published["last_position"],
+            "published_digest": published["digest"], "recomputed_digest": digest,
+            "identical": digest == published["digest"] and table["ranked"] == published["ranked"],
+            "recomputed": table}
 
 
 STATS = SubjectStats()

@@ -124,6 +124,7 @@ class EventStore:
         # The read model that keeps each aggregate class's current state (an AggregateView): the
         # unit of work's snapshots, and the view that takes a unit of work's state with an append.
         self._views = {p.cls: p for p in self.projections if getattr(p, "cls", None) is not None}
+        self._view_of: dict[type, Any] = {}
 
     # -- transactions (the unit of work opens them through the store, whatever its backend) --
 
@@ -140,8 +141,14 @@ class EventStore:
             connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
 
     def view_of(self, cls: type):
-        """The read model holding the current state of ``cls`` aggregates, or None."""
-        return self._views.get(cls)
+        """The read model holding the current state of ``cls`` aggregates, or None. A view may keep
+        a subclass of ``cls`` of the same streams (the aggregate and what a page shows of it): its
+        rows are then the snapshots of ``cls`` too, loaded as that subclass."""
+        if cls not in self._view_of:
+            self._view_of[cls] = self._views.get(cls) or next(
+                (view for kept, view in self._views.items()
+                 if issubclass(kept, cls) and kept.stream_prefix == getattr(cls, "stream_prefix", None)), None)
+        return self._view_of[cls]
 
     # -- schema -----------------------------------------------------------------------------
 

@@ -55,10 +55,12 @@ class ServiceDefinition:
     upcasters: Callable[[], UpcasterChain] = UpcasterChain
     # The HTTP API: module-level blueprints whose routes send commands to the container's bus.
     blueprints: Sequence[Blueprint] = ()
+    # What a process builds once from its store and settings for its handlers and routes (e.g. keys
+    # derived from a deployment secret): ``Container.resources``.
+    resources: Callable[[EventStore, ServiceSettings], Mapping[str, Any]] = lambda store, settings: {}
     # Each command class (a frozen dataclass) and its one handler, ``handler(command, uow)``; or a
-    # function ``(store, settings) -> that mapping`` when handlers need something of the process (a
-    # deployment secret).
-    command_handlers: Mapping[type, CommandHandler] | Callable[[EventStore, ServiceSettings], Mapping[type, CommandHandler]] = \
+    # function ``(resources) -> that mapping`` when handlers need one of the process's resources.
+    command_handlers: Mapping[type, CommandHandler] | Callable[[Mapping[str, Any]], Mapping[type, CommandHandler]] = \
         dataclasses.field(default_factory=dict)
     subscriptions: Sequence[Subscription] = ()
     # Extra one-shot commands: name -> (help, run(container) -> the line to print), e.g. a sweep
@@ -76,6 +78,7 @@ class Container:
     store: EventStore
     stream_index: StreamIndex
     bus: MessageBus
+    resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def load_settings(definition: ServiceDefinition, environ=None, **overrides) -> ServiceSettings:
@@ -93,11 +96,12 @@ def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, creat
                        projections=[index, *definition.projections()])
     if create_schema:
         store.create_schema()
+    resources = dict(definition.resources(store, settings))
     handlers = definition.command_handlers
     if callable(handlers):
-        handlers = handlers(store, settings)
+        handlers = handlers(resources)
     bus = MessageBus(store, handlers, clock=clock, new_id=new_id)
-    return Container(settings=settings, store=store, stream_index=index, bus=bus)
+    return Container(settings=settings, store=store, stream_index=index, bus=bus, resources=resources)
 
 
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings, *,
@@ -113,8 +117,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings,
     app.extensions["cocreate.collectors"] = list(definition.collectors(container))
     require_tokens(app)
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
-    blueprints = definition.blueprints(container) if callable(definition.blueprints) else definition.blueprints
-    for blueprint in blueprints:
+    for blueprint in definition.blueprints:
         api.register_blueprint(blueprint)
     return app
 

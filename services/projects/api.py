@@ -1,33 +1,31 @@
 """HTTP API of the projects service (flask-smorest; documented at /openapi.json and /docs).
 
-Every command answers with ``{"project": <detail>, "recorded": [<events>], "created_id": ...}``
-and an ``ETag`` holding the project's version; send it back as ``If-Match`` to make a command
-conditional (412 when someone else changed the project first). Reads need any valid token.
+Every write route loads its command (:mod:`services.projects.commands`) with its schema and sends
+it to the service's message bus. Every project command answers with
+``{"project": <detail>, "recorded": [<events>], "created_id": ...}`` and an ``ETag`` holding the
+project's version; send it back as ``If-Match`` to make a command conditional (412 when someone
+else changed the project first). Reads need any valid token and go through the named queries of
+:mod:`services.projects.views`.
 """
 
 from __future__ import annotations
-
 
 import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from services.kernel.db import read_transaction
-from services.kernel.errors import NotFound
+from services.kernel.bus import Outcome
 from services.kernel.web import (
-    IDENTIFIER, EmptySchema, Schema, command_answer, current_principal, etagged, event_metadata,
-    expected_version_from_if_match, roles, text_field,
+    IDENTIFIER, CommandSchema, Schema, command_answer, current_principal, etagged, roles, send,
+    service_container, text_field,
 )
+from services.projects import commands as c
+from services.projects import views
 from services.projects.community import FUND_SOURCES
 from services.projects.domain import (
     CATEGORIES, CHOICES, CONTRIBUTION_KINDS, CONTRIBUTOR_TYPES, FIELD_STAFF, RESIDENTS, STAFF, STAGES, STANCES,
-    Project,
 )
-from services.projects.handlers import ProjectsService, new_id
-from services.projects.views import (
-    COMMUNITIES, FUNDS, LEDGER, PLEDGES, PROJECTS, community_stats, history_entry, list_projects,
-    project_detail,
-)
+from services.projects.views import COMMUNITIES, history_entry
 
 f = ma.fields
 v = ma.validate
@@ -47,6 +45,10 @@ class GridSchema(Schema):
     name = text(100, required=True)
 
 
+class AddGridSchema(CommandSchema, GridSchema):
+    command = c.AddGrid
+
+
 class SettingsSchema(Schema):
     cosigners_required = f.Integer(strict=True, validate=v.Range(min=0, max=1000))
     quorum_numerator = f.Integer(strict=True, validate=v.Range(min=0, max=1000))
@@ -55,7 +57,13 @@ class SettingsSchema(Schema):
     pass_denominator = f.Integer(strict=True, validate=v.Range(min=1, max=1000))
 
 
-class CommunityCreateSchema(Schema):
+class SettingsChangeSchema(CommandSchema, SettingsSchema):
+    command = c.ChangeSettings
+
+
+class CommunityCreateSchema(CommandSchema):
+    command = c.RegisterCommunity
+
     community_id = f.String(required=True, **ID)
     name = text(100, required=True)
     district = f.String(validate=v.Length(max=100), load_default="")
@@ -68,11 +76,15 @@ class RepresentativeSchema(Schema):
     name = text(100, required=True)
 
 
-class RepresentativesSchema(Schema):
+class RepresentativesSchema(CommandSchema):
+    command = c.SetRepresentatives
+
     representatives = f.List(f.Nested(RepresentativeSchema), required=True, validate=v.Length(max=2000))
 
 
-class FundCreditSchema(Schema):
+class FundCreditSchema(CommandSchema):
+    command = c.CreditFund
+
     amount_fen = f.Integer(required=True, **POSITIVE_FEN)
     source = f.String(required=True, validate=v.OneOf(list(FUND_SOURCES)))
     reference = f.String(validate=v.Length(max=200), load_default="")
@@ -84,7 +96,9 @@ class LedgerQuery(Schema):
     limit = f.Integer(load_default=100, validate=v.Range(min=1, max=1000))
 
 
-class ProposalSchema(Schema):
+class ProposalSchema(CommandSchema):
+    command = c.ProposeProject
+
     community_id = f.String(required=True, **ID)
     grid_id = f.String(required=True, **ID)
     title = text(100, required=True)
@@ -95,7 +109,13 @@ class ProposalSchema(Schema):
     requested_fen = f.Integer(required=True, **FEN)
 
 
-class AmendmentSchema(Schema):
+class CosignatureSchema(CommandSchema):
+    command = c.CoSign
+
+
+class AmendmentSchema(CommandSchema):
+    command = c.AmendProposal
+
     title = text(100)
     description = text(5000)
     category = f.String(validate=v.OneOf(list(CATEGORIES)))
@@ -105,11 +125,15 @@ class AmendmentSchema(Schema):
     reason = text(500, required=True)
 
 
-class ReasonSchema(Schema):
+class ReasonSchema(CommandSchema):
+    command = c.WithdrawProposal
+
     reason = text(500, required=True)
 
 
-class OpinionSchema(Schema):
+class OpinionSchema(CommandSchema):
+    command = c.PostOpinion
+
     stance = f.String(required=True, validate=v.OneOf(STANCES))
     text = text(2000, required=True)
 
@@ -119,12 +143,20 @@ class ResponsibleUnitSchema(Schema):
     name = text(100, required=True)
 
 
-class OpenVoteSchema(Schema):
+class OpenVoteSchema(CommandSchema):
+    command = c.OpenVote
+
     responsible_unit = f.Nested(ResponsibleUnitSchema)
 
 
-class BallotSchema(Schema):
+class BallotSchema(CommandSchema):
+    command = c.CastBallot
+
     choice = f.String(required=True, validate=v.OneOf(CHOICES))
+
+
+class CloseVoteSchema(CommandSchema):
+    command = c.CloseVote
 
 
 class ContributorSchema(Schema):
@@ -133,7 +165,9 @@ class ContributorSchema(Schema):
     type = f.String(required=True, validate=v.OneOf(CONTRIBUTOR_TYPES))
 
 
-class PledgeSchema(Schema):
+class PledgeSchema(CommandSchema):
+    command = c.PledgeContribution
+
     kind = f.String(required=True, validate=v.OneOf(CONTRIBUTION_KINDS))
     labour_minutes = f.Integer(**MINUTES)
     skills_minutes = f.Integer(**MINUTES)
@@ -144,7 +178,9 @@ class PledgeSchema(Schema):
                                                                        "organisation or resident pledging"})
 
 
-class DeliverySchema(Schema):
+class DeliverySchema(CommandSchema):
+    command = c.ConfirmDelivery
+
     labour_minutes = f.Integer(**MINUTES)
     skills_minutes = f.Integer(**MINUTES)
     money_fen = f.Integer(**POSITIVE_FEN)
@@ -153,18 +189,28 @@ class DeliverySchema(Schema):
     delivered_at = f.AwareDateTime(metadata={"description": "when it was delivered (default: now)"})
 
 
-class SpendingSchema(Schema):
+class SpendingSchema(CommandSchema):
+    command = c.RecordSpending
+
     amount_fen = f.Integer(required=True, **POSITIVE_FEN)
     receipt_ref = text(100, required=True)
     description = f.String(validate=v.Length(max=500), load_default="")
 
 
-class MilestoneSchema(Schema):
+class MilestoneSchema(CommandSchema):
+    command = c.RecordMilestone
+
     progress = f.Integer(required=True, strict=True, validate=v.Range(min=0, max=100))
     note = text(1000, required=True)
 
 
-class MaintainerSchema(Schema):
+class CompletionSchema(CommandSchema):
+    command = c.CompleteProject
+
+
+class MaintainerSchema(CommandSchema):
+    command = c.AssignMaintainer
+
     maintainer_id = f.String(required=True, **ID)
     name = text(100, required=True)
     kind = f.String(required=True, validate=v.OneOf(["resident", "group"]))
@@ -173,35 +219,53 @@ class MaintainerSchema(Schema):
     members = f.List(f.String(**ID), load_default=list, validate=v.Length(max=200))
 
 
-class MaintenanceLogSchema(Schema):
+class MaintenanceLogSchema(CommandSchema):
+    command = c.LogMaintenance
+
     note = text(1000, required=True)
     performed_at = f.AwareDateTime(required=True)
 
 
-class ProblemSchema(Schema):
+class ProblemSchema(CommandSchema):
+    command = c.ReportProblem
+
     description = text(2000, required=True)
 
 
-class ResolutionSchema(Schema):
+class ResolutionSchema(CommandSchema):
+    command = c.ResolveProblem
+
     resolution = text(2000, required=True)
 
 
-class OpenEvaluationSchema(Schema):
+class OpenEvaluationSchema(CommandSchema):
+    command = c.OpenEvaluation
+
     responsible_unit = f.Nested(ResponsibleUnitSchema)
 
 
-class RatingSchema(Schema):
+class RatingSchema(CommandSchema):
+    command = c.RateProject
+
     score = f.Integer(required=True, strict=True, validate=v.Range(min=1, max=5))
     comment = f.String(validate=v.Length(max=2000), load_default="")
 
 
-class ResultsSchema(Schema):
+class CloseEvaluationSchema(CommandSchema):
+    command = c.CloseEvaluation
+
+
+class ResultsSchema(CommandSchema):
+    command = c.PublishResults
+
     benefits = text(5000, required=True, metadata={"description": "the benefits in words"})
     volunteer_minutes = f.Integer(strict=True, validate=v.Range(min=0),
                                   metadata={"description": "default: labour minutes delivered"})
 
 
-class RewardSchema(Schema):
+class RewardSchema(CommandSchema):
+    command = c.PayReward
+
     recipient_id = f.String(required=True, **ID)
     amount_fen = f.Integer(required=True, **POSITIVE_FEN)
     reason = text(500, required=True)
@@ -244,295 +308,431 @@ class ProjectPageSchema(Schema):
     per_page = f.Integer()
 
 
-# -- helpers --------------------------------------------------------------------------------------
+# -- answers --------------------------------------------------------------------------------------
 
-def _result(project: Project, recorded, status: int = 200, created_id: str | None = None):
-    return command_answer("project", project_detail(project), project.version, recorded, status, created_id)
+def store():
+    return service_container().store
 
 
-def blueprints(container) -> list[Blueprint]:
-    store = container.store
-    service = ProjectsService(store)
-    communities = Blueprint("communities", __name__, url_prefix="/communities",
-                            description="社区 communities, grids, representatives and the community fund")
-    projects = Blueprint("projects", __name__, url_prefix="/projects",
-                         description="项目 co-creation projects: 共谋 共建 共管 共评 共享")
+def project_answer(outcome: Outcome, status: int = 200, created_id: str | None = None):
+    """A project command's answer: the project's detail after it, the events recorded, its version as ETag."""
+    project = outcome.result
+    with store().read_transaction() as connection:
+        detail = views.project_detail(connection, project)
+    return command_answer("project", detail, project.version, outcome.recorded, status, created_id)
 
-    def who():
+
+def community_answer(outcome: Outcome, status: int = 200, location: str | None = None):
+    """A community (or fund) command's answer: the changed resource with its version as ETag."""
+    return etagged(outcome.result.view(), outcome.result.version, status, location)
+
+
+communities = Blueprint("communities", __name__, url_prefix="/communities",
+                        description="社区 communities, grids, representatives and the community fund")
+projects = Blueprint("projects", __name__, url_prefix="/projects",
+                     description="项目 co-creation projects: 共谋 共建 共管 共评 共享")
+me = Blueprint("me", __name__, url_prefix="/me", description="The caller's own proposals and pledges")
+
+
+# -- communities ------------------------------------------------------------------------------------
+
+@communities.route("")
+class Communities(MethodView):
+    @roles(communities, "admin")
+    @communities.arguments(CommunityCreateSchema)
+    @communities.response(201)
+    def post(self, command: c.RegisterCommunity):
+        """Register a community with its grids (admin)"""
+        outcome = send(command)
+        return community_answer(outcome, 201, f"/communities/{outcome.result.id}")
+
+    @communities.response(200)
+    def get(self):
+        """List the communities (admins: every one; anyone else: their own)"""
+        community_id = current_principal().reading_community(None)
+        with store().read_transaction() as connection:
+            found = views.list_communities(connection, community_id)
+        return {"items": [community.view() for community in found]}
+
+
+@communities.route("/<community_id>")
+class CommunityResource(MethodView):
+    @communities.response(200)
+    def get(self, community_id):
+        """A community: grids, representatives, settings"""
+        current_principal().require_reader(community_id)
+        community = COMMUNITIES.fetch(store().engine, community_id)
+        return etagged(community.view(), community.version)
+
+
+@communities.route("/<community_id>/grids", endpoint="grids")
+class Grids(MethodView):
+    @roles(communities, *STAFF)
+    @communities.arguments(AddGridSchema)
+    @communities.response(200)
+    def post(self, command: c.AddGrid, **_path):
+        """Add a grid (cadre, admin)"""
+        return community_answer(send(command))
+
+
+@communities.route("/<community_id>/representatives", endpoint="representatives")
+class Representatives(MethodView):
+    @roles(communities, *STAFF)
+    @communities.arguments(RepresentativesSchema)
+    @communities.response(200)
+    def put(self, command: c.SetRepresentatives, **_path):
+        """Replace the list of residents' representatives, the council electorate (cadre, admin)"""
+        return community_answer(send(command))
+
+
+@communities.route("/<community_id>/settings", endpoint="settings")
+class Settings(MethodView):
+    @roles(communities, *STAFF)
+    @communities.arguments(SettingsChangeSchema)
+    @communities.response(200)
+    def patch(self, command: c.ChangeSettings, **_path):
+        """Change co-signers needed, quorum and pass rule (cadre, admin)"""
+        return community_answer(send(command))
+
+
+@communities.route("/<community_id>/fund")
+class Fund(MethodView):
+    @communities.arguments(LedgerQuery, location="query")
+    @communities.response(200)
+    def get(self, query, community_id):
+        """The community fund: balance, totals and the ledger (paged by position)"""
+        current_principal().require_reader(community_id)
+        with store().read_transaction() as connection:
+            return views.fund_page(connection, community_id, query["limit"], query["after"])
+
+
+@communities.route("/<community_id>/fund/credits")
+class FundCredits(MethodView):
+    @roles(communities, *STAFF)
+    @communities.arguments(FundCreditSchema)
+    @communities.response(201)
+    def post(self, command: c.CreditFund, **_path):
+        """Credit the fund: government allocation, reward pool (以奖代补) or donation (cadre, admin)"""
+        return community_answer(send(command), 201)
+
+
+@communities.route("/<community_id>/stats")
+class Stats(MethodView):
+    @communities.response(200)
+    def get(self, community_id):
+        """Projects per stage, approval rate, contributions and the fund"""
+        current_principal().require_reader(community_id)
+        with store().read_transaction() as connection:
+            return views.statistics(connection, community_id)
+
+
+# -- projects: reads --------------------------------------------------------------------------------
+
+@projects.route("")
+class Projects(MethodView):
+    @roles(projects, *RESIDENTS)
+    @projects.arguments(ProposalSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.ProposeProject):
+        """Propose a project (resident of the community) — 共谋"""
+        outcome = send(command)
+        response = project_answer(outcome, 201)
+        response.headers["Location"] = f"/projects/{outcome.result.id}"
+        return response
+
+    @projects.arguments(ProjectListQuery, location="query")
+    @projects.response(200, ProjectPageSchema)
+    def get(self, query):
+        """List projects of a community (default and, but for admins, only: yours), filtered by
+        grid, stage, category, proposer or free text"""
+        community_id = current_principal().reading_community(query.get("community_id"))
+        with store().read_transaction() as connection:
+            items, total = views.list_projects(connection, {**query, "community_id": community_id})
+        return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
+
+
+@projects.route("/<project_id>")
+class ProjectResource(MethodView):
+    @projects.response(200)
+    def get(self, project_id):
+        """Project detail: current stage, what is allowed now, totals"""
         principal = current_principal()
-        return principal, event_metadata(principal)
-
-    def run(command, *args, status=200, created_id=None):
-        """Run a project command and answer with the detail and what it recorded."""
-        principal, meta = who()
-        project, recorded = command(principal, meta, *args)
-        return _result(project, recorded, status, created_id)
-
-    # -- communities ----------------------------------------------------------------------------
-
-    @communities.route("")
-    class Communities(MethodView):
-        @roles(communities, "admin")
-        @communities.arguments(CommunityCreateSchema)
-        @communities.response(201)
-        def post(self, body):
-            """Register a community with its grids (admin)"""
-            principal, meta = who()
-            community, _ = service.register_community(principal, meta, body)
-            return etagged(community.view(), community.version, 201, f"/communities/{community.id}")
-
-        @communities.response(200)
-        def get(self):
-            """List the communities (admins: every one; anyone else: their own)"""
-            community_id = current_principal().reading_community(None)
-            with read_transaction(store.engine) as connection:
-                found = COMMUNITIES.find(connection, id=community_id)
-            return {"items": [community.view() for community in found]}
-
-    @communities.route("/<community_id>")
-    class CommunityResource(MethodView):
-        @communities.response(200)
-        def get(self, community_id):
-            """A community: grids, representatives, settings"""
-            current_principal().require_reader(community_id)
-            community = COMMUNITIES.fetch(store.engine, community_id)
-            return etagged(community.view(), community.version)
-
-    def community_command(method, schema_cls, doc):
-        def handler(body, community_id):
-            principal, meta = who()
-            community, _ = method(principal, meta, community_id, body, expected_version_from_if_match())
-            return etagged(community.view(), community.version)
-        handler.__doc__ = doc
-        return roles(communities, *STAFF)(communities.response(200)(communities.arguments(schema_cls)(handler)))
-
-    communities.route("/<community_id>/grids", methods=["POST"], endpoint="grids")(
-        community_command(service.add_grid, GridSchema, "Add a grid (cadre, admin)"))
-    communities.route("/<community_id>/representatives", methods=["PUT"], endpoint="representatives")(
-        community_command(service.set_representatives, RepresentativesSchema,
-                          "Replace the list of residents' representatives, the council electorate (cadre, admin)"))
-    communities.route("/<community_id>/settings", methods=["PATCH"], endpoint="settings")(
-        community_command(service.change_settings, SettingsSchema,
-                          "Change co-signers needed, quorum and pass rule (cadre, admin)"))
-
-    @communities.route("/<community_id>/fund")
-    class Fund(MethodView):
-        @communities.arguments(LedgerQuery, location="query")
-        @communities.response(200)
-        def get(self, query, community_id):
-            """The community fund: balance, totals and the ledger (paged by position)"""
-            current_principal().require_reader(community_id)
-            with read_transaction(store.engine) as connection:
-                if COMMUNITIES.get(connection, community_id) is None:
-                    raise NotFound(f"no community {community_id}")
-                fund = FUNDS.get(connection, community_id) or FUNDS.cls(id=community_id)
-                ledger = LEDGER.page(connection, community_id, query["limit"], query["after"])
-            return {**fund.view(), "ledger": ledger,
-                    "next_after": ledger[-1]["position"] if ledger else query["after"]}
-
-    @communities.route("/<community_id>/fund/credits")
-    class FundCredits(MethodView):
-        @roles(communities, *STAFF)
-        @communities.arguments(FundCreditSchema)
-        @communities.response(201)
-        def post(self, body, community_id):
-            """Credit the fund: government allocation, reward pool (以奖代补) or donation (cadre, admin)"""
-            principal, meta = who()
-            fund, _ = service.credit_fund(principal, meta, community_id, body)
-            return etagged(fund.view(), fund.version, 201)
-
-    @communities.route("/<community_id>/stats")
-    class Stats(MethodView):
-        @communities.response(200)
-        def get(self, community_id):
-            """Projects per stage, approval rate, contributions and the fund"""
-            current_principal().require_reader(community_id)
-            with read_transaction(store.engine) as connection:
-                if COMMUNITIES.get(connection, community_id) is None:
-                    raise NotFound(f"no community {community_id}")
-                return community_stats(connection, community_id)
-
-    # -- projects -------------------------------------------------------------------------------
-
-    @projects.route("")
-    class Projects(MethodView):
-        @roles(projects, *RESIDENTS)
-        @projects.arguments(ProposalSchema)
-        @projects.response(201, CommandResultSchema)
-        def post(self, body):
-            """Propose a project (resident of the community) — 共谋"""
-            response = run(service.propose, body, status=201)
-            project_id = response.get_json()["project"]["project_id"]
-            response.headers["Location"] = f"/projects/{project_id}"
-            return response
-
-        @projects.arguments(ProjectListQuery, location="query")
-        @projects.response(200, ProjectPageSchema)
-        def get(self, query):
-            """List projects of a community (default and, but for admins, only: yours), filtered by
-            grid, stage, category, proposer or free text"""
-            community_id = current_principal().reading_community(query.get("community_id"))
-            with read_transaction(store.engine) as connection:
-                items, total = list_projects(connection, {**query, "community_id": community_id})
-            return {"items": items, "total": total, "page": query["page"], "per_page": query["per_page"]}
-
-    @projects.route("/<project_id>")
-    class ProjectResource(MethodView):
-        @projects.response(200)
-        def get(self, project_id):
-            """Project detail: current stage, what is allowed now, totals"""
-            principal = current_principal()
-            project = PROJECTS.fetch(store.engine, project_id)
+        with store().read_transaction() as connection:
+            project = views.find_project(connection, project_id)
             principal.require_reader(project.community_id)
-            return etagged(project_detail(project), project.version)
+            detail = views.project_detail(connection, project)
+        return etagged(detail, project.version)
 
-    @projects.route("/<project_id>/history")
-    class History(MethodView):
-        @projects.response(200)
-        def get(self, project_id):
-            """Every event of the project with actor, time and labels (中文 / English); who rated
-            the project is shown to the rater and the community's staff only (the privacy policy)"""
-            principal = current_principal()
-            events = store.load(Project.stream_id_for(project_id))
-            if not events:
-                raise NotFound(f"no project {project_id}")
-            community = events[0].data.get("community_id")
-            principal.require_reader(community)
-            return {"project_id": project_id,
-                    "events": [history_entry(e, principal, community) for e in events]}
 
-    @projects.route("/<project_id>/as-of")
-    class AsOf(MethodView):
-        @projects.arguments(AsOfQuery, location="query")
-        @projects.response(200)
-        def get(self, query, project_id):
-            """The project as it was at a version or an instant (replayed from its events)"""
-            principal = current_principal()
-            events = store.load(Project.stream_id_for(project_id), up_to_version=query.get("version"),
-                                as_of=query.get("at"))
-            if not events:
-                if store.current_version(Project.stream_id_for(project_id)) == 0:
-                    raise NotFound(f"no project {project_id}")
-                raise NotFound(f"project {project_id} did not exist yet at that time")
-            principal.require_reader(events[0].data.get("community_id"))
-            return project_detail(Project.replay(project_id, events))
+@projects.route("/<project_id>/history")
+class History(MethodView):
+    @projects.response(200)
+    def get(self, project_id):
+        """Every event of the project with actor, time and labels (中文 / English); who rated
+        the project is shown to the rater and the community's staff only (the privacy policy)"""
+        principal = current_principal()
+        events = views.project_events(store(), project_id)
+        community = events[0].data.get("community_id")
+        principal.require_reader(community)
+        return {"project_id": project_id, "events": [history_entry(e, principal, community) for e in events]}
 
-    def project_command(path, name, schema_cls, decide, doc, status=201, created=None, endpoint_method=None,
-                        allowed=RESIDENTS):
-        """Register ``POST /projects/<id>/<path>`` running ``decide(project, actor, body, uow)``."""
 
-        def handler(*args, project_id, **kwargs):
-            body = args[0] if args else {}
-            created_id = created() if created else None
+@projects.route("/<project_id>/as-of")
+class AsOf(MethodView):
+    @projects.arguments(AsOfQuery, location="query")
+    @projects.response(200)
+    def get(self, query, project_id):
+        """The project as it was at a version or an instant (replayed from its events)"""
+        principal = current_principal()
+        events = views.project_events(store(), project_id, query.get("version"), query.get("at"))
+        principal.require_reader(events[0].data.get("community_id"))
+        with store().read_transaction() as connection:
+            return views.project_as_of(connection, project_id, events)
 
-            def command(principal, meta):
-                if endpoint_method is not None:
-                    return endpoint_method(principal, meta, project_id, body, expected_version_from_if_match(),
-                                           **kwargs)
-                return service.act(project_id, expected_version_from_if_match(), meta,
-                                   lambda project, uow: decide(project, principal, body, uow, created_id, **kwargs))
-            return run(command, status=status, created_id=created_id)
 
-        handler.__doc__ = doc
-        handler.__name__ = name
-        view = projects.arguments(schema_cls or EmptySchema)(projects.response(status, CommandResultSchema)(handler))
-        projects.route(f"/<project_id>/{path}", methods=["POST"], endpoint=name)(roles(projects, *allowed)(view))
+# -- projects: 共谋 co_plan -------------------------------------------------------------------------
 
-    project_command("cosignatures", "cosign", None, lambda p, a, b, u, i: p.cosign(a),
-                    "Co-sign a proposal (another resident of the community) — 联署")
-    project_command("opinions", "post_opinion", OpinionSchema,
-                    lambda p, a, b, u, i: p.post_opinion(a, i, b["stance"], b["text"]),
-                    "Post an opinion during deliberation — 协商议事", created=new_id,
-                    allowed=RESIDENTS + FIELD_STAFF)
-    project_command("amendments", "amend", AmendmentSchema,
-                    lambda p, a, b, u, i: p.amend(a, {k: x for k, x in b.items() if k != "reason"}, b["reason"]),
-                    "Amend the proposal (proposer; every version is kept)")
-    project_command("withdrawal", "withdraw", ReasonSchema, lambda p, a, b, u, i: p.withdraw(a, b["reason"]),
-                    "Withdraw the proposal before the vote (proposer)", status=200)
-    project_command("vote/open", "open_vote", OpenVoteSchema, None,
-                    "Open the council vote and reserve the requested amount from the fund (cadre)",
-                    status=200, endpoint_method=lambda a, m, pid, b, ev: service.open_vote(a, m, pid, b, ev),
-                    allowed=STAFF)
-    project_command("vote/ballots", "cast_ballot", BallotSchema, lambda p, a, b, u, i: p.cast_ballot(a, b["choice"]),
-                    "Cast a ballot yes / no / abstain (residents' representative, once)",
-                    allowed=("representative",))
-    project_command("vote/close", "close_vote", None, None,
-                    "Close the vote and record the tally; rejected releases the reservation (cadre)",
-                    status=200, endpoint_method=lambda a, m, pid, b, ev: service.close_vote(a, m, pid, ev),
-                    allowed=STAFF)
-    project_command("pledges", "pledge", PledgeSchema, lambda p, a, b, u, i: p.pledge(a, i, b),
-                    "Pledge labour, money, materials or skills — 共建", created=new_id,
-                    allowed=RESIDENTS + FIELD_STAFF)
-    project_command("pledges/<pledge_id>/deliveries", "confirm_delivery", DeliverySchema, None,
-                    "Confirm a delivery against a pledge (cadre, grid worker)",
-                    endpoint_method=lambda a, m, pid, b, ev, pledge_id: service.confirm_delivery(a, m, pid, pledge_id, b, ev),
-                    allowed=FIELD_STAFF)
-    project_command("spending", "record_spending", SpendingSchema, None,
-                    "Record spending from the project's reservation with a receipt (cadre)",
-                    endpoint_method=lambda a, m, pid, b, ev: service.record_spending(a, m, pid, b, ev),
-                    allowed=STAFF)
-    project_command("milestones", "record_milestone", MilestoneSchema,
-                    lambda p, a, b, u, i: p.record_milestone(a, b["progress"], b["note"]),
-                    "Record a milestone: progress 0-100, never backwards (cadre, grid worker)",
-                    allowed=FIELD_STAFF)
-    project_command("completion", "complete", None, None,
-                    "Complete the project at progress 100; the unspent reservation returns to the fund — 共管",
-                    status=200, endpoint_method=lambda a, m, pid, b, ev: service.complete(a, m, pid, ev),
-                    allowed=STAFF)
-    project_command("maintainers", "assign_maintainer", MaintainerSchema,
-                    lambda p, a, b, u, i: p.assign_maintainer(a, b), "Assign a maintainer with a duty and a rota",
-                    allowed=FIELD_STAFF)
-    project_command("maintenance-logs", "log_maintenance", MaintenanceLogSchema,
-                    lambda p, a, b, u, i: p.log_maintenance(a, i, b["note"], b["performed_at"]),
-                    "Log maintenance (the maintainer, or staff)", created=new_id,
-                    allowed=RESIDENTS + FIELD_STAFF)
-    project_command("problems", "report_problem", ProblemSchema,
-                    lambda p, a, b, u, i: p.report_problem(a, i, b["description"]),
-                    "Report a problem with the result (resident)", created=new_id,
-                    allowed=RESIDENTS + FIELD_STAFF)
-    project_command("problems/<problem_id>/resolution", "resolve_problem", ResolutionSchema, None,
-                    "Resolve a reported problem; the time it took is recorded",
-                    endpoint_method=lambda a, m, pid, b, ev, problem_id: service.resolve_problem(a, m, pid, problem_id, b, ev),
-                    allowed=RESIDENTS + FIELD_STAFF)
-    project_command("evaluation/open", "open_evaluation", OpenEvaluationSchema,
-                    lambda p, a, b, u, i: p.open_evaluation(a, b.get("responsible_unit")),
-                    "Open the residents' evaluation — 共评 (cadre)", status=200,
-                    allowed=STAFF)
-    project_command("evaluation/ratings", "rate", RatingSchema,
-                    lambda p, a, b, u, i: p.rate(a, b["score"], b["comment"]),
-                    "Rate the result 1-5 with an optional comment (resident, once)")
-    project_command("evaluation/close", "close_evaluation", None, lambda p, a, b, u, i: p.close_evaluation(a),
-                    "Close the evaluation: count and average recorded — 共享 (cadre)", status=200,
-                    allowed=STAFF)
-    project_command("results", "publish_results", ResultsSchema,
-                    lambda p, a, b, u, i: p.publish_results(a, b["benefits"], b.get("volunteer_minutes")),
-                    "Publish the results: contributions, fund spent, evaluation, benefits (cadre)",
-                    allowed=STAFF)
-    project_command("rewards", "pay_reward", RewardSchema, None,
-                    "Pay a reward (以奖代补) from the fund to a contributor, with a reason (cadre)",
-                    endpoint_method=lambda a, m, pid, b, ev: service.pay_reward(a, m, pid, b, ev),
-                    allowed=STAFF)
+@projects.route("/<project_id>/cosignatures", endpoint="cosign")
+class Cosignatures(MethodView):
+    @roles(projects, *RESIDENTS)
+    @projects.arguments(CosignatureSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.CoSign, **_path):
+        """Co-sign a proposal (another resident of the community) — 联署"""
+        return project_answer(send(command), 201)
 
-    me = Blueprint("me", __name__, url_prefix="/me", description="The caller's own proposals and pledges")
 
-    @me.route("/proposals")
-    class MyProposals(MethodView):
-        @me.response(200)
-        def get(self):
-            """Projects the caller proposed"""
-            principal = current_principal()
-            with read_transaction(store.engine) as connection:
-                items, total = list_projects(connection, {"proposer_id": principal.person_id, "page": 1,
-                                                          "per_page": 100})
-            return {"items": items, "total": total}
+@projects.route("/<project_id>/opinions", endpoint="post_opinion")
+class Opinions(MethodView):
+    @roles(projects, *RESIDENTS, *FIELD_STAFF)
+    @projects.arguments(OpinionSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.PostOpinion, **_path):
+        """Post an opinion during deliberation — 协商议事"""
+        outcome = send(command)
+        return project_answer(outcome, 201, outcome.first("OpinionPosted", "opinion_id"))
 
-    @me.route("/pledges")
-    class MyPledges(MethodView):
-        @me.response(200)
-        def get(self):
-            """The caller's own pledges with what was delivered"""
-            principal = current_principal()
-            with read_transaction(store.engine) as connection:
-                return {"items": PLEDGES.for_contributor(connection, principal.person_id)}
 
-    return [communities, projects, me]
+@projects.route("/<project_id>/amendments", endpoint="amend")
+class Amendments(MethodView):
+    @roles(projects, *RESIDENTS)
+    @projects.arguments(AmendmentSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.AmendProposal, **_path):
+        """Amend the proposal (proposer; every version is kept)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/withdrawal", endpoint="withdraw")
+class Withdrawal(MethodView):
+    @roles(projects, *RESIDENTS)
+    @projects.arguments(ReasonSchema)
+    @projects.response(200, CommandResultSchema)
+    def post(self, command: c.WithdrawProposal, **_path):
+        """Withdraw the proposal before the vote (proposer)"""
+        return project_answer(send(command))
+
+
+@projects.route("/<project_id>/vote/open", endpoint="open_vote")
+class VoteOpening(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(OpenVoteSchema)
+    @projects.response(200, CommandResultSchema)
+    def post(self, command: c.OpenVote, **_path):
+        """Open the council vote and reserve the requested amount from the fund (cadre)"""
+        return project_answer(send(command))
+
+
+@projects.route("/<project_id>/vote/ballots", endpoint="cast_ballot")
+class Ballots(MethodView):
+    @roles(projects, "representative")
+    @projects.arguments(BallotSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.CastBallot, **_path):
+        """Cast a ballot yes / no / abstain (residents' representative, once)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/vote/close", endpoint="close_vote")
+class VoteClosing(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(CloseVoteSchema)
+    @projects.response(200, CommandResultSchema)
+    def post(self, command: c.CloseVote, **_path):
+        """Close the vote and record the tally; rejected releases the reservation (cadre)"""
+        return project_answer(send(command))
+
+
+# -- projects: 共建 co_build ------------------------------------------------------------------------
+
+@projects.route("/<project_id>/pledges", endpoint="pledge")
+class Pledges(MethodView):
+    @roles(projects, *RESIDENTS, *FIELD_STAFF)
+    @projects.arguments(PledgeSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.PledgeContribution, **_path):
+        """Pledge labour, money, materials or skills — 共建"""
+        outcome = send(command)
+        return project_answer(outcome, 201, outcome.first("ContributionPledged", "pledge_id"))
+
+
+@projects.route("/<project_id>/pledges/<pledge_id>/deliveries", endpoint="confirm_delivery")
+class Deliveries(MethodView):
+    @roles(projects, *FIELD_STAFF)
+    @projects.arguments(DeliverySchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.ConfirmDelivery, **_path):
+        """Confirm a delivery against a pledge (cadre, grid worker)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/spending", endpoint="record_spending")
+class Spending(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(SpendingSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.RecordSpending, **_path):
+        """Record spending from the project's reservation with a receipt (cadre)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/milestones", endpoint="record_milestone")
+class Milestones(MethodView):
+    @roles(projects, *FIELD_STAFF)
+    @projects.arguments(MilestoneSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.RecordMilestone, **_path):
+        """Record a milestone: progress 0-100, never backwards (cadre, grid worker)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/completion", endpoint="complete")
+class Completion(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(CompletionSchema)
+    @projects.response(200, CommandResultSchema)
+    def post(self, command: c.CompleteProject, **_path):
+        """Complete the project at progress 100; the unspent reservation returns to the fund — 共管"""
+        return project_answer(send(command))
+
+
+# -- projects: 共管 co_manage -----------------------------------------------------------------------
+
+@projects.route("/<project_id>/maintainers", endpoint="assign_maintainer")
+class Maintainers(MethodView):
+    @roles(projects, *FIELD_STAFF)
+    @projects.arguments(MaintainerSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.AssignMaintainer, **_path):
+        """Assign a maintainer with a duty and a rota"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/maintenance-logs", endpoint="log_maintenance")
+class MaintenanceLogs(MethodView):
+    @roles(projects, *RESIDENTS, *FIELD_STAFF)
+    @projects.arguments(MaintenanceLogSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.LogMaintenance, **_path):
+        """Log maintenance (the maintainer, or staff)"""
+        outcome = send(command)
+        return project_answer(outcome, 201, outcome.first("MaintenanceLogged", "log_id"))
+
+
+@projects.route("/<project_id>/problems", endpoint="report_problem")
+class Problems(MethodView):
+    @roles(projects, *RESIDENTS, *FIELD_STAFF)
+    @projects.arguments(ProblemSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.ReportProblem, **_path):
+        """Report a problem with the result (resident)"""
+        outcome = send(command)
+        return project_answer(outcome, 201, outcome.first("ProblemReported", "problem_id"))
+
+
+@projects.route("/<project_id>/problems/<problem_id>/resolution", endpoint="resolve_problem")
+class Resolution(MethodView):
+    @roles(projects, *RESIDENTS, *FIELD_STAFF)
+    @projects.arguments(ResolutionSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.ResolveProblem, **_path):
+        """Resolve a reported problem; the time it took is recorded"""
+        return project_answer(send(command), 201)
+
+
+# -- projects: 共评 co_evaluate and 共享 co_share --------------------------------------------------
+
+@projects.route("/<project_id>/evaluation/open", endpoint="open_evaluation")
+class EvaluationOpening(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(OpenEvaluationSchema)
+    @projects.response(200, CommandResultSchema)
+    def post(self, command: c.OpenEvaluation, **_path):
+        """Open the residents' evaluation — 共评 (cadre)"""
+        return project_answer(send(command))
+
+
+@projects.route("/<project_id>/evaluation/ratings", endpoint="rate")
+class Ratings(MethodView):
+    @roles(projects, *RESIDENTS)
+    @projects.arguments(RatingSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.RateProject, **_path):
+        """Rate the result 1-5 with an optional comment (resident, once)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/evaluation/close", endpoint="close_evaluation")
+class EvaluationClosing(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(CloseEvaluationSchema)
+    @projects.response(200, CommandResultSchema)
+    def post(self, command: c.CloseEvaluation, **_path):
+        """Close the evaluation: count and average recorded — 共享 (cadre)"""
+        return project_answer(send(command))
+
+
+@projects.route("/<project_id>/results", endpoint="publish_results")
+class Results(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(ResultsSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.PublishResults, **_path):
+        """Publish the results: contributions, fund spent, evaluation, benefits (cadre)"""
+        return project_answer(send(command), 201)
+
+
+@projects.route("/<project_id>/rewards", endpoint="pay_reward")
+class Rewards(MethodView):
+    @roles(projects, *STAFF)
+    @projects.arguments(RewardSchema)
+    @projects.response(201, CommandResultSchema)
+    def post(self, command: c.PayReward, **_path):
+        """Pay a reward (以奖代补) from the fund to a contributor, with a reason (cadre)"""
+        return project_answer(send(command), 201)
+
+
+# -- the caller's own -------------------------------------------------------------------------------
+
+@me.route("/proposals")
+class MyProposals(MethodView):
+    @me.response(200)
+    def get(self):
+        """Projects the caller proposed"""
+        principal = current_principal()
+        with store().read_transaction() as connection:
+            items, total = views.my_proposals(connection, principal.person_id)
+        return {"items": items, "total": total}
+
+
+@me.route("/pledges")
+class MyPledges(MethodView):
+    @me.response(200)
+    def get(self):
+        """The caller's own pledges with what was delivered"""
+        principal = current_principal()
+        with store().read_transaction() as connection:
+            return {"items": views.my_pledges(connection, principal.person_id)}
+
+
+BLUEPRINTS = (communities, projects, me)

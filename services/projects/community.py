@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from services.kernel.aggregate import Aggregate
-from services.kernel.errors import Conflict, DomainError
-from services.kernel.events import NewEvent
+from services.kernel.model import Aggregate, Conflict, DomainError, NewEvent
 
 DEFAULT_SETTINGS: dict[str, int] = {
     # 6 co-signers: seven residents together with the proposer.

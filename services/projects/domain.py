@@ -14,19 +14,24 @@ Every decision checks who the actor is (roles and community from the token) and 
 command in the wrong stage or a repeat is a :class:`Conflict` whose message lists what is allowed
 now. The fund side of a decision (reserve, release, spend, reward) is decided by
 :class:`~services.projects.community.CommunityFund` in the same unit of work.
+
+The aggregate keeps what decisions need: the project's current attributes, and of its records
+(co-signers, the vote, pledges, maintainers, problems, the evaluation) only what a rule looks up.
+What only pages show (every revision, opinions, spending, milestones, maintenance logs, rewards,
+names and times) is in the events, and in the read model :class:`services.projects.views.ProjectDetails`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
 
-from services.kernel.aggregate import Aggregate
-from services.kernel.auth import Principal, require_member  # noqa: F401 (re-exported)
-from services.kernel.errors import Conflict, DomainError, Forbidden
-from services.kernel.events import NewEvent, format_time, parse_time
+from services.kernel.model import (
+    Aggregate, Conflict, DomainError, Forbidden, NewEvent, Principal, format_time, parse_time, require_member,
+)
 
 STAGES = {
     "co_plan": "共谋 co-planning",
@@ -86,25 +91,21 @@ class Project(Aggregate):
     proposer_name: str = ""
     stage: str = ""
     phase: str = ""
-    revisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    last_revision: int = 0  # 0: the original text; each amendment is the next revision
     cosigners_required: int = 0
-    cosigners: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    opinions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    withdrawal: dict[str, Any] | None = None
+    cosigner_ids: list[str] = dataclasses.field(default_factory=list)
+    # electorate, its size, the quorum and pass fractions, reserved_fen, ballots {person_id: choice}
     vote: dict[str, Any] | None = None
     responsible_unit: dict[str, str] | None = None
+    # pledge_id -> contributor_id, contributor_name, contributor_type, kind, delivered {amount: n},
+    # delivery_count
     pledges: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    spending: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     spent_fen: int = 0
     progress: int = 0
-    milestones: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    completed_at: str | None = None
-    maintainers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    maintenance_logs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    problems: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    maintainers: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # maintainer_id -> members
+    problems: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # reported_at, resolved
+    # responsible_unit, ratings {person_id: score}; count and average once closed (None before)
     evaluation: dict[str, Any] | None = None
-    results: dict[str, Any] | None = None
-    rewards: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     # -- what is allowed now ----------------------------------------------------------------
 
@@ -125,7 +126,7 @@ class Project(Aggregate):
         if self.stage == "co_evaluate":
             return upkeep + ["rate", "close_evaluation"]
         if self.stage == "co_share":
-            return upkeep + (["pay_reward"] if self.results else ["publish_results", "pay_reward"])
+            return upkeep + (["pay_reward"] if self.phase == "published" else ["publish_results", "pay_reward"])
         return []
 
     def _expect(self, action: str, what: str) -> None:
@@ -170,9 +171,9 @@ class Project(Aggregate):
         require_member(actor, self.community_id, RESIDENTS)
         if actor.person_id == self.proposer_id:
             raise self._repeated("the proposer cannot co-sign their own proposal", "self_cosign")
-        if any(c["person_id"] == actor.person_id for c in self.cosigners):
+        if actor.person_id in self.cosigner_ids:
             raise self._repeated("you have already co-signed this proposal", "already_cosigned")
-        count = len(self.cosigners) + 1
+        count = len(self.cosigner_ids) + 1
         events = [NewEvent("ProjectCosigned", {"project_id": self.id, "person_id": actor.person_id,
                                                 "name": actor.name, "count": count})]
         if self.phase == "collecting_cosigners" and count >= self.cosigners_required:
@@ -198,8 +199,7 @@ class Project(Aggregate):
             raise DomainError("the amendment changes nothing", reason="empty_amendment",
                               details={"_schema": f"change at least one of {', '.join(AMENDABLE)}"})
         _check_text_fields({**self._current_text(), **changed})
-        # revisions[0] is the original text, so the next revision number is the count so far.
-        return [NewEvent("ProposalAmended", {"project_id": self.id, "revision": len(self.revisions),
+        return [NewEvent("ProposalAmended", {"project_id": self.id, "revision": self.last_revision + 1,
                                              "changes": changed, "reason": reason})]
 
     def withdraw(self, actor: Principal, reason: str) -> list[NewEvent]:
@@ -343,7 +343,9 @@ class Project(Aggregate):
         if maintainer["maintainer_id"] in self.maintainers:
             raise self._repeated(f"{maintainer['maintainer_id']} already maintains this project",
                                  "already_maintainer")
-        return [NewEvent("MaintainerAssigned", {"project_id": self.id, **maintainer})]
+        return [NewEvent("MaintainerAssigned", {
+            "project_id": self.id, **{k: maintainer[k] for k in ("maintainer_id", "name", "kind", "duty", "rota")},
+            "members": list(maintainer["members"])})]
 
     def log_maintenance(self, actor: Principal, log_id: str, note: str, performed_at: datetime) -> list[NewEvent]:
         self._expect("log_maintenance", "log maintenance")
@@ -368,7 +370,7 @@ class Project(Aggregate):
         if problem is None:
             raise DomainError(f"project {self.id} has no problem {problem_id}", reason="unknown_problem",
                               details={"problem_id": "unknown problem"})
-        if problem["resolved_at"] is not None:
+        if problem["resolved"]:
             raise self._repeated(f"problem {problem_id} is already resolved", "already_resolved")
         seconds = max(0, int((now - parse_time(problem["reported_at"])).total_seconds()))
         return [NewEvent("ProblemResolved", {"project_id": self.id, "problem_id": problem_id,
@@ -376,8 +378,8 @@ class Project(Aggregate):
                                              "resolution_seconds": seconds})]
 
     def _maintainer_of(self, actor: Principal) -> str | None:
-        for maintainer_id, m in self.maintainers.items():
-            if maintainer_id == actor.person_id or actor.person_id in m.get("members", []):
+        for maintainer_id, members in self.maintainers.items():
+            if maintainer_id == actor.person_id or actor.person_id in members:
                 return maintainer_id
         return None
 
@@ -442,67 +444,54 @@ class Project(Aggregate):
     # -- derived figures --------------------------------------------------------------------
 
     def totals(self) -> dict[str, Any]:
-        def zero() -> dict[str, int]:
-            return {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
-        pledged, delivered, by_type = zero(), zero(), {t: zero() for t in CONTRIBUTOR_TYPES}
+        """What was delivered (in all and per type of contributor), by how many contributors, and
+        what was spent: the figures the results publish."""
+        delivered, by_type = zero_amounts(), {t: zero_amounts() for t in CONTRIBUTOR_TYPES}
         for p in self.pledges.values():
-            for target, source in ((pledged, p["pledged"]), (delivered, p["delivered"]),
-                                   (by_type[p["contributor_type"]], p["delivered"])):
-                for key, value in source.items():
+            for target in (delivered, by_type[p["contributor_type"]]):
+                for key, value in p["delivered"].items():
                     target[key] += value
-        return {"pledged": pledged, "delivered": delivered, "by_contributor_type": by_type,
+        return {"delivered": delivered, "by_contributor_type": by_type,
                 "contributors": len({p["contributor_id"] for p in self.pledges.values()}),
-                "spent_fen": self.spent_fen, "rewards_fen": sum(r["amount_fen"] for r in self.rewards)}
+                "spent_fen": self.spent_fen}
 
     def _current_text(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in AMENDABLE}
 
     # -- evolution --------------------------------------------------------------------------
 
-    def on_ProjectProposed(self, d, event) -> None:
+    def on_ProjectProposed(self, d, _event) -> None:
         for key in ("community_id", "grid_id", "title", "description", "category", "location",
                     "estimated_cost_fen", "requested_fen", "proposer_id", "proposer_name", "cosigners_required"):
             setattr(self, key, d[key])
         self.stage, self.phase = "co_plan", "collecting_cosigners"
-        self.revisions = [{"revision": 0, **self._current_text(), "reason": "original proposal",
-                           "at": _at(event)}]
         if self.cosigners_required == 0:
             self.phase = "deliberation"
 
-    def on_ProjectCosigned(self, d, event) -> None:
-        self.cosigners.append({"person_id": d["person_id"], "name": d["name"], "at": _at(event)})
+    def on_ProjectCosigned(self, d, _event) -> None:
+        self.cosigner_ids.append(d["person_id"])
 
     def on_ProjectQualified(self, d, _event) -> None:
         self.phase = "deliberation"
 
-    def on_OpinionPosted(self, d, event) -> None:
-        self.opinions.append({k: d[k] for k in ("opinion_id", "person_id", "name", "stance", "text")} | {"at": _at(event)})
-
-    def on_ProposalAmended(self, d, event) -> None:
+    def on_ProposalAmended(self, d, _event) -> None:
         for key, value in d["changes"].items():
             setattr(self, key, value)
-        self.revisions.append({"revision": d["revision"], **self._current_text(), "reason": d["reason"],
-                               "at": _at(event), "by": event.metadata.get("actor")})
+        self.last_revision = d["revision"]
 
-    def on_ProjectWithdrawn(self, d, event) -> None:
+    def on_ProjectWithdrawn(self, d, _event) -> None:
         self.stage, self.phase = "withdrawn", "ended"
-        self.withdrawal = {"reason": d["reason"], "at": _at(event)}
 
-    def on_CouncilVoteOpened(self, d, event) -> None:
+    def on_CouncilVoteOpened(self, d, _event) -> None:
         self.phase = "voting"
         self.vote = {k: d[k] for k in ("electorate", "electorate_size", "quorum_numerator", "quorum_denominator",
-                                       "pass_numerator", "pass_denominator", "reserved_fen", "opened_by")}
-        self.vote.update({"ballots": {}, "opened_at": _at(event), "tally": None})
+                                       "pass_numerator", "pass_denominator", "reserved_fen")}
+        self.vote["ballots"] = {}
         if d.get("responsible_unit"):
             self.responsible_unit = d["responsible_unit"]
 
     def on_BallotCast(self, d, _event) -> None:
         self.vote["ballots"][d["person_id"]] = d["choice"]
-
-    def on_CouncilVoteClosed(self, d, event) -> None:
-        self.vote["tally"] = {k: d[k] for k in ("electorate_size", "ballots", "yes", "no", "abstain",
-                                               "quorum_required", "quorum_met", "result", "reason")}
-        self.vote["closed_at"] = _at(event)
 
     def on_ProjectApproved(self, d, _event) -> None:
         self.stage, self.phase = "co_build", "building"
@@ -510,77 +499,53 @@ class Project(Aggregate):
     def on_ProjectRejected(self, d, _event) -> None:
         self.stage, self.phase = "rejected", "ended"
 
-    def on_ContributionPledged(self, d, event) -> None:
-        amounts = {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
-        amounts.update(_amount_fields(d))
+    def on_ContributionPledged(self, d, _event) -> None:
         self.pledges[d["pledge_id"]] = {
-            "pledge_id": d["pledge_id"], "contributor_id": d["contributor_id"],
-            "contributor_name": d["contributor_name"], "contributor_type": d["contributor_type"],
-            "kind": d["kind"], "description": d.get("description", ""), "pledged": amounts,
-            "delivered": {k: 0 for k in amounts}, "delivery_count": 0, "last_delivered_at": None,
-            "at": _at(event)}
+            "contributor_id": d["contributor_id"], "contributor_name": d["contributor_name"],
+            "contributor_type": d["contributor_type"], "kind": d["kind"], "delivered": zero_amounts(),
+            "delivery_count": 0}
 
-    def on_ContributionDelivered(self, d, event) -> None:
+    def on_ContributionDelivered(self, d, _event) -> None:
         # Totals and a count, not the list of deliveries: the state is rewritten with every command,
         # and a busy project has hundreds of deliveries (each one is in the project's history).
         pledge = self.pledges[d["pledge_id"]]
-        for key, value in _amount_fields(d).items():
+        for key, value in amount_fields(d).items():
             pledge["delivered"][key] += value
         pledge["delivery_count"] = d["delivery_no"]
-        pledge["last_delivered_at"] = d["delivered_at"]
 
-    def on_ProjectSpendingRecorded(self, d, event) -> None:
+    def on_ProjectSpendingRecorded(self, d, _event) -> None:
         self.spent_fen += d["amount_fen"]
-        self.spending.append({k: d[k] for k in ("spending_id", "amount_fen", "receipt_ref", "description")}
-                             | {"at": _at(event)})
 
-    def on_MilestoneRecorded(self, d, event) -> None:
+    def on_MilestoneRecorded(self, d, _event) -> None:
         self.progress = d["progress"]
-        self.milestones.append({"progress": d["progress"], "note": d["note"], "at": _at(event)})
 
-    def on_ProjectCompleted(self, d, event) -> None:
+    def on_ProjectCompleted(self, d, _event) -> None:
         self.stage, self.phase = "co_manage", "maintaining"
-        self.completed_at = _at(event)
 
-    def on_MaintainerAssigned(self, d, event) -> None:
-        self.maintainers[d["maintainer_id"]] = {k: d[k] for k in ("maintainer_id", "name", "kind", "duty", "rota",
-                                                                   "members")} | {"since": _at(event)}
-
-    def on_MaintenanceLogged(self, d, event) -> None:
-        self.maintenance_logs.append({k: d[k] for k in ("log_id", "maintainer_id", "logged_by", "note",
-                                                         "performed_at")} | {"at": _at(event)})
+    def on_MaintainerAssigned(self, d, _event) -> None:
+        self.maintainers[d["maintainer_id"]] = list(d["members"])
 
     def on_ProblemReported(self, d, event) -> None:
-        self.problems[d["problem_id"]] = {"problem_id": d["problem_id"], "reported_by": d["reported_by"],
-                                          "description": d["description"], "reported_at": _at(event),
-                                          "resolved_at": None, "resolution": None, "resolution_seconds": None}
+        self.problems[d["problem_id"]] = {"reported_at": _at(event), "resolved": False}
 
-    def on_ProblemResolved(self, d, event) -> None:
-        self.problems[d["problem_id"]].update(resolved_at=_at(event), resolution=d["resolution"],
-                                              resolution_seconds=d["resolution_seconds"],
-                                              resolved_by=d["resolved_by"])
+    def on_ProblemResolved(self, d, _event) -> None:
+        self.problems[d["problem_id"]]["resolved"] = True
 
-    def on_EvaluationOpened(self, d, event) -> None:
+    def on_EvaluationOpened(self, d, _event) -> None:
         self.stage, self.phase = "co_evaluate", "evaluating"
         self.responsible_unit = d["responsible_unit"]
-        self.evaluation = {"responsible_unit": d["responsible_unit"], "opened_at": _at(event), "ratings": {},
-                           "count": None, "average": None, "closed_at": None}
+        self.evaluation = {"responsible_unit": d["responsible_unit"], "ratings": {}, "count": None, "average": None}
 
-    def on_ProjectRated(self, d, event) -> None:
+    def on_ProjectRated(self, d, _event) -> None:
         # Only the score: the state is rewritten with every command, the comment stays in the event.
         self.evaluation["ratings"][d["person_id"]] = d["score"]
 
-    def on_EvaluationClosed(self, d, event) -> None:
+    def on_EvaluationClosed(self, d, _event) -> None:
         self.stage, self.phase = "co_share", "results_pending"
-        self.evaluation.update(count=d["count"], average=d["average"], closed_at=_at(event))
+        self.evaluation.update(count=d["count"], average=d["average"])
 
-    def on_ResultsPublished(self, d, event) -> None:
+    def on_ResultsPublished(self, d, _event) -> None:
         self.phase = "published"
-        self.results = {k: v for k, v in d.items() if k not in ("project_id", "community_id")} | {"at": _at(event)}
-
-    def on_RewardGranted(self, d, event) -> None:
-        self.rewards.append({k: d[k] for k in ("recipient_id", "recipient_name", "amount_fen", "reason")}
-                            | {"at": _at(event)})
 
 
 def _at(event) -> str:
@@ -591,11 +556,16 @@ _AMOUNT_KEYS = {"labour": ("labour_minutes",), "skills": ("skills_minutes",), "m
                 "materials": ("materials_fen",)}
 
 
-def _amount_fields(data: dict[str, Any]) -> dict[str, int]:
+def zero_amounts() -> dict[str, int]:
+    return {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
+
+
+def amount_fields(data: Mapping[str, Any]) -> dict[str, int]:
+    """The amounts (minutes, fen) an event of a pledge or a delivery carries."""
     return {k: data[k] for keys in _AMOUNT_KEYS.values() for k in keys if k in data}
 
 
-def _contribution_amounts(kind: str, body: dict[str, Any], what: str) -> dict[str, int]:
+def _contribution_amounts(kind: str, body: Mapping[str, Any], what: str) -> dict[str, int]:
     """The one amount that fits the kind (minutes for labour/skills, fen for money/materials)."""
     if kind not in CONTRIBUTION_KINDS:
         raise DomainError(f"unknown contribution kind {kind!r}", reason="invalid_kind",
@@ -614,7 +584,7 @@ def _contribution_amounts(kind: str, body: dict[str, Any], what: str) -> dict[st
     return {key: value}
 
 
-def _check_text_fields(fields: dict[str, Any]) -> None:
+def _check_text_fields(fields: Mapping[str, Any]) -> None:
     errors = {}
     if fields["category"] not in CATEGORIES:
         errors["category"] = f"one of {', '.join(CATEGORIES)}"

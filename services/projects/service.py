@@ -4,7 +4,7 @@ import sqlalchemy as sa
 
 from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition
-from services.projects import api, views
+from services.projects import api, handlers, views
 
 
 def _collectors(container):
@@ -14,12 +14,14 @@ def _collectors(container):
                        lambda c: c.execute(sa.select(t.c.community_id, t.c.stage, sa.func.count())
                                            .group_by(t.c.community_id, t.c.stage)).all())]
 
+
 DEFINITION = ServiceDefinition(
     name="projects",
     title="共同缔造 projects",
     description="Co-creation projects through the five stages 共谋 共建 共管 共评 共享, council votes, "
                 "contributions and the community fund.",
     projections=views.projections,
-    blueprints=api.blueprints,
+    blueprints=api.BLUEPRINTS,
+    command_handlers=handlers.HANDLERS,
     collectors=_collectors,
 )

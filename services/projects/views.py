@@ -2,12 +2,22 @@
 
 - ``communities_view``, ``funds_view``, ``projects_view``: the current state of every community,
   fund and project as JSON, with indexed columns for filters and statistics;
+- ``project_details``: what a project's page shows besides its state — one row per event of the
+  project that the page lists or dates (co-signers, revisions, opinions, spending, milestones,
+  maintenance logs, rewards, ...), keyed by the project and the event's version;
 - ``fund_ledger``: one row per movement of a community fund, with the balance after it;
 - ``pledges_view``: one row per pledge, for "my pledges" and contribution totals.
+
+The named queries below are the API's reads (:mod:`services.projects.api` holds no SQL).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,9 +25,15 @@ from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
 from services.kernel import privacy
+from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
+from services.kernel.eventstore import EventStore
 from services.projects.community import Community, CommunityFund
-from services.projects.domain import CATEGORIES, PHASES, STAGES, Project
+from services.projects.domain import (
+    AMENDABLE, CATEGORIES, PHASES, STAGES, STANCES, Project, amount_fields, zero_amounts,
+)
+
+APPROVED_STAGES = ("co_build", "co_manage", "co_evaluate", "co_share")
 
 EVENT_LABELS: dict[str, tuple[str, str]] = {
     "CommunityRegistered": ("社区登记", "community registered"),
@@ -62,14 +78,20 @@ def labels(event_type: str) -> dict[str, str]:
     return {"zh": zh, "en": en}
 
 
+def _vote_result(project: Project) -> str | None:
+    """The council's verdict, once given: a project is approved or rejected only by a vote."""
+    if project.stage == "rejected":
+        return "rejected"
+    return "approved" if project.stage in APPROVED_STAGES else None
+
+
 def _project_columns(project: Project) -> dict[str, Any]:
     totals = project.totals()["delivered"]
-    tally = (project.vote or {}).get("tally") or {}
     return {
         "community_id": project.community_id, "grid_id": project.grid_id, "stage": project.stage,
         "category": project.category, "proposer_id": project.proposer_id,
         "search_text": " ".join((project.title, project.description, project.location)).lower(),
-        "vote_result": tally.get("result"), "requested_fen": project.requested_fen,
+        "vote_result": _vote_result(project), "requested_fen": project.requested_fen,
         "spent_fen": project.spent_fen, "labour_minutes": totals["labour_minutes"],
         "skills_minutes": totals["skills_minutes"], "money_fen": totals["money_fen"],
         "materials_fen": totals["materials_fen"],
@@ -203,12 +225,148 @@ def _amount_key(d: dict[str, Any]) -> tuple[str, str]:
     raise ValueError(f"pledge event without an amount: {d}")
 
 
+# -- a project's page ---------------------------------------------------------------------------
+
+def _at(event: StoredEvent) -> str:
+    return format_time(event.occurred_at)
+
+
+def _pick(d: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: d[k] for k in keys}
+
+
+# What the page keeps of each event of a project: (item id or None, the entry). An entry of an
+# event that is not listed here is not kept (the state or the history has it).
+ENTRIES: dict[str, Callable[[Mapping[str, Any], StoredEvent], tuple[str | None, dict[str, Any]]]] = {
+    "ProjectProposed": lambda d, e: (None, {"revision": 0, **_pick(d, *AMENDABLE), "reason": "original proposal",
+                                            "at": _at(e)}),
+    "ProposalAmended": lambda d, e: (None, {**_pick(d, "revision", "changes", "reason"), "at": _at(e),
+                                            "by": e.metadata.get("actor")}),
+    "ProjectCosigned": lambda d, e: (None, {**_pick(d, "person_id", "name"), "at": _at(e)}),
+    "OpinionPosted": lambda d, e: (None, {**_pick(d, "opinion_id", "person_id", "name", "stance", "text"),
+                                          "at": _at(e)}),
+    "ProjectWithdrawn": lambda d, e: (None, {"reason": d["reason"], "at": _at(e)}),
+    "CouncilVoteOpened": lambda d, e: (None, {**_pick(d, "electorate_size", "quorum_numerator", "quorum_denominator",
+                                                      "pass_numerator", "pass_denominator", "reserved_fen",
+                                                      "opened_by"), "opened_at": _at(e)}),
+    "CouncilVoteClosed": lambda d, e: (None, {"tally": _pick(d, "electorate_size", "ballots", "yes", "no", "abstain",
+                                                             "quorum_required", "quorum_met", "result", "reason"),
+                                              "closed_at": _at(e)}),
+    "ContributionPledged": lambda d, e: (d["pledge_id"], {
+        **_pick(d, "pledge_id", "contributor_id", "contributor_name", "contributor_type", "kind"),
+        "description": d.get("description", ""), "pledged": {**zero_amounts(), **amount_fields(d)}, "at": _at(e)}),
+    "ContributionDelivered": lambda d, e: (d["pledge_id"], {"delivered_at": d["delivered_at"]}),
+    "ProjectSpendingRecorded": lambda d, e: (None, {**_pick(d, "spending_id", "amount_fen", "receipt_ref",
+                                                            "description"), "at": _at(e)}),
+    "MilestoneRecorded": lambda d, e: (None, {**_pick(d, "progress", "note"), "at": _at(e)}),
+    "ProjectCompleted": lambda d, e: (None, {"at": _at(e)}),
+    "MaintainerAssigned": lambda d, e: (d["maintainer_id"], {
+        **_pick(d, "maintainer_id", "name", "kind", "duty", "rota", "members"), "since": _at(e)}),
+    "MaintenanceLogged": lambda d, e: (None, {**_pick(d, "log_id", "maintainer_id", "logged_by", "note",
+                                                      "performed_at"), "at": _at(e)}),
+    "ProblemReported": lambda d, e: (d["problem_id"], {
+        **_pick(d, "problem_id", "reported_by", "description"), "reported_at": _at(e), "resolved_at": None,
+        "resolution": None, "resolution_seconds": None}),
+    "ProblemResolved": lambda d, e: (d["problem_id"], {
+        "resolved_at": _at(e), **_pick(d, "resolution", "resolution_seconds", "resolved_by")}),
+    "EvaluationOpened": lambda d, e: (None, {"opened_at": _at(e)}),
+    "EvaluationClosed": lambda d, e: (None, {"closed_at": _at(e)}),
+    "ResultsPublished": lambda d, e: (None, {**{k: v for k, v in d.items() if k not in ("project_id", "community_id")},
+                                             "at": _at(e)}),
+    "RewardGranted": lambda d, e: (None, {**_pick(d, "recipient_id", "recipient_name", "amount_fen", "reason"),
+                                          "at": _at(e)}),
+}
+MAINTENANCE_LOGS_SHOWN = 50  # the page shows the latest logs and how many there are
+
+
+@dataclasses.dataclass
+class ProjectPage:
+    """The ``project_details`` rows of one project up to a version, as the detail reads them."""
+
+    entries: dict[str, list[tuple[str | None, dict[str, Any]]]]  # event type -> (item id, entry), in order
+    maintenance_logs: list[dict[str, Any]]  # the latest ones, oldest first
+    maintenance_log_count: int
+    last_delivered_at: dict[str, str]  # pledge id -> when its latest delivery was made
+
+    def all(self, event_type: str) -> list[dict[str, Any]]:
+        return [entry for _item, entry in self.entries.get(event_type, ())]
+
+    def last(self, event_type: str) -> dict[str, Any] | None:
+        found = self.entries.get(event_type)
+        return found[-1][1] if found else None
+
+    def by_item(self, event_type: str) -> dict[str | None, dict[str, Any]]:
+        return dict(self.entries.get(event_type, ()))
+
+
+class ProjectDetails:
+    """What a project's page shows besides the project's state: one row per event of the project
+    that the page lists or dates (``ENTRIES``), keyed by the project and the event's version. Rows
+    are only ever added, so the rows up to a version are the page of that version (``as-of``)."""
+
+    name = "project_details"
+    TAILED = ("MaintenanceLogged", "ContributionDelivered")  # read by the page in part only
+
+    def __init__(self) -> None:
+        self.table = sa.Table(
+            "project_details", sa.MetaData(),
+            sa.Column("project_id", sa.String(100), primary_key=True, autoincrement=False),
+            sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+            sa.Column("event_type", sa.String(40), nullable=False),
+            sa.Column("item_id", sa.String(100)),
+            sa.Column("entry", sa.Text, nullable=False),
+            sa.Index("ix_project_details_type", "project_id", "event_type", "version"),
+        )
+        self.tables = [self.table]
+        self._prefix = Project.stream_prefix + "-"
+
+    def row(self, event: StoredEvent) -> dict[str, Any] | None:
+        make = ENTRIES.get(event.event_type)
+        if make is None or not event.stream_id.startswith(self._prefix):
+            return None
+        item_id, entry = make(event.data, event)
+        return {"project_id": event.stream_id[len(self._prefix):], "version": event.version,
+                "event_type": event.event_type, "item_id": item_id,
+                "entry": json.dumps(entry, ensure_ascii=False, sort_keys=True, separators=(",", ":"))}
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        row = self.row(event)
+        if row is not None:
+            connection.execute(self.table.insert().values(**row))
+
+    def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
+        rows = [row for row in map(self.row, events) if row is not None]
+        if rows:
+            connection.execute(self.table.insert(), rows)
+
+    def page(self, connection: Connection, project_id: str, version: int) -> ProjectPage:
+        """The project's rows up to ``version``: every entry but the tailed ones, the latest
+        maintenance logs and their count, and the time of each pledge's latest delivery."""
+        t = self.table
+        upto = [t.c.project_id == project_id, t.c.version <= version]
+        entries: dict[str, list[tuple[str | None, dict[str, Any]]]] = defaultdict(list)
+        for row in connection.execute(sa.select(t.c.event_type, t.c.item_id, t.c.entry)
+                                      .where(*upto, t.c.event_type.not_in(self.TAILED)).order_by(t.c.version)):
+            entries[row.event_type].append((row.item_id, json.loads(row.entry)))
+        logs = [*upto, t.c.event_type == "MaintenanceLogged"]
+        count = connection.execute(sa.select(sa.func.count()).select_from(t).where(*logs)).scalar()
+        latest = connection.execute(sa.select(t.c.entry).where(*logs).order_by(t.c.version.desc())
+                                    .limit(MAINTENANCE_LOGS_SHOWN)).scalars().all()
+        last = (sa.select(t.c.item_id, sa.func.max(t.c.version).label("version"))
+                .where(*upto, t.c.event_type == "ContributionDelivered").group_by(t.c.item_id).subquery())
+        delivered = connection.execute(sa.select(t.c.item_id, t.c.entry).join(last, sa.and_(
+            t.c.project_id == project_id, t.c.item_id == last.c.item_id, t.c.version == last.c.version)))
+        return ProjectPage(dict(entries), [json.loads(entry) for entry in reversed(latest)], count,
+                           {row.item_id: json.loads(row.entry)["delivered_at"] for row in delivered})
+
+
 LEDGER = FundLedger()
 PLEDGES = PledgesView()
+DETAILS = ProjectDetails()
 
 
 def projections():
-    return [COMMUNITIES, FUNDS, PROJECTS, LEDGER, PLEDGES]
+    return [COMMUNITIES, FUNDS, PROJECTS, DETAILS, LEDGER, PLEDGES]
 
 
 # -- presenting -------------------------------------------------------------------------------
@@ -221,44 +379,87 @@ def project_summary(project: Project) -> dict[str, Any]:
         "phase_label": PHASES.get(project.phase), "proposer_id": project.proposer_id,
         "proposer_name": project.proposer_name, "requested_fen": project.requested_fen,
         "estimated_cost_fen": project.estimated_cost_fen, "progress": project.progress,
-        "cosigner_count": len(project.cosigners), "version": project.version,
+        "cosigner_count": len(project.cosigner_ids), "version": project.version,
         "created_at": project.created_at, "updated_at": project.updated_at,
     }
 
 
-def project_detail(project: Project) -> dict[str, Any]:
-    vote = None
-    if project.vote is not None:
-        v = project.vote
-        vote = {k: v.get(k) for k in ("electorate_size", "quorum_numerator", "quorum_denominator",
-                                      "pass_numerator", "pass_denominator", "reserved_fen", "opened_by",
-                                      "opened_at", "closed_at", "tally")}
-        vote["ballots_cast"] = len(v["ballots"])
-    evaluation = None
-    if project.evaluation is not None:
-        e = project.evaluation
-        scores = list(e["ratings"].values())
-        evaluation = {"responsible_unit": e["responsible_unit"], "opened_at": e["opened_at"],
-                      "closed_at": e["closed_at"], "ratings": len(scores),
-                      "average": e["average"] if e["closed_at"] else
-                      (round(sum(scores) / len(scores), 2) if scores else None)}
-    stances = {s: 0 for s in ("support", "oppose", "neutral")}
-    for opinion in project.opinions:
+def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
+    """The project's page at its version: its state, with what ``project_details`` keeps of its
+    events up to that version (so a command's answer and a past version read it alike)."""
+    page = DETAILS.page(connection, project.id, project.version)
+    opinions = page.all("OpinionPosted")
+    stances = {stance: 0 for stance in STANCES}
+    for opinion in opinions:
         stances[opinion["stance"]] += 1
+    completed = page.last("ProjectCompleted")
     return {
         **project_summary(project),
         "description": project.description, "location": project.location,
         "allowed_actions": project.allowed_actions(),
-        "cosigners_required": project.cosigners_required, "cosigners": project.cosigners,
-        "revisions": project.revisions, "opinions": project.opinions, "opinion_stances": stances,
-        "withdrawal": project.withdrawal, "vote": vote, "responsible_unit": project.responsible_unit,
-        "pledges": list(project.pledges.values()), "totals": project.totals(), "spending": project.spending,
-        "milestones": project.milestones, "completed_at": project.completed_at,
-        "maintainers": list(project.maintainers.values()), "maintenance_logs": project.maintenance_logs[-50:],
-        "maintenance_log_count": len(project.maintenance_logs),
-        "problems": list(project.problems.values()), "evaluation": evaluation, "results": project.results,
-        "rewards": project.rewards,
+        "cosigners_required": project.cosigners_required, "cosigners": page.all("ProjectCosigned"),
+        "revisions": _revisions(page), "opinions": opinions, "opinion_stances": stances,
+        "withdrawal": page.last("ProjectWithdrawn"), "vote": _vote(project, page),
+        "responsible_unit": project.responsible_unit,
+        "pledges": _pledges(project, page), "totals": _totals(project, page),
+        "spending": page.all("ProjectSpendingRecorded"), "milestones": page.all("MilestoneRecorded"),
+        "completed_at": completed["at"] if completed else None,
+        "maintainers": page.all("MaintainerAssigned"), "maintenance_logs": page.maintenance_logs,
+        "maintenance_log_count": page.maintenance_log_count,
+        "problems": _problems(page), "evaluation": _evaluation(project, page),
+        "results": page.last("ResultsPublished"), "rewards": page.all("RewardGranted"),
     }
+
+
+def _revisions(page: ProjectPage) -> list[dict[str, Any]]:
+    """The original text and the whole text after each amendment, with its reason."""
+    revisions = page.all("ProjectProposed")[:1]
+    text = {k: revisions[0][k] for k in AMENDABLE} if revisions else {}
+    for amended in page.all("ProposalAmended"):
+        text.update(amended["changes"])
+        revisions.append({"revision": amended["revision"], **text, "reason": amended["reason"],
+                          "at": amended["at"], "by": amended["by"]})
+    return revisions
+
+
+def _vote(project: Project, page: ProjectPage) -> dict[str, Any] | None:
+    if project.vote is None:
+        return None
+    closed = page.last("CouncilVoteClosed") or {"tally": None, "closed_at": None}
+    return {**page.last("CouncilVoteOpened"), **closed, "ballots_cast": len(project.vote["ballots"])}
+
+
+def _pledges(project: Project, page: ProjectPage) -> list[dict[str, Any]]:
+    return [{**entry, "delivered": project.pledges[entry["pledge_id"]]["delivered"],
+             "delivery_count": project.pledges[entry["pledge_id"]]["delivery_count"],
+             "last_delivered_at": page.last_delivered_at.get(entry["pledge_id"])}
+            for entry in page.all("ContributionPledged")]
+
+
+def _totals(project: Project, page: ProjectPage) -> dict[str, Any]:
+    pledged = zero_amounts()
+    for entry in page.all("ContributionPledged"):
+        for key, value in entry["pledged"].items():
+            pledged[key] += value
+    return {"pledged": pledged, **project.totals(),
+            "rewards_fen": sum(reward["amount_fen"] for reward in page.all("RewardGranted"))}
+
+
+def _problems(page: ProjectPage) -> list[dict[str, Any]]:
+    resolved = page.by_item("ProblemResolved")
+    return [{**problem, **resolved.get(problem_id, {})} for problem_id, problem in page.entries.get("ProblemReported", ())]
+
+
+def _evaluation(project: Project, page: ProjectPage) -> dict[str, Any] | None:
+    if project.evaluation is None:
+        return None
+    e = project.evaluation
+    scores = list(e["ratings"].values())
+    closed = page.last("EvaluationClosed")
+    return {"responsible_unit": e["responsible_unit"], "opened_at": page.last("EvaluationOpened")["opened_at"],
+            "closed_at": closed["closed_at"] if closed else None, "ratings": len(scores),
+            "average": e["average"] if e["count"] is not None else
+            (round(sum(scores) / len(scores), 2) if scores else None)}
 
 
 def history_entry(event: StoredEvent, principal, community_id: str | None) -> dict[str, Any]:
@@ -323,3 +524,61 @@ def community_stats(connection: Connection, community_id: str) -> dict[str, Any]
         "project_spending_fen": sums.spent_fen,
         "fund": fund.view(),
     }
+
+
+# -- named queries (the API's reads) -------------------------------------------------------------
+
+def list_communities(connection: Connection, community_id: str | None) -> list[Community]:
+    """Every community (``community_id`` None) or the one given."""
+    return COMMUNITIES.find(connection, id=community_id)
+
+
+def require_community(connection: Connection, community_id: str) -> None:
+    if COMMUNITIES.get(connection, community_id) is None:
+        raise NotFound(f"no community {community_id}")
+
+
+def fund_page(connection: Connection, community_id: str, limit: int, after: int) -> dict[str, Any]:
+    """The fund of an existing community: balance and totals, and its ledger after a position."""
+    require_community(connection, community_id)
+    fund = FUNDS.get(connection, community_id) or CommunityFund(id=community_id)
+    ledger = LEDGER.page(connection, community_id, limit, after)
+    return {**fund.view(), "ledger": ledger, "next_after": ledger[-1]["position"] if ledger else after}
+
+
+def statistics(connection: Connection, community_id: str) -> dict[str, Any]:
+    """:func:`community_stats` of an existing community."""
+    require_community(connection, community_id)
+    return community_stats(connection, community_id)
+
+
+def find_project(connection: Connection, project_id: str) -> Project:
+    project = PROJECTS.get(connection, project_id)
+    if project is None:
+        raise NotFound(f"no project {project_id}")
+    return project
+
+
+def project_events(store: EventStore, project_id: str, version: int | None = None,
+                   at: datetime | None = None) -> list[StoredEvent]:
+    """The project's events, all of them or up to a version or an instant (404 when there are none)."""
+    stream_id = Project.stream_id_for(project_id)
+    events = store.load(stream_id, up_to_version=version, as_of=at)
+    if not events:
+        if (version is None and at is None) or store.current_version(stream_id) == 0:
+            raise NotFound(f"no project {project_id}")
+        raise NotFound(f"project {project_id} did not exist yet at that time")
+    return events
+
+
+def project_as_of(connection: Connection, project_id: str, events: Sequence[StoredEvent]) -> dict[str, Any]:
+    """The page of the project as its ``events`` (its first ones) leave it."""
+    return project_detail(connection, Project.replay(project_id, events))
+
+
+def my_proposals(connection: Connection, person_id: str) -> tuple[list[dict[str, Any]], int]:
+    return list_projects(connection, {"proposer_id": person_id, "page": 1, "per_page": 100})
+
+
+def my_pledges(connection: Connection, person_id: str) -> list[dict[str, Any]]:
+    return PLEDGES.for_contributor(connection, person_id)

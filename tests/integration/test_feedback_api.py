@@ -12,10 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from services.feedback import handlers
-from services.feedback.domain import RatingIds, legacy_rating_id
-from services.feedback.handlers import feedback_service
-from services.feedback.service import DEFINITION
+from services.feedback.commands import SubmitRating, SweepOverdue
+from services.feedback.ids import RatingIds, legacy_rating_id
+from services.feedback.service import DEFINITION, _project_evaluation_handlers
 from services.kernel.auth import Principal
+from services.kernel.bus import MessageBus
 from services.kernel.db import read_transaction, write_transaction
 from services.kernel.events import Metadata, StoredEvent
 from services.kernel.eventstore import rebuild
@@ -57,8 +58,9 @@ class World:
 
     def __init__(self, url: str, clock: Clock) -> None:
         settings = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET}, database_url=url)
-        self.app = create_service_app(DEFINITION, settings)
-        self.store = self.app.extensions["cocreate.container"].store
+        self.app = create_service_app(DEFINITION, settings, clock=clock)
+        self.container = self.app.extensions["cocreate.container"]
+        self.store = self.container.store
         self.d = ProjectsDriver(FlaskClient(self.app.test_client()))
         self.clock = clock
 
@@ -72,9 +74,9 @@ class World:
     def get(self, person, path):
         return self.d.get(person, path)
 
-    @property
-    def service(self):
-        return feedback_service(self.app.extensions["cocreate.container"])
+    def sweep(self) -> int:
+        """What ``python -m services.feedback sweep-overdue`` does: how many cases became overdue."""
+        return self.container.bus.handle(SweepOverdue(), metadata=Metadata(actor="system:overdue-sweep")).result
 
     def events(self) -> int:
         return self.store.last_position()
@@ -111,10 +113,10 @@ class World:
 
 
 @pytest.fixture
-def clock(monkeypatch) -> Clock:
-    clock = Clock(MON)
-    monkeypatch.setattr(handlers, "now", clock)
-    return clock
+def clock() -> Clock:
+    """The service's clock (injected into ``create_service_app``): tests move it through periods
+    and deadlines."""
+    return Clock(MON)
 
 
 @pytest.fixture
@@ -350,7 +352,7 @@ def test_a_revision_to_a_bad_level_opens_one_case(w):
 
 # -- overdue -----------------------------------------------------------------------------------
 
-def test_overdue_is_recorded_on_read_exactly_once(both):
+def test_overdue_shows_on_read_and_is_recorded_by_the_sweep_exactly_once(both):
     w = both
     w.register("wang", person_id="p-wang")
     w.clock.at = datetime(2026, 10, 9, 14, 0, tzinfo=UTC)  # Friday 22:00 local
@@ -363,22 +365,33 @@ def test_overdue_is_recorded_on_read_exactly_once(both):
     w.clock.at = deadline - timedelta(seconds=1)
     assert w.get(CADRE, f"/cases/{case_a}")["overdue"] is False
     assert w.get(CADRE, "/cases")["overdue"] == 0
+    assert w.sweep() == 0
     assert w.stream(f"case-{case_a}") == ["FollowUpOpened"]
 
+    # Past the deadline every read shows both cases overdue, and no read records anything.
     w.clock.at = deadline + timedelta(hours=1)
+    before = w.events()
     reply = w.call(CADRE, "GET", f"/cases/{case_a}")
-    assert reply.status_code == 200 and reply.json()["overdue"] is True and reply.headers["ETag"] == '"2"'
-    for _ in range(2):
-        assert w.get(CADRE, f"/cases/{case_a}")["version"] == 2
-    listing = w.get(GRID, "/cases")  # the listing records the other one
+    assert reply.status_code == 200 and reply.json()["overdue"] is True and reply.headers["ETag"] == '"1"'
+    listing = w.get(GRID, "/cases")
     assert (listing["open"], listing["overdue"]) == (2, 2)
-    w.get(CADRE, "/cases")
-    w.get(RES[1], f"/cases/{case_b}")
-    assert w.stream(f"case-{case_a}") == ["FollowUpOpened", "FollowUpOverdue"]
-    assert w.stream(f"case-{case_b}") == ["FollowUpOpened", "FollowUpOverdue"]
-    assert w.service.sweep_overdue() == 0
+    assert all(case["overdue"] for case in listing["items"])
+    assert w.get(RES[1], f"/cases/{case_b}")["overdue"] is True
+    assert w.get(RES[5], f"/cases/summary?community_id={C}")["overdue"] == 2
+    assert [r["case"]["overdue"] for r in w.get(RES[0], "/me/ratings")["items"]] == [True]
     assert {c["case_id"] for c in w.get(CADRE, "/cases?overdue=true")["items"]} == {case_a, case_b}
     assert w.get(CADRE, "/cases?overdue=false")["items"] == []
+    assert w.events() == before
+    assert w.stream(f"case-{case_a}") == ["FollowUpOpened"]
+
+    # The sweep records them, once.
+    assert w.sweep() == 2
+    assert w.sweep() == 0
+    assert w.stream(f"case-{case_a}") == ["FollowUpOpened", "FollowUpOverdue"]
+    assert w.stream(f"case-{case_b}") == ["FollowUpOpened", "FollowUpOverdue"]
+    reply = w.call(CADRE, "GET", f"/cases/{case_a}")
+    assert reply.json()["overdue"] is True and reply.headers["ETag"] == '"2"'
+    assert (w.get(GRID, "/cases")["overdue"], w.get(CADRE, "/cases?overdue=false")["items"]) == (2, [])
 
     w.ok(CADRE, "POST", f"/cases/{case_a}/contacts", {"channel": "visit", "note": "上门"}, 200)
     w.ok(CADRE, "POST", f"/cases/{case_a}/rectifications", {"actions": "整改"}, 200)
@@ -388,7 +401,30 @@ def test_overdue_is_recorded_on_read_exactly_once(both):
     assert w.stream(f"case-{case_a}").count("FollowUpOverdue") == 1
 
 
-def test_the_case_summary_counts_and_records_overdue_cases(w):
+def test_a_case_worked_past_its_deadline_before_the_sweep_is_closed_late(w):
+    """Case commands do not record overdue (only the sweep does): the closure says it was late, the
+    closed case shows as overdue, and the sweep leaves it alone."""
+    w.register("wang", person_id="p-wang")
+    case_id = w.rate(RES[0], "wang", 1, 201)["resource"]["case_id"]
+    w.clock.at = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)  # the deadline: end of Monday 12 local
+    contacted = w.ok(GRID, "POST", f"/cases/{case_id}/contacts", {"channel": "phone", "note": "回访"}, 200)
+    assert [e["event_type"] for e in contacted["recorded"]] == ["ResidentContacted"]
+    assert contacted["resource"]["overdue"] is True and contacted["resource"]["version"] == 2
+    w.ok(CADRE, "POST", f"/cases/{case_id}/rectifications", {"actions": "整改"}, 200)
+    closed = w.ok(RES[0], "POST", f"/cases/{case_id}/confirmation", {"satisfied": True}, 200)
+    assert [e["event_type"] for e in closed["recorded"]] == ["FollowUpClosed"]
+    assert closed["recorded"][0]["data"]["late"] is True
+    case = closed["resource"]
+    assert (case["status"], case["overdue"], case["outcome"]["late"]) == ("closed", True, True)
+    assert w.sweep() == 0
+    assert w.stream(f"case-{case_id}") == ["FollowUpOpened", "ResidentContacted", "RectificationRecorded",
+                                           "FollowUpClosed"]
+    assert w.get(RES[5], f"/cases/summary?community_id={C}") == {"community_id": C, "open": 0, "overdue": 0,
+                                                                 "closed": 1}
+    assert [c["case_id"] for c in w.get(CADRE, "/cases?overdue=true")["items"]] == [case_id]
+
+
+def test_the_case_summary_counts_overdue_cases_and_records_nothing(w):
     w.register("wang", person_id="p-wang")
     case_id = w.rate(RES[0], "wang", 1, 201)["resource"]["case_id"]
     w.rate(RES[1], "wang", 2, 201)
@@ -397,11 +433,13 @@ def test_the_case_summary_counts_and_records_overdue_cases(w):
     assert w.get(RES[5], f"/cases/summary?community_id={C}") == {"community_id": C, "open": 2, "overdue": 0,
                                                                  "closed": 0}
     w.clock.at = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)  # the deadline: end of Monday 12 local
+    before = w.events()
     assert w.get(RES[5], f"/cases/summary?community_id={C}") == {"community_id": C, "open": 2, "overdue": 2,
                                                                  "closed": 0}
+    assert w.events() == before and w.stream(f"case-{case_id}") == ["FollowUpOpened"]
+    assert w.sweep() == 3
     assert w.stream(f"case-{case_id}") == ["FollowUpOpened", "FollowUpOverdue"]
     assert w.get(RES[5], f"/cases/summary?community_id={C}")["overdue"] == 2
-    assert w.stream(f"case-{case_id}") == ["FollowUpOpened", "FollowUpOverdue"]
     assert w.get(OUTSIDER, "/cases/summary?community_id=jimei")["overdue"] == 1
     invalid(w.call(RES[5], "GET", "/cases/summary"), "community_id", location="query")
     refused(w.call(None, "GET", f"/cases/summary?community_id={C}"), 401)
@@ -411,10 +449,12 @@ def test_the_sweep_command_records_overdue_cases(w):
     w.register("wang", person_id="p-wang")
     case_id = w.rate(RES[0], "wang", 1, 201)["resource"]["case_id"]
     w.clock.at = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)
-    assert DEFINITION.commands["sweep-overdue"][1](w.app.extensions["cocreate.container"]) == (
-        "feedback: 1 follow-up case(s) became overdue")
-    assert w.service.sweep_overdue() == 0
+    assert DEFINITION.commands["sweep-overdue"][1](w.container) == "feedback: 1 follow-up case(s) became overdue"
+    assert w.sweep() == 0
     assert w.stream(f"case-{case_id}") == ["FollowUpOpened", "FollowUpOverdue"]
+    [overdue] = [e for e in w.get(ADMIN, f"/streams/case-{case_id}/events")["events"]
+                 if e["event_type"] == "FollowUpOverdue"]
+    assert overdue["metadata"]["actor"] == "system:overdue-sweep"
 
 
 # -- revisions ---------------------------------------------------------------------------------
@@ -740,7 +780,7 @@ def test_a_published_ranking_recomputes_identically_after_the_read_models_are_re
     w.clock.at = NOV
     w.publish("2026-10")
     w.rate(RES[0], "wang", 1, 201)  # November's ratings come after the published position
-    assert w.get(CADRE, "/cases")["overdue"] == 2  # October's two cases, recorded overdue now
+    assert w.get(CADRE, "/cases")["overdue"] == 2  # October's two cases, past their deadline now
 
     paths = [f"/rankings/{C}/cadre/2026-10", f"/rankings/{C}/cadre?period=2026-10",
              f"/rankings/{C}/cadre/2026-10/verification", "/subjects/li?period=2026-10",
@@ -1010,10 +1050,12 @@ def test_a_rating_stored_under_a_derivable_id_is_found_again_and_shown_under_a_p
     """Ratings stored before ids were keyed by the secret keep their stream; a resident rating
     again in the period revises it, and readers never see (nor can use) its derivable id."""
     w.register("wang", person_id="p-wang")
-    old = w.service
-    old.ids.stored = legacy_rating_id  # how the service named rating streams before
+    old_ids = RatingIds(b"whatever-secret-the-old-service-never-had")
+    old_ids.stored = legacy_rating_id  # how the service named rating streams before
+    old = MessageBus(w.store, handlers.handlers_for(old_ids), clock=w.clock)
     principal = Principal(RES[0].person_id, RES[0].name, frozenset(RES[0].roles), C)
-    old.rate(principal, Metadata(actor=RES[0].person_id), "wang", {"level": 2, "comment": "旧评价"})
+    old.handle(SubmitRating(subject_id="wang", level=2, comment="旧评价"), actor=principal,
+               metadata=Metadata(actor=RES[0].person_id))
     period = w.get(RES[0], "/me/ratings")["items"][0]["period"]
     legacy = legacy_rating_id("wang", period, RES[0].person_id, "resident")
     assert w.streams("rating-") == [f"rating-{legacy}"]
@@ -1047,7 +1089,7 @@ def test_the_rating_id_secret_cannot_change_under_a_database(sqlite_url, clock):
 
 def test_a_project_evaluation_becomes_two_ratings_once_and_is_not_revised_here(w):
     store = w.store
-    service = w.service
+    record = _project_evaluation_handlers(w.container)["ProjectRated"]
     event = StoredEvent(
         event_id="0f6d2a44-3b1c-4a8e-9c1e-2d3b4c5d6e7f", event_type="ProjectRated", schema_version=1,
         stream_id="project-p1", version=9, position=99, occurred_at=MON,
@@ -1056,7 +1098,13 @@ def test_a_project_evaluation_becomes_two_ratings_once_and_is_not_revised_here(w
               "comment": "还有两盏不亮"}, metadata={})
     for _ in range(2):
         with write_transaction(store.engine) as connection:
-            service.record_project_evaluation(connection, event)
+            record(connection, event)
+    # Caused by the evaluation, in its correlation, and naming no actor (the rater is in the data).
+    caused = [e for e in store.iterate_all() if e.metadata.get("causation_id") == event.event_id]
+    assert [e.event_type for e in caused] == ["SubjectRegistered", "SubjectRegistered", "RatingSubmitted",
+                                              "FollowUpOpened", "FollowUpLinked", "RatingSubmitted",
+                                              "FollowUpOpened", "FollowUpLinked"]
+    assert all(e.metadata["actor"] is None and e.metadata["correlation_id"] == event.event_id for e in caused)
     for subject_id in ("jsb", "project-p1"):
         figures = w.figures(subject_id)
         assert figures["ratings"] == 1 and figures["levels"]["2"] == 1

@@ -3,14 +3,21 @@ on PostgreSQL when TEST_POSTGRES_URL is set): every endpoint once for success, a
 401 without a token, 403 for a wrong role or community, 404 for an unknown project or community,
 422 for bad input and unknown fields (one error shape), 409 for rule violations with their reason,
 412 for a stale If-Match — each followed by a check that nothing stored changed.
+
+The service's clock (injected into ``create_service_app``) is the test's: the time now unless a
+test sets it, for what handlers date themselves (a delivery's default time, a problem's resolution).
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 import pytest
+import sqlalchemy as sa
 
+from services.kernel.events import parse_time, utc_now
+from services.kernel.eventstore import rebuild
 from services.kernel.service import create_service_app, load_settings
 from services.projects.service import DEFINITION as PROJECTS
 from tests.conftest import TEST_SECRET
@@ -25,6 +32,16 @@ ADMIN = Person("admin-1", "管理员", ("admin",), None)
 OUTSIDER = Person("jimei-r1", "集美居民", ("resident",), "jimei")
 OTHER_CADRE = Person("jimei-cadre", "集美干部", ("cadre",), "jimei")
 ORGANIZER = Person("org-1", "活动组织者", ("organizer",), "haicang")
+
+
+class Clock:
+    """The service's clock: now, unless a test sets ``at``."""
+
+    def __init__(self) -> None:
+        self.at: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.at or utc_now()
 
 
 class Api:
@@ -60,25 +77,30 @@ class Api:
         return self.d.get(ADMIN, f"/communities/{community_id}/fund")
 
 
-def _api(tmp_path, database_url: str):
+def _api(tmp_path, database_url: str, clock: Clock):
     settings = load_settings(PROJECTS, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
                                                 "COCREATE_DATA_DIR": str(tmp_path),
                                                 "PROJECTS_DATABASE_URL": database_url})
-    app = create_service_app(PROJECTS, settings)
+    app = create_service_app(PROJECTS, settings, clock=clock)
     return Api(app, app.extensions["cocreate.container"].store)
 
 
 @pytest.fixture
-def api(tmp_path):
-    instance = _api(tmp_path, f"sqlite:///{tmp_path}/projects.db")
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def api(tmp_path, clock):
+    instance = _api(tmp_path, f"sqlite:///{tmp_path}/projects.db", clock)
     yield instance
     instance.store.engine.dispose()
 
 
 @pytest.fixture
-def any_api(tmp_path, database_url):
+def any_api(tmp_path, database_url, clock):
     """The same API on SQLite and on PostgreSQL (skipped without TEST_POSTGRES_URL)."""
-    instance = _api(tmp_path, database_url)
+    instance = _api(tmp_path, database_url, clock)
     yield instance
     instance.store.engine.dispose()
 
@@ -882,6 +904,167 @@ def test_a_command_in_the_wrong_stage_says_what_is_allowed_now(api):
         assert error["errors"]["allowed_actions"] == allowed, path
         assert error["message"].endswith(f"the project is in stage co_build (building); allowed now: "
                                          f"{', '.join(allowed)}"), error["message"]
+
+
+# == a project's page =============================================================================
+
+def read_models(store) -> dict[str, list[tuple]]:
+    with store.engine.connect() as connection:
+        return {table.name: sorted(tuple(row) for row in connection.execute(sa.select(table)))
+                for projection in store.projections for table in projection.tables}
+
+
+def test_the_page_shows_what_happened_with_its_times_as_of_any_version_and_after_a_rebuild(any_api, clock):
+    """What only the page shows (every revision, co-signers, opinions, the vote's times, pledges and
+    deliveries, spending, milestones, maintainers and their logs, problems, the evaluation's times,
+    results and rewards) is read from the ``project_details`` read model: exactly, dated as the
+    history dates its events; the page of any version (as-of) is the answer of the command that
+    made that version; and a rebuild gives the same read models and pages."""
+    api, d = any_api, any_api.d
+    c = Community(d, "haicang")
+    answers: dict[int, dict] = {}  # version -> the project in the answer of the command that made it
+
+    def post(person, path, body=None, status=None) -> dict:
+        reply = d.post(person, f"/projects/{pid}/{path}", body, status)
+        answers[reply["project"]["version"]] = reply["project"]
+        return reply
+
+    first = c.propose()
+    pid = first["project_id"]
+    answers[1] = first
+    for person in c.residents[1:7]:
+        post(person, "cosignatures")
+    post(c.residents[8], "opinions", {"stance": "support", "text": "老人上下楼更安全"})
+    post(c.residents[9], "opinions", {"stance": "oppose", "text": "先修电梯更好"})
+    post(c.grid_worker, "opinions", {"stance": "support", "text": "网格员意见"})
+    post(c.residents[0], "amendments", {"requested_fen": 900_000, "reason": "居民自筹一部分"})
+    post(c.residents[0], "amendments", {"title": "修建活动室", "location": "5号楼旁", "reason": "换个位置"})
+    post(c.cadre, "vote/open", {"responsible_unit": UNIT}, status=200)
+    for rep in c.representatives:
+        post(rep, "vote/ballots", {"choice": "yes"})
+    post(c.cadre, "vote/close", status=200)
+    labour = post(c.residents[3], "pledges", {"kind": "labour", "labour_minutes": 240})["created_id"]
+    steel = post(c.cadre, "pledges", {"kind": "materials", "materials_fen": 300_000, "description": "不锈钢扶手",
+                                      "contributor": {"contributor_id": "acme-steel", "name": "海沧钢材公司",
+                                                      "type": "enterprise"}})["created_id"]
+    post(c.grid_worker, f"pledges/{labour}/deliveries", {"labour_minutes": 120, "delivered_at": "2026-11-20T09:00:00+08:00"})
+    clock.at = datetime(2026, 11, 21, 1, 0, tzinfo=timezone.utc)  # a delivery is dated now by default
+    post(c.grid_worker, f"pledges/{labour}/deliveries", {"labour_minutes": 90})
+    clock.at = None
+    post(c.cadre, f"pledges/{steel}/deliveries", {"materials_fen": 300_000})
+    post(c.cadre, "spending", {"amount_fen": 600_000, "receipt_ref": "FP-2026-0012", "description": "安装人工"})
+    post(c.grid_worker, "milestones", {"progress": 50, "note": "一至三楼完成"})
+    post(c.cadre, "milestones", {"progress": 100, "note": "全部完成"})
+    post(c.cadre, "completion", status=200)
+    post(c.grid_worker, "maintainers", {"maintainer_id": "haicang-r4", "name": "居民4", "kind": "resident",
+                                        "duty": "每周检查扶手", "rota": "每周六"})
+    post(c.cadre, "maintainers", {"maintainer_id": "team-1", "name": "楼长队", "kind": "group", "duty": "清洁",
+                                  "members": ["haicang-r6", "haicang-r7"]})
+    logs = [post(c.residents[4] if i % 2 else c.residents[6], "maintenance-logs",
+                 {"note": f"巡查 {i}", "performed_at": "2026-11-21T02:00:00Z"})["created_id"] for i in range(52)]
+    reported = post(c.residents[5], "problems", {"description": "二楼扶手松动"})
+    [problem] = reported["project"]["problems"]
+    clock.at = parse_time(problem["reported_at"]) + timedelta(minutes=90)
+    post(c.residents[4], f"problems/{reported['created_id']}/resolution", {"resolution": "已加固"})
+    clock.at = None
+    post(c.cadre, "evaluation/open", status=200)
+    for person, score in zip(c.residents, (5, 5, 4, 4, 3)):
+        post(person, "evaluation/ratings", {"score": score})
+    post(c.cadre, "evaluation/close", status=200)
+    post(c.cadre, "results", {"benefits": "120 户老人上下楼更安全"})
+    post(c.cadre, "rewards", {"recipient_id": "acme-steel", "amount_fen": 50_000, "reason": "以奖代补"})
+
+    history = d.get(ADMIN, f"/projects/{pid}/history")["events"]
+    at = {e["version"]: e["occurred_at"] for e in history}
+    of = {}  # event type -> the versions of its events
+    for e in history:
+        of.setdefault(e["event_type"], []).append(e["version"])
+    data = {e["version"]: e["data"] for e in history}
+    page = api.detail(pid)
+    assert page == answers[max(answers)] and page["version"] == len(history)
+
+    assert page["cosigners"] == [{"person_id": p.person_id, "name": p.name, "at": at[v]}
+                                 for p, v in zip(c.residents[1:7], of["ProjectCosigned"])]
+    text = {"title": "修建休闲活动室", "description": "在小区空地建一间居民休闲活动室", "category": "facilities",
+            "location": "3号楼旁", "estimated_cost_fen": 5_000_000, "requested_fen": 3_000_000}
+    first_amendment, second_amendment = of["ProposalAmended"]
+    assert page["revisions"] == [
+        {"revision": 0, **text, "reason": "original proposal", "at": at[1]},
+        {"revision": 1, **text, "requested_fen": 900_000, "reason": "居民自筹一部分", "at": at[first_amendment],
+         "by": "haicang-r0"},
+        {"revision": 2, **text, "requested_fen": 900_000, "title": "修建活动室", "location": "5号楼旁",
+         "reason": "换个位置", "at": at[second_amendment], "by": "haicang-r0"}]
+    assert page["opinions"] == [
+        {"opinion_id": data[v]["opinion_id"], "person_id": who.person_id, "name": who.name, "stance": stance,
+         "text": words, "at": at[v]}
+        for v, who, stance, words in zip(of["OpinionPosted"], (c.residents[8], c.residents[9], c.grid_worker),
+                                         ("support", "oppose", "support"), ("老人上下楼更安全", "先修电梯更好", "网格员意见"))]
+    assert page["opinion_stances"] == {"support": 2, "oppose": 1, "neutral": 0}
+    assert page["withdrawal"] is None
+    assert page["vote"] == {
+        "electorate_size": 9, "quorum_numerator": 2, "quorum_denominator": 3, "pass_numerator": 1,
+        "pass_denominator": 2, "reserved_fen": 900_000, "opened_by": "haicang-cadre",
+        "opened_at": at[of["CouncilVoteOpened"][0]], "closed_at": at[of["CouncilVoteClosed"][0]], "ballots_cast": 9,
+        "tally": {"electorate_size": 9, "ballots": 9, "yes": 9, "no": 0, "abstain": 0, "quorum_required": 6,
+                  "quorum_met": True, "result": "approved", "reason": "passed: 9 of 9 ballots were yes"}}
+    none = {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
+    pledged_labour, pledged_steel = of["ContributionPledged"]
+    assert page["pledges"] == [
+        {"pledge_id": labour, "contributor_id": "haicang-r3", "contributor_name": "居民3",
+         "contributor_type": "resident", "kind": "labour", "description": "", "at": at[pledged_labour],
+         "pledged": {**none, "labour_minutes": 240}, "delivered": {**none, "labour_minutes": 210},
+         "delivery_count": 2, "last_delivered_at": "2026-11-21T01:00:00.000000Z"},
+        {"pledge_id": steel, "contributor_id": "acme-steel", "contributor_name": "海沧钢材公司",
+         "contributor_type": "enterprise", "kind": "materials", "description": "不锈钢扶手", "at": at[pledged_steel],
+         "pledged": {**none, "materials_fen": 300_000}, "delivered": {**none, "materials_fen": 300_000},
+         "delivery_count": 1, "last_delivered_at": data[of["ContributionDelivered"][-1]]["delivered_at"]}]
+    assert page["totals"] == {
+        "pledged": {**none, "labour_minutes": 240, "materials_fen": 300_000},
+        "delivered": {**none, "labour_minutes": 210, "materials_fen": 300_000},
+        "by_contributor_type": {"resident": {**none, "labour_minutes": 210},
+                                "enterprise": {**none, "materials_fen": 300_000}, "social_organisation": none},
+        "contributors": 2, "spent_fen": 600_000, "rewards_fen": 50_000}
+    [spent] = of["ProjectSpendingRecorded"]
+    assert page["spending"] == [{"spending_id": data[spent]["spending_id"], "amount_fen": 600_000,
+                                 "receipt_ref": "FP-2026-0012", "description": "安装人工", "at": at[spent]}]
+    assert page["milestones"] == [{"progress": 50, "note": "一至三楼完成", "at": at[of["MilestoneRecorded"][0]]},
+                                  {"progress": 100, "note": "全部完成", "at": at[of["MilestoneRecorded"][1]]}]
+    assert page["completed_at"] == at[of["ProjectCompleted"][0]]
+    assert page["maintainers"] == [
+        {"maintainer_id": "haicang-r4", "name": "居民4", "kind": "resident", "duty": "每周检查扶手", "rota": "每周六",
+         "members": [], "since": at[of["MaintainerAssigned"][0]]},
+        {"maintainer_id": "team-1", "name": "楼长队", "kind": "group", "duty": "清洁", "rota": "",
+         "members": ["haicang-r6", "haicang-r7"], "since": at[of["MaintainerAssigned"][1]]}]
+    # The latest 50 of the 52 logs, oldest first, and how many there are.
+    assert page["maintenance_log_count"] == 52
+    assert page["maintenance_logs"] == [
+        {"log_id": logs[i], "maintainer_id": "haicang-r4" if i % 2 else "team-1",
+         "logged_by": (c.residents[4] if i % 2 else c.residents[6]).person_id, "note": f"巡查 {i}",
+         "performed_at": "2026-11-21T02:00:00.000000Z", "at": at[of["MaintenanceLogged"][i]]} for i in range(2, 52)]
+    assert page["problems"] == [{
+        "problem_id": reported["created_id"], "reported_by": "haicang-r5", "description": "二楼扶手松动",
+        "reported_at": at[of["ProblemReported"][0]], "resolved_at": at[of["ProblemResolved"][0]],
+        "resolution": "已加固", "resolution_seconds": 5400, "resolved_by": "haicang-r4"}]
+    assert page["evaluation"] == {"responsible_unit": UNIT, "opened_at": at[of["EvaluationOpened"][0]],
+                                  "closed_at": at[of["EvaluationClosed"][0]], "ratings": 5, "average": 4.2}
+    assert page["results"]["at"] == at[of["ResultsPublished"][0]]
+    assert page["rewards"] == [{"recipient_id": "acme-steel", "recipient_name": "海沧钢材公司", "amount_fen": 50_000,
+                                "reason": "以奖代补", "at": at[of["RewardGranted"][0]]}]
+
+    # Before the problem's resolution it is open; the page of every version is that command's answer.
+    before = d.get(ADMIN, f"/projects/{pid}/as-of?version={of['ProblemResolved'][0] - 1}")
+    assert before["problems"] == [problem] and problem["resolved_at"] is None
+    for version, answer in answers.items():
+        assert d.get(ADMIN, f"/projects/{pid}/as-of?version={version}") == answer, version
+
+    live = read_models(api.store)
+    with api.store.engine.begin() as connection:  # rebuild must not depend on what is there
+        for projection in api.store.projections:
+            for table in projection.tables:
+                connection.execute(table.delete())
+    rebuild(api.store, page_size=7)
+    assert read_models(api.store) == live
+    assert api.detail(pid) == page
 
 
 # == optimistic concurrency =======================================================================

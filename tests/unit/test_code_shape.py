@@ -129,7 +129,64 @@ def commands_of(service: str) -> set[type]:
 
 
 def handlers_of(service: str) -> dict[type, object]:
-    return importlib.import_module(f"services.{service}.handlers").HANDLERS
+    handlers = importlib.import_module(f"services.{service}.handlers")
+    if service == "feedback":  # its handlers are bound to the process's rating ids
+        from services.feedback.ids import RatingIds
+
+        return handlers.command_handlers({"rating_ids": RatingIds(b"k" * 32)})
+    return handlers.HANDLERS
+
+
+def _p():
+    from services.projects import commands as c
+    return {
+        "POST /communities": c.RegisterCommunity,
+        "POST /communities/<community_id>/grids": c.AddGrid,
+        "PUT /communities/<community_id>/representatives": c.SetRepresentatives,
+        "PATCH /communities/<community_id>/settings": c.ChangeSettings,
+        "POST /communities/<community_id>/fund/credits": c.CreditFund,
+        "POST /projects": c.ProposeProject,
+        "POST /projects/<project_id>/cosignatures": c.CoSign,
+        "POST /projects/<project_id>/opinions": c.PostOpinion,
+        "POST /projects/<project_id>/amendments": c.AmendProposal,
+        "POST /projects/<project_id>/withdrawal": c.WithdrawProposal,
+        "POST /projects/<project_id>/vote/open": c.OpenVote,
+        "POST /projects/<project_id>/vote/ballots": c.CastBallot,
+        "POST /projects/<project_id>/vote/close": c.CloseVote,
+        "POST /projects/<project_id>/pledges": c.PledgeContribution,
+        "POST /projects/<project_id>/pledges/<pledge_id>/deliveries": c.ConfirmDelivery,
+        "POST /projects/<project_id>/spending": c.RecordSpending,
+        "POST /projects/<project_id>/milestones": c.RecordMilestone,
+        "POST /projects/<project_id>/completion": c.CompleteProject,
+        "POST /projects/<project_id>/maintainers": c.AssignMaintainer,
+        "POST /projects/<project_id>/maintenance-logs": c.LogMaintenance,
+        "POST /projects/<project_id>/problems": c.ReportProblem,
+        "POST /projects/<project_id>/problems/<problem_id>/resolution": c.ResolveProblem,
+        "POST /projects/<project_id>/evaluation/open": c.OpenEvaluation,
+        "POST /projects/<project_id>/evaluation/ratings": c.RateProject,
+        "POST /projects/<project_id>/evaluation/close": c.CloseEvaluation,
+        "POST /projects/<project_id>/results": c.PublishResults,
+        "POST /projects/<project_id>/rewards": c.PayReward,
+    }, {}
+
+
+def _f():
+    from services.feedback import commands as c
+    return {
+        "PATCH /policies/<community_id>": c.ChangePolicy,
+        "POST /subjects": c.RegisterSubject,
+        "POST /subjects/<subject_id>/ratings": c.SubmitRating,
+        "POST /subjects/<subject_id>/flags/<flag_id>/review": c.ReviewFlag,
+        "PATCH /ratings/<rating_id>": c.ReviseRating,
+        "POST /ratings/<rating_id>/appeal": c.FileAppeal,
+        "POST /ratings/<rating_id>/appeal/decision": c.DecideAppeal,
+        "POST /cases/<case_id>/contacts": c.ContactResident,
+        "POST /cases/<case_id>/rectifications": c.RecordRectification,
+        "POST /cases/<case_id>/confirmation": c.ConfirmOutcome,
+        "POST /rankings": c.PublishRanking,
+        "POST /plans/<plan_id>/details": c.DrawUpPlan,
+        "POST /plans/<plan_id>/notes": c.NoteProgress,
+    }, {c.RecordProjectEvaluation: "the project-evaluation consumer", c.SweepOverdue: "the sweep-overdue job"}
 
 
 def _v():
@@ -156,6 +213,8 @@ def _v():
 # Per service: every write route and its command; the commands no route sends, and who does; and the
 # write-method routes that are queries (they record nothing, so they send no command).
 EXPECTED = {
+    "feedback": (_f, set()),
+    "projects": (_p, set()),
     "volunteers": (_v, {"POST /certificates/<number>/verification"}),
 }
 

@@ -1,5 +1,6 @@
 """The feedback domain without a database or HTTP: the ranking formula (hand-computed), counting,
-the working-day deadline, periods, ratings, appeals, follow-up cases, support plans, publishing."""
+the working-day deadline, periods, ratings, appeals, follow-up cases, support plans, publishing;
+and what the read models' records show of them (folded from the same events)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from services.feedback.domain import (
     empty_stats, period_bounds, period_of, previous_period, rank, ranking_digest, stats_changes,
     support_triggers, valid_period, working_deadline,
 )
+from services.feedback.views import CaseRecord, PlanRecord, RatingRecord
 from services.kernel.auth import Principal
 from services.kernel.errors import Conflict, DomainError, Forbidden
-from services.kernel.events import StoredEvent
+from services.kernel.events import NewEvent, StoredEvent
 
 UTC = timezone.utc
 CST = timezone(timedelta(hours=8))
@@ -59,8 +61,8 @@ def subject_wang() -> Subject:
 
 
 def rating_of(subject: Subject, level: int = 4, rater: str = "r1", period: str = "2026-10",
-              source=None) -> Rating:
-    rating = Rating(id=f"rt-{subject.id}-{rater}")
+              source=None, cls: type[Rating] = Rating) -> Rating:
+    rating = cls(id=f"rt-{subject.id}-{rater}")
     return applied(rating, rating.submit(subject, rater, period, level, {}, "", source or {"kind": "resident"}, T0))
 
 
@@ -332,7 +334,7 @@ def test_a_rating_is_submitted_once():
 
 
 def test_revision_only_by_the_rater_and_only_before_the_period_ends():
-    rating = rating_of(subject_wang(), level=4)
+    rating = rating_of(subject_wang(), level=4, cls=RatingRecord)
     end = period_bounds("2026-10")[1]  # 2026-10-31T16:00Z, Nov 1 00:00 in China
     with pytest.raises(Forbidden) as refused:
         rating.revise(OTHER_RESIDENT, T0, 3, {}, "")
@@ -346,8 +348,8 @@ def test_revision_only_by_the_rater_and_only_before_the_period_ends():
     assert event.event_type == "RatingRevised"
     assert (event.data["previous_level"], event.data["level"], event.data["counted"]) == (4, 3, True)
     applied(rating, [event])
-    assert (rating.level, rating.dimensions, rating.comment, len(rating.revisions)) == (3, {"result": 2}, "慢", 1)
-    assert rating.revisions[0]["level"] == 4
+    assert (rating.level, rating.dimensions, rating.comment, rating.revisions) == (3, {"result": 2}, "慢", 1)
+    assert rating.view()["rated_at"] == event.data["rated_at"] and rating.view()["revisions"] == 1
 
 
 def test_a_revision_that_changes_nothing_is_refused():
@@ -477,17 +479,22 @@ def test_a_dismissed_appeal_excludes_nothing():
 
 # -- follow-up cases ---------------------------------------------------------------------------
 
-def open_case(level: int = 2, at: datetime = T0, working_days: int = 5) -> FollowUpCase:
-    rating = rating_of(subject_wang(), level=level)
-    case = FollowUpCase(id="k1")
-    return applied(case, case.open(rating, at, working_days), at)
+def open_case(level: int = 2, at: datetime = T0, working_days: int = 5,
+              cls: type[FollowUpCase] = FollowUpCase) -> FollowUpCase:
+    subject = subject_wang()
+    rating = rating_of(subject, level=level)
+    case = cls(id="k1")
+    return applied(case, case.open(rating, subject, at, working_days), at)
 
 
 def test_a_case_opens_with_the_working_day_deadline():
     case = open_case()
     # Monday 2026-10-05 10:00 local: Tue 6 … Mon 12 → end of Mon 12 = 2026-10-12T16:00Z
     assert case.deadline == "2026-10-12T16:00:00.000000Z"
-    assert (case.status, case.person_id, case.level, case.rating_id) == ("open", "r1", 2, "rt-wang-r1")
+    assert (case.status, case.person_id, case.subject_id) == ("open", "r1", "wang")
+    shown = open_case(cls=CaseRecord).view(T0)
+    assert (shown["level"], shown["rating_id"], shown["subject_name"], shown["overdue"]) == (
+        2, "rt-wang-r1", "王书记", False)
 
 
 def test_contact_before_rectification_before_confirmation():
@@ -496,16 +503,16 @@ def test_contact_before_rectification_before_confirmation():
         case.rectify(CADRE, "加快办理")
     assert refused.value.reason == "contact_first"
     with pytest.raises(Conflict) as refused:
-        case.confirm(RATER, True, "")
+        case.confirm(RATER, True, "", T0)
     assert refused.value.reason == "rectification_first"
     applied(case, case.contact(GRID, "phone", "已回访"))
     with pytest.raises(Conflict) as refused:
-        case.confirm(RATER, True, "")
+        case.confirm(RATER, True, "", T0)
     assert refused.value.reason == "rectification_first"
     applied(case, case.rectify(CADRE, "加快办理"))
-    [closed] = case.confirm(RATER, False, "还是慢")
+    [closed] = case.confirm(RATER, False, "还是慢", T0)
     assert closed.data == {"case_id": "k1", "satisfied": False, "comment": "还是慢", "confirmed_by": "r1",
-                           "by_resident": True}
+                           "by_resident": True, "late": False}
 
 
 def test_only_handlers_of_the_community_work_a_case():
@@ -520,21 +527,22 @@ def test_the_resident_or_a_handler_confirms():
     applied(case, case.contact(CADRE, "visit", "上门"))
     applied(case, case.rectify(CADRE, "整改"))
     with pytest.raises(Forbidden):
-        case.confirm(OTHER_RESIDENT, True, "")
+        case.confirm(OTHER_RESIDENT, True, "", T0)
     with pytest.raises(Forbidden):
-        case.confirm(OUTSIDE_CADRE, True, "")
-    [by_handler] = case.confirm(GRID, True, "电话确认满意")
+        case.confirm(OUTSIDE_CADRE, True, "", T0)
+    [by_handler] = case.confirm(GRID, True, "电话确认满意", T0)
     assert (by_handler.data["by_resident"], by_handler.data["confirmed_by"]) == (False, "g1")
 
 
 def test_a_closed_case_refuses_every_command():
-    case = open_case()
+    case = open_case(cls=CaseRecord)
     applied(case, case.contact(CADRE, "visit", "上门"))
     applied(case, case.rectify(CADRE, "整改"))
-    applied(case, case.confirm(RATER, True, ""))
-    assert case.status == "closed" and case.outcome["late"] is False
+    applied(case, case.confirm(RATER, True, "", T0))
+    assert case.status == "closed" and case.outcome["late"] is False and case.overdue is False
+    assert [c["by"] for c in case.contacts] == ["c1"] and case.rectifications[0]["actions"] == "整改"
     for command in (lambda: case.contact(CADRE, "phone", "x"), lambda: case.rectify(CADRE, "x"),
-                    lambda: case.confirm(RATER, True, "")):
+                    lambda: case.confirm(RATER, True, "", T0)):
         with pytest.raises(Conflict) as refused:
             command()
         assert refused.value.reason == "case_closed"
@@ -542,9 +550,12 @@ def test_a_closed_case_refuses_every_command():
 
 
 def test_overdue_only_after_the_deadline_and_only_once():
-    case = open_case()
+    case = open_case(cls=CaseRecord)
     deadline = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)
     assert case.overdue_events(deadline - timedelta(microseconds=1)) == []
+    assert case.is_overdue(deadline - timedelta(microseconds=1)) is False
+    assert case.is_overdue(deadline) is True and case.view(deadline)["overdue"] is True  # shown before the sweep
+    assert case.overdue is False
     [overdue] = case.overdue_events(deadline)
     assert overdue.event_type == "FollowUpOverdue" and overdue.data["deadline"] == case.deadline
     applied(case, [overdue])
@@ -553,8 +564,39 @@ def test_overdue_only_after_the_deadline_and_only_once():
     # Closed late: the outcome says so.
     applied(case, case.contact(CADRE, "phone", "x"))
     applied(case, case.rectify(CADRE, "x"))
-    applied(case, case.confirm(RATER, True, ""))
+    [closed] = case.confirm(RATER, True, "", deadline + timedelta(days=1))
+    assert closed.data["late"] is True
+    applied(case, [closed])
     assert case.outcome["late"] is True
+
+
+def test_a_case_closed_past_its_deadline_before_the_sweep_is_late_and_overdue():
+    case = open_case(cls=CaseRecord)
+    deadline = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)
+    applied(case, case.contact(CADRE, "phone", "x"))
+    applied(case, case.rectify(CADRE, "x"))
+    [closed] = case.confirm(RATER, True, "", deadline)
+    assert closed.data["late"] is True
+    applied(case, [closed])
+    assert (case.overdue, case.outcome["late"], case.view(deadline)["overdue"]) == (True, True, True)
+    assert case.overdue_events(deadline + timedelta(days=1)) == []  # closed: nothing for the sweep
+    # Closed in time, a closed case never shows as overdue afterwards.
+    on_time = open_case(cls=CaseRecord)
+    applied(on_time, on_time.contact(CADRE, "phone", "x"))
+    applied(on_time, on_time.rectify(CADRE, "x"))
+    applied(on_time, on_time.confirm(RATER, True, "", deadline - timedelta(microseconds=1)))
+    assert (on_time.outcome["late"], on_time.view(deadline + timedelta(days=9))["overdue"]) == (False, False)
+
+
+def test_a_closure_recorded_before_closures_said_whether_they_were_late():
+    """``FollowUpClosed`` events stored before they carried ``late``: late when recorded overdue."""
+    for recorded_overdue in (False, True):
+        case = open_case(cls=CaseRecord)
+        if recorded_overdue:
+            applied(case, case.overdue_events(datetime(2026, 10, 12, 16, 0, tzinfo=UTC)))
+        applied(case, [NewEvent("FollowUpClosed", {"case_id": "k1", "satisfied": True, "comment": "",
+                                                   "confirmed_by": "r1", "by_resident": True})])
+        assert (case.outcome["late"], case.overdue) == (recorded_overdue, recorded_overdue)
 
 
 # -- support plans -----------------------------------------------------------------------------
@@ -597,14 +639,14 @@ def test_clears_threshold():
     assert clears_threshold(entry("li", "0.7000"), {**policy, "satisfaction_threshold_pct": 70})
 
 
-def opened_plan() -> SupportPlan:
-    plan = SupportPlan(id="pl1")
+def opened_plan(cls: type[SupportPlan] = SupportPlan) -> SupportPlan:
+    plan = cls(id="pl1")
     return applied(plan, plan.open({"subject_id": "wang", "name": "王书记"}, "p-wang", C, "cadre", "2026-10",
                                    [{"trigger": "low_satisfaction"}]))
 
 
 def test_a_plan_is_drawn_up_by_staff_noted_by_mentor_or_staff_and_closed():
-    plan = opened_plan()
+    plan = opened_plan(cls=PlanRecord)
     assert (plan.status, plan.opened_for, plan.subject_id) == ("open", "2026-10", "wang")
     with pytest.raises(Forbidden):
         plan.draw_up(RATER, {"person_id": "c2", "name": "陈"}, ["谈心"], date(2026, 12, 31))
@@ -615,6 +657,8 @@ def test_a_plan_is_drawn_up_by_staff_noted_by_mentor_or_staff_and_closed():
     mentor = person("m1", "resident")
     [note] = plan.note(mentor, "第一次谈心")
     assert note.data["by"] == "m1"
+    applied(plan, [note])
+    assert [(n["note"], n["by"]) for n in plan.view()["notes"]] == [("第一次谈心", "m1")]
     with pytest.raises(Forbidden):
         plan.note(OTHER_RESIDENT, "x")
     applied(plan, plan.close("2026-11", "0.9000"))

@@ -165,7 +165,7 @@ def test_cosigning_by_other_residents_qualifies_at_the_threshold():
         assert kinds(log.record(p, p.cosign(person))) == ["ProjectCosigned"]
     refused(Conflict, "already_cosigned", lambda: p.cosign(RESIDENTS[0]))
     assert kinds(log.record(p, p.cosign(RESIDENTS[5]))) == ["ProjectCosigned", "ProjectQualified"]
-    assert (p.phase, len(p.cosigners)) == ("deliberation", 6)
+    assert (p.phase, len(p.cosigner_ids)) == ("deliberation", 6)
     assert kinds(log.record(p, p.cosign(RESIDENTS[6]))) == ["ProjectCosigned"]  # support keeps counting
 
 
@@ -173,18 +173,20 @@ def test_deliberation_opinions_amendments_with_every_version_and_withdrawal():
     log = Log()
     c = community(log)
     p = qualified(log, c)
-    for stance in ("support", "oppose", "neutral"):
-        log.record(p, p.post_opinion(RESIDENTS[7], f"o-{stance}", stance, "意见"))
-    assert [o["stance"] for o in p.opinions] == ["support", "oppose", "neutral"]
+    opinions = [log.record(p, p.post_opinion(RESIDENTS[7], f"o-{stance}", stance, "意见"))[0]
+                for stance in ("support", "oppose", "neutral")]
+    assert [o.data["stance"] for o in opinions] == ["support", "oppose", "neutral"]
     refused(DomainError, "invalid_stance", lambda: p.post_opinion(RESIDENTS[7], "o", "angry", "x"))
     refused(Forbidden, "not_proposer", lambda: p.amend(RESIDENTS[0], {"title": "别的"}, "x"))
     refused(DomainError, "empty_amendment", lambda: p.amend(PROPOSER, {"title": p.title}, "x"))
-    log.record(p, p.amend(PROPOSER, {"requested_fen": 2_500_000}, "居民自筹一部分"))
-    log.record(p, p.amend(PROPOSER, {"title": "修建居民活动室"}, "更准确"))
+    amended = [log.record(p, p.amend(PROPOSER, {"requested_fen": 2_500_000}, "居民自筹一部分"))[0],
+               log.record(p, p.amend(PROPOSER, {"title": "修建居民活动室"}, "更准确"))[0]]
     assert p.requested_fen == 2_500_000 and p.title == "修建居民活动室"
-    assert [r["revision"] for r in p.revisions] == [0, 1, 2]  # the original text and every amended version
-    assert [(r["title"], r["requested_fen"]) for r in p.revisions] == [
-        ("修建休闲活动室", 3_000_000), ("修建休闲活动室", 2_500_000), ("修建居民活动室", 2_500_000)]
+    # Revision 0 is the original text; every amendment is the next one, with what it changed (the
+    # project's page shows the whole text of each version: tests/integration/test_projects_api.py).
+    assert [(e.data["revision"], e.data["changes"]) for e in amended] == [
+        (1, {"requested_fen": 2_500_000}), (2, {"title": "修建居民活动室"})]
+    assert p.last_revision == 2
     refused(Forbidden, "not_proposer", lambda: p.withdraw(RESIDENTS[0], "x"))
     log.record(p, p.withdraw(PROPOSER, "改为明年再议"))
     assert p.stage == "withdrawn"
@@ -291,7 +293,7 @@ def test_spending_milestones_and_completion():
     log.record(p, p.record_milestone(CADRE, 100, "完工"))
     refused(Forbidden, "role_required", lambda: p.complete(GRID))
     log.record(p, p.complete(CADRE))
-    assert p.stage == "co_manage" and p.completed_at is not None
+    assert (p.stage, p.phase) == ("co_manage", "maintaining")
     refused(Conflict, "wrong_stage", lambda: p.pledge(RESIDENTS[0], "x", {"kind": "money", "money_fen": 1}))
 
 
@@ -375,7 +377,8 @@ def test_results_once_and_rewards_to_contributors_only():
 
 def test_allowed_actions_follow_the_stage():
     log = Log()
-    c, f = community(log), fund(log)
+    c = community(log)
+    fund(log)
     assert Project(id="new").allowed_actions() == ["propose"]
     p = qualified(log, c)
     assert p.allowed_actions() == ["cosign", "post_opinion", "amend", "withdraw", "open_vote"]

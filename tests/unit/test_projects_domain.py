@@ -2,6 +2,10 @@
 fund ledger, and a project through 共谋 共建 共管 共评 共享 — every rule of the projects issue,
 with the exact events decided, the state they lead to, and every refusal with its reason.
 
+The project's state keeps what decisions need; what only its page shows (revisions, opinions,
+spending, milestones, maintenance logs, rewards, names and times) is in the events and the read
+model ``project_details``, tested through the API (tests/integration/test_projects_api.py).
+
 Decisions are driven as ``handlers.py`` drives them (a project and its fund decided together when
 money moves); decided events are "stored" in memory with versions, positions and times, and
 applied, as the event store would.
@@ -9,6 +13,7 @@ applied, as the event store would.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
@@ -54,6 +59,7 @@ class World:
     def __init__(self, reps: int = 9, fund_fen: int = 10_000_000, **settings) -> None:
         self.now = T0
         self.position = 0
+        self.spendings = 0
         self.streams: dict[str, list[StoredEvent]] = defaultdict(list)
         self.community = Community(id=C)
         self.record(self.community, self.community.register(
@@ -123,7 +129,8 @@ class World:
         return project
 
     def spend(self, project: Project, amount: int, receipt: str = "FP-2026-0012", what: str = "安装人工"):
-        events = project.record_spending(CADRE, f"s{len(project.spending) + 1}", amount, receipt, what)
+        self.spendings += 1
+        events = project.record_spending(CADRE, f"s{self.spendings}", amount, receipt, what)
         stored = self.record(self.fund, self.fund.spend(project.id, amount, receipt, what))
         return stored + self.record(project, events)
 
@@ -352,10 +359,9 @@ def test_a_resident_proposes_a_project():
                           "proposer_name": "r0号", "cosigners_required": 6}
     world.record(project, [event])
     assert (project.stage, project.phase, project.version) == ("co_plan", "collecting_cosigners", 1)
-    assert project.revisions == [{"revision": 0, "title": "修建休闲活动室", "description": "在小区空地建一间活动室",
-                                  "category": "facilities", "location": "3号楼旁", "estimated_cost_fen": 5_000_000,
-                                  "requested_fen": 3_000_000, "reason": "original proposal",
-                                  "at": "2026-11-02T01:00:00.000000Z"}]
+    assert (project.title, project.location, project.requested_fen, project.proposer_name) == (
+        "修建休闲活动室", "3号楼旁", 3_000_000, "r0号")
+    assert project.last_revision == 0  # the original text
     assert project.allowed_actions() == ["cosign", "amend", "withdraw"]
     refused(Conflict, "already_exists", lambda: project.propose(PROPOSER, PROPOSAL, world.community), project)
 
@@ -406,10 +412,10 @@ def test_the_proposal_qualifies_when_the_sixth_resident_co_signs():
     assert kinds(stored) == ["ProjectCosigned", "ProjectQualified"]
     assert stored[1].data == {"project_id": "p1", "cosigners": 6}
     assert (project.stage, project.phase) == ("co_plan", "deliberation")
-    assert [c["person_id"] for c in project.cosigners] == ["r1", "r2", "r3", "r4", "r5", "r6"]
+    assert project.cosigner_ids == ["r1", "r2", "r3", "r4", "r5", "r6"]
     # More co-signatures are welcome during deliberation; it qualifies only once.
     assert kinds(world.record(project, project.cosign(RESIDENTS[7]))) == ["ProjectCosigned"]
-    assert project.phase == "deliberation" and len(project.cosigners) == 7
+    assert project.phase == "deliberation" and len(project.cosigner_ids) == 7
 
 
 def test_the_number_of_co_signers_follows_the_community_settings():
@@ -431,7 +437,7 @@ def test_co_signing_refusals():
     refused(Forbidden, "other_community", lambda: project.cosign(OUTSIDER), project)
     refused(Forbidden, "role_required", lambda: project.cosign(CADRE), project)
     refused(Forbidden, "role_required", lambda: project.cosign(GRID), project)
-    assert len(project.cosigners) == 1
+    assert project.cosigner_ids == ["r1"]
 
 
 # == 共谋: deliberation ============================================================================
@@ -440,11 +446,12 @@ def test_co_signing_refusals():
 def test_residents_post_opinions_with_a_stance(stance):
     world = World()
     project = world.qualify(world.propose())
+    before = Project.from_json(project.to_json())
     [event] = world.record(project, project.post_opinion(RESIDENTS[8], "o1", stance, "老人上下楼更安全"))
     assert event.data == {"project_id": "p1", "opinion_id": "o1", "person_id": "r8", "name": "r8号",
                           "stance": stance, "text": "老人上下楼更安全"}
-    assert project.opinions == [{"opinion_id": "o1", "person_id": "r8", "name": "r8号", "stance": stance,
-                                 "text": "老人上下楼更安全", "at": "2026-11-02T01:00:00.000000Z"}]
+    # No rule looks at opinions: the state keeps nothing of them but the version (the page shows them).
+    assert dataclasses.replace(project, version=before.version, updated_at=before.updated_at) == before
 
 
 def test_opinion_refusals():
@@ -469,16 +476,16 @@ def test_amendments_keep_every_version():
     assert first.data == {"project_id": "p1", "revision": 1, "changes": {"requested_fen": 900_000},
                           "reason": "居民自筹一部分"}
     world.tick(60)
-    world.record(project, project.amend(PROPOSER, {"title": "修建活动室", "location": "5号楼旁",
-                                                   "requested_fen": 900_000}, "换个位置"), "r0")
+    [second] = world.record(project, project.amend(PROPOSER, {"title": "修建活动室", "location": "5号楼旁",
+                                                              "requested_fen": 900_000}, "换个位置"), "r0")
+    # Only what differs from the current text is a change (the requested amount is already 900 000).
+    assert second.data == {"project_id": "p1", "revision": 2, "reason": "换个位置",
+                           "changes": {"title": "修建活动室", "location": "5号楼旁"}}
     assert (project.title, project.location, project.requested_fen, project.proposer_id) == (
         "修建活动室", "5号楼旁", 900_000, "r0")
-    assert [(r["revision"], r["title"], r["location"], r["requested_fen"], r["reason"]) for r in project.revisions] == [
-        (0, "修建休闲活动室", "3号楼旁", 3_000_000, "original proposal"),
-        (1, "修建休闲活动室", "3号楼旁", 900_000, "居民自筹一部分"),
-        (2, "修建活动室", "5号楼旁", 900_000, "换个位置")]
-    assert [r.get("by") for r in project.revisions] == [None, "r0", "r0"]
-    assert project.revisions[2]["at"] == "2026-11-02T01:01:00.000000Z"
+    assert project.last_revision == 2
+    # Every version's whole text, with its reason, author and time, is on the project's page
+    # (tests/integration/test_projects_api.py): the state keeps the current text only.
 
 
 def test_amendment_refusals():
@@ -494,7 +501,7 @@ def test_amendment_refusals():
     world.qualify(project)
     world.open_vote(project)
     refused(Conflict, "wrong_stage", lambda: project.amend(PROPOSER, {"title": "投票中再改"}, "r"), project)
-    assert len(project.revisions) == 1
+    assert project.last_revision == 0
 
 
 @pytest.mark.parametrize("qualified", [False, True])
@@ -508,7 +515,6 @@ def test_the_proposer_withdraws_before_the_vote(qualified):
     [event] = world.record(project, project.withdraw(PROPOSER, "居民另有方案"))
     assert event.data == {"project_id": "p1", "reason": "居民另有方案"}
     assert (project.stage, project.phase) == ("withdrawn", "ended")
-    assert project.withdrawal == {"reason": "居民另有方案", "at": "2026-11-02T01:00:00.000000Z"}
     assert project.allowed_actions() == []
 
 
@@ -640,8 +646,7 @@ def test_closing_the_vote_records_the_tally(yes, no, abstain, ballots, quorum_me
              "quorum_required": 6, "quorum_met": quorum_met, "result": result, "reason": reason}
     assert stored[0].event_type == "CouncilVoteClosed"
     assert stored[0].data == {"project_id": "p1", "closed_by": "cadre", **tally}
-    assert project.vote["tally"] == tally
-    assert project.vote["closed_at"] == "2026-11-02T02:00:00.000000Z"
+    assert len(project.vote["ballots"]) == ballots
     if result == "approved":
         assert kinds(stored) == ["CouncilVoteClosed", "ProjectApproved"]
         assert stored[1].data == {"project_id": "p1", "reserved_fen": 3_000_000}
@@ -668,8 +673,8 @@ def test_the_tally_of_81_representatives(votes, result):
     electorate = [f"rep{i}" for i in range(81)]
     choices = ["yes"] * y + ["no"] * n + ["abstain"] * a
     project.vote = {"electorate": electorate, "electorate_size": 81, "quorum_numerator": 2, "quorum_denominator": 3,
-                    "pass_numerator": 1, "pass_denominator": 2, "reserved_fen": 0, "opened_by": "cadre",
-                    "ballots": dict(zip(electorate, choices)), "opened_at": "", "tally": None}
+                    "pass_numerator": 1, "pass_denominator": 2, "reserved_fen": 0,
+                    "ballots": dict(zip(electorate, choices))}
     tally = project.tally()
     assert (tally["quorum_required"], tally["ballots"], tally["result"]) == (54, y + n + a, result)
 
@@ -679,10 +684,10 @@ def test_the_vote_uses_the_settings_in_force_when_it_opened():
     project = world.voting()
     world.record(world.community, world.community.change_settings({"pass_numerator": 1, "pass_denominator": 2}))
     world.ballots(project, yes=4, no=2)  # 6 ballots >= quorum 5; 4 of 6 is not more than 2/3
-    world.close_vote(project)
-    assert project.vote["tally"]["quorum_required"] == 5
-    assert project.vote["tally"]["result"] == "rejected"
-    assert project.vote["tally"]["reason"] == "not passed: 4 of 6 ballots were yes, more than 2/3 needed"
+    tally = world.close_vote(project)[0].data
+    assert tally["quorum_required"] == 5
+    assert tally["result"] == "rejected"
+    assert tally["reason"] == "not passed: 4 of 6 ballots were yes, more than 2/3 needed"
     other = World(quorum_numerator=1, quorum_denominator=2, pass_numerator=2, pass_denominator=3)
     passing = other.voting()
     other.ballots(passing, yes=5, no=1)
@@ -716,30 +721,33 @@ def test_pledges_of_each_kind_by_each_type_of_contributor():
                            "contributor_name": "r3号", "contributor_type": "resident", "kind": "labour",
                            "labour_minutes": 240, "description": ""}
     world.record(project, [labour])
-    world.record(project, project.pledge(RESIDENTS[4], "pl2", {"kind": "money", "money_fen": 20_000}))
-    world.record(project, project.pledge(CADRE, "pl3", {
+    pledged = [labour]
+    pledged += world.record(project, project.pledge(RESIDENTS[4], "pl2", {"kind": "money", "money_fen": 20_000}))
+    pledged += world.record(project, project.pledge(CADRE, "pl3", {
         "kind": "materials", "materials_fen": 300_000, "description": "不锈钢扶手",
         "contributor": {"contributor_id": "acme", "name": "海沧钢材公司", "type": "enterprise"}}))
-    world.record(project, project.pledge(GRID, "pl4", {
+    pledged += world.record(project, project.pledge(GRID, "pl4", {
         "kind": "skills", "skills_minutes": 120, "description": "电工",
         "contributor": {"contributor_id": "sw-org", "name": "社工站", "type": "social_organisation"}}))
     # A resident may name themself as the contributor.
-    world.record(project, project.pledge(RESIDENTS[5], "pl5", {
+    pledged += world.record(project, project.pledge(RESIDENTS[5], "pl5", {
         "kind": "skills", "skills_minutes": 30,
         "contributor": {"contributor_id": "r5", "name": "五号", "type": "resident"}}))
-    assert {k: (p["contributor_type"], p["kind"], p["pledged"]) for k, p in project.pledges.items()} == {
-        "pl1": ("resident", "labour", {"labour_minutes": 240, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}),
-        "pl2": ("resident", "money", {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 20_000,
-                                      "materials_fen": 0}),
-        "pl3": ("enterprise", "materials", {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0,
-                                            "materials_fen": 300_000}),
-        "pl4": ("social_organisation", "skills", {"labour_minutes": 0, "skills_minutes": 120, "money_fen": 0,
-                                                  "materials_fen": 0}),
-        "pl5": ("resident", "skills", {"labour_minutes": 0, "skills_minutes": 30, "money_fen": 0, "materials_fen": 0}),
-    }
+    assert [(e.data["pledge_id"], e.data["contributor_type"], e.data["kind"], e.data["description"],
+             {k: e.data[k] for k in ("labour_minutes", "skills_minutes", "money_fen", "materials_fen") if k in e.data})
+            for e in pledged] == [
+        ("pl1", "resident", "labour", "", {"labour_minutes": 240}),
+        ("pl2", "resident", "money", "", {"money_fen": 20_000}),
+        ("pl3", "enterprise", "materials", "不锈钢扶手", {"materials_fen": 300_000}),
+        ("pl4", "social_organisation", "skills", "电工", {"skills_minutes": 120}),
+        ("pl5", "resident", "skills", "", {"skills_minutes": 30}),
+    ]
+    # The state keeps what deliveries and rewards decide on (the amounts pledged are on the page).
+    assert project.pledges["pl3"] == {"contributor_id": "acme", "contributor_name": "海沧钢材公司",
+                                      "contributor_type": "enterprise", "kind": "materials", "delivery_count": 0,
+                                      "delivered": {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0,
+                                                    "materials_fen": 0}}
     totals = project.totals()
-    assert totals["pledged"] == {"labour_minutes": 240, "skills_minutes": 150, "money_fen": 20_000,
-                                 "materials_fen": 300_000}
     assert totals["delivered"] == {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
     assert totals["contributors"] == 5
 
@@ -785,8 +793,8 @@ def test_deliveries_are_confirmed_by_field_staff_and_may_differ_from_the_pledge(
                                                               "2026-11-04T01:00:00.000000Z"))
     assert second.data["delivery_no"] == 2 and second.data["note"] == ""
     pledge = project.pledges["pl1"]
-    assert pledge["pledged"]["labour_minutes"] == 240 and pledge["delivered"]["labour_minutes"] == 300
-    assert pledge["delivery_count"] == 2 and pledge["last_delivered_at"] == "2026-11-04T01:00:00.000000Z"
+    assert pledge["delivered"]["labour_minutes"] == 300  # 240 were pledged
+    assert pledge["delivery_count"] == 2
     assert project.totals()["delivered"]["labour_minutes"] == 300
     assert kinds(project.confirm_delivery(ADMIN, "pl1", {"labour_minutes": 1}, "2026-11-04T01:00:00Z")) == [
         "ContributionDelivered"]
@@ -816,7 +824,7 @@ def test_spending_is_recorded_from_the_reservation_with_a_receipt():
     assert stored[1].data == {"project_id": "p1", "spending_id": "s1", "amount_fen": 600_000,
                               "receipt_ref": "FP-2026-0012", "description": "安装人工"}
     assert stored[0].data["reservation_remaining_fen"] == 2_400_000
-    assert project.spent_fen == 600_000 and project.spending[0]["receipt_ref"] == "FP-2026-0012"
+    assert project.spent_fen == 600_000
     assert (world.fund.balance_fen, world.fund.reserved_fen, world.fund.spent_fen) == (7_000_000, 2_400_000, 600_000)
     error = refused(Conflict, "reservation_exceeded", lambda: world.fund.spend("p1", 2_400_001, "FP-2", ""),
                     world.fund)
@@ -830,14 +838,14 @@ def test_milestones_move_progress_forward_only():
     project = world.approved()
     [event] = world.record(project, project.record_milestone(GRID, 50, "一至三楼完成"))
     assert event.data == {"project_id": "p1", "progress": 50, "note": "一至三楼完成"}
-    world.record(project, project.record_milestone(CADRE, 50, "检查"))
+    [again] = world.record(project, project.record_milestone(CADRE, 50, "检查"))  # the same progress is fine
+    assert again.data == {"project_id": "p1", "progress": 50, "note": "检查"}
     error = refused(Conflict, "progress_backwards", lambda: project.record_milestone(CADRE, 49, "倒退"), project)
     assert error.message == "progress cannot go back: it is 50, the milestone says 49"
     for bad in (-1, 101):
         error = refused(DomainError, "invalid_progress", lambda: project.record_milestone(CADRE, bad, "x"), project)
         assert error.details == {"progress": "between 0 and 100"}
     refused(Forbidden, "role_required", lambda: project.record_milestone(RESIDENTS[1], 60, "x"), project)
-    assert [(m["progress"], m["note"]) for m in project.milestones] == [(50, "一至三楼完成"), (50, "检查")]
     assert project.progress == 50
 
 
@@ -854,8 +862,7 @@ def test_completion_needs_progress_100_and_returns_the_unspent_reservation():
     assert kinds(stored) == ["ProjectCompleted", "FundReservationReleased"]
     assert stored[0].data == {"project_id": "p1", "spent_fen": 600_000}
     assert stored[1].data["amount_fen"] == 2_400_000
-    assert (project.stage, project.phase, project.completed_at) == ("co_manage", "maintaining",
-                                                                    "2026-11-02T01:00:00.000000Z")
+    assert (project.stage, project.phase) == ("co_manage", "maintaining")
     assert world.fund.view() | {"version": 0} == {
         "community_id": C, "balance_fen": 9_400_000, "credited_fen": 10_000_000, "reserved_fen": 0,
         "spent_fen": 600_000, "released_fen": 2_400_000, "rewards_fen": 0, "version": 0}
@@ -900,19 +907,18 @@ def test_maintainers_logs_and_problems():
     [resolved] = world.record(project, project.resolve_problem(RESIDENTS[4], "pb1", "已加固", world.now))
     assert resolved.data == {"project_id": "p1", "problem_id": "pb1", "resolved_by": "r4", "resolution": "已加固",
                              "resolution_seconds": 5400}
-    assert project.problems["pb1"]["resolution_seconds"] == 5400
-    assert project.problems["pb1"]["resolved_at"] == "2026-11-02T02:30:00.000000Z"
+    assert project.problems == {"pb1": {"reported_at": "2026-11-02T01:00:00.000000Z", "resolved": True}}
     refused(Conflict, "already_resolved", lambda: project.resolve_problem(CADRE, "pb1", "again", world.now), project)
-    assert len(project.maintenance_logs) == 3 and set(project.maintainers) == {"r4", "team-1"}
+    assert project.maintainers == {"r4": [], "team-1": ["r6", "r7"]}
 
 
 def test_upkeep_continues_in_the_later_stages():
     world = World()
     project = world.sharing(published=True)
     world.record(project, project.report_problem(RESIDENTS[1], "pb1", "灯不亮"))
-    world.record(project, project.resolve_problem(GRID, "pb1", "换灯泡", world.now))
+    [resolved] = world.record(project, project.resolve_problem(GRID, "pb1", "换灯泡", world.now))
     world.record(project, project.log_maintenance(GRID, "log1", "巡查", world.now))
-    assert project.stage == "co_share" and project.problems["pb1"]["resolution_seconds"] == 0
+    assert project.stage == "co_share" and resolved.data["resolution_seconds"] == 0
 
 
 # == 共评 co_evaluate ==============================================================================
@@ -986,7 +992,7 @@ def test_results_are_published_once_with_the_totals():
             "social_organisation": {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}},
         "contributors": 2, "spent_fen": 600_000, "volunteer_minutes": 210,
         "evaluation": {"count": 5, "average": 4.2}}
-    assert project.phase == "published" and project.results["benefits"] == "120 户老人上下楼更安全"
+    assert project.phase == "published"
     error = refused(Conflict, "wrong_stage", lambda: project.publish_results(CADRE, "again", None), project)
     assert error.details["allowed_actions"] == UPKEEP + ["pay_reward"]
 
@@ -1009,8 +1015,6 @@ def test_rewards_are_paid_from_the_fund_to_contributors_with_a_reason():
     world.record(world.fund, world.fund.pay_reward(project.id, reward["recipient_id"], reward["recipient_name"],
                                                    reward["amount_fen"], reward["reason"]))
     world.record(project, events)
-    assert project.rewards[0]["recipient_name"] == "海沧钢材公司"
-    assert project.totals()["rewards_fen"] == 50_000
     assert (world.fund.balance_fen, world.fund.rewards_fen) == (9_400_000 - 50_000, 50_000)
     error = refused(DomainError, "not_a_contributor", lambda: project.pay_reward(CADRE, "r9", 100, "x"), project)
     assert error.details == {"recipient_id": "must be one of the project's contributors"}
