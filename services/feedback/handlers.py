@@ -240,7 +240,9 @@ def _support_plans(uow: UnitOfWork, cmd: c.PublishRanking, table: dict[str, Any]
     subject that clears the threshold in a later period than the plan's."""
     last = last_ranked(table["ranked"])
     previous = uow.load(Ranking, ranking_key(cmd.community_id, cmd.kind, previous_period(cmd.period))).latest_final
-    previous_last = previous["last_ranked"] if previous else None
+    previous_last = None
+    if previous:  # an edition folded before editions kept ``last_ranked`` has its table instead
+        previous_last = previous["last_ranked"] if "last_ranked" in previous else last_ranked(previous["ranked"])
     for entry in table["ranked"]:
         open_plan = views.open_plan_of(uow.connection, entry["subject_id"])
         triggers = support_triggers(entry, policy, last, previous_last, cmd.period)

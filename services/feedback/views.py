@@ -148,14 +148,16 @@ class CaseRecord(FollowUpCase):
 
 @dataclasses.dataclass
 class RankingRecord(Ranking):
-    """Every edition with its figures (the aggregate keeps only what the next decision needs)."""
+    """Every edition with its figures (the aggregate keeps only what the next decision needs).
+
+    A record keeps what its aggregate keeps, and more (each edition here is the aggregate's, with
+    the figures added): the read model's rows are the aggregate's snapshots too."""
 
     def on_RankingPublished(self, d, event) -> None:
-        self.community_id, self.kind, self.period = d["community_id"], d["kind"], d["period"]
-        self.editions.append({**{k: d[k] for k in ("edition", "formula", "last_position", "policy_version",
-                                                    "ranked", "not_enough_ratings", "digest", "by")},
-                              "provisional": d.get("provisional", False), "published_at": _at(event),
-                              "position": event.position})
+        super().on_RankingPublished(d, event)
+        self.editions[-1].update({k: d[k] for k in ("formula", "last_position", "policy_version", "ranked",
+                                                     "not_enough_ratings", "by")})
+        self.editions[-1].update({"published_at": _at(event), "position": event.position})
 
 
 @dataclasses.dataclass

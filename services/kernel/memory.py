@@ -32,6 +32,7 @@ from services.kernel.errors import ConcurrencyError
 from services.kernel.events import (
     Metadata, NewEvent, StoredEvent, UpcasterChain, from_micros, to_micros, utc_now,
 )
+from services.kernel.eventstore import EventStore
 
 
 class MemoryTransaction:
@@ -176,15 +177,7 @@ class InMemoryEventStore:
                 break
         return page
 
-    def iterate_all(self, after_position: int = 0, page_size: int = 1000,
-                    up_to_position: int | None = None) -> Iterator[StoredEvent]:
-        position = after_position
-        while True:
-            page = self.read_all(position, page_size, up_to_position=up_to_position)
-            if not page:
-                return
-            yield from page
-            position = page[-1].position
+    iterate_all = EventStore.iterate_all  # pages of read_all, as on the databases
 
     def last_position(self, *, connection: MemoryTransaction | None = None) -> int:
         return self._last(connection if isinstance(connection, MemoryTransaction) else None)
