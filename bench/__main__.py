@@ -3,9 +3,9 @@
     python -m bench [--quick] [--readme] [--only PART ...] [--out bench/results]
 
 Writes ``<out>/latest.json`` (every figure, with the machine and the date) and ``<out>/latest.md``
-(the table; quick runs under ``bench/results/quick``, not kept in git), prints the table, and with ``--readme`` (``make bench``) puts it into README.md
+(the table; quick runs under ``bench/results/quick``, not kept in git), prints the table, and with ``--readme`` (``make bench``) puts it into bench/README.md
 between the bench markers. ``--quick`` uses smaller sizes (a smoke run, about two minutes); the
-figures in the README come from a full run.
+figures in bench/README.md come from a full run.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="where the report goes (default bench/results, quick runs bench/results/quick)")
     parser.add_argument("--readme", action="store_true",
-                        help="also put the table into README.md (between the bench markers)")
+                        help="also put the table into bench/README.md (between the bench markers)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="run only these parts: store replay pipeline http propagation ranking")
     args = parser.parse_args(argv)
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     text = table(report)
     (out / "latest.md").write_text(text)
     if args.readme:
-        update_readme(ROOT / "README.md", text)
+        update_readme(ROOT / "bench" / "README.md", text)
     print(text)
     return 0
 
@@ -126,7 +126,7 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def update_readme(path: Path, text: str) -> None:
-    """Replace what stands between the bench markers of the README with ``text``."""
+    """Replace what stands between the bench markers of ``path`` (bench/README.md) with ``text``."""
     readme = path.read_text()
     if START not in readme or END not in readme:
         raise SystemExit(f"{path} has no {START} … {END} markers")

@@ -1,5 +1,5 @@
 """The privacy matrix: every read route of the public API and the live stream, read by every kind of
-reader, against what the privacy policy (README "Who sees what") lets each of them learn.
+reader, against what the privacy policy (docs/privacy.md "Who sees what") lets each of them learn.
 
 Real parts: the three services under gunicorn, the gateway in front of them, the scenario written
 through the gateway; the live feed filled from the services' own event stores (the feed worker's
