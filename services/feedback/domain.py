@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from services.kernel.model import (
     LOCAL_TZ, Aggregate, Conflict, DomainError, Forbidden, NewEvent, Principal, format_time, parse_time,
-    require_member,
+    require_member, role_names,
 )
 
 LEVELS = {5: "非常满意 very satisfied", 4: "满意 satisfied", 3: "基本满意 basically satisfied",
@@ -45,9 +45,9 @@ LEVELS = {5: "非常满意 very satisfied", 4: "满意 satisfied", 3: "基本满
 DIMENSIONS = ("efficiency", "attitude", "result")
 SUBJECT_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
 PEOPLE_KINDS = ("cadre", "grid_worker")
-RATERS = ("resident", "representative")
-STAFF = ("cadre", "admin")
-CASE_HANDLERS = ("cadre", "grid_worker", "admin")
+RATERS = role_names("resident", "representative")
+STAFF = role_names("cadre", "admin")
+CASE_HANDLERS = role_names("cadre", "grid_worker", "admin")
 LOCAL = LOCAL_TZ  # China Standard Time: periods and working days
 FORMULA_VERSION = "bayes-v1"
 DEFAULT_POLICY = {

@@ -1,8 +1,33 @@
 """Bearer-token verification shared by the gateway and every service.
 
 The algorithm is pinned by configuration (a token's own ``alg`` header is never trusted), and
-``exp``, ``aud`` and ``iss`` are required and checked. Services verify the forwarded token
-themselves; they never trust plain identity headers.
+``exp``, ``aud`` and ``iss`` are checked. Services verify the forwarded token themselves; they never
+trust plain identity headers.
+
+The claims of a token (a JWT signed with HS256 and the shared secret, or RS256 by an identity
+provider whose keys the JWKS publishes):
+
+- ``sub`` (required) — the person's id on the platform (``person_id`` in the API and events).
+- ``name`` — the person's display name, recorded with what they do (a string; default empty).
+- ``roles`` — the person's roles: a list of strings from the platform's roles (``resident``,
+  ``representative``, ``volunteer``, ``grid_worker``, ``cadre``, ``organiser``, ``admin``; see
+  :data:`services.kernel.model.ROLE_MEANINGS`). The legacy spelling ``organizer`` is read as
+  ``organiser``; a name that is no role of the platform grants nothing and is ignored. Default:
+  no roles.
+- ``community`` — the id of the person's community (a string), or absent or null for a token of
+  no community (a platform administrator).
+- ``aud`` (required) — the audience: must equal the configured audience (``COCREATE_JWT_AUDIENCE``,
+  default ``cocreate``).
+- ``iss`` (required) — the issuer: must equal the configured issuer (``COCREATE_JWT_ISSUER``, default
+  ``cocreate``).
+- ``iat`` (required) — when the token was issued (seconds since the epoch); not in the future.
+- ``exp`` (required) — when the token expires (seconds since the epoch); an expired token is a 401
+  ``token_expired``.
+- ``jti`` — a unique id of the token; the platform's own tokens carry one, verification does not
+  require it.
+
+A token missing a required claim, or whose ``roles``, ``name`` or ``community`` has the wrong
+type, is a 401 ``token_invalid``.
 """
 
 from __future__ import annotations
@@ -16,9 +41,14 @@ import jwt
 
 from services.kernel.config import AuthSettings
 from services.kernel.errors import Unauthenticated
-from services.kernel.model import ROLES, Principal, require_member
+from services.kernel.model import LEGACY_ROLE_ALIASES, ROLES, Principal, canonical_role, require_member
 
-__all__ = ["ROLES", "Principal", "TokenVerifier", "issue_token", "require_member"]
+__all__ = ["LEGACY_ROLE_ALIASES", "REQUIRED_CLAIMS", "ROLES", "TOKEN_CLAIMS", "Principal", "TokenVerifier",
+           "issue_token", "require_member"]
+
+# The claims of a token, as the docstring above lists them, and those verification requires.
+TOKEN_CLAIMS = ("sub", "name", "roles", "community", "aud", "iss", "iat", "exp", "jti")
+REQUIRED_CLAIMS = ("sub", "aud", "iss", "iat", "exp")
 
 
 
@@ -59,7 +89,7 @@ class TokenVerifier:
             key = self._jwks.get_signing_key_from_jwt(token).key if self._jwks else self._key
             claims = jwt.decode(
                 token, key, algorithms=[self.algorithm], audience=self.audience, issuer=self.issuer,
-                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+                options={"require": list(REQUIRED_CLAIMS)},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the token has expired", reason="token_expired") from None
@@ -74,7 +104,7 @@ class TokenVerifier:
         return Principal(
             person_id=str(claims["sub"]),
             name=name,
-            roles=frozenset(roles),
+            roles=frozenset(role for role in map(canonical_role, roles) if role is not None),
             community=community,
             token=token,
         ), float(claims["exp"])
@@ -98,10 +128,16 @@ def issue_token(
     lifetime: dt.timedelta = dt.timedelta(hours=8),
     private_key: str | None = None,
 ) -> str:
-    """Sign a token (HS256 with the shared secret, or RS256 with ``private_key``)."""
+    """Sign a token (HS256 with the shared secret, or RS256 with ``private_key``) with the claims
+    the module's docstring lists. ``roles`` are the platform's roles; a legacy spelling is written
+    in its current one, and a name that is no role is a ValueError."""
+    canonical = {name: canonical_role(name) for name in roles}
+    unknown = sorted(name for name, role in canonical.items() if role is None)
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; the roles are: {', '.join(ROLES)}")
     now = dt.datetime.now(dt.timezone.utc)
     claims = {
-        "sub": person_id, "name": name, "roles": sorted(roles), "community": community,
+        "sub": person_id, "name": name, "roles": sorted(set(canonical.values())), "community": community,
         "aud": settings.jwt_audience, "iss": settings.jwt_issuer,
         "iat": now, "exp": now + lifetime, "jti": str(uuid.uuid4()),
     }

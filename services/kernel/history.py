@@ -19,9 +19,10 @@ from sqlalchemy.engine import Connection
 from services.kernel.db import read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
+from services.kernel.model import role_names
 from services.kernel.web import Schema, current_principal, etagged
 
-STAFF_ROLES = ("admin",)
+STAFF_ROLES = role_names("admin")
 
 
 class StreamIndex:

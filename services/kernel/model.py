@@ -188,7 +188,48 @@ def _field_names(cls: type) -> tuple[str, ...]:
 
 # -- the caller ----------------------------------------------------------------------------------
 
-ROLES = ("resident", "representative", "grid_worker", "cadre", "organizer", "admin")
+# The platform's roles, defined here once: a token's ``roles`` claim, the gateway's users file, the
+# services' role gates (``x-roles`` in the OpenAPI documents) and role constants all use these names,
+# and the OpenAPI documents describe the bearer token with this table. Role (and field) names are
+# spelt ``organiser``; tokens and users files written with the earlier ``organizer`` still work
+# (:data:`LEGACY_ROLE_ALIASES`), but the platform never writes that spelling.
+ROLE_MEANINGS: dict[str, tuple[str, str]] = {
+    "resident": ("居民:提出与联署项目、发表意见、认捐、评议与评价",
+                 "a resident of a community: proposes and co-signs projects, comments, pledges, rates"),
+    "representative": ("居民代表:在居民代表会议上表决项目",
+                       "a residents' representative: votes on projects in the council (and acts as a resident)"),
+    "volunteer": ("志愿者:持志愿者证、报名活动、签到签退、兑换积分",
+                  "a volunteer: holds a volunteer card, signs up for activities, checks in and out, redeems points"),
+    "grid_worker": ("网格员:确认投入、记录管护、处理问题与评价工单",
+                    "a grid worker: confirms deliveries, logs maintenance, resolves problems and feedback cases"),
+    "cadre": ("社区干部:管理社区、表决与评议、基金、奖励与排名",
+              "a community cadre: runs the community, its votes and evaluations, fund, rewards and rankings"),
+    "organiser": ("活动组织者(社工站、社会组织):发布活动、审核时长、开具证明",
+                  "an activity organiser (social work station, social organisation): publishes activities, "
+                  "approves volunteer hours, issues certificates"),
+    "admin": ("平台管理员:跨社区管理、登记社区、查看事件历史",
+              "a platform administrator: every community, registers communities, reads the event history"),
+}
+ROLES: tuple[str, ...] = tuple(ROLE_MEANINGS)
+
+# Earlier spellings still read (from tokens and users files) and normalised; never written.
+LEGACY_ROLE_ALIASES: dict[str, str] = {"organizer": "organiser"}
+
+
+def canonical_role(name: str) -> str | None:
+    """The platform's name for the role ``name`` (a legacy alias gives its current name), or None
+    for a name that is no role of the platform."""
+    name = LEGACY_ROLE_ALIASES.get(name, name)
+    return name if name in ROLE_MEANINGS else None
+
+
+def role_names(*names: str) -> tuple[str, ...]:
+    """``names``, each checked to be a role of the platform (its current spelling): for the role
+    constants of the services, so that a misspelt role fails when the module is imported."""
+    unknown = [name for name in names if name not in ROLE_MEANINGS]
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; the roles are: {', '.join(ROLES)}")
+    return names
 
 
 @dataclasses.dataclass(frozen=True)

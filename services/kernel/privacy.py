@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.kernel.events import LOCAL_TZ, parse_time
-from services.kernel.model import mask_phone
+from services.kernel.model import mask_phone, role_names
 
 __all__ = [
     "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "RATED", "RATER", "RATING_EVENTS",
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
-STAFF_ROLES = ("cadre", "grid_worker", "admin")
+STAFF_ROLES = role_names("cadre", "grid_worker", "admin")
 SUMMARY_SECONDS = 60
 SUMMARY_EVENT = "RatingsChanged"
 

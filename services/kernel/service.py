@@ -89,12 +89,13 @@ def load_settings(definition: ServiceDefinition, environ=None, **overrides) -> S
 def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, create_schema: bool = True,
               clock: Callable[[], Any] = utc_now, new_id: Callable[[], str] = default_new_id) -> Container:
     """The store, its read models and the message bus of one process. ``clock`` and ``new_id``
-    are the only clock and id factory command handlers see (tests pass their own); the store
-    stamps events with the same clock, so a decision and the time its event records agree."""
+    are the only clock and id factory command handlers see (tests pass their own). The store
+    stamps events with the wall clock: ``occurred_at`` is when an event was stored, and it orders
+    the read models' lists even when a test's clock stands still."""
     engine = make_engine(settings.effective_database_url)
     index = StreamIndex()
     store = EventStore(engine, service=definition.name, upcasters=definition.upcasters(),
-                       projections=[index, *definition.projections()], clock=clock)
+                       projections=[index, *definition.projections()])
     if create_schema:
         store.create_schema()
     resources = dict(definition.resources(store, settings))

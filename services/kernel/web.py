@@ -32,11 +32,12 @@ from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedM
 from werkzeug.http import HTTP_STATUS_CODES
 
 from services.kernel import metrics
-from services.kernel.auth import Principal, TokenVerifier
+from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS, Principal, TokenVerifier
 from services.kernel.config import AuthSettings
 from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
 from services.kernel.events import Metadata
 from services.kernel.logs import correlation_id_var
+from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,30 @@ def _swagger_assets_dir() -> Path:
     return Path(flask_swagger_ui.__file__).parent / "dist"
 
 
+def _bearer_description() -> str:
+    required = ", ".join(f"`{c}`" for c in REQUIRED_CLAIMS)
+    optional = ", ".join(f"`{c}`" for c in TOKEN_CLAIMS if c not in REQUIRED_CLAIMS)
+    roles = "\n".join(f"- `{role}` — {zh} / {en}" for role, (zh, en) in ROLE_MEANINGS.items())
+    legacy = ", ".join(f"`{old}` is read as `{new}`" for old, new in LEGACY_ROLE_ALIASES.items())
+    return (f"A JWT with the claims {required} (required) and {optional}. "
+            f"`roles` lists the caller's roles, which the operations' `x-roles` name:\n\n{roles}\n\n"
+            f"Legacy spelling ({legacy}); other names are no role and grant nothing.")
+
+
+# The bearer token as every OpenAPI document describes it: its claims and the platform's roles
+# (``x-roles``: role -> {zh, en}), both from the one definition in the kernel.
+BEARER_SCHEME: dict[str, Any] = {
+    "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": _bearer_description(),
+    "x-roles": {role: {"zh": zh, "en": en} for role, (zh, en) in ROLE_MEANINGS.items()},
+}
+
+
+def role_list_field(**kwargs: Any) -> ma.fields.List:
+    """A list of the platform's roles, for schemas that show a caller's roles (the token endpoint,
+    whoami): documented with the roles as its items' ``enum``."""
+    return ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(ROLES)), **kwargs)
+
+
 def create_base_app(
     name: str,
     settings: AuthSettings,
@@ -161,8 +186,7 @@ def create_base_app(
         OPENAPI_SWAGGER_UI_URL="/docs/assets/",
         API_SPEC_OPTIONS={
             "info": {"description": description},
-            "components": {"securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+            "components": {"securitySchemes": {"bearerAuth": BEARER_SCHEME}},
             "security": [{"bearerAuth": []}],
         },
         MAX_CONTENT_LENGTH=max_body_bytes,
@@ -501,14 +525,21 @@ def command_answer(key: str, resource: Mapping[str, Any], version: int, recorded
 
 
 ANY_ROLE = "any"
-PLATFORM_ROLES = ("resident", "representative", "volunteer", "grid_worker", "cadre", "organizer", "admin")
+# Deprecated: the platform's roles are ``services.kernel.model.ROLES``. Kept, as that very tuple, only
+# until tests/integration/test_gateway.py imports ROLES; remove it then.
+PLATFORM_ROLES = ROLES
 
 
 def roles(blueprint, *allowed: str):
     """Gate a view: 403 unless the caller's token holds one of ``allowed`` — checked before the body
     is read or anything is loaded, so a caller without the role learns nothing about the resource.
     The roles are published in the OpenAPI operation as ``x-roles``. Finer rules (the community,
-    the proposer, the organiser) stay in the domain."""
+    the proposer, the organiser) stay in the domain. ``allowed`` are roles of the platform
+    (:data:`services.kernel.model.ROLES`) or :data:`ANY_ROLE`: anything else fails at import."""
+    unknown = [role for role in allowed if role != ANY_ROLE and role not in ROLES]
+    if unknown or not allowed:
+        raise ValueError(f"a route's roles must be roles of the platform ({', '.join(ROLES)}) or "
+                         f"{ANY_ROLE!r}, not {unknown or 'none'}")
 
     def decorator(view):
         @functools.wraps(view)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 from services.kernel.model import (
     Aggregate, Conflict, DomainError, Forbidden, NewEvent, Principal, format_time, parse_time, require_member,
+    role_names,
 )
 
 STAGES = {
@@ -68,9 +69,9 @@ STANCES = ("support", "oppose", "neutral")
 CHOICES = ("yes", "no", "abstain")
 CONTRIBUTOR_TYPES = ("resident", "enterprise", "social_organisation")
 CONTRIBUTION_KINDS = ("labour", "money", "materials", "skills")
-STAFF = ("cadre", "admin")
-FIELD_STAFF = ("cadre", "grid_worker", "admin")
-RESIDENTS = ("resident", "representative")
+STAFF = role_names("cadre", "admin")
+FIELD_STAFF = role_names("cadre", "grid_worker", "admin")
+RESIDENTS = role_names("resident", "representative")
 AMENDABLE = ("title", "description", "category", "location", "estimated_cost_fen", "requested_fen")
 
 

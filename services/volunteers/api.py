@@ -222,7 +222,7 @@ def card_for(principal, person_id):
 
 def organises_for(principal, card) -> bool:
     """``principal`` organises, in the holder's community, an activity the holder signed up for."""
-    if principal.community != card.community_id or not principal.has_any(("organizer",)):
+    if principal.community != card.community_id or not principal.has_any(("organiser",)):
         return False
     with store().read_transaction() as connection:
         return views.organises_for(connection, principal.person_id, card)
@@ -441,7 +441,7 @@ class Redemptions(MethodView):
 
 @rewards.route("/<reward_id>/redemptions/<redemption_id>/fulfilment")
 class Fulfilment(MethodView):
-    @roles(rewards, *STAFF, "organizer")
+    @roles(rewards, *STAFF, "organiser")
     @rewards.arguments(FulfilmentSchema)
     @rewards.response(200, CommandResultSchema)
     def post(self, command: c.FulfilRedemption, **_path):
@@ -472,7 +472,7 @@ class CertificateResource(MethodView):
         principal.require_reader(None)
         certificate = CERTIFICATES.fetch(store().engine, number)
         if principal.person_id != certificate.person_id:
-            if not principal.has_any(STAFF + ("organizer",)):
+            if not principal.has_any(STAFF + ("organiser",)):
                 raise NotFound(f"no certificate {number} for you")
             principal.require_reader(CARDS.fetch(store().engine, certificate.person_id).community_id)
         return certificate.view()

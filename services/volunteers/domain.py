@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from services.kernel.model import (
     Aggregate, Conflict, DomainError, Forbidden, NewEvent, Principal, format_time, local_date, mask_phone,
-    parse_time,
+    parse_time, role_names,
 )
 
 SLOT_MINUTES = 30
@@ -35,9 +35,9 @@ DAILY_CAP_MINUTES = 8 * 60
 STAR_HOURS = (100, 300, 600, 1000, 1500)
 STAR_LABELS = {0: "未定级 no star yet", 1: "一星 one star", 2: "二星 two stars", 3: "三星 three stars",
                4: "四星 four stars", 5: "五星 five stars"}
-STAFF = ("cadre", "admin")
-ORGANISERS = ("organizer", "cadre", "admin")
-VOLUNTEERS = ("volunteer", "resident", "representative")
+STAFF = role_names("cadre", "admin")
+ORGANISERS = role_names("organiser", "cadre", "admin")
+VOLUNTEERS = role_names("volunteer", "resident", "representative")
 ORGANISER_KINDS = ("community", "social_organisation", "project")
 
 
@@ -418,7 +418,7 @@ class Reward(Aggregate):
                                             "stock_after": self.stock - 1})]
 
     def fulfil(self, actor: Principal, redemption_id: str) -> list[NewEvent]:
-        _require_staff_of(actor, self.community_id, also=("organizer",))
+        _require_staff_of(actor, self.community_id, also=("organiser",))
         redemption = self.redemptions.get(redemption_id)
         if redemption is None:
             raise DomainError(f"no redemption {redemption_id} of this reward", reason="unknown_redemption",

@@ -38,7 +38,7 @@ PHONE = "13912345678"
 
 RATED_CADRE = Person("anhai-cadre-rated", "王书记", ("cadre",), A)
 HOLDER = Person("anhai-vol", "志愿者甲", ("volunteer", "resident"), A)
-ORGANISER = Person("anhai-org", "安海社工站", ("organizer",), A)
+ORGANISER = Person("anhai-org", "安海社工站", ("organiser",), A)
 READERS = {
     "resident": Person("anhai-r11", "居民11", ("resident",), A),
     "rater": Person("anhai-r8", "居民8", ("resident",), A),
@@ -50,7 +50,7 @@ READERS = {
     "volunteer": Person("anhai-vol2", "志愿者乙", ("volunteer", "resident"), A),
     "card holder": HOLDER,
     "organiser, same community": ORGANISER,
-    "organiser, other community": Person("binhai-org", "外社区社工站", ("organizer",), B),
+    "organiser, other community": Person("binhai-org", "外社区社工站", ("organiser",), B),
     "admin": Person("admin-1", "管理员", ("admin",), None),
     "token without community": Person("drifter", "无社区", ("resident",), None),
 }

@@ -23,7 +23,7 @@ def driver(database_url, tmp_path):
 
 def volunteers_with_points(d: ProjectsDriver, count: int) -> tuple[Person, list[Person]]:
     """``count`` volunteers with 60 points each: 3 approved hours at 20 points per hour."""
-    organiser = Person("org-1", "社工站", ("organizer",), COMMUNITY)
+    organiser = Person("org-1", "社工站", ("organiser",), COMMUNITY)
     start = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).replace(microsecond=0)
     activity = d.post(organiser, "/activities", {
         "title": "敬老院陪伴", "community_id": COMMUNITY, "place": "海沧敬老院",

@@ -31,7 +31,7 @@ UPKEEP = ["assign_maintainer", "log_maintenance", "report_problem", "resolve_pro
 ADMIN = Person("admin-1", "管理员", ("admin",), None)
 OUTSIDER = Person("jimei-r1", "集美居民", ("resident",), "jimei")
 OTHER_CADRE = Person("jimei-cadre", "集美干部", ("cadre",), "jimei")
-ORGANIZER = Person("org-1", "活动组织者", ("organizer",), "haicang")
+ORGANISER = Person("org-1", "活动组织者", ("organiser",), "haicang")
 
 
 class Clock:
@@ -405,7 +405,7 @@ def test_opinions_with_a_stance_during_deliberation(api):
     assert json_errors(error) == {"text", "mood"}
     api.refused(OUTSIDER, "POST", path, {"stance": "oppose", "text": "x"}, status=403, reason="other_community",
                 **watch)
-    api.refused(ORGANIZER, "POST", path, {"stance": "oppose", "text": "x"}, status=403, reason="role_required",
+    api.refused(ORGANISER, "POST", path, {"stance": "oppose", "text": "x"}, status=403, reason="role_required",
                 **watch)
 
 
@@ -611,7 +611,7 @@ def test_co_build_pledges_deliveries_spending_milestones_and_completion(api):
         reason="pledge_for_other", **watch)
     api.refused(OUTSIDER, "POST", pledges, {"kind": "money", "money_fen": 1}, status=403, reason="other_community",
                 **watch)
-    api.refused(ORGANIZER, "POST", pledges, {"kind": "money", "money_fen": 1}, status=403, reason="role_required",
+    api.refused(ORGANISER, "POST", pledges, {"kind": "money", "money_fen": 1}, status=403, reason="role_required",
                 **watch)
     error = api.refused(c.residents[3], "POST", pledges, {"kind": "labour", "money_fen": 100}, status=422,
                         reason="invalid_amounts", **watch)
@@ -848,21 +848,21 @@ def test_results_are_published_once_and_rewards_paid_from_the_fund(any_api):
 # path, a person allowed by the route's roles, a valid body, a person whose roles the route refuses
 COMMANDS = [
     ("cosignatures", "resident", None, "cadre"),
-    ("opinions", "resident", {"stance": "support", "text": "好"}, "organizer"),
+    ("opinions", "resident", {"stance": "support", "text": "好"}, "organiser"),
     ("amendments", "resident", {"title": "新", "reason": "r"}, "cadre"),
     ("withdrawal", "resident", {"reason": "r"}, "cadre"),
     ("vote/open", "cadre", {}, "resident"),
     ("vote/ballots", "representative", {"choice": "yes"}, "resident"),
     ("vote/close", "cadre", None, "representative"),
-    ("pledges", "resident", {"kind": "labour", "labour_minutes": 60}, "organizer"),
+    ("pledges", "resident", {"kind": "labour", "labour_minutes": 60}, "organiser"),
     ("pledges/pl-x/deliveries", "grid_worker", {"labour_minutes": 60}, "resident"),
     ("spending", "cadre", {"amount_fen": 1, "receipt_ref": "FP"}, "grid_worker"),
     ("milestones", "grid_worker", {"progress": 10, "note": "n"}, "resident"),
     ("completion", "cadre", None, "grid_worker"),
     ("maintainers", "grid_worker", {"maintainer_id": "m", "name": "x", "kind": "resident", "duty": "d"}, "resident"),
-    ("maintenance-logs", "grid_worker", {"note": "n", "performed_at": "2026-11-21T02:00:00Z"}, "organizer"),
-    ("problems", "resident", {"description": "d"}, "organizer"),
-    ("problems/pb-x/resolution", "grid_worker", {"resolution": "r"}, "organizer"),
+    ("maintenance-logs", "grid_worker", {"note": "n", "performed_at": "2026-11-21T02:00:00Z"}, "organiser"),
+    ("problems", "resident", {"description": "d"}, "organiser"),
+    ("problems/pb-x/resolution", "grid_worker", {"resolution": "r"}, "organiser"),
     ("evaluation/open", "cadre", {}, "grid_worker"),
     ("evaluation/ratings", "resident", {"score": 5}, "cadre"),
     ("evaluation/close", "cadre", None, "resident"),
@@ -875,7 +875,7 @@ def test_every_command_is_401_without_a_token_403_for_a_wrong_role_and_404_for_a
     c = Community(api.d, "haicang")
     pid = c.propose()["project_id"]
     people = {"resident": c.residents[0], "representative": Person("rep-only", "代表", ("representative",), "haicang"),
-              "cadre": c.cadre, "grid_worker": c.grid_worker, "organizer": ORGANIZER}
+              "cadre": c.cadre, "grid_worker": c.grid_worker, "organiser": ORGANISER}
     watch = {"project": pid, "community": "haicang"}
     for path, allowed, body, wrong in COMMANDS:
         api.refused(None, "POST", f"/projects/{pid}/{path}", body, status=401, reason="unauthenticated", **watch)

@@ -32,7 +32,7 @@ COMMUNITY = "haicang"
 OTHER = "xinyang"
 START = datetime(2025, 3, 8, 1, 0, tzinfo=UTC)  # 09:00 in Xiamen
 
-ORG = Person("org-1", "海沧社工站", ("organizer",), COMMUNITY)
+ORG = Person("org-1", "海沧社工站", ("organiser",), COMMUNITY)
 CADRE = Person("cadre-1", "社区干部", ("cadre",), COMMUNITY)
 ADMIN = Person("admin-1", "管理员", ("admin",), None)
 V1 = Person("v1", "李梅", ("resident",), COMMUNITY)
@@ -880,8 +880,8 @@ def test_who_sees_a_volunteers_phone_unmasked(api):
     an activity the holder signed up for; nobody else, whatever their role elsewhere (and other
     communities' tokens do not read the card at all)."""
     api.card(V1)
-    other_org = Person("org-x", "外社区社工站", ("organizer",), OTHER)
-    idle_org = Person("org-2", "另一社工站", ("organizer",), COMMUNITY)
+    other_org = Person("org-x", "外社区社工站", ("organiser",), OTHER)
+    idle_org = Person("org-2", "另一社工站", ("organiser",), COMMUNITY)
     full, masked = "13812345678", "138****5678"
     for viewer, phone in ((V1, full), (ADMIN, full), (CADRE, full), (ORG, masked), (idle_org, masked),
                           (V2, masked)):

@@ -56,12 +56,12 @@ def b64(raw: bytes) -> str:
 # -- valid tokens -------------------------------------------------------------------------------
 
 def test_valid_token_gives_principal():
-    token = issue_token(HS, person_id="person-1", name="李雷", roles=["resident", "organizer"],
+    token = issue_token(HS, person_id="person-1", name="李雷", roles=["resident", "organiser"],
                         community="东湖社区")
     principal = TokenVerifier(HS).verify(token)
     assert principal.person_id == "person-1"
     assert principal.name == "李雷"
-    assert principal.roles == frozenset({"resident", "organizer"})
+    assert principal.roles == frozenset({"resident", "organiser"})
     assert principal.community == "东湖社区"
     assert principal.token == token
 
@@ -248,3 +248,68 @@ def test_a_remembered_token_still_expires_and_is_checked_again_after_a_while():
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     with pytest.raises(Unauthenticated):
         verifier.verify(forged, now=now)  # a different string is verified, never taken from memory
+
+
+# -- the claims, as documented, and the roles ---------------------------------------------------
+
+def documented_claims() -> dict[str, bool]:
+    """The claims the module's docstring lists (``- ``name`` (required) — ...``): name -> required."""
+    import re
+
+    from services.kernel import auth
+
+    found = re.findall(r"^- ``(\w+)``( \(required\))?", auth.__doc__, flags=re.MULTILINE)
+    return {name: bool(required) for name, required in found}
+
+
+def test_the_documented_claims_are_the_claims_verification_requires_and_issue_writes():
+    """The docstring of services/kernel/auth.py is the documentation of a token: a claim it calls
+    required is one without which a token is refused, every other one may be left out, and the
+    platform's own tokens carry exactly the claims it lists."""
+    from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS
+
+    documented = documented_claims()
+    assert list(documented) == list(TOKEN_CLAIMS) == ["sub", "name", "roles", "community", "aud", "iss", "iat",
+                                                      "exp", "jti"]
+    assert sorted(jwt.decode(issue_token(HS, person_id="p"), options={"verify_signature": False})) == sorted(documented)
+    full = {**claims(), "jti": "token-1"}
+    assert sorted(full) == sorted(documented)
+    required = set()
+    for name in documented:
+        try:
+            TokenVerifier(HS).verify(jwt.encode({k: v for k, v in full.items() if k != name}, TEST_SECRET,
+                                                algorithm="HS256"))
+        except Unauthenticated as refused:
+            assert refused.reason == "token_invalid", name
+            required.add(name)
+    assert required == {name for name, needed in documented.items() if needed} == set(REQUIRED_CLAIMS)
+
+
+def test_the_documented_roles_are_the_platform_roles():
+    import re
+
+    from services.kernel import auth
+    from services.kernel.model import ROLES
+
+    roles_item = auth.__doc__.split("- ``roles``", 1)[1].split("\n- ", 1)[0]
+    listed = re.search(r"platform's roles \(([^)]*)", roles_item).group(1)
+    assert tuple(re.findall(r"``(\w+)``", listed)) == ROLES
+
+
+def test_a_legacy_organizer_token_is_accepted_as_organiser():
+    """Tokens issued before the one spelling (role ``organizer``) keep working, read as ``organiser``."""
+    principal = TokenVerifier(HS).verify(hs_token(roles=["organizer", "resident"]))
+    assert principal.roles == frozenset({"organiser", "resident"})
+    principal.require("organiser")
+
+
+def test_a_role_the_platform_does_not_know_grants_nothing():
+    principal = TokenVerifier(HS).verify(hs_token(roles=["resident", "superuser", "offline_access"]))
+    assert principal.roles == frozenset({"resident"})
+
+
+def test_issued_tokens_carry_only_the_current_spelling_and_known_roles():
+    token = issue_token(HS, person_id="p", roles=["organizer", "organiser", "volunteer"])
+    assert jwt.decode(token, options={"verify_signature": False})["roles"] == ["organiser", "volunteer"]
+    with pytest.raises(ValueError, match="unknown roles \\['superuser'\\]"):
+        issue_token(HS, person_id="p", roles=["superuser"])

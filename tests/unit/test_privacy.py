@@ -20,8 +20,8 @@ def test_relations_follow_the_token_and_the_record():
     assert privacy.relations(who("g1", "grid_worker"), "anhai") == {"member", "staff"}
     assert privacy.relations(who("c2", "cadre", community="binhai"), "anhai") == frozenset()
     assert privacy.relations(who("a", "admin", community=None), "anhai") == {"member", "staff"}
-    assert privacy.relations(who("o1", "organizer"), "anhai", organisers=["o1"]) == {"member", "organiser"}
-    assert privacy.relations(who("o1", "organizer", community="binhai"), "anhai", organisers=["o1"]) == frozenset()
+    assert privacy.relations(who("o1", "organiser"), "anhai", organisers=["o1"]) == {"member", "organiser"}
+    assert privacy.relations(who("o1", "organiser", community="binhai"), "anhai", organisers=["o1"]) == frozenset()
 
 
 def test_a_rating_as_each_reader_sees_it():

@@ -38,7 +38,7 @@ def who(person_id: str, *roles: str, community: str | None = COMMUNITY, name: st
                      community=community)
 
 
-ORGANISER = who("org-1", "organizer", name="海沧社工站")
+ORGANISER = who("org-1", "organiser", name="海沧社工站")
 CADRE = who("cadre-1", "cadre")
 ADMIN = who("admin-1", "admin", community=None)
 V1 = who("v1", "resident", name="李梅")
@@ -182,7 +182,7 @@ def test_planned_minutes_may_equal_the_duration_and_a_cadre_publishes_for_the_co
 
 @pytest.mark.parametrize("actor, error, reason", [
     (V1, Forbidden, "role_required"),
-    (who("org-2", "organizer", community=OTHER), Forbidden, "other_community"),
+    (who("org-2", "organiser", community=OTHER), Forbidden, "other_community"),
     (who("cadre-2", "cadre", community=OTHER), Forbidden, "other_community"),
 ])
 def test_only_organisers_of_the_community_publish(actor, error, reason):
@@ -439,7 +439,7 @@ def test_one_claim_per_activity():
 
 # -- approval -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("actor", [V1, V2, who("org-2", "organizer"), who("cadre-2", "cadre", community=OTHER)])
+@pytest.mark.parametrize("actor", [V1, V2, who("org-2", "organiser"), who("cadre-2", "cadre", community=OTHER)])
 def test_only_the_organiser_decides_claims(actor):
     activity = published(Log())
     with pytest.raises(Forbidden) as refused:

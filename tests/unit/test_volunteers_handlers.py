@@ -24,7 +24,7 @@ def person(person_id: str, *roles: str, community: str | None = COMMUNITY) -> Pr
     return Principal(person_id, f"name of {person_id}", frozenset(roles), community)
 
 
-ORG, CADRE, V1, V2 = person("org-1", "organizer"), person("cadre-1", "cadre"), person("v1", "resident"), person("v2", "resident")
+ORG, CADRE, V1, V2 = person("org-1", "organiser"), person("cadre-1", "cadre"), person("v1", "resident"), person("v2", "resident")
 
 
 class World:
