@@ -110,3 +110,18 @@ def test_every_alert_has_its_runbook_section():
         runbook = re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", r"<\1>", runbook)  # as the page writes labels
         first_step = runbook.strip().split(". ")[0]
         assert first_step in sections[alert].replace("\n", " "), alert
+
+
+# -- tokens and roles -------------------------------------------------------------------------------
+
+def test_the_gateway_page_lists_every_claim_and_every_role():
+    from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS
+    from services.kernel.model import ROLE_MEANINGS
+
+    page = (ROOT / "gateway" / "README.md").read_text(encoding="utf-8")
+    section = page.split("## Tokens and roles", 1)[1].split("\n## ", 1)[0]
+    for claim in TOKEN_CLAIMS:
+        required = f"- `{claim}` (required)" in section
+        assert required == (claim in REQUIRED_CLAIMS) and f"- `{claim}`" in section, claim
+    listed = re.findall(r"^\| `(\w+)` \| (.+?) \| (.+?) \|$", section, flags=re.M)
+    assert [(role, zh, en) for role, zh, en in listed] == [(r, zh, en) for r, (zh, en) in ROLE_MEANINGS.items()]
