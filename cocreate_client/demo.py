@@ -14,14 +14,16 @@ Run it on a fresh platform (``make clean run``); it prints what it made.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
+import hashlib
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 
 from cocreate_client import ApiError, Client
-from gateway.tokens import hash_password
 
 C = "xinyang"
 UNIT = {"unit_id": "xinyang-jwh", "name": "新阳社区居委会"}
@@ -33,7 +35,7 @@ def people() -> list[dict]:
         {"username": "chen", "person_id": "chen", "name": "陈书记", "roles": ["cadre"], "community": C},
         {"username": "lin", "person_id": "lin", "name": "林主任", "roles": ["cadre"], "community": C},
         {"username": "zhou", "person_id": "zhou", "name": "周网格员", "roles": ["grid_worker"], "community": C},
-        {"username": "shegong", "person_id": "shegong", "name": "海沧社工站", "roles": ["organizer"], "community": C},
+        {"username": "shegong", "person_id": "shegong", "name": "海沧社工站", "roles": ["organiser"], "community": C},
     ]
     users += [{"username": f"rep{i}", "person_id": f"rep{i}", "name": f"居民代表{i}",
                "roles": ["representative", "resident"], "community": C} for i in range(1, 10)]
@@ -43,8 +45,17 @@ def people() -> list[dict]:
     return users
 
 
+def password_hash(password: str, iterations: int) -> str:
+    """A ``password_hash`` of the gateway's users file: PBKDF2-SHA256 as
+    ``pbkdf2_sha256$<iterations>$<salt>$<digest>`` (base64). The client writes the file's format
+    itself rather than importing the gateway (``python -m gateway hash-password`` makes the same)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
 def write_users(path: Path, users: list[dict]) -> None:
-    hashed = hash_password("demo", iterations=20_000)  # demo-only: quick to check, same for everyone
+    hashed = password_hash("demo", iterations=20_000)  # demo-only: quick to check, same for everyone
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"users": [{**u, "password_hash": hashed} for u in users]}, ensure_ascii=False,
                                indent=1), encoding="utf-8")

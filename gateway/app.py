@@ -2,9 +2,11 @@
 
 - Authentication at the edge (the services verify the forwarded token again); a local token
   endpoint backed by a users file when ``COCREATE_USERS_FILE`` is set.
-- Every service route under ``/api/v1`` (see :mod:`gateway.catalogue`), proxied over pooled
-  connections with per-call timeouts, retries for idempotent reads only and a circuit breaker per
-  service; a call to a service that is down is a 503 with ``Retry-After``.
+- Every service route under ``/api/v1``, learnt from the services' own ``GET /openapi.json`` at
+  start and periodically, the last good documents kept on disk (see :mod:`gateway.catalogue`: the
+  gateway imports no service's code), proxied over pooled connections with per-call timeouts,
+  retries for idempotent reads only and a circuit breaker per service; a call to a service that
+  is down is a 503 with ``Retry-After``.
 - ``Idempotency-Key`` on every POST: the first answer is kept (24 h by default) and returned for
   a retry with the same key from the same caller; the same key with another body is a 422.
 - Rate limits per caller and per IP (429 with ``Retry-After``), the body size limit, CORS.
@@ -29,7 +31,7 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from gateway import compose
-from gateway.catalogue import PREFIX, Catalogue, service_path
+from gateway.catalogue import PREFIX, SERVICES, Catalogue, service_path
 from gateway.store import GatewayStore, fingerprint
 from gateway.tokens import authenticate, load_users
 from gateway.upstream import Upstream, UpstreamUnavailable
@@ -48,14 +50,15 @@ FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-No
                              "Accept-Language")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Allow", "Retry-After")
 SUBJECT_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
-_CATALOGUE: Catalogue | None = None
+_LAST_CATALOGUE: Catalogue | None = None
 
 
 def catalogue() -> Catalogue:
-    global _CATALOGUE
-    if _CATALOGUE is None:
-        _CATALOGUE = Catalogue()
-    return _CATALOGUE
+    """The catalogue of the app this process built last (for tests and tools; an app's own is
+    ``app.extensions["cocreate.catalogue"]``)."""
+    if _LAST_CATALOGUE is None:
+        raise RuntimeError("no gateway app was built in this process yet")
+    return _LAST_CATALOGUE
 
 
 class PrincipalSchema(Schema):
@@ -96,27 +99,32 @@ def load_settings(environ=None, **overrides) -> GatewaySettings:
 
 
 def create_app(settings: GatewaySettings) -> flask.Flask:
+    global _LAST_CATALOGUE
     store = GatewayStore(settings.effective_database_url)
     store.create_schema()
+    service_urls = dict(zip(SERVICES, (settings.projects_url, settings.volunteers_url, settings.feedback_url)))
+    routes = _LAST_CATALOGUE = Catalogue(service_urls, settings.effective_catalogue_dir,
+                                         timeout=settings.upstream_timeout_seconds,
+                                         refresh_seconds=settings.catalogue_refresh_seconds)
     app, api = create_base_app(
         "gateway", settings, title="共同缔造 public API", version="v1",
         description="The one public API of the co-creation platform for resident and staff apps. "
                     "Every route needs a bearer token except the token endpoint.",
-        readiness={"database": lambda: ping(store.engine)},
+        readiness={"database": lambda: ping(store.engine), "catalogue": routes.check_ready},
         max_body_bytes=settings.max_body_bytes,
     )
     app.extensions["cocreate.gateway_settings"] = settings
     app.extensions["cocreate.gateway_store"] = store
+    app.extensions["cocreate.catalogue"] = routes
+    _install_catalogue_hooks(app, routes)
     upstreams = {
         name: Upstream(name, url, timeout=settings.upstream_timeout_seconds,
                        read_retries=settings.upstream_read_retries, failure_threshold=settings.breaker_failures,
                        open_seconds=settings.breaker_open_seconds)
-        for name, url in (("projects", settings.projects_url), ("volunteers", settings.volunteers_url),
-                          ("feedback", settings.feedback_url))
+        for name, url in service_urls.items()
     }
     app.extensions["cocreate.upstreams"] = upstreams
     composer = compose.Composer(upstreams, ThreadPoolExecutor(max_workers=16, thread_name_prefix="compose"))
-    routes = catalogue()
     users = UsersFile(settings.users_file) if settings.users_file else None
     _install_edge(app, settings, store)
     require_tokens(app, open_paths=(f"{PREFIX}/auth/token",))
@@ -210,11 +218,18 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         principal = current_principal()
         public = "/" + rest
         try:
-            target, _args = routes.adapter().match(public, flask.request.method)
+            target = _route(routes, public, flask.request.method)
         except MethodNotAllowed as exc:
             return error_response(405, f"{flask.request.method} is not allowed on {PREFIX}{public}",
                                   headers={"Allow": ", ".join(sorted(exc.valid_methods or ()))})
         except RouteNotFound:
+            unknown = routes.unknown()
+            if unknown:
+                # The path may be a route of a service whose routes the gateway has not learnt yet.
+                return error_response(
+                    503, f"no known route {PREFIX}{public}, and the routes of {', '.join(unknown)} are not known "
+                         "yet (not answering since the gateway started); try again shortly",
+                    {"reason": "catalogue_incomplete", "services": unknown}, headers={"Retry-After": "2"})
             return error_response(404, f"no route {PREFIX}{public}")
         # Forwarded percent-encoded again: a decoded "%23" or "%3F" in a path parameter would
         # otherwise cut the service's path short (or inject a query string).
@@ -408,21 +423,51 @@ def _caller_quietly() -> str | None:
         return None
 
 
+def _route(routes: Catalogue, public: str, method: str):
+    """The service route a public path names; when none is known and some service's routes are
+    unknown, those services are asked at once first."""
+    try:
+        return routes.adapter().match(public, method)[0]
+    except RouteNotFound:
+        if not routes.refresh_unknown():
+            raise
+    return routes.adapter().match(public, method)[0]
+
+
+def _install_catalogue_hooks(app: flask.Flask, routes: Catalogue) -> None:
+    """The refresher thread of each process, and each service's catalogue state in ``/readyz``."""
+
+    @app.before_request
+    def _refreshing():
+        routes.ensure_refreshing()
+
+    plain_readyz = app.view_functions["readyz"]
+
+    def readyz():
+        body, status = plain_readyz()
+        return {**body, "catalogue": routes.describe()}, status
+
+    app.view_functions["readyz"] = readyz
+
+
 def _merge_service_documents(api, routes: Catalogue) -> None:
-    """Add every service's paths, schemas, responses and tags to the gateway's document."""
-    paths, schemas, responses, tags = routes.openapi_parts()
+    """Add every service's paths, schemas, responses and tags — as the catalogue knows them when
+    the document is asked for — to the gateway's document (the gateway's own names win)."""
     spec = api.spec
-    for name, schema in schemas.items():
-        spec.components.schema(name, component=schema)
-    for name, response in responses.items():
-        spec.components.response(name, component=response)
-    for tag in tags:
-        spec.tag(tag)
     own_to_dict = spec.to_dict
 
     def to_dict():
+        if routes.unknown():
+            routes.refresh_unknown()
+        paths, schemas, responses, tags = routes.openapi_parts()
         document = own_to_dict()
         document["paths"] = {**paths, **document["paths"]}
+        components = document.setdefault("components", {})
+        for kind, theirs in (("schemas", schemas), ("responses", responses)):
+            merged = components.setdefault(kind, {})
+            for name, component in theirs.items():
+                merged.setdefault(name, component)
+        document["tags"] = [*document.get("tags", []), *tags]
         return document
 
     spec.to_dict = to_dict

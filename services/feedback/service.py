@@ -11,6 +11,22 @@ from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition, Subscription
 
 
+# This consumer's side of its contract with the projects service: what ``record`` below reads of a
+# ``ProjectRated`` event's data, with the types it needs (a dict is an object with those fields);
+# the event's id and time come from its envelope. Optional fields may be absent (the project's id
+# stands in for a missing title, an empty comment for a missing one). An event without a required
+# field makes the handler raise, so the consumer dead-letters it.
+# tests/integration/test_event_contracts.py holds the projects service's real events to this, and
+# this to what the handler needs.
+PROJECT_RATED_CONTRACT = {
+    "event_type": "ProjectRated",
+    "acted_on": None,  # every one
+    "required": {"project_id": str, "community_id": str, "responsible_unit": {"unit_id": str, "name": str},
+                 "person_id": str, "score": int},
+    "optional": {"project_title": str, "comment": str},
+}
+
+
 def _project_evaluation_handlers(container):
     """A project evaluation (共评, ``ProjectRated``) becomes a rating of the project and of its
     responsible unit, once."""

@@ -140,11 +140,23 @@ class GatewaySettings(AuthSettings, KafkaSettings):
     token_minutes: int = setting(480, doc="lifetime of tokens the token endpoint issues")
     feed_retention_hours: int = setting(72, doc="how long the live feed keeps events for Last-Event-ID resumption")
     health_port: int = setting(0, doc="HTTP port of the feed worker's /healthz /readyz /metrics (0: none)")
+    catalogue_refresh_seconds: float = setting(
+        60.0, doc="how often the gateway reads each service's GET /openapi.json again to learn its routes (every "
+                  "2 s while a service's routes are not known at all)")
+    catalogue_dir: str = setting(
+        "", doc="where the gateway keeps each service's last good OpenAPI document (<service>.json), used for a "
+                "service that does not answer when the gateway starts; default <data_dir>/gateway/catalogue")
 
     def validate(self, prefix: str) -> None:
         self.validate_auth(prefix)
         self.validate_kafka(prefix)
+        if self.catalogue_refresh_seconds <= 0:
+            raise SettingsError(f"environment variable {prefix}_CATALOGUE_REFRESH_SECONDS must be > 0")
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir}/gateway.db"
+
+    @property
+    def effective_catalogue_dir(self) -> Path:
+        return Path(self.catalogue_dir) if self.catalogue_dir else self.data_dir / "gateway" / "catalogue"

@@ -525,9 +525,6 @@ def command_answer(key: str, resource: Mapping[str, Any], version: int, recorded
 
 
 ANY_ROLE = "any"
-# Deprecated: the platform's roles are ``services.kernel.model.ROLES``. Kept, as that very tuple, only
-# until tests/integration/test_gateway.py imports ROLES; remove it then.
-PLATFORM_ROLES = ROLES
 
 
 def roles(blueprint, *allowed: str):

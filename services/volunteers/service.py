@@ -9,11 +9,27 @@ from services.volunteers import api, handlers, views
 from services.volunteers.commands import CreditProjectLabour
 
 
+# This consumer's side of its contract with the projects service: what ``credit`` below reads of a
+# ``ContributionDelivered`` event's data, with the types it needs (a dict would be an object with
+# those fields). ``kind`` is read on every delivery; a labour delivery, the only kind credited,
+# must carry every other required field too (``delivered_at`` an ISO 8601 UTC time). Optional
+# fields may be absent. A delivery without a field it must carry makes the handler raise, so the
+# consumer dead-letters it. tests/integration/test_event_contracts.py holds the projects service's
+# real events to this, and this to what the handler needs.
+CONTRIBUTION_DELIVERED_CONTRACT = {
+    "event_type": "ContributionDelivered",
+    "acted_on": ("kind", "labour"),  # a delivery of another kind is read for its kind only
+    "required": {"kind": str, "project_id": str, "community_id": str, "pledge_id": str, "delivery_no": int,
+                 "contributor_id": str, "contributor_name": str, "labour_minutes": int, "delivered_at": str},
+    "optional": {"project_title": str},
+}
+
+
 def _project_labour_handlers(container):
     """Labour delivered to a co-creation project is credited to the contributor's card, once."""
 
     def credit(connection, event) -> None:
-        if event.data.get("kind") == "labour":
+        if event.data["kind"] == "labour":  # a delivery without its kind is refused (dead-lettered)
             container.bus.handle(CreditProjectLabour(delivery=event.data), metadata=Metadata.caused_by(event),
                                  connection=connection)
 

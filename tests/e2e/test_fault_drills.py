@@ -20,7 +20,7 @@ from services.kernel.eventstore import EventStore
 from services.kernel.kafka import TopicPolicy, ensure_topics
 from services.kernel.relay import relay_checkpoints
 from tests.conftest import TEST_SECRET
-from tests.support.broker import first_occurrences, read_topic
+from tests.support.broker import committed_to_end, first_occurrences, read_topic
 from tests.support.drill_service import DRILL_TOPIC, effects
 
 pytestmark = pytest.mark.broker
@@ -66,6 +66,11 @@ def append_round_robin(store: EventStore, streams: list[str], count: int) -> Non
         versions[stream] += 1
 
 
+def relay_failures(log_path: Path) -> int:
+    """How many failed publishing rounds the relay has logged (each is retried)."""
+    return log_path.read_text(errors="replace").count("publishing failed; retrying")
+
+
 def relay_checkpoint(store: EventStore) -> int:
     with store.engine.connect() as connection:
         return connection.execute(sa.select(sa.func.max(relay_checkpoints.c.position))).scalar() or 0
@@ -92,11 +97,14 @@ def test_broker_down_while_500_events_are_appended(own_broker, tmp_path, unique)
         append_round_robin(store, first_streams, 20)
         wait_for(lambda: len(read_topic(own_broker.bootstrap, "projects.events", timeout=2)) >= 20, 60,
                  "the relay did not publish the first events")
+        failed_before = relay_failures(tmp_path / "relay.log")
         own_broker.stop()  # memory storage: everything published so far is gone with it
         streams = [f"project-{unique}-{i}" for i in range(10, 17)]
         append_round_robin(store, streams, 500)
-        time.sleep(2)  # the relay is failing and retrying now
-        assert relay.poll() is None, "the relay must survive a broker outage"
+        # The relay has met the outage (two failed rounds: it failed, and retried, and failed) ...
+        wait_for(lambda: relay_failures(tmp_path / "relay.log") >= failed_before + 2 or relay.poll() is not None,
+                 120, "the relay never tried to publish while the broker was down")
+        assert relay.poll() is None, "the relay must survive a broker outage"  # ... and is still there
         own_broker.start()
         records = []
 
@@ -125,7 +133,8 @@ def test_relay_killed_mid_batch_and_restarted(own_broker, tmp_path, unique):
         wait_for(lambda: relay_checkpoint(store) > 0, 60, "the relay never started publishing", interval=0.01)
         relay.send_signal(signal.SIGKILL)
         relay.wait(timeout=10)
-        killed_at = len(read_topic(own_broker.bootstrap, "projects.events", timeout=2))
+        # Read to the end offsets (a short read would count too few and pass the check below falsely).
+        killed_at = len(read_topic(own_broker.bootstrap, "projects.events", timeout=60))
         assert killed_at < total, "the relay finished before it could be killed: drill is void"
         relay = spawn(["services.projects", "relay"], env, tmp_path / "relay.log")
         records = []
@@ -174,7 +183,10 @@ def test_consumer_killed_mid_batch_and_restarted_applies_each_effect_once(own_br
         consumer = spawn(["tests.support.drill_service", "consumer", "drill.effects"], env,
                          tmp_path / "consumer.log")
         wait_for(lambda: counts()[1] >= total, 120, "the restarted consumer did not apply every event")
-        time.sleep(1.0)  # let any redelivery land: it must add nothing
+        # Every record handled, redeliveries included (the group's offsets at the end of the topic):
+        # any second effect would be there by now.
+        wait_for(lambda: committed_to_end(own_broker.bootstrap, "drill.effects", DRILL_TOPIC), 120,
+                 "the restarted consumer did not commit the end of the topic")
     finally:
         stop(consumer)
     assert counts() == (total, total)

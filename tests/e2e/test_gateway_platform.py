@@ -18,7 +18,7 @@ import pytest
 from cocreate_client import Client
 from gateway.tokens import hash_password
 from services.kernel import privacy
-from tests.e2e.test_platform import ROOT, get, platform  # noqa: F401 (the fixture)
+from tests.support.run_platform import ROOT, get
 
 pytestmark = pytest.mark.broker
 C = "haixin"
@@ -67,10 +67,13 @@ def live_events(url: str, token: str, last_event_id: int, count: int, quiet: flo
     return events
 
 
-def test_one_project_through_the_gateway_reaches_every_service(platform):  # noqa: F811
+def test_one_project_through_the_gateway_reaches_every_service(platform):
     process, ports, log_path = platform
     url = f"http://127.0.0.1:{ports['gateway']}"
     wait_until(lambda: _ready(url) and _ready(f"http://127.0.0.1:{ports['gateway_feed']}"), 120, "the platform")
+    # The gateway learns every service's routes from its GET /openapi.json (it may be ready before).
+    wait_until(lambda: _catalogue_states(url) == {"projects": "current", "volunteers": "current",
+                                                  "feedback": "current"}, 120, "every service's routes")
     users_file = log_path.parent / "var" / "users.json"
     users_file.write_text(json.dumps({"users": users()}), encoding="utf-8")
     u = {entry["username"]: Client(url).login(entry["username"], "pw") for entry in users()}
@@ -147,6 +150,14 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):  # noq
     assert all(set(c) == {"subject_id", "community_id"} for c in changed)
 
 
+def _catalogue_states(url: str) -> dict[str, str]:
+    try:
+        _status, body, _ = get(url + "/readyz")
+    except OSError:
+        return {}
+    return {name: entry["state"] for name, entry in json.loads(body).get("catalogue", {}).items()}
+
+
 def _ready(url: str) -> bool:
     try:
         return get(url + "/readyz")[0] == 200
@@ -169,10 +180,11 @@ def _feed_has(url: str, token: str, event_type: str) -> bool:
     return any(e["event"] == event_type for e in events)
 
 
-def test_make_demo_and_the_command_line_work_against_the_running_platform(platform, tmp_path):  # noqa: F811
+def test_make_demo_and_the_command_line_work_against_the_running_platform(platform, tmp_path):
     process, ports, log_path = platform
     url = f"http://127.0.0.1:{ports['gateway']}"
     wait_until(lambda: _ready(url), 120, "the gateway")
+    wait_until(lambda: set(_catalogue_states(url).values()) == {"current"}, 120, "every service's routes")
     env = {**os.environ, "COCREATE_URL": url, "COCREATE_USERS_FILE": str(log_path.parent / "var" / "users.json"),
            "COCREATE_TOKEN_FILE": str(tmp_path / "token")}
     demo = subprocess.run([sys.executable, "-m", "cocreate_client.demo"], env=env, capture_output=True, text=True,

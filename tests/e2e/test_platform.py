@@ -8,66 +8,13 @@ import signal
 import subprocess
 import time
 import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 from kafka import KafkaAdminClient
 
-from tests.support.broker import free_port
+from tests.support.run_platform import APPS, WORKERS, get, listening, why_it_stopped
 
 pytestmark = pytest.mark.broker
-ROOT = Path(__file__).resolve().parents[2]
-APPS = ("gateway", "projects", "volunteers", "feedback")
-WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
-           "feedback_sweep", "gateway_feed")
-
-
-def get(url: str) -> tuple[int, bytes, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read(), response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read(), error.headers.get("Content-Type", "")
-
-
-def listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def why_it_stopped(log_path: Path) -> str:
-    """The log's first lines up to the first process that stopped by itself, and its tail."""
-    lines = log_path.read_text(errors="replace").splitlines()
-    first = next((i for i, line in enumerate(lines) if "stopped (rc=" in line and "rc=-15" not in line
-                  and "rc=-2)" not in line), len(lines))
-    head = "\n".join(lines[max(0, first - 60):first + 1])
-    return f"{head[-6000:]}\n...\n" + "\n".join(lines[-15:])
-
-
-@pytest.fixture
-def platform(tmp_path):
-    ports = {name: free_port() for name in (*APPS, *WORKERS, "broker")}
-    env = {**os.environ, "COCREATE_DATA_DIR": str(tmp_path / "var"), "COCREATE_BROKER_PORT": str(ports["broker"])}
-    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
-    for name, port in ports.items():
-        env[f"{name.upper()}_PORT"] = str(port)
-    log = open(tmp_path / "platform.log", "wb")
-    process = subprocess.Popen([str(ROOT / "bin" / "run-platform")], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        yield process, ports, tmp_path / "platform.log"
-    finally:
-        if process.poll() is None:  # the test failed half-way: stop everything as Ctrl-C would
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
 
 
 def test_run_starts_everything_and_ctrl_c_stops_everything(platform):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from tests.conftest import require_tool
-from tests.e2e.test_platform import APPS, WORKERS, get, platform  # noqa: F401 (the fixture)
 from tests.support.broker import free_port
+from tests.support.run_platform import APPS, WORKERS, get
 
 pytestmark = pytest.mark.broker
 
@@ -27,7 +27,7 @@ def query(prometheus: str, expression: str) -> list[dict]:
     return body["data"]["result"]
 
 
-def test_prometheus_scrapes_every_app_and_worker(platform, tmp_path):  # noqa: F811
+def test_prometheus_scrapes_every_app_and_worker(platform, tmp_path):
     binary = require_tool("prometheus", "Debian package prometheus; .ci/run installs it")
     process, ports, log_path = platform
     targets = {name: f"127.0.0.1:{ports[name]}" for name in (*APPS, *WORKERS)}

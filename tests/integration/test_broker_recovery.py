@@ -24,7 +24,7 @@ from services.kernel.events import StoredEvent, utc_now
 from services.kernel.eventstore import EventStore
 from services.kernel.kafka import BrokerView, TopicMismatch, TopicPolicy, ensure_topics
 from services.kernel.worker import run_until_signalled
-from tests.support.broker import read_topic
+from tests.support.broker import committed_to_end, read_topic
 from tests.support.drill_service import effects, record_effect
 from tests.support.fake_broker import FakeBroker
 
@@ -105,19 +105,6 @@ def running(consumer: EventConsumer):
     assert not failures, f"the consumer failed: {failures[0]!r}"
 
 
-def group_offsets_at_end(bootstrap: str, group: str, topic: str, partitions: int = 3) -> bool:
-    """The group committed the end of every partition: every record was handled, repeats too."""
-    view = BrokerView(bootstrap, "test-offsets")
-    try:
-        ends = view.end_offsets({topic: partitions})
-        committed = view.committed(group)
-    except Exception:  # noqa: BLE001 — not there yet
-        return False
-    finally:
-        view.close()
-    return all(committed.get(key) == end for key, end in ends.items())
-
-
 def test_a_consumer_comes_back_whole_after_the_broker_restarted_empty(own_broker, sqlite_url, unique):
     engine = make_database(sqlite_url)
     topic, group = f"recovery-{unique}.events", f"recovery-{unique}"
@@ -144,7 +131,7 @@ def test_a_consumer_comes_back_whole_after_the_broker_restarted_empty(own_broker
         produce(own_broker.bootstrap, topic, [(e.stream_id.encode(), e.to_json()) for e in new + old])
         wait_for(lambda: len(clients) >= 2, 30, "the loss noticed and a new Kafka client built")
         wait_for(lambda: len(effect_rows(engine)) >= 45, 60, "all 45 effects after the restart")
-        wait_for(lambda: group_offsets_at_end(own_broker.bootstrap, group, topic), 30,
+        wait_for(lambda: committed_to_end(own_broker.bootstrap, group, topic), 30,
                  "the group's offsets at the end of every partition")
 
     rows = effect_rows(engine)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 
 import pytest
@@ -13,10 +11,11 @@ from kafka import KafkaProducer
 
 from services.kernel.consumer import ConsumerStalled, EventConsumer, inbox_table
 from services.kernel.db import make_engine
-from services.kernel.events import NewEvent, StoredEvent, utc_now
+from services.kernel.events import StoredEvent, utc_now
 from services.kernel.eventstore import EventStore
 from services.kernel.kafka import ensure_topics
-from tests.support.broker import read_topic
+from tests.support.broker import committed_to_end, read_topic
+from tests.support.consumers import consume_until
 from tests.support.drill_service import effects, record_effect
 
 pytestmark = pytest.mark.broker
@@ -45,20 +44,6 @@ def effect_rows(engine) -> list[str]:
         return [row.event_id for row in connection.execute(sa.select(effects.c.event_id))]
 
 
-def run_until(consumer: EventConsumer, condition, timeout: float = 30.0) -> None:
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,))
-    thread.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and not condition():
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert condition(), "the consumer did not reach the expected state in time"
-
-
 def make_consumer(broker, engine, topic, unique, **kwargs) -> EventConsumer:
     return EventConsumer(engine=engine, group_id=f"test-{unique}", topics=[topic],
                          handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap, **kwargs)
@@ -67,14 +52,16 @@ def make_consumer(broker, engine, topic, unique, **kwargs) -> EventConsumer:
 def test_the_same_event_delivered_twice_has_one_effect(broker, setup, unique):
     engine, topic, producer = setup
     first, second = envelope(f"s-{unique}", 1), envelope(f"s-{unique}", 2)
-    for event in (first, first, second, first):
+    sentinel = envelope(f"s-{unique}", 3)  # after the last repeat, on the same partition
+    for event in (first, first, second, first, sentinel):
         producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
     producer.flush()
     consumer = make_consumer(broker, engine, topic, unique)
-    run_until(consumer, lambda: len(effect_rows(engine)) >= 2)
-    assert sorted(effect_rows(engine)) == sorted([first.event_id, second.event_id])
+    # The sentinel's effect proves every repeat before it was handled: none had a second effect.
+    consume_until(consumer, lambda: sentinel.event_id in effect_rows(engine), timeout=30)
+    assert sorted(effect_rows(engine)) == sorted([first.event_id, second.event_id, sentinel.event_id])
     with engine.connect() as connection:
-        assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 2
+        assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 3
 
 
 def test_a_malformed_record_is_dead_lettered_and_the_next_is_processed(broker, setup, unique):
@@ -89,7 +76,7 @@ def test_a_malformed_record_is_dead_lettered_and_the_next_is_processed(broker, s
         producer.send(topic, key=key, value=event.to_json())
     producer.flush()
     consumer = make_consumer(broker, engine, topic, unique)
-    run_until(consumer, lambda: after.event_id in effect_rows(engine))
+    consume_until(consumer, lambda: after.event_id in effect_rows(engine), timeout=30)
     assert effect_rows(engine) == [good.event_id, after.event_id]
     dead = read_topic(broker.bootstrap, f"{topic}.dlq", expected=3)
     assert [r.value for r in dead][:2] == [b"{not json", json.dumps({"event_id": "x"}).encode()]
@@ -108,12 +95,14 @@ def test_offsets_are_committed_so_a_new_run_starts_after_the_handled_messages(br
     for event in events:
         producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
     producer.flush()
-    run_until(make_consumer(broker, engine, topic, unique), lambda: len(effect_rows(engine)) == 5)
+    consume_until(make_consumer(broker, engine, topic, unique), lambda: len(effect_rows(engine)) == 5, timeout=30)
     later = envelope(f"s-{unique}", 6)
     producer.send(topic, key=later.stream_id.encode(), value=later.to_json())
     producer.flush()
     consumer = make_consumer(broker, engine, topic, unique)
-    run_until(consumer, lambda: len(effect_rows(engine)) == 6)
+    # The group's offset at the end: the second run has handled (and counted) all it was given.
+    consume_until(consumer, lambda: len(effect_rows(engine)) == 6
+                  and committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=30)
     from services.kernel import metrics
     duplicates = metrics.MESSAGES_DUPLICATE.labels(f"test-{unique}", topic)._value.get()
     assert duplicates == 0, "the second run must not see the first run's messages again"

@@ -5,7 +5,9 @@ on one file or server, the schema created by several processes) run on the two d
 from __future__ import annotations
 
 import json
+import linecache
 import multiprocessing
+import sys
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -151,8 +153,9 @@ def test_two_threads_racing_on_one_stream_one_wins_each_round(make, unique):
     assert positions(store) == list(range(1, 11))
 
 
-def _append_in_process(url: str, stream: str, start, results) -> None:
+def _append_in_process(url: str, stream: str, ready, start, results) -> None:
     store = EventStore(make_engine(url), service="contract")
+    ready.put("ready")
     start.wait()
     try:
         store.append(stream, 0, [NewEvent("Happened", {"pid": multiprocessing.current_process().pid})])
@@ -167,12 +170,13 @@ def test_two_processes_racing_on_one_stream(database_url, unique):
     store = make_store(database_url)
     stream = f"race-{unique}"
     context = multiprocessing.get_context("spawn")
-    start, results = context.Event(), context.Queue()
-    processes = [context.Process(target=_append_in_process, args=(database_url, stream, start, results))
+    ready, start, results = context.Queue(), context.Event(), context.Queue()
+    processes = [context.Process(target=_append_in_process, args=(database_url, stream, ready, start, results))
                  for _ in range(2)]
     for process in processes:
         process.start()
-    time.sleep(1.0)  # both processes imported and waiting on the event
+    for _ in processes:  # both imported, with a store, and waiting on the event
+        assert ready.get(timeout=120) == "ready"
     start.set()
     for process in processes:
         process.join(timeout=60)
@@ -180,6 +184,24 @@ def test_two_processes_racing_on_one_stream(database_url, unique):
     assert outcomes == ["conflict", "ok"]
     assert [e.version for e in store.load(stream)] == [1]
     assert positions(store) == [1]
+
+
+WRITE_LOCKS = ("BEGIN IMMEDIATE", "LOCK TABLE events IN EXCLUSIVE MODE")  # SQLite's and PostgreSQL's
+
+
+def waiting_for_the_write_lock(thread: threading.Thread) -> bool:
+    """``thread`` is inside the statement that serialises writers (``WRITE_LOCKS``), or taking the
+    in-memory store's writer lock: where it can only wait while another write transaction is open."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "do_execute" and frame.f_locals.get("statement") in WRITE_LOCKS:
+            return True
+        if code.co_name == "write_transaction" and code.co_filename.endswith("memory.py") and \
+                linecache.getline(code.co_filename, frame.f_lineno).strip() == "with self._writer:":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def test_a_reader_never_passes_a_gap_filled_later(make, unique):
@@ -196,8 +218,11 @@ def test_a_reader_never_passes_a_gap_filled_later(make, unique):
         store.append(f"slow-{unique}", 0, [ev(n=1)], connection=connection)
         thread = threading.Thread(target=later_writer)
         thread.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while not waiting_for_the_write_lock(thread) and not later_done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not later_done.is_set(), "a second writer must wait for the open append transaction"
+        assert waiting_for_the_write_lock(thread), "the second writer never reached the write lock"
         assert [e.position for e in store.read_all(0)] == [1], "uncommitted events are invisible"
     thread.join(timeout=30)
     assert later_done.is_set()

@@ -20,11 +20,10 @@ from services.kernel.bus import MessageBus
 from services.kernel.db import read_transaction, write_transaction
 from services.kernel.events import Metadata, StoredEvent
 from services.kernel.eventstore import rebuild
-from services.kernel.service import create_service_app, load_settings
 from services.kernel.settings import SettingsError
-from tests.conftest import TEST_SECRET
 from tests.support.errors import assert_error
-from tests.support.projects import FlaskClient, Person, ProjectsDriver
+from tests.support.apps import container, driver, service_app
+from tests.support.projects import Person
 
 UTC = timezone.utc
 C = "haicang"
@@ -46,22 +45,26 @@ ZHAO = Person("p-zhao", "赵主任", ("cadre",), C)
 
 
 class Clock:
+    """The service's clock: at ``at`` (which tests move), plus a microsecond more at every reading,
+    as time goes on: two ratings never share an instant, so "in order of arrival" is defined."""
+
     def __init__(self, at: datetime) -> None:
         self.at = at
+        self._ticks = 0
 
     def __call__(self) -> datetime:
-        return self.at
+        self._ticks += 1
+        return self.at + timedelta(microseconds=self._ticks)
 
 
 class World:
     """One feedback service on its own database, driven over its API."""
 
     def __init__(self, url: str, clock: Clock) -> None:
-        settings = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET}, database_url=url)
-        self.app = create_service_app(DEFINITION, settings, clock=clock)
-        self.container = self.app.extensions["cocreate.container"]
+        self.app = service_app(DEFINITION, url, clock=clock)
+        self.container = container(self.app)
         self.store = self.container.store
-        self.d = ProjectsDriver(FlaskClient(self.app.test_client()))
+        self.d = driver(self.app)
         self.clock = clock
 
     # plumbing
@@ -114,7 +117,7 @@ class World:
 
 @pytest.fixture
 def clock() -> Clock:
-    """The service's clock (injected into ``create_service_app``): tests move it through periods
+    """The service's clock (injected into the app): tests move it through periods
     and deadlines."""
     return Clock(MON)
 
@@ -1069,20 +1072,15 @@ def test_a_rating_stored_under_a_derivable_id_is_found_again_and_shown_under_a_p
 
 
 def test_the_rating_id_secret_cannot_change_under_a_database(sqlite_url, clock):
-    first = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
-                                               "FEEDBACK_RATING_ID_SECRET": "s" * 40}, database_url=sqlite_url)
-    create_service_app(DEFINITION, first).extensions["cocreate.container"].store.engine.dispose()
-    again = create_service_app(DEFINITION, first)  # the same secret: fine
-    again.extensions["cocreate.container"].store.engine.dispose()
-    changed = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
-                                                 "FEEDBACK_RATING_ID_SECRET": "t" * 40}, database_url=sqlite_url)
+    container(service_app(DEFINITION, sqlite_url, FEEDBACK_RATING_ID_SECRET="s" * 40)).store.engine.dispose()
+    again = service_app(DEFINITION, sqlite_url, FEEDBACK_RATING_ID_SECRET="s" * 40)  # the same secret: fine
+    container(again).store.engine.dispose()
     with pytest.raises(SettingsError, match="FEEDBACK_RATING_ID_SECRET does not hold"):
-        create_service_app(DEFINITION, changed)
-    unset = load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET}, database_url=sqlite_url)
+        service_app(DEFINITION, sqlite_url, FEEDBACK_RATING_ID_SECRET="t" * 40)
     with pytest.raises(SettingsError, match="FEEDBACK_RATING_ID_SECRET must be set"):
-        create_service_app(DEFINITION, unset)
-    with pytest.raises(SettingsError, match="at least 32 characters"):
-        load_settings(DEFINITION, environ={"COCREATE_JWT_SECRET": TEST_SECRET, "FEEDBACK_RATING_ID_SECRET": "short"})
+        service_app(DEFINITION, sqlite_url)
+    with pytest.raises(SettingsError, match="at least 32 characters"):  # refused as the settings are read
+        service_app(DEFINITION, sqlite_url, FEEDBACK_RATING_ID_SECRET="short")
 
 
 # -- project evaluations -----------------------------------------------------------------------

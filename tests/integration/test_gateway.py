@@ -1,6 +1,9 @@
 """The gateway in front of the three services running under gunicorn (real HTTP between them):
 edge authentication, proxying, composed views with a service stopped, the circuit breaker,
-idempotent retries, rate limits, CORS, the token endpoint and the merged OpenAPI document."""
+idempotent retries, rate limits, CORS, the token endpoint, the merged OpenAPI document, and the
+catalogue of routes learnt from the services' documents (kept on disk, refreshed, checked).
+tests/e2e/test_gateway_independent.py runs the gateway where the service packages cannot be
+imported."""
 
 from __future__ import annotations
 
@@ -272,22 +275,22 @@ def test_every_bad_token_is_401_at_the_gateway(services, tmp_path, rsa_keys):
 
 
 def test_unauthenticated_writes_never_reach_a_service(services, tmp_path):
-    # Every service is pointed at a closed port: a 401 proves the gateway answered by itself.
+    gateway(services, tmp_path)  # learns the routes and keeps the services' documents on disk
+    # Every service is pointed at a closed port now: the routes come from the documents on disk,
+    # and a 401 proves the gateway answered by itself.
     app = create_app(load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET,
                                             "COCREATE_DATA_DIR": str(tmp_path / "gw"),
+                                            "GATEWAY_CATALOGUE_DIR": str(tmp_path / "gateway" / "gateway/catalogue"),
                                             **{f"GATEWAY_{n.upper()}_URL": "http://127.0.0.1:9" for n in SERVICES}}))
     client = app.test_client()
-    for rule in app_catalogue_write_rules():
+    writes = [r for r in app.extensions["cocreate.catalogue"].map.iter_rules()
+              if r.methods - {"GET", "HEAD", "OPTIONS"}]
+    assert len(writes) > 40
+    for rule in writes:
         path = "/api/v1" + rule.rule.replace("<", "").replace(">", "")
         for method in sorted(rule.methods - {"GET", "HEAD", "OPTIONS"}):
             reply = client.open(path, method=method, json={})
             assert reply.status_code == 401, (method, path, reply.get_data())
-
-
-def app_catalogue_write_rules():
-    from gateway.app import catalogue
-
-    return [r for r in catalogue().map.iter_rules() if r.methods - {"GET", "HEAD", "OPTIONS"}]
 
 
 def test_token_endpoint_issues_tokens_from_the_users_file(services, tmp_path):
@@ -311,13 +314,13 @@ def test_token_endpoint_issues_tokens_from_the_users_file(services, tmp_path):
 
 
 def test_one_openapi_document_covers_every_public_route(app):
-    from gateway.app import catalogue
-
     client = app.test_client()
     spec = client.get("/openapi.json").get_json()
     documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops
                   if method in ("get", "post", "put", "patch", "delete")}
-    for rule in catalogue().map.iter_rules():
+    rules = list(app.extensions["cocreate.catalogue"].map.iter_rules())
+    assert {rule.endpoint.service for rule in rules} == set(SERVICES) and len(rules) > 80
+    for rule in rules:
         path = "/api/v1" + rule.rule.replace("<", "{").replace(">", "}")
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method) in documented, (path, method)
@@ -334,6 +337,137 @@ def test_one_openapi_document_covers_every_public_route(app):
     assert client.get("/docs").status_code == 200
 
 
+# -- the catalogue of routes ----------------------------------------------------------------------
+
+def test_a_gateway_knowing_no_service_is_not_ready_and_answers_503_not_404(tmp_path):
+    app = create_app(load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET,
+                                            "COCREATE_DATA_DIR": str(tmp_path / "gw"),
+                                            **{f"GATEWAY_{n.upper()}_URL": "http://127.0.0.1:9" for n in SERVICES}}))
+    client = app.test_client()
+    ready = client.get("/readyz")
+    body = ready.get_json()
+    assert ready.status_code == 503 and body["checks"]["database"] == "ok"
+    assert body["checks"]["catalogue"].startswith("failing: RuntimeError: no service's routes are known yet")
+    assert {name: (entry["state"], entry["error"]) for name, entry in body["catalogue"].items()} == {
+        name: ("unknown", "connection refused") for name in SERVICES}
+    person = Person("p1", "王", ("resident",), "c")
+    reply = ProjectsDriver(Public(app)).call(person, "GET", "/projects")
+    error = assert_error(reply, 503, "catalogue_incomplete")
+    assert error["errors"]["services"] == list(SERVICES) and reply.headers["Retry-After"] == "2"
+    assert client.get("/api/v1/projects").status_code == 401  # the token first, as for every route
+    assert client.get("/api/v1/whoami", headers=person.headers).status_code == 200  # the gateway's own
+    paths = client.get("/openapi.json").get_json()["paths"]
+    assert "/api/v1/me" in paths and "/api/v1/projects" not in paths
+
+
+DOCUMENT = {"openapi": "3.0.3", "info": {"title": "things", "version": "1"},
+            "paths": {"/things": {"get": {"tags": ["Things"], "responses": {"200": {"description": "ok"}}},
+                                  "post": {"responses": {"201": {"$ref": "#/components/responses/Made"}}}},
+                      "/things/{thing_id}/parts/{part}": {"get": {"responses": {"200": {
+                          "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Thing"}}}}}}},
+                      "/events": {"get": {"responses": {"200": {"description": "history"}}}}},
+            "components": {"schemas": {"Thing": {"type": "object"}},
+                           "responses": {"Made": {"description": "made"}}},
+            "tags": [{"name": "Things"}]}
+
+
+class FakeServices:
+    """What each service answers to GET /openapi.json: a document, or an exception to raise."""
+
+    def __init__(self, **answers) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def __call__(self, name: str, url: str, timeout: float):
+        self.asked.append(name)
+        answer = self.answers.get(name, ConnectionRefusedError())
+        if isinstance(answer, Exception):
+            raise answer
+        return json.loads(json.dumps(answer))
+
+
+def test_the_catalogue_routes_by_the_documents_and_keeps_the_last_good_one_on_disk(tmp_path):
+    from gateway.catalogue import Catalogue, Target
+
+    urls = {"projects": "http://p", "volunteers": "http://v", "feedback": "http://f"}
+    fake = FakeServices(projects=DOCUMENT)
+    catalogue = Catalogue(urls, tmp_path, fetch=fake)
+    adapter = catalogue.adapter()
+    assert adapter.match("/things/t1/parts/wheel", "GET") == (
+        Target("projects", "/things/<thing_id>/parts/<part>"), {"thing_id": "t1", "part": "wheel"})
+    assert adapter.match("/things/", "POST")[0] == Target("projects", "/things")  # no strict slashes
+    assert adapter.match("/things", "HEAD")[0] == Target("projects", "/things")
+    assert adapter.match("/admin/projects/events", "GET")[0] == Target("projects", "/events")
+    assert catalogue.unknown() == ["volunteers", "feedback"]
+    paths, schemas, responses, tags = catalogue.openapi_parts()
+    assert sorted(paths) == ["/api/v1/admin/projects/events", "/api/v1/things",
+                             "/api/v1/things/{thing_id}/parts/{part}"]
+    assert paths["/api/v1/things"]["post"]["responses"]["201"] == {"$ref": "#/components/responses/ProjectsMade"}
+    assert [p["name"] for p in paths["/api/v1/things"]["post"]["parameters"]] == ["Idempotency-Key"]
+    assert set(schemas) == {"ProjectsThing"} and set(responses) == {"ProjectsMade"}
+    assert tags == [{"name": "projects · Things"}]
+    kept = json.loads((tmp_path / "projects.json").read_text())
+    assert kept["document"] == DOCUMENT and kept["service"] == "projects"
+
+    # Bad answers leave the last good routes (and the file) as they were, and say why.
+    for bad, why in ((TimeoutError("slow"), "TimeoutError: slow"),
+                     ({"swagger": "2.0", "paths": {}}, "not an OpenAPI 3 document"),
+                     ({"openapi": "3.0.3", "paths": {"things": {}}}, "a bad path in the document: 'things'"),
+                     ({"openapi": "3.0.3", "paths": {"/x/{bad-name}": {"get": {}}}}, "makes no route")):
+        fake.answers["projects"] = bad
+        catalogue.refresh()
+        state = catalogue.describe()["projects"]
+        assert state["state"] == "last_good" and why in state["error"] and state["routes"] == 3, (bad, state)
+        assert catalogue.adapter().match("/things", "GET")[0].service == "projects"
+        assert json.loads((tmp_path / "projects.json").read_text())["document"] == DOCUMENT
+
+    # A new gateway with every service down starts from the files; a corrupt file is skipped.
+    (tmp_path / "volunteers.json").write_text("{not json")
+    again = Catalogue(urls, tmp_path, fetch=FakeServices())
+    assert again.unknown() == ["volunteers", "feedback"]
+    assert again.describe()["projects"] == {**again.describe()["projects"], "state": "last_good", "origin": "disk",
+                                            "routes": 3, "error": "connection refused"}
+    again.check_ready()
+    assert again.adapter().match("/things", "POST")[0] == Target("projects", "/things")
+
+    # A service that answers later is learnt at the next refresh; a changed document replaces the
+    # routes and the file (written whole: no temporary file is left behind).
+    changed = {**DOCUMENT, "paths": {"/gadgets": {"get": {"responses": {}}}}}
+    again._fetch = FakeServices(projects=changed, volunteers=DOCUMENT)
+    again.refresh()
+    assert again.unknown() == ["feedback"]
+    assert again.describe()["projects"]["state"] == "current", json.dumps(again.describe())
+    assert again.adapter().match("/gadgets", "GET")[0] == Target("projects", "/gadgets")
+    assert json.loads((tmp_path / "projects.json").read_text())["document"] == changed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["projects.json", "volunteers.json"]
+
+
+def test_the_catalogue_refreshes_in_the_background(tmp_path):
+    from gateway.catalogue import Catalogue
+
+    fake = FakeServices()
+    catalogue = Catalogue({"projects": "http://p"}, tmp_path, fetch=fake, refresh_seconds=0.05)
+    assert catalogue.unknown() == ["projects"]
+    with pytest.raises(RuntimeError):
+        catalogue.check_ready()
+    fake.answers["projects"] = DOCUMENT
+    catalogue.ensure_refreshing()
+    catalogue.ensure_refreshing()  # one thread per process
+    try:
+        deadline = time.monotonic() + 30
+        while catalogue.unknown() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the routes are published once the file is written
+        assert catalogue.unknown() == [] and (tmp_path / "projects.json").exists()
+        catalogue.check_ready()
+    finally:
+        catalogue.close()
+    asked = len(fake.asked)
+    assert asked >= 2
+    # A request that matches no route asks the unknown services at once, at most once a second.
+    none = Catalogue({"feedback": "http://f"}, None, fetch=FakeServices())
+    assert none.refresh_unknown() is True and none.refresh_unknown() is False
+
+
 def test_expired_time_helper_is_sane():
     assert dt.datetime.now(dt.timezone.utc).year >= 2026
 
@@ -341,7 +475,8 @@ def test_expired_time_helper_is_sane():
 def test_every_write_route_refuses_callers_without_its_roles(app):
     """Every write operation of the public API declares its roles (``x-roles``) and refuses a
     caller holding only other roles with 403 before anything is read: ids need not exist."""
-    from services.kernel.web import ANY_ROLE, PLATFORM_ROLES
+    from services.kernel.model import ROLES
+    from services.kernel.web import ANY_ROLE
 
     spec = app.test_client().get("/openapi.json").get_json()
     client = app.test_client()
@@ -355,7 +490,7 @@ def test_every_write_route_refuses_callers_without_its_roles(app):
             if ANY_ROLE in allowed:
                 open_to_all.append(f"{method.upper()} {path}")
                 continue
-            others = tuple(r for r in PLATFORM_ROLES if r not in allowed and r != "admin")
+            others = tuple(r for r in ROLES if r not in allowed and r != "admin")
             assert others, f"{method.upper()} {path} is open to every role but does not say so"
             caller = Person("outsider", "外人", others, "c")
             url = path.replace("{", "").replace("}", "")

@@ -8,15 +8,15 @@ import importlib
 
 import pytest
 
-import gateway.app as gateway_app
 from services.kernel.auth import issue_token
 from services.kernel.config import AuthSettings
-from services.kernel.service import create_service_app, load_settings
 from services.kernel.web import MAX_JSON_DEPTH, hostile_json
 from services.projects.service import DEFINITION as PROJECTS
 from tests.conftest import TEST_SECRET
+from tests.support.apps import container, driver, gateway_app, service_app
 from tests.support.errors import assert_error
-from tests.support.projects import FlaskClient, Person, ProjectsDriver
+from tests.support.projects import Person
+from tests.support.servers import write_service_documents
 
 ADMIN = Person("admin-1", "管理员", ("admin",), None)
 RESIDENT = Person("h-r1", "居民", ("resident",), "hostile")
@@ -41,13 +41,10 @@ def body_with(raw: bytes) -> bytes:
 
 @pytest.fixture
 def projects(tmp_path, database_url):
-    settings = load_settings(PROJECTS, environ={"COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path),
-                                                "PROJECTS_DATABASE_URL": database_url})
-    app = create_service_app(PROJECTS, settings)
-    driver = ProjectsDriver(FlaskClient(app.test_client()))
-    driver.post(ADMIN, "/communities", {"community_id": "hostile", "name": "海沧社区", "district": "海沧区",
-                                        "grids": [{"grid_id": "g1", "name": "第一网格"}]})
-    store = app.extensions["cocreate.container"].store
+    app = service_app(PROJECTS, database_url, COCREATE_DATA_DIR=str(tmp_path))
+    driver(app).post(ADMIN, "/communities", {"community_id": "hostile", "name": "海沧社区", "district": "海沧区",
+                                             "grids": [{"grid_id": "g1", "name": "第一网格"}]})
+    store = container(app).store
     yield app.test_client(), store
     store.engine.dispose()
 
@@ -70,7 +67,7 @@ def test_a_hostile_proposal_is_refused_and_nothing_is_written(projects, case):
 @pytest.mark.parametrize("case", sorted(RAW_CASES))
 def test_the_gateway_refuses_hostile_bodies_before_forwarding_them(case):
     # No service runs behind this gateway: a forwarded request would be a 502/503/504, not this.
-    client = gateway_app.create_app(gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET})).test_client()
+    client = gateway_app().test_client()
     token = issue_token(AuthSettings(jwt_secret=TEST_SECRET), person_id="h-r1", name="居民", roles=["resident"],
                         community="hostile")
     raw, status, field = RAW_CASES[case]
@@ -108,10 +105,8 @@ class _Reply:
 # -- query strings and the documents ------------------------------------------------------------
 
 def service_client(definition, tmp_path, database_url):
-    settings = load_settings(definition, environ={"COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path),
-                                                  f"{definition.name.upper()}_DATABASE_URL": database_url})
-    app = create_service_app(definition, settings)
-    return app.test_client(), app.extensions["cocreate.container"].store
+    app = service_app(definition, database_url, COCREATE_DATA_DIR=str(tmp_path))
+    return app.test_client(), container(app).store
 
 
 @pytest.mark.parametrize("service", ["projects", "volunteers", "feedback"])
@@ -199,8 +194,9 @@ def test_the_documents_say_what_the_apps_do(tmp_path):
     prior = document["components"]["schemas"]["Policy"]["properties"]["prior_mean"]
     assert (prior["minimum"], prior["maximum"]) == (1, 5)  # numbers, not the strings "1.00", "5.00"
     assert {"200", "201"} <= set(document["paths"]["/subjects/{subject_id}/ratings"]["post"]["responses"])
-    gateway = gateway_app.create_app(gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET}))
-    merged = gateway.test_client().get("/openapi.json").get_json()
+    # The gateway merges the services' documents it keeps (none runs here: the kept ones are written).
+    catalogue = write_service_documents(tmp_path / "catalogue")
+    merged = gateway_app(GATEWAY_CATALOGUE_DIR=str(catalogue)).test_client().get("/openapi.json").get_json()
     forwarded = [(path, op) for path, ops in merged["paths"].items() for method, op in ops.items()
                  if method == "post" and path != "/api/v1/auth/token"]
     assert len(forwarded) > 40
@@ -214,8 +210,8 @@ def test_every_operation_names_its_error_answers_and_their_shape(tmp_path):
     with every field required (tests/e2e/test_fuzz.py checks the apps answer only those)."""
     from services.kernel.web import ERRORS_OF_EVERY_OPERATION, ERRORS_OF_EVERY_WRITE, error_body
 
-    gateway = gateway_app.create_app(gateway_app.load_settings(environ={
-        "COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path)}))
+    catalogue = write_service_documents(tmp_path / "catalogue")  # the services' documents, as the gateway keeps them
+    gateway = gateway_app(COCREATE_DATA_DIR=str(tmp_path), GATEWAY_CATALOGUE_DIR=str(catalogue))
     document = gateway.test_client().get("/openapi.json").get_json()
     components = document["components"]
     operations = [(f"{method.upper()} {path}", method, op) for path, ops in document["paths"].items()
@@ -244,7 +240,7 @@ def test_a_post_without_the_body_its_schema_requires_is_422_naming_the_fields(pr
 # -- the first privacy fixes (issue 13): the live stream ------------------------------------------
 
 def test_the_live_stream_is_refused_to_a_token_without_a_community():
-    client = gateway_app.create_app(gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET})).test_client()
+    client = gateway_app().test_client()
     token = issue_token(AuthSettings(jwt_secret=TEST_SECRET), person_id="drifter", name="无社区", roles=["resident"],
                         community=None)
     reply = _Reply(client.get("/api/v1/live", headers={"Authorization": f"Bearer {token}"}))
@@ -283,8 +279,7 @@ def test_without_a_token_a_bad_query_is_401_not_422(projects, tmp_path):
     assert_error(_Reply(client.get("/projects/p1/as-of?version=abc")), 401)
     assert_error(_Reply(client.get("/projects/p1/as-of?version=abc", headers=RESIDENT.headers)), 422)
     assert client.get("/openapi.json").status_code == 200 and client.get("/healthz").status_code == 200
-    gateway = gateway_app.create_app(gateway_app.load_settings(environ={
-        "COCREATE_JWT_SECRET": TEST_SECRET, "COCREATE_DATA_DIR": str(tmp_path)})).test_client()
+    gateway = gateway_app(COCREATE_DATA_DIR=str(tmp_path)).test_client()
     assert_error(_Reply(gateway.get("/api/v1/communities/hostile/dashboard?kind=mayor")), 401)
     assert_error(_Reply(gateway.get("/api/v1/live?community_id=%20")), 401)
     assert_error(_Reply(gateway.post("/api/v1/auth/token", json={"username": "x", "password": "y"})), 404)

@@ -14,16 +14,15 @@ import pytest
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-import gateway.app as gateway_app
 from services.kernel import web
 from services.kernel.auth import issue_token
 from services.kernel.config import AuthSettings
 from services.kernel.db import make_engine
 from services.kernel.events import NewEvent
 from services.kernel.eventstore import EventStore
-from services.kernel.service import create_service_app, load_settings
 from services.projects.service import DEFINITION as PROJECTS
 from tests.conftest import TEST_SECRET
+from tests.support.apps import container, gateway_app, service_app
 from tests.support.errors import ERROR_KEYS
 
 AUTH = AuthSettings(jwt_secret=TEST_SECRET)
@@ -393,12 +392,10 @@ def test_docs_are_served_locally(testapp):
 
 @pytest.fixture
 def service(tmp_path):
-    settings = load_settings(PROJECTS, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
-                                                "COCREATE_DATA_DIR": str(tmp_path)})
-    app = create_service_app(PROJECTS, settings)
-    container = app.extensions["cocreate.container"]
-    yield app, container.store
-    container.store.engine.dispose()
+    app = service_app(PROJECTS, COCREATE_DATA_DIR=str(tmp_path))
+    store = container(app).store
+    yield app, store
+    store.engine.dispose()
 
 
 ADMIN = {"Authorization": f"Bearer {issue_token(AUTH, person_id='admin-1', roles=['admin'])}"}
@@ -501,8 +498,7 @@ def test_service_readiness_checks_database(service):
 
 @pytest.fixture
 def gateway_client():
-    settings = gateway_app.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET})
-    return gateway_app.create_app(settings).test_client()
+    return gateway_app().test_client()
 
 
 def test_gateway_whoami(gateway_client):

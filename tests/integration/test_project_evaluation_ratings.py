@@ -16,17 +16,19 @@ from services.feedback.service import _project_evaluation_handlers
 from services.kernel.consumer import EventConsumer
 from services.kernel.relay import Relay
 from services.projects.service import DEFINITION as PROJECTS
-from tests.integration.test_project_labour_credits import caught_up, consume_until, count_events, service_app
-from tests.support.projects import Community, FlaskClient, Person, ProjectsDriver
+from tests.support.apps import container, driver, service_app
+from tests.support.broker import committed_to_end
+from tests.support.consumers import consume_until, count_events
+from tests.support.projects import Community, Person
 
 pytestmark = pytest.mark.broker
 
 
 def test_project_ratings_become_feedback_ratings_once_even_when_redelivered(broker, tmp_path, unique):
-    projects_app, projects = service_app(PROJECTS, tmp_path, "projects")
-    feedback_app, feedback = service_app(FEEDBACK, tmp_path, "feedback")
-    d = ProjectsDriver(FlaskClient(projects_app.test_client()))
-    fb = ProjectsDriver(FlaskClient(feedback_app.test_client()))
+    projects_app = service_app(PROJECTS, COCREATE_DATA_DIR=str(tmp_path / "projects"))
+    feedback_app = service_app(FEEDBACK, COCREATE_DATA_DIR=str(tmp_path / "feedback"))
+    projects, feedback = container(projects_app), container(feedback_app)
+    d, fb = driver(projects_app), driver(feedback_app)
     c = Community(d, f"c{unique[:8]}")
     unit = {"unit_id": f"jsb-{unique[:6]}", "name": "街道建设办"}
     pid = c.project_in_evaluation(unit)
@@ -44,7 +46,10 @@ def test_project_ratings_become_feedback_ratings_once_even_when_redelivered(brok
         return EventConsumer(engine=feedback.store.engine, group_id=group, topics=[topic],
                              handlers=_project_evaluation_handlers(feedback), bootstrap_servers=broker.bootstrap)
 
-    consume_until(consumer(), lambda: count_events(feedback.store, "RatingSubmitted") >= 2 * len(scores), settle=1.0)
+    # Every record of the topic handled (the group committed its end), not just the ratings seen:
+    # a third rating of an evaluation, if there were one, would be there by then.
+    consume_until(consumer(), lambda: count_events(feedback.store, "RatingSubmitted") >= 2 * len(scores)
+                  and committed_to_end(broker.bootstrap, group, topic))
 
     cadre = Person(f"{c.id}-cadre", "社区干部", ("cadre",), c.id)
     project_subject = fb.get(cadre, f"/subjects/project-{pid}")
@@ -73,7 +78,7 @@ def test_project_ratings_become_feedback_ratings_once_even_when_redelivered(brok
         producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
     producer.flush()
     producer.close()
-    consume_until(consumer(), lambda: caught_up(broker.bootstrap, group, topic))
+    consume_until(consumer(), lambda: committed_to_end(broker.bootstrap, group, topic))
     assert count_events(feedback.store, "RatingSubmitted") == 10
     assert count_events(feedback.store, "SubjectRegistered") == 2
     assert count_events(feedback.store, "FollowUpOpened") == 4

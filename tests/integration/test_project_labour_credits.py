@@ -7,56 +7,27 @@ of a real broker (tansu); the volunteers service's real consumer credits the con
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from services.kernel.consumer import EventConsumer
-from services.kernel.eventstore import EventStore
 from services.kernel.relay import Relay
-from services.kernel.service import create_service_app, load_settings
 from services.projects.service import DEFINITION as PROJECTS
 from services.volunteers.service import DEFINITION as VOLUNTEERS
 from services.volunteers.service import _project_labour_handlers
-from tests.conftest import TEST_SECRET
-from tests.support.projects import Community, FlaskClient, Person, ProjectsDriver
+from tests.support.apps import container, driver, service_app
+from tests.support.broker import committed_to_end
+from tests.support.consumers import consume_until, count_events
+from tests.support.projects import Community, Person
 
 pytestmark = pytest.mark.broker
 
 
-def service_app(definition, tmp_path, name):
-    settings = load_settings(definition, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
-                                                  "COCREATE_DATA_DIR": str(tmp_path / name)})
-    app = create_service_app(definition, settings)
-    return app, app.extensions["cocreate.container"]
-
-
-def count_events(store: EventStore, event_type: str) -> int:
-    return sum(1 for e in store.iterate_all() if e.event_type == event_type)
-
-
-def consume_until(consumer: EventConsumer, condition, settle: float = 0.0, timeout: float = 60.0) -> None:
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,))
-    thread.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and not condition():
-            time.sleep(0.1)
-        time.sleep(settle)  # let anything extra (a second credit) arrive if it were going to
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert condition(), "the consumer did not credit the card in time"
-
-
 def test_labour_delivered_is_credited_once_even_when_redelivered(broker, tmp_path, unique):
-    projects_app, projects = service_app(PROJECTS, tmp_path, "projects")
-    volunteers_app, volunteers = service_app(VOLUNTEERS, tmp_path, "volunteers")
-    d = ProjectsDriver(FlaskClient(projects_app.test_client()))
-    v = ProjectsDriver(FlaskClient(volunteers_app.test_client()))
+    projects_app = service_app(PROJECTS, COCREATE_DATA_DIR=str(tmp_path / "projects"))
+    volunteers_app = service_app(VOLUNTEERS, COCREATE_DATA_DIR=str(tmp_path / "volunteers"))
+    projects, volunteers = container(projects_app), container(volunteers_app)
+    d, v = driver(projects_app), driver(volunteers_app)
     c = Community(d, f"c{unique[:8]}")
     project = c.approved_project(title="清理河道")
     pid = project["project_id"]
@@ -79,7 +50,10 @@ def test_labour_delivered_is_credited_once_even_when_redelivered(broker, tmp_pat
     group = f"volunteers.project-labour-{unique}"
     consumer = EventConsumer(engine=volunteers.store.engine, group_id=group, topics=[topic],
                              handlers=_project_labour_handlers(volunteers), bootstrap_servers=broker.bootstrap)
-    consume_until(consumer, lambda: count_events(volunteers.store, "ProjectLabourCredited") >= 3, settle=1.0)
+    # Every record of the topic handled (the group committed its end), not just the three credits
+    # seen: a second credit, if there were one, would be there by then.
+    consume_until(consumer, lambda: count_events(volunteers.store, "ProjectLabourCredited") >= 3
+                  and committed_to_end(broker.bootstrap, group, topic))
 
     card = v.get(worker, f"/cards/{worker.person_id}")
     assert card["approved_minutes"] == 210 and card["points_balance"] == 210 * 10 // 60
@@ -100,18 +74,8 @@ def test_labour_delivered_is_credited_once_even_when_redelivered(broker, tmp_pat
     marker_before = count_events(volunteers.store, "ProjectLabourCredited")
     consumer = EventConsumer(engine=volunteers.store.engine, group_id=group, topics=[topic],
                              handlers=_project_labour_handlers(volunteers), bootstrap_servers=broker.bootstrap)
-    consume_until(consumer, lambda: caught_up(broker.bootstrap, group, topic))
+    consume_until(consumer, lambda: committed_to_end(broker.bootstrap, group, topic))
     assert count_events(volunteers.store, "ProjectLabourCredited") == marker_before == 3
     assert count_events(volunteers.store, "CardRegistered") == 2
     assert v.get(worker, f"/projects/{pid}/minutes")["minutes"] == 390
 
-
-def caught_up(bootstrap: str, group: str, topic: str) -> bool:
-    """The group has committed offsets up to the end of every partition of the topic."""
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in reader.partitions_for_topic(topic) or ()]
-        ends = reader.end_offsets(partitions)
-        return all(end == 0 or (reader.committed(tp) or 0) >= end for tp, end in ends.items())
-    finally:
-        reader.close()

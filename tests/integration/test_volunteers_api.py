@@ -19,13 +19,12 @@ import sqlalchemy as sa
 from services.kernel.db import write_transaction
 from services.kernel.events import StoredEvent
 from services.kernel.eventstore import events_table
-from services.kernel.service import create_service_app, load_settings
 from services.volunteers.service import _project_labour_handlers
 from services.volunteers.service import DEFINITION as VOLUNTEERS
 from services.volunteers.views import CERTIFICATES
-from tests.conftest import TEST_SECRET
+from tests.support.apps import container, driver, service_app
 from tests.support.errors import assert_error
-from tests.support.projects import FlaskClient, Person, ProjectsDriver
+from tests.support.projects import Person
 
 UTC = timezone.utc
 COMMUNITY = "haicang"
@@ -46,15 +45,16 @@ class Clock:
     def __init__(self, at: datetime) -> None:
         self.at = at
 
+    def now(self) -> datetime:
+        return self.at
+
 
 class Api:
     def __init__(self, url: str, clock: Clock) -> None:
-        settings = load_settings(VOLUNTEERS, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
-                                                      "VOLUNTEERS_DATABASE_URL": url})
-        self.app = create_service_app(VOLUNTEERS, settings, clock=lambda: clock.at)
-        self.container = self.app.extensions["cocreate.container"]
+        self.app = service_app(VOLUNTEERS, url, clock=clock.now)
+        self.container = container(self.app)
         self.store = self.container.store
-        self.d = ProjectsDriver(FlaskClient(self.app.test_client()))
+        self.d = driver(self.app)
 
     # -- calls ----------------------------------------------------------------------------------
 

@@ -9,8 +9,12 @@ from collections.abc import Iterable
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from services.kernel.broker import broker_command, free_port, wait_for_port  # noqa: F401 (re-exported)
+from services.kernel.broker import broker_command, free_port, wait_for_port
 from services.kernel.kafka import BrokerView, no_auto_create
+
+# free_port is the kernel's, offered here with the broker (tests/support/servers.py and platform.py
+# take it from this module).
+__all__ = ["Broker", "committed_to_end", "first_occurrences", "free_port", "read_topic"]
 
 
 class Broker:
@@ -98,3 +102,22 @@ def first_occurrences(records: Iterable) -> list:
             seen.add(event_id)
             kept.append(record)
     return kept
+
+
+def committed_to_end(bootstrap: str, group: str, *topics: str) -> bool:
+    """``group`` has committed the end offset of every partition of ``topics``: every record in
+    them, redeliveries included, was handled (a consumer commits an offset only after the
+    database commit of the effects before it). Asked through the admin client, which creates no
+    topic; False while a topic is missing or the broker does not answer."""
+    view = BrokerView(bootstrap, "test-offsets")
+    try:
+        found = view.topics(topics)
+        if any(found.get(topic) is None for topic in topics):
+            return False
+        ends = view.end_offsets({topic: found[topic].partitions for topic in topics})
+        committed = view.committed(group)
+    except (KafkaError, OSError):  # the broker is not (yet, or no longer) answering
+        return False
+    finally:
+        view.close()
+    return all(end == 0 or committed.get(key, -1) >= end for key, end in ends.items())

@@ -48,11 +48,14 @@ class HttpClient:
 
 
 class FlaskClient:
-    def __init__(self, client) -> None:
+    """Flask's test client with :class:`HttpClient`'s call shape; ``prefix`` goes before every path."""
+
+    def __init__(self, client, prefix: str = "") -> None:
         self.client = client
+        self.prefix = prefix
 
     def request(self, method: str, path: str, json_body=None, headers=None) -> Response:
-        reply = self.client.open(path, method=method, json=json_body, headers=headers or {})
+        reply = self.client.open(self.prefix + path, method=method, json=json_body, headers=headers or {})
         return Response(reply.status_code, reply.get_data(), reply.headers)
 
 

@@ -1,4 +1,5 @@
-"""Run a service's HTTP app under gunicorn, as the local platform does, for end-to-end tests."""
+"""Run a service's HTTP app (or the gateway's) under gunicorn, as the local platform does, for
+end-to-end tests."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceServer:
-    def __init__(self, service: str, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2) -> None:
+    def __init__(self, service: str, tmp_path: Path, env: dict[str, str] | None = None, workers: int = 2,
+                 app: str | None = None) -> None:
         self.service = service
+        self.app = app or f"services.{service}.app:build()"  # gunicorn's app spec
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"{service}-gunicorn.log"
@@ -35,7 +38,7 @@ class ServiceServer:
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            [gunicorn, "-c", "python:services.kernel.gunicorn_conf", f"services.{self.service}.app:build()"],
+            [gunicorn, "-c", "python:services.kernel.gunicorn_conf", self.app],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -61,3 +64,28 @@ class ServiceServer:
                 self.process.wait()
         if getattr(self, "_log", None):
             self._log.close()
+
+
+def write_service_documents(directory: Path) -> Path:
+    """The three services' OpenAPI documents, as their apps serve them, kept in ``directory`` as a
+    gateway keeps them (``GATEWAY_CATALOGUE_DIR``): for a gateway built in a test without the
+    services running. Each app is built in memory over a scratch SQLite file."""
+    import importlib
+    import tempfile
+
+    from gateway.catalogue import SERVICES, save_document
+    from services.kernel.config import ServiceSettings
+    from services.kernel.service import create_service_app
+
+    for name in SERVICES:
+        definition = importlib.import_module(f"services.{name}.service").DEFINITION
+        with tempfile.TemporaryDirectory(prefix="cocreate-documents-") as scratch:
+            settings = ServiceSettings(service=name, database_url=f"sqlite:///{scratch}/{name}.db",
+                                       jwt_secret=TEST_SECRET)
+            app = create_service_app(definition, settings)
+            try:
+                document = app.test_client().get("/openapi.json").get_json()
+            finally:
+                app.extensions["cocreate.container"].store.engine.dispose()
+        save_document(directory, name, document, url=f"(in memory: services.{name})")
+    return directory

@@ -351,6 +351,7 @@ def test_spending_is_limited_to_what_remains_of_the_projects_reservation():
 def test_a_resident_proposes_a_project():
     world = World()
     project = Project(id="p1")
+    assert project.allowed_actions() == ["propose"]  # a project that does not exist yet
     [event] = project.propose(PROPOSER, PROPOSAL, world.community)
     assert event.event_type == "ProjectProposed"
     assert event.data == {"project_id": "p1", "community_id": C, "grid_id": "g1", "title": "修建休闲活动室",
@@ -372,6 +373,10 @@ def test_a_resident_proposes_a_project():
                                                                 "parking, other"}),
     ({"requested_fen": 5_000_001}, "invalid_proposal", {"requested_fen": "cannot exceed the estimated cost"}),
     ({"grid_id": "g9"}, "unknown_grid", {"grid_id": "unknown grid in this community"}),
+    ({"requested_fen": 6_000_000, "category": "casino"}, "invalid_proposal", {  # every field at once
+        "category": "one of environment, facilities, greening, elderly_care, children, culture, safety, parking, "
+                    "other",
+        "requested_fen": "cannot exceed the estimated cost"}),
 ])
 def test_invalid_proposals_are_refused_naming_the_field(overrides, reason, details):
     world = World()
@@ -910,6 +915,10 @@ def test_maintainers_logs_and_problems():
     assert project.problems == {"pb1": {"reported_at": "2026-11-02T01:00:00.000000Z", "resolved": True}}
     refused(Conflict, "already_resolved", lambda: project.resolve_problem(CADRE, "pb1", "again", world.now), project)
     assert project.maintainers == {"r4": [], "team-1": ["r6", "r7"]}
+    # A member of a maintaining group resolves problems as the group's maintainer would.
+    world.record(project, project.report_problem(RESIDENTS[5], "pb2", "路灯不亮"))
+    [resolved] = world.record(project, project.resolve_problem(RESIDENTS[6], "pb2", "已更换", world.now))
+    assert resolved.data["resolved_by"] == "r6"
 
 
 def test_upkeep_continues_in_the_later_stages():
@@ -945,6 +954,9 @@ def test_the_evaluation_needs_a_responsible_unit():
     world.complete(project)
     error = refused(DomainError, "responsible_unit_required", lambda: project.open_evaluation(CADRE, None), project)
     assert list(error.details) == ["responsible_unit"]
+    unit = {"unit_id": "jsb", "name": "街道建设办"}  # named now instead
+    world.record(project, project.open_evaluation(CADRE, unit))
+    assert (project.stage, project.responsible_unit) == ("co_evaluate", unit)
 
 
 def test_each_resident_rates_once_from_1_to_5():

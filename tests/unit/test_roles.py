@@ -154,4 +154,4 @@ def test_the_kernel_module_holds_the_one_definition():
     import services.kernel.web
 
     assert gateway.tokens.ROLES is services.kernel.auth.ROLES is model.ROLES
-    assert services.kernel.web.PLATFORM_ROLES is model.ROLES  # deprecated alias, the same tuple
+    assert not hasattr(services.kernel.web, "PLATFORM_ROLES")  # no second list

@@ -180,12 +180,11 @@ def test_workers_load_service_settings_without_token_settings():
 
 
 def test_service_app_refuses_to_start_without_a_secret(tmp_path):
-    from services.kernel.service import create_service_app
     from services.projects.service import DEFINITION
+    from tests.support.apps import service_app
 
-    loaded = load_service({"COCREATE_DATA_DIR": str(tmp_path), "COCREATE_JWT_SECRET": "too-short"})
     with pytest.raises(SettingsError, match="PROJECTS_JWT_SECRET"):
-        create_service_app(DEFINITION, loaded)
+        service_app(DEFINITION, COCREATE_DATA_DIR=str(tmp_path), COCREATE_JWT_SECRET="too-short")
 
 
 def test_validate_directly():

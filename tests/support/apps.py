@@ -1,0 +1,49 @@
+"""The one way tests build an app in their own process: a service's or the gateway's Flask app,
+configured as its process would be from environment variables, with the test token secret.
+
+``service_app(PROJECTS, url)`` is the projects API on the database ``url``; ``container(app)`` is
+what its routes use (store, bus, resources); ``driver(app)`` drives it as a person with a token
+would (:class:`~tests.support.projects.ProjectsDriver`, the same calls as over real HTTP). Tests
+that send raw bytes or read Flask's response object use ``app.test_client()`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flask
+
+from gateway import app as gateway
+from services.kernel.service import Container, ServiceDefinition, create_service_app, load_settings
+from tests.conftest import TEST_SECRET
+from tests.support.projects import FlaskClient, ProjectsDriver
+
+
+def service_app(definition: ServiceDefinition, database_url: str | None = None, *,
+                clock: Callable[[], Any] | None = None, new_id: Callable[[], str] | None = None,
+                **environ: str) -> flask.Flask:
+    """The service's HTTP app. ``environ`` adds variables to (or overrides) the test secret, e.g.
+    ``COCREATE_DATA_DIR=str(tmp_path)`` (the SQLite file's directory when no ``database_url`` is
+    given) or ``COCREATE_JWT_SECRET="short"`` to see it refused; ``clock`` and ``new_id`` are the
+    only ones its command handlers see."""
+    settings = load_settings(definition, environ={"COCREATE_JWT_SECRET": TEST_SECRET, **environ},
+                             **({"database_url": database_url} if database_url else {}))
+    injected = {name: value for name, value in (("clock", clock), ("new_id", new_id)) if value is not None}
+    return create_service_app(definition, settings, **injected)
+
+
+def container(app: flask.Flask) -> Container:
+    """The store, bus and resources a service app's routes use."""
+    return app.extensions["cocreate.container"]
+
+
+def gateway_app(**environ: str) -> flask.Flask:
+    """The gateway's app; ``environ`` as for :func:`service_app` (``GATEWAY_PROJECTS_URL=...``)."""
+    return gateway.create_app(gateway.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET, **environ}))
+
+
+def driver(app: flask.Flask, prefix: str = "") -> ProjectsDriver:
+    """People with tokens calling ``app`` through Flask's test client; ``prefix`` goes before every
+    path (``"/api/v1"`` for the gateway's public routes)."""
+    return ProjectsDriver(FlaskClient(app.test_client(), prefix))
