@@ -66,6 +66,18 @@ def own_broker():
     instance.stop()
 
 
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """The three services under gunicorn on free ports (one worker each), for one test module."""
+    from tests.support.servers import ServiceServer
+
+    root = tmp_path_factory.mktemp("services")
+    servers = {name: ServiceServer(name, root, workers=1).start() for name in ("projects", "volunteers", "feedback")}
+    yield servers
+    for server in servers.values():
+        server.stop()
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]

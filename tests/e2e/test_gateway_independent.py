@@ -50,15 +50,6 @@ sys.meta_path.insert(0, Blocker())
 '''
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    root = tmp_path_factory.mktemp("services")
-    servers = {name: ServiceServer(name, root, workers=1).start() for name in SERVICES}
-    yield servers
-    for server in servers.values():
-        server.stop()
-
-
 @pytest.fixture
 def blocker(tmp_path) -> dict[str, str]:
     """The environment of a process that cannot import the service packages."""

@@ -24,18 +24,8 @@ from gateway.tokens import hash_password
 from tests.conftest import TEST_SECRET
 from tests.support.errors import assert_error
 from tests.support.projects import Community, FlaskClient, Person, ProjectsDriver
-from tests.support.servers import ServiceServer
 
 SERVICES = ("projects", "volunteers", "feedback")
-
-
-@pytest.fixture(scope="module")
-def services(tmp_path_factory):
-    root = tmp_path_factory.mktemp("services")
-    servers = {name: ServiceServer(name, root, workers=1).start() for name in SERVICES}
-    yield servers
-    for server in servers.values():
-        server.stop()
 
 
 def gateway(services, tmp_path, **env):

@@ -9,10 +9,12 @@ that send raw bytes or read Flask's response object use ``app.test_client()`` it
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import flask
+from flask_smorest import Api
 
 from gateway import app as gateway
 from services.kernel.service import Container, ServiceDefinition, create_service_app, load_settings
@@ -41,6 +43,18 @@ def container(app: flask.Flask) -> Container:
 def gateway_app(**environ: str) -> flask.Flask:
     """The gateway's app; ``environ`` as for :func:`service_app` (``GATEWAY_PROJECTS_URL=...``)."""
     return gateway.create_app(gateway.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET, **environ}))
+
+
+def blueprints_app(service: str) -> tuple[flask.Flask, Api]:
+    """A bare Flask app holding only ``services.<service>.api.BLUEPRINTS`` (no store, no database):
+    its routes and OpenAPI document, for tests that read the code's shape."""
+    api_module = importlib.import_module(f"services.{service}.api")
+    app = flask.Flask(f"blueprints-{service}")
+    app.config.update(API_TITLE=service, API_VERSION="1", OPENAPI_VERSION="3.0.3")
+    smorest = Api(app)
+    for blueprint in api_module.BLUEPRINTS:
+        smorest.register_blueprint(blueprint)
+    return app, smorest
 
 
 def driver(app: flask.Flask, prefix: str = "") -> ProjectsDriver:

@@ -14,11 +14,10 @@ import importlib
 import sys
 from pathlib import Path
 
-import flask
 import pytest
-from flask_smorest import Api
 
 from services.kernel.web import CommandSchema
+from tests.support.apps import blueprints_app
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("projects", "volunteers", "feedback")
@@ -105,12 +104,7 @@ def test_no_function_of_an_api_module_is_long(service):
 
 def write_routes(service: str) -> dict[str, type | None]:
     """``"POST /path"`` -> the schema class of every write route of the service's blueprints."""
-    api_module = importlib.import_module(f"services.{service}.api")
-    app = flask.Flask(f"shape-{service}")
-    app.config.update(API_TITLE=service, API_VERSION="1", OPENAPI_VERSION="3.0.3")
-    smorest = Api(app)
-    for blueprint in api_module.BLUEPRINTS:
-        smorest.register_blueprint(blueprint)
+    app, _smorest = blueprints_app(service)
     routes = {}
     for rule in app.url_map.iter_rules():
         view_class = getattr(app.view_functions[rule.endpoint], "view_class", None)

@@ -8,12 +8,12 @@ import json
 
 import flask
 import pytest
-from flask_smorest import Api
 
 from gateway.tokens import hash_password, load_users
 from services.kernel import model
 from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES, canonical_role, role_names
 from services.kernel.web import ANY_ROLE, BEARER_SCHEME, roles
+from tests.support.apps import blueprints_app
 
 SERVICES = ("projects", "volunteers", "feedback")
 PASSWORD_HASH = hash_password("pw", iterations=1_000)
@@ -59,12 +59,7 @@ def test_the_services_role_constants_name_only_roles():
 
 
 def service_document(service: str) -> dict:
-    api_module = importlib.import_module(f"services.{service}.api")
-    app = flask.Flask(f"roles-{service}")
-    app.config.update(API_TITLE=service, API_VERSION="1", OPENAPI_VERSION="3.0.3")
-    smorest = Api(app)
-    for blueprint in api_module.BLUEPRINTS:
-        smorest.register_blueprint(blueprint)
+    _app, smorest = blueprints_app(service)
     return smorest.spec.to_dict()
 
 
