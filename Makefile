@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local,web]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,7 +36,7 @@ test-integration: venv
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(BENCH_STAMP): $(STAMP)
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local,bench]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local,web,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
