@@ -36,11 +36,15 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 15.0, retries: int = 3) -> None:
+    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 15.0, retries: int = 3,
+                 headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.retries = retries
+        # Sent with every request: e.g. a web front end's ``X-Forwarded-For`` (the visitor's
+        # address, for the gateway's per-address rate limits) and ``Accept-Language``.
+        self.headers = dict(headers or {})
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -49,7 +53,7 @@ class Client:
         url = f"{self.base_url}/api/v1{path}"
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
-        all_headers = {"Accept": "application/json", **(headers or {})}
+        all_headers = {"Accept": "application/json", **self.headers, **(headers or {})}
         if self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
         data = None

@@ -26,7 +26,7 @@ PORT_VARIABLES = {
     "gateway": "GATEWAY_PORT", "projects-relay": "PROJECTS_RELAY_PORT", "volunteers-relay": "VOLUNTEERS_RELAY_PORT",
     "feedback-relay": "FEEDBACK_RELAY_PORT", "volunteers-consumer": "VOLUNTEERS_CONSUMER_PORT",
     "feedback-consumer": "FEEDBACK_CONSUMER_PORT", "feedback-sweep": "FEEDBACK_SWEEP_PORT",
-    "gateway-feed": "GATEWAY_FEED_PORT",
+    "gateway-feed": "GATEWAY_FEED_PORT", "web": "WEB_PORT",
 }
 
 
@@ -72,7 +72,7 @@ class LocalPlatform:
                     "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "PYTHONUNBUFFERED": "1",
                     "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                     **{PORT_VARIABLES[name]: str(port) for name, port in self.ports.items()}, **(env or {})}
-        for app in ("projects", "volunteers", "feedback", "gateway"):
+        for app in ("projects", "volunteers", "feedback", "gateway", "web"):
             (self.data_dir / "metrics" / app).mkdir(parents=True, exist_ok=True)
 
     def url(self, name: str) -> str:

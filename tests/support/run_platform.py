@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ("gateway", "projects", "volunteers", "feedback")
+APPS = ("gateway", "projects", "volunteers", "feedback", "web")
 WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
            "feedback_sweep", "gateway_feed")
 

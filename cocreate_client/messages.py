@@ -1,0 +1,265 @@
+"""What to tell people when something goes wrong: one message per error reason, in Chinese and English.
+
+Every error of the platform has one shape, ``{code, status, message, errors}``, and ``errors.reason``
+is a stable machine-readable code (``insufficient_fund``, ``rate_limited``, ...). The ``message``
+of that shape is written for developers; this module holds the words shown to people — residents,
+grid workers, community staff — for each reason, in simplified Chinese (``zh-CN``, the default)
+and English (``en``).
+
+It is the one catalogue: the gateway (answering in Chinese) and the web client (``web/``, which
+imports only :mod:`cocreate_client`) both read it, so a reason reads the same everywhere. It is
+standard library only and has no state.
+
+    from cocreate_client.messages import message, message_for_error, message_for_status
+    message("insufficient_fund")               # "社区基金余额不足"
+    message("insufficient_fund", "en-GB")      # "The community fund does not have enough money"
+    message_for_status(429, "zh")              # "操作太频繁，请稍后再试"
+    message_for_error(api_error.body, "zh-CN")  # by errors.reason, else by the status code
+
+Adding a reason: when code raises a new reason (``raise Conflict(..., reason="new_reason")``, a
+``reason = "..."`` on a :class:`DomainError` subclass, or ``{"reason": "..."}`` passed to
+``error_response``), add a line ``"new_reason": ("中文", "English"),`` to ``_CATALOGUE`` below, in
+its section. Write for a resident: short, plain, no codes, field names, amounts in fen or stack
+traces; say what happened and, when there is one, what to do next. ``tests/unit/test_messages.py``
+reads the services' and the gateway's source and fails while any reason raised there has no entry
+here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["GENERIC", "LOCALES", "MESSAGES", "STATUS_REASONS", "match_locale", "message", "message_for_error",
+           "message_for_status"]
+
+LOCALES = ("zh-CN", "en")
+DEFAULT_LOCALE = "zh-CN"
+
+# reason -> (zh-CN, en)
+_CATALOGUE: dict[str, tuple[str, str]] = {
+    # -- the request itself (HTTP level) ---------------------------------------------------------
+    "bad_request": ("请求有误，请检查后再试", "The request could not be understood; please check it and try again"),
+    "validation_failed": ("填写的内容有误，请检查后再提交", "Some of the details are not right; please check them and try again"),
+    "body_too_large": ("提交的内容太多了", "What you sent is too large"),
+    "url_too_long": ("网址太长了", "The web address is too long"),
+    "unsupported_media_type": ("提交的内容格式不对", "What you sent is not in a format we accept"),
+    "method_not_allowed": ("这里不能进行这种操作", "This cannot be done here"),
+    "not_found": ("没有找到相关内容", "Nothing was found"),
+    "rate_limited": ("操作太频繁，请稍后再试", "Too many requests; please wait a moment and try again"),
+    "internal_error": ("系统出了点问题，请稍后再试", "Something went wrong on our side; please try again later"),
+    "bad_gateway": ("服务出了点问题，请稍后再试", "A service ran into a problem; please try again later"),
+    "service_unavailable": ("服务暂时不可用，请稍后再试", "The service is temporarily unavailable; please try again later"),
+    "timeout": ("等待时间太长，请稍后再试", "This took too long; please try again later"),
+    "outcome_unknown": ("服务响应太慢，不确定是否已办成，请先查看结果再决定是否重试",
+                        "The service answered too slowly, so it may or may not have gone through; "
+                        "check before trying again"),
+    "catalogue_incomplete": ("系统正在启动，请稍后再试", "The system is still starting up; please try again shortly"),
+
+    # -- signing in, roles and communities ------------------------------------------------------
+    "unauthenticated": ("请先登录", "Please sign in first"),
+    "token_expired": ("登录已过期，请重新登录", "Your sign-in has expired; please sign in again"),
+    "token_invalid": ("登录信息无效，请重新登录", "Your sign-in is not valid; please sign in again"),
+    "no_caller": ("无法确认是谁在操作，请重新登录", "We could not tell who is doing this; please sign in again"),
+    "no_users_file": ("暂时无法登录，请联系管理员", "Signing in is not available yet; please contact the administrator"),
+    "forbidden": ("您没有权限进行此操作", "You are not allowed to do this"),
+    "role_required": ("您的身份不能进行此操作", "Your role does not allow this"),
+    "community_required": ("需要用社区的账号才能进行此操作", "This needs an account of a community"),
+    "other_community": ("这是其他社区的事务，您无法操作", "This belongs to another community"),
+
+    # -- versions, repeats and the rules in general ----------------------------------------------
+    "conflict": ("当前情况下无法进行此操作", "This cannot be done as things stand"),
+    "concurrency_conflict": ("内容刚被别人修改过，请刷新后再试", "Someone else changed this just now; please reload and try again"),
+    "version_conflict": ("内容已经更新，请刷新后再试", "This has been updated since you opened it; please reload and try again"),
+    "precondition_failed": ("内容已经更新，请刷新页面后再操作", "This changed since you loaded it; please reload the page first"),
+    "invalid_if_match": ("页面信息已过时，请刷新后再试", "The page is out of date; please reload and try again"),
+    "invalid_idempotency_key": ("提交信息有误，请刷新后重新提交", "The submission could not be checked; please reload and submit again"),
+    "idempotency_key_reused": ("这次提交和之前的一次冲突，请刷新后重新提交",
+                               "This submission clashes with an earlier one; please reload and submit again"),
+    "idempotency_in_progress": ("上一次提交还在处理中，请稍候", "Your previous submission is still being processed; please wait"),
+    "domain_rule": ("不符合相关规定，无法办理", "The rules do not allow this"),
+    "already_exists": ("已经存在了，不用重复创建", "This already exists"),
+    "already_registered": ("已经登记过了", "This is already registered"),
+    "no_change": ("内容没有变化", "Nothing has changed"),
+    "reason_required": ("请说明原因", "Please give a reason"),
+    "invalid_period": ("时间段填写有误", "The period is not valid"),
+
+    # -- communities and the community fund (projects service) ------------------------------------
+    "unknown_community": ("没有找到这个社区", "This community was not found"),
+    "unknown_grid": ("这个社区没有这个网格", "This grid is not part of the community"),
+    "duplicate_grid": ("这个网格已经有了", "This grid already exists"),
+    "duplicate_representative": ("居民代表名单里有人重复了", "Someone is listed more than once among the representatives"),
+    "invalid_settings": ("社区设置填写有误", "The community settings are not valid"),
+    "invalid_source": ("资金来源不正确", "The source of the money is not valid"),
+    "invalid_amount": ("金额必须大于零", "The amount must be more than zero"),
+    "insufficient_fund": ("社区基金余额不足", "The community fund does not have enough money"),
+    "reservation_exceeded": ("支出超过了给项目预留的资金", "This spending is more than the money set aside for the project"),
+
+    # -- projects: 共谋 共建 共管 共评 共享 ---------------------------------------------------------
+    "wrong_stage": ("项目现在所处的阶段不能进行此操作", "The project is not at a stage where this can be done"),
+    "invalid_proposal": ("提议内容有误，请检查后再提交", "The proposal is not complete or not right; please check it"),
+    "not_proposer": ("只有提议人才能这样做", "Only the person who made the proposal can do this"),
+    "empty_amendment": ("修改后的内容和原来一样", "The change leaves the proposal as it was"),
+    "self_cosign": ("提议人不能给自己的提议联署", "You cannot co-sign your own proposal"),
+    "already_cosigned": ("您已经联署过了", "You have already co-signed this proposal"),
+    "invalid_stance": ("请选择支持、反对或中立", "Please choose support, oppose or neutral"),
+    "no_electorate": ("社区还没有居民代表，无法表决", "The community has no residents' representatives to vote yet"),
+    "not_in_electorate": ("只有居民代表才能投票", "Only the residents' representatives can vote"),
+    "invalid_choice": ("请选择同意、反对或弃权", "Please choose yes, no or abstain"),
+    "already_voted": ("您已经投过票了", "You have already voted"),
+    "pledge_for_other": ("居民只能以自己的名义认捐", "Residents can pledge only for themselves"),
+    "unknown_pledge": ("没有找到这项认捐", "This pledge was not found"),
+    "invalid_kind": ("投入方式不正确", "This kind of contribution is not valid"),
+    "invalid_amounts": ("投入的数量和投入方式对不上", "The amounts do not match the kind of contribution"),
+    "invalid_progress": ("进度应在0到100之间", "Progress must be between 0 and 100"),
+    "progress_backwards": ("进度不能比之前少", "Progress cannot go backwards"),
+    "not_finished": ("进度到100%才能完工", "The project can be completed only when progress reaches 100%"),
+    "already_maintainer": ("已经在负责维护这个项目了", "They already look after this project"),
+    "unknown_problem": ("没有找到这个问题", "This problem report was not found"),
+    "already_resolved": ("这个问题已经解决了", "This problem is already resolved"),
+    "responsible_unit_required": ("请填写负责这个项目的单位", "Please name the unit responsible for the project"),
+    "invalid_score": ("评分应为1到5分", "The score must be from 1 to 5"),
+    "already_rated": ("您已经评价过了", "You have already given a rating"),
+    "not_a_contributor": ("此人没有参与这个项目", "This person did not contribute to the project"),
+
+    # -- satisfaction ratings, follow-ups and support plans (feedback service) -----------------------
+    "invalid_policy": ("评价规则设置有误", "The rating rules are not valid"),
+    "person_and_unit_required": ("请填写这个人和他所在的单位", "Please give the person and their unit"),
+    "self_rating": ("不能给自己评价", "You cannot rate yourself"),
+    "invalid_level": ("满意度应在1到5之间", "The rating must be from 1 to 5"),
+    "invalid_dimensions": ("分项评分填写有误", "Some of the detailed scores are not valid"),
+    "not_the_rater": ("只有评价人本人才能修改评价", "Only the person who gave the rating can change it"),
+    "not_revisable": ("这条评价不能在这里修改", "This rating cannot be changed here"),
+    "period_open": ("这一期还没结束", "This period has not ended yet"),
+    "period_closed": ("这一期已经结束了", "This period has ended"),
+    "unknown_flag": ("没有找到这条异常提示", "This warning was not found"),
+    "already_reviewed": ("这条异常提示已经审核过了", "This warning was already reviewed"),
+    "own_rating": ("不能对自己的评价申诉，可以直接修改", "You cannot appeal your own rating; change it instead"),
+    "already_excluded": ("这条评价已经不计入结果了", "This rating is already left out of the results"),
+    "already_appealed": ("这条评价已经申诉过了", "This rating has already been appealed"),
+    "no_pending_appeal": ("没有待处理的申诉", "There is no appeal waiting for a decision"),
+    "own_appeal": ("申诉人和被评价人不能处理这项申诉", "The person appealing and the person rated cannot decide the appeal"),
+    "case_closed": ("这件事已经办结了", "This case is closed"),
+    "contact_first": ("请先回访居民", "Please call the resident back first"),
+    "rectification_first": ("请先登记整改情况", "Please record what was put right first"),
+    "invalid_mentor": ("帮扶人不能是被帮扶的人自己", "The mentor must be someone else"),
+    "plan_closed": ("这个帮扶计划已经结束了", "This support plan is closed"),
+
+    # -- volunteer cards, activities, hours and rewards (volunteers service) -------------------------
+    "no_card": ("请先办理志愿者证", "Please register for a volunteer card first"),
+    "invalid_activity": ("活动信息填写有误", "The activity details are not valid"),
+    "not_organiser": ("只有活动组织者才能这样做", "Only the activity's organiser can do this"),
+    "activity_cancelled": ("活动已经取消了", "The activity has been cancelled"),
+    "activity_over": ("活动已经结束了", "The activity is over"),
+    "activity_not_over": ("活动还没结束，不能补录", "The activity is not over yet, so hours cannot be added afterwards"),
+    "full": ("活动名额已满", "The activity is full"),
+    "already_signed_up": ("您已经报名了", "You have already signed up"),
+    "not_signed_up": ("您还没有报名这个活动", "You have not signed up for this activity"),
+    "already_attended": ("您已经签到了，如需更改请联系组织者", "You have already checked in; ask the organiser to change it"),
+    "wrong_code": ("签到码不对", "The check-in code is wrong"),
+    "already_checked_in": ("您已经签到过了", "You have already checked in"),
+    "not_checked_in": ("您还没有签到", "You have not checked in"),
+    "outside_activity_time": ("时间不在活动时段内", "The time is outside the activity's hours"),
+    "already_recorded": ("这个人的出勤已经登记过了", "Their attendance is already recorded"),
+    "invalid_times": ("结束时间要晚于开始时间", "The end must be after the start"),
+    "overlapping_claim": ("和已登记的服务时间重叠了", "This overlaps time that is already recorded"),
+    "already_claimed": ("这个活动已经登记过服务时长了", "Hours for this activity are already recorded"),
+    "nothing_to_claim": ("没有可以登记的服务时长", "There are no hours to record"),
+    "unknown_claim": ("没有找到这条服务时长记录", "This record of hours was not found"),
+    "own_claim": ("不能审核自己的服务时长", "You cannot approve your own hours"),
+    "already_decided": ("这条服务时长已经审核过了", "These hours have already been decided"),
+    "invalid_minutes": ("核定的时长不正确", "The approved time is not valid"),
+    "insufficient_points": ("积分不够", "You do not have enough points"),
+    "out_of_stock": ("已经兑换完了", "None are left"),
+    "unknown_redemption": ("没有找到这条兑换记录", "This redemption was not found"),
+    "already_fulfilled": ("已经发放过了", "This has already been handed out"),
+
+    # -- the web client's own situations --------------------------------------------------------
+    "service_down_part": ("暂时无法获取", "Temporarily unavailable"),
+    "session_expired": ("长时间没有操作，请重新登录", "Your session has expired; please sign in again"),
+    "csrf_failed": ("页面已过期，请刷新后再试", "The page has expired; please reload and try again"),
+    "signin_failed": ("用户名或密码不对", "The username or password is wrong"),
+}
+
+MESSAGES: Mapping[str, Mapping[str, str]] = MappingProxyType({
+    reason: MappingProxyType(dict(zip(LOCALES, texts))) for reason, texts in _CATALOGUE.items()})
+
+# The message when the reason is missing or not in the catalogue.
+GENERIC: Mapping[str, str] = MappingProxyType({
+    "zh-CN": "操作未能完成，请稍后再试", "en": "That did not work; please try again later"})
+
+# The reason whose message stands for an error that came with a status code only.
+STATUS_REASONS: Mapping[int, str] = MappingProxyType({
+    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 412: "precondition_failed", 413: "body_too_large", 414: "url_too_long",
+    415: "unsupported_media_type", 422: "validation_failed", 429: "rate_limited", 500: "internal_error",
+    502: "bad_gateway", 503: "service_unavailable", 504: "timeout",
+})
+
+_Q = re.compile(r";\s*q\s*=\s*([0-9.]+)", re.IGNORECASE)
+
+
+def _one_locale(tag: str) -> str | None:
+    tag = tag.strip().replace("_", "-").lower()
+    if tag == "zh" or tag.startswith("zh-"):
+        return "zh-CN"
+    if tag.startswith("en"):
+        return "en"
+    return None
+
+
+def match_locale(locale: str | None) -> str:
+    """One of :data:`LOCALES` for a language tag (``zh``, ``zh-CN``, ``zh_Hans_CN``, ``zh-Hans`` ->
+    ``zh-CN``; ``en``, ``en-GB``, ... -> ``en``) or an ``Accept-Language`` value (the most
+    preferred of its languages that is one of ours); anything else is ``zh-CN``."""
+    if not locale:
+        return DEFAULT_LOCALE
+    ranked = []
+    for index, part in enumerate(locale.split(",")):
+        tag = part.split(";", 1)[0]
+        weight = _Q.search(part)
+        try:
+            q = float(weight.group(1)) if weight else 1.0
+        except ValueError:
+            q = 0.0
+        if q > 0:
+            ranked.append((-q, index, tag))
+    for _q, _index, tag in sorted(ranked):
+        found = _one_locale(tag)
+        if found is not None:
+            return found
+    return DEFAULT_LOCALE
+
+
+def message(reason: str | None, locale: str = DEFAULT_LOCALE, default: str | None = None) -> str:
+    """The message for ``reason`` in ``locale`` (see :func:`match_locale`). A reason missing or not
+    in the catalogue gives ``default`` when one is given, else a generic message in ``locale``."""
+    lang = match_locale(locale)
+    entry = MESSAGES.get(reason) if reason else None
+    if entry is not None:
+        return entry[lang]
+    return default if default is not None else GENERIC[lang]
+
+
+def message_for_status(status: int, locale: str = DEFAULT_LOCALE) -> str:
+    """The message for an error that has only an HTTP status code (other 4xx and 5xx codes read
+    as 400 and 500; anything else gives the generic message)."""
+    reason = STATUS_REASONS.get(status)
+    if reason is None and isinstance(status, int) and 400 <= status < 600:
+        reason = STATUS_REASONS[400 if status < 500 else 500]
+    return message(reason, locale)
+
+
+def message_for_error(body: Any, locale: str = DEFAULT_LOCALE, status: int | None = None) -> str:
+    """The message for an error answer in the platform's shape ``{code, status, message, errors}``:
+    by ``errors.reason`` when the catalogue has it, else by the status code (``code``, or
+    ``status`` when the body has none), else the generic message."""
+    errors = body.get("errors") if isinstance(body, Mapping) else None
+    reason = errors.get("reason") if isinstance(errors, Mapping) else None
+    if isinstance(reason, str) and reason in MESSAGES:
+        return message(reason, locale)
+    code = body.get("code") if isinstance(body, Mapping) else None
+    code = code if isinstance(code, int) and not isinstance(code, bool) else status
+    return message_for_status(code, locale) if code is not None else message(None, locale)

@@ -1,0 +1,191 @@
+"""The web client's Flask app: ``create_app(settings)``; ``build()`` for gunicorn
+(``gunicorn 'web.app:build()'``, see the ``Procfile``).
+
+- Sessions on the server (Flask-Session, SQLAlchemy backend on ``WEB_DATABASE_URL``): the browser
+  holds only a random session id in a cookie that is HttpOnly, SameSite=Lax and Secure (but for
+  local runs over HTTP, ``WEB_COOKIE_SECURE=false``). The gateway token stays in the session row.
+  Signing in starts a new session id (no fixation); signing out deletes the row.
+- CSRF: every form carries a token (Flask-WTF); htmx requests send it as ``X-CSRFToken``.
+- Content-Security-Policy ``'self'`` only: every script and stylesheet is served from
+  ``web/static`` (vendored, see ``web/vendor.json``); nothing from a CDN.
+- ``/healthz``, ``/readyz`` (the session database answers) and ``/metrics`` (Prometheus).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import flask
+import sqlalchemy as sa
+from flask_babel import Babel
+from flask_babel import gettext as _
+from flask_session import Session
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
+from prometheus_client import (
+    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess,
+)
+from werkzeug.exceptions import HTTPException
+
+from cocreate_client import ApiError
+from cocreate_client.messages import message, message_for_status
+from web import config, i18n, labels
+from web.upstream import SessionExpired, Unavailable, error_text
+
+log = logging.getLogger(__name__)
+# The same series as every other app of the platform (one dashboard, one alert rule), app="web".
+REQUESTS = Counter("cocreate_http_requests_total", "HTTP requests handled", ["app", "route", "method", "status"])
+LATENCY = Histogram("cocreate_http_request_duration_seconds", "HTTP request latency", ["app", "route", "method"],
+                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'")
+
+
+def create_app(settings: config.WebSettings) -> flask.Flask:
+    app = flask.Flask(__name__)
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    translations = i18n.compile_catalogues(data_dir / "web" / "translations")
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=64 * 1024,  # forms only: a page's form is a few kilobytes
+        SQLALCHEMY_DATABASE_URI=settings.effective_database_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        SESSION_TYPE="sqlalchemy",
+        SESSION_SQLALCHEMY_TABLE="web_sessions",
+        SESSION_PERMANENT=True,
+        SESSION_COOKIE_NAME="cocreate_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.cookie_secure,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
+        SESSION_CLEANUP_N_REQUESTS=500,
+        WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session is
+        WTF_CSRF_SSL_STRICT=settings.cookie_secure,
+        BABEL_DEFAULT_LOCALE=i18n.DEFAULT,
+        BABEL_DEFAULT_TIMEZONE="Asia/Shanghai",
+        BABEL_TRANSLATION_DIRECTORIES=str(translations),
+    )
+    app.extensions["cocreate.web_settings"] = settings
+    db = SQLAlchemy()
+    db.init_app(app)
+    app.config["SESSION_SQLALCHEMY"] = db
+    Session(app)
+    CSRFProtect(app)
+    Babel(app, locale_selector=i18n.select_locale)
+    _install_templates(app)
+    _install_observability(app, db)
+    _install_errors(app)
+
+    from web import account, pages, resident
+
+    for module in (pages, account, resident):
+        app.register_blueprint(module.blueprint)
+    return app
+
+
+def _install_templates(app: flask.Flask) -> None:
+    app.jinja_env.globals.update(
+        labels=labels, yuan=labels.yuan, label=labels.label, csrf_token=generate_csrf,
+        language_tag=i18n.language_tag, Unavailable=Unavailable,
+    )
+
+    @app.context_processor
+    def _visitor():
+        session = flask.session
+        return {"me": {"person_id": session.get("person_id"), "name": session.get("name"),
+                       "roles": session.get("roles", []), "community": session.get("community")}
+                if session.get("token") else None}
+
+    @app.template_test("unavailable")
+    def _is_unavailable(value) -> bool:
+        return isinstance(value, Unavailable)
+
+
+def _install_observability(app: flask.Flask, db: SQLAlchemy) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # under gunicorn: every worker's figures
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+
+    @app.before_request
+    def _start():
+        flask.g.started = time.perf_counter()
+        flask.g.correlation_id = flask.request.headers.get("X-Correlation-ID") or uuid.uuid4().hex
+
+    @app.after_request
+    def _finish(response: flask.Response):
+        rule = flask.request.url_rule
+        route, method = (rule.rule if rule is not None else "unmatched"), flask.request.method
+        REQUESTS.labels("web", route, method, str(response.status_code)).inc()
+        LATENCY.labels("web", route, method).observe(time.perf_counter() - flask.g.get("started", time.perf_counter()))
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if flask.request.endpoint != "static":
+            response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Correlation-ID"] = flask.g.get("correlation_id", "")
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            with db.engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError as error:
+            return {"status": "unavailable", "database": str(error.__class__.__name__)}, 503
+        return {"status": "ready", "database": "ok"}
+
+    @app.get("/metrics")
+    def metrics():
+        return flask.Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _install_errors(app: flask.Flask) -> None:
+    @app.errorhandler(SessionExpired)
+    def _expired(_error):
+        flask.session.clear()
+        flask.flash(message("session_expired", i18n.language_tag()), "error")
+        return flask.redirect(flask.url_for("account.signin", next=flask.request.full_path.rstrip("?")))
+
+    @app.errorhandler(CSRFError)
+    def _csrf(_error):
+        return _error_page(400, message("csrf_failed", i18n.language_tag()))
+
+    @app.errorhandler(ApiError)
+    def _api(error: ApiError):
+        # A write that the API refused is handled by its view; reaching here means a page's main
+        # part failed (its record does not exist, or is not the visitor's to see).
+        return _error_page(error.status if 400 <= error.status < 600 else 502, error_text(error))
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException):
+        return _error_page(error.code or 500, message_for_status(error.code or 500, i18n.language_tag()))
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unexpected error")
+        return _error_page(500, message_for_status(500, i18n.language_tag()))
+
+
+def _error_page(status: int, text: str):
+    return flask.render_template("error.html", status=status, text=text, title=_("Something went wrong")), status
+
+
+def build() -> flask.Flask:
+    """Entry for gunicorn: settings from the environment."""
+    settings = config.load()
+    logging.basicConfig(level=settings.log_level, format='{"level": "%(levelname)s", "app": "web", '
+                                                          '"logger": "%(name)s", "message": "%(message)s"}')
+    return create_app(settings)

@@ -1,0 +1,99 @@
+"""The web client's settings, read from ``WEB_*`` environment variables (``COCREATE_*`` as the
+platform-wide fallback, like every other app of the platform). The web client imports no service
+code, so it reads its own settings; ``python -m services.kernel.config_docs`` documents them with
+the rest (:func:`describe`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PREFIX, PLATFORM_PREFIX = "WEB", "COCREATE"
+LOCAL_SECRET = "local-web-only-secret-change-me-please"
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+def _setting(default: Any, doc: str):
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class WebSettings:
+    gateway_url: str = _setting("http://127.0.0.1:8000", "base URL of the gateway (the web client's only upstream)")
+    data_dir: Path = _setting(Path("var"), "where the web client's SQLite session database lives when no "
+                                           "database URL is set")
+    database_url: str = _setting("", "the web client's own database, for server-side sessions; default "
+                                     "sqlite:///<data_dir>/web.db (PostgreSQL when deployed)")
+    secret_key: str = _setting("", "key that signs CSRF tokens (required; `make run` sets a local one)")
+    cookie_secure: bool = _setting(True, "session cookie only over HTTPS (false only for local runs over HTTP)")
+    session_hours: int = _setting(8, "how long a signed-in session lasts without use (the gateway token's "
+                                     "own lifetime still applies)")
+    default_community: str = _setting("", "the community `/` opens (empty: a page asking for one)")
+    forward_client_address: bool = _setting(True, "send the visitor's address to the gateway as "
+                                                  "X-Forwarded-For (the gateway counts rate limits per visitor "
+                                                  "when GATEWAY_TRUSTED_PROXIES is 1)")
+    trusted_proxies: int = _setting(0, "X-Forwarded-For hops in front of the web client to trust for the "
+                                       "visitor's address (1 behind an ingress)")
+    upstream_timeout_seconds: float = _setting(5.0, "timeout of one call to the gateway")
+    log_level: str = _setting("INFO", "log level")
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve()}/web.db"
+
+
+def _parse(raw: str, kind: type, name: str) -> Any:
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        return kind(raw)
+    except ValueError as error:
+        raise SettingsError(f"environment variable {name} is invalid: {error}") from None
+
+
+def _kind(field: dataclasses.Field) -> type:
+    return {"str": str, "int": int, "bool": bool, "float": float, "Path": Path}[str(field.type)]
+
+
+def names(field: dataclasses.Field) -> tuple[str, str]:
+    return f"{PREFIX}_{field.name.upper()}", f"{PLATFORM_PREFIX}_{field.name.upper()}"
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> WebSettings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(WebSettings):
+        if field.name in overrides:
+            values[field.name] = overrides[field.name]
+            continue
+        for name in names(field):
+            if environ.get(name) not in (None, ""):
+                values[field.name] = _parse(environ[name], _kind(field), name)
+                break
+    settings = WebSettings(**values)
+    if len(settings.secret_key) < 16:
+        raise SettingsError("environment variable WEB_SECRET_KEY must be set (16 characters or more)")
+    if settings.session_hours < 1:
+        raise SettingsError("environment variable WEB_SESSION_HOURS must be >= 1")
+    return settings
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """``(names, default, meaning)`` rows for the configuration page."""
+    rows = []
+    for field in dataclasses.fields(WebSettings):
+        default = field.default
+        shown = "" if default in ("", None) else str(default)
+        rows.append((" / ".join(names(field)), shown, field.metadata["doc"]))
+    return rows

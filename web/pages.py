@@ -1,0 +1,132 @@
+"""Pages anyone can open, signed in or not (共享 transparency): a community's projects, a project's
+page, the fund ledger and the published satisfaction rankings.
+
+A visitor who is not signed in is served from the gateway's public routes (``/api/v1/public/...``:
+non-personal fields only, small counts suppressed); a signed-in member of the community sees the
+project page as the API shows it to them (opinions, contributions, history, the buttons for what
+they may do now).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import flask
+from flask_babel import gettext as _
+
+from web import labels
+from web.upstream import Unavailable, part
+
+blueprint = flask.Blueprint("pages", __name__)
+RANKING_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
+# what a project's allowed action needs of the visitor (the API checks again)
+ACTION_ROLES = {
+    "cosign": {"resident", "representative"}, "post_opinion": {"resident", "representative"},
+    "pledge": {"resident", "representative"}, "rate": {"resident", "representative"},
+    "report_problem": {"resident", "representative", "grid_worker", "cadre"},
+    "cast_ballot": {"representative"},
+    "open_vote": {"cadre", "admin"}, "close_vote": {"cadre", "admin"},
+}
+
+
+def q(value: str) -> str:
+    return quote(value, safe="")
+
+
+def signed_in() -> bool:
+    return bool(flask.session.get("token"))
+
+
+def htmx_target() -> str | None:
+    return flask.request.headers.get("HX-Target") if flask.request.headers.get("HX-Request") else None
+
+
+@blueprint.get("/")
+def home():
+    settings = flask.current_app.extensions["cocreate.web_settings"]
+    wanted = flask.request.args.get("community", "").strip()
+    community = wanted or flask.session.get("community") or settings.default_community
+    if community:
+        return flask.redirect(flask.url_for("pages.community", community_id=community))
+    return flask.render_template("home.html", title=_("Co-creation"))
+
+
+@blueprint.get("/c/<community_id>")
+def community(community_id: str):
+    args = flask.request.args
+    filters = {key: args.get(key) or None for key in ("grid_id", "stage", "category")}
+    page_number = args.get("page", "1")
+    filters["page"] = int(page_number) if page_number.isdigit() and 0 < int(page_number) < 10_000 else 1
+    header = part(lambda c: c.get(f"/public/communities/{q(community_id)}"), anonymous=True, absent=None)
+    if header is None:
+        flask.abort(404)
+    projects = part(lambda c: c.get(f"/public/communities/{q(community_id)}/projects", **filters), anonymous=True)
+    context = {"community_id": community_id, "community": header, "projects": projects, "filters": filters,
+               "filter_args": {k: v for k, v in filters.items() if v and k != "page"},
+               "title": header.get("name") if header else _("Projects")}
+    if htmx_target() == "project-list":
+        return flask.render_template("partials/project_list.html", **context)
+    return flask.render_template("community.html", **context)
+
+
+@blueprint.get("/c/<community_id>/fund")
+def fund(community_id: str):
+    header = part(lambda c: c.get(f"/public/communities/{q(community_id)}"), anonymous=True, absent=None)
+    if header is None:
+        flask.abort(404)
+    ledger = part(lambda c: c.get(f"/public/communities/{q(community_id)}/fund"), anonymous=True)
+    return flask.render_template("fund.html", community_id=community_id, community=header, fund=ledger,
+                                 title=_("Community fund"))
+
+
+@blueprint.get("/c/<community_id>/rankings")
+def rankings(community_id: str):
+    kind = flask.request.args.get("kind", "cadre")
+    if kind not in RANKING_KINDS:
+        flask.abort(404)
+    header = part(lambda c: c.get(f"/public/communities/{q(community_id)}"), anonymous=True, absent=None)
+    if header is None:
+        flask.abort(404)
+    ranking = part(lambda c: c.get(f"/public/rankings/{q(community_id)}/{kind}"), anonymous=True, absent=None)
+    return flask.render_template("rankings.html", community_id=community_id, community=header, kind=kind,
+                                 kinds=RANKING_KINDS, ranking=ranking, title=_("Satisfaction rankings"))
+
+
+@blueprint.get("/projects/<project_id>")
+def project(project_id: str):
+    if signed_in():
+        return _member_project(project_id)
+    found = part(lambda c: c.get(f"/public/projects/{q(project_id)}"), anonymous=True, absent=None)
+    if found is None:
+        flask.abort(404)
+    if isinstance(found, Unavailable):
+        return flask.render_template("project_public.html", project=None, unavailable=found,
+                                     title=_("Project")), 503
+    return flask.render_template("project_public.html", project=found, title=found.get("title"))
+
+
+def _member_project(project_id: str):
+    overview = part(lambda c: c.get(f"/projects/{q(project_id)}/overview"), absent=None)
+    if overview is None:
+        flask.abort(404)
+    if isinstance(overview, Unavailable):
+        return flask.render_template("project.html", project=None, unavailable=overview, title=_("Project")), 503
+    project = overview["project"]
+    missing = {entry["part"] for entry in overview.get("missing", [])}
+    history = part(lambda c: c.get(f"/projects/{q(project_id)}/history"))
+    roles = set(flask.session.get("roles", []))
+    mine = flask.session.get("community") == project["community_id"]
+    actions = [a for a in project.get("allowed_actions", []) if mine and roles & ACTION_ROLES.get(a, set())]
+    if "cosign" in actions and _has_cosigned(project):
+        actions.remove("cosign")
+    return flask.render_template(
+        "project.html", project=project, overview=overview, history=history, actions=actions,
+        minutes=Unavailable() if "volunteer_minutes" in missing else overview.get("volunteer_minutes"),
+        satisfaction=Unavailable() if "satisfaction" in missing else overview.get("satisfaction"),
+        stages=labels.FIVE_STAGES, title=project["title"])
+
+
+def _has_cosigned(project: dict) -> bool:
+    me = flask.session.get("person_id")
+    return me == project.get("proposer_id") or any(entry.get("person_id") == me
+                                                   for entry in project.get("cosigners", []))
