@@ -56,4 +56,4 @@ clean:
 translations: venv
 	mkdir -p var
 	$(VENV)/bin/pybabel extract -k _l -k lazy_gettext --no-location --sort-output -F web/babel.cfg -o var/web-messages.pot .
-	$(VENV)/bin/pybabel update --no-fuzzy-matching --ignore-obsolete -w 120 -i var/web-messages.pot -d web/translations -l zh_CN
+	$(VENV)/bin/pybabel update --no-fuzzy-matching --ignore-obsolete -w 120 -i var/web-messages.pot -d web/translations -l zh_Hans_CN

@@ -67,7 +67,7 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
         SESSION_CLEANUP_N_REQUESTS=500,
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session is
         WTF_CSRF_SSL_STRICT=settings.cookie_secure,
-        BABEL_DEFAULT_LOCALE=i18n.DEFAULT,
+        BABEL_DEFAULT_LOCALE=i18n.LOCALES[i18n.DEFAULT],
         BABEL_DEFAULT_TIMEZONE="Asia/Shanghai",
         BABEL_TRANSLATION_DIRECTORIES=str(translations),
     )

@@ -4,7 +4,7 @@ The page language is the visitor's explicit choice (the ``lang`` cookie set by `
 without one it is Chinese, whatever the browser's Accept-Language says — the platform serves
 Chinese neighbourhoods and English is the exception one asks for. Messages are written in English
 in the code and the templates (``_("...")``) and translated in
-``web/translations/zh_CN/LC_MESSAGES/messages.po``; the catalogue is compiled when the app starts
+``web/translations/zh_Hans_CN/LC_MESSAGES/messages.po`` (Babel's name for zh-CN); the catalogue is compiled when the app starts
 (no compiled file is committed, so the two cannot drift). Error messages for the API's
 ``errors.reason`` come from the one catalogue both the gateway and the web client use,
 :mod:`cocreate_client.messages`.
@@ -19,8 +19,8 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
 SOURCE = Path(__file__).resolve().parent / "translations"
-LOCALES = {"zh_CN": "zh-CN", "en": "en"}  # Babel's name -> the HTML / API language tag
-DEFAULT = "zh_CN"
+LOCALES = {"zh-CN": "zh_Hans_CN", "en": "en"}  # the HTML / API language tag -> Babel's name
+DEFAULT = "zh-CN"
 COOKIE = "lang"
 
 
@@ -38,11 +38,12 @@ def compile_catalogues(target: Path) -> Path:
     return target
 
 
-def select_locale() -> str:
-    chosen = flask.request.cookies.get(COOKIE)
+def language_tag() -> str:
+    """The page's language as an HTML / HTTP tag: ``zh-CN`` or ``en``."""
+    chosen = flask.request.cookies.get(COOKIE) if flask.has_request_context() else None
     return chosen if chosen in LOCALES else DEFAULT
 
 
-def language_tag() -> str:
-    """The page's language as an HTML / HTTP tag: ``zh-CN`` or ``en``."""
-    return LOCALES[select_locale()] if flask.has_request_context() else LOCALES[DEFAULT]
+def select_locale() -> str:
+    """Flask-Babel's locale selector: Babel's name of the page language."""
+    return LOCALES[language_tag()]

@@ -116,8 +116,15 @@ class LocalPlatform:
     def __enter__(self) -> "LocalPlatform":
         self.broker.start()
         try:
-            for name in self.ports:
+            # The services' APIs first (each creates its store's schema), then the workers that
+            # share their SQLite files, so that no two processes create one schema at once.
+            first = [name for name in ("projects", "volunteers", "feedback") if name in self.ports]
+            for name in first:
                 self.start(name)
+            self.wait_ready(first)
+            for name in self.ports:
+                if name not in first:
+                    self.start(name)
             self.wait_ready(self.ports)
         except BaseException:
             self.__exit__()
