@@ -1,5 +1,6 @@
-"""The web client's settings, read from ``WEB_*`` environment variables (``COCREATE_*`` as the
-platform-wide fallback, like every other app of the platform). The web client imports no service
+"""The web client's settings, read from ``WEB_*`` environment variables (``COCREATE_DATA_DIR`` and
+``COCREATE_LOG_LEVEL`` are the platform-wide fallbacks; nothing else is shared with the services —
+above all not their database). The web client imports no service
 code, so it reads its own settings; ``python -m services.kernel.config_docs`` documents them with
 the rest (:func:`describe`)."""
 
@@ -19,15 +20,15 @@ class SettingsError(RuntimeError):
     """A setting is missing or invalid; the message names the variable."""
 
 
-def _setting(default: Any, doc: str):
-    return dataclasses.field(default=default, metadata={"doc": doc})
+def _setting(default: Any, doc: str, *, platform_wide: bool = False):
+    return dataclasses.field(default=default, metadata={"doc": doc, "platform_wide": platform_wide})
 
 
 @dataclasses.dataclass(frozen=True)
 class WebSettings:
     gateway_url: str = _setting("http://127.0.0.1:8000", "base URL of the gateway (the web client's only upstream)")
     data_dir: Path = _setting(Path("var"), "where the web client's SQLite session database lives when no "
-                                           "database URL is set")
+                                           "database URL is set", platform_wide=True)
     database_url: str = _setting("", "the web client's own database, for server-side sessions; default "
                                      "sqlite:///<data_dir>/web.db (PostgreSQL when deployed)")
     secret_key: str = _setting("", "key that signs CSRF tokens (required; `make run` sets a local one)")
@@ -41,11 +42,15 @@ class WebSettings:
     trusted_proxies: int = _setting(0, "X-Forwarded-For hops in front of the web client to trust for the "
                                        "visitor's address (1 behind an ingress)")
     upstream_timeout_seconds: float = _setting(5.0, "timeout of one call to the gateway")
-    log_level: str = _setting("INFO", "log level")
+    log_level: str = _setting("INFO", "log level", platform_wide=True)
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{Path(self.data_dir).resolve()}/web.db"
+        url = self.database_url or f"sqlite:///{Path(self.data_dir).resolve()}/web.db"
+        for plain in ("postgresql://", "postgres://"):  # psycopg 3 is the driver the platform ships
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain):]
+        return url
 
 
 def _parse(raw: str, kind: type, name: str) -> Any:
@@ -66,8 +71,9 @@ def _kind(field: dataclasses.Field) -> type:
     return {"str": str, "int": int, "bool": bool, "float": float, "Path": Path}[str(field.type)]
 
 
-def names(field: dataclasses.Field) -> tuple[str, str]:
-    return f"{PREFIX}_{field.name.upper()}", f"{PLATFORM_PREFIX}_{field.name.upper()}"
+def names(field: dataclasses.Field) -> tuple[str, ...]:
+    own = f"{PREFIX}_{field.name.upper()}"
+    return (own, f"{PLATFORM_PREFIX}_{field.name.upper()}") if field.metadata["platform_wide"] else (own,)
 
 
 def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> WebSettings:

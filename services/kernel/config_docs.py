@@ -12,6 +12,7 @@ from pathlib import Path
 
 from services.kernel.config import GatewaySettings, ServiceSettings
 from services.kernel.settings import describe
+from web import config as web_config  # the web client reads its own settings (it imports no service code)
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 START, END = "<!-- settings:start -->", "<!-- settings:end -->"
@@ -36,6 +37,7 @@ def render() -> str:
     lines = _table("Services and their workers (`<SERVICE>` is `PROJECTS`, `VOLUNTEERS` or `FEEDBACK`)",
                    describe(ServiceSettings, "<SERVICE>"))
     lines += _table("The gateway and its feed worker", describe(GatewaySettings, "GATEWAY"))
+    lines += _table("The web client", web_config.describe())
     return "\n".join(lines).rstrip() + "\n"
 
 
