@@ -21,8 +21,11 @@ blueprint = flask.Blueprint("account", __name__)
 
 
 def safe_next(target: str | None) -> str:
-    """Only a path of this site (no scheme, no host, not ``//``) is a place to go back to."""
-    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+    """Only a path of this site (no scheme, no host, not ``//``) is a place to go back to. A
+    backslash or a control character is refused too: browsers read ``/\\host`` and ``/<tab>/host``
+    as ``//host``."""
+    if (target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc
+            and "\\" not in target and all(ord(c) >= 0x20 and ord(c) != 0x7F for c in target)):
         return target
     return flask.url_for("pages.home")
 
@@ -65,15 +68,15 @@ def signin():
 
 def _new_session() -> None:
     """A fresh session id for the signed-in visitor (the old id, if any, is deleted)."""
-    flask.session.clear()
     interface = flask.current_app.session_interface
     if hasattr(interface, "regenerate"):
-        interface.regenerate(flask.session)
+        interface.regenerate(flask.session)  # before clearing: it leaves an empty session as it is
+    flask.session.clear()
 
 
 @blueprint.post("/signout")
 def signout():
-    flask.session.clear()
+    _new_session()  # the signed-in session's row is deleted, not kept for the message below
     flask.flash(_("You have signed out."), "info")
     return flask.redirect(flask.url_for("pages.home"))
 

@@ -56,7 +56,8 @@ def community(community_id: str):
     args = flask.request.args
     filters = {key: args.get(key) or None for key in ("grid_id", "stage", "category")}
     page_number = args.get("page", "1")
-    filters["page"] = int(page_number) if page_number.isdigit() and 0 < int(page_number) < 10_000 else 1
+    page = int(page_number) if page_number.isdecimal() and len(page_number) <= 4 else 0  # 1 to 9999
+    filters["page"] = page if page > 0 else 1
     header = part(lambda c: c.get(f"/public/communities/{q(community_id)}"), anonymous=True, absent=None)
     if header is None:
         flask.abort(404)
@@ -100,7 +101,7 @@ def project(project_id: str):
     if found is None:
         flask.abort(404)
     if isinstance(found, Unavailable):
-        return flask.render_template("project_public.html", project=None, unavailable=found,
+        return flask.render_template("project_public.html", project=None, down=found,
                                      title=_("Project")), 503
     return flask.render_template("project_public.html", project=found, title=found.get("title"))
 
@@ -110,7 +111,7 @@ def _member_project(project_id: str):
     if overview is None:
         flask.abort(404)
     if isinstance(overview, Unavailable):
-        return flask.render_template("project.html", project=None, unavailable=overview, title=_("Project")), 503
+        return flask.render_template("project.html", project=None, down=overview, title=_("Project")), 503
     project = overview["project"]
     missing = {entry["part"] for entry in overview.get("missing", [])}
     history = part(lambda c: c.get(f"/projects/{q(project_id)}/history"))

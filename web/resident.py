@@ -30,7 +30,7 @@ def q(value: str) -> str:
 
 def _int(name: str, *, low: int, high: int) -> int | None:
     raw = flask.request.form.get(name, "").strip()
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not raw.isdecimal() or len(raw) > 9 or not low <= int(raw) <= high:
         return None
     return int(raw)
 
@@ -39,7 +39,7 @@ def _fen(name: str) -> int | None:
     """An amount typed in yuan (``12`` or ``12.50``) as integer fen."""
     raw = flask.request.form.get(name, "").strip().replace(",", "")
     whole, _dot, cents = raw.partition(".")
-    if not whole.isdigit() or (cents and (not cents.isdigit() or len(cents) > 2)):
+    if not whole.isdecimal() or len(whole) > 12 or (cents and (not cents.isdecimal() or len(cents) > 2)):
         return None
     fen = int(whole) * 100 + int((cents or "0").ljust(2, "0"))
     return fen if 0 < fen <= 10_000_000_000 else None
