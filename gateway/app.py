@@ -1,7 +1,9 @@
 """The gateway: the one public API (``/api/v1``) for resident and staff apps.
 
 - Authentication at the edge (the services verify the forwarded token again); a local token
-  endpoint backed by a users file when ``COCREATE_USERS_FILE`` is set.
+  endpoint backed by a users file when ``COCREATE_USERS_FILE`` is set. The services' public reads
+  (``/api/v1/public/...``: their documents say ``security: []``) pass without a token, and their
+  ``Authorization`` header is neither checked nor forwarded.
 - Every service route under ``/api/v1``, learnt from the services' own ``GET /openapi.json`` at
   start and periodically, the last good documents kept on disk (see :mod:`gateway.catalogue`: the
   gateway imports no service's code), proxied over pooled connections with per-call timeouts,
@@ -43,7 +45,8 @@ from services.kernel.errors import DomainError, Forbidden, NotFound, Unauthentic
 from services.kernel.logs import configure_logging
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
-    CORRELATION_HEADER, IDENTIFIER, Schema, create_base_app, current_principal, error_response, require_tokens,
+    CORRELATION_HEADER, IDENTIFIER, Schema, create_base_app, current_principal, error_response, is_public_view,
+    public_request, require_tokens,
 )
 
 FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Accept",
@@ -109,7 +112,8 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     app, api = create_base_app(
         "gateway", settings, title="共同缔造 public API", version="v1",
         description="The one public API of the co-creation platform for resident and staff apps. "
-                    "Every route needs a bearer token except the token endpoint.",
+                    "Every route needs a bearer token except the token endpoint and the public reads "
+                    "(`/api/v1/public/...`, marked `security: []`), which anyone may call without one.",
         readiness={"database": lambda: ping(store.engine), "catalogue": routes.check_ready},
         max_body_bytes=settings.max_body_bytes,
     )
@@ -127,12 +131,13 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     composer = compose.Composer(upstreams, ThreadPoolExecutor(max_workers=16, thread_name_prefix="compose"))
     users = UsersFile(settings.users_file) if settings.users_file else None
     _install_edge(app, settings, store)
-    require_tokens(app, open_paths=(f"{PREFIX}/auth/token",))
+    require_tokens(app, open_paths=(f"{PREFIX}/auth/token",), is_public=_public_reads(routes))
 
     blp = Blueprint("gateway", __name__, url_prefix=PREFIX, description="Identity and composed views")
 
     @blp.route("/auth/token")
     class Token(MethodView):
+        @blp.doc(security=[])  # signing in needs no token
         @blp.arguments(TokenRequestSchema)
         @blp.response(201, TokenSchema)
         def post(self, body):
@@ -159,6 +164,8 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     def forward_headers() -> dict[str, str]:
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := flask.request.headers.get(k))}
         headers[CORRELATION_HEADER] = flask.g.get("correlation_id", "")
+        if public_request():
+            headers.pop("Authorization", None)  # a public read does not read it: not checked, not passed on
         return headers
 
     def composed(view: str, parts):
@@ -215,7 +222,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
 
     @app.route(f"{PREFIX}/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     def proxy(rest: str):
-        principal = current_principal()
+        principal = None if public_request() else current_principal()
         public = "/" + rest
         try:
             target = _route(routes, public, flask.request.method)
@@ -238,7 +245,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
             path += "?" + flask.request.query_string.decode("latin-1")
         body = flask.request.get_data()
         key = flask.request.headers.get("Idempotency-Key", "").strip()
-        if flask.request.method == "POST" and key:
+        if flask.request.method == "POST" and key and principal is not None:
             return _idempotent(store, settings, principal.person_id, key, public, body,
                                lambda: _forward(upstreams[target.service], path, body, forward_headers()))
         return _forward(upstreams[target.service], path, body, forward_headers())
@@ -421,6 +428,18 @@ def _caller_quietly() -> str | None:
     except DomainError:
         flask.g.pop("principal", None)
         return None
+
+
+def _public_reads(routes: Catalogue):
+    """The gateway's test of a public read: a proxied route its service's document declares public
+    (``security: []`` on a GET), or one of the gateway's own views marked public (none yet)."""
+
+    def is_public(request: flask.Request) -> bool:
+        if request.url_rule is not None and request.url_rule.endpoint == "proxy":
+            return routes.is_public("/" + (request.view_args or {}).get("rest", ""), request.method)
+        return is_public_view(request)
+
+    return is_public
 
 
 def _route(routes: Catalogue, public: str, method: str):

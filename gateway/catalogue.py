@@ -28,6 +28,10 @@ client would: it imports no service's code and is deployed apart from the servic
   admin history routes (``/events``, ``/streams/...``) are published as
   ``/api/v1/admin/<service>/...`` because every service has them; when two services had the
   same route, the first of projects, volunteers, feedback would win.
+- **Public reads**: a GET operation whose document says ``security: []`` (the services' public
+  reads, ``/public/...``) is recorded on its rule (:attr:`Target.public`), and the gateway lets
+  exactly those through without a token (:meth:`Catalogue.is_public`). Nothing else makes a route
+  public: not its path, not a ``security: []`` on a write.
 - **The merged document**: every service's paths, schemas, responses and tags, the component
   names prefixed by the service (``ProjectsProject``) and the tags by ``<service> · ``.
 - **Readiness**: the gateway is ready when its database answers and the routes of at least one
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import urllib3
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 
 PREFIX = "/api/v1"
@@ -81,6 +86,12 @@ class BadDocument(ValueError):
 class Target:
     service: str
     rule: str  # the service's own rule, e.g. /projects/<project_id>/cosignatures
+    public: frozenset[str] = frozenset()  # the methods anyone may call without a token: {"GET"} or none
+
+
+def is_public_operation(method: str, operation: Any) -> bool:
+    """A read its service's document declares open to callers without a token (``security: []``)."""
+    return method == "get" and isinstance(operation, Mapping) and operation.get("security") == []
 
 
 def public_rule(service: str, rule: str) -> str:
@@ -124,8 +135,9 @@ def service_rules(service: str, document: Mapping[str, Any]) -> list[Rule]:
         if rule.startswith(OPERATIONAL):
             continue
         methods = sorted(m.upper() for m in operations if m in METHODS)
+        open_to_all = frozenset(m.upper() for m, operation in operations.items() if is_public_operation(m, operation))
         if methods:
-            rules.append(Rule(public_rule(service, rule), methods=methods, endpoint=Target(service, rule)))
+            rules.append(Rule(public_rule(service, rule), methods=methods, endpoint=Target(service, rule, open_to_all)))
     return rules
 
 
@@ -191,6 +203,15 @@ class Catalogue:
     def openapi_parts(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
         """(paths, schemas, responses, tags) of every known service, renamed for the merged document."""
         return self._snapshot.parts
+
+    def is_public(self, path: str, method: str) -> bool:
+        """Whether ``path`` (after ``/api/v1``) with ``method`` (HEAD as GET) is a read its
+        service's last good document declares public; False for a path no known route matches."""
+        try:
+            target = self.adapter().match(path, method)[0]
+        except HTTPException:  # no such route (yet), or not this method
+            return False
+        return ("GET" if method == "HEAD" else method) in target.public
 
     def unknown(self) -> list[str]:
         """The services whose routes are not known (never answered, nothing on disk)."""

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import flask
@@ -28,7 +28,7 @@ from flask_session import Session
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess,
+    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess,
 )
 from werkzeug.exceptions import HTTPException
 
@@ -38,10 +38,15 @@ from web import config, i18n, labels
 from web.upstream import SessionExpired, Unavailable, error_text
 
 log = logging.getLogger(__name__)
-# The same series as every other app of the platform (one dashboard, one alert rule), app="web".
-REQUESTS = Counter("cocreate_http_requests_total", "HTTP requests handled", ["app", "route", "method", "status"])
+# The same series as every other app of the platform (one dashboard, one alert rule), app="web", in
+# a registry of the web client's own (a process that imports a service's metrics too stays valid).
+OWN_REGISTRY = CollectorRegistry()
+REQUESTS = Counter("cocreate_http_requests_total", "HTTP requests handled", ["app", "route", "method", "status"],
+                   registry=OWN_REGISTRY)
 LATENCY = Histogram("cocreate_http_request_duration_seconds", "HTTP request latency", ["app", "route", "method"],
-                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+                    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+                    registry=OWN_REGISTRY)
+CHINA = timezone(timedelta(hours=8), "CST")  # China Standard Time, no daylight saving
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'")
 
@@ -102,6 +107,26 @@ def _install_templates(app: flask.Flask) -> None:
                        "roles": session.get("roles", []), "community": session.get("community")}
                 if session.get("token") else None}
 
+    @app.template_filter("local_time")
+    def _local_time(value, with_time: bool = True) -> str:
+        """An ISO 8601 instant shown in China Standard Time (the communities' clock): ``2026-12-03 09:15``."""
+        if not value:
+            return ""
+        try:
+            instant = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)[:16 if with_time else 10]
+        if instant.tzinfo is not None:
+            instant = instant.astimezone(CHINA)
+        return instant.strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
+
+    @app.template_filter("in_language")
+    def _in_language(labels_of) -> str:
+        """The page language's text of an API label ``{"zh": ..., "en": ...}``."""
+        if not isinstance(labels_of, dict):
+            return "" if labels_of is None else str(labels_of)
+        return labels_of.get("en" if i18n.language_tag() == "en" else "zh") or next(iter(labels_of.values()), "")
+
     @app.template_test("unavailable")
     def _is_unavailable(value) -> bool:
         return isinstance(value, Unavailable)
@@ -112,7 +137,7 @@ def _install_observability(app: flask.Flask, db: SQLAlchemy) -> None:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
-        registry = REGISTRY
+        registry = OWN_REGISTRY
 
     @app.before_request
     def _start():

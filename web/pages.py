@@ -115,6 +115,8 @@ def _member_project(project_id: str):
     project = overview["project"]
     missing = {entry["part"] for entry in overview.get("missing", [])}
     history = part(lambda c: c.get(f"/projects/{q(project_id)}/history"))
+    header = part(lambda c: c.get(f"/public/communities/{q(project['community_id'])}"), anonymous=True, absent=None)
+    grid_names = {g["grid_id"]: g["name"] for g in header.get("grids", [])} if isinstance(header, dict) else {}
     roles = set(flask.session.get("roles", []))
     mine = flask.session.get("community") == project["community_id"]
     actions = [a for a in project.get("allowed_actions", []) if mine and roles & ACTION_ROLES.get(a, set())]
@@ -124,7 +126,8 @@ def _member_project(project_id: str):
         "project.html", project=project, overview=overview, history=history, actions=actions,
         minutes=Unavailable() if "volunteer_minutes" in missing else overview.get("volunteer_minutes"),
         satisfaction=Unavailable() if "satisfaction" in missing else overview.get("satisfaction"),
-        stages=labels.FIVE_STAGES, title=project["title"])
+        grid_name=grid_names.get(project["grid_id"], project["grid_id"]), stages=labels.FIVE_STAGES,
+        title=project["title"])
 
 
 def _has_cosigned(project: dict) -> bool:

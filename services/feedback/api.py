@@ -13,7 +13,9 @@ the platform's one privacy policy (:mod:`services.kernel.privacy`):
   resident's rating id from their person id;
 - every read is scoped to the token's community (admins: any community);
 - reads record nothing: an open case past its deadline shows as overdue, and ``python -m
-  services.feedback sweep-overdue`` (a periodic job) records it so.
+  services.feedback sweep-overdue`` (a periodic job) records it so;
+- published rankings are also public reads (``/public/rankings/...``, no token): names, units,
+  ranks, and figures only where enough residents rated (``FEEDBACK_PUBLIC_MIN_COUNT``).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from services.kernel import privacy
 from services.kernel.bus import Outcome
 from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
-    ANY_ROLE, IDENTIFIER, CommandSchema, JsonBoolean, Schema, command_answer, current_principal, etagged, roles,
-    send, service_container, text_field,
+    ANY_ROLE, IDENTIFIER, PUBLIC_QUERY, CommandSchema, JsonBoolean, Schema, command_answer, current_principal,
+    etagged, public, roles, send, service_container, text_field,
 )
 
 f = ma.fields
@@ -257,6 +259,28 @@ def check_period(period: str) -> None:
                           details={"period": "YYYY-MM or YYYY-Qn"})
 
 
+def min_count() -> int:
+    """Below this, a count of people is not shown on a public read (``FEEDBACK_PUBLIC_MIN_COUNT``)."""
+    return service_container().settings.public_min_count
+
+
+def public_ranking(community_id: str, kind: str, period: str | None, query: dict) -> dict:
+    """The latest published edition of the community's ranking of ``kind`` in ``period`` (None: the
+    ranking published last), as anyone may read it; 404 when there is none."""
+    check_kind(kind)
+    if period is not None:
+        check_period(period)
+    with store().read_transaction() as connection:
+        if period is None:
+            latest = views.latest_ranking(connection, community_id, kind)
+            period = latest.period if latest else None
+        found = None if period is None else views.public_ranking(
+            connection, community_id, kind, period, query["limit"], query["offset"], min_count())
+    if found is None:
+        raise NotFound(f"no published {kind} ranking of community {community_id}" + (f" for {period}" if period else ""))
+    return found
+
+
 def published(community_id: str, kind: str, period: str) -> views.RankingRecord:
     check_kind(kind)
     check_period(period)
@@ -285,6 +309,8 @@ cases = Blueprint("cases", __name__, url_prefix="/cases", description="差评回
 rankings = Blueprint("rankings", __name__, url_prefix="/rankings", description="评价排队 rankings")
 plans = Blueprint("plans", __name__, url_prefix="/plans", description="不满意干部帮扶 support plans")
 me = Blueprint("me", __name__, url_prefix="/me", description="My ratings and their follow-ups")
+public_reads = Blueprint("public", __name__, url_prefix="/public",
+                         description="公开 published rankings, for anyone without a token (共享)")
 
 
 # -- policy -------------------------------------------------------------------------------------
@@ -657,4 +683,27 @@ class MyRatings(MethodView):
         return {"items": [{**present(principal, rating), "case": my_cases.get(rating.case_id)} for rating in mine]}
 
 
-BLUEPRINTS = (policies, subjects, ratings, cases, rankings, plans, me)
+# -- public reads: no token ---------------------------------------------------------------------
+
+@public_reads.route("/rankings/<community_id>/<kind>")
+class PublicLatestRanking(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(RankingPageQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, query, community_id, kind):
+        """The ranking of ``kind`` published last (its latest edition), a page at a time — names,
+        units, ranks, and figures where enough residents rated (no token)"""
+        return public_ranking(community_id, kind, None, query)
+
+
+@public_reads.route("/rankings/<community_id>/<kind>/<period>")
+class PublicRanking(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(RankingPageQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, query, community_id, kind, period):
+        """The published ranking of a period (its latest edition), a page at a time (no token)"""
+        return public_ranking(community_id, kind, period, query)
+
+
+BLUEPRINTS = (policies, subjects, ratings, cases, rankings, plans, me, public_reads)

@@ -7,6 +7,9 @@
 - ``subject_stats``: per subject and period the counted ratings (n, Σ levels, #4–5, per level),
   kept incrementally so that a live ranking is one indexed read; a published ranking is checked
   by folding the same events from the log instead (:func:`fold_stats`).
+
+Published rankings are also read without a token (:func:`public_ranking`), through the privacy
+policy's allow-lists (:func:`services.kernel.privacy.public_view`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from services.feedback.domain import (
     DEFAULT_POLICY, LEVELS, STATS_EVENTS, FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, count_level,
     empty_stats, period_of, rank, ranking_digest, ranking_key, stats_changes,
 )
+from services.kernel import privacy
 from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, format_time, parse_time, to_micros
 from services.kernel.eventstore import EventStore
@@ -507,6 +511,40 @@ def verify_ranking(store: EventStore, ranking: RankingRecord, edition: int | Non
             "published_digest": published["digest"], "recomputed_digest": digest,
             "identical": digest == published["digest"] and table["ranked"] == published["ranked"],
             "recomputed": table}
+
+
+def latest_ranking(connection: Connection, community_id: str, kind: str) -> RankingRecord | None:
+    """The community's ranking of ``kind`` subjects whose latest edition was published last."""
+    found = RANKINGS.find(connection, order_by=[RANKINGS.table.c.updated_at_us.desc()], limit=1,
+                          community_id=community_id, kind=kind)
+    return found[0] if found else None
+
+
+def public_ranking(connection: Connection, community_id: str, kind: str, period: str, limit: int, offset: int,
+                   min_count: int) -> dict[str, Any] | None:
+    """The latest published edition of a ranking as anyone may read it (None: never published):
+    the subjects' names and units, their ranks and, for those rated by at least ``min_count``
+    residents, the number of ratings and the figures — never who rated, nor the ratings per level."""
+    ranking_id = ranking_key(community_id, kind, period)
+    page = RANKING_PAGES.page(connection, ranking_id, limit, offset)
+    if page is None:
+        return None
+    ids = [entry["subject_id"] for name in RankingPages.SECTIONS for entry in page[name]]
+    subjects = {s.id: s for s in SUBJECTS.find(connection, where=[SUBJECTS.table.c.id.in_(ids)])} if ids else {}
+    entries = {name: [_public_entry(entry, subjects.get(entry["subject_id"]), kind, min_count) for entry in page[name]]
+               for name in RankingPages.SECTIONS}
+    return privacy.public_view("ranking", {
+        **page, **entries, "community_id": community_id, "kind": kind, "period": period,
+        "published_on": privacy.public_day(page.get("published_at")), "min_count": min_count})
+
+
+def _public_entry(entry: dict[str, Any], subject: SubjectRecord | None, kind: str, min_count: int) -> dict[str, Any]:
+    counts, hidden = privacy.suppress({"ratings": entry["ratings"]}, min_count)
+    figures = ("score", "average", "satisfaction_rate")
+    return {**entry, **counts, **{f: None if hidden else entry[f] for f in figures},
+            "unit_id": subject.unit_id if subject else None,
+            "project_id": entry["subject_id"].removeprefix("project-") if kind == "project" else None,
+            "suppressed": hidden + (list(figures) if hidden else [])}
 
 
 STATS = SubjectStats()

@@ -93,6 +93,10 @@ class ServiceSettings(AuthSettings, KafkaSettings):
     rating_id_secret: str = setting(
         "", doc="feedback: the secret that keys rating ids (at least 32 characters; never change it). Empty: one "
                 "is generated at first start and kept in the feedback database")
+    public_min_count: int = setting(
+        5, doc="public reads (no token, `/public/...`): a count of people (co-signatures, pledges, ballots, "
+               "ratings, ...) from 1 to this minus 1 is shown as null and named in the record's `suppressed`, and "
+               "so is a score resting on it; 1: nothing suppressed")
 
     def validate(self, prefix: str) -> None:
         if self.rating_id_secret and len(self.rating_id_secret) < 32:
@@ -104,6 +108,8 @@ class ServiceSettings(AuthSettings, KafkaSettings):
             raise SettingsError(f"environment variable {prefix}_RELAY_BATCH_SIZE must be >= 1")
         if self.relay_rounds_kept < 1:
             raise SettingsError(f"environment variable {prefix}_RELAY_ROUNDS_KEPT must be >= 1")
+        if self.public_min_count < 1:
+            raise SettingsError(f"environment variable {prefix}_PUBLIC_MIN_COUNT must be >= 1")
         self.validate_kafka(prefix)
 
     @property

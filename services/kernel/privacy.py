@@ -24,6 +24,14 @@ The live feed (``GET /api/v1/live``) applies the same rules to events, and more:
 - the actor of an event of the feedback service (e.g. a ``SubjectRegistered`` that a first
   project evaluation caused) is a rating's actor: staff only;
 - fields marked ``live=False`` (contact details, check-in codes) never enter the feed at all.
+
+Visitors without a token read the public routes (``GET /public/...``, :func:`services.kernel.web.public`),
+and they see a record by **allow-list** (:data:`PUBLIC`, :func:`public_view`): only the fields
+listed for its kind, so a field added to a read model later stays hidden until it is listed here;
+a field holding records names their kind in :data:`PUBLIC_NESTED`. A count of people from 1 to
+the service's ``PUBLIC_MIN_COUNT`` - 1 is shown as null and named in the record's ``suppressed``
+(:func:`suppress`), and so is a figure resting on it (an average of few ratings); times are
+calendar days (:func:`public_day`).
 """
 
 from __future__ import annotations
@@ -36,9 +44,10 @@ from services.kernel.events import LOCAL_TZ, parse_time
 from services.kernel.model import mask_phone, role_names
 
 __all__ = [
-    "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "RATED", "RATER", "RATING_EVENTS",
-    "RATING_TIME", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT", "SUMMARY_SECONDS", "Visible", "event_kind", "for_feed",
-    "is_rating_event", "live_view", "mask_phone", "rated_subject", "redact", "relations", "shown",
+    "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "PUBLIC", "PUBLIC_NESTED", "RATED",
+    "RATER", "RATING_EVENTS", "RATING_TIME", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT", "SUMMARY_SECONDS", "Visible",
+    "event_kind", "for_feed", "is_rating_event", "live_view", "mask_phone", "public_day", "public_view",
+    "rated_subject", "redact", "relations", "shown", "suppress",
 ]
 
 HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
@@ -191,3 +200,116 @@ def live_view(envelope: Mapping[str, Any], rel: Iterable[str]) -> dict[str, Any]
     if "actor" in rules and not rules["actor"].shown(rel):
         out["metadata"] = {k: v for k, v in envelope.get("metadata", {}).items() if k != "actor"}
     return out
+
+
+# -- what visitors without a token see: the public reads -------------------------------------------
+#
+# Every public answer is a record of one of these kinds, and shows only the fields listed for it.
+# Nothing here names a person: no person ids, no names of residents, contributors, raters or
+# maintainers, no phones, no opinion, comment, problem or maintenance texts, no receipt or donation
+# notes. Subjects of a ranking are public officials and bodies (cadres, grid workers, units,
+# services, projects): their display name and unit are public, their person ids are not.
+# ``suppressed`` (in records holding counts) names the counts, and the figures resting on them,
+# that are shown as null because they are small (:func:`suppress`).
+_AMOUNTS = ("labour_minutes", "skills_minutes", "money_fen", "materials_fen")
+_SUMMARY = ("project_id", "community_id", "grid_id", "grid_name", "title", "category", "category_label", "stage",
+            "stage_label", "phase", "phase_label", "progress", "estimated_cost_fen", "requested_fen", "counts",
+            "created_on", "updated_on")
+PUBLIC: Mapping[str, tuple[str, ...]] = {
+    # projects service
+    "community": ("community_id", "name", "district", "grids", "stages", "categories"),
+    "grid": ("grid_id", "name"),
+    "option": ("value", "label"),  # a stage or a category to filter by, with its label
+    "label": ("zh", "en"),
+    "project_page": ("community_id", "items", "total", "page", "per_page", "min_count"),
+    "project_summary": _SUMMARY,
+    "project_counts": ("cosignatures", "pledges", "contributors", "suppressed"),
+    "project": (*_SUMMARY, "description", "location", "timeline", "milestones", "budget", "contributions", "vote",
+                "evaluation", "results", "completed_on", "min_count"),
+    "stage_entry": ("stage", "label", "entered_on"),
+    "milestone": ("progress", "note", "recorded_on"),
+    "budget": ("estimated_cost_fen", "requested_fen", "reserved_fen", "spent_fen", "rewards_fen"),
+    "contributions": ("pledged", "delivered"),
+    "amounts": _AMOUNTS,
+    "vote": ("status", "result", "quorum_met", "electorate_size", "quorum_required", "ballots", "yes", "no",
+             "abstain", "opened_on", "closed_on", "suppressed"),
+    "evaluation": ("status", "responsible_unit", "ratings", "average", "opened_on", "closed_on", "suppressed"),
+    "unit": ("unit_id", "name"),
+    "results": ("benefits", "volunteer_minutes", "contributions", "by_contributor_type", "contributors", "spent_fen",
+                "published_on", "suppressed"),
+    "contributor_types": ("resident", "enterprise", "social_organisation"),
+    "fund": ("community_id", "balance_fen", "credited_fen", "reserved_fen", "spent_fen", "released_fen",
+             "rewards_fen", "ledger", "next_after"),
+    "fund_entry": ("position", "kind", "kind_label", "source", "source_label", "amount_fen", "balance_after_fen",
+                   "project_id", "project_title", "on"),
+    # feedback service
+    "ranking": ("community_id", "kind", "period", "provisional", "edition", "editions", "published_on", "formula",
+                "ranked", "not_enough_ratings", "total_ranked", "total_not_enough_ratings", "limit", "offset",
+                "min_count"),
+    "formula": ("version", "prior_mean", "prior_weight", "min_ratings", "text"),
+    "ranking_entry": ("rank", "name", "unit_id", "project_id", "ratings", "score", "average", "satisfaction_rate",
+                      "suppressed"),
+}
+# kind -> field -> the kind of the record (or of each record of the list) the field holds.
+PUBLIC_NESTED: Mapping[str, Mapping[str, str]] = {
+    "community": {"grids": "grid", "stages": "option", "categories": "option"},
+    "option": {"label": "label"},
+    "project_page": {"items": "project_summary"},
+    "project_summary": {"category_label": "label", "stage_label": "label", "phase_label": "label",
+                        "counts": "project_counts"},
+    "project": {"category_label": "label", "stage_label": "label", "phase_label": "label", "counts": "project_counts",
+                "timeline": "stage_entry", "milestones": "milestone", "budget": "budget",
+                "contributions": "contributions", "vote": "vote", "evaluation": "evaluation", "results": "results"},
+    "stage_entry": {"label": "label"},
+    "contributions": {"pledged": "amounts", "delivered": "amounts"},
+    "evaluation": {"responsible_unit": "unit"},
+    "results": {"contributions": "amounts", "by_contributor_type": "contributor_types"},
+    "contributor_types": {"resident": "amounts", "enterprise": "amounts", "social_organisation": "amounts"},
+    "fund": {"ledger": "fund_entry"},
+    "fund_entry": {"kind_label": "label", "source_label": "label"},
+    "ranking": {"formula": "formula", "ranked": "ranking_entry", "not_enough_ratings": "ranking_entry"},
+}
+
+
+def public_view(kind: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` as a visitor without a token sees it: the fields :data:`PUBLIC` lists for
+    ``kind`` (in that order; those the record lacks are left out), records within it kept to
+    their own kinds' lists. A mapping in a field that :data:`PUBLIC_NESTED` does not declare is
+    a TypeError — a programming error, never a field shown whole."""
+    nested = PUBLIC_NESTED.get(kind, {})
+    return {name: _public_value(kind, name, nested.get(name), record[name]) for name in PUBLIC[kind]
+            if name in record}
+
+
+def _public_value(kind: str, name: str, nested: str | None, value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        if nested is None:
+            raise TypeError(f"{kind}.{name} holds a record: declare its kind in PUBLIC_NESTED")
+        return public_view(nested, value)
+    if isinstance(value, (list, tuple)):
+        return [_public_value(kind, name, nested, item) for item in value]
+    raise TypeError(f"{kind}.{name} holds a {type(value).__name__}, which a public answer cannot show")
+
+
+def suppress(counts: Mapping[str, int | None], min_count: int, *,
+             together: bool = False) -> tuple[dict[str, int | None], list[str]]:
+    """Counts of people as a public answer shows them, and the names of those suppressed: a count
+    from 1 to ``min_count`` - 1 is None (0 is shown: it names nobody). ``together``: the counts
+    are the parts of one whole (a vote's yes, no and abstain), so that when one is suppressed all
+    are — one could be worked out from the others and the whole."""
+    small = [name for name, value in counts.items() if value is not None and 0 < value < min_count]
+    if together and small:
+        small = list(counts)
+    return {name: None if name in small else value for name, value in counts.items()}, small
+
+
+def public_day(instant: str | None) -> str | None:
+    """An instant (ISO 8601) as a public answer shows it: the calendar day in China Standard Time."""
+    if not instant:
+        return None
+    try:
+        return parse_time(instant).astimezone(LOCAL_TZ).date().isoformat()
+    except ValueError:
+        return None

@@ -31,7 +31,7 @@ from services.kernel.history import StreamIndex, history_blueprint
 from services.kernel.kafka import broker_reachable
 from services.kernel.logs import configure_logging
 from services.kernel.relay import Relay
-from services.kernel.web import create_base_app, require_tokens
+from services.kernel.web import check_public_routes, create_base_app, require_tokens
 from services.kernel.worker import run_until_signalled
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings,
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
     for blueprint in definition.blueprints:
         api.register_blueprint(blueprint)
+    check_public_routes(app)
     return app
 
 

@@ -410,20 +410,100 @@ def _install_operational_routes(app: flask.Flask, readiness: Mapping[str, Readin
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static")
 
 
-def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = ()) -> None:
-    """Every request to a route (but the probes, the documents and ``open_paths``) needs a valid
-    token, checked before its arguments are read: a bad query without a token is a 401, not a 422.
-    Installed after an app's own request hooks, so that the gateway's rate limits count anonymous
-    callers."""
+def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
+                   is_public: Callable[[flask.Request], bool] | None = None) -> None:
+    """Every request to a route (but the probes, the documents, ``open_paths`` and public reads)
+    needs a valid token, checked before its arguments are read: a bad query without a token is a
+    401, not a 422. Installed after an app's own request hooks, so that the gateway's rate limits
+    count anonymous callers.
+
+    A public read is a GET (or HEAD) that ``is_public(request)`` says is one — by default
+    :func:`is_public_view`: the route's view is marked by :func:`public`. It needs no token and
+    its ``Authorization`` header is not read at all (a token, valid, expired or garbage, changes
+    nothing: the answer is the same for everyone); :func:`public_request` tells the view so."""
     exempt = OPEN_PATHS + tuple(open_paths)
+    public_read = is_public or is_public_view
 
     @app.before_request
     def _authenticate():
         request = flask.request
         if request.url_rule is None or request.method == "OPTIONS" or request.path.startswith(exempt):
             return None  # no such route (404, as the published documents say) or an open one
+        if request.method in ("GET", "HEAD") and public_read(request):
+            flask.g.public_request = True
+            return None
         current_principal()
         return None
+
+
+# -- public reads: what anyone may read without a token (共享 transparency) ----------------------------
+
+PUBLIC_PREFIX = "/public"  # every public read of a service is under it, and nothing else is
+_PUBLIC_MARK = "_cocreate_public"
+
+
+def public(blueprint):
+    """Open a read to callers without a token: decorate a ``MethodView``'s ``get`` with it.
+
+    - :func:`require_tokens` lets the request through without a token, and never reads the
+      ``Authorization`` header of it (the view must not ask for :func:`current_principal`);
+    - its OpenAPI operation says so with the standard ``security: []`` (every other operation
+      keeps the document's bearer requirement), which is how the gateway learns that it may pass
+      the route through without a token (:mod:`gateway.catalogue`).
+
+    Public reads are GETs under :data:`PUBLIC_PREFIX` (``/public/...``): :func:`check_public_routes`
+    refuses any other arrangement when the app is built. What they show is decided by the privacy
+    policy's allow-lists (:data:`services.kernel.privacy.PUBLIC`)."""
+
+    def decorator(view):
+        if view.__name__ != "get":
+            raise ValueError(f"only reads are public: {view.__qualname__} is not a MethodView's get")
+        documented = blueprint.doc(security=[])(view)
+        setattr(documented, _PUBLIC_MARK, True)
+        return documented
+
+    return decorator
+
+
+def _view_method(app: flask.Flask, endpoint: str, method: str):
+    view = app.view_functions.get(endpoint)
+    view_class = getattr(view, "view_class", None)
+    return getattr(view_class, method.lower(), None) if view_class is not None else view
+
+
+def is_public_view(request: flask.Request) -> bool:
+    """Whether the request's route and method (HEAD as GET) is a read marked by :func:`public`."""
+    if request.url_rule is None or request.method not in ("GET", "HEAD"):
+        return False
+    return bool(getattr(_view_method(flask.current_app, request.url_rule.endpoint, "get"), _PUBLIC_MARK, False))
+
+
+def public_request() -> bool:
+    """Whether this request is a public read (let through without a token by :func:`require_tokens`)."""
+    return bool(flask.g.get("public_request", False))
+
+
+def check_public_routes(app: flask.Flask) -> None:
+    """At start: every public read is a GET under ``/public/`` and every route under ``/public/``
+    is a public read — so a route is public exactly when its URL says so (ValueError otherwise)."""
+    wrong = []
+    for rule in app.url_map.iter_rules():
+        under = rule.rule.startswith(PUBLIC_PREFIX + "/")
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            marked = bool(getattr(_view_method(app, rule.endpoint, method), _PUBLIC_MARK, False))
+            if marked != (under and method == "GET") or (under and method != "GET"):
+                wrong.append(f"{method} {rule.rule}")
+    if wrong:
+        raise ValueError(f"public reads are the GETs under {PUBLIC_PREFIX}/ and nothing else: {', '.join(wrong)}")
+
+
+# Query strings of public reads refuse unknown keys (422), unlike the token routes' (decision 2):
+# a visitor's mistyped filter must not silently show everything. ``blp.arguments(S, **PUBLIC_QUERY)``
+PUBLIC_QUERY: dict[str, Any] = {"location": "query", "unknown": ma.RAISE}
+
+
+class NoQuery(Schema):
+    """The query string of a public read that takes none: any key is refused (422)."""
 
 
 def current_principal() -> Principal:

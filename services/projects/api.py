@@ -5,7 +5,8 @@ it to the service's message bus. Every project command answers with
 ``{"project": <detail>, "recorded": [<events>], "created_id": ...}`` and an ``ETag`` holding the
 project's version; send it back as ``If-Match`` to make a command conditional (412 when someone
 else changed the project first). Reads need any valid token and go through the named queries of
-:mod:`services.projects.views`.
+:mod:`services.projects.views` — but the public reads under ``/public`` (共享 transparency), which
+need none and show what the privacy policy's allow-lists let anyone see.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flask_smorest import Blueprint
 
 from services.kernel.bus import Outcome
 from services.kernel.web import (
-    IDENTIFIER, CommandSchema, Schema, command_answer, current_principal, etagged, roles, send,
+    IDENTIFIER, PUBLIC_QUERY, CommandSchema, NoQuery, Schema, command_answer, current_principal, etagged, public, roles, send,
     service_container, text_field,
 )
 from services.projects import commands as c
@@ -283,6 +284,14 @@ class ProjectListQuery(Schema):
     per_page = f.Integer(load_default=20, validate=v.Range(min=1, max=100))
 
 
+class PublicProjectQuery(Schema):
+    grid_id = f.String(**ID)
+    stage = f.String(validate=v.OneOf(list(STAGES)))
+    category = f.String(validate=v.OneOf(list(CATEGORIES)))
+    page = f.Integer(load_default=1, validate=v.Range(min=1, max=100000))
+    per_page = f.Integer(load_default=20, validate=v.Range(min=1, max=100))
+
+
 class AsOfQuery(Schema):
     version = f.Integer(validate=v.Range(min=1))
     at = f.AwareDateTime(metadata={"description": "ISO 8601 with a time zone"})
@@ -322,6 +331,11 @@ def project_answer(outcome: Outcome, status: int = 200, created_id: str | None =
     return command_answer("project", detail, project.version, outcome.recorded, status, created_id)
 
 
+def min_count() -> int:
+    """Below this, a count of people is not shown on a public read (``PROJECTS_PUBLIC_MIN_COUNT``)."""
+    return service_container().settings.public_min_count
+
+
 def community_answer(outcome: Outcome, status: int = 200, location: str | None = None):
     """A community (or fund) command's answer: the changed resource with its version as ETag."""
     return etagged(outcome.result.view(), outcome.result.version, status, location)
@@ -332,6 +346,8 @@ communities = Blueprint("communities", __name__, url_prefix="/communities",
 projects = Blueprint("projects", __name__, url_prefix="/projects",
                      description="项目 co-creation projects: 共谋 共建 共管 共评 共享")
 me = Blueprint("me", __name__, url_prefix="/me", description="The caller's own proposals and pledges")
+public_reads = Blueprint("public", __name__, url_prefix="/public",
+                         description="公开 what anyone may read without a token: projects, results, the fund (共享)")
 
 
 # -- communities ------------------------------------------------------------------------------------
@@ -735,4 +751,51 @@ class MyPledges(MethodView):
             return {"items": views.my_pledges(connection, principal.person_id)}
 
 
-BLUEPRINTS = (communities, projects, me)
+# -- public reads: no token (共享 transparency) --------------------------------------------------------
+
+@public_reads.route("/communities/<community_id>")
+class PublicCommunity(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(NoQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, _query, community_id):
+        """A community's name and grids, and the stages and categories to filter its projects by (no token)"""
+        with store().read_transaction() as connection:
+            return views.public_community(connection, community_id)
+
+
+@public_reads.route("/communities/<community_id>/projects")
+class PublicProjects(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(PublicProjectQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, query, community_id):
+        """A community's projects with their stages, newest first, by grid, stage or category (no token)"""
+        with store().read_transaction() as connection:
+            return views.public_projects(connection, community_id, query, min_count())
+
+
+@public_reads.route("/communities/<community_id>/fund")
+class PublicFund(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(LedgerQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, query, community_id):
+        """The community fund: balance, totals and the ledger, paged by position — no names (no token)"""
+        with store().read_transaction() as connection:
+            return views.public_fund(connection, community_id, query["limit"], query["after"])
+
+
+@public_reads.route("/projects/<project_id>")
+class PublicProject(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(NoQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, _query, project_id):
+        """A project's public page: stage and timeline, milestones, money, the council's verdict, the
+        evaluation and the published results — no person named (no token)"""
+        with store().read_transaction() as connection:
+            return views.public_project(connection, project_id, min_count())
+
+
+BLUEPRINTS = (communities, projects, me, public_reads)

@@ -8,7 +8,9 @@
 - ``fund_ledger``: one row per movement of a community fund, with the balance after it;
 - ``pledges_view``: one row per pledge, for "my pledges" and contribution totals.
 
-The named queries below are the API's reads (:mod:`services.projects.api` holds no SQL).
+The named queries below are the API's reads (:mod:`services.projects.api` holds no SQL); the
+``public_*`` ones answer visitors without a token, from the same read models, through the privacy
+policy's allow-lists (:func:`services.kernel.privacy.public_view`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from services.kernel import privacy
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.eventstore import EventStore
-from services.projects.community import Community, CommunityFund
+from services.projects.community import FUND_SOURCES, Community, CommunityFund
 from services.projects.domain import (
-    AMENDABLE, CATEGORIES, PHASES, STAGES, STANCES, Project, amount_fields, zero_amounts,
+    AMENDABLE, CATEGORIES, CHOICES, CONTRIBUTOR_TYPES, PHASES, STAGES, STANCES, Project, amount_fields, zero_amounts,
 )
 
 APPROVED_STAGES = ("co_build", "co_manage", "co_evaluate", "co_share")
@@ -479,6 +481,12 @@ def history_entry(event: StoredEvent, principal, community_id: str | None) -> di
 
 
 def list_projects(connection: Connection, filters: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    found, total = _find_projects(connection, filters)
+    return [project_summary(project) for project in found], total
+
+
+def _find_projects(connection: Connection, filters: dict[str, Any]) -> tuple[list[Project], int]:
+    """A page of the projects matching ``filters`` (newest first) and how many match in all."""
     t = PROJECTS.table
     where = []
     for key in ("community_id", "grid_id", "stage", "category", "proposer_id"):
@@ -491,7 +499,7 @@ def list_projects(connection: Connection, filters: dict[str, Any]) -> tuple[list
     rows = connection.execute(sa.select(t.c.state).where(*where)
                               .order_by(t.c.created_at_us.desc(), t.c.id)
                               .limit(filters["per_page"]).offset((filters["page"] - 1) * filters["per_page"]))
-    return [project_summary(Project.from_json(r.state)) for r in rows], total
+    return [Project.from_json(r.state) for r in rows], total
 
 
 def community_stats(connection: Connection, community_id: str) -> dict[str, Any]:
@@ -582,3 +590,161 @@ def my_proposals(connection: Connection, person_id: str) -> tuple[list[dict[str,
 
 def my_pledges(connection: Connection, person_id: str) -> list[dict[str, Any]]:
     return PLEDGES.for_contributor(connection, person_id)
+
+
+# -- public reads: what anyone may read without a token (共享) -----------------------------------
+#
+# Each is built from what the token routes show and then kept to the privacy policy's allow-list
+# for its kind (services.kernel.privacy.PUBLIC): what is not listed there is not shown, whatever
+# the read models hold. Counts of people below ``min_count`` are suppressed, times are days.
+
+LEDGER_KINDS = {"credit": "入账 credit", "reservation": "预留 reserved for a project",
+                "release": "释放 reservation released", "spending": "支出 spending", "reward": "以奖代补 reward paid"}
+
+
+def bilingual(text: str | None) -> dict[str, str] | None:
+    """A label of the domain ("共谋 co-planning") as ``{"zh": "共谋", "en": "co-planning"}``."""
+    if text is None:
+        return None
+    zh, _, en = text.partition(" ")
+    return {"zh": zh, "en": en}
+
+
+def _community_or_404(connection: Connection, community_id: str) -> Community:
+    community = COMMUNITIES.get(connection, community_id)
+    if community is None:
+        raise NotFound(f"no community {community_id}")
+    return community
+
+
+def public_community(connection: Connection, community_id: str) -> dict[str, Any]:
+    """A community's name, district and grids, and the stages and categories to filter by."""
+    community = _community_or_404(connection, community_id)
+    return privacy.public_view("community", {
+        **community.view(),
+        "stages": [{"value": stage, "label": bilingual(label)} for stage, label in STAGES.items()],
+        "categories": [{"value": category, "label": bilingual(label)} for category, label in CATEGORIES.items()]})
+
+
+def _public_summary(project: Project, grids: Mapping[str, str], min_count: int) -> dict[str, Any]:
+    counts, hidden = privacy.suppress({
+        "cosignatures": len(project.cosigner_ids), "pledges": len(project.pledges),
+        "contributors": len({p["contributor_id"] for p in project.pledges.values()})}, min_count)
+    return {**project_summary(project), "grid_name": grids.get(project.grid_id),
+            "category_label": bilingual(CATEGORIES.get(project.category)),
+            "stage_label": bilingual(STAGES.get(project.stage)), "phase_label": bilingual(PHASES.get(project.phase)),
+            "counts": {**counts, "suppressed": hidden}, "created_on": privacy.public_day(project.created_at),
+            "updated_on": privacy.public_day(project.updated_at)}
+
+
+def public_projects(connection: Connection, community_id: str, filters: dict[str, Any],
+                    min_count: int) -> dict[str, Any]:
+    """A page of a community's projects (newest first), filtered by grid, stage and category."""
+    community = _community_or_404(connection, community_id)
+    found, total = _find_projects(connection, {**filters, "community_id": community_id})
+    return privacy.public_view("project_page", {
+        "community_id": community_id, "items": [_public_summary(p, community.grids, min_count) for p in found],
+        "total": total, "page": filters["page"], "per_page": filters["per_page"], "min_count": min_count})
+
+
+def public_project(connection: Connection, project_id: str, min_count: int) -> dict[str, Any]:
+    """A project's public page: its text, stage and timeline, milestones, money, the council's
+    verdict, the residents' evaluation and the published results."""
+    project = find_project(connection, project_id)
+    page = DETAILS.page(connection, project.id, project.version)
+    community = COMMUNITIES.get(connection, project.community_id)
+    totals = _totals(project, page)
+    completed = page.last("ProjectCompleted")
+    return privacy.public_view("project", {
+        **_public_summary(project, community.grids if community else {}, min_count),
+        "description": project.description, "location": project.location, "timeline": _timeline(page),
+        "milestones": [{**m, "recorded_on": privacy.public_day(m["at"])} for m in page.all("MilestoneRecorded")],
+        "budget": {"estimated_cost_fen": project.estimated_cost_fen, "requested_fen": project.requested_fen,
+                   "reserved_fen": project.vote["reserved_fen"] if project.vote else None,
+                   "spent_fen": project.spent_fen, "rewards_fen": totals["rewards_fen"]},
+        "contributions": {"pledged": totals["pledged"], "delivered": totals["delivered"]},
+        "vote": _public_vote(project, page, min_count), "evaluation": _public_evaluation(project, page, min_count),
+        "results": _public_results(page, min_count),
+        "completed_on": privacy.public_day(completed["at"]) if completed else None, "min_count": min_count})
+
+
+def _timeline(page: ProjectPage) -> list[dict[str, Any]]:
+    """The stages the project entered, with the day each was entered."""
+    entered = []
+    proposed, closed = page.last("ProjectProposed"), page.last("CouncilVoteClosed")
+    if proposed:
+        entered.append(("co_plan", proposed["at"]))
+    if closed:
+        entered.append(("co_build" if closed["tally"]["result"] == "approved" else "rejected", closed["closed_at"]))
+    for event_type, stage, key in (("ProjectWithdrawn", "withdrawn", "at"), ("ProjectCompleted", "co_manage", "at"),
+                                   ("EvaluationOpened", "co_evaluate", "opened_at"),
+                                   ("EvaluationClosed", "co_share", "closed_at")):
+        entry = page.last(event_type)
+        if entry:
+            entered.append((stage, entry[key]))
+    return [{"stage": stage, "label": bilingual(STAGES[stage]), "entered_on": privacy.public_day(at)}
+            for stage, at in entered]
+
+
+def _public_vote(project: Project, page: ProjectPage, min_count: int) -> dict[str, Any] | None:
+    """The council vote: its size while open; once closed the verdict and the tally, the yes, no
+    and abstain counts shown together or not at all."""
+    if project.vote is None:
+        return None
+    opened, closed = page.last("CouncilVoteOpened"), page.last("CouncilVoteClosed")
+    tally = closed["tally"] if closed else project.tally()
+    sizes, hidden = privacy.suppress({k: tally[k] for k in ("electorate_size", "quorum_required")}, min_count,
+                                     together=True)
+    ballots, choices = {"ballots": None}, dict.fromkeys(CHOICES)
+    if closed:
+        ballots, hidden_ballots = privacy.suppress({"ballots": tally["ballots"]}, min_count)
+        choices, hidden_choices = privacy.suppress({c: tally[c] for c in CHOICES}, min_count, together=True)
+        hidden = hidden + hidden_ballots + hidden_choices
+    return {"status": "closed" if closed else "open", "result": tally["result"] if closed else None,
+            "quorum_met": tally["quorum_met"] if closed else None, **sizes, **ballots, **choices,
+            "opened_on": privacy.public_day(opened["opened_at"]),
+            "closed_on": privacy.public_day(closed["closed_at"]) if closed else None, "suppressed": hidden}
+
+
+def _public_evaluation(project: Project, page: ProjectPage, min_count: int) -> dict[str, Any] | None:
+    """The residents' evaluation: how many rated and, once closed, the average — when enough rated."""
+    if project.evaluation is None:
+        return None
+    e = project.evaluation
+    closed = page.last("EvaluationClosed")
+    counts, hidden = privacy.suppress({"ratings": len(e["ratings"]) if e["count"] is None else e["count"]},
+                                      min_count)
+    average = None if hidden or not closed else e["average"]
+    return {"status": "closed" if closed else "open", "responsible_unit": e["responsible_unit"], **counts,
+            "average": average, "opened_on": privacy.public_day(page.last("EvaluationOpened")["opened_at"]),
+            "closed_on": privacy.public_day(closed["closed_at"]) if closed else None,
+            "suppressed": hidden + (["average"] if hidden and closed else [])}
+
+
+def _public_results(page: ProjectPage, min_count: int) -> dict[str, Any] | None:
+    results = page.last("ResultsPublished")
+    if results is None:
+        return None
+    counts, hidden = privacy.suppress({"contributors": results["contributors"]}, min_count)
+    by_type = {t: {**zero_amounts(), **results.get("by_contributor_type", {}).get(t, {})} for t in CONTRIBUTOR_TYPES}
+    return {**results, **counts, "by_contributor_type": by_type, "published_on": privacy.public_day(results["at"]),
+            "suppressed": hidden}
+
+
+def public_fund(connection: Connection, community_id: str, limit: int, after: int) -> dict[str, Any]:
+    """The community fund: balance and totals, and its ledger after a position, each movement with
+    its kind, amount, project and day (never who received or gave it)."""
+    _community_or_404(connection, community_id)
+    fund = FUNDS.get(connection, community_id) or CommunityFund(id=community_id)
+    ledger = LEDGER.page(connection, community_id, limit, after)
+    ids = sorted({entry["project_id"] for entry in ledger if entry["project_id"]})
+    titles = {p.id: p.title for p in PROJECTS.find(connection, where=[PROJECTS.table.c.id.in_(ids)])} if ids else {}
+    entries = []
+    for entry in ledger:
+        source = entry["detail"].split(" ", 1)[0] if entry["kind"] == "credit" else None
+        source = source if source in FUND_SOURCES else None
+        entries.append({**entry, "kind_label": bilingual(LEDGER_KINDS.get(entry["kind"])), "source": source,
+                        "source_label": bilingual(FUND_SOURCES.get(source or "")),
+                        "project_title": titles.get(entry["project_id"]), "on": privacy.public_day(entry["at"])})
+    return privacy.public_view("fund", {**fund.view(), "ledger": entries,
+                                        "next_after": ledger[-1]["position"] if ledger else after})

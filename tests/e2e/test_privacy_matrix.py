@@ -12,7 +12,8 @@ Private facts are planted as canaries and looked for in every answer:
 - ``phone``: a volunteer's full phone number; ``checkin``: an activity's check-in code.
 For each reader the set of canaries seen over all routes must be exactly the expected one: a new
 route or field that leaks fails the test, and so does a policy that hides too much. A GET route not
-listed in ``PATHS`` fails the test too, until it is added here.
+listed in ``PATHS`` fails the test too, until it is added here. The public reads (``/public/...``)
+are read by every reader and by a visitor without a token, and show none of the canaries.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ EXPECTED = {
     "admin": ALL,
     "token without community": set(),
 }
-# Routes a token without a community may read: about the caller only.
+# Routes a token without a community may read: about the caller only (and the public reads).
 OWN = {"/whoami", "/me", "/me/card", "/me/ratings", "/me/proposals", "/me/pledges"}
 
 
@@ -202,6 +203,12 @@ def scenario(app, servers, base) -> dict:
         "/plans": "/plans",
         "/plans/<plan_id>": "/plans/none",
         "/live": "/live",
+        "/public/communities/<community_id>": f"/public/communities/{A}",
+        "/public/communities/<community_id>/projects": f"/public/communities/{A}/projects",
+        "/public/communities/<community_id>/fund": f"/public/communities/{A}/fund",
+        "/public/projects/<project_id>": f"/public/projects/{pid}",
+        "/public/rankings/<community_id>/<kind>": f"/public/rankings/{A}/cadre",
+        "/public/rankings/<community_id>/<kind>/<period>": f"/public/rankings/{A}/cadre/2026-01",
     }
     return {"app": app, "gateway": Gateway(app), "canaries": canaries, "paths": paths}
 
@@ -267,15 +274,30 @@ def test_each_reader_learns_exactly_what_the_policy_says(world, reader):
     assert set(seen) == EXPECTED[reader], f"{reader} should see {sorted(EXPECTED[reader])}, saw {sorted(seen)}"
     if reader == "token without community":
         refused = {path: status for path, status in statuses.items()
-                   if path.split("?")[0] not in OWN and status not in (403,)}
+                   if path.split("?")[0] not in OWN and not path.startswith("/public/") and status not in (403,)}
         assert not refused, f"a token without a community reads community routes: {refused}"
     if reader == "cadre, other community":
         # (A project's volunteer minutes count the reader's own community's volunteers only: 0 here.)
         read = {path: status for path, status in statuses.items() if status not in (403, 404)
-                and not path.endswith("/minutes") and (
+                and not path.endswith("/minutes") and not path.startswith("/public/") and (
             A in path or path.split("?")[0].startswith(("/projects/", "/subjects/", "/ratings/", "/cases/",
                                                         "/activities/", "/cards/")))}
         assert not read, f"a cadre of another community reads this community's records: {read}"
+
+
+def test_a_visitor_without_a_token_reads_the_public_reads_only_and_no_canary(world):
+    gateway = world["gateway"]
+    for rule, paths in world["paths"].items():
+        for path in paths if isinstance(paths, list) else [paths]:
+            for concrete in sorted({path.format(service=s) for s in ("projects", "volunteers", "feedback")}):
+                reply = gateway.request("GET", concrete)
+                text = reply.body.decode()
+                if rule.startswith("/public/"):
+                    assert reply.status_code in (200, 404), (concrete, reply.status_code, text[:300])
+                    seen = [c for c, needles in world["canaries"].items() if any(n in text for n in needles)]
+                    assert seen == [], (concrete, seen)
+                else:
+                    assert reply.status_code == 401, (concrete, reply.status_code, text[:300])
 
 
 def live_events(gateway: Gateway, person: Person) -> list[dict]:
