@@ -218,7 +218,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     made = fill(args.url, Path(args.users_file))
     print(json.dumps(made, ensure_ascii=False, indent=2))
-    print(f"\nSign in as any demo user (chen, zhou, rep1…rep9, res1…res14; password: demo), e.g.\n"
+    web = os.environ.get("COCREATE_WEB_URL") or f"http://127.0.0.1:{os.environ.get('WEB_PORT', '8080')}"
+    print(f"\nOpen {web}/c/{C} in a browser and sign in as any demo user (residents res1…res14, "
+          f"representatives rep1…rep9, the cadre chen; password: demo).\nOr use the API, e.g.\n"
           f"  cocreate --url {args.url} login chen --password demo && cocreate dashboard {C}")
 
 

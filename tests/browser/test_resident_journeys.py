@@ -154,3 +154,42 @@ def test_english_on_request(site, page):
     assert "Projects" in text_of(page)
     page.get_by_role("link", name="中文").click()
     page.wait_for_selector("html[lang=zh-CN]")
+
+
+def test_opinion_pledge_and_evaluation_from_the_project_pages(site, page, viewport):
+    desktop = viewport["width"] > 400
+    sign_in(page, site.web, "res12" if desktop else "res11")
+    page.goto(f"{site.web}/projects/{site.made['deliberation']}")
+    page.get_by_label("支持").check()
+    page.get_by_label("您怎么看？").fill("扶手装在左侧更方便")
+    page.get_by_role("button", name="发表意见").click()
+    page.wait_for_selector("text=您的意见已发表")
+    assert "扶手装在左侧更方便" in text_of(page)
+
+    page.goto(f"{site.web}/projects/{site.made['co_build']}")
+    page.get_by_label("我愿意出").select_option("labour")
+    page.get_by_label("小时数（出工或技术服务）").fill("3")
+    page.get_by_role("button", name="认捐").click()
+    page.wait_for_selector("text=谢谢！您的认捐已登记")
+    page.goto(f"{site.web}/me")
+    assert "背街小巷安装路灯" in page.inner_text("section[aria-labelledby=pledges-h]")
+
+    page.goto(f"{site.web}/projects/{site.made['co_evaluate']}")
+    page.get_by_label("4 · 满意").check()
+    page.get_by_role("button", name="提交评议").click()
+    page.wait_for_selector("text=感谢您的评议")
+    assert_accessible(page)
+
+
+def test_a_refused_action_shows_the_reason_in_chinese(site, page):
+    # the proposer may not co-sign their own proposal: the button is not offered, and a forged
+    # post is refused by the API with its reason, in Chinese
+    sign_in(page, site.web, "res1")
+    page.goto(f"{site.web}/projects/{site.made['collecting']}")
+    assert page.get_by_role("button", name="联署这个提议").count() == 0
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    response = page.request.post(f"{site.web}/projects/{site.made['collecting']}/actions/cosign",
+                                 form={"csrf_token": token})
+    assert response.ok  # the redirect back to the project page, with the message
+    flash = re.search(r'<p class="flash error"[^>]*>([^<]+)</p>', response.text())
+    assert flash and re.search(r"[\u4e00-\u9fff]", flash.group(1)), response.text()[-2000:]

@@ -472,3 +472,27 @@ def test_a_page_number_that_is_not_one_asks_for_the_first_page(web, gateway):
     assert web.client.get("/c/c1", query_string={"page": "3"}).status_code == 200
     pages = [parse_qs(urlsplit(c.path).query)["page"] for c in gateway.calls("/api/v1/public/communities/c1/")]
     assert pages == [["1"]] * 5 + [["3"]]
+
+
+@pytest.mark.postgres
+def test_sessions_live_in_postgresql_when_deployed(make_web, gateway, postgres_url):
+    """Deployed, the sessions are rows of the web client's own PostgreSQL database (a plain
+    ``postgresql://`` URL, as operators write it): the token is there, not in the cookie, and
+    signing out deletes the row."""
+    import sqlalchemy as sa
+
+    web = make_web(gateway.url, database_url=postgres_url)
+    assert sign_in(web).status_code == 302
+    token, sid = token_of(gateway), web.cookie().value
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        def rows():
+            with engine.connect() as connection:
+                return {r[0]: bytes(r[1]) for r in connection.execute(sa.text("SELECT session_id, data FROM web_sessions"))}
+        assert token.encode() in rows()[f"session:{sid}"] and token not in sid
+        page = web.client.get("/me")
+        assert page.status_code == 200
+        web.client.post("/signout", data={"csrf_token": csrf_of(page)})
+        assert f"session:{sid}" not in rows()
+    finally:
+        engine.dispose()

@@ -70,6 +70,8 @@ class LocalPlatform:
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "COCREATE_DATA_DIR": str(self.data_dir), "COCREATE_JWT_SECRET": TEST_SECRET,
                     "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "PYTHONUNBUFFERED": "1",
+                    # as bin/run-platform sets them for the web client of a local run
+                    "WEB_SECRET_KEY": "local-platform-test-web-key", "WEB_COOKIE_SECURE": "false",
                     "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
                     **{PORT_VARIABLES[name]: str(port) for name, port in self.ports.items()}, **(env or {})}
         for app in ("projects", "volunteers", "feedback", "gateway", "web"):
