@@ -107,7 +107,7 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "invalid_stance": ("请选择支持、反对或中立", "Please choose support, oppose or neutral"),
     "no_electorate": ("社区还没有居民代表，无法表决", "The community has no residents' representatives to vote yet"),
     "not_in_electorate": ("只有居民代表才能投票", "Only the residents' representatives can vote"),
-    "invalid_choice": ("请选择同意、反对或弃权", "Please choose yes, no or abstain"),
+    "invalid_choice": ("请选择赞成、反对或弃权", "Please choose yes, no or abstain"),
     "already_voted": ("您已经投过票了", "You have already voted"),
     "pledge_for_other": ("居民只能以自己的名义认捐", "Residents can pledge only for themselves"),
     "unknown_pledge": ("没有找到这项认捐", "This pledge was not found"),

@@ -40,6 +40,8 @@ def require_signin():
 def signin():
     next_page = safe_next(flask.request.values.get("next"))
     if flask.request.method == "GET":
+        if flask.session.get("token"):
+            return flask.redirect(next_page)
         return flask.render_template("signin.html", next=next_page, title=_("Sign in"))
     username = flask.request.form.get("username", "").strip()
     password = flask.request.form.get("password", "")
@@ -55,7 +57,7 @@ def signin():
         text = message("signin_failed", i18n.language_tag()) if error.status == 401 else error_text(error)
         flask.flash(text, "error")
         return flask.render_template("signin.html", next=next_page, username=username,
-                                     title=_("Sign in")), 401 if error.status == 401 else 503
+                                     title=_("Sign in")), error.status if 400 <= error.status < 500 else 503
     except OSError:
         flask.flash(message("service_unavailable", i18n.language_tag()), "error")
         return flask.render_template("signin.html", next=next_page, username=username, title=_("Sign in")), 503

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import flask
 import sqlalchemy as sa
@@ -46,6 +48,7 @@ REQUESTS = Counter("cocreate_http_requests_total", "HTTP requests handled", ["ap
 LATENCY = Histogram("cocreate_http_request_duration_seconds", "HTTP request latency", ["app", "route", "method"],
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
                     registry=OWN_REGISTRY)
+CORRELATION_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
 CHINA = timezone(timedelta(hours=8), "CST")  # China Standard Time, no daylight saving
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'")
@@ -97,7 +100,7 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
 def _install_templates(app: flask.Flask) -> None:
     app.jinja_env.globals.update(
         labels=labels, yuan=labels.yuan, label=labels.label, csrf_token=generate_csrf,
-        language_tag=i18n.language_tag, Unavailable=Unavailable,
+        language_tag=i18n.language_tag, Unavailable=Unavailable, new_idempotency_key=lambda: str(uuid.uuid4()),
     )
 
     @app.context_processor
@@ -142,7 +145,8 @@ def _install_observability(app: flask.Flask, db: SQLAlchemy) -> None:
     @app.before_request
     def _start():
         flask.g.started = time.perf_counter()
-        flask.g.correlation_id = flask.request.headers.get("X-Correlation-ID") or uuid.uuid4().hex
+        given = flask.request.headers.get("X-Correlation-ID", "")
+        flask.g.correlation_id = given if CORRELATION_ID.fullmatch(given) else uuid.uuid4().hex
 
     @app.after_request
     def _finish(response: flask.Response):
@@ -182,7 +186,10 @@ def _install_errors(app: flask.Flask) -> None:
     def _expired(_error):
         flask.session.clear()
         flask.flash(message("session_expired", i18n.language_tag()), "error")
-        return flask.redirect(flask.url_for("account.signin", next=flask.request.full_path.rstrip("?")))
+        # back to the page the visitor was on: a GET's own address, or for a form the page it came from
+        back = flask.request.full_path.rstrip("?") if flask.request.method == "GET" else (
+            flask.request.referrer and urlsplit(flask.request.referrer).path) or "/"
+        return flask.redirect(flask.url_for("account.signin", next=back))
 
     @app.errorhandler(CSRFError)
     def _csrf(_error):

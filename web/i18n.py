@@ -12,6 +12,7 @@ in the code and the templates (``_("...")``) and translated in
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import flask
@@ -31,7 +32,7 @@ def compile_catalogues(target: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         with po.open("rb") as source:
             catalogue = read_po(source)
-        tmp = out.with_suffix(".mo.tmp")
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")  # workers may compile at once
         with tmp.open("wb") as sink:
             write_mo(sink, catalogue)
         tmp.replace(out)

@@ -9,15 +9,18 @@ they may do now).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 import flask
 from flask_babel import gettext as _
 
+from cocreate_client import ApiError
 from web import labels
 from web.upstream import Unavailable, part
 
 blueprint = flask.Blueprint("pages", __name__)
+LEDGER_PAGE = 100
 RANKING_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
 # what a project's allowed action needs of the visitor (the API checks again)
 ACTION_ROLES = {
@@ -54,7 +57,12 @@ def home():
 @blueprint.get("/c/<community_id>")
 def community(community_id: str):
     args = flask.request.args
-    filters = {key: args.get(key) or None for key in ("grid_id", "stage", "category")}
+    # a value the API would refuse (a stale or crafted link) is no filter rather than an error page
+    filters = {"grid_id": args.get("grid_id") or None,
+               "stage": args.get("stage") if args.get("stage") in labels.STAGES else None,
+               "category": args.get("category") if args.get("category") in labels.CATEGORIES else None}
+    if filters["grid_id"] and not re.fullmatch(r"[A-Za-z0-9_.\-]{1,100}", filters["grid_id"]):
+        filters["grid_id"] = None
     page_number = args.get("page", "1")
     page = int(page_number) if page_number.isdecimal() and len(page_number) <= 4 else 0  # 1 to 9999
     filters["page"] = page if page > 0 else 1
@@ -75,8 +83,12 @@ def fund(community_id: str):
     header = part(lambda c: c.get(f"/public/communities/{q(community_id)}"), anonymous=True, absent=None)
     if header is None:
         flask.abort(404)
-    ledger = part(lambda c: c.get(f"/public/communities/{q(community_id)}/fund"), anonymous=True)
+    after = flask.request.args.get("after", "0")
+    after = int(after) if after.isdecimal() and len(after) < 15 else 0
+    ledger = part(lambda c: c.get(f"/public/communities/{q(community_id)}/fund", after=after, limit=LEDGER_PAGE),
+                  anonymous=True)
     return flask.render_template("fund.html", community_id=community_id, community=header, fund=ledger,
+                                 page_size=LEDGER_PAGE,
                                  title=_("Community fund"))
 
 
@@ -97,6 +109,10 @@ def rankings(community_id: str):
 def project(project_id: str):
     if signed_in():
         return _member_project(project_id)
+    return _public_project(project_id)
+
+
+def _public_project(project_id: str):
     found = part(lambda c: c.get(f"/public/projects/{q(project_id)}"), anonymous=True, absent=None)
     if found is None:
         flask.abort(404)
@@ -107,12 +123,17 @@ def project(project_id: str):
 
 
 def _member_project(project_id: str):
-    overview = part(lambda c: c.get(f"/projects/{q(project_id)}/overview"), absent=None)
+    try:
+        overview = part(lambda c: c.get(f"/projects/{q(project_id)}/overview"), absent=None)
+    except ApiError as error:
+        if error.status == 403:  # another community's project: its public page, as for anyone
+            return _public_project(project_id)
+        raise
     if overview is None:
         flask.abort(404)
-    if isinstance(overview, Unavailable):
-        return flask.render_template("project.html", project=None, down=overview, title=_("Project")), 503
-    project = overview["project"]
+    project = overview.get("project") if isinstance(overview, dict) else None
+    if not isinstance(project, dict):  # the gateway or the projects service is down
+        return flask.render_template("project.html", project=None, down=Unavailable(), title=_("Project")), 503
     missing = {entry["part"] for entry in overview.get("missing", [])}
     history = part(lambda c: c.get(f"/projects/{q(project_id)}/history"))
     header = part(lambda c: c.get(f"/public/communities/{q(project['community_id'])}"), anonymous=True, absent=None)

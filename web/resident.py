@@ -19,7 +19,7 @@ from flask_babel import lazy_gettext as _l
 from cocreate_client import ApiError
 from web import labels
 from web.account import require_signin
-from web.upstream import Unavailable, error_text, part, send
+from web.upstream import Unavailable, error_text, part, post, send
 
 blueprint = flask.Blueprint("resident", __name__)
 
@@ -35,14 +35,14 @@ def _int(name: str, *, low: int, high: int) -> int | None:
     return int(raw)
 
 
-def _fen(name: str) -> int | None:
+def _fen(name: str, *, allow_zero: bool = False) -> int | None:
     """An amount typed in yuan (``12`` or ``12.50``) as integer fen."""
     raw = flask.request.form.get(name, "").strip().replace(",", "")
     whole, _dot, cents = raw.partition(".")
     if not whole.isdecimal() or len(whole) > 12 or (cents and (not cents.isdecimal() or len(cents) > 2)):
         return None
     fen = int(whole) * 100 + int((cents or "0").ljust(2, "0"))
-    return fen if 0 < fen <= 10_000_000_000 else None
+    return fen if (0 if allow_zero else 1) <= fen <= 10_000_000_000 else None
 
 
 @blueprint.route("/propose", methods=["GET", "POST"])
@@ -57,14 +57,15 @@ def propose():
         body = {"community_id": community_id, "grid_id": form.get("grid_id", ""),
                 "title": form.get("title", "").strip(), "description": form.get("description", "").strip(),
                 "category": form.get("category", ""), "location": form.get("location", "").strip(),
-                "estimated_cost_fen": _fen("estimated_cost"), "requested_fen": _fen("requested")}
+                "estimated_cost_fen": _fen("estimated_cost", allow_zero=True),
+                "requested_fen": _fen("requested", allow_zero=True)}
         problems = [name for name in ("title", "description", "location", "grid_id", "category") if not body[name]]
         problems += [name for name in ("estimated_cost", "requested") if body[f"{name}_fen"] is None]
         if problems:
             flask.flash(_("Please fill in: %(fields)s", fields=", ".join(_field_names(problems))), "error")
         else:
             try:
-                created = send(lambda c: c.propose(**body))
+                created = send(lambda c: post(c, "/projects", body))["project"]
                 flask.flash(_("Your proposal is published. It needs co-signers now."), "info")
                 return flask.redirect(flask.url_for("pages.project", project_id=created["project_id"]))
             except ApiError as error:
@@ -141,7 +142,7 @@ def act(project_id: str, action: str):
         flask.flash(_("Please check the form: something is missing or not valid."), "error")
         return flask.redirect(back + f"#{action}")
     try:
-        send(lambda c: c.post(f"/projects/{q(project_id)}/{path}", body))
+        send(lambda c: post(c, f"/projects/{q(project_id)}/{path}", body))
         flask.flash(str(done), "info")
     except ApiError as error:
         flask.flash(error_text(error), "error")
@@ -174,7 +175,8 @@ def rate(subject_id: str):
             status = 422
         else:
             try:
-                rating = send(lambda c: c.rate(subject_id, level, comment))
+                rating = send(lambda c: post(c, f"/subjects/{q(subject_id)}/ratings",
+                                             {"level": level, "comment": comment}))["resource"]
                 if level <= 2:
                     flask.flash(_("Thank you. A bad rating is followed up: you will be contacted, and you can "
                                   "follow the case under Mine."), "info")

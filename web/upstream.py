@@ -10,19 +10,20 @@ sign in again.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import logging
 import urllib.error
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import flask
 
 from cocreate_client import ApiError, Client
-from cocreate_client.messages import message
+from cocreate_client.messages import message, message_for_status
 from web.i18n import language_tag
 
 log = logging.getLogger(__name__)
-DOWN_STATUSES = (502, 503, 504)
 
 
 class SessionExpired(Exception):
@@ -73,15 +74,28 @@ def part(fetch: Callable[[Client], Any], *, anonymous: bool = False, absent: Any
     except ApiError as error:
         if error.status == 401 and not anonymous:
             raise SessionExpired() from error
-        if error.status in DOWN_STATUSES or error.status == 429:
+        if error.status >= 500 or error.status == 429:
             log.warning("a page part is unavailable: %s %s", error.status, error.reason)
             return Unavailable()
         if error.status == 404:
             return absent
         raise
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
-        log.warning("the gateway is unreachable: %s", error)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException,
+            ValueError) as error:  # unreachable, cut off, or not JSON
+        log.warning("the gateway is unreachable or answered nonsense: %r", error)
         return Unavailable()
+
+
+def post(client: Client, path: str, body: Any) -> Any:
+    """A POST with the form's own ``Idempotency-Key`` (made when the form was rendered), so that
+    a double click or a resent form records once: the gateway answers the second with the first
+    answer. A form without a valid key gets a fresh one."""
+    key = flask.request.form.get("idempotency_key", "")
+    try:
+        key = str(uuid.UUID(key))
+    except ValueError:
+        key = str(uuid.uuid4())
+    return client.request("POST", path, body, headers={"Idempotency-Key": key})
 
 
 def send(do: Callable[[Client], Any]) -> Any:
@@ -98,16 +112,7 @@ def send(do: Callable[[Client], Any]) -> Any:
 
 
 def error_text(error: ApiError) -> str:
-    """The visitor's message for an API error, from the one message catalogue; a validation error
-    names its fields."""
-    from cocreate_client.messages import message_for_status
-
+    """The visitor's message for an API error, from the one message catalogue (by its reason, or
+    by its status when it has none); the API's own field names are not shown to people."""
     tag = language_tag()
-    reason = error.reason
-    text = message(reason, tag) if reason else message_for_status(error.status, tag)
-    errors = error.body.get("errors") if isinstance(error.body, dict) else None
-    if error.status == 422 and isinstance(errors, dict):
-        fields = [k for k in errors if k not in ("reason",) and not k.startswith("_")]
-        if fields:
-            text = f"{text} ({', '.join(sorted(fields))})"
-    return text
+    return message(error.reason, tag) if error.reason else message_for_status(error.status, tag)

@@ -41,9 +41,10 @@ class Site:
         return self.platform.url("gateway")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def site(tmp_path_factory):
-    """The platform with the demo community 新阳社区 (``xinyang``), for every browser test."""
+    """The platform with the demo community 新阳社区 (``xinyang``), for every browser test; stopped
+    when the browser tests are done (package scope), not at the end of the whole run."""
     from cocreate_client import demo
 
     workdir = tmp_path_factory.mktemp("browser-platform")
@@ -56,7 +57,7 @@ def site(tmp_path_factory):
         yield Site(platform, made, users_file)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     chromium = require_tool("chromium", "Debian packages chromium and fonts-noto-cjk; .ci/run installs them")
     from playwright.sync_api import sync_playwright

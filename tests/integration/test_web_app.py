@@ -496,3 +496,38 @@ def test_sessions_live_in_postgresql_when_deployed(make_web, gateway, postgres_u
         assert f"session:{sid}" not in rows()
     finally:
         engine.dispose()
+
+
+def test_a_form_sent_twice_carries_the_same_idempotency_key(web, gateway):
+    """A double click (or a resent form) repeats the key the form was rendered with, so the
+    gateway records it once; each rendering of the form has a key of its own."""
+    sign_in(web)
+    form_page = text(web.client.get("/propose"))
+    token = csrf_of(web.client.get("/propose"))
+    key = re.search(r'name="idempotency_key" value="([0-9a-f-]{36})"', form_page).group(1)
+    again = re.search(r'name="idempotency_key" value="([0-9a-f-]{36})"', text(web.client.get("/propose"))).group(1)
+    assert key != again
+    for _ in range(2):
+        web.client.post("/propose", data=_proposal(token, idempotency_key=key))
+    sent = gateway.calls("/api/v1/projects")
+    assert [s.headers["idempotency-key"] for s in sent] == [key, key]
+    web.client.post("/propose", data=_proposal(token, idempotency_key="not-a-key"))
+    assert gateway.calls("/api/v1/projects")[-1].headers["idempotency-key"] not in (key, "not-a-key")
+
+
+def test_another_community_s_project_is_shown_as_its_public_page(web, gateway):
+    sign_in(web)
+    gateway.override[("GET", "/api/v1/projects/p1/overview")] = _error(403, "Forbidden", "other_community")
+    page = web.client.get("/projects/p1")
+    assert page.status_code == 200 and PROJECT["title"] in text(page)
+    assert [c.route for c in gateway.calls("/api/v1/public/projects/")] == ["/api/v1/public/projects/p1"]
+
+
+def test_a_member_s_project_page_when_the_overview_lacks_the_project(web, gateway):
+    # the gateway answers the composed view with the project part missing (its service is down)
+    sign_in(web)
+    gateway.override[("GET", "/api/v1/projects/p1/overview")] = (200, {
+        "project": None, "volunteer_minutes": None, "satisfaction": None,
+        "missing": [{"part": "project", "service": "projects", "reason": "connection refused"}]})
+    page = web.client.get("/projects/p1")
+    assert page.status_code == 503 and message("service_down_part", "zh-CN") in text(page)
