@@ -109,12 +109,17 @@ def test_relays_and_the_feed_run_once_with_recreate(rendered):
     assert not scaled & {d["metadata"]["name"] for d in singles}
 
 
+# Procfile entries the manifests do not deploy yet: the web client's Deployment, its database and
+# its network policies come with the web client's second part (web/README.md, "Deployment").
+NOT_DEPLOYED_YET = ("web:",)
+
+
 def procfile_commands() -> tuple[set[str], set[str]]:
     """The local platform's long-running commands, and its periodic jobs (``--every S``, without
     that option: on Kubernetes a CronJob runs the same command once per schedule)."""
     commands, periodic = set(), set()
     for line in (ROOT / "Procfile").read_text().splitlines():
-        if not line.strip() or line.startswith("broker:"):
+        if not line.strip() or line.startswith(("broker:", *NOT_DEPLOYED_YET)):
             continue
         words = [w for w in shlex.split(line.split(":", 1)[1]) if not re.match(r"^[A-Z_]+=", w)]
         if "--every" in words:
