@@ -22,14 +22,8 @@ from web.upstream import Unavailable, part
 blueprint = flask.Blueprint("pages", __name__)
 LEDGER_PAGE = 100
 RANKING_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
-# what a project's allowed action needs of the visitor (the API checks again)
-ACTION_ROLES = {
-    "cosign": {"resident", "representative"}, "post_opinion": {"resident", "representative"},
-    "pledge": {"resident", "representative"}, "rate": {"resident", "representative"},
-    "report_problem": {"resident", "representative", "grid_worker", "cadre"},
-    "cast_ballot": {"representative"},
-    "open_vote": {"cadre", "admin"}, "close_vote": {"cadre", "admin"},
-}
+# the project actions these pages offer a form for (the staff's other ones come with their pages)
+OFFERED = ("cosign", "post_opinion", "pledge", "rate", "report_problem", "cast_ballot", "open_vote", "close_vote")
 
 
 def q(value: str) -> str:
@@ -138,20 +132,12 @@ def _member_project(project_id: str):
     history = part(lambda c: c.get(f"/projects/{q(project_id)}/history"))
     header = part(lambda c: c.get(f"/public/communities/{q(project['community_id'])}"), anonymous=True, absent=None)
     grid_names = {g["grid_id"]: g["name"] for g in header.get("grids", [])} if isinstance(header, dict) else {}
-    roles = set(flask.session.get("roles", []))
-    mine = flask.session.get("community") == project["community_id"]
-    actions = [a for a in project.get("allowed_actions", []) if mine and roles & ACTION_ROLES.get(a, set())]
-    if "cosign" in actions and _has_cosigned(project):
-        actions.remove("cosign")
+    # exactly what the API says this visitor may do now (``my_actions``: the stage's actions whose
+    # decision would accept them — not a second co-signature, ballot or evaluation)
+    actions = [a for a in project.get("my_actions", []) if a in OFFERED]
     return flask.render_template(
         "project.html", project=project, overview=overview, history=history, actions=actions,
         minutes=Unavailable() if "volunteer_minutes" in missing else overview.get("volunteer_minutes"),
         satisfaction=Unavailable() if "satisfaction" in missing else overview.get("satisfaction"),
         grid_name=grid_names.get(project["grid_id"], project["grid_id"]), stages=labels.FIVE_STAGES,
         title=project["title"])
-
-
-def _has_cosigned(project: dict) -> bool:
-    me = flask.session.get("person_id")
-    return me == project.get("proposer_id") or any(entry.get("person_id") == me
-                                                   for entry in project.get("cosigners", []))

@@ -471,13 +471,15 @@ class Projects(MethodView):
 class ProjectResource(MethodView):
     @projects.response(200)
     def get(self, project_id):
-        """Project detail: current stage, what is allowed now, totals"""
+        """Project detail: current stage, what the stage allows (``allowed_actions``) and what the
+        caller may do now (``my_actions``), totals"""
         principal = current_principal()
         with store().read_transaction() as connection:
             project = views.find_project(connection, project_id)
             principal.require_reader(project.community_id)
             detail = views.project_detail(connection, project)
-        return etagged(detail, project.version)
+        # what this caller may do now (allowed_actions is what the stage allows anyone)
+        return etagged({**detail, "my_actions": project.actions_for(principal)}, project.version)
 
 
 @projects.route("/<project_id>/history")

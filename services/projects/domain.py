@@ -130,6 +130,19 @@ class Project(Aggregate):
             return upkeep + (["pay_reward"] if self.phase == "published" else ["publish_results", "pay_reward"])
         return []
 
+    def actions_for(self, actor: Principal) -> list[str]:
+        """What ``actor`` may do now: each of :meth:`allowed_actions` whose decision would accept
+        them, tried as a dry run with neutral arguments (decisions only return events: nothing is
+        recorded; :data:`CALLER_PROBES`)."""
+        mine = []
+        for action in self.allowed_actions():
+            try:
+                CALLER_PROBES[action](self, actor)
+            except DomainError:
+                continue
+            mine.append(action)
+        return mine
+
     def _expect(self, action: str, what: str) -> None:
         allowed = self.allowed_actions()
         if action not in allowed:
@@ -564,6 +577,44 @@ def zero_amounts() -> dict[str, int]:
 def amount_fields(data: Mapping[str, Any]) -> dict[str, int]:
     """The amounts (minutes, fen) an event of a pledge or a delivery carries."""
     return {k: data[k] for keys in _AMOUNT_KEYS.values() for k in keys if k in data}
+
+
+def _member_of(*roles: str):
+    """A probe of a decision whose only condition on the caller is their role (its other checks are
+    about the arguments, which a page asks for): the same ``require_member`` it starts with."""
+    return lambda p, a: require_member(a, p.community_id, roles)
+
+
+def _maintainer_or(*roles: str):
+    return lambda p, a: p._maintainer_of(a) is not None or require_member(a, p.community_id, roles)
+
+
+# action -> a dry run of its decision for a caller, with arguments that are always valid: a refusal
+# can only come from who the caller is or what they did already (Project.actions_for). Every action
+# of allowed_actions has one (a unit test checks).
+CALLER_PROBES: Mapping[str, Any] = {
+    "cosign": lambda p, a: p.cosign(a),
+    "post_opinion": lambda p, a: p.post_opinion(a, "probe", "neutral", "probe"),
+    "amend": lambda p, a: p.withdraw(a, "probe"),  # the same rule: the proposer only
+    "withdraw": lambda p, a: p.withdraw(a, "probe"),
+    "open_vote": lambda p, a: require_member(a, p.community_id, STAFF),
+    "cast_ballot": lambda p, a: p.cast_ballot(a, "abstain"),
+    "close_vote": lambda p, a: p.close_vote(a),
+    "pledge": lambda p, a: p.pledge(a, "probe", {"kind": "labour", "labour_minutes": 60}),
+    "report_problem": lambda p, a: p.report_problem(a, "probe", "probe"),
+    "rate": lambda p, a: p.rate(a, 3, ""),
+    "confirm_delivery": _member_of(*FIELD_STAFF),
+    "record_spending": _member_of(*STAFF),
+    "record_milestone": _member_of(*FIELD_STAFF),
+    "complete": _member_of(*STAFF),
+    "assign_maintainer": _member_of(*FIELD_STAFF),
+    "log_maintenance": _maintainer_or(*FIELD_STAFF),
+    "resolve_problem": _maintainer_or(*FIELD_STAFF),
+    "open_evaluation": _member_of(*STAFF),
+    "close_evaluation": _member_of(*STAFF),
+    "publish_results": _member_of(*STAFF),
+    "pay_reward": _member_of(*STAFF),
+}
 
 
 def _contribution_amounts(kind: str, body: Mapping[str, Any], what: str) -> dict[str, int]:

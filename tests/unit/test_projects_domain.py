@@ -1172,3 +1172,45 @@ def test_replaying_the_log_gives_the_same_state():
     assert CommunityFund.replay(C, world.streams[world.fund.stream_id]).view() == world.fund.view()
     as_proposed = Project.replay("p1", events[:1])
     assert (as_proposed.stage, as_proposed.phase, as_proposed.version) == ("co_plan", "collecting_cosigners", 1)
+
+
+# -- what a caller may do now ---------------------------------------------------------------------
+
+def test_a_caller_s_actions_are_the_stage_s_that_would_accept_them():
+    world = World()
+    project = world.propose()
+    assert project.actions_for(PROPOSER) == ["amend", "withdraw"]  # not their own co-signature
+    assert project.actions_for(RESIDENTS[1]) == ["cosign"]
+    world.record(project, project.cosign(RESIDENTS[1]))
+    assert project.actions_for(RESIDENTS[1]) == []  # co-signed once already
+    assert project.actions_for(OUTSIDER) == [] and project.actions_for(CADRE) == []
+
+    voting = world.voting("p2")
+    assert voting.actions_for(REPS[0]) == ["cast_ballot"] and voting.actions_for(CADRE) == ["close_vote"]
+    world.record(voting, voting.cast_ballot(REPS[0], "yes"))
+    assert voting.actions_for(REPS[0]) == []  # voted
+    assert voting.actions_for(RESIDENTS[3]) == []  # not a representative
+
+    evaluating = world.evaluating()
+    assert "rate" in evaluating.actions_for(RESIDENTS[2]) and "report_problem" in evaluating.actions_for(RESIDENTS[2])
+    world.record(evaluating, evaluating.rate(RESIDENTS[2], 4, ""))
+    assert "rate" not in evaluating.actions_for(RESIDENTS[2])
+    assert evaluating.actions_for(OUTSIDER) == []
+
+
+def test_asking_what_a_caller_may_do_records_nothing():
+    world = World()
+    project = world.voting()
+    version, ballots = project.version, dict(project.vote["ballots"])
+    project.actions_for(REPS[1])
+    assert project.version == version and project.vote["ballots"] == ballots
+
+
+def test_every_action_a_stage_allows_has_a_probe_for_its_caller():
+    from services.projects.domain import CALLER_PROBES
+
+    stages = [World().propose("s1"), World().qualify(World().propose("s2")), World().voting("s3"),
+              World().approved("s4"), World().built(), World().evaluating(), World().sharing(),
+              World().sharing(published=True)]
+    every = {action for project in stages for action in project.allowed_actions()}
+    assert len(every) > 15 and every <= set(CALLER_PROBES), every - set(CALLER_PROBES)
