@@ -99,6 +99,7 @@ def dashboard_parts(community_id: str, kind: str) -> list[Part]:
              absent_ok=False, spread=("projects", "fund")),
         Part("top_volunteers", "volunteers", f"/leaderboards/{cid}?period=month&limit=5",
              lambda body: {"month": body["label"], "items": body["items"]}),
+        Part("hours_per_month", "volunteers", f"/hours/{cid}?months=12", lambda body: body["items"]),
         Part("satisfaction", "feedback", f"/rankings/{cid}/{q(kind)}", ranking),
         Part("follow_ups", "feedback", f"/cases/summary?community_id={cid}"),
     ]

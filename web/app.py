@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -83,18 +85,46 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
     db = SQLAlchemy()
     db.init_app(app)
     app.config["SESSION_SQLALCHEMY"] = db
-    Session(app)
+    with _one_process_at_a_time(settings.effective_database_url, data_dir):
+        Session(app)  # creates the sessions table when it is missing
     CSRFProtect(app)
     Babel(app, locale_selector=i18n.select_locale)
     _install_templates(app)
     _install_observability(app, db)
     _install_errors(app)
 
-    from web import account, pages, resident
+    from web import account, dashboard, pages, resident, staff, volunteer
 
-    for module in (pages, account, resident):
+    for module in (pages, account, resident, dashboard, volunteer, staff):
         app.register_blueprint(module.blueprint)
     return app
+
+
+@contextlib.contextmanager
+def _one_process_at_a_time(database_url: str, data_dir: Path):
+    """Serialise the session table's creation between the processes that start at once (gunicorn's
+    workers: a file lock; the pods of a deployment on PostgreSQL: an advisory lock too) — two
+    ``CREATE TABLE`` at the same moment would fail one worker's boot with "already exists"."""
+    lock_file = data_dir / "web" / "schema.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if database_url.startswith("postgresql"):
+                engine = sa.create_engine(database_url)
+                try:
+                    with engine.connect() as connection:
+                        connection.execute(sa.text("SELECT pg_advisory_lock(7202612)"))
+                        try:
+                            yield
+                        finally:
+                            connection.execute(sa.text("SELECT pg_advisory_unlock(7202612)"))
+                finally:
+                    engine.dispose()
+            else:
+                yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _install_templates(app: flask.Flask) -> None:

@@ -23,7 +23,8 @@ blueprint = flask.Blueprint("pages", __name__)
 LEDGER_PAGE = 100
 RANKING_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
 # the project actions these pages offer a form for (the staff's other ones come with their pages)
-OFFERED = ("cosign", "post_opinion", "pledge", "rate", "report_problem", "cast_ballot", "open_vote", "close_vote")
+OFFERED = ("cosign", "post_opinion", "pledge", "rate", "report_problem", "cast_ballot", "open_vote", "close_vote",
+           "confirm_delivery", "record_spending", "record_milestone", "complete")
 
 
 def q(value: str) -> str:

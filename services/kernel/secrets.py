@@ -38,7 +38,11 @@ def fingerprint(secret: bytes) -> str:
 def deployment_secret(engine: Engine, name: str, configured: str, variable: str) -> bytes:
     """The secret ``name``: ``configured`` (the setting named ``variable``) if set, else the one
     generated for this deployment."""
-    deployment_secrets.create(engine, checkfirst=True)
+    # In a write transaction (BEGIN IMMEDIATE on SQLite): a plain connection would read the schema,
+    # then need the write lock, and SQLite refuses that upgrade at once ("database is locked",
+    # without the busy timeout) while another process of the service is creating its tables.
+    with write_transaction(engine) as connection:
+        deployment_secrets.create(connection, checkfirst=True)
     t = deployment_secrets
     with read_transaction(engine) as connection:
         row = connection.execute(sa.select(t).where(t.c.name == name)).first()

@@ -328,6 +328,7 @@ def project_answer(outcome: Outcome, status: int = 200, created_id: str | None =
     project = outcome.result
     with store().read_transaction() as connection:
         detail = views.project_detail(connection, project)
+    detail["my_actions"] = project.actions_for(current_principal())  # as GET /projects/<id> shows it
     return command_answer("project", detail, project.version, outcome.recorded, status, created_id)
 
 

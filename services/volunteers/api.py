@@ -21,6 +21,7 @@ from flask_smorest import Blueprint
 from services.kernel import privacy
 from services.kernel.bus import Outcome
 from services.kernel.errors import NotFound
+from services.kernel.events import LOCAL_TZ
 from services.kernel.web import (
     ANY_ROLE, IDENTIFIER, CommandSchema, Schema, command_answer, current_principal, etagged, roles, send,
     service_container, text_field,
@@ -170,6 +171,11 @@ class LeaderboardQuery(Schema):
     month = f.String(validate=v.Regexp(r"^(?!0000)\d{4}-(0[1-9]|1[0-2])$"), metadata={"description": "YYYY-MM, year 0001 to 9999"})
     year = f.Integer(validate=v.Range(min=2000, max=2100))
     limit = f.Integer(load_default=20, validate=v.Range(min=1, max=200))
+
+
+class HoursQuery(Schema):
+    months = f.Integer(load_default=12, validate=v.Range(min=1, max=60), metadata={"description": "how many "
+                                                                                   "months, this one included"})
 
 
 class CommandResultSchema(Schema):
@@ -503,6 +509,29 @@ class Leaderboard(MethodView):
         with store().read_transaction() as connection:
             items = CREDITS.leaderboard(connection, community_id, first, last, query["limit"])
         return {"community_id": community_id, "period": query["period"], "label": label, "items": items}
+
+
+@reports.route("/hours/<community_id>")
+class HoursPerMonth(MethodView):
+    @reports.arguments(HoursQuery, location="query")
+    @reports.response(200)
+    def get(self, query, community_id):
+        """Approved volunteer hours per month (China Standard Time) of the last months, with how many
+        volunteers gave them; months without any are listed with zero"""
+        current_principal().require_reader(community_id)
+        today = service_container().bus.clock().astimezone(LOCAL_TZ).date()
+        months = []
+        year, month = today.year, today.month
+        for _ in range(query["months"]):
+            months.append(f"{year}-{month:02d}")
+            year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+        months.reverse()
+        with store().read_transaction() as connection:
+            found = CREDITS.per_month(connection, community_id, f"{months[0]}-01")
+        items = [{"month": m, "minutes": found.get(m, {}).get("minutes", 0),
+                  "hours": round(found.get(m, {}).get("minutes", 0) / 60, 1),
+                  "volunteers": found.get(m, {}).get("volunteers", 0)} for m in months]
+        return {"community_id": community_id, "items": items}
 
 
 @reports.route("/me/card")

@@ -86,6 +86,17 @@ class CreditsView:
             where.append(t.c.community_id == community_id)
         return connection.execute(sa.select(sa.func.coalesce(sa.func.sum(t.c.minutes), 0)).where(*where)).scalar()
 
+    def per_month(self, connection: Connection, community_id: str, first_day: str) -> dict[str, dict[str, Any]]:
+        """Approved minutes and volunteers per calendar month (the credits' days, China Standard
+        Time) from ``first_day`` on: ``{"2026-11": {"minutes": ..., "volunteers": ...}}``."""
+        t = self.table
+        month = sa.func.substr(t.c.day, 1, 7).label("month")
+        rows = connection.execute(
+            sa.select(month, sa.func.sum(t.c.minutes).label("minutes"),
+                      sa.func.count(sa.distinct(t.c.person_id)).label("volunteers"))
+            .where(t.c.community_id == community_id, t.c.day >= first_day).group_by(month))
+        return {r.month: {"minutes": int(r.minutes), "volunteers": int(r.volunteers)} for r in rows}
+
     def leaderboard(self, connection: Connection, community_id: str, first_day: str | None,
                     last_day: str | None, limit: int) -> list[dict[str, Any]]:
         t, cards = self.table, CARDS.table

@@ -176,6 +176,7 @@ ENDPOINTS = [
     ("GET", "/certificates/ZYFW-1", None),
     ("POST", "/certificates/ZYFW-1/verification", {}),
     ("GET", "/leaderboards/haicang", None),
+    ("GET", "/hours/haicang", None),
     ("GET", "/me/card", None),
     ("GET", "/projects/p-1/minutes", None),
 ]
@@ -832,6 +833,13 @@ def test_leaderboards_by_month_year_and_all_time(api, clock):
     api.invalid(V1, "GET", f"/leaderboards/{COMMUNITY}?period=week", None, "period", location="query")
     api.invalid(V1, "GET", f"/leaderboards/{COMMUNITY}?month=2025-13", None, "month", location="query")
     api.invalid(V1, "GET", f"/leaderboards/{COMMUNITY}?limit=0", None, "limit", location="query")
+
+    hours = api.get(V3, f"/hours/{COMMUNITY}?months=4")  # 2024-12 … 2025-03, pending claims not counted
+    assert [(i["month"], i["minutes"], i["hours"], i["volunteers"]) for i in hours["items"]] == [
+        ("2024-12", 240, 4.0, 1), ("2025-01", 0, 0.0, 0), ("2025-02", 180, 3.0, 1), ("2025-03", 300, 5.0, 2)]
+    assert len(api.get(V3, f"/hours/{COMMUNITY}")["items"]) == 12
+    api.refused(V1, "GET", f"/hours/{OTHER}", None, 403, "other_community")
+    api.invalid(V1, "GET", f"/hours/{COMMUNITY}?months=0", None, "months", location="query")
 
 
 def test_my_card_with_its_history(api):

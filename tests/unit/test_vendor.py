@@ -31,6 +31,7 @@ ASSETS = {
     "htmx.org": ("vendor/htmx/htmx.min.js", "2.0."),
     "@picocss/pico": ("vendor/pico/pico.min.css", "2."),
     "axe-core": ("vendor/axe-core/axe.min.js", "4."),
+    "echarts": ("vendor/echarts/echarts.min.js", "6."),
 }
 EXACT_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
 LICENSE_NAME = re.compile(r"^(LICEN[CS]E|COPYING)", re.IGNORECASE)
