@@ -20,7 +20,7 @@ import os
 import re
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,7 +51,6 @@ LATENCY = Histogram("cocreate_http_request_duration_seconds", "HTTP request late
                     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
                     registry=OWN_REGISTRY)
 CORRELATION_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
-CHINA = timezone(timedelta(hours=8), "CST")  # China Standard Time, no daylight saving
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'self'; object-src 'none'")
 
@@ -150,7 +149,7 @@ def _install_templates(app: flask.Flask) -> None:
         except ValueError:
             return str(value)[:16 if with_time else 10]
         if instant.tzinfo is not None:
-            instant = instant.astimezone(CHINA)
+            instant = instant.astimezone(labels.CHINA)
         return instant.strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
 
     @app.template_filter("in_language")

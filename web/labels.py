@@ -6,7 +6,11 @@ page, in English here and in Chinese in the message catalogue.
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
+
 from flask_babel import lazy_gettext as _l
+
+CHINA = timezone(timedelta(hours=8), "CST")  # the communities' clock: China Standard Time, no daylight saving
 
 STAGES = {
     "co_plan": _l("Co-planning"), "co_build": _l("Co-building"), "co_manage": _l("Co-managing"),

@@ -11,7 +11,7 @@ Every write is a form posted here and answered with a redirect (post/redirect/ge
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from urllib.parse import quote
 
 import flask
@@ -20,11 +20,11 @@ from flask_babel import lazy_gettext as _l
 
 from cocreate_client import ApiError
 from web.account import require_signin
+from web.labels import CHINA
 from web.upstream import Unavailable, error_text, part, post, send
 
 blueprint = flask.Blueprint("volunteer", __name__)
 
-CHINA = timezone(timedelta(hours=8), "CST")  # the communities' clock (no daylight saving)
 # the volunteers service's roles (services/volunteers/domain.py)
 ORGANISERS = ("organiser", "cadre", "admin")
 VOLUNTEERS = ("volunteer", "resident", "representative")
