@@ -188,6 +188,7 @@ def scenario(app, servers, base) -> dict:
         "/rewards": "/rewards",
         "/certificates/<number>": "/certificates/ZYFW-none",
         "/leaderboards/<community_id>": f"/leaderboards/{A}?period=all",
+        "/hours/<community_id>": f"/hours/{A}",
         "/policies/<community_id>": f"/policies/{A}",
         "/subjects": "/subjects",
         "/subjects/<subject_id>": "/subjects/cadre-wang",
