@@ -14,13 +14,17 @@
 - Rate limits per caller and per IP (429 with ``Retry-After``), the body size limit, CORS.
 - Composed views (project overview, community dashboard, me) that answer with what they have.
 - ``GET /api/v1/live`` — server-sent events of the caller's community, resumable with
-  ``Last-Event-ID`` (fed by the ``python -m gateway feed`` worker from Kafka).
+  ``Last-Event-ID`` (fed by the ``python -m gateway feed`` worker from Kafka). A browser's
+  ``EventSource`` cannot send a bearer token: it presents a stream ticket instead
+  (``POST /api/v1/live/tickets``: single-use, valid for a minute, bound to the caller and their
+  community; kept in the gateway's database as a digest only).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -34,7 +38,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from gateway import compose
 from gateway.catalogue import PREFIX, SERVICES, Catalogue, service_path
-from gateway.store import GatewayStore, fingerprint
+from gateway.store import GatewayStore, Ticket, fingerprint
 from gateway.tokens import authenticate, load_users
 from gateway.upstream import Upstream, UpstreamUnavailable
 from services.kernel import privacy, settings as settings_module
@@ -42,10 +46,12 @@ from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
 from services.kernel.db import ping
 from services.kernel.errors import DomainError, Forbidden, NotFound, Unauthenticated
+from services.kernel.events import format_time
 from services.kernel.logs import configure_logging
+from services.kernel.model import Principal
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
-    CORRELATION_HEADER, IDENTIFIER, Schema, create_base_app, current_principal, error_response, is_public_view,
+    CORRELATION_HEADER, IDENTIFIER, PUBLIC_QUERY, Schema, create_base_app, current_principal, error_response, is_public_view,
     public_request, require_tokens,
 )
 
@@ -92,6 +98,26 @@ class DashboardQuery(Schema):
 
 class LiveQuery(Schema):
     community_id = ma.fields.String(**IDENTIFIER, metadata={"description": "admins only: another community"})
+    ticket = ma.fields.String(validate=ma.validate.Length(min=1, max=100), metadata={
+        "description": "a stream ticket (POST /live/tickets) instead of the Authorization header, for "
+                       "browsers' EventSource, which cannot send one"})
+    named = ma.fields.Boolean(load_default=True, metadata={
+        "description": "false: every event as an unnamed SSE message (EventSource's onmessage receives them "
+                       "all; the type is in the data's event_type)"})
+    last_event_id = ma.fields.Integer(validate=ma.validate.Range(min=0), metadata={
+        "description": "resume after this event id, like the Last-Event-ID header (which wins when both are given)"})
+
+
+class TicketRequestSchema(Schema):
+    community_id = ma.fields.String(**IDENTIFIER, metadata={"description": "admins only: the community the "
+                                                                           "stream reads (default: all)"})
+
+
+class TicketSchema(Schema):
+    ticket = ma.fields.String()
+    expires_at = ma.fields.String()
+    community_id = ma.fields.String(allow_none=True)
+    stream = ma.fields.String(metadata={"description": "the stream's path with the ticket"})
 
 
 def load_settings(environ=None, **overrides) -> GatewaySettings:
@@ -117,6 +143,9 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         readiness={"database": lambda: ping(store.engine), "catalogue": routes.check_ready},
         max_body_bytes=settings.max_body_bytes,
     )
+    api.spec.components.security_scheme("liveTicket", {
+        "type": "apiKey", "in": "query", "name": "ticket",
+        "description": "a stream ticket from POST /api/v1/live/tickets (GET /api/v1/live only)"})
     app.extensions["cocreate.gateway_settings"] = settings
     app.extensions["cocreate.gateway_store"] = store
     app.extensions["cocreate.catalogue"] = routes
@@ -131,7 +160,8 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     composer = compose.Composer(upstreams, ThreadPoolExecutor(max_workers=16, thread_name_prefix="compose"))
     users = UsersFile(settings.users_file) if settings.users_file else None
     _install_edge(app, settings, store)
-    require_tokens(app, open_paths=(f"{PREFIX}/auth/token",), is_public=_public_reads(routes))
+    require_tokens(app, open_paths=(f"{PREFIX}/auth/token",), is_public=_public_reads(routes),
+                   own_credential=lambda request: request.path == f"{PREFIX}/live" and "ticket" in request.args)
 
     blp = Blueprint("gateway", __name__, url_prefix=PREFIX, description="Identity and composed views")
 
@@ -198,23 +228,51 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
             principal = current_principal()
             return {"person_id": principal.person_id, "name": principal.name, **composed("me", compose.me_parts())}
 
+    @blp.route("/live/tickets")
+    class LiveTickets(MethodView):
+        @blp.arguments(TicketRequestSchema)
+        @blp.response(201, TicketSchema)
+        def post(self, body):
+            """A stream ticket: opens GET /live once, within a minute, as you, for your community"""
+            principal = current_principal()
+            community = _live_community(principal, body.get("community_id"))
+            ticket = secrets.token_urlsafe(32)
+            expires = store.issue_ticket(ticket, Ticket(principal.person_id, principal.name, tuple(sorted(principal.roles)),
+                                                        principal.community, community),
+                                         timedelta(seconds=settings.live_ticket_seconds))
+            return {"ticket": ticket, "expires_at": format_time(expires), "community_id": community,
+                    "stream": f"{PREFIX}/live?ticket={ticket}"}
+
     @blp.route("/live")
     class Live(MethodView):
-        @blp.arguments(LiveQuery, location="query")
+        @blp.arguments(LiveQuery, **PUBLIC_QUERY)  # a stream ticket's query: nothing unknown
         @blp.doc(responses={"200": {"description": "server-sent events (each as the privacy policy lets you see it)",
-                                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+                                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                 security=[{"bearerAuth": []}, {"liveTicket": []}])
         def get(self, query):
-            """Server-sent events of your community's events; resume with Last-Event-ID"""
-            principal = current_principal()
-            if "admin" not in principal.roles and not principal.community:
-                # Without a community a token would read every community's events.
-                raise Forbidden("the live stream is open only to a token of a community (or an admin's)",
-                                reason="community_required")
-            community = query.get("community_id") if "admin" in principal.roles else principal.community
+            """Server-sent events of your community's events; resume with Last-Event-ID
+
+            With a Bearer token, or with a stream ticket (``?ticket=``, from POST /live/tickets):
+            single-use, short-lived, bound to the caller and the community it was issued for. The
+            ticket is checked before anything is sent; an unknown, expired or used one is a 401
+            ``ticket_invalid``."""
+            if "ticket" in query:
+                holder = store.redeem_ticket(query["ticket"])
+                if holder is None:
+                    raise Unauthenticated("the stream ticket is unknown, expired or already used; ask for a new one "
+                                          "(POST /api/v1/live/tickets)", reason="ticket_invalid")
+                principal = Principal(holder.person_id, holder.name, frozenset(holder.roles), holder.caller_community)
+                community = holder.community_id
+            else:
+                principal = current_principal()
+                community = _live_community(principal, query.get("community_id"))
             last = flask.request.headers.get("Last-Event-ID", "").strip()
-            after = int(last) if last.isdigit() else store.last_feed_id()
-            return flask.Response(flask.stream_with_context(_event_stream(store, principal, community, after)),
-                                  content_type="text/event-stream",
+            if last.isdigit():
+                after = int(last)
+            else:
+                after = query["last_event_id"] if "last_event_id" in query else store.last_feed_id()
+            stream = _event_stream(store, principal, community, after, named=query["named"])
+            return flask.Response(flask.stream_with_context(stream), content_type="text/event-stream",
                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     api.register_blueprint(blp)
@@ -251,6 +309,19 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         return _forward(upstreams[target.service], path, body, forward_headers())
 
     return app
+
+
+def _live_community(principal: Principal, asked: str | None) -> str | None:
+    """The community a live stream of ``principal`` reads: their own; an admin's, any (or all)."""
+    if "admin" in principal.roles:
+        return asked
+    if not principal.community:
+        # Without a community a token would read every community's events.
+        raise Forbidden("the live stream is open only to a token of a community (or an admin's)",
+                        reason="community_required")
+    if asked and asked != principal.community:
+        raise Forbidden("the live stream reads only your own community", reason="not_your_community")
+    return principal.community
 
 
 class UsersFile:
@@ -331,12 +402,13 @@ def _idempotent(store: GatewayStore, settings: GatewaySettings, caller: str, key
 
 
 def _event_stream(store: GatewayStore, principal, community: str | None, after: int, idle_seconds: float = 0.5,
-                  heartbeat_seconds: float = 15.0, max_seconds: float = 300.0):
+                  heartbeat_seconds: float = 15.0, max_seconds: float = 300.0, named: bool = True):
     """Events after ``after`` as they arrive, each as the privacy policy lets this reader see it
     (:func:`services.kernel.privacy.live_view`: rating events only to staff who are not rated,
     everyone else a ``RatingsChanged`` per subject and minute). The stream ends after
     ``max_seconds`` so that a worker thread is not held forever — the browser reconnects with
-    ``Last-Event-ID``. An SSE comment ``: caught-up`` follows each drained backlog."""
+    ``Last-Event-ID``. An SSE comment ``: caught-up`` follows each drained backlog. Unless
+    ``named``, events carry no ``event:`` line (the type is in the data's ``event_type``)."""
     yield "retry: 3000\n\n"
     started = quiet_since = time.monotonic()
     caught_up = False
@@ -348,7 +420,8 @@ def _event_stream(store: GatewayStore, principal, community: str | None, after: 
             rel = privacy.relations(principal, row.community_id, rated=row.rated_person_id)
             seen = privacy.live_view(json.loads(row.envelope), rel)
             if seen is not None:
-                yield f"id: {row.id}\nevent: {row.event_type}\ndata: {json.dumps(seen, ensure_ascii=False)}\n\n"
+                kind = f"event: {row.event_type}\n" if named else ""
+                yield f"id: {row.id}\n{kind}data: {json.dumps(seen, ensure_ascii=False)}\n\n"
         if rows:
             quiet_since = time.monotonic()
             caught_up = False

@@ -14,6 +14,9 @@ runs as several replicas — then keys and limits hold across replicas too.
   ``Last-Event-ID``.
 - ``feed_summaries``: subjects whose ratings changed, until their ``RatingsChanged`` is written to
   the feed at the end of the minute (one per subject and minute, whatever the number of ratings).
+- ``live_tickets``: stream tickets (``POST /api/v1/live/tickets``), kept as their SHA-256 only,
+  with the caller they were issued to (person, name, roles, community) and the community the
+  stream may read; a ticket opens one stream, once, before it expires (a minute by default).
 """
 
 from __future__ import annotations
@@ -78,14 +81,40 @@ feed_summaries = sa.Table(  # subjects whose ratings changed, until their Rating
     sa.Column("due_us", sa.BigInteger, nullable=False, index=True),
     sa.Column("pending", sa.Boolean, nullable=False),
 )
+live_tickets = sa.Table(
+    "live_tickets", metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),  # SHA-256 of the ticket; the ticket is not kept
+    sa.Column("person_id", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("roles", sa.String(500), nullable=False),  # comma-separated
+    sa.Column("community_id", sa.String(100), nullable=True),  # the community the stream reads (None: all, admins)
+    sa.Column("caller_community", sa.String(100), nullable=True),
+    sa.Column("expires_us", sa.BigInteger, nullable=False, index=True),
+    sa.Column("used", sa.Boolean, nullable=False),
+)
 # Columns added to feed_events after it was first created (added to older databases at start).
 FEED_COLUMNS = (sa.Column("rated_person_id", sa.String(100), nullable=True),)
 for _column in FEED_COLUMNS:
     feed_events.append_column(_column)
 
 
+def _digest(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()
+
+
 def fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Whom a redeemed stream ticket was issued to, and the community its stream reads."""
+
+    person_id: str
+    name: str
+    roles: tuple[str, ...]
+    caller_community: str | None
+    community_id: str | None
 
 
 @dataclass
@@ -161,6 +190,36 @@ class GatewayStore:
                 counts.append(connection.execute(sa.select(t.c.count).where(
                     t.c.bucket == bucket, t.c.window == window)).scalar())
         return counts, 60 - seconds % 60
+
+    # -- live stream tickets ----------------------------------------------------------------------
+
+    def issue_ticket(self, ticket: str, holder: Ticket, ttl: timedelta) -> datetime:
+        """Keep a new ticket (its digest) for ``holder``; when it expires. Expired tickets go."""
+        now = utc_now()
+        expires = now + ttl
+        t = live_tickets
+        with write_transaction(self.engine) as connection:
+            connection.execute(t.delete().where(t.c.expires_us < to_micros(now)))
+            connection.execute(t.insert().values(
+                digest=_digest(ticket), person_id=holder.person_id, name=holder.name, roles=",".join(holder.roles),
+                community_id=holder.community_id, caller_community=holder.caller_community,
+                expires_us=to_micros(expires), used=False))
+        return expires
+
+    def redeem_ticket(self, ticket: str) -> Ticket | None:
+        """The ticket's holder, once: None for an unknown, expired or already used ticket (the
+        first of two concurrent redemptions wins)."""
+        t = live_tickets
+        digest = _digest(ticket)
+        with write_transaction(self.engine) as connection:
+            claimed = connection.execute(t.update().where(
+                t.c.digest == digest, t.c.used.is_(False), t.c.expires_us >= to_micros(utc_now())
+            ).values(used=True)).rowcount
+            if claimed != 1:
+                return None
+            row = connection.execute(sa.select(t).where(t.c.digest == digest)).one()
+        return Ticket(row.person_id, row.name, tuple(r for r in row.roles.split(",") if r), row.caller_community,
+                      row.community_id)
 
     # -- live feed --------------------------------------------------------------------------------
 

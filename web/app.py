@@ -92,9 +92,10 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
     _install_observability(app, db)
     _install_errors(app)
 
-    from web import account, dashboard, pages, resident, staff, volunteer
+    from web import account, dashboard, live, pages, resident, staff, volunteer
 
-    for module in (pages, account, resident, dashboard, volunteer, staff):
+    app.extensions["cocreate.csp"] = CSP.replace("connect-src 'self'", f"connect-src {live.connect_sources(settings)}")
+    for module in (pages, account, resident, dashboard, volunteer, staff, live):
         app.register_blueprint(module.blueprint)
     return app
 
@@ -183,7 +184,7 @@ def _install_observability(app: flask.Flask, db: SQLAlchemy) -> None:
         route, method = (rule.rule if rule is not None else "unmatched"), flask.request.method
         REQUESTS.labels("web", route, method, str(response.status_code)).inc()
         LATENCY.labels("web", route, method).observe(time.perf_counter() - flask.g.get("started", time.perf_counter()))
-        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("Content-Security-Policy", app.extensions.get("cocreate.csp", CSP))
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")

@@ -145,6 +145,8 @@ class GatewaySettings(AuthSettings, KafkaSettings):
     users_file: str = setting("", doc="JSON users file enabling POST /api/v1/auth/token (local use and demos)")
     token_minutes: int = setting(480, doc="lifetime of tokens the token endpoint issues")
     feed_retention_hours: int = setting(72, doc="how long the live feed keeps events for Last-Event-ID resumption")
+    live_ticket_seconds: int = setting(60, doc="how long a live stream ticket (POST /api/v1/live/tickets) may wait "
+                                              "to open its stream; it opens one, once")
     health_port: int = setting(0, doc="HTTP port of the feed worker's /healthz /readyz /metrics (0: none)")
     catalogue_refresh_seconds: float = setting(
         60.0, doc="how often the gateway reads each service's GET /openapi.json again to learn its routes (every "
@@ -158,6 +160,8 @@ class GatewaySettings(AuthSettings, KafkaSettings):
         self.validate_kafka(prefix)
         if self.catalogue_refresh_seconds <= 0:
             raise SettingsError(f"environment variable {prefix}_CATALOGUE_REFRESH_SECONDS must be > 0")
+        if not 1 <= self.live_ticket_seconds <= 600:
+            raise SettingsError(f"environment variable {prefix}_LIVE_TICKET_SECONDS must be between 1 and 600")
 
     @property
     def effective_database_url(self) -> str:

@@ -411,7 +411,8 @@ OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/sta
 
 
 def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
-                   is_public: Callable[[flask.Request], bool] | None = None) -> None:
+                   is_public: Callable[[flask.Request], bool] | None = None,
+                   own_credential: Callable[[flask.Request], bool] | None = None) -> None:
     """Every request to a route (but the probes, the documents, ``open_paths`` and public reads)
     needs a valid token, checked before its arguments are read: a bad query without a token is a
     401, not a 422. Installed after an app's own request hooks, so that the gateway's rate limits
@@ -420,7 +421,10 @@ def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
     A public read is a GET (or HEAD) that ``is_public(request)`` says is one — by default
     :func:`is_public_view`: the route's view is marked by :func:`public`. It needs no token and
     its ``Authorization`` header is not read at all (a token, valid, expired or garbage, changes
-    nothing: the answer is the same for everyone); :func:`public_request` tells the view so."""
+    nothing: the answer is the same for everyone); :func:`public_request` tells the view so.
+
+    A request that ``own_credential(request)`` says carries a credential of its own (the gateway's
+    live stream with a stream ticket) is let through for its view to check that credential."""
     exempt = OPEN_PATHS + tuple(open_paths)
     public_read = is_public or is_public_view
 
@@ -431,6 +435,8 @@ def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
             return None  # no such route (404, as the published documents say) or an open one
         if request.method in ("GET", "HEAD") and public_read(request):
             flask.g.public_request = True
+            return None
+        if own_credential is not None and own_credential(request):
             return None
         current_principal()
         return None

@@ -19,6 +19,7 @@ are read by every reader and by a visitor without a token, and show none of the 
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -229,9 +230,10 @@ def read_routes(app) -> list[str]:
     return sorted(rules)
 
 
-def live_text(gateway: Gateway, person: Person) -> tuple[int, str]:
+def live_text(gateway: Gateway, person: Person, query: str = "", headers: dict | None = None) -> tuple[int, str]:
     """The live stream up to its first ``: caught-up`` (everything already in the feed)."""
-    response = gateway.client.get(PREFIX + "/live", headers={**person.headers, "Last-Event-ID": "0"}, buffered=False)
+    headers = person.headers if headers is None else headers
+    response = gateway.client.get(PREFIX + "/live" + query, headers={**headers, "Last-Event-ID": "0"}, buffered=False)
     if response.status_code != 200:
         return response.status_code, response.get_data(as_text=True)
     text = ""
@@ -243,6 +245,31 @@ def live_text(gateway: Gateway, person: Person) -> tuple[int, str]:
     finally:
         response.close()
     return 200, text
+
+
+def ticket_text(gateway: Gateway, person: Person) -> tuple[int, str]:
+    """The live stream as a browser's EventSource reads it: with a stream ticket, no token."""
+    issued = gateway.request("POST", "/live/tickets", {}, headers=person.headers)
+    if issued.status_code != 201:
+        return issued.status_code, issued.body.decode()
+    ticket = json.loads(issued.body)["ticket"]
+    return live_text(gateway, person, query=f"?ticket={ticket}&named=false", headers={})
+
+
+@pytest.mark.parametrize("reader", list(READERS))
+def test_a_stream_ticket_shows_its_holder_exactly_what_their_token_does(world, reader):
+    person, gateway = READERS[reader], world["gateway"]
+    by_token, by_ticket = live_text(gateway, person), ticket_text(gateway, person)
+    if reader == "token without community":
+        assert by_token[0] == by_ticket[0] == 403
+        return
+    assert by_token[0] == by_ticket[0] == 200, (by_token[1][:300], by_ticket[1][:300])
+    seen = {kind: {canary for canary, needles in world["canaries"].items() if any(n in text for n in needles)}
+            for kind, (_, text) in (("token", by_token), ("ticket", by_ticket))}
+    assert seen["ticket"] == seen["token"] <= EXPECTED[reader], seen
+    ids = {kind: re.findall(r"^id: (\d+)$", text, re.M) for kind, (_, text) in (("token", by_token),
+                                                                                ("ticket", by_ticket))}
+    assert ids["ticket"] == ids["token"] and ids["token"], ids
 
 
 def test_every_read_route_is_in_the_matrix(world):

@@ -542,3 +542,118 @@ def test_ratings_changed_comes_once_per_subject_and_minute_on_a_fixed_grid(tmp_p
     assert [r.rated_person_id for r in store.feed_after(None, 0, 1000) if r.stream_id == "subject-cadre-wang"] == [
         "p-wang", "p-wang"]
     store.engine.dispose()
+
+
+# -- live stream tickets (for browsers' EventSource, which cannot send a bearer token) ----------------
+
+def _feed(app, community_id: str, n: int, event_type: str = "ProjectProposed", stream: str | None = None,
+          data: dict | None = None) -> None:
+    """One event in the gateway's live feed, as the feed worker writes it."""
+    from services.kernel.db import write_transaction
+    from services.kernel.events import StoredEvent
+
+    store = app.extensions["cocreate.gateway_store"]
+    event = StoredEvent(event_id=f"{community_id}-e{n}", event_type=event_type, schema_version=1,
+                        stream_id=stream or f"project-{community_id}-{n}", version=1, position=n,
+                        occurred_at=dt.datetime.now(dt.timezone.utc),
+                        data=data or {"project_id": f"{community_id}-{n}", "community_id": community_id,
+                                      "title": f"项目{n}"},
+                        metadata={})
+    with write_transaction(store.engine) as connection:
+        store.add_feed_event(connection, event)
+
+
+def _stream(client, query: str, headers=None) -> tuple[int, str, dict]:
+    """A live stream read up to its first ``: caught-up`` (or its error answer)."""
+    response = client.get("/api/v1/live" + query, headers=headers or {}, buffered=False)
+    if response.status_code != 200:
+        return response.status_code, response.get_data(as_text=True), response.get_json()
+    text = ""
+    try:
+        for chunk in response.iter_encoded():
+            text += chunk.decode()
+            if ": caught-up" in text:
+                break
+    finally:
+        response.close()
+    return 200, text, {}
+
+
+def test_a_stream_ticket_opens_one_stream_once_as_its_holder(app, unique, monkeypatch):
+    from gateway import store as store_module
+
+    resident = Person(f"r-{unique[:6]}", "居民", ("resident",), f"t{unique[:6]}")
+    other_community = f"o{unique[:6]}"
+    _feed(app, resident.community, 1)
+    _feed(app, other_community, 2)
+    client = app.test_client()
+
+    answer = client.post("/api/v1/live/tickets", json={}, headers=resident.headers)
+    assert answer.status_code == 201, answer.get_data(as_text=True)
+    ticket = answer.get_json()
+    assert ticket["community_id"] == resident.community
+    assert ticket["stream"] == f"/api/v1/live?ticket={ticket['ticket']}"
+    expires = dt.datetime.fromisoformat(ticket["expires_at"].replace("Z", "+00:00"))
+    assert dt.timedelta(seconds=50) < expires - dt.datetime.now(dt.timezone.utc) <= dt.timedelta(seconds=60)
+    # The database keeps the ticket's digest only.
+    store = app.extensions["cocreate.gateway_store"]
+    with store.engine.connect() as connection:
+        rows = [tuple(map(str, row)) for row in connection.exec_driver_sql("SELECT * FROM live_tickets")]
+    assert rows and not any(ticket["ticket"] in value for row in rows for value in row)
+
+    # Without an Authorization header; the holder's community only; unnamed events when asked.
+    status, text, _ = _stream(client, f"?ticket={ticket['ticket']}&named=false&last_event_id=0")
+    assert status == 200
+    assert f"{resident.community}-1" in text and other_community not in text
+    assert "event:" not in text and "data: " in text
+
+    # Once only: the same ticket again, even while the first stream is fresh, is refused.
+    status, _, body = _stream(client, f"?ticket={ticket['ticket']}&last_event_id=0")
+    assert status == 401 and body["errors"]["reason"] == "ticket_invalid"
+
+    # Named events (the default) with a fresh ticket, from where the reader left off.
+    fresh = client.post("/api/v1/live/tickets", json={}, headers=resident.headers).get_json()["ticket"]
+    _feed(app, resident.community, 3)
+    status, text, _ = _stream(client, f"?ticket={fresh}&last_event_id=1")
+    assert status == 200 and "event: ProjectProposed" in text
+    assert f"{resident.community}-3" in text and f"{resident.community}-1\"" not in text
+
+    # Expired: a minute later the ticket opens nothing.
+    late = client.post("/api/v1/live/tickets", json={}, headers=resident.headers).get_json()["ticket"]
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=61)
+    monkeypatch.setattr(store_module, "utc_now", lambda: later)
+    status, _, body = _stream(client, f"?ticket={late}")
+    assert status == 401 and body["errors"]["reason"] == "ticket_invalid"
+
+
+def test_a_stream_ticket_is_nothing_but_a_stream_ticket(app, unique):
+    resident = Person(f"r-{unique[:6]}", "居民", ("resident",), f"t{unique[:6]}")
+    client = app.test_client()
+    ticket = client.post("/api/v1/live/tickets", json={}, headers=resident.headers).get_json()["ticket"]
+    # Not a bearer token, not a credential of any other route.
+    assert_error(Public(app).request("GET", "/me", headers={"Authorization": f"Bearer {ticket}"}), 401)
+    assert_error(Public(app).request("GET", f"/me?ticket={ticket}"), 401)
+    assert_error(Public(app).request("GET", f"/communities/{resident.community}/dashboard?ticket={ticket}"), 401)
+    # An invented or malformed ticket; a ticket of the wrong shape; unknown query fields.
+    for query, status in ((f"?ticket={'x' * 43}", 401), (f"?ticket={'x' * 101}", 422), ("?ticket=", 422),
+                          (f"?ticket={ticket}&page=2", 422)):
+        got, _, body = _stream(client, query)
+        assert got == status, (query, got, body)
+    # Issuing one needs a token, of a community; a resident cannot ask for another community's.
+    assert_error(Public(app).request("POST", "/live/tickets", {}), 401)
+    nowhere = Person(f"n-{unique[:6]}", "无社区", ("resident",), None)
+    reply = Public(app).request("POST", "/live/tickets", {}, headers=nowhere.headers)
+    assert_error(reply, 403)
+    assert json.loads(reply.body)["errors"]["reason"] == "community_required"
+    reply = Public(app).request("POST", "/live/tickets", {"community_id": "elsewhere"}, headers=resident.headers)
+    assert_error(reply, 403)
+    assert json.loads(reply.body)["errors"]["reason"] == "not_your_community"
+    assert_error(Public(app).request("POST", "/live/tickets", {"colour": "red"}, headers=resident.headers), 422)
+    # An admin's ticket reads the community it names.
+    admin = Person("admin-1", "管理员", ("admin",), None)
+    _feed(app, resident.community, 7)
+    _feed(app, "elsewhere", 8)
+    mine = client.post("/api/v1/live/tickets", json={"community_id": "elsewhere"}, headers=admin.headers).get_json()
+    assert mine["community_id"] == "elsewhere"
+    status, text, _ = _stream(client, f"?ticket={mine['ticket']}&last_event_id=0")
+    assert status == 200 and "elsewhere-8" in text and f"{resident.community}-7" not in text

@@ -531,3 +531,56 @@ def test_a_member_s_project_page_when_the_overview_lacks_the_project(web, gatewa
         "missing": [{"part": "project", "service": "projects", "reason": "connection refused"}]})
     page = web.client.get("/projects/p1")
     assert page.status_code == 503 and message("service_down_part", "zh-CN") in text(page)
+
+
+# -- live pages: a stream ticket for the page's EventSource ------------------------------------------
+
+def test_a_stream_ticket_is_asked_for_with_the_session_s_token_and_the_csrf_token(web, gateway):
+    gateway.override[("POST", "/api/v1/live/tickets")] = (201, {
+        "ticket": "T-0123456789", "expires_at": "2026-12-03T10:01:00.000000Z", "community_id": "c1",
+        "stream": "/api/v1/live?ticket=T-0123456789"})
+    assert web.client.post("/live/ticket").status_code in (400, 401)  # no session, no CSRF token
+    sign_in(web)
+    page = web.client.get("/me")
+    token = csrf_of(page)
+    assert web.client.post("/live/ticket").status_code == 400  # a session, but no CSRF token
+    assert not gateway.calls("/api/v1/live")
+    reply = web.client.post("/live/ticket", headers={"X-CSRFToken": token})
+    assert reply.status_code == 200, text(reply)
+    assert reply.get_json()["url"] == f"{gateway.url}/api/v1/live?ticket=T-0123456789&named=false"
+    (call,) = gateway.calls("/api/v1/live/tickets")
+    assert call.headers["authorization"] == f"Bearer {token_of(gateway)}"
+    assert token_of(gateway) not in text(reply)  # the token itself never reaches the browser
+    # The page may open the gateway's stream: connect-src names the gateway's origin, and only it.
+    csp = page.headers["Content-Security-Policy"]
+    assert f"connect-src 'self' {gateway.url};" in csp
+
+
+def test_a_stream_ticket_when_the_gateway_is_down_or_refuses(web, gateway):
+    sign_in(web)
+    token = csrf_of(web.client.get("/me"))
+    gateway.override[("POST", "/api/v1/live/tickets")] = _error(503, "Service Unavailable", "service_unavailable")
+    assert web.client.post("/live/ticket", headers={"X-CSRFToken": token}).status_code == 503
+    gateway.override[("POST", "/api/v1/live/tickets")] = _error(403, "Forbidden", "community_required")
+    assert web.client.post("/live/ticket", headers={"X-CSRFToken": token}).status_code == 403
+    # The gateway no longer accepts the session's token: the session ends, the page stops asking.
+    gateway.override[("POST", "/api/v1/live/tickets")] = _error(401, "Unauthorized", "token_expired")
+    assert web.client.post("/live/ticket", headers={"X-CSRFToken": token}).status_code == 401
+    assert "/signin" in web.client.get("/me").headers.get("Location", "")
+
+
+def test_behind_an_ingress_the_stream_is_on_the_same_host_and_can_be_switched_off(make_web, gateway):
+    same_host = make_web(gateway.url, live_url="/api/v1/live")
+    gateway.override[("POST", "/api/v1/live/tickets")] = (201, {
+        "ticket": "T-1", "expires_at": "2026-12-03T10:01:00.000000Z", "community_id": "c1",
+        "stream": "/api/v1/live?ticket=T-1"})
+    sign_in(same_host)
+    page = same_host.client.get("/me")
+    assert "connect-src 'self';" in page.headers["Content-Security-Policy"]
+    reply = same_host.client.post("/live/ticket", headers={"X-CSRFToken": csrf_of(page)})
+    assert reply.get_json()["url"] == "/api/v1/live?ticket=T-1&named=false"
+    off = make_web(gateway.url, live_url="off")
+    sign_in(off)
+    page = off.client.get("/me")
+    assert off.client.post("/live/ticket", headers={"X-CSRFToken": csrf_of(page)}).status_code == 404
+    assert "connect-src 'self';" in page.headers["Content-Security-Policy"]

@@ -27,6 +27,7 @@
       });
     });
     document.addEventListener("htmx:afterSettle", function () { draw(0); });
+    document.addEventListener("cocreate:live-updated", function () { draw(0); });  // static/live.js
   }
   draw(0);
 })();
