@@ -1,7 +1,8 @@
 """What the community's staff do (cadres, grid workers): the 共建 actions on a project's page
 (confirm a delivery against a pledge, record spending with a receipt, record a milestone, complete
 the project), the follow-up worklist of bad ratings (回访 contact → rectification → the resident's
-confirmation, which closes the case), the subjects residents rate, and publishing a ranking.
+confirmation, which closes the case), the subjects residents rate, the community's rating policy
+(评价规则: staff read it, cadres change it), and publishing a ranking.
 
 As everywhere in the web client: a page shows a form only for what the API allows the visitor
 (the project's ``my_actions``; the case's state), every write is a form with its CSRF token and
@@ -11,6 +12,7 @@ and a message; a refusal of the API is shown as its message from the one message
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -304,3 +306,80 @@ def publish_ranking():
     period = live.get("period", "") if isinstance(live, dict) else ""
     return flask.render_template("staff/publish.html", kinds=labels.SUBJECT_KINDS, period=period,
                                  title=_("Publish a ranking"))
+
+
+# -- the rating policy (评价规则) ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PolicyField:
+    name: str
+    label: object
+    help: object
+    low: int | Decimal | None = None
+    high: int | Decimal | None = None
+
+    def read(self, raw: str):
+        """The typed value, or None when it is not one (the API checks the same bounds again)."""
+        raw = raw.strip()
+        if self.name == "period":
+            return raw if raw in ("month", "quarter") else None
+        if self.name == "prior_mean":
+            if not re.fullmatch(r"[1-5](\.\d{1,2})?", raw):
+                return None
+            value = Decimal(raw)
+            return f"{value:.2f}" if self.low <= value <= self.high else None
+        if not raw.isdecimal() or len(raw) > 6:
+            return None
+        value = int(raw)
+        return value if self.low <= value <= self.high else None
+
+
+# The feedback service's policy settings, with the bounds its API checks (services/feedback/api.py).
+POLICY_FIELDS = (
+    PolicyField("period", _l("Rating period"), _l("Rankings are made per month or per quarter.")),
+    PolicyField("min_ratings", _l("Ratings needed to be ranked"),
+                _l("With fewer ratings in the period a subject is listed as not ranked yet."), 1, 10_000),
+    PolicyField("prior_mean", _l("Starting score (1.00 to 5.00)"),
+                _l("A score is pulled towards this value while there are few ratings."), Decimal("1"), Decimal("5")),
+    PolicyField("prior_weight", _l("Weight of the starting score, in ratings"),
+                _l("How many ratings the starting score counts as."), 0, 10_000),
+    PolicyField("satisfaction_threshold_pct", _l("Satisfaction threshold (%)"),
+                _l("Below this share of satisfied ratings a support plan opens."), 1, 100),
+    PolicyField("followup_working_days", _l("Working days to follow up a bad rating"),
+                _l("The deadline of a follow-up case, counted in working days."), 1, 30),
+    PolicyField("burst_window_minutes", _l("Burst window (minutes)"),
+                _l("Many top ratings for one subject within this window are flagged for review."), 1, 7 * 24 * 60),
+    PolicyField("burst_min_ratings", _l("Ratings that make a burst"),
+                _l("How many top ratings within the window are flagged."), 2, 10_000),
+)
+
+
+@blueprint.route("/policy", methods=["GET", "POST"])
+def policy():
+    """The community's rating policy: staff read it; cadres change it. The form carries the
+    version it was made from (``If-Match``): a change made meanwhile by someone else is not
+    overwritten — the page says so and shows the current policy."""
+    if (redirect := _handlers_only()) is not None:
+        return redirect
+    community_id = flask.session.get("community")
+    if not community_id:
+        flask.abort(403)
+    if flask.request.method == "POST":
+        if not has_role(*CADRES):
+            flask.abort(403)
+        form = flask.request.form
+        values = {field.name: field.read(form.get(field.name, "")) for field in POLICY_FIELDS}
+        version = form.get("version", "")
+        if any(value is None for value in values.values()) or not version.isdecimal():
+            flask.flash(_("Please check the form: something is missing or not valid."), "error")
+            return flask.redirect(flask.url_for("staff.policy") + "#change")
+        try:
+            send(lambda c: c.request("PATCH", f"/policies/{q(community_id)}", values,
+                                     headers={"If-Match": f'"{int(version)}"'}))
+            flask.flash(_("The rating policy is changed; it applies from now on."), "info")
+        except ApiError as error:
+            flask.flash(error_text(error), "error")
+        return flask.redirect(flask.url_for("staff.policy"))
+    current = part(lambda c: c.get(f"/policies/{q(community_id)}"))
+    return flask.render_template("staff/policy.html", policy=current, fields=POLICY_FIELDS,
+                                 is_cadre=has_role(*CADRES), title=_("Rating policy"))

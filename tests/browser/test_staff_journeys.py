@@ -225,3 +225,50 @@ def test_subjects_and_publishing_a_ranking(site, browser, page, viewport):
         assert grid_worker.goto(f"{site.web}/rankings/publish").status == 403
     finally:
         grid_worker.context.close()
+
+
+def test_the_rating_policy_read_by_staff_changed_by_a_cadre_without_lost_updates(site, browser, viewport):
+    """评价规则: a grid worker reads it; a cadre changes it; a second cadre's form made from the old
+    version does not overwrite the change (412: the page says so); a bad value changes nothing."""
+    worker, first, second = (new_page(browser, viewport) for _ in range(3))
+    policy_url = f"{site.web}/policy"
+    try:
+        sign_in(worker, site.web, "zhou")
+        worker.goto(policy_url)
+        assert "评价规则" in text_of(worker) and worker.locator("#change").count() == 0
+        assert accessibility_violations(worker) == []
+        original = worker.locator("#current dd").nth(6).inner_text().strip()  # the burst window, minutes
+
+        for page in (first, second):
+            sign_in(page, site.web, "chen")
+            page.goto(policy_url)
+        assert accessibility_violations(first) == []
+        changed = str(int(original) + 1)
+        first.get_by_label("集中好评的时间窗（分钟）").fill(changed)
+        first.get_by_role("button", name="保存评价规则").click()
+        first.wait_for_selector(".flash.info")
+        assert first.locator("#current dd").nth(6).inner_text().strip() == changed
+
+        # The second cadre's form still carries the old version: refused, nothing overwritten.
+        second.get_by_label("集中好评的时间窗（分钟）").fill("999")
+        second.get_by_role("button", name="保存评价规则").click()
+        second.wait_for_selector(".flash.error")
+        assert "刷新" in second.inner_text(".flash.error")
+        assert second.locator("#current dd").nth(6).inner_text().strip() == changed
+
+        # A value the browser's own checks would stop, sent anyway: refused with the form's message.
+        second.evaluate("document.getElementById('policy-min_ratings').removeAttribute('min')")
+        second.get_by_label("参与排名所需的评价数").fill("0")
+        second.get_by_role("button", name="保存评价规则").click()
+        second.wait_for_selector(".flash.error")
+        worker.goto(policy_url)
+        assert worker.locator("#current dd").nth(6).inner_text().strip() == changed
+
+        # Back as it was, for the other tests on this platform.
+        first.goto(policy_url)
+        first.get_by_label("集中好评的时间窗（分钟）").fill(original)
+        first.get_by_role("button", name="保存评价规则").click()
+        first.wait_for_selector(".flash.info")
+    finally:
+        for page in (worker, first, second):
+            page.context.close()
