@@ -19,7 +19,7 @@ from flask_babel import lazy_gettext as _l
 from cocreate_client import ApiError
 from web import labels
 from web.account import require_signin
-from web.upstream import Unavailable, error_text, part, post, send
+from web.upstream import Unavailable, error_text, form_action, part, post, send
 
 blueprint = flask.Blueprint("resident", __name__)
 
@@ -136,17 +136,8 @@ def act(project_id: str, action: str):
     if action not in ACTIONS:
         flask.abort(404)
     path, body_of, done = ACTIONS[action]
-    body = body_of()
-    back = flask.url_for("pages.project", project_id=project_id)
-    if body is None:
-        flask.flash(_("Please check the form: something is missing or not valid."), "error")
-        return flask.redirect(back + f"#{action}")
-    try:
-        send(lambda c: post(c, f"/projects/{q(project_id)}/{path}", body))
-        flask.flash(str(done), "info")
-    except ApiError as error:
-        flask.flash(error_text(error), "error")
-    return flask.redirect(back)
+    return form_action(f"/projects/{q(project_id)}/{path}", body_of(), done,
+                       flask.url_for("pages.project", project_id=project_id), invalid_anchor=f"#{action}")
 
 
 @blueprint.get("/rate")

@@ -25,7 +25,7 @@ from flask_babel import lazy_gettext as _l
 from cocreate_client import ApiError
 from web import labels
 from web.account import require_signin
-from web.upstream import Unavailable, error_text, part, post, send
+from web.upstream import Unavailable, error_text, form_action, invalid_form, part, post, send
 
 blueprint = flask.Blueprint("staff", __name__)
 
@@ -148,17 +148,9 @@ def project_action(project_id: str, action: str):
     if action not in ACTIONS:
         flask.abort(404)
     path_of, body_of, done = ACTIONS[action]
-    body = body_of()
     back = flask.url_for("pages.project", project_id=project_id)
-    if body is None:
-        flask.flash(_("Please check the form: something is missing or not valid."), "error")
-        return flask.redirect(back + "#staff")
-    try:
-        send(lambda c: post(c, f"/projects/{q(project_id)}/{path_of()}", body))
-        flask.flash(str(done), "info")
-    except ApiError as error:
-        flask.flash(error_text(error), "error")
-    return flask.redirect(back + "#staff")
+    return form_action(f"/projects/{q(project_id)}/{path_of()}", body_of(), done, back, invalid_anchor="#staff",
+                       anchor="#staff")
 
 
 # -- the follow-up worklist (差评回访) -------------------------------------------------------------
@@ -234,17 +226,8 @@ def case_action(case_id: str, action: str):
     if action not in CASE_ACTIONS:
         flask.abort(404)
     path, body_of, done = CASE_ACTIONS[action]
-    body = body_of()
-    back = flask.url_for("staff.case", case_id=case_id)
-    if body is None:
-        flask.flash(_("Please check the form: something is missing or not valid."), "error")
-        return flask.redirect(back + f"#{action}")
-    try:
-        send(lambda c: post(c, f"/cases/{q(case_id)}/{path}", body))
-        flask.flash(str(done), "info")
-    except ApiError as error:
-        flask.flash(error_text(error), "error")
-    return flask.redirect(back)
+    return form_action(f"/cases/{q(case_id)}/{path}", body_of(), done, flask.url_for("staff.case", case_id=case_id),
+                       invalid_anchor=f"#{action}")
 
 
 # -- subjects residents rate, and publishing a ranking (cadres) -------------------------------------
@@ -267,8 +250,7 @@ def subjects():
                  and community_id and all(body[k] is None or IDENTIFIER.fullmatch(body[k])
                                           for k in ("unit_id", "person_id")))
         if not valid:
-            flask.flash(_("Please check the form: something is missing or not valid."), "error")
-            return flask.redirect(flask.url_for("staff.subjects") + "#register")
+            return invalid_form(flask.url_for("staff.subjects") + "#register")
         try:
             send(lambda c: post(c, "/subjects", {k: v for k, v in body.items() if v is not None}))
             flask.flash(_("%(name)s can be rated now.", name=body["name"]), "info")
@@ -291,8 +273,7 @@ def publish_ranking():
     if flask.request.method == "POST":
         kind, period = flask.request.form.get("kind"), flask.request.form.get("period", "").strip()
         if kind not in labels.SUBJECT_KINDS or not PERIOD.fullmatch(period) or not community_id:
-            flask.flash(_("Please check the form: something is missing or not valid."), "error")
-            return flask.redirect(flask.url_for("staff.publish_ranking"))
+            return invalid_form(flask.url_for("staff.publish_ranking"))
         body = {"community_id": community_id, "kind": kind, "period": period,
                 "provisional": flask.request.form.get("provisional") == "yes"}
         try:
@@ -371,8 +352,7 @@ def policy():
         values = {field.name: field.read(form.get(field.name, "")) for field in POLICY_FIELDS}
         version = form.get("version", "")
         if any(value is None for value in values.values()) or not version.isdecimal():
-            flask.flash(_("Please check the form: something is missing or not valid."), "error")
-            return flask.redirect(flask.url_for("staff.policy") + "#change")
+            return invalid_form(flask.url_for("staff.policy") + "#change")
         try:
             send(lambda c: c.request("PATCH", f"/policies/{q(community_id)}", values,
                                      headers={"If-Match": f'"{int(version)}"'}))

@@ -21,7 +21,7 @@ from flask_babel import lazy_gettext as _l
 from cocreate_client import ApiError
 from web.account import require_signin
 from web.labels import CHINA
-from web.upstream import Unavailable, error_text, part, post, send
+from web.upstream import Unavailable, error_text, invalid_form, part, post, send, write
 
 blueprint = flask.Blueprint("volunteer", __name__)
 
@@ -90,18 +90,6 @@ def _today() -> date:
     return _now().astimezone(CHINA).date()
 
 
-def _write(path: str, body: dict, done: str) -> dict | None:
-    """Send one write and flash its outcome: the API's answer, or ``None`` when it refused."""
-    try:
-        answer = send(lambda c: post(c, path, body))
-    except ApiError as error:
-        flask.flash(error_text(error), "error")
-        flask.g.refusal = error.reason
-        return None
-    flask.flash(done, "info")
-    return answer
-
-
 # What this session saw of the visitor's own steps in an activity (the API shows the list of
 # volunteers to the organiser only): a hint for which buttons to offer first, never a rule — the
 # API decides every step. activity id -> "signed_up" | "checked_in"; the newest few.
@@ -166,7 +154,7 @@ def card():
 def register_card():
     if (redirect := require_signin()) is not None:
         return redirect
-    _write("/cards", {}, _("Your volunteer card is registered."))
+    write("/cards", {}, _("Your volunteer card is registered."))
     return flask.redirect(flask.url_for("volunteer.card"))
 
 
@@ -301,7 +289,7 @@ def _activity_page(activity_id: str) -> str:
 def sign_up(activity_id: str):
     if (redirect := require_signin()) is not None:
         return redirect
-    answer = _write(f"/activities/{q(activity_id)}/signups", {}, _("You are signed up. See you there!"))
+    answer = write(f"/activities/{q(activity_id)}/signups", {}, _("You are signed up. See you there!"))
     _remember(activity_id, "signup", answer is not None)
     return flask.redirect(_activity_page(activity_id))
 
@@ -310,7 +298,7 @@ def sign_up(activity_id: str):
 def withdraw(activity_id: str):
     if (redirect := require_signin()) is not None:
         return redirect
-    answer = _write(f"/activities/{q(activity_id)}/signups/withdrawal", {}, _("Your sign-up is withdrawn."))
+    answer = write(f"/activities/{q(activity_id)}/signups/withdrawal", {}, _("Your sign-up is withdrawn."))
     _remember(activity_id, "withdrawal", answer is not None)
     return flask.redirect(_activity_page(activity_id))
 
@@ -327,10 +315,10 @@ def check_in_or_out(activity_id: str):
         flask.flash(_("Enter the six-digit check-in code the organiser shows."), "error")
         return flask.redirect(back)
     if step == "check-in":
-        answer = _write(f"/activities/{q(activity_id)}/check-in", {"code": code},
+        answer = write(f"/activities/{q(activity_id)}/check-in", {"code": code},
                         _("You are checked in. Check out with the same code when you leave."))
     else:
-        answer = _write(f"/activities/{q(activity_id)}/check-out", {"code": code},
+        answer = write(f"/activities/{q(activity_id)}/check-out", {"code": code},
                         _("You are checked out. Your hours wait for the organiser's approval."))
     _remember(activity_id, step, answer is not None)
     return flask.redirect(back)
@@ -348,12 +336,10 @@ def attendance(activity_id: str):
         if form.get(key, "").strip():
             body[key] = local_input(form[key])
             if body[key] is None:
-                flask.flash(_("Please check the form: something is missing or not valid."), "error")
-                return flask.redirect(back)
+                return invalid_form(back)
     if not person_id:
-        flask.flash(_("Please check the form: something is missing or not valid."), "error")
-        return flask.redirect(back)
-    _write(f"/activities/{q(activity_id)}/attendance", body,
+        return invalid_form(back)
+    write(f"/activities/{q(activity_id)}/attendance", body,
            _("Attendance of %(person)s is recorded; approve the hours when you have checked them.",
              person=person_id))
     return flask.redirect(back)
@@ -372,14 +358,13 @@ def decide(activity_id: str):
     if form.get("minutes", "").strip():
         body["minutes"] = _int("minutes", low=30, high=24 * 60)
     if not person_id or decision not in ("approve", "reject") or body.get("minutes", 0) is None:
-        flask.flash(_("Please check the form: something is missing or not valid."), "error")
-        return flask.redirect(back)
+        return invalid_form(back)
     if decision == "reject" and not reason:
         flask.flash(_("Say why the hours are rejected."), "error")
         return flask.redirect(back)
     done = (_("The hours of %(person)s are approved.", person=person_id) if decision == "approve"
             else _("The hours of %(person)s are rejected.", person=person_id))
-    _write(f"/activities/{q(activity_id)}/claims/{q(person_id)}/decision", body, done)
+    write(f"/activities/{q(activity_id)}/claims/{q(person_id)}/decision", body, done)
     return flask.redirect(back)
 
 
@@ -392,7 +377,7 @@ def cancel(activity_id: str):
     if not reason:
         flask.flash(_("Say why the activity is cancelled."), "error")
         return flask.redirect(back)
-    _write(f"/activities/{q(activity_id)}/cancellation", {"reason": reason}, _("The activity is cancelled."))
+    write(f"/activities/{q(activity_id)}/cancellation", {"reason": reason}, _("The activity is cancelled."))
     return flask.redirect(back)
 
 
@@ -415,7 +400,7 @@ def redeem(reward_id: str):
     if (redirect := require_signin()) is not None:
         return redirect
     name = flask.request.form.get("name", "").strip()[:100]
-    _write(f"/rewards/{q(reward_id)}/redemptions", {},
+    write(f"/rewards/{q(reward_id)}/redemptions", {},
            _("You redeemed %(name)s. The community's staff will hand it over.", name=name or reward_id))
     return flask.redirect(flask.url_for("volunteer.rewards"))
 
@@ -452,8 +437,7 @@ def issue_certificate():
         except ValueError:
             valid = False
     if not valid:
-        flask.flash(_("Please check the form: something is missing or not valid."), "error")
-        return flask.redirect(flask.url_for("volunteer.certificates", person_id=form.get("person_id", "")))
+        return invalid_form(flask.url_for("volunteer.certificates", person_id=form.get("person_id", "")))
     try:
         created = send(lambda c: post(c, "/certificates", body))
     except ApiError as error:

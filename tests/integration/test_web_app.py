@@ -423,7 +423,10 @@ def test_pages_carry_the_security_headers(web, gateway):
         answer = web.client.get(path)
         csp = answer.headers["Content-Security-Policy"]
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
-        sources = {source for directive in csp.split(";") for source in directive.split()[1:]}
+        directives = {d.split()[0]: set(d.split()[1:]) for d in csp.split(";") if d.strip()}
+        # Only the site itself, but that pages may open the gateway's live stream (WEB_LIVE_URL).
+        assert directives.pop("connect-src") == {"'self'", gateway.url}, (path, csp)
+        sources = {source for values in directives.values() for source in values}
         assert sources <= {"'self'", "'none'", "data:"}, (path, sources)
         assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
         assert answer.headers["X-Frame-Options"] == "DENY"
