@@ -1,8 +1,10 @@
 """Signing in and out, the page language, and "我的" (my proposals, pledges, ratings, card).
 
 Locally people sign in with the gateway's token endpoint (username and password); the token
-answer is kept in the server-side session with the person's name, roles and community. Signing
-in replaces the session id; signing out deletes the session.
+answer is kept in the server-side session with the person's name, roles and community. Deployed
+(``WEB_OIDC_ISSUER`` set) there is no password form: ``/signin`` sends the browser to the identity
+provider and :mod:`web.oidc` signs the person in with OpenID Connect. Either way signing in replaces
+the session id, and signing out deletes the session.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from flask_babel import gettext as _
 
 from cocreate_client import ApiError
 from cocreate_client.messages import message
-from web import i18n
+from web import i18n, oidc
 from web.upstream import Unavailable, error_text, gateway, part
 
 blueprint = flask.Blueprint("account", __name__)
+
+
+@blueprint.record_once
+def _sign_in_through_a_provider(state) -> None:
+    oidc.init_app(state.app, state.app.extensions.get("cocreate.web_settings"))
 
 
 def safe_next(target: str | None) -> str:
@@ -39,9 +46,11 @@ def require_signin():
 @blueprint.route("/signin", methods=["GET", "POST"])
 def signin():
     next_page = safe_next(flask.request.values.get("next"))
+    if flask.session.get("token") and flask.request.method == "GET":
+        return flask.redirect(next_page)
+    if oidc.enabled():  # deployed: no password here, the identity provider signs people in
+        return oidc.start(next_page)
     if flask.request.method == "GET":
-        if flask.session.get("token"):
-            return flask.redirect(next_page)
         return flask.render_template("signin.html", next=next_page, title=_("Sign in"))
     username = flask.request.form.get("username", "").strip()
     password = flask.request.form.get("password", "")
@@ -61,14 +70,14 @@ def signin():
     except OSError:
         flask.flash(message("service_unavailable", i18n.language_tag()), "error")
         return flask.render_template("signin.html", next=next_page, username=username, title=_("Sign in")), 503
-    _new_session()
+    new_session()
     flask.session.update(token=answer["access_token"], person_id=answer["person_id"], name=who.get("name"),
                          roles=list(answer.get("roles", [])), community=answer.get("community"))
     flask.flash(_("Welcome, %(name)s.", name=who.get("name") or answer["person_id"]), "info")
     return flask.redirect(next_page)
 
 
-def _new_session() -> None:
+def new_session() -> None:
     """A fresh session id for the signed-in visitor (the old id, if any, is deleted)."""
     interface = flask.current_app.session_interface
     if hasattr(interface, "regenerate"):
@@ -78,9 +87,14 @@ def _new_session() -> None:
 
 @blueprint.post("/signout")
 def signout():
-    _new_session()  # the signed-in session's row is deleted, not kept for the message below
+    id_token = flask.session.get("id_token")
+    new_session()  # the signed-in session's row is deleted, not kept for the message below
     flask.flash(_("You have signed out."), "info")
-    return flask.redirect(flask.url_for("pages.home"))
+    # Signed in through an identity provider: its session ends too, and it sends the browser back.
+    provider = oidc.end_session_url(id_token) if id_token else None
+    if provider and flask.request.headers.get("HX-Request"):
+        return flask.Response(status=204, headers={"HX-Redirect": provider})
+    return flask.redirect(provider or flask.url_for("pages.home"))
 
 
 @blueprint.get("/lang/<code>")

@@ -94,7 +94,11 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
 
     from web import account, dashboard, live, pages, resident, staff, volunteer
 
-    app.extensions["cocreate.csp"] = CSP.replace("connect-src 'self'", f"connect-src {live.connect_sources(settings)}")
+    csp = CSP.replace("connect-src 'self'", f"connect-src {live.connect_sources(settings)}")
+    if settings.oidc_issuer:  # signing out redirects the sign-out form to the provider's end of session
+        issuer = urlsplit(settings.oidc_issuer)
+        csp = csp.replace("form-action 'self'", f"form-action 'self' {issuer.scheme}://{issuer.netloc}")
+    app.extensions["cocreate.csp"] = csp
     for module in (pages, account, resident, dashboard, volunteer, staff, live):
         app.register_blueprint(module.blueprint)
     return app
@@ -208,6 +212,10 @@ def _install_observability(app: flask.Flask, db: SQLAlchemy) -> None:
 
     @app.get("/metrics")
     def metrics():
+        # For the scraper inside the cluster, which reaches the pod directly. The Ingress sends
+        # every path of the site here, and always adds X-Forwarded-For: not for the public.
+        if flask.request.headers.get("X-Forwarded-For"):
+            flask.abort(404)
         return flask.Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -41,6 +41,24 @@ class WebSettings:
                                                   "when GATEWAY_TRUSTED_PROXIES is 1)")
     trusted_proxies: int = _setting(0, "X-Forwarded-For hops in front of the web client to trust for the "
                                        "visitor's address (1 behind an ingress)")
+    live_url: str = _setting("", "where the browser opens the gateway's live stream (`/api/v1/live`) for live "
+                                 "pages; default <gateway_url>/api/v1/live (`/api/v1/live` when an ingress serves "
+                                 "both on one host); `off` turns live pages off")
+    oidc_issuer: str = _setting("", "the identity provider's issuer URL (OpenID Connect; its discovery document is "
+                                    "<issuer>/.well-known/openid-configuration); empty: people sign in with a username "
+                                    "and password at the gateway's token endpoint (local runs); set: only through the "
+                                    "provider")
+    oidc_client_id: str = _setting("", "the web client's client id at the identity provider (required with "
+                                       "WEB_OIDC_ISSUER)")
+    oidc_client_secret: str = _setting("", "its client secret (empty: a public client, PKCE alone)")
+    oidc_scopes: str = _setting("openid profile", "scopes asked of the identity provider (must include openid)")
+    oidc_gateway_token: str = _setting("access_token", "which of the provider's tokens the web client presents to the "
+                                                       "gateway: access_token (a JWT access token whose aud is the "
+                                                       "gateway's COCREATE_JWT_AUDIENCE) or id_token (providers whose "
+                                                       "access tokens are opaque; aud is the client id)")
+    oidc_redirect_uri: str = _setting("", "the sign-in callback registered at the provider, e.g. "
+                                          "https://cocreate.example/signin/callback; default /signin/callback on the "
+                                          "address the request came to (set it behind an ingress that ends TLS)")
     upstream_timeout_seconds: float = _setting(5.0, "timeout of one call to the gateway")
     log_level: str = _setting("INFO", "log level", platform_wide=True)
 
@@ -92,7 +110,23 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> WebSetti
         raise SettingsError("environment variable WEB_SECRET_KEY must be set (16 characters or more)")
     if settings.session_hours < 1:
         raise SettingsError("environment variable WEB_SESSION_HOURS must be >= 1")
+    _check_oidc(settings)
     return settings
+
+
+def _check_oidc(settings: WebSettings) -> None:
+    if not settings.oidc_issuer:
+        return
+    if not settings.oidc_issuer.startswith(("https://", "http://")):
+        raise SettingsError("environment variable WEB_OIDC_ISSUER must be an http(s) URL")
+    if not settings.oidc_client_id:
+        raise SettingsError("environment variable WEB_OIDC_CLIENT_ID is required when WEB_OIDC_ISSUER is set")
+    if "openid" not in settings.oidc_scopes.split():
+        raise SettingsError("environment variable WEB_OIDC_SCOPES must include openid")
+    if settings.oidc_gateway_token not in ("access_token", "id_token"):
+        raise SettingsError("environment variable WEB_OIDC_GATEWAY_TOKEN must be access_token or id_token")
+    if settings.oidc_redirect_uri and not settings.oidc_redirect_uri.startswith(("https://", "http://")):
+        raise SettingsError("environment variable WEB_OIDC_REDIRECT_URI must be an http(s) URL")
 
 
 def describe() -> list[tuple[str, str, str]]:

@@ -4,7 +4,9 @@ session's token (never the browser's), the visitor's address and the page langua
 A page is made of *parts*; :func:`part` asks for one and turns a gateway or service that is down
 into :class:`Unavailable` — the template shows "暂时无法获取" for that part and the rest of the page
 as usual. A 401 from the gateway (the token expired) ends the session and sends the visitor to
-sign in again.
+sign in again — unless the session was signed in through an identity provider that gave a refresh
+token: then a ``token_expired`` is answered by renewing the tokens once and asking again
+(:func:`web.oidc.renew`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
+from flask_babel import gettext as _
 
 from cocreate_client import ApiError, Client
 from cocreate_client.messages import message, message_for_status
@@ -70,7 +73,12 @@ def part(fetch: Callable[[Client], Any], *, anonymous: bool = False, absent: Any
     """What ``fetch(client)`` answers, or :class:`Unavailable` when the gateway or the service
     behind it is down; a 404 answers ``absent``; other errors propagate as :class:`ApiError`."""
     try:
-        return fetch(gateway(anonymous=anonymous))
+        try:
+            return fetch(gateway(anonymous=anonymous))
+        except ApiError as error:
+            if anonymous or not renewed(error):
+                raise
+            return fetch(gateway())
     except ApiError as error:
         if error.status == 401 and not anonymous:
             raise SessionExpired() from error
@@ -102,7 +110,12 @@ def send(do: Callable[[Client], Any]) -> Any:
     """A write for the signed-in visitor; a 401 ends the session. Errors propagate (the view
     shows their message); the gateway being unreachable is a 503-like :class:`ApiError`."""
     try:
-        return do(gateway())
+        try:
+            return do(gateway())
+        except ApiError as error:
+            if not renewed(error):
+                raise
+            return do(gateway())  # refused before it was routed: nothing was recorded
     except ApiError as error:
         if error.status == 401:
             raise SessionExpired() from error
@@ -111,8 +124,47 @@ def send(do: Callable[[Client], Any]) -> Any:
         raise ApiError(503, {"errors": {"reason": "service_unavailable"}}) from None
 
 
+def renewed(error: ApiError) -> bool:
+    """Whether the gateway said the session's token expired and the session got a new one (see
+    :func:`web.oidc.renew`; only a session signed in through an identity provider can)."""
+    renew = flask.current_app.extensions.get("cocreate.renew_token")
+    return error.status == 401 and error.reason == "token_expired" and renew is not None and renew()
+
+
 def error_text(error: ApiError) -> str:
     """The visitor's message for an API error, from the one message catalogue (by its reason, or
     by its status when it has none); the API's own field names are not shown to people."""
     tag = language_tag()
     return message(error.reason, tag) if error.reason else message_for_status(error.status, tag)
+
+
+# -- a form's write, post/redirect/get ----------------------------------------------------------------
+
+def write(path: str, body: Any, done: str) -> Any | None:
+    """POST one write for the signed-in visitor (with the form's idempotency key) and flash its
+    outcome: ``done``, or the API's refusal in the visitor's language (its reason is kept in
+    ``flask.g.refusal``). The API's answer, or None when it refused."""
+    try:
+        answer = send(lambda c: post(c, path, body))
+    except ApiError as error:
+        flask.flash(error_text(error), "error")
+        flask.g.refusal = error.reason
+        return None
+    flask.flash(str(done), "info")
+    return answer
+
+
+def invalid_form(back: str) -> flask.Response:
+    """Back to the form that was not filled in right, saying so (nothing was sent)."""
+    flask.flash(_("Please check the form: something is missing or not valid."), "error")
+    return flask.redirect(back)
+
+
+def form_action(path: str, body: Any, done: str, back: str, *, invalid_anchor: str = "",
+                anchor: str = "") -> flask.Response:
+    """A form's whole write: a form read as ``None`` goes back to it (``back + invalid_anchor``);
+    otherwise :func:`write`, then back to the page (``back + anchor``) with the outcome."""
+    if body is None:
+        return invalid_form(back + invalid_anchor)
+    write(path, body, done)
+    return flask.redirect(back + anchor)

@@ -86,7 +86,7 @@ class TokenVerifier:
 
     def _verify(self, token: str) -> tuple[Principal, float]:
         try:
-            key = self._jwks.get_signing_key_from_jwt(token).key if self._jwks else self._key
+            key = self._signing_key(token) if self._jwks else self._key
             claims = jwt.decode(
                 token, key, algorithms=[self.algorithm], audience=self.audience, issuer=self.issuer,
                 options={"require": list(REQUIRED_CLAIMS)},
@@ -108,6 +108,16 @@ class TokenVerifier:
             community=community,
             token=token,
         ), float(claims["exp"])
+
+    def _signing_key(self, token: str):
+        """The JWKS key that signed ``token``: the one its ``kid`` names, or — for a token without a
+        ``kid`` (the header parameter is optional) — the JWKS's only signing key; a JWKS of several
+        keys needs the ``kid``."""
+        if jwt.get_unverified_header(token).get("kid") is None:
+            keys = self._jwks.get_signing_keys()
+            if len(keys) == 1:
+                return keys[0].key
+        return self._jwks.get_signing_key_from_jwt(token).key
 
     def from_header(self, authorization: str | None) -> Principal:
         if not authorization:

@@ -587,3 +587,13 @@ def test_behind_an_ingress_the_stream_is_on_the_same_host_and_can_be_switched_of
     page = off.client.get("/me")
     assert off.client.post("/live/ticket", headers={"X-CSRFToken": csrf_of(page)}).status_code == 404
     assert "connect-src 'self';" in page.headers["Content-Security-Policy"]
+
+
+def test_metrics_are_for_the_scraper_not_for_visitors_through_the_ingress(web, gateway):
+    web.client.get("/c/c1")
+    scraped = web.client.get("/metrics")
+    assert scraped.status_code == 200
+    assert 'cocreate_http_requests_total{app="web"' in text(scraped)
+    # The Ingress sends every path to the web client and always adds X-Forwarded-For.
+    through_ingress = web.client.get("/metrics", headers={"X-Forwarded-For": "198.51.100.4"})
+    assert through_ingress.status_code == 404 and "cocreate_http" not in text(through_ingress)

@@ -59,14 +59,15 @@ def ready(url: str) -> bool:
 
 
 class LocalPlatform:
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, only: tuple[str, ...] = ()) -> None:
+        """``only``: these Procfile entries (and the broker) instead of all of them."""
         self.workdir = workdir
         self.data_dir = workdir / "var"
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.commands = procfile()
         self.broker = Broker()
-        self.ports = {name: free_port() for name in self.commands if name != "broker"}
+        self.ports = {name: free_port() for name in self.commands if name != "broker" and (not only or name in only)}
         self.processes: dict[str, subprocess.Popen] = {}
         self.env = {**os.environ, "COCREATE_DATA_DIR": str(self.data_dir), "COCREATE_JWT_SECRET": TEST_SECRET,
                     "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap, "PYTHONUNBUFFERED": "1",
