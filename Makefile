@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv run demo test test-unit test-integration bench bench-quick rebuild clean translations
+.PHONY: venv run demo test test-unit test-integration bench bench-quick screenshots rebuild clean translations
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(VENV)/bin/python -m bench --quick
+
+# The web client's main pages, in Chinese, at 375×812 and 1280×800, into docs/screenshots/ (shown in
+# web/README.md and README.md): the local platform on free ports, the demo community, Chromium.
+screenshots: venv
+	$(VENV)/bin/python bin/screenshots
 
 rebuild: venv
 	for s in projects volunteers feedback; do $(VENV)/bin/python -m services.$$s rebuild || exit 1; done

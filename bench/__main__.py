@@ -73,13 +73,13 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into bench/README.md (between the bench markers)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="run only these parts: store replay pipeline http propagation ranking")
+                        help="run only these parts: store replay pipeline http web propagation ranking")
     args = parser.parse_args(argv)
-    parts = set(args.only or ("store", "replay", "pipeline", "http", "propagation", "ranking"))
+    parts = set(args.only or ("store", "replay", "pipeline", "http", "web", "propagation", "ranking"))
     if "ranking" in parts:
         parts.add("replay")  # the ranking runs on the log the replay built
 
-    from bench import http, pipeline, propagation, ranking, store
+    from bench import http, pipeline, propagation, ranking, store, web
     from bench.platform import Platform
 
     workdir = Path(tempfile.mkdtemp(prefix="cocreate-bench-"))
@@ -101,10 +101,12 @@ def main(argv=None) -> int:
             step("rankings at scale", lambda: ranking.run(workdir, args.quick))
         if "pipeline" in parts:
             step("relay and consumer", lambda: pipeline.run(workdir, args.quick))
-        if parts & {"http", "propagation"}:
+        if parts & {"http", "web", "propagation"}:
             with Platform(workdir) as running:
                 if "http" in parts:
                     step("HTTP", lambda: http.run(workdir, args.quick, running))
+                if "web" in parts:
+                    step("web client", lambda: web.run(workdir, args.quick, running))
                 if "propagation" in parts:
                     step("end-to-end propagation", lambda: propagation.run(workdir, args.quick, running))
     finally:

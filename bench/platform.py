@@ -22,9 +22,9 @@ from tests.conftest import TEST_SECRET
 from tests.support.platform import stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
-APPS = ("gateway", "projects", "volunteers", "feedback")
+APPS = ("gateway", "projects", "volunteers", "feedback", "web")
 WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
-           "gateway_feed")
+           "feedback_sweep", "gateway_feed")
 
 
 def _ready(url: str) -> bool:
@@ -40,11 +40,13 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGINT) -> None:
 
 
 class Platform:
-    """Broker, three services with their relays and consumers, gateway and feed worker."""
+    """Broker, three services with their relays and consumers, feedback's overdue sweep, gateway and
+    feed worker, and the web client — every process of ``make run``, each on a free port."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "platform"
+        self.users_file = self.data_dir / "users.json"  # the gateway's token endpoint (signing in to the web client)
         self.ports = {name: free_port() for name in (*APPS, *WORKERS, "broker")}
         self.urls = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
         self.process: subprocess.Popen | None = None
@@ -52,7 +54,7 @@ class Platform:
     def __enter__(self) -> "Platform":
         env = {**os.environ, "COCREATE_DATA_DIR": str(self.data_dir), "COCREATE_JWT_SECRET": TEST_SECRET,
                "COCREATE_BROKER_PORT": str(self.ports["broker"]), "GATEWAY_RATE_LIMIT_PER_CALLER": "0",
-               "GATEWAY_RATE_LIMIT_PER_IP": "0"}
+               "GATEWAY_RATE_LIMIT_PER_IP": "0", "COCREATE_USERS_FILE": str(self.users_file)}
         env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
         for name, port in self.ports.items():
