@@ -74,6 +74,9 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
         SESSION_COOKIE_SECURE=settings.cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
         SESSION_CLEANUP_N_REQUESTS=500,
+        # A session's row is written when it changes, and when it is used after five minutes
+        # (its lifetime runs from then): not on every page view (see _keep_sessions_alive).
+        SESSION_REFRESH_EACH_REQUEST=False,
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session is
         WTF_CSRF_SSL_STRICT=settings.cookie_secure,
         BABEL_DEFAULT_LOCALE=i18n.LOCALES[i18n.DEFAULT],
@@ -86,6 +89,7 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
     app.config["SESSION_SQLALCHEMY"] = db
     with _one_process_at_a_time(settings.effective_database_url, data_dir):
         Session(app)  # creates the sessions table when it is missing
+    _keep_sessions_alive(app)
     CSRFProtect(app)
     Babel(app, locale_selector=i18n.select_locale)
     _install_templates(app)
@@ -129,6 +133,22 @@ def _one_process_at_a_time(database_url: str, data_dir: Path):
                 yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+SESSION_TOUCH_SECONDS = 300
+
+
+def _keep_sessions_alive(app: flask.Flask) -> None:
+    """A signed-in session lasts ``WEB_SESSION_HOURS`` from its last use, to within five minutes,
+    without rewriting its row on every request (a page view would otherwise cost a database write)."""
+
+    @app.before_request
+    def _touch():
+        if flask.request.endpoint in (None, "static", "healthz", "readyz", "metrics"):
+            return
+        session = flask.session
+        if session.get("token") and time.time() - session.get("touched", 0) >= SESSION_TOUCH_SECONDS:
+            session["touched"] = int(time.time())
 
 
 def _install_templates(app: flask.Flask) -> None:

@@ -65,7 +65,9 @@ def charts_of(view: dict) -> dict:
         entries = list(ranking.get("top") or []) + [e for e in ranking.get("bottom") or []
                                                    if e not in (ranking.get("top") or [])]
         entries.sort(key=lambda e: _number(e.get("score")) or 0)
-        charts["ranking"] = _bar([e.get("name", "") for e in entries], [_number(e.get("score")) for e in entries],
+        scores = [_number(e.get("score")) for e in entries]
+        charts["ranking"] = _bar([e.get("name", "") for e in entries],
+                                 [None if score is None else round(score, 2) for score in scores],
                                  _("Score"), horizontal=True)
     return charts
 

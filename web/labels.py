@@ -56,3 +56,7 @@ def yuan(fen) -> str:
     sign = "-" if fen < 0 else ""
     fen = abs(int(fen))
     return f"{sign}¥{fen // 100:,}.{fen % 100:02d}"
+
+# The volunteer card's star levels (the volunteers service's own label mixes both languages).
+STARS = {0: _l("No star yet"), 1: _l("One star"), 2: _l("Two stars"), 3: _l("Three stars"),
+         4: _l("Four stars"), 5: _l("Five stars")}

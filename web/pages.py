@@ -17,7 +17,7 @@ from flask_babel import gettext as _
 
 from cocreate_client import ApiError
 from web import labels
-from web.upstream import Unavailable, part
+from web.upstream import Unavailable, part, parts
 
 blueprint = flask.Blueprint("pages", __name__)
 LEDGER_PAGE = 100
@@ -118,8 +118,14 @@ def _public_project(project_id: str):
 
 
 def _member_project(project_id: str):
+    # The three reads at once; the community's header is the member's own community's (a member
+    # reads only their own community's projects — an admin's other community's is read after).
+    own = flask.session.get("community") or ""
     try:
-        overview = part(lambda c: c.get(f"/projects/{q(project_id)}/overview"), absent=None)
+        overview, history, header = parts(
+            (lambda c: c.get(f"/projects/{q(project_id)}/overview"), {"absent": None}),
+            (lambda c: c.get(f"/projects/{q(project_id)}/history"), {}),
+            (lambda c: c.get(f"/public/communities/{q(own)}"), {"anonymous": True, "absent": None}))
     except ApiError as error:
         if error.status == 403:  # another community's project: its public page, as for anyone
             return _public_project(project_id)
@@ -130,8 +136,9 @@ def _member_project(project_id: str):
     if not isinstance(project, dict):  # the gateway or the projects service is down
         return flask.render_template("project.html", project=None, down=Unavailable(), title=_("Project")), 503
     missing = {entry["part"] for entry in overview.get("missing", [])}
-    history = part(lambda c: c.get(f"/projects/{q(project_id)}/history"))
-    header = part(lambda c: c.get(f"/public/communities/{q(project['community_id'])}"), anonymous=True, absent=None)
+    if project["community_id"] != own:
+        header = part(lambda c: c.get(f"/public/communities/{q(project['community_id'])}"), anonymous=True,
+                      absent=None)
     grid_names = {g["grid_id"]: g["name"] for g in header.get("grids", [])} if isinstance(header, dict) else {}
     # exactly what the API says this visitor may do now (``my_actions``: the stage's actions whose
     # decision would accept them — not a second co-signature, ballot or evaluation)

@@ -19,6 +19,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from cocreate_client import ApiError
+from web import labels
 from web.account import require_signin
 from web.labels import CHINA
 from web.upstream import Unavailable, error_text, invalid_form, part, post, send, write
@@ -33,8 +34,6 @@ COMMUNITY_ORGANISERS = ("cadre", "admin")  # who publish in the community's name
 DECIDERS = ("cadre", "admin")  # besides the activity's own organiser
 ORGANISER_KINDS = {"community": _l("The community"), "social_organisation": _l("A social organisation"),
                    "project": _l("A co-creation project")}
-STARS = {0: _l("No star yet"), 1: _l("One star"), 2: _l("Two stars"), 3: _l("Three stars"),
-         4: _l("Four stars"), 5: _l("Five stars")}
 CLAIM_STATUS = {"pending": _l("Waiting for approval"), "approved": _l("Approved"), "rejected": _l("Rejected")}
 ACTIVITY_STATUS = {"published": _l("Open for sign-up"), "cancelled": _l("Cancelled")}
 SOURCES = {"activity": _l("Activity"), "project": _l("Co-creation project")}
@@ -121,7 +120,7 @@ def _my_card():
 def _render(template: str, **context):
     context.setdefault("tab", None)
     return flask.render_template(
-        f"volunteer/{template}", stars=STARS, claim_status=CLAIM_STATUS, activity_status=ACTIVITY_STATUS,
+        f"volunteer/{template}", stars=labels.STARS, claim_status=CLAIM_STATUS, activity_status=ACTIVITY_STATUS,
         organiser_kinds=ORGANISER_KINDS, sources=SOURCES, can_organise=_has(*ORGANISERS), **context)
 
 

@@ -371,7 +371,7 @@ def test_a_member_s_project_page_says_so_when_its_service_is_down(web, gateway):
     project = web.client.get("/projects/p1")
     assert project.status_code == 503
     assert message("service_down_part", "zh-CN") in text(project) and "Traceback" not in text(project)
-    (call,) = gateway.calls("/api/v1/projects/")  # no retry: a person is waiting
+    (call,) = gateway.calls("/api/v1/projects/p1/overview")  # no retry: a person is waiting
     assert call.headers["authorization"] == f"Bearer {token_of(gateway)}"
 
 
@@ -597,3 +597,24 @@ def test_metrics_are_for_the_scraper_not_for_visitors_through_the_ingress(web, g
     # The Ingress sends every path to the web client and always adds X-Forwarded-For.
     through_ingress = web.client.get("/metrics", headers={"X-Forwarded-For": "198.51.100.4"})
     assert through_ingress.status_code == 404 and "cocreate_http" not in text(through_ingress)
+
+
+def test_a_page_view_does_not_rewrite_the_session_but_use_after_five_minutes_extends_it(web, gateway, monkeypatch):
+    import time as time_module
+
+    sign_in(web)
+    web.client.get("/me")
+
+    def stored() -> tuple:
+        with sqlite3.connect(web.db_file) as connection:
+            return connection.execute("SELECT data, expiry FROM web_sessions").fetchone()
+
+    first = stored()
+    for _ in range(3):
+        assert web.client.get("/me").status_code == 200
+    assert stored() == first  # read, not written
+    later = time_module.time() + 301
+    monkeypatch.setattr(time_module, "time", lambda: later)
+    assert web.client.get("/me").status_code == 200
+    data, expiry = stored()
+    assert data != first[0] and expiry > first[1]  # touched: its lifetime runs from now

@@ -13,6 +13,11 @@
     document.querySelectorAll("[data-chart]").forEach(function (element) {
       var option = options[element.getAttribute("data-chart")];
       if (!option) { return; }
+      // On a phone's width the category names of a vertical bar chart would overlap: slant them.
+      if (element.clientWidth < 560 && option.xAxis && option.xAxis.type === "category") {
+        option = JSON.parse(JSON.stringify(option));
+        option.xAxis.axisLabel = {interval: 0, rotate: 45, fontSize: 11};
+      }
       var chart = echarts.getInstanceByDom(element) || echarts.init(element, null, {renderer: "svg"});
       chart.setOption(option, true);
       element.setAttribute("data-drawn", "true");
