@@ -402,12 +402,14 @@ def _idempotent(store: GatewayStore, settings: GatewaySettings, caller: str, key
 
 
 def _event_stream(store: GatewayStore, principal, community: str | None, after: int, idle_seconds: float = 0.5,
-                  heartbeat_seconds: float = 15.0, max_seconds: float = 300.0, named: bool = True):
+                  heartbeat_seconds: float = 5.0, max_seconds: float = 300.0, named: bool = True):
     """Events after ``after`` as they arrive, each as the privacy policy lets this reader see it
     (:func:`services.kernel.privacy.live_view`: rating events only to staff who are not rated,
     everyone else a ``RatingsChanged`` per subject and minute). The stream ends after
     ``max_seconds`` so that a worker thread is not held forever — the browser reconnects with
-    ``Last-Event-ID``. An SSE comment ``: caught-up`` follows each drained backlog. Unless
+    ``Last-Event-ID``. An SSE comment ``: caught-up`` follows each drained backlog, and
+    ``: keep-alive`` every ``heartbeat_seconds`` of quiet (which is also how a stream whose reader
+    went away is noticed and its thread let go: a write to a closed connection fails). Unless
     ``named``, events carry no ``event:`` line (the type is in the data's ``event_type``)."""
     yield "retry: 3000\n\n"
     started = quiet_since = time.monotonic()
