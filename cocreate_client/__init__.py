@@ -1,17 +1,23 @@
 """A Python client of the 共同缔造 public API (the gateway's ``/api/v1``).
 
-    from cocreate_client import Client
-    client = Client("http://127.0.0.1:8000").login("wang", "password")
+    from cocreate_client import Client, default_url
+    client = Client(default_url()).login("wang", "password")
     project = client.propose(community_id="xinyang", grid_id="g1", title="安装路灯", ...)
 
 Every POST carries an ``Idempotency-Key``; when the gateway or a service is unavailable (503, a
 dropped connection) the client retries the same request with the same key, so a retried write
-never happens twice. Errors raise :class:`ApiError` with the API's error shape.
+never happens twice. Errors raise :class:`ApiError` with the API's error shape; a gateway that
+cannot be reached raises :class:`OSError` (``urllib.error.URLError``, ``ConnectionError``, …).
+
+:func:`default_url` is the one rule for where the gateway is, shared by the ``cocreate`` command
+line and ``make demo``: ``COCREATE_URL`` when set, else ``http://127.0.0.1:${GATEWAY_PORT:-8000}``
+(the port ``make run`` gives the gateway).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.parse
@@ -19,7 +25,18 @@ import urllib.request
 import uuid
 from typing import Any
 
-__all__ = ["ApiError", "Client"]
+__all__ = ["ApiError", "Client", "default_url"]
+
+
+def default_url(environ=None) -> str:
+    """The gateway's base URL: ``COCREATE_URL`` when set, else ``http://127.0.0.1:<GATEWAY_PORT>``
+    (default port 8000, as ``make run`` serves it)."""
+    environ = os.environ if environ is None else environ
+    url = (environ.get("COCREATE_URL") or "").strip()
+    if url:
+        return url.rstrip("/")
+    port = (environ.get("GATEWAY_PORT") or "").strip() or "8000"
+    return f"http://127.0.0.1:{port}"
 
 
 class ApiError(Exception):

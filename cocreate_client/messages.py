@@ -1,20 +1,30 @@
 """What to tell people when something goes wrong: one message per error reason, in Chinese and English.
 
 Every error of the platform has one shape, ``{code, status, message, errors}``, and ``errors.reason``
-is a stable machine-readable code (``insufficient_fund``, ``rate_limited``, ...). The ``message``
-of that shape is written for developers; this module holds the words shown to people — residents,
+is a stable machine-readable code (``insufficient_fund``, ``rate_limited``, ...). The code that
+refuses writes an English text for developers; this module holds the words shown to people — residents,
 grid workers, community staff — for each reason, in simplified Chinese (``zh-CN``, the default)
 and English (``en``).
 
-It is the one catalogue: the gateway (answering in Chinese) and the web client (``web/``, which
-imports only :mod:`cocreate_client`) both read it, so a reason reads the same everywhere. It is
-standard library only and has no state.
+It is the one catalogue: the services and the gateway (every error answer, through
+:func:`services.kernel.web.error_body`), the web client (``web/``, which imports only
+:mod:`cocreate_client`) and the command line all read it, so a reason reads the same everywhere.
+It is standard library only and has no state.
+
+The language of an error answer is the one of the request's ``Accept-Language``
+(:func:`match_locale`: ``zh-CN`` when the header is absent or names none of ours; the gateway
+passes the caller's header on to the services, or ``zh-CN`` when there is none). In ``zh-CN`` the
+answer's ``message`` is this catalogue's Chinese for ``errors.reason`` (else for the status code),
+the developer's English text moves to ``errors.detail``, and the field-level messages
+(``errors.json``, ``errors.query``, ...) are translated by :func:`field_errors`; in ``en`` the
+answer is the developer's English as it was written.
 
     from cocreate_client.messages import message, message_for_error, message_for_status
     message("insufficient_fund")               # "社区基金余额不足"
     message("insufficient_fund", "en-GB")      # "The community fund does not have enough money"
     message_for_status(429, "zh")              # "操作太频繁，请稍后再试"
     message_for_error(api_error.body, "zh-CN")  # by errors.reason, else by the status code
+    field_message("Not a valid integer.")     # "应为整数" (a field-level message; see FIELD_MESSAGES)
 
 Adding a reason: when code raises a new reason (``raise Conflict(..., reason="new_reason")``, a
 ``reason = "..."`` on a :class:`DomainError` subclass, or ``{"reason": "..."}`` passed to
@@ -32,8 +42,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["GENERIC", "LOCALES", "MESSAGES", "STATUS_REASONS", "match_locale", "message", "message_for_error",
-           "message_for_status"]
+__all__ = ["DEFAULT_LOCALE", "FIELD_MESSAGES", "GENERIC", "LOCALES", "MESSAGES", "STATUS_REASONS", "field_errors",
+           "field_message", "match_locale", "message", "message_for_error", "message_for_status"]
 
 LOCALES = ("zh-CN", "en")
 DEFAULT_LOCALE = "zh-CN"
@@ -68,6 +78,8 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "role_required": ("您的身份不能进行此操作", "Your role does not allow this"),
     "community_required": ("需要用社区的账号才能进行此操作", "This needs an account of a community"),
     "other_community": ("这是其他社区的事务，您无法操作", "This belongs to another community"),
+    "not_your_community": ("只能查看您所在社区的动态", "You can follow only your own community"),
+    "ticket_invalid": ("实时动态的连接已失效，请刷新页面", "The live updates link is no longer valid; please reload the page"),
 
     # -- versions, repeats and the rules in general ----------------------------------------------
     "conflict": ("当前情况下无法进行此操作", "This cannot be done as things stand"),
@@ -136,6 +148,8 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "period_closed": ("这一期已经结束了", "This period has ended"),
     "unknown_flag": ("没有找到这条异常提示", "This warning was not found"),
     "already_reviewed": ("这条异常提示已经审核过了", "This warning was already reviewed"),
+    "burst_ongoing": ("集中好评还在继续，等这一阵过去后再审核",
+                      "Top ratings are still coming in; review the burst once it has ended"),
     "own_rating": ("不能对自己的评价申诉，可以直接修改", "You cannot appeal your own rating; change it instead"),
     "already_excluded": ("这条评价已经不计入结果了", "This rating is already left out of the results"),
     "already_appealed": ("这条评价已经申诉过了", "This rating has already been appealed"),
@@ -162,6 +176,10 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "already_checked_in": ("您已经签到过了", "You have already checked in"),
     "not_checked_in": ("您还没有签到", "You have not checked in"),
     "outside_activity_time": ("时间不在活动时段内", "The time is outside the activity's hours"),
+    "attendance_in_future": ("活动还没进行到这个时间，不能提前登记或审核服务时长",
+                             "That time has not come yet: hours are recorded and approved once served"),
+    "checkin_not_open": ("还没到签到时间：签到在活动开始前不久才开放",
+                         "Check-in is not open yet: it opens shortly before the start"),
     "already_recorded": ("这个人的出勤已经登记过了", "Their attendance is already recorded"),
     "invalid_times": ("结束时间要晚于开始时间", "The end must be after the start"),
     "overlapping_claim": ("和已登记的服务时间重叠了", "This overlaps time that is already recorded"),
@@ -181,6 +199,13 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "session_expired": ("长时间没有操作，请重新登录", "Your session has expired; please sign in again"),
     "csrf_failed": ("页面已过期，请刷新后再试", "The page has expired; please reload and try again"),
     "signin_failed": ("用户名或密码不对", "The username or password is wrong"),
+
+    # -- the command line (`cocreate`) and `make demo` -------------------------------------------
+    "platform_unreachable": ("无法连接平台，请确认平台已经启动", "Cannot reach the platform; please check that it is running"),
+    "platform_not_ready": ("平台启动后一直没有准备好，请查看平台的日志",
+                           "The platform started but did not become ready; please look at its log"),
+    "not_the_platform": ("这个地址上不是本平台", "This address does not lead to the platform"),
+    "interrupted": ("已中断", "Stopped before it was done"),
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = MappingProxyType({
@@ -263,3 +288,132 @@ def message_for_error(body: Any, locale: str = DEFAULT_LOCALE, status: int | Non
     code = body.get("code") if isinstance(body, Mapping) else None
     code = code if isinstance(code, int) and not isinstance(code, bool) else status
     return message_for_status(code, locale) if code is not None else message(None, locale)
+
+
+# -- field-level messages: what is wrong with one field of a request -----------------------------
+#
+# A 422 (or 400) answer names the fields it refuses under ``errors.json``, ``errors.query``, ...:
+# ``{"json": {"title": ["Missing data for required field."]}}``. Those texts come from marshmallow
+# (its fields' ``default_error_messages``, its validators' ``message_*`` / ``default_message``),
+# webargs and the platform's own schemas and request checks. Each is listed here as its English
+# template — ``{name}`` stands for a part that varies, a number for ``{min}``, ``{max}``, ``{equal}``
+# and ``{n}`` — with its Chinese. :func:`field_message` translates one text, :func:`field_errors`
+# a whole structure; a text not listed stays as it is. ``tests/unit/test_messages.py`` lists the
+# validators and fields of every schema of the services and the gateway and fails while one of
+# their messages has no translation here.
+
+_RANGE_OPS = {"greater than or equal to": "不小于", "greater than": "大于",
+              "less than or equal to": "不大于", "less than": "小于"}
+_FIELD_TEMPLATES: list[tuple[str, str]] = [
+    # marshmallow: every field, the schema
+    ("Missing data for required field.", "必填项，不能缺少"),
+    ("Field may not be null.", "不能为空值"),
+    ("Invalid value.", "取值无效"),
+    ("Invalid type.", "类型不对"),
+    ("Invalid input type.", "提交的内容类型不对"),
+    ("Unknown field.", "不认识的字段，请删除"),
+    # marshmallow: the fields' own types
+    ("Not a valid list.", "应为列表"),
+    ("Not a valid tuple.", "应为列表"),
+    ("Not a valid string.", "应为文字"),
+    ("Not a valid utf-8 string.", "不是有效的文字（UTF-8）"),
+    ("Not a valid UUID.", "不是有效的编号（UUID）"),
+    ("Not a valid number.", "应为数字"),
+    ("Number too large.", "数字太大了"),
+    ("Not a valid integer.", "应为整数"),
+    ("Special numeric values (nan or infinity) are not permitted.", "不能是无穷大或非数字"),
+    ("Not a valid boolean.", "应为是或否（true 或 false）"),
+    ("Not a valid datetime.", "不是有效的日期时间"),
+    ("Not a valid aware datetime.", "不是有效的日期时间，需要带时区（例如 2024-05-01T09:00:00+08:00）"),
+    ("Not a valid naive datetime.", "不是有效的日期时间，不能带时区"),
+    ("Not a valid date.", "不是有效的日期（例如 2024-05-01）"),
+    ("Not a valid time.", "不是有效的时间"),
+    ('"{input}" cannot be formatted as a datetime.', "“{input}”无法作为日期时间"),
+    ('"{input}" cannot be formatted as a date.', "“{input}”无法作为日期"),
+    ('"{input}" cannot be formatted as a time.', "“{input}”无法作为时间"),
+    ("Not a valid period of time.", "不是有效的时长"),
+    ("{input} cannot be formatted as a timedelta.", "{input}无法作为时长"),
+    ("Not a valid mapping type.", "应为对象（键值对）"),
+    ("Not a valid URL.", "不是有效的网址"),
+    ("Not a valid email address.", "不是有效的电子邮箱地址"),
+    ("Not a valid IP address.", "不是有效的IP地址"),
+    ("Not a valid IPv4 address.", "不是有效的IPv4地址"),
+    ("Not a valid IPv6 address.", "不是有效的IPv6地址"),
+    ("Not a valid IP interface.", "不是有效的IP接口"),
+    ("Not a valid IPv4 interface.", "不是有效的IPv4接口"),
+    ("Not a valid IPv6 interface.", "不是有效的IPv6接口"),
+    # marshmallow: validators (Range in every combination of its bounds, Length, OneOf, ...)
+    *((f"Must be {low} {{min}} and {high} {{max}}.", f"应{_RANGE_OPS[low]}{{min}}且{_RANGE_OPS[high]}{{max}}")
+      for low in ("greater than or equal to", "greater than") for high in ("less than or equal to", "less than")),
+    *((f"Must be {op} {{min}}.", f"应{zh}{{min}}") for op, zh in _RANGE_OPS.items() if op.startswith("greater")),
+    *((f"Must be {op} {{max}}.", f"应{zh}{{max}}") for op, zh in _RANGE_OPS.items() if op.startswith("less")),
+    ("Shorter than minimum length {min}.", "长度不能少于{min}"),
+    ("Longer than maximum length {max}.", "长度不能超过{max}"),
+    ("Length must be between {min} and {max}.", "长度应在{min}到{max}之间"),
+    ("Length must be {equal}.", "长度应为{equal}"),
+    ("Must be equal to {other}.", "应等于{other}"),
+    ("String does not match expected pattern.", "格式不对"),
+    ("Invalid input.", "输入无效"),
+    ("Must be one of: {choices}.", "应为以下之一：{choices}"),
+    ("One or more of the choices you made was not in: {choices}.", "有的选项不在以下范围内：{choices}"),
+    ("One or more of the choices you made was in: {choices}.", "有的选项不允许：{choices}"),
+    # webargs
+    ("Invalid JSON body.", "提交的内容不是有效的JSON"),
+    # the platform's schemas (their own ``error=`` texts and schema checks)
+    ("1-64 letters, digits, '_', '-' or '.'", "应为1到64个字母、数字、“_”、“-”或“.”"),
+    ("YYYY-MM or YYYY-Qn", "应为年月（YYYY-MM）或年份加季度（YYYY-Qn）"),
+    ("six digits", "应为六位数字"),
+    ("hours with at most one decimal", "应为小时数，最多一位小数"),
+    ("day:hours pairs separated by commas", "应为“日期:小时数”，多项之间用逗号分隔"),
+    ("give exactly one of version or at", "version 和 at 只能填写其中一个"),
+    # the platform's request checks before any schema (services.kernel.web)
+    ("nested more than {n} levels", "嵌套超过了{n}层"),
+    ("must not contain NUL characters", "不能包含空字符（NUL）"),
+    ("must not contain lone surrogates (not valid Unicode text)", "不能包含孤立的代理字符（不是有效的Unicode文字）"),
+    ("keys must not contain NUL characters", "键名不能包含空字符（NUL）"),
+    ("keys must not contain lone surrogates (not valid Unicode text)", "键名不能包含孤立的代理字符（不是有效的Unicode文字）"),
+    ("must lie between {min} and {max}", "应在{min}到{max}之间"),
+    ("at most {n} bytes", "最多{n}字节"),
+]
+_NUMBER_PLACEHOLDERS = ("min", "max", "equal", "n")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    parts, at = [], 0
+    for found in _PLACEHOLDER.finditer(template):
+        parts.append(re.escape(template[at:found.start()]))
+        name = found.group(1)
+        parts.append(rf"(?P<{name}>-?\d+(?:\.\d+)?)" if name in _NUMBER_PLACEHOLDERS else rf"(?P<{name}>.*?)")
+        at = found.end()
+    parts.append(re.escape(template[at:]))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+FIELD_MESSAGES: Mapping[str, str] = MappingProxyType(dict(_FIELD_TEMPLATES))  # English template -> Chinese
+_FIELD_PATTERNS = tuple((_template_pattern(en), zh) for en, zh in _FIELD_TEMPLATES)
+
+
+def field_message(text: str, locale: str = DEFAULT_LOCALE) -> str:
+    """One field-level message (``"Not a valid integer."``) in ``locale``: in Chinese when
+    :data:`FIELD_MESSAGES` has its template, else — and in English — as it is."""
+    if match_locale(locale) != "zh-CN" or not isinstance(text, str):
+        return text
+    for pattern, zh in _FIELD_PATTERNS:
+        matched = pattern.fullmatch(text)
+        if matched is not None:
+            return zh.format(**matched.groupdict())
+    return text
+
+
+def field_errors(errors: Any, locale: str = DEFAULT_LOCALE) -> Any:
+    """``errors`` (the field errors of an answer: ``{"json": {"title": ["..."]}}``, lists and
+    mappings at any depth) with every text passed through :func:`field_message`; keys and
+    anything that is not text are kept."""
+    if isinstance(errors, str):
+        return field_message(errors, locale)
+    if isinstance(errors, Mapping):
+        return {key: field_errors(value, locale) for key, value in errors.items()}
+    if isinstance(errors, (list, tuple)):
+        return [field_errors(value, locale) for value in errors]
+    return errors

@@ -36,6 +36,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
+from cocreate_client.messages import DEFAULT_LOCALE
 from gateway import compose
 from gateway.catalogue import PREFIX, SERVICES, Catalogue, service_path
 from gateway.store import GatewayStore, Ticket, fingerprint
@@ -51,13 +52,14 @@ from services.kernel.logs import configure_logging
 from services.kernel.model import Principal
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
-    CORRELATION_HEADER, IDENTIFIER, PUBLIC_QUERY, Schema, create_base_app, current_principal, error_response, is_public_view,
-    public_request, require_tokens,
+    ANY_ROLE, CORRELATION_HEADER, IDENTIFIER, PUBLIC_QUERY, Schema, create_base_app, current_principal, error_response,
+    is_public_view, public_request, require_tokens, roles,
 )
 
-FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "Accept",
-                             "Accept-Language")
-FORWARDED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Allow", "Retry-After")
+FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "If-Modified-Since",
+                             "Accept", "Accept-Language")
+FORWARDED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Cache-Control", "Content-Disposition", "Allow",
+                              "Retry-After")
 SUBJECT_KINDS = ("cadre", "grid_worker", "unit", "service", "project")
 _LAST_CATALOGUE: Catalogue | None = None
 
@@ -193,6 +195,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
 
     def forward_headers() -> dict[str, str]:
         headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := flask.request.headers.get(k))}
+        headers.setdefault("Accept-Language", DEFAULT_LOCALE)  # the services answer in the gateway's language
         headers[CORRELATION_HEADER] = flask.g.get("correlation_id", "")
         if public_request():
             headers.pop("Authorization", None)  # a public read does not read it: not checked, not passed on
@@ -230,6 +233,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
 
     @blp.route("/live/tickets")
     class LiveTickets(MethodView):
+        @roles(blp, ANY_ROLE)  # any member of a community (the community is checked below)
         @blp.arguments(TicketRequestSchema)
         @blp.response(201, TicketSchema)
         def post(self, body):

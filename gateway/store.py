@@ -236,7 +236,7 @@ class GatewayStore:
             community = connection.execute(sa.select(s.c.community_id).where(
                 s.c.stream_id == event.stream_id)).scalar()
         # A rating's, a case's or a subject's stream rates the subject's person (the subject's own
-        # events, e.g. a flagged burst of its ratings, are rating events too).
+        # events, e.g. a burst incident of its ratings opened or grown, are rating events too).
         rated = event.data.get("person_id" if event.event_type == "SubjectRegistered" else "subject_person_id")
         if isinstance(rated, str) and rated:
             if connection.execute(sa.select(feed_rated.c.person_id).where(

@@ -456,9 +456,48 @@ def certificate(number: str):
     if isinstance(found, Unavailable):
         return _render("certificate.html", certificate=None, down=found, tab="certificates",
                        title=_("Certificate of volunteer service")), 503
-    path = f"/api/v1/certificates/{q(number)}/verification"
-    return _render("certificate.html", certificate=found, verification_path=path, tab="certificates",
-                   title=_("Certificate of volunteer service"))
+    check_url = flask.url_for("volunteer.check_certificate", number=found.get("certificate_number") or number,
+                              _external=True)
+    api_path = f"/api/v1/public/certificates/{q(number)}/verification"
+    return _render("certificate.html", certificate=found, check_url=check_url, api_path=api_path,
+                   tab="certificates", title=_("Certificate of volunteer service"))
+
+
+# What a third party may type in from a paper certificate: the public check's query keys.
+PRESENTED = ("holder", "card_number", "period_from", "period_to", "issued_on", "issuing_organisation",
+             "total_hours", "entries")
+PRESENTED_LABELS = {"value": _l("Verification value"), "holder": _l("Holder's name"),
+                    "card_number": _l("Volunteer card number"), "period_from": _l("From"), "period_to": _l("To"),
+                    "issued_on": _l("Issued on"), "issuing_organisation": _l("Issuing organisation"),
+                    "total_hours": _l("Total hours"), "entries": _l("Entries (day:hours, separated by commas)")}
+
+
+@blueprint.get("/certificates/verify")
+def check_certificate():
+    """Check a paper certificate without an account: its number, its verification value and what
+    it says (each part optional), answered part by part by the public check of the API."""
+    args = flask.request.args
+    number = args.get("number", "").strip().upper()[:64]
+    presented = {"value": args.get("value", "").strip().lower()[:64],
+                 **{key: args.get(key, "").strip()[:4000] for key in PRESENTED}}
+    result = None
+    status = 200
+    if bool(number) != bool(presented["value"]):
+        flask.flash(_("Enter the certificate's number and its verification value, as printed."), "error")
+        status = 422
+    elif number:
+        query = {key: value for key, value in presented.items() if value}
+        try:
+            result = part(lambda c: c.get(f"/public/certificates/{q(number)}/verification", **query),
+                          anonymous=True, absent=None)
+        except ApiError as error:
+            flask.flash(error_text(error), "error")
+            status = error.status if 400 <= error.status < 500 else 503
+        if isinstance(result, Unavailable):
+            status = 503
+    return flask.render_template(
+        "volunteer/verify.html", number=number, presented=presented, labels=PRESENTED_LABELS, result=result,
+        title=_("Check a certificate of volunteer service")), status
 
 
 @blueprint.post("/certificates/<number>/verification")

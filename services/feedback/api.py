@@ -28,6 +28,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from services.feedback import commands as c
+from services.feedback import open_data
 from services.feedback import views
 from services.feedback.domain import (
     CASE_HANDLERS, RATERS, STAFF, SUBJECT_KINDS, Ranking, rank, ranking_key, valid_period,
@@ -228,9 +229,10 @@ def present_case(principal, case: views.CaseRecord, at: datetime) -> dict:
     return {**view, "rating_id": ids().public(case.rating_id)}
 
 
-def public_flags(flags: dict) -> dict[str, dict]:
+def public_flags(subject: views.SubjectRecord, at: datetime) -> list[dict]:
+    """The subject's burst incidents (flags) as they stand ``at``, under public rating ids."""
     public = ids().public
-    return {k: {**flag, "rating_ids": [public(r) for r in flag["rating_ids"]]} for k, flag in flags.items()}
+    return [{**flag, "rating_ids": [public(r) for r in flag["rating_ids"]]} for flag in subject.flags(at)]
 
 
 def rating_for(principal, rating_id: str) -> views.RatingRecord:
@@ -418,24 +420,25 @@ class FlagReview(MethodView):
     @subjects.arguments(FlagReviewSchema)
     @subjects.response(200)
     def post(self, command: c.ReviewFlag, **_path):
-        """Review a flagged burst of top ratings: keep them, or exclude them (cadre)"""
+        """Review a burst incident of top ratings once it has ended: keep its ratings, or exclude
+        them (cadre); 409 ``burst_ongoing`` while top ratings keep coming within its window"""
         outcome = send(command)
         subject = outcome.result
-        return answer(outcome, {**subject.view(), "flags": public_flags(subject.flags)})
+        flags = {flag.pop("flag_id"): flag for flag in public_flags(subject, now())}
+        return answer(outcome, {**subject.view(), "flags": flags})
 
 
 @subjects.route("/<subject_id>/flags")
 class Flags(MethodView):
     @subjects.response(200)
     def get(self, subject_id):
-        """Bursts of top ratings flagged for review (staff)"""
+        """Bursts of top ratings flagged for review (staff): one incident each, growing while
+        top ratings keep coming within the window (``ongoing``), ended a window after the last"""
         principal = current_principal()
         principal.require(*privacy.STAFF_ROLES)
         subject = SUBJECTS.fetch(store().engine, subject_id)
         principal.require_reader(subject.community_id)
-        flags = sorted(({"flag_id": k, **flag} for k, flag in public_flags(subject.flags).items()),
-                       key=itemgetter("flagged_at", "flag_id"))
-        return {"subject_id": subject_id, "flags": flags}
+        return {"subject_id": subject_id, "flags": public_flags(subject, now())}
 
 
 # -- ratings ------------------------------------------------------------------------------------
@@ -706,4 +709,4 @@ class PublicRanking(MethodView):
         return public_ranking(community_id, kind, period, query)
 
 
-BLUEPRINTS = (policies, subjects, ratings, cases, rankings, plans, me, public_reads)
+BLUEPRINTS = (policies, subjects, ratings, cases, rankings, plans, me, public_reads, open_data.blueprint)

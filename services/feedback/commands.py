@@ -2,7 +2,8 @@
 
 HTTP routes load them with their schemas (:mod:`services.feedback.api`); the project-evaluation
 consumer builds :class:`RecordProjectEvaluation` from a ``ProjectRated`` event; the periodic job
-``python -m services.feedback sweep-overdue`` sends :class:`SweepOverdue`. Fields a route's path
+``python -m services.feedback sweep-overdue`` sends :class:`CloseCasesOfExcludedRatings` and
+:class:`SweepOverdue`. Fields a route's path
 names (``subject_id``, ``case_id``) come from the path, ``expected_version`` from ``If-Match``. A
 ``rating_id`` is the public id readers see (the handlers resolve it).
 """
@@ -88,7 +89,7 @@ class DecideAppeal:
 
 @command
 class ReviewFlag:
-    """Keep the ratings of a flagged burst, or exclude them."""
+    """Keep the ratings of a burst incident (a flag), or exclude them: once, after it has ended."""
 
     subject_id: str
     flag_id: str
@@ -144,6 +145,12 @@ class ConfirmOutcome:
 @command
 class SweepOverdue:
     """Record every open case past its deadline as overdue (a periodic job)."""
+
+
+@command
+class CloseCasesOfExcludedRatings:
+    """Close the cases left open when their ratings were excluded before an exclusion closed its
+    case (the same periodic job, before :class:`SweepOverdue`)."""
 
 
 # -- rankings and support plans ---------------------------------------------------------------------

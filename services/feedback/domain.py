@@ -14,8 +14,15 @@ Rules kept here, all explained where they are decided:
   day (default 5) after the rating, local time; Saturdays and Sundays do not count (statutory
   holidays are not modelled). Past the deadline the case becomes overdue by an event, which the
   periodic sweep records (``SweepOverdue``); a case closed past its deadline is closed late.
-- An upheld appeal, or a staff review of a flagged burst, *excludes* a rating by an event; nothing
-  is deleted and the rating stays visible in its history.
+- An upheld appeal, or a staff review of a burst incident, *excludes* a rating by an event; nothing
+  is deleted and the rating stays visible in its history. Its follow-up case, if still open, closes
+  in the same unit of work (``FollowUpClosedByExclusion``, reason ``rating_excluded``): it is no
+  longer overdue and no longer counted open.
+- A burst of top ratings of one subject is one incident: it opens with ``burst_min_ratings`` top
+  ratings within ``burst_window_minutes``, grows by each further top rating within the window of
+  the one before, ends when none has come for a whole window (read from the clock, no event), and
+  is reviewed once, after it has ended. Flags stored before (``BurstFlagged``) are incidents of
+  their own.
 - Ranking formula ``bayes-v1``: score = (prior_mean × prior_weight + Σ levels) / (prior_weight + n),
   rounded half-even to 4 decimals; satisfaction rate = (#4 + #5) / n. Subjects with fewer than
   ``min_ratings`` ratings are listed as not enough ratings, not ranked. Ranked by score, then n,
@@ -230,8 +237,8 @@ class Subject(Aggregate):
     name: str = ""
     community_id: str = ""
     person_id: str | None = None
-    # flag_id -> {rating_ids, status}
-    flags: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # flag_id -> {rating_ids, status, last_at, window_minutes}: one burst incident each (see below)
+    incidents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     flagged_ratings: list[str] = dataclasses.field(default_factory=list)
 
     def register(self, actor: Principal | None, body: dict[str, Any], via: str = "staff") -> list[NewEvent]:
@@ -260,33 +267,87 @@ class Subject(Aggregate):
         if self.person_id and actor.person_id == self.person_id:
             raise Forbidden("nobody rates themselves", reason="self_rating")
 
-    def flag_burst(self, flag_id: str, rating_ids: list[str], window_from: str, window_to: str) -> list[NewEvent]:
-        return [NewEvent("BurstFlagged", {"subject_id": self.id, "flag_id": flag_id, "rating_ids": rating_ids,
-                                          "count": len(rating_ids), "window_from": window_from,
-                                          "window_to": window_to, "community_id": self.community_id})]
+    # A burst of top ratings is one *incident* (its id is the flag id readers see): it opens when
+    # ``burst_min_ratings`` top ratings of the subject not in an incident came within the window,
+    # grows by every further top rating that comes within the window of the one before, and ends
+    # when none has come for a whole window (the window it opened with). Ending is not an event:
+    # it follows from the time of its last rating and the clock (docs/adr/0013), and staff review
+    # an incident once, after it has ended.
 
-    def review_flag(self, actor: Principal, flag_id: str, decision: str, reason: str) -> list[NewEvent]:
+    def growing_incident(self, now: datetime) -> str | None:
+        """The incident a top rating coming ``now`` joins (at most one grows at a time)."""
+        return next((flag_id for flag_id, incident in self.incidents.items()
+                     if incident["status"] == "open" and now < incident_end(incident)), None)
+
+    def open_incident(self, flag_id: str, rating_ids: list[str], window_from: datetime, now: datetime,
+                      window_minutes: int) -> list[NewEvent]:
+        return [NewEvent("BurstIncidentOpened", {
+            "subject_id": self.id, "flag_id": flag_id, "rating_ids": rating_ids, "count": len(rating_ids),
+            "window_from": format_time(window_from), "window_to": format_time(now),
+            "window_minutes": window_minutes, "community_id": self.community_id})]
+
+    def grow_incident(self, flag_id: str, rating_ids: list[str], now: datetime) -> list[NewEvent]:
+        incident = self.incidents[flag_id]
+        return [NewEvent("BurstIncidentGrew", {
+            "subject_id": self.id, "flag_id": flag_id, "rating_ids": rating_ids,
+            "count": len(incident["rating_ids"]) + len(rating_ids), "window_to": format_time(now),
+            "community_id": self.community_id})]
+
+    def review_flag(self, actor: Principal, flag_id: str, decision: str, reason: str,
+                    now: datetime) -> list[NewEvent]:
+        """Staff keep or exclude the ratings of an incident, once, after it has ended."""
         require_member(actor, self.community_id, STAFF)
-        flag = self.flags.get(flag_id)
-        if flag is None:
+        incident = self.incidents.get(flag_id)
+        if incident is None:
             raise DomainError(f"subject {self.id} has no flag {flag_id}", reason="unknown_flag",
                               details={"flag_id": "unknown"})
-        if flag["status"] != "open":
+        if incident["status"] != "open":
             raise Conflict(f"flag {flag_id} was already reviewed", reason="already_reviewed")
+        ends = incident_end(incident)
+        if now < ends:
+            raise Conflict(f"the burst of flag {flag_id} is still going on: top ratings keep coming; it ends "
+                           f"{format_time(ends)} unless another comes before", reason="burst_ongoing",
+                           details={"ends_at": format_time(ends)})
         return [NewEvent("BurstReviewed", {"subject_id": self.id, "flag_id": flag_id, "decision": decision,
-                                           "reason": reason, "rating_ids": flag["rating_ids"],
-                                           "by": actor.person_id})]
+                                           "reason": reason, "rating_ids": incident["rating_ids"],
+                                           "community_id": self.community_id, "by": actor.person_id})]
 
     def on_SubjectRegistered(self, d, event) -> None:
         self.kind, self.name, self.community_id = d["kind"], d["name"], d["community_id"]
         self.person_id = d.get("person_id")
 
+    def on_BurstIncidentOpened(self, d, event) -> None:
+        self.incidents[d["flag_id"]] = {"rating_ids": list(d["rating_ids"]), "status": "open",
+                                        "last_at": d["window_to"], "window_minutes": d["window_minutes"]}
+        self.flagged_ratings.extend(d["rating_ids"])
+
+    def on_BurstIncidentGrew(self, d, event) -> None:
+        incident = self.incidents[d["flag_id"]]
+        incident["rating_ids"] = [*incident["rating_ids"], *d["rating_ids"]]
+        incident["last_at"] = d["window_to"]
+        self.flagged_ratings.extend(d["rating_ids"])
+
     def on_BurstFlagged(self, d, event) -> None:
-        self.flags[d["flag_id"]] = {"rating_ids": d["rating_ids"], "status": "open"}
+        """A flag stored before bursts were incidents (one per top rating after the first ten of a
+        burst): an incident of its own, with the window it looked at."""
+        self.incidents[d["flag_id"]] = legacy_incident(d)
         self.flagged_ratings.extend(d["rating_ids"])
 
     def on_BurstReviewed(self, d, event) -> None:
-        self.flags[d["flag_id"]]["status"] = "excluded" if d["decision"] == "exclude" else "kept"
+        self.incidents[d["flag_id"]]["status"] = "excluded" if d["decision"] == "exclude" else "kept"
+
+
+def incident_end(incident: dict[str, Any]) -> datetime:
+    """When a burst incident ends unless another top rating comes first: a window after its last."""
+    return parse_time(incident["last_at"]) + timedelta(minutes=incident["window_minutes"])
+
+
+def legacy_incident(flag: dict[str, Any]) -> dict[str, Any]:
+    """The incident a flag stored before incidents reads as (``BurstFlagged``'s data, or a read
+    model's flag row of that time): its ratings, its window, its last rating at the window's end."""
+    window = parse_time(flag["window_to"]) - parse_time(flag["window_from"])
+    return {"rating_ids": list(flag["rating_ids"]), "status": flag.get("status", "open"),
+            "last_at": flag["window_to"], "window_minutes": max(1, round(window.total_seconds() / 60))}
 
 
 # -- ratings ----------------------------------------------------------------------------------
@@ -472,6 +533,18 @@ class FollowUpCase(Aggregate):
                                             "by_resident": actor.person_id == self.person_id,
                                             "late": self.is_overdue(now)})]
 
+    def close_for_exclusion(self, rating: "Rating", now: datetime) -> list[NewEvent]:
+        """The rating was excluded (an appeal upheld, a burst excluded on review): its case, if still
+        open, closes with that reason. Nothing is left to follow up, so the case is no longer
+        overdue, whether or not it had been (``was_overdue`` keeps that)."""
+        if self.status != "open" or rating.excluded is None:
+            return []
+        return [NewEvent("FollowUpClosedByExclusion", {
+            "case_id": self.id, "rating_id": rating.id, "community_id": self.community_id,
+            "subject_id": self.subject_id, "reason": "rating_excluded",
+            "exclusion": {"reason": rating.excluded["reason"], "via": rating.excluded["via"]},
+            "by": rating.excluded["by"], "was_overdue": self.is_overdue(now)})]
+
     def is_overdue(self, now: datetime) -> bool:
         """Recorded overdue, or open and past its deadline (the sweep records it later)."""
         return self.overdue or (self.status == "open" and now >= parse_time(self.deadline))
@@ -500,6 +573,9 @@ class FollowUpCase(Aggregate):
 
     def on_FollowUpOverdue(self, d, event) -> None:
         self.overdue = True
+
+    def on_FollowUpClosedByExclusion(self, d, event) -> None:
+        self.status, self.overdue = "closed", False
 
 
 # -- published rankings -----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each runs in one unit of work (:class:`services.kernel.bus.MessageBus` opens it, or joins the
 consumer's transaction). A rating of 1 or 2 opens its follow-up case in the same unit of work; a
-rating of 5 checks, in the same unit, whether it completes a burst of top ratings to flag;
+rating of 5 joins the subject's growing burst incident or checks, in the same unit, whether it
+completes a new one; excluding a rating closes its open follow-up case in the same unit;
 publishing a ranking opens and closes support plans with the ``RankingPublished`` event. Read
 models are consistent inside the write transaction (projections are applied with the append), so
 decisions may query them (named queries of :mod:`services.feedback.views`). A handler answers with
@@ -29,7 +30,6 @@ from services.feedback.ids import RatingIds, legacy_rating_id
 from services.kernel.aggregate import UnitOfWork
 from services.kernel.bus import Handler
 from services.kernel.errors import ConcurrencyError, NotFound
-from services.kernel.events import format_time
 from services.kernel.model import Aggregate, fields_of
 
 A = TypeVar("A", bound=Aggregate)
@@ -60,16 +60,26 @@ def register_subject(cmd: c.RegisterSubject, uow: UnitOfWork) -> views.SubjectRe
 
 
 def review_flag(cmd: c.ReviewFlag, uow: UnitOfWork) -> views.SubjectRecord:
-    """Keep the flagged ratings, or exclude them (each by its own ``RatingExcluded``)."""
+    """Review a burst incident once it has ended: keep its ratings, or exclude them (each by its
+    own ``RatingExcluded``, closing a follow-up case a rating still had open)."""
     actor = uow.actor
     subject = uow.get(Subject, cmd.subject_id)
-    uow.record(subject, subject.review_flag(actor, cmd.flag_id, cmd.decision, cmd.reason))
+    uow.record(subject, subject.review_flag(actor, cmd.flag_id, cmd.decision, cmd.reason, uow.now()))
     if cmd.decision == "exclude":
-        for rating_id in subject.flags[cmd.flag_id]["rating_ids"]:
+        for rating_id in subject.incidents[cmd.flag_id]["rating_ids"]:
             rating = uow.load(Rating, rating_id)
-            uow.record(rating, rating.exclude(f"burst of top ratings excluded on review: {cmd.reason}",
-                                              actor.person_id, "burst_review"))
+            exclude(uow, rating, rating.exclude(f"burst of top ratings excluded on review: {cmd.reason}",
+                                                actor.person_id, "burst_review"))
     return _record(uow, views.SubjectRecord, subject)
+
+
+def exclude(uow: UnitOfWork, rating: Rating, events) -> None:
+    """Record a rating's events that exclude it and, in the same unit of work, close the follow-up
+    case it still has open: a rating that does not count leaves nothing to follow up."""
+    uow.record(rating, events)
+    if rating.excluded is not None and rating.case_id is not None:
+        case = uow.load(FollowUpCase, rating.case_id)
+        uow.record(case, case.close_for_exclusion(rating, uow.now()))
 
 
 def subject_for(uow: UnitOfWork, subject_id: str, kind: str, name: str, community_id: str) -> Subject:
@@ -86,12 +96,14 @@ def subject_for(uow: UnitOfWork, subject_id: str, kind: str, name: str, communit
 def after_rating(uow: UnitOfWork, rating: Rating, subject: Subject, policy: dict[str, Any]) -> None:
     """差评 opens a follow-up case (unless one is open for this rating); a top rating may
     complete a burst to flag."""
+    if rating.excluded is not None:
+        return  # an excluded rating, revised: it counts for nothing and opens nothing
     if is_bad(rating.level) and not _open_case(uow, rating):
         case = uow.load(FollowUpCase, uow.new_id())
         uow.record(case, case.open(rating, subject, uow.now(), policy["followup_working_days"]))
         uow.record(rating, rating.link_case(case.id))
     if rating.level == 5:
-        _check_burst(uow, subject, policy)
+        _check_burst(uow, subject, rating, policy)
 
 
 def _open_case(uow: UnitOfWork, rating: Rating) -> bool:
@@ -100,16 +112,21 @@ def _open_case(uow: UnitOfWork, rating: Rating) -> bool:
     return uow.load(FollowUpCase, rating.case_id).status == "open"
 
 
-def _check_burst(uow: UnitOfWork, subject: Subject, policy: dict[str, Any]) -> None:
+def _check_burst(uow: UnitOfWork, subject: Subject, rating: Rating, policy: dict[str, Any]) -> None:
+    """A top rating joins the subject's burst incident while it grows; otherwise it may complete a
+    new one: ``burst_min_ratings`` top ratings not in an incident within ``burst_window_minutes``."""
+    if rating.id in subject.flagged_ratings:
+        return  # a flagged rating revised: it is in its incident already
     now = uow.now()
-    since = now - timedelta(minutes=policy["burst_window_minutes"])
-    top = views.top_ratings_since(uow.connection, subject.id, since)
-    fresh = [r for r in top if r not in subject.flagged_ratings]
-    already = len(top) - len(fresh)
-    # A new burst needs the threshold of fresh ratings; an ongoing one (some in the window are
-    # flagged already) flags each further top rating as it comes.
-    if fresh and (len(fresh) >= policy["burst_min_ratings"] or already >= policy["burst_min_ratings"]):
-        uow.record(subject, subject.flag_burst(uow.new_id(), fresh, format_time(since), format_time(now)))
+    growing = subject.growing_incident(now)
+    if growing is not None:
+        uow.record(subject, subject.grow_incident(growing, [rating.id], now))
+        return
+    window = policy["burst_window_minutes"]
+    since = now - timedelta(minutes=window)
+    fresh = [r for r in views.top_ratings_since(uow.connection, subject.id, since) if r not in subject.flagged_ratings]
+    if len(fresh) >= policy["burst_min_ratings"]:
+        uow.record(subject, subject.open_incident(uow.new_id(), fresh, since, now, window))
 
 
 # -- ratings (with the deployment's rating ids) -----------------------------------------------------
@@ -169,7 +186,7 @@ class RatingHandlers:
 
     def decide_appeal(self, cmd: c.DecideAppeal, uow: UnitOfWork) -> views.RatingRecord:
         rating = uow.get(Rating, self._stored(cmd.rating_id))
-        uow.record(rating, rating.decide_appeal(uow.actor, cmd.upheld, cmd.reason))
+        exclude(uow, rating, rating.decide_appeal(uow.actor, cmd.upheld, cmd.reason))
         return _record(uow, views.RatingRecord, rating)
 
     def record_project_evaluation(self, cmd: c.RecordProjectEvaluation, uow: UnitOfWork) -> None:
@@ -219,6 +236,16 @@ def sweep_overdue(cmd: c.SweepOverdue, uow: UnitOfWork) -> int:
         case = uow.load(FollowUpCase, case_id)
         recorded += len(uow.record(case, case.overdue_events(now)))
     return recorded
+
+
+def close_cases_of_excluded_ratings(cmd: c.CloseCasesOfExcludedRatings, uow: UnitOfWork) -> int:
+    """Close, with the exclusion's reason, every open case whose rating is excluded: those stored
+    before excluding a rating closed its case in the same unit of work; how many."""
+    closed = 0
+    for case_id, rating_id in views.open_cases_of_excluded_ratings(uow.connection):
+        case = uow.load(FollowUpCase, case_id)
+        closed += len(uow.record(case, case.close_for_exclusion(uow.load(Rating, rating_id), uow.now())))
+    return closed
 
 
 # -- rankings and support plans ---------------------------------------------------------------------
@@ -287,6 +314,7 @@ def handlers_for(ids: RatingIds) -> dict[type, Handler]:
         c.RecordRectification: record_rectification,
         c.ConfirmOutcome: confirm_outcome,
         c.SweepOverdue: sweep_overdue,
+        c.CloseCasesOfExcludedRatings: close_cases_of_excluded_ratings,
         c.PublishRanking: publish_ranking,
         c.DrawUpPlan: draw_up_plan,
         c.NoteProgress: note_progress,

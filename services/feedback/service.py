@@ -5,7 +5,7 @@ import dataclasses
 import sqlalchemy as sa
 
 from services.feedback import api, handlers, ids, views
-from services.feedback.commands import RecordProjectEvaluation, SweepOverdue
+from services.feedback.commands import CloseCasesOfExcludedRatings, RecordProjectEvaluation, SweepOverdue
 from services.kernel.events import Metadata, to_micros
 from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition, Subscription
@@ -49,9 +49,14 @@ def _project_evaluation_handlers(container):
 
 def _sweep_overdue(container) -> str:
     """``python -m services.feedback sweep-overdue``: the periodic job that records open cases past
-    their deadline as overdue (reads only show them so)."""
-    outcome = container.bus.handle(SweepOverdue(), metadata=Metadata(actor="system:overdue-sweep"))
-    return f"feedback: {outcome.result} follow-up case(s) became overdue"
+    their deadline as overdue (reads only show them so). First it closes the cases whose ratings
+    were excluded while an exclusion did not yet close its case (stored before it did): after an
+    upgrade its first run closes them, later runs find none."""
+    metadata = Metadata(actor="system:overdue-sweep")
+    closed = container.bus.handle(CloseCasesOfExcludedRatings(), metadata=metadata).result
+    outcome = container.bus.handle(SweepOverdue(), metadata=metadata)
+    report = f"feedback: {outcome.result} follow-up case(s) became overdue"
+    return report + (f"; {closed} case(s) of excluded ratings closed" if closed else "")
 
 
 def _collectors(container):

@@ -27,12 +27,12 @@ from sqlalchemy.engine import Connection
 
 from services.feedback.domain import (
     DEFAULT_POLICY, LEVELS, STATS_EVENTS, FollowUpCase, Policy, Ranking, Rating, Subject, SupportPlan, count_level,
-    empty_stats, period_of, rank, ranking_digest, ranking_key, stats_changes,
+    empty_stats, incident_end, legacy_incident, period_of, rank, ranking_digest, ranking_key, stats_changes,
 )
 from services.kernel import privacy
 from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, format_time, parse_time, to_micros
-from services.kernel.eventstore import EventStore
+from services.kernel.eventstore import EventStore, chunked
 
 
 def _at(event) -> str:
@@ -47,27 +47,60 @@ class SubjectRecord(Subject):
     description: str = ""
     registered_via: str = ""
 
+    @classmethod
+    def from_json(cls, text: str) -> "SubjectRecord":
+        """A row; one kept before bursts were incidents holds ``flags``, each an incident of its own
+        (as :meth:`on_BurstFlagged` folds the events a rebuild reads)."""
+        fields = json.loads(text)
+        if "flags" in fields:
+            fields["incidents"] = {flag_id: _legacy_row(flag) for flag_id, flag in fields.pop("flags").items()}
+        return cls(**fields)
+
     def view(self) -> dict[str, Any]:
         return {"subject_id": self.id, "kind": self.kind, "name": self.name, "community_id": self.community_id,
                 "unit_id": self.unit_id, "person_id": self.person_id, "description": self.description,
                 "registered_via": self.registered_via, "version": self.version, "created_at": self.created_at,
-                "open_flags": sum(1 for f in self.flags.values() if f["status"] == "open")}
+                "open_flags": open_flags(self)}
+
+    def flags(self, now: datetime) -> list[dict[str, Any]]:
+        """The burst incidents (flags), oldest first, as they stand ``now``: ``ongoing`` while top
+        ratings keep coming within the window, ``ends_at`` a window after the last one."""
+        return sorted(({"flag_id": flag_id, **incident, "count": len(incident["rating_ids"]),
+                        "window_to": incident["last_at"], "ends_at": format_time(incident_end(incident)),
+                        "ongoing": incident["status"] == "open" and now < incident_end(incident)}
+                       for flag_id, incident in self.incidents.items()),
+                      key=lambda flag: (flag["flagged_at"], flag["flag_id"]))
 
     def on_SubjectRegistered(self, d, event) -> None:
         super().on_SubjectRegistered(d, event)
         self.unit_id, self.description = d.get("unit_id"), d.get("description", "")
         self.registered_via = d.get("via", "staff")
 
+    def on_BurstIncidentOpened(self, d, event) -> None:
+        super().on_BurstIncidentOpened(d, event)
+        self.incidents[d["flag_id"]].update({"window_from": d["window_from"], "first_at": d["window_to"],
+                                             "flagged_at": _at(event), "legacy": False, "review": None})
+
     def on_BurstFlagged(self, d, event) -> None:
         super().on_BurstFlagged(d, event)
-        self.flags[d["flag_id"]] = {"rating_ids": d["rating_ids"], "count": d["count"],
-                                    "window_from": d["window_from"], "window_to": d["window_to"],
-                                    "flagged_at": _at(event), "status": "open", "review": None}
+        self.incidents[d["flag_id"]].update({"window_from": d["window_from"], "first_at": d["window_to"],
+                                             "flagged_at": _at(event), "legacy": True, "review": None})
 
     def on_BurstReviewed(self, d, event) -> None:
         super().on_BurstReviewed(d, event)
-        self.flags[d["flag_id"]]["review"] = {"decision": d["decision"], "reason": d["reason"], "by": d["by"],
-                                              "at": _at(event)}
+        self.incidents[d["flag_id"]]["review"] = {"decision": d["decision"], "reason": d["reason"], "by": d["by"],
+                                                  "at": _at(event)}
+
+
+def _legacy_row(flag: dict[str, Any]) -> dict[str, Any]:
+    """A read model's flag row of before incidents, as the incident its event folds to now."""
+    return {**legacy_incident(flag), "window_from": flag["window_from"], "first_at": flag["window_to"],
+            "flagged_at": flag.get("flagged_at", flag["window_to"]), "legacy": True, "review": flag.get("review")}
+
+
+def open_flags(subject: Subject) -> int:
+    """Burst incidents awaiting review (ongoing ones too)."""
+    return sum(1 for incident in subject.incidents.values() if incident["status"] == "open")
 
 
 @dataclasses.dataclass
@@ -112,6 +145,7 @@ class CaseRecord(FollowUpCase):
     contacts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     rectifications: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     outcome: dict[str, Any] | None = None
+    closure: dict[str, Any] | None = None  # closed because its rating was excluded
 
     def __post_init__(self) -> None:
         # A row kept before cases held these two flags: they follow from the lists.
@@ -126,7 +160,8 @@ class CaseRecord(FollowUpCase):
                 "person_id": self.person_id, "level": self.level,
                 "level_label": LEVELS.get(self.level), "comment": self.comment, "deadline": self.deadline,
                 "status": self.status, "overdue": self.is_overdue(now), "contacts": self.contacts,
-                "rectifications": self.rectifications, "outcome": self.outcome, "version": self.version,
+                "rectifications": self.rectifications, "outcome": self.outcome, "closure": self.closure,
+                "version": self.version,
                 "created_at": self.created_at, "updated_at": self.updated_at}
 
     def on_FollowUpOpened(self, d, event) -> None:
@@ -148,6 +183,11 @@ class CaseRecord(FollowUpCase):
         super().on_FollowUpClosed(d, event)
         self.outcome = {"satisfied": d["satisfied"], "comment": d["comment"], "confirmed_by": d["confirmed_by"],
                         "by_resident": d["by_resident"], "at": _at(event), "late": late}
+
+    def on_FollowUpClosedByExclusion(self, d, event) -> None:
+        super().on_FollowUpClosedByExclusion(d, event)
+        self.closure = {"reason": d["reason"], "exclusion": d["exclusion"], "by": d["by"],
+                        "was_overdue": d["was_overdue"], "at": _at(event)}
 
 
 @dataclasses.dataclass
@@ -203,8 +243,7 @@ SUBJECTS = AggregateView(SubjectRecord, "subjects_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("open_flags", sa.Integer, nullable=False),
-], lambda s: {"community_id": s.community_id, "kind": s.kind,
-              "open_flags": sum(1 for f in s.flags.values() if f["status"] == "open")})
+], lambda s: {"community_id": s.community_id, "kind": s.kind, "open_flags": open_flags(s)})
 RATINGS = AggregateView(RatingRecord, "ratings_view", [
     sa.Column("subject_id", sa.String(100), nullable=False),
     sa.Column("community_id", sa.String(100), nullable=False),
@@ -473,6 +512,19 @@ def cases_past_deadline(connection: Connection, now: datetime) -> list[str]:
     t = CASES.table
     return list(connection.execute(sa.select(t.c.id).where(
         t.c.status == "open", t.c.overdue.is_(False), t.c.deadline_us <= to_micros(now)).order_by(t.c.id)).scalars())
+
+
+def open_cases_of_excluded_ratings(connection: Connection) -> list[tuple[str, str]]:
+    """(case id, rating id) of every open case whose rating is excluded (cases left open by an
+    exclusion stored before exclusions closed their cases). Reads the open cases only."""
+    t, r = CASES.table, RATINGS.table
+    open_cases = {case_id: CaseRecord.from_json(state).rating_id for case_id, state in connection.execute(
+        sa.select(t.c.id, t.c.state).where(t.c.status == "open").order_by(t.c.id))}
+    found = []
+    for chunk in chunked(sorted(set(open_cases.values()))):
+        found += connection.execute(sa.select(r.c.id).where(r.c.id.in_(chunk), r.c.excluded.is_(True))).scalars()
+    excluded = set(found)
+    return [(case_id, rating_id) for case_id, rating_id in open_cases.items() if rating_id in excluded]
 
 
 def list_plans(connection: Connection, community_id: str | None, status: str | None) -> list[PlanRecord]:

@@ -12,6 +12,21 @@ if TYPE_CHECKING:
     from services.kernel.kafka import TopicPolicy
 
 
+# The licences open data may be published under (SPDX identifier -> title, URL).
+OPEN_DATA_LICENCES: dict[str, tuple[str, str]] = {
+    "CC-BY-4.0": ("Creative Commons Attribution 4.0 International",
+                  "https://creativecommons.org/licenses/by/4.0/"),
+    "CC-BY-SA-4.0": ("Creative Commons Attribution Share-Alike 4.0 International",
+                     "https://creativecommons.org/licenses/by-sa/4.0/"),
+    "CC0-1.0": ("Creative Commons Zero v1.0 Universal", "https://creativecommons.org/publicdomain/zero/1.0/"),
+    "ODC-By-1.0": ("Open Data Commons Attribution License v1.0", "https://opendatacommons.org/licenses/by/1-0/"),
+    "ODbL-1.0": ("Open Data Commons Open Database License v1.0",
+                 "https://opendatacommons.org/licenses/odbl/1-0/"),
+    "PDDL-1.0": ("Open Data Commons Public Domain Dedication and License v1.0",
+                 "https://opendatacommons.org/licenses/pddl/1-0/"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AuthSettings:
     """How bearer tokens are verified. HS256 with a shared secret locally, RS256 in production."""
@@ -93,10 +108,16 @@ class ServiceSettings(AuthSettings, KafkaSettings):
     rating_id_secret: str = setting(
         "", doc="feedback: the secret that keys rating ids (at least 32 characters; never change it). Empty: one "
                 "is generated at first start and kept in the feedback database")
+    checkin_opens_minutes: int = setting(
+        30, doc="volunteers: how many minutes before an activity's start its check-in opens (0 to 1440; it closes at "
+                "the end)")
     public_min_count: int = setting(
         5, doc="public reads (no token, `/public/...`): a count of people (co-signatures, pledges, ballots, "
                "ratings, ...) from 1 to this minus 1 is shown as null and named in the record's `suppressed`, and "
                "so is a score resting on it; 1: nothing suppressed")
+    open_data_licence: str = setting(
+        "CC-BY-4.0", doc="the licence the open data files (`/public/open-data/...`) are published under, named in "
+                         "each `datapackage.json`: " + ", ".join(f"`{name}`" for name in OPEN_DATA_LICENCES))
 
     def validate(self, prefix: str) -> None:
         if self.rating_id_secret and len(self.rating_id_secret) < 32:
@@ -108,8 +129,13 @@ class ServiceSettings(AuthSettings, KafkaSettings):
             raise SettingsError(f"environment variable {prefix}_RELAY_BATCH_SIZE must be >= 1")
         if self.relay_rounds_kept < 1:
             raise SettingsError(f"environment variable {prefix}_RELAY_ROUNDS_KEPT must be >= 1")
+        if not 0 <= self.checkin_opens_minutes <= 24 * 60:
+            raise SettingsError(f"environment variable {prefix}_CHECKIN_OPENS_MINUTES must be between 0 and 1440")
         if self.public_min_count < 1:
             raise SettingsError(f"environment variable {prefix}_PUBLIC_MIN_COUNT must be >= 1")
+        if self.open_data_licence not in OPEN_DATA_LICENCES:
+            raise SettingsError(f"environment variable {prefix}_OPEN_DATA_LICENCE must be one of "
+                                f"{', '.join(OPEN_DATA_LICENCES)}")
         self.validate_kafka(prefix)
 
     @property

@@ -96,9 +96,10 @@ FIELDS: Mapping[str, Mapping[str, Visible]] = {
 # Events that tell of one rating: (record kind, the data field naming the rated subject).
 RATING_EVENTS: Mapping[str, str] = {
     **{name: "rating" for name in ("RatingSubmitted", "RatingRevised", "AppealFiled", "AppealDecided",
-                                   "RatingExcluded", "FollowUpLinked", "BurstFlagged", "BurstReviewed")},
+                                   "RatingExcluded", "FollowUpLinked", "BurstFlagged", "BurstIncidentOpened",
+                                   "BurstIncidentGrew", "BurstReviewed")},
     **{name: "case" for name in ("FollowUpOpened", "ResidentContacted", "RectificationRecorded",
-                                 "FollowUpClosed", "FollowUpOverdue")},
+                                 "FollowUpClosed", "FollowUpClosedByExclusion", "FollowUpOverdue")},
     "ProjectRated": "project_rating",
 }
 # Which kind the other events' fields fall under in the live feed.
@@ -249,6 +250,31 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
     "formula": ("version", "prior_mean", "prior_weight", "min_ratings", "text"),
     "ranking_entry": ("rank", "name", "unit_id", "project_id", "ratings", "score", "average", "satisfaction_rate",
                       "suppressed"),
+    # open data (services/kernel/open_data.py): one kind per file, its columns in this order. Rows
+    # hold plain values only; ``suppressed`` names the empty cells that hide a small count of people
+    # (and the figures resting on it), space-separated. Organisations that contributed to a project
+    # are named (``organisation``); residents never: they are one aggregate row per project.
+    "open_project": ("community_id", "project_id", "title", "category", "category_zh", "category_en", "grid_id",
+                     "grid_name", "stage", "stage_zh", "stage_en", "phase", "progress", "estimated_cost_fen",
+                     "requested_fen", "reserved_fen", "spent_fen", "rewards_fen", *_AMOUNTS, "cosignatures",
+                     "pledges", "contributors", "vote_result", "created_on", "decided_on", "completed_on",
+                     "results_published_on", "updated_on", "suppressed"),
+    "open_fund_entry": ("community_id", "position", "on", "kind", "kind_zh", "kind_en", "source", "source_zh",
+                        "source_en", "amount_fen", "balance_after_fen", "project_id", "project_title"),
+    "open_results": ("community_id", "project_id", "project_title", "published_on", "benefits", "volunteer_minutes",
+                     *_AMOUNTS, "spent_fen", "rewards_fen", "contributors", "evaluation_ratings",
+                     "evaluation_average", "suppressed"),
+    "open_rewards": ("community_id", "project_id", "project_title", "contributor_type", "contributor_type_zh",
+                     "contributor_type_en", "organisation", "contributors", *_AMOUNTS, "rewarded", "rewards_fen",
+                     "suppressed"),
+    "open_ranking_entry": ("community_id", "kind", "role_zh", "role_en", "period", "edition", "provisional",
+                           "published_on", "formula_version", "min_ratings", "rank", "name", "unit_id", "unit_name",
+                           "project_id", "ratings", "score", "average", "satisfaction_rate", "suppressed"),
+    "open_volunteer_month": ("community_id", "month", "minutes", "hours", "volunteers", "suppressed"),
+    # volunteers service: a presented certificate checked (match or not per presented part, no stored value)
+    "certificate_check": ("valid", "match"),
+    "certificate_match": ("value", "holder", "card_number", "period_from", "period_to", "issued_on",
+                          "issuing_organisation", "total_minutes", "total_hours", "entries"),
 }
 # kind -> field -> the kind of the record (or of each record of the list) the field holds.
 PUBLIC_NESTED: Mapping[str, Mapping[str, str]] = {
@@ -268,6 +294,7 @@ PUBLIC_NESTED: Mapping[str, Mapping[str, str]] = {
     "fund": {"ledger": "fund_entry"},
     "fund_entry": {"kind_label": "label", "source_label": "label"},
     "ranking": {"formula": "formula", "ranked": "ranking_entry", "not_enough_ratings": "ranking_entry"},
+    "certificate_check": {"match": "certificate_match"},
 }
 
 

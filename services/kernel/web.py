@@ -3,7 +3,8 @@
 :func:`create_base_app` gives every app the same behaviour: flask-smorest with the OpenAPI document
 and a locally served Swagger UI, one error shape ``{code, status, message, errors}`` for every
 error (404, 405 with ``Allow``, 413, 415, 422, 500 and domain errors; the documents name the error
-answers of every operation, with no catch-all ``default``: :class:`CommonErrorResponses`), unknown
+answers of every operation, with no catch-all ``default``: :class:`CommonErrorResponses`) in the
+language of ``Accept-Language`` (zh-CN unless it asks for English: :func:`error_body`), unknown
 JSON fields rejected, a body size limit, a correlation id per request (taken from
 ``X-Correlation-ID`` or made up, returned, logged and put into event metadata), request metrics,
 ``/healthz``, ``/readyz`` and ``/metrics``.
@@ -31,6 +32,7 @@ from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedMediaType
 from werkzeug.http import HTTP_STATUS_CODES
 
+from cocreate_client.messages import DEFAULT_LOCALE, field_errors, match_locale, message_for_error
 from services.kernel import metrics
 from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS, Principal, TokenVerifier
 from services.kernel.config import AuthSettings
@@ -80,9 +82,12 @@ class ErrorSchema(Schema):
     code = ma.fields.Integer(required=True, validate=ma.validate.Range(min=400, max=599),
                              metadata={"description": "the HTTP status code"})
     status = ma.fields.String(required=True, metadata={"description": "the status code's name"})
-    message = ma.fields.String(required=True, metadata={"description": "what went wrong, for people"})
+    message = ma.fields.String(required=True, metadata={
+        "description": "what went wrong, in the language of Accept-Language: zh-CN (the default, also for a "
+                       "language the platform does not speak) for people, en the developer's detailed text"})
     errors = ma.fields.Dict(required=True, metadata={
-        "description": "details: fields and their problems (``json``, ``query``), ``reason`` (a stable code)"})
+        "description": "details: fields and their problems (``json``, ``query``; in the language of the "
+                       "message), ``reason`` (a stable code), ``detail`` (zh-CN: the developer's English text)"})
 
 
 # The error answers (in the one shape) of every operation of every app: the shared request checks
@@ -117,17 +122,40 @@ class CocreateApi(Api):
     DEFAULT_ERROR_RESPONSE_NAME = None  # every error is declared by CommonErrorResponses instead
 
 
-def error_body(status: int, message: str, errors: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def request_locale() -> str:
+    """The language of this request's answers (``zh-CN`` or ``en``): its ``Accept-Language`` as
+    :func:`cocreate_client.messages.match_locale` reads it — ``zh-CN`` when there is none (or no
+    request), or when it names no language of the platform."""
+    if not flask.has_request_context():
+        return DEFAULT_LOCALE
+    return match_locale(flask.request.headers.get("Accept-Language"))
+
+
+def error_body(status: int, message: str, errors: Mapping[str, Any] | None = None,
+               locale: str | None = None) -> dict[str, Any]:
+    """The one error shape, in ``locale`` (default: the request's, :func:`request_locale`).
+
+    ``message`` and the field messages in ``errors`` are the developer's English. In ``en`` the
+    body says them as they are. In ``zh-CN`` the body's ``message`` is the catalogue's Chinese
+    (:mod:`cocreate_client.messages`) for ``errors.reason``, else for the status; the English
+    text is kept in ``errors.detail``, and each field message is translated (a text the catalogue
+    does not know stays as it is)."""
+    errors = dict(errors or {})
+    if match_locale(locale or request_locale()) != "en":
+        errors = {key: value if key == "reason" else field_errors(value, "zh-CN") for key, value in errors.items()}
+        errors["detail"] = message
+        message = message_for_error({"code": status, "errors": errors}, "zh-CN")
     return {
         "code": status,
         "status": HTTP_STATUS_CODES.get(status, "Error"),
         "message": message,
-        "errors": dict(errors or {}),
+        "errors": errors,
     }
 
 
 def error_response(status: int, message: str, errors: Mapping[str, Any] | None = None,
                    headers: Mapping[str, str] | None = None) -> flask.Response:
+    """An error answer (:func:`error_body`, in the request's language) with ``status``."""
     response = flask.jsonify(error_body(status, message, errors))
     response.status_code = status
     for key, value in (headers or {}).items():

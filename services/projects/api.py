@@ -21,6 +21,7 @@ from services.kernel.web import (
     service_container, text_field,
 )
 from services.projects import commands as c
+from services.projects import open_data
 from services.projects import views
 from services.projects.community import FUND_SOURCES
 from services.projects.domain import (
@@ -801,4 +802,4 @@ class PublicProject(MethodView):
             return views.public_project(connection, project_id, min_count())
 
 
-BLUEPRINTS = (communities, projects, me, public_reads)
+BLUEPRINTS = (communities, projects, me, public_reads, open_data.blueprint)

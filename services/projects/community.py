@@ -26,6 +26,13 @@ DEFAULT_SETTINGS: dict[str, int] = {
     "pass_denominator": 2,
 }
 
+# Why a reservation returns to the fund: the FundReservationReleased event's ``reason`` (in
+# English, from these templates) and its label in Chinese (the ledger's ``detail_label``).
+RELEASE_REASONS: dict[str, tuple[str, str]] = {
+    "rejected": ("项目 {project_id} 未获居民代表表决通过，预留资金退回", "project {project_id} rejected by the council"),
+    "remainder": ("项目 {project_id} 已完工，未用完的预留资金退回", "unspent remainder of completed project {project_id}"),
+}
+
 FUND_SOURCES = {
     "government_allocation": "政府拨款 government allocation",
     "reward_pool": "以奖代补奖励资金 reward pool",

@@ -67,6 +67,17 @@ CATEGORIES = {
 }
 STANCES = ("support", "oppose", "neutral")
 CHOICES = ("yes", "no", "abstain")
+# Why a council vote ended as it did: the tally's ``reason`` (in English, from these templates) and
+# its label in Chinese (the project detail shows both: ``reason_label``).
+TALLY_REASONS: dict[str, tuple[str, str]] = {
+    "quorum_not_met": ("未达到法定人数：{electorate_size}名居民代表中{ballots}人投票，需要{quorum_required}人",
+                       "quorum not met: {ballots} of {electorate_size} representatives voted, "
+                       "{quorum_required} needed"),
+    "not_passed": ("未通过：{ballots}张选票中{yes}张赞成，赞成票需超过{pass_numerator}/{pass_denominator}",
+                   "not passed: {yes} of {ballots} ballots were yes, more than {pass_numerator}/{pass_denominator} "
+                   "needed"),
+    "passed": ("通过：{ballots}张选票中{yes}张赞成", "passed: {yes} of {ballots} ballots were yes"),
+}
 CONTRIBUTOR_TYPES = ("resident", "enterprise", "social_organisation")
 CONTRIBUTION_KINDS = ("labour", "money", "materials", "skills")
 STAFF = role_names("cadre", "admin")
@@ -274,14 +285,11 @@ class Project(Aggregate):
         quorum_required = math.ceil(size * vote["quorum_numerator"] / vote["quorum_denominator"])
         quorum_met = len(ballots) >= quorum_required
         passed = yes * vote["pass_denominator"] > vote["pass_numerator"] * len(ballots)
-        if not quorum_met:
-            result, reason = "rejected", (f"quorum not met: {len(ballots)} of {size} representatives voted, "
-                                          f"{quorum_required} needed")
-        elif not passed:
-            result, reason = "rejected", (f"not passed: {yes} of {len(ballots)} ballots were yes, more than "
-                                          f"{vote['pass_numerator']}/{vote['pass_denominator']} needed")
-        else:
-            result, reason = "approved", f"passed: {yes} of {len(ballots)} ballots were yes"
+        result, why = ("rejected", "quorum_not_met") if not quorum_met else \
+            ("rejected", "not_passed") if not passed else ("approved", "passed")
+        reason = TALLY_REASONS[why][1].format(
+            ballots=len(ballots), electorate_size=size, quorum_required=quorum_required, yes=yes,
+            pass_numerator=vote["pass_numerator"], pass_denominator=vote["pass_denominator"])
         return {"electorate_size": size, "ballots": len(ballots), "yes": yes, "no": no, "abstain": abstain,
                 "quorum_required": quorum_required, "quorum_met": quorum_met, "result": result, "reason": reason}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from services.kernel.aggregate import UnitOfWork
 from services.kernel.model import fields_of, format_time, require_member
 from services.projects import commands as c
-from services.projects.community import Community, CommunityFund
+from services.projects.community import RELEASE_REASONS, Community, CommunityFund
 from services.projects.domain import AMENDABLE, STAFF, Project
 
 SETTINGS = ("cosigners_required", "quorum_numerator", "quorum_denominator", "pass_numerator", "pass_denominator")
@@ -121,7 +121,7 @@ def close_vote(cmd: c.CloseVote, uow: UnitOfWork) -> Project:
     uow.record(project, project.close_vote(uow.actor))
     if project.stage == "rejected":
         fund = uow.load(CommunityFund, project.community_id)
-        uow.record(fund, fund.release(project.id, f"project {project.id} rejected by the council"))
+        uow.record(fund, fund.release(project.id, RELEASE_REASONS["rejected"][1].format(project_id=project.id)))
     return project
 
 
@@ -161,7 +161,7 @@ def complete_project(cmd: c.CompleteProject, uow: UnitOfWork) -> Project:
     project = uow.get(Project, cmd.project_id, expected_version=cmd.expected_version)
     uow.record(project, project.complete(uow.actor))
     fund = uow.load(CommunityFund, project.community_id)
-    uow.record(fund, fund.release(project.id, f"unspent remainder of completed project {project.id}"))
+    uow.record(fund, fund.release(project.id, RELEASE_REASONS["remainder"][1].format(project_id=project.id)))
     return project
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -30,9 +31,10 @@ from services.kernel import privacy
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.eventstore import EventStore
-from services.projects.community import FUND_SOURCES, Community, CommunityFund
+from services.projects.community import FUND_SOURCES, RELEASE_REASONS, Community, CommunityFund
 from services.projects.domain import (
-    AMENDABLE, CATEGORIES, CHOICES, CONTRIBUTOR_TYPES, PHASES, STAGES, STANCES, Project, amount_fields, zero_amounts,
+    AMENDABLE, CATEGORIES, CHOICES, CONTRIBUTOR_TYPES, PHASES, STAGES, STANCES, TALLY_REASONS, Project, amount_fields,
+    zero_amounts,
 )
 
 APPROVED_STAGES = ("co_build", "co_manage", "co_evaluate", "co_share")
@@ -120,8 +122,44 @@ PROJECTS = AggregateView(Project, "projects_view", [
 ], _project_columns)
 
 
+RESERVATION_DETAIL = ("为居民代表表决预留", "reserved for the council vote")
+_TEMPLATE_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def templated_label(text: str, templates: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """``text`` — made by the code from one of ``templates`` ((zh, en) pairs with ``{name}``
+    fields) in English — as a label ``{"zh": ..., "en": text}``; a text of no template (written
+    by a person) is the same in both."""
+    for zh, en in templates.values():
+        parts, at = [], 0
+        for found in _TEMPLATE_FIELD.finditer(en):
+            parts += [re.escape(en[at:found.start()]), f"(?P<{found.group(1)}>.+?)"]
+            at = found.end()
+        matched = re.fullmatch("".join([*parts, re.escape(en[at:])]), text, re.DOTALL)
+        if matched is not None:
+            return {"zh": zh.format(**matched.groupdict()), "en": text}
+    return {"zh": text, "en": text}
+
+
+def ledger_detail_label(kind: str, detail: str) -> dict[str, str]:
+    """The ledger's ``detail`` in Chinese and English: the words the code wrote (a reservation, a
+    release, a credit's source) translated, what people wrote (references, notes, receipts,
+    names, reasons for a reward) as they wrote it."""
+    if kind == "reservation":
+        return templated_label(detail, {"reservation": RESERVATION_DETAIL})
+    if kind == "release":
+        return templated_label(detail, RELEASE_REASONS)
+    if kind == "credit":
+        source, _, rest = detail.partition(" ")
+        label = bilingual(FUND_SOURCES.get(source))
+        if label is not None:
+            return {lang: f"{text} {rest}".strip() for lang, text in label.items()}
+    return {"zh": detail, "en": detail}
+
+
 class FundLedger:
-    """One row per fund movement, in log order, with the available balance after it."""
+    """One row per fund movement, in log order, with the available balance after it (``detail``:
+    what the movement was, in English or as written; ``detail_label``: in Chinese and English)."""
 
     name = "fund_ledger"
     KINDS = {"FundCredited": "credit", "FundReserved": "reservation", "FundReservationReleased": "release",
@@ -156,7 +194,7 @@ class FundLedger:
         else:
             balance = d["balance_after_fen"]
             detail = {"credit": lambda: f"{d['source']} {d['reference']} {d['note']}".strip(),
-                      "reservation": lambda: "reserved for the council vote",
+                      "reservation": lambda: RESERVATION_DETAIL[1],
                       "release": lambda: d["reason"],
                       "reward": lambda: f"{d['recipient_name']}: {d['reason']}"}[kind]()
         connection.execute(self.table.insert().values(
@@ -170,7 +208,8 @@ class FundLedger:
                                   .order_by(t.c.position).limit(limit))
         return [{"position": r.position, "kind": r.kind, "amount_fen": r.amount_fen,
                  "balance_after_fen": r.balance_after_fen, "project_id": r.project_id, "detail": r.detail,
-                 "actor": r.actor, "at": format_time(from_micros(r.at_us))} for r in rows]
+                 "detail_label": ledger_detail_label(r.kind, r.detail), "actor": r.actor,
+                 "at": format_time(from_micros(r.at_us))} for r in rows]
 
 
 class PledgesView:
@@ -428,6 +467,9 @@ def _vote(project: Project, page: ProjectPage) -> dict[str, Any] | None:
     if project.vote is None:
         return None
     closed = page.last("CouncilVoteClosed") or {"tally": None, "closed_at": None}
+    if closed["tally"] is not None:
+        tally = closed["tally"]
+        closed = {**closed, "tally": {**tally, "reason_label": templated_label(tally["reason"], TALLY_REASONS)}}
     return {**page.last("CouncilVoteOpened"), **closed, "ballots_cast": len(project.vote["ballots"])}
 
 

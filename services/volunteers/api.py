@@ -23,10 +23,11 @@ from services.kernel.bus import Outcome
 from services.kernel.errors import NotFound
 from services.kernel.events import LOCAL_TZ
 from services.kernel.web import (
-    ANY_ROLE, IDENTIFIER, CommandSchema, Schema, command_answer, current_principal, etagged, roles, send,
-    service_container, text_field,
+    ANY_ROLE, IDENTIFIER, PUBLIC_QUERY, CommandSchema, Schema, command_answer, current_principal, etagged, public,
+    roles, send, service_container, text_field,
 )
 from services.volunteers import commands as c
+from services.volunteers import open_data
 from services.volunteers import views
 from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
 from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS
@@ -161,9 +162,37 @@ class CertificateSchema(CommandSchema):
     issuing_organisation = text(200, required=True)
 
 
-class VerificationSchema(Schema):
-    verification = f.String(validate=v.Length(equal=64), metadata={"description": "the value printed on "
+DIGEST = r"^[0-9a-fA-F]{64}$"
+ENTRY = r"\d{4}-\d{2}-\d{2}:\d{1,5}(\.\d)?"
+
+
+class PresentedCertificate(Schema):
+    """What a certificate (a paper) says, to check against the store: each part is optional and
+    answered by itself (``match``); nothing stored is ever answered."""
+
+    holder = text(100, metadata={"description": "the holder's name as printed"})
+    card_number = f.String(validate=v.Length(min=1, max=40), metadata={"description": "the volunteer card number"})
+    period_from = f.Date(metadata={"description": "the first day of the period"})
+    period_to = f.Date(metadata={"description": "the last day of the period"})
+    issued_on = f.Date(metadata={"description": "the date of issue"})
+    issuing_organisation = text(200, metadata={"description": "the issuing organisation as printed"})
+    total_minutes = f.Integer(validate=v.Range(min=0, max=10**7), metadata={"description": "the total in minutes"})
+    total_hours = f.String(validate=v.Regexp(r"^\d{1,6}(\.\d)?$", error="hours with at most one decimal"),
+                           metadata={"description": "the total hours as printed (one decimal)"})
+    entries = f.String(validate=[v.Length(max=4000), v.Regexp(f"^{ENTRY}(,{ENTRY})*$",
+                                                             error="day:hours pairs separated by commas")],
+                       metadata={"description": "every entry as printed, day:hours separated by commas "
+                                                "(2025-03-08:3.0,2025-03-20:2.0), in any order"})
+
+
+class VerificationSchema(PresentedCertificate):
+    verification = f.String(validate=v.Regexp(DIGEST), metadata={"description": "the value printed on "
                                                                                    "the certificate"})
+
+
+class PublicVerificationQuery(PresentedCertificate):
+    value = f.String(required=True, validate=v.Regexp(DIGEST), metadata={
+        "description": "the verification value printed on the certificate (64 hexadecimal digits)"})
 
 
 class LeaderboardQuery(Schema):
@@ -246,6 +275,8 @@ rewards = Blueprint("rewards", __name__, url_prefix="/rewards", description="积
 certificates = Blueprint("certificates", __name__, url_prefix="/certificates",
                          description="志愿服务记录证明 certificates and their verification")
 reports = Blueprint("reports", __name__, description="Leaderboards, my card, minutes per project")
+public_reads = Blueprint("public", __name__, url_prefix="/public",
+                         description="公开核验 checking a certificate without a token")
 
 
 # -- cards ------------------------------------------------------------------------------------------
@@ -356,7 +387,7 @@ class CheckIn(MethodView):
     @activities.arguments(CheckInSchema)
     @activities.response(201, CommandResultSchema)
     def post(self, command: c.CheckIn, **_path):
-        """Check in with the activity's code (from an hour before the start to the end)"""
+        """Check in with the activity's code (from VOLUNTEERS_CHECKIN_OPENS_MINUTES, 30, before the start to the end)"""
         return activity_answer(send(command), 201)
 
 
@@ -376,7 +407,7 @@ class Attendance(MethodView):
     @activities.arguments(AttendanceSchema)
     @activities.response(201, CommandResultSchema)
     def post(self, command: c.RecordAttendance, **_path):
-        """Record a volunteer's attendance (organiser)"""
+        """Record a volunteer's attendance (organiser): within the activity's time and not after now"""
         return card_answer(send(command), 201)
 
 
@@ -490,10 +521,30 @@ class Verification(MethodView):
     @certificates.arguments(VerificationSchema)
     @certificates.response(200)
     def post(self, body, number):
-        """Verify a presented certificate against the event store (a query: records nothing)"""
+        """Check a presented certificate against the event store (any token; a query: records nothing):
+        ``valid``, the ``problems`` found, and which presented parts ``match``; the parts are
+        compared only when the presented verification value is the one issued"""
         current_principal()
         certificate = CERTIFICATES.fetch(store().engine, number)
-        return views.verify_certificate(store(), certificate, body.get("verification"))
+        presented = {k: v for k, v in body.items() if k != "verification"} | {"value": body.get("verification")}
+        return {"certificate_number": number, **views.verify_certificate(store(), certificate, presented)}
+
+
+# -- public reads: no token (a third party checking a paper certificate) ----------------------------
+
+@public_reads.route("/certificates/<number>/verification")
+class PublicVerification(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(PublicVerificationQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, query, number):
+        """Check what a certificate says against the store, without a token: ``valid`` and, per
+        presented part, whether it ``match``es — nothing stored is answered. Without the issued
+        verification value every part answers false, and an unknown number answers as a wrong value"""
+        with store().read_transaction() as connection:
+            certificate = CERTIFICATES.get(connection, number)
+        checked = views.verify_certificate(store(), certificate, query)
+        return privacy.public_view("certificate_check", checked)
 
 
 # -- reports ----------------------------------------------------------------------------------------
@@ -558,4 +609,4 @@ class ProjectMinutes(MethodView):
         return {"project_id": project_id, "minutes": minutes, "hours": round(minutes / 60, 1)}
 
 
-BLUEPRINTS = (cards, activities, rewards, certificates, reports)
+BLUEPRINTS = (cards, activities, rewards, certificates, reports, public_reads, open_data.blueprint)

@@ -7,6 +7,12 @@ Rules, all in minutes and points (integers) with UTC times:
 - an activity's attendance becomes a *claim* on the volunteer's card: minutes from the times,
   rounded down to 30, capped by the activity's planned minutes and by 8 hours per volunteer per
   day (pending and approved claims count); a claim overlapping another one is refused;
+- attendance happens within the activity's time and in the past: check-in opens
+  ``checkin_opens`` (the setting ``VOLUNTEERS_CHECKIN_OPENS_MINUTES``, 30 minutes) before the
+  start and closes at the end; a check-out's claim counts from the later of check-in and start to
+  the earlier of now and the end; attendance recorded by the organiser and retroactive entries
+  lie within the start and end and not after now, and a claim is approved only once its time has
+  passed (claims stored before these rules load as they were: the rules judge new commands);
 - only the organiser (never the volunteer) approves, adjusts with a reason, or rejects a claim;
   retroactive entries (补录) by the organiser carry a reason and are marked as such;
 - only approved minutes count: points = approved minutes × the activity's points per hour ÷ 60
@@ -21,8 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from services.kernel.model import (
@@ -31,6 +40,7 @@ from services.kernel.model import (
 )
 
 SLOT_MINUTES = 30
+CHECKIN_OPENS_MINUTES = 30  # the default of VOLUNTEERS_CHECKIN_OPENS_MINUTES
 DAILY_CAP_MINUTES = 8 * 60
 STAR_HOURS = (100, 300, 600, 1000, 1500)
 STAR_LABELS = {0: "未定级 no star yet", 1: "一星 one star", 2: "二星 two stars", 3: "三星 three stars",
@@ -123,13 +133,20 @@ class Card(Aggregate):
             "reason": reason, "recorded_by": recorded_by})]
 
     def decide_claim(self, claim_id: str, decision: str, minutes: int | None, reason: str,
-                     decided_by: str) -> list[NewEvent]:
+                     decided_by: str, *, now: datetime) -> list[NewEvent]:
+        """Approve (fully or adjusted) or reject a pending claim. Approval credits only time that
+        has passed: a claim ending after ``now`` (one stored before attendance in the future was
+        refused) is refused approval, 409 ``attendance_in_future``; it may be rejected."""
         claim = self.claims.get(claim_id)
         if claim is None:
             raise DomainError(f"card {self.card_number} has no claim {claim_id}", reason="unknown_claim",
                               details={"claim_id": "unknown claim"})
         if claim["status"] != "pending":
             raise Conflict(f"claim {claim_id} is already {claim['status']}", reason="already_decided")
+        if decision != "reject" and parse_time(claim["end"]) > now:
+            raise Conflict(f"the attendance of claim {claim_id} ends at {claim['end']}, after now: hours are "
+                           "approved once they are served", reason="attendance_in_future",
+                           details={"end": claim["end"]})
         if decision == "reject":
             if not reason:
                 raise DomainError("say why the claim is rejected", reason="reason_required",
@@ -313,7 +330,10 @@ class Activity(Aggregate):
             raise Conflict("you have already checked in; ask the organiser", reason="already_attended")
         return [NewEvent("SignUpWithdrawn", {"activity_id": self.id, "person_id": actor.person_id})]
 
-    def check_in(self, actor: Principal, code: str, now: datetime) -> list[NewEvent]:
+    def check_in(self, actor: Principal, code: str, now: datetime,
+                 opens_before: timedelta = timedelta(minutes=CHECKIN_OPENS_MINUTES)) -> list[NewEvent]:
+        """Check in with the code from ``opens_before`` the start (409 ``checkin_not_open``
+        earlier) to the end (409 ``activity_over`` later)."""
         self._open("check in")
         if code != self.checkin_code:
             raise Forbidden("the check-in code is not this activity's", reason="wrong_code")
@@ -321,9 +341,15 @@ class Activity(Aggregate):
             raise Conflict("sign up for the activity before checking in", reason="not_signed_up")
         if actor.person_id in self.checkins or actor.person_id in self.claims:
             raise Conflict("you have already checked in", reason="already_checked_in")
-        if not parse_time(self.starts_at) - timedelta(hours=1) <= now <= parse_time(self.ends_at):
-            raise Conflict("check-in opens an hour before the start and closes at the end",
-                           reason="outside_activity_time")
+        opens_at = parse_time(self.starts_at) - opens_before
+        if now < opens_at:
+            minutes = int(opens_before.total_seconds() // 60)
+            raise Conflict(f"check-in opens {minutes} minutes before the start, at {format_time(opens_at)}",
+                           reason="checkin_not_open", details={"opens_at": format_time(opens_at),
+                                                               "opens_minutes_before": minutes})
+        if now > parse_time(self.ends_at):
+            raise Conflict("the activity is over: check-in closed at its end", reason="activity_over",
+                           details={"ends_at": self.ends_at})
         return [NewEvent("CheckedIn", {"activity_id": self.id, "person_id": actor.person_id,
                                        "at": format_time(now)})]
 
@@ -334,6 +360,35 @@ class Activity(Aggregate):
             raise Conflict("you have not checked in", reason="not_checked_in")
         return [NewEvent("CheckedOut", {"activity_id": self.id, "person_id": actor.person_id,
                                         "claim_id": claim_id})]
+
+    def checked_out_span(self, person_id: str, now: datetime) -> tuple[datetime, datetime]:
+        """What a check-out at ``now`` claims: from the later of the check-in and the start to the
+        earlier of now and the end (the time before the start, or after the end, is no service)."""
+        start = max(parse_time(self.checkins[person_id]), parse_time(self.starts_at))
+        return start, min(now, parse_time(self.ends_at))
+
+    def attendance_span(self, start: datetime | None, end: datetime | None, now: datetime, *,
+                        retroactive: bool) -> tuple[datetime, datetime]:
+        """The times of attendance the organiser records (``retroactive``: a 补录 after the end).
+
+        Default: from the start to the end — or to now while the activity is going on. The times
+        lie within the activity (422 ``outside_activity_time``) and not after ``now`` (422
+        ``attendance_in_future``: nobody is credited for time not yet served); a retroactive
+        entry is for an activity that is over (409 ``activity_not_over``)."""
+        starts, ends = parse_time(self.starts_at), parse_time(self.ends_at)
+        if retroactive and now < ends:
+            raise Conflict("retroactive entries are for activities that are over", reason="activity_not_over")
+        start, end = start or starts, end or min(ends, now)
+        if start < starts or end > ends:
+            raise DomainError("attendance must lie within the activity's start and end",
+                              reason="outside_activity_time", details={"start": "within the activity",
+                                                                       "end": "within the activity"})
+        if start >= now or end > now:
+            raise DomainError(f"attendance cannot be recorded ahead of time: it is {format_time(now)} now",
+                              reason="attendance_in_future",
+                              details={"start" if start >= now else "end": "must not be after now",
+                                       "now": format_time(now)})
+        return start, end
 
     def attendance_recorded(self, person_id: str, claim_id: str, retroactive: bool) -> list[NewEvent]:
         if person_id in self.claims:
@@ -538,3 +593,64 @@ class Certificate(Aggregate):
                 "activities": self.entries, "total_minutes": self.total_minutes,
                 "total_hours": round(self.total_minutes / 60, 1), "issuing_organisation": self.issuing_organisation,
                 "issued_on": self.issued_on, "last_position": self.last_position, "verification": self.digest}
+
+
+# -- checking a presented certificate ---------------------------------------------------------------
+
+# What a presenter may say a certificate says (a paper's printed parts), besides its verification value.
+PRESENTED_PARTS = ("holder", "card_number", "period_from", "period_to", "issued_on", "issuing_organisation",
+                   "total_minutes", "total_hours", "entries")
+
+
+def printed_hours(minutes: int) -> Decimal:
+    """Hours as the certificate prints them (one decimal)."""
+    return Decimal(str(round(minutes / 60, 1)))
+
+
+def printed_entries(text: str) -> list[tuple[str, Decimal]]:
+    """``2025-03-08:3.0,2025-03-20:2`` (day and hours, as printed) as sorted ``(day, hours)`` pairs."""
+    pairs = []
+    for item in text.split(","):
+        day, _sep, hours = item.strip().partition(":")
+        pairs.append((day, Decimal(hours)))
+    return sorted(pairs)
+
+
+def check_presented(certificate: "Certificate | None", store_entries: list[dict[str, Any]] | None,
+                    store_digest: str | None, presented: Mapping[str, Any]) -> dict[str, bool]:
+    """Which presented parts of a certificate match the store: ``{part: True | False}`` for the
+    verification ``value`` (when presented) and each part of :data:`PRESENTED_PARTS` presented —
+    nothing else, and no stored value.
+
+    The verification value is the key: unless it is the one issued for this number, and the
+    card's events up to the certificate's last position still give it (``store_digest``), every
+    presented part answers False — so an unknown number, a wrong value and a forged paper read
+    alike, and nobody learns a holder's name, period or hours by guessing them without the value.
+    With the value, the holder, card, period, issue date and organisation are compared with what
+    was issued, the totals and entries with the credits recomputed from the card's events
+    (``store_entries``). ``certificate`` is None for a number that does not exist."""
+    parts = [key for key in ("value", *PRESENTED_PARTS) if presented.get(key) is not None]
+    value = str(presented.get("value") or "").lower()
+    genuine = (certificate is not None and store_entries is not None and store_digest is not None
+               and hmac.compare_digest(value.encode(), certificate.digest.encode())
+               and hmac.compare_digest(store_digest.encode(), certificate.digest.encode()))
+    if not genuine:
+        return {key: False for key in parts}
+    total = sum(e["minutes"] for e in store_entries)
+    issued = {"holder": certificate.name, "card_number": certificate.card_number.upper(),
+              "period_from": certificate.period_from, "period_to": certificate.period_to,
+              "issued_on": certificate.issued_on, "issuing_organisation": certificate.issuing_organisation}
+    match = {"value": True}
+    for key in parts:
+        given = presented[key]
+        if key in issued:
+            text = given.isoformat() if isinstance(given, date) else " ".join(str(given).split())
+            match[key] = (text.upper() if key == "card_number" else text) == issued[key]
+        elif key == "total_minutes":
+            match[key] = given == total == certificate.total_minutes
+        elif key == "total_hours":
+            match[key] = Decimal(str(given)) == printed_hours(total) and total == certificate.total_minutes
+        elif key == "entries":
+            match[key] = printed_entries(given) == sorted((e["day"], printed_hours(e["minutes"]))
+                                                          for e in store_entries)
+    return {key: match[key] for key in parts}

@@ -9,15 +9,18 @@ volunteers racing for the last item cannot both get it. The clock (``uow.now()``
 
 from __future__ import annotations
 
+import functools
 import secrets
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
 
 from services.kernel.aggregate import UnitOfWork
 from services.kernel.errors import ConcurrencyError, Conflict, DomainError, Forbidden
-from services.kernel.events import parse_time
 from services.kernel.model import fields_of
 from services.volunteers import commands as c
 from services.volunteers.domain import (
-    STAFF, VOLUNTEERS, Activity, Card, Certificate, Reward,
+    CHECKIN_OPENS_MINUTES, STAFF, VOLUNTEERS, Activity, Card, Certificate, Reward,
 )
 
 # Points per hour for labour delivered to a co-creation project (activities carry their own rate).
@@ -96,9 +99,10 @@ def withdraw_sign_up(cmd: c.WithdrawSignUp, uow: UnitOfWork) -> Activity:
     return activity
 
 
-def check_in(cmd: c.CheckIn, uow: UnitOfWork) -> Activity:
+def check_in(cmd: c.CheckIn, uow: UnitOfWork, *, opens_before: timedelta) -> Activity:
+    """Check-in opens ``opens_before`` the start (the process's VOLUNTEERS_CHECKIN_OPENS_MINUTES)."""
     activity = uow.get(Activity, cmd.activity_id, expected_version=cmd.expected_version)
-    uow.record(activity, activity.check_in(uow.actor, cmd.code, uow.now()))
+    uow.record(activity, activity.check_in(uow.actor, cmd.code, uow.now(), opens_before))
     return activity
 
 
@@ -108,8 +112,8 @@ def check_out(cmd: c.CheckOut, uow: UnitOfWork) -> Card:
     card = existing_card(uow, actor.person_id)
     claim_id = uow.new_id()
     events = activity.check_out(actor, cmd.code, claim_id)
-    started = parse_time(activity.checkins[actor.person_id])
-    uow.record(card, card.claim(claim_id, activity, started, uow.now(), recorded_by=actor.person_id))
+    start, end = activity.checked_out_span(actor.person_id, uow.now())
+    uow.record(card, card.claim(claim_id, activity, start, end, recorded_by=actor.person_id))
     uow.record(activity, events)
     return card
 
@@ -133,18 +137,10 @@ def _attendance(uow: UnitOfWork, activity_id: str, person_id: str, start, end, *
     if activity.status != "published":
         raise Conflict(f"the activity is {activity.status}", reason="activity_cancelled")
     card = existing_card(uow, person_id)
-    starts, ends = parse_time(activity.starts_at), parse_time(activity.ends_at)
-    start, end = start or starts, end or ends
-    if retroactive:
-        if uow.now() < ends:
-            raise Conflict("retroactive entries are for activities that are over", reason="activity_not_over")
-        if not reason:
-            raise DomainError("a retroactive entry needs a reason", reason="reason_required",
-                              details={"reason": "required"})
-    if start < starts or end > ends:
-        raise DomainError("attendance must lie within the activity's start and end",
-                          reason="outside_activity_time", details={"start": "within the activity",
-                                                                   "end": "within the activity"})
+    start, end = activity.attendance_span(start, end, uow.now(), retroactive=retroactive)
+    if retroactive and not reason:
+        raise DomainError("a retroactive entry needs a reason", reason="reason_required",
+                          details={"reason": "required"})
     claim_id = uow.new_id()
     events = activity.attendance_recorded(card.id, claim_id, retroactive)
     uow.record(card, card.claim(claim_id, activity, start, end, recorded_by=actor.person_id,
@@ -166,7 +162,8 @@ def decide_claim(cmd: c.DecideClaim, uow: UnitOfWork) -> Card:
     if claim_id is None:
         raise DomainError(f"{cmd.person_id} has no claim for this activity", reason="unknown_claim",
                           details={"person_id": "no claim for this activity"})
-    uow.record(card, card.decide_claim(claim_id, cmd.decision, cmd.minutes, cmd.reason, actor.person_id))
+    uow.record(card, card.decide_claim(claim_id, cmd.decision, cmd.minutes, cmd.reason, actor.person_id,
+                                                now=uow.now()))
     return card
 
 
@@ -215,6 +212,23 @@ def issue_certificate(cmd: c.IssueCertificate, uow: UnitOfWork) -> Certificate:
     return certificate
 
 
+def handlers_for(checkin_opens: timedelta) -> dict[type, Any]:
+    """The handlers, with check-in opening ``checkin_opens`` before an activity's start."""
+    return {
+        **HANDLERS, c.CheckIn: functools.update_wrapper(functools.partial(check_in, opens_before=checkin_opens),
+                                                        check_in)}
+
+
+def command_handlers(resources: Mapping[str, Any]) -> dict[type, Any]:
+    """The handlers of a process: bound to its settings (:func:`resources`)."""
+    return handlers_for(resources["checkin_opens"])
+
+
+def resources(_store, settings) -> dict[str, Any]:
+    """What the handlers take from the process's settings: when check-in opens."""
+    return {"checkin_opens": timedelta(minutes=settings.checkin_opens_minutes)}
+
+
 HANDLERS = {
     c.RegisterCard: register_card,
     c.CreditProjectLabour: credit_project_labour,
@@ -222,7 +236,8 @@ HANDLERS = {
     c.CancelActivity: cancel_activity,
     c.SignUp: sign_up,
     c.WithdrawSignUp: withdraw_sign_up,
-    c.CheckIn: check_in,
+    c.CheckIn: functools.update_wrapper(
+        functools.partial(check_in, opens_before=timedelta(minutes=CHECKIN_OPENS_MINUTES)), check_in),
     c.CheckOut: check_out,
     c.RecordAttendance: record_attendance,
     c.RecordRetroactiveEntry: record_retroactive_entry,

@@ -51,7 +51,8 @@ DEFINITION = ServiceDefinition(
     description="The volunteer card (义工卡): activities, hours, points, star levels, rewards, certificates.",
     projections=views.projections,
     blueprints=api.BLUEPRINTS,
-    command_handlers=handlers.HANDLERS,
+    resources=handlers.resources,
+    command_handlers=handlers.command_handlers,
     subscriptions=(
         Subscription(group="volunteers.project-labour", topics=("projects.events",),
                      handlers=_project_labour_handlers),

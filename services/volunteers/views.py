@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ from services.kernel.aggregate import AggregateView
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.eventstore import EventStore
 from services.volunteers.domain import (
-    Activity, Card, Certificate, Reward, certificate_digest, certificate_entries,
+    Activity, Card, Certificate, Reward, certificate_digest, certificate_entries, check_presented,
 )
 
 CARDS = AggregateView(Card, "cards_view", [
@@ -139,21 +140,35 @@ def organises_for(connection: Connection, organiser_id: str, card: Card) -> bool
                for activity in ACTIVITIES.find(connection, community_id=card.community_id))
 
 
-def verify_certificate(store: EventStore, certificate: Certificate, presented: str | None) -> dict[str, Any]:
-    """Recompute the certificate from the card's events up to its last position (a query: it
-    records nothing)."""
+def recompute_certificate(store: EventStore, certificate: Certificate) -> tuple[list[dict[str, Any]], str]:
+    """The certificate's credits and verification value recomputed from the card's events up to
+    its last position (a query: it records nothing)."""
     events = [e for e in store.load(Card.stream_id_for(certificate.person_id))
               if e.position <= certificate.last_position]
     entries = certificate_entries(events, certificate.period_from, certificate.period_to)
-    digest = certificate_digest(certificate.person_id, certificate.period_from, certificate.period_to,
-                                entries, certificate.last_position)
+    return entries, certificate_digest(certificate.person_id, certificate.period_from, certificate.period_to,
+                                       entries, certificate.last_position)
+
+
+def verify_certificate(store: EventStore, certificate: Certificate | None,
+                       presented: Mapping[str, Any]) -> dict[str, Any]:
+    """A presented certificate checked against the store: ``valid`` (the store still gives the
+    issued value and totals, and every presented part matches), the ``problems`` found and
+    ``match`` (:func:`services.volunteers.domain.check_presented`). ``certificate`` None: an
+    unknown number, answered as a wrong value is. No stored value is part of the answer."""
+    entries = digest = None
     problems = []
-    if digest != certificate.digest:
-        problems.append("the card's events no longer give the recorded verification value")
-    if presented is not None and presented != certificate.digest:
+    if certificate is not None:
+        entries, digest = recompute_certificate(store, certificate)
+        if digest != certificate.digest:
+            problems.append("the card's events no longer give the recorded verification value")
+        if sum(e["minutes"] for e in entries) != certificate.total_minutes:
+            problems.append("the total minutes differ from the card's events")
+    match = check_presented(certificate, entries, digest, presented)
+    if presented.get("value") is not None and not match["value"]:
         problems.append("the presented verification value is not the one issued")
-    if sum(e["minutes"] for e in entries) != certificate.total_minutes:
-        problems.append("the total minutes differ from the card's events")
-    return {"certificate_number": certificate.id, "valid": not problems, "problems": problems,
-            "recomputed": digest, "total_minutes": certificate.total_minutes,
-            "last_position": certificate.last_position}
+    problems += [f"the presented {part.replace('_', ' ')} differs from the certificate"
+                 for part, same in match.items() if part != "value" and not same and match.get("value")]
+    if any(part != "value" and not same for part, same in match.items()) and not match.get("value"):
+        problems.append("the presented parts cannot be checked without the certificate's verification value")
+    return {"valid": certificate is not None and not problems, "problems": problems, "match": match}

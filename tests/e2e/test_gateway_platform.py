@@ -187,10 +187,10 @@ def test_make_demo_and_the_command_line_work_against_the_running_platform(platfo
     wait_until(lambda: set(_catalogue_states(url).values()) == {"current"}, 120, "every service's routes")
     env = {**os.environ, "COCREATE_URL": url, "COCREATE_USERS_FILE": str(log_path.parent / "var" / "users.json"),
            "COCREATE_TOKEN_FILE": str(tmp_path / "token")}
-    demo = subprocess.run([sys.executable, "-m", "cocreate_client.demo"], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)
+    demo = subprocess.run([sys.executable, "-m", "cocreate_client.demo", "--json"], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
     assert demo.returncode == 0, demo.stderr[-3000:]
-    made = json.loads(demo.stdout[:demo.stdout.rindex("}") + 1])
+    made = json.loads(demo.stdout)
     per_stage = made["dashboard"]["projects"]["per_stage"]
     assert {stage: per_stage[stage] for stage in ("co_plan", "co_build", "co_manage", "co_share", "rejected")} == {
         "co_plan": 3, "co_build": 1, "co_manage": 1, "co_share": 1, "rejected": 1}
@@ -203,16 +203,16 @@ def test_make_demo_and_the_command_line_work_against_the_running_platform(platfo
         done = subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=60)
         return done.returncode, done.stdout, done.stderr
 
-    code, out, err = cocreate("login", "res1", "--password", "demo")
+    code, out, err = cocreate("login", "res1", "--password", "demo", "--json")
     assert code == 0 and json.loads(out)["person_id"] == "res1", err
-    code, out, _ = cocreate("me")
+    code, out, _ = cocreate("me", "--json")
     me = json.loads(out)
     assert code == 0 and me["card"]["approved_minutes"] == 180 and me["missing"] == []
-    code, out, _ = cocreate("projects", "--community", "xinyang", "--stage", "co_share")
+    code, out, _ = cocreate("projects", "--community", "xinyang", "--stage", "co_share", "--json")
     assert code == 0 and [p["title"] for p in json.loads(out)["items"]] == ["儿童游乐场翻新"]
     code, out, err = cocreate("rate", "chen", "6")
     assert code == 2 and "invalid choice" in err  # argparse refuses a level outside 1-5
     code, out, err = cocreate("call", "POST", "/subjects", '{"subject_id": "x", "kind": "unit", "name": "x", '
-                                                         '"community_id": "xinyang"}')
+                                                         '"community_id": "xinyang"}', "--json")
     assert code == 1 and json.loads(err)["errors"]["reason"] == "role_required"
 

@@ -18,6 +18,7 @@ are read by every reader and by a visitor without a token, and show none of the 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from datetime import timedelta
@@ -211,6 +212,11 @@ def scenario(app, servers, base) -> dict:
         "/public/projects/<project_id>": f"/public/projects/{pid}",
         "/public/rankings/<community_id>/<kind>": f"/public/rankings/{A}/cadre",
         "/public/rankings/<community_id>/<kind>/<period>": f"/public/rankings/{A}/cadre/2026-01",
+        **{f"/public/open-data/communities/<community_id>/{dataset}/{name}":
+           f"/public/open-data/communities/{A}/{dataset}/{name}"
+           for dataset in ("projects", "volunteers", "feedback")
+           for name in importlib.import_module(f"services.{dataset}.open_data").DATASET.files()},
+        "/public/certificates/<number>/verification": "/public/certificates/ZYFW-none/verification?value=" + "0" * 64,
     }
     return {"app": app, "gateway": Gateway(app), "canaries": canaries, "paths": paths}
 

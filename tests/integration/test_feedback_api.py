@@ -542,7 +542,11 @@ def test_an_upheld_appeal_excludes_the_rating_from_live_and_republished_rankings
     assert w.events() == before
 
     decided = w.ok(CADRE2, "POST", f"/ratings/{bad['rating_id']}/appeal/decision", decision, 200)
-    assert [e["event_type"] for e in decided["recorded"]] == ["AppealDecided", "RatingExcluded"]
+    # The exclusion closes the bad rating's follow-up case in the same unit of work.
+    assert [e["event_type"] for e in decided["recorded"]] == ["AppealDecided", "RatingExcluded",
+                                                             "FollowUpClosedByExclusion"]
+    case = w.get(CADRE, f"/cases/{bad['case_id']}")
+    assert (case["status"], case["overdue"], case["closure"]["reason"]) == ("closed", False, "rating_excluded")
     excluded = decided["resource"]["excluded"]
     assert excluded["reason"] == "appeal upheld (malicious): 监控核实当天未到访"
     assert (excluded["via"], excluded["by"]) == ("appeal", "c2")
@@ -588,60 +592,80 @@ def test_a_dismissed_appeal_changes_no_figures(w):
 
 # -- burst flags -------------------------------------------------------------------------------
 
-def test_a_burst_of_top_ratings_is_flagged_never_deleted_and_reviewed(w):
+def test_a_burst_of_top_ratings_is_one_incident_never_deleted_and_reviewed_once(w):
+    """A burst is one incident (a flag): it opens at the ``burst_min_ratings``-th top rating within
+    the window, grows by each further one within the window of the one before, ends when none has
+    come for a whole window, and is reviewed once, after it has ended. (It used to be a flag of 4
+    and a flag of 1 for each further rating: tests/integration/test_feedback_gateway.py has the 20.)"""
     w.policy(burst_min_ratings=4, burst_window_minutes=60)
     w.register("slow", kind="service", name="慢节奏")
     w.register("svc", kind="service", name="便民服务站")
     for i in range(4):  # 30 minutes apart: never 4 in one hour
         w.clock.at = MON + timedelta(minutes=30 * i)
-        assert "BurstFlagged" not in [e["event_type"] for e in w.rate(RES[i], "slow", 5, 201)["recorded"]]
+        assert not [e for e in w.rate(RES[i], "slow", 5, 201)["recorded"] if e["event_type"].startswith("Burst")]
     flagged_at = []
     for i in range(5):  # 2 minutes apart
         w.clock.at = MON + timedelta(hours=3, minutes=2 * i)
         recorded = w.rate(RES[i], "svc", 5, 201)["recorded"]
-        flagged_at += [(i, e["data"]["count"]) for e in recorded if e["event_type"] == "BurstFlagged"]
-    assert flagged_at == [(3, 4), (4, 1)]  # the 4th completes a burst; the 5th adds to it
+        flagged_at += [(i, e["event_type"], e["data"]["count"]) for e in recorded
+                       if e["event_type"].startswith("Burst")]
+    # the 4th completes a burst; the 5th grows it
+    assert flagged_at == [(3, "BurstIncidentOpened", 4), (4, "BurstIncidentGrew", 5)]
+    last = MON + timedelta(hours=3, minutes=8)
 
     refused(w.call(RES[0], "GET", "/subjects/svc/flags"), 403)
-    flags = w.get(GRID, "/subjects/svc/flags")["flags"]
-    assert [(f["count"], f["status"]) for f in flags] == [(4, "open"), (1, "open")]
+    [flag] = w.get(GRID, "/subjects/svc/flags")["flags"]
+    assert (flag["count"], flag["status"], flag["ongoing"], flag["window_minutes"], len(flag["rating_ids"])) == (
+        5, "open", True, 60, 5)
+    assert flag["ends_at"].startswith("2026-10-05T06:08:00")  # a window after the last top rating
     assert w.get(GRID, "/subjects/slow/flags")["flags"] == []
     refused(w.call(GRID, "GET", "/subjects/nope/flags"), 404)
     assert [s["subject_id"] for s in w.get(CADRE, "/subjects?flagged=true")["items"]] == ["svc"]
-    assert w.get(CADRE, "/subjects/svc")["open_flags"] == 2
+    assert w.get(CADRE, "/subjects/svc")["open_flags"] == 1
     items = w.get(CADRE, "/subjects/svc/ratings")["items"]
     assert len(items) == 5 and all(r["flagged"] and r["excluded"] is None for r in items)
     assert w.figures("svc")["ratings"] == 5
 
-    first, second = flags
     before = w.events()
     review = {"decision": "exclude", "reason": "同一时段集中好评"}
-    refused(w.call(RES[0], "POST", f"/subjects/svc/flags/{first['flag_id']}/review", review), 403)
-    refused(w.call(GRID, "POST", f"/subjects/svc/flags/{first['flag_id']}/review", review), 403)
+    refused(w.call(RES[0], "POST", f"/subjects/svc/flags/{flag['flag_id']}/review", review), 403)
+    refused(w.call(GRID, "POST", f"/subjects/svc/flags/{flag['flag_id']}/review", review), 403)
     refused(w.call(CADRE, "POST", "/subjects/svc/flags/nope/review", review), 422, "unknown_flag")
-    refused(w.call(CADRE, "POST", f"/subjects/nope/flags/{first['flag_id']}/review", review), 404)
-    invalid(w.call(CADRE, "POST", f"/subjects/svc/flags/{first['flag_id']}/review",
+    refused(w.call(CADRE, "POST", f"/subjects/nope/flags/{flag['flag_id']}/review", review), 404)
+    invalid(w.call(CADRE, "POST", f"/subjects/svc/flags/{flag['flag_id']}/review",
                    {**review, "decision": "delete"}), "decision")
+    w.clock.at = last + timedelta(minutes=59)  # still going on: another top rating would join it
+    body = refused(w.call(CADRE, "POST", f"/subjects/svc/flags/{flag['flag_id']}/review", review), 409,
+                   "burst_ongoing")
+    assert body["errors"]["ends_at"] == flag["ends_at"]
     assert w.events() == before
 
-    kept = w.ok(CADRE, "POST", f"/subjects/svc/flags/{second['flag_id']}/review",
-                {"decision": "keep", "reason": "核实为真实评价"}, 200)
-    assert [e["event_type"] for e in kept["recorded"]] == ["BurstReviewed"]
-    assert kept["resource"]["flags"][second["flag_id"]]["status"] == "kept"
-    assert w.figures("svc")["ratings"] == 5
-
-    excluded = w.ok(CADRE, "POST", f"/subjects/svc/flags/{first['flag_id']}/review", review, 200)
-    assert [e["event_type"] for e in excluded["recorded"]] == ["BurstReviewed"] + ["RatingExcluded"] * 4
-    assert excluded["resource"]["flags"][first["flag_id"]]["status"] == "excluded"
-    assert w.figures("svc")["ratings"] == 1
+    w.clock.at = last + timedelta(minutes=60)  # a whole window without a top rating: ended
+    assert w.get(GRID, "/subjects/svc/flags")["flags"][0]["ongoing"] is False
+    excluded = w.ok(CADRE, "POST", f"/subjects/svc/flags/{flag['flag_id']}/review", review, 200)
+    assert [e["event_type"] for e in excluded["recorded"]] == ["BurstReviewed"] + ["RatingExcluded"] * 5
+    assert excluded["resource"]["flags"][flag["flag_id"]]["status"] == "excluded"
+    assert w.figures("svc") is None  # no counted rating left
     items = w.get(CADRE, "/subjects/svc/ratings")["items"]
-    assert len(items) == 5 and sum(1 for r in items if r["excluded"]) == 4
-    assert all("burst" in r["excluded"]["reason"] and r["excluded"]["via"] == "burst_review"
-               for r in items if r["excluded"])
+    assert len(items) == 5 and all(r["excluded"]["via"] == "burst_review" and "burst" in r["excluded"]["reason"]
+                                   for r in items)
     before = w.events()
-    refused(w.call(CADRE, "POST", f"/subjects/svc/flags/{first['flag_id']}/review", review), 409, "already_reviewed")
+    refused(w.call(CADRE, "POST", f"/subjects/svc/flags/{flag['flag_id']}/review", review), 409, "already_reviewed")
     assert w.events() == before
     assert w.get(CADRE, "/subjects?flagged=true")["items"] == []
+
+    # After the quiet window, a new burst is a new incident; kept, its ratings count.
+    for i in range(5, 9):
+        w.clock.at = MON + timedelta(hours=6, minutes=i)
+        w.rate(RES[i], "svc", 5, 201)
+    flags = w.get(GRID, "/subjects/svc/flags")["flags"]
+    assert [(f["count"], f["status"]) for f in flags] == [(5, "excluded"), (4, "open")]
+    w.clock.at = MON + timedelta(hours=7, minutes=9)
+    kept = w.ok(CADRE, "POST", f"/subjects/svc/flags/{flags[1]['flag_id']}/review",
+                {"decision": "keep", "reason": "核实为真实评价"}, 200)
+    assert [e["event_type"] for e in kept["recorded"]] == ["BurstReviewed"]
+    assert kept["resource"]["flags"][flags[1]["flag_id"]]["status"] == "kept"
+    assert w.figures("svc")["ratings"] == 4
 
 
 # -- rankings ----------------------------------------------------------------------------------
@@ -783,7 +807,9 @@ def test_a_published_ranking_recomputes_identically_after_the_read_models_are_re
     w.clock.at = NOV
     w.publish("2026-10")
     w.rate(RES[0], "wang", 1, 201)  # November's ratings come after the published position
-    assert w.get(CADRE, "/cases")["overdue"] == 2  # October's two cases, past their deadline now
+    # October's case of li's 2, past its deadline now (that of wang's 1 closed with its exclusion)
+    listing = w.get(CADRE, "/cases")
+    assert (listing["open"], listing["overdue"], len(listing["items"])) == (2, 1, 3)
 
     paths = [f"/rankings/{C}/cadre/2026-10", f"/rankings/{C}/cadre?period=2026-10",
              f"/rankings/{C}/cadre/2026-10/verification", "/subjects/li?period=2026-10",

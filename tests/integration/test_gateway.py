@@ -23,7 +23,7 @@ from gateway.app import create_app, load_settings
 from gateway.tokens import hash_password
 from tests.conftest import TEST_SECRET
 from tests.support.errors import assert_error
-from tests.support.projects import Community, FlaskClient, Person, ProjectsDriver
+from tests.support.projects import Community, FlaskClient, HttpClient, Person, ProjectsDriver
 
 SERVICES = ("projects", "volunteers", "feedback")
 
@@ -117,8 +117,8 @@ def test_a_stopped_service_leaves_its_parts_out_and_writes_get_503(services, tmp
         body = assert_error(reply, 503, "service_unavailable")
         assert body["errors"]["service"] == "feedback" and int(reply.headers["Retry-After"]) >= 1
         # The breaker is open now: calls fail at once and say so; other services are unaffected.
-        reply = d.call(c.cadre, "GET", f"/rankings/{c.id}/cadre")
-        assert "circuit breaker open" in assert_error(reply, 503)["message"]
+        reply = d.call(c.cadre, "GET", f"/rankings/{c.id}/cadre", headers={"Accept-Language": "en"})
+        assert "circuit breaker open" in assert_error(reply, 503)["message"]  # in English, as asked
         assert d.get(c.cadre, f"/projects/{pid}")["project_id"] == pid
     finally:
         services["feedback"].start()  # the same port and data, for the tests that follow
@@ -490,7 +490,7 @@ def test_every_write_route_refuses_callers_without_its_roles(app):
             checked.append(f"{method.upper()} {path}")
     assert len(checked) >= 45
     assert sorted(open_to_all) == ["POST /api/v1/certificates/{number}/verification",
-                                   "POST /api/v1/plans/{plan_id}/notes"]
+                                   "POST /api/v1/live/tickets", "POST /api/v1/plans/{plan_id}/notes"]
 
 
 def test_ratings_changed_comes_once_per_subject_and_minute_on_a_fixed_grid(tmp_path, monkeypatch):
@@ -657,3 +657,111 @@ def test_a_stream_ticket_is_nothing_but_a_stream_ticket(app, unique):
     assert mine["community_id"] == "elsewhere"
     status, text, _ = _stream(client, f"?ticket={mine['ticket']}&last_event_id=0")
     assert status == 200 and "elsewhere-8" in text and f"{resident.community}-7" not in text
+
+
+# -- the language of errors (issue 19, point 5) ---------------------------------------------------
+
+ZH = "zh-CN (no header)"
+
+
+def _language(header: str) -> dict[str, str]:
+    return {} if header == ZH else {"Accept-Language": header}
+
+
+@pytest.mark.parametrize(("header", "chinese"), [(ZH, True), ("en", False), ("en-GB,en;q=0.9", False),
+                                                 ("fr-FR", True), ("zh-CN,zh;q=0.9", True)])
+def test_errors_come_in_the_language_of_accept_language_zh_cn_by_default(app, unique, header, chinese):
+    """Through the gateway: a domain refusal and a validation error (answered by the service, in the
+    language the gateway passed on), a 401 and a 404 of the gateway's own — in Chinese without a
+    header or for a language the platform does not speak, in English when English is asked for."""
+    d, c = community(app, unique)
+    lang = _language(header)
+    pid = c.propose()["project_id"]
+    refusal = assert_error(d.call(c.residents[0], "POST", f"/projects/{pid}/cosignatures", {}, lang), 409,
+                           "self_cosign")
+    invalid = assert_error(d.call(c.residents[1], "POST", "/projects", {**proposal(c), "title": "", "budget": 5,
+                                                                        "requested_fen": "lots"}, lang), 422)
+    anonymous = assert_error(d.call(None, "GET", f"/projects/{pid}", headers=lang), 401, "unauthenticated")
+    no_route = assert_error(d.call(c.cadre, "GET", "/no-such-route", headers=lang), 404)
+    if chinese:
+        assert refusal["message"] == "提议人不能给自己的提议联署"
+        assert refusal["errors"]["detail"].startswith("the proposer cannot co-sign their own proposal")
+        assert invalid["message"] == "填写的内容有误，请检查后再提交"
+        assert invalid["errors"]["json"] == {"budget": ["不认识的字段，请删除"], "title": ["长度应在1到100之间"],
+                                             "requested_fen": ["应为整数"]}
+        assert anonymous["message"] == "请先登录" and anonymous["errors"]["detail"]
+        assert no_route["message"] == "没有找到相关内容"
+        assert no_route["errors"] == {"detail": "no route /api/v1/no-such-route"}
+    else:
+        assert refusal["message"].startswith("the proposer cannot co-sign their own proposal")
+        assert "detail" not in refusal["errors"]
+        assert invalid["message"] == "the request is not valid"
+        assert invalid["errors"]["json"] == {"budget": ["Unknown field."],
+                                             "title": ["Length must be between 1 and 100."],
+                                             "requested_fen": ["Not a valid integer."]}
+        assert "token" in anonymous["message"] and "detail" not in anonymous["errors"]
+        assert no_route == {"code": 404, "status": "Not Found", "message": "no route /api/v1/no-such-route",
+                            "errors": {}}
+
+
+def test_the_language_reaches_the_services_and_a_service_answers_in_it_directly(services, app, unique):
+    d, c = community(app, unique)
+    pid = c.propose()["project_id"]
+    direct = HttpClient(services["projects"].base_url)
+    path, person = f"/projects/{pid}/cosignatures", c.residents[0]
+    chinese = assert_error(direct.request("POST", path, {}, person.headers), 409, "self_cosign")
+    english = assert_error(direct.request("POST", path, {}, {**person.headers, "Accept-Language": "en"}), 409,
+                           "self_cosign")
+    assert chinese["message"] == "提议人不能给自己的提议联署" and chinese["errors"]["detail"] == english["message"]
+    assert english["message"].startswith("the proposer cannot co-sign")
+    # through the gateway, the same answers: it passes the caller's language on (zh-CN when none)
+    assert d.call(person, "POST", path, {}).json() == chinese
+    assert d.call(person, "POST", path, {}, {"Accept-Language": "en"}).json() == english
+
+
+def test_the_gateway_passes_the_callers_language_on_and_zh_cn_when_there_is_none(app, unique, monkeypatch):
+    upstream = app.extensions["cocreate.upstreams"]["projects"]
+    original, sent = upstream.request, []
+
+    def recording(method, path, *, headers=None, **kwargs):
+        sent.append((headers or {}).get("Accept-Language"))
+        return original(method, path, headers=headers, **kwargs)
+
+    monkeypatch.setattr(upstream, "request", recording)
+    d = ProjectsDriver(Public(app))
+    person = Person(f"p-{unique}", "居民", ("resident",), "c")
+    for header in (None, "en-GB,en;q=0.9", "fr-FR", "zh-CN"):
+        reply = d.call(person, "GET", f"/projects/nope-{unique}", headers={"Accept-Language": header} if header else {})
+        assert_error(reply, 404, "not_found")
+    assert sent == ["zh-CN", "en-GB,en;q=0.9", "fr-FR", "zh-CN"]
+
+
+def test_the_gateways_own_refusals_come_in_the_callers_language(services, tmp_path, unique):
+    app = gateway(services, tmp_path, GATEWAY_RATE_LIMIT_PER_CALLER="2", GATEWAY_RATE_LIMIT_PER_IP="1000")
+    d = ProjectsDriver(Public(app))
+    alice, bob = (Person(f"{name}-{unique}", name, ("resident",), "c") for name in ("alice", "bob"))
+    for person in (alice, bob):
+        for _ in range(3):
+            d.call(person, "GET", "/whoami")
+    limited = assert_error(d.call(alice, "GET", "/whoami"), 429, "rate_limited")
+    assert limited["message"] == "操作太频繁，请稍后再试" and limited["errors"]["limit"] == 2
+    assert limited["errors"]["detail"] == "too many requests from this caller: 2 per minute"
+    limited = assert_error(d.call(bob, "GET", "/whoami", headers={"Accept-Language": "en"}), 429, "rate_limited")
+    assert limited["message"] == "too many requests from this caller: 2 per minute"
+
+
+def test_a_service_that_is_down_is_a_503_in_the_callers_language(services, tmp_path, unique):
+    app = gateway(services, tmp_path)
+    d, c = community(app, unique)
+    c.propose()
+    services["projects"].stop()
+    try:
+        chinese = assert_error(d.call(c.cadre, "GET", f"/communities/{c.id}"), 503, "service_unavailable")
+        english = assert_error(d.call(c.cadre, "GET", f"/communities/{c.id}", headers={"Accept-Language": "en"}), 503,
+                               "service_unavailable")
+    finally:
+        services["projects"].start()
+    assert chinese["message"] == "服务暂时不可用，请稍后再试" and "projects" in chinese["errors"]["detail"]
+    assert chinese["errors"]["service"] == "projects"
+    assert "projects" in english["message"] and "detail" not in english["errors"]
+

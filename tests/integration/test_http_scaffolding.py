@@ -176,9 +176,9 @@ def test_body_just_under_limit_is_accepted(testapp, stream):
 def test_non_json_body_is_415(testapp, stream):
     before = testapp.store.last_position()
     response = testapp.client.post(f"/items/{stream}", data="title=x&amount_fen=1",
-                                   headers={**bearer(), "Content-Type": "text/plain"})
+                                   headers={**bearer(), "Content-Type": "text/plain", "Accept-Language": "en"})
     body = assert_error(response, 415)
-    assert "JSON" in body["message"]
+    assert "JSON" in body["message"]  # in English, as asked
     assert testapp.store.last_position() == before
 
 
@@ -212,14 +212,19 @@ def test_malformed_json_is_400(testapp, stream):
     assert testapp.store.last_position() == 0
 
 
-def test_unexpected_error_is_500_without_leaking(testapp):
-    response = testapp.client.get("/boom")
+@pytest.mark.parametrize("language", ["en", None])
+def test_unexpected_error_is_500_without_leaking(testapp, language):
+    response = testapp.client.get("/boom", headers={"Accept-Language": language} if language else {})
     body = assert_error(response, 500)
     text = response.get_data(as_text=True)
     assert SECRET_TEXT not in text
     assert "RuntimeError" not in text
     assert "Traceback" not in text
-    assert body["errors"] == {}
+    if language == "en":
+        assert body["errors"] == {}
+    else:  # zh-CN: the people's message, the developer's English as the detail
+        assert body["message"] == "系统出了点问题，请稍后再试"
+        assert body["errors"] == {"detail": "an internal error occurred; quote the correlation id when reporting it"}
     assert response.headers["X-Correlation-ID"]
 
 
@@ -481,9 +486,9 @@ def test_stream_events_up_to_version_and_as_of(service, unique):
 def test_unknown_stream_is_404(service, unique):
     app, _ = service
     client = app.test_client()
-    body = assert_error(client.get(f"/streams/project-{unique}", headers=ADMIN), 404)
+    body = assert_error(client.get(f"/streams/project-{unique}", headers={**ADMIN, "Accept-Language": "en"}), 404)
     assert body["errors"]["reason"] == "not_found"
-    assert unique in body["message"]
+    assert unique in body["message"]  # in English, as asked
     assert_error(client.get(f"/streams/project-{unique}/events", headers=ADMIN), 404)
 
 

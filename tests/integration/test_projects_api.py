@@ -26,6 +26,7 @@ from tests.support.projects import Community, Person, ProjectsDriver
 DEFAULT_SETTINGS = {"cosigners_required": 6, "quorum_numerator": 2, "quorum_denominator": 3,
                     "pass_numerator": 1, "pass_denominator": 2}
 UNIT = {"unit_id": "haicang-jwh", "name": "海沧社区居委会"}
+EN = {"Accept-Language": "en"}  # the tests that read an error's English text ask for it (zh-CN is the default)
 UPKEEP = ["assign_maintainer", "log_maintenance", "report_problem", "resolve_problem"]
 ADMIN = Person("admin-1", "管理员", ("admin",), None)
 OUTSIDER = Person("jimei-r1", "集美居民", ("resident",), "jimei")
@@ -175,7 +176,7 @@ def test_community_registration_refusals(api):
     assert error["errors"]["grids"] == "duplicate grid_id"
     error = api.refused(ADMIN, "POST", "/communities", {**good, "settings": {"quorum_numerator": 4}},
                         status=422, reason="invalid_settings")
-    assert set(error["errors"]) == {"quorum_numerator", "reason"}
+    assert set(error["errors"]) == {"quorum_numerator", "reason", "detail"}  # detail: the English text (zh-CN)
     api.d.post(ADMIN, "/communities", good)
     api.refused(ADMIN, "POST", "/communities", good, status=409, reason="already_registered", community="haicang")
     api.refused(ADMIN, "GET", "/communities/nowhere", status=404, reason="not_found")
@@ -220,7 +221,7 @@ def test_grids_representatives_and_settings(api):
         reason="duplicate_representative", **watch)
     assert error["errors"]["representatives"] == "duplicate person_id"
     error = api.refused(c.cadre, "PUT", f"{path}/representatives", {"representatives": [{"person_id": "a"}]},
-                        status=422, **watch)
+                        status=422, headers=EN, **watch)
     assert error["errors"]["json"] == {"representatives": {"0": {"name": ["Missing data for required field."]}}}
     error = api.refused(c.cadre, "PATCH", f"{path}/settings", {"quorum_numerator": 5}, status=422,
                         reason="invalid_settings", **watch)
@@ -255,6 +256,9 @@ def test_the_fund_is_credited_from_three_sources_and_its_ledger_paged(api):
         ("credit", 1_000_000, 1_000_000, "government_allocation REF-1 入账", "haicang-cadre", None),
         ("credit", 200_000, 1_200_000, "reward_pool REF-2 入账", "haicang-cadre", None),
         ("credit", 50_000, 1_250_000, "donation REF-3 入账", "admin-1", None)]
+    assert [e["detail_label"] for e in fund["ledger"]] == [  # the source in Chinese and English, the rest as written
+        {"zh": "政府拨款 REF-1 入账", "en": "government allocation REF-1 入账"},
+        {"zh": "以奖代补奖励资金 REF-2 入账", "en": "reward pool REF-2 入账"}, {"zh": "捐赠 REF-3 入账", "en": "donation REF-3 入账"}]
     first = d.get(c.residents[0], "/communities/haicang/fund?limit=2")
     assert [e["amount_fen"] for e in first["ledger"]] == [1_000_000, 200_000]
     assert first["next_after"] == first["ledger"][1]["position"]
@@ -391,7 +395,7 @@ def test_opinions_with_a_stance_during_deliberation(api):
     c = Community(d, "haicang")
     pid = c.propose()["project_id"]
     error = api.refused(c.residents[8], "POST", f"/projects/{pid}/opinions", {"stance": "support", "text": "好"},
-                        status=409, reason="wrong_stage", project=pid)
+                        status=409, reason="wrong_stage", headers=EN, project=pid)
     assert error["errors"]["allowed_actions"] == ["cosign", "amend", "withdraw"]
     assert error["message"].endswith("allowed now: cosign, amend, withdraw")
     c.qualify(pid)
@@ -456,7 +460,7 @@ def test_the_proposer_withdraws_before_the_vote_only(api):
     assert (project["stage"], project["phase"], project["allowed_actions"]) == ("withdrawn", "ended", [])
     assert project["withdrawal"]["reason"] == "居民另有方案"
     error = api.refused(c.residents[1], "POST", f"/projects/{pid}/cosignatures", status=409, reason="wrong_stage",
-                        **watch)
+                        headers=EN, **watch)
     assert error["message"].endswith("allowed now: nothing (the project has ended)")
     voting = c.propose()["project_id"]
     c.qualify(voting)
@@ -486,7 +490,7 @@ def test_opening_the_vote_reserves_the_fund_or_says_it_is_insufficient(any_api):
     api.refused(OTHER_CADRE, "POST", path, {}, status=403, reason="other_community", **watch)
     api.refused(c.cadre, "POST", "/projects/nope/vote/open", {}, status=404, reason="not_found", **watch)
     error = api.refused(c.cadre, "POST", path, {"responsible_unit": {"unit_id": "x"}, "deadline": 1}, status=422,
-                        **watch)
+                        headers=EN, **watch)
     assert error["errors"]["json"] == {"deadline": ["Unknown field."],
                                        "responsible_unit": {"name": ["Missing data for required field."]}}
 
@@ -503,10 +507,12 @@ def test_opening_the_vote_reserves_the_fund_or_says_it_is_insufficient(any_api):
     assert (fund["balance_fen"], fund["reserved_fen"]) == (2_000_000, 3_000_000)
     assert fund["ledger"][-1] | {"position": 0, "at": ""} == {
         "position": 0, "kind": "reservation", "amount_fen": 3_000_000, "balance_after_fen": 2_000_000,
-        "project_id": pid, "detail": "reserved for the council vote", "actor": "haicang-cadre", "at": ""}
+        "project_id": pid, "detail": "reserved for the council vote",
+        "detail_label": {"zh": "为居民代表表决预留", "en": "reserved for the council vote"}, "actor": "haicang-cadre",
+        "at": ""}
 
     error = api.refused(c.cadre, "POST", f"/projects/{second}/vote/open", {}, status=409, reason="insufficient_fund",
-                        project=second, community="haicang")
+                        headers=EN, project=second, community="haicang")
     assert error["message"] == ("insufficient community fund: the balance is 2000000 fen, the project requests "
                                 "2500000 fen")
     assert (error["errors"]["balance_fen"], error["errors"]["requested_fen"]) == (2_000_000, 2_500_000)
@@ -531,7 +537,7 @@ def test_ballots_and_an_approved_vote(api):
     path = f"/projects/{pid}/vote/ballots"
     api.refused(None, "POST", path, {"choice": "no"}, status=401, **watch)
     error = api.refused(c.representatives[0], "POST", path, {"choice": "no"}, status=409, reason="already_voted",
-                        **watch)
+                        headers=EN, **watch)
     assert error["message"].startswith("you have already cast your ballot in this vote")
     api.refused(c.residents[1], "POST", path, {"choice": "yes"}, status=403, reason="role_required", **watch)
     api.refused(c.cadre, "POST", path, {"choice": "yes"}, status=403, reason="role_required", **watch)
@@ -555,7 +561,9 @@ def test_ballots_and_an_approved_vote(api):
     project = body["project"]
     assert project["vote"]["tally"] == {"electorate_size": 9, "ballots": 7, "yes": 5, "no": 1, "abstain": 1,
                                         "quorum_required": 6, "quorum_met": True, "result": "approved",
-                                        "reason": "passed: 5 of 7 ballots were yes"}
+                                        "reason": "passed: 5 of 7 ballots were yes",
+                                        "reason_label": {"zh": "通过：7张选票中5张赞成",
+                                                         "en": "passed: 5 of 7 ballots were yes"}}
     assert project["vote"]["closed_at"] and (project["stage"], project["phase"]) == ("co_build", "building")
     fund = api.fund("haicang")
     assert (fund["balance_fen"], fund["reserved_fen"], fund["released_fen"]) == (7_000_000, 3_000_000, 0)
@@ -576,10 +584,13 @@ def test_rejected_votes_release_the_reservation(any_api):
     assert {pid: (p["stage"], p["phase"], p["allowed_actions"]) for pid, p in results.items()} == {
         pid: ("rejected", "ended", []) for pid in (tie, few, abstain)}
     assert results[tie]["vote"]["tally"]["reason"] == "not passed: 4 of 8 ballots were yes, more than 1/2 needed"
-    assert results[few]["vote"]["tally"] | {"reason": None} == {
+    assert results[tie]["vote"]["tally"]["reason_label"]["zh"] == "未通过：8张选票中4张赞成，赞成票需超过1/2"
+    assert results[few]["vote"]["tally"] | {"reason": None, "reason_label": None} == {
         "electorate_size": 9, "ballots": 5, "yes": 5, "no": 0, "abstain": 0, "quorum_required": 6,
-        "quorum_met": False, "result": "rejected", "reason": None}
+        "quorum_met": False, "result": "rejected", "reason": None, "reason_label": None}
     assert results[few]["vote"]["tally"]["reason"] == "quorum not met: 5 of 9 representatives voted, 6 needed"
+    assert results[few]["vote"]["tally"]["reason_label"] == {
+        "zh": "未达到法定人数：9名居民代表中5人投票，需要6人", "en": "quorum not met: 5 of 9 representatives voted, 6 needed"}
     assert (results[abstain]["vote"]["tally"]["abstain"], results[abstain]["vote"]["tally"]["quorum_met"]) == (9, True)
     fund = api.fund("haicang")
     assert (fund["balance_fen"], fund["reserved_fen"], fund["released_fen"]) == (10_000_000, 0, 6_000_000)
@@ -589,8 +600,10 @@ def test_rejected_votes_release_the_reservation(any_api):
         ("reservation", few, 2_000_000, 8_000_000), ("release", few, 2_000_000, 10_000_000),
         ("reservation", abstain, 1_000_000, 9_000_000), ("release", abstain, 1_000_000, 10_000_000)]
     assert fund["ledger"][2]["detail"] == f"project {tie} rejected by the council"
+    assert fund["ledger"][2]["detail_label"] == {"zh": f"项目 {tie} 未获居民代表表决通过，预留资金退回",
+                                                 "en": f"project {tie} rejected by the council"}
     error = api.refused(c.cadre, "POST", f"/projects/{tie}/pledges", {"kind": "money", "money_fen": 1}, status=409,
-                        reason="wrong_stage", project=tie, community="haicang")
+                        reason="wrong_stage", headers=EN, project=tie, community="haicang")
     assert error["errors"] == {"stage": "rejected", "phase": "ended", "allowed_actions": [], "reason": "wrong_stage"}
 
 
@@ -622,7 +635,7 @@ def test_co_build_pledges_deliveries_spending_milestones_and_completion(api):
                 **watch)
     error = api.refused(c.residents[3], "POST", pledges, {"kind": "labour", "money_fen": 100}, status=422,
                         reason="invalid_amounts", **watch)
-    assert set(error["errors"]) == {"money_fen", "labour_minutes", "reason"}
+    assert set(error["errors"]) == {"money_fen", "labour_minutes", "reason", "detail"}  # detail: the English text
     error = api.refused(c.residents[3], "POST", pledges, {"kind": "materials", "materials_fen": 100}, status=422,
                         reason="invalid_amounts", **watch)
     assert error["errors"]["description"] == "describe the materials"
@@ -677,7 +690,8 @@ def test_co_build_pledges_deliveries_spending_milestones_and_completion(api):
                                    **watch)) == {"progress"}
     api.refused(c.residents[1], "POST", milestones, {"progress": 60, "note": "x"}, status=403, reason="role_required",
                 **watch)
-    error = api.refused(c.cadre, "POST", f"/projects/{pid}/completion", status=409, reason="not_finished", **watch)
+    error = api.refused(c.cadre, "POST", f"/projects/{pid}/completion", status=409, reason="not_finished",
+                        headers=EN, **watch)
     assert error["message"] == "the project can be completed only at progress 100 (it is 50)"
     d.post(c.cadre, milestones, {"progress": 100, "note": "全部完成"})
     api.refused(c.grid_worker, "POST", f"/projects/{pid}/completion", status=403, reason="role_required", **watch)
@@ -697,6 +711,8 @@ def test_co_build_pledges_deliveries_spending_milestones_and_completion(api):
     fund = api.fund("haicang")
     assert (fund["balance_fen"], fund["reserved_fen"], fund["released_fen"]) == (9_400_000, 0, 2_400_000)
     assert [e["kind"] for e in fund["ledger"]] == ["credit", "reservation", "spending", "release"]
+    assert fund["ledger"][-1]["detail_label"] == {"zh": f"项目 {pid} 已完工，未用完的预留资金退回",
+                                                  "en": f"unspent remainder of completed project {pid}"}
     api.refused(c.cadre, "POST", spending, {"amount_fen": 1, "receipt_ref": "FP-3"}, status=409, reason="wrong_stage",
                 **watch)
 
@@ -780,7 +796,8 @@ def test_the_evaluation_opens_rates_once_and_closes_with_the_average(api):
         assert reply["recorded"][0]["data"]["responsible_unit"] == UNIT
     assert api.detail(pid)["evaluation"] | {"opened_at": None} == {
         "responsible_unit": UNIT, "opened_at": None, "closed_at": None, "ratings": 5, "average": 4.2}
-    error = api.refused(c.residents[0], "POST", ratings, {"score": 1}, status=409, reason="already_rated", **watch)
+    error = api.refused(c.residents[0], "POST", ratings, {"score": 1}, status=409, reason="already_rated",
+                        headers=EN, **watch)
     assert error["message"].startswith("you have already rated this project")
     for bad in ({"score": 6}, {"score": 0}, {"score": "5"}, {}):
         assert json_errors(api.refused(c.residents[6], "POST", ratings, bad, status=422, **watch)) == {"score"}
@@ -835,12 +852,15 @@ def test_results_are_published_once_and_rewards_paid_from_the_fund(any_api):
     assert (fund["balance_fen"], fund["rewards_fen"]) == (9_350_000, 50_000)
     assert fund["ledger"][-1] | {"position": 0, "at": ""} == {
         "position": 0, "kind": "reward", "amount_fen": 50_000, "balance_after_fen": 9_350_000, "project_id": pid,
-        "detail": "海沧钢材公司: 以奖代补:捐赠扶手", "actor": "haicang-cadre", "at": ""}
+        "detail": "海沧钢材公司: 以奖代补:捐赠扶手",
+        "detail_label": {"zh": "海沧钢材公司: 以奖代补:捐赠扶手", "en": "海沧钢材公司: 以奖代补:捐赠扶手"},
+        "actor": "haicang-cadre", "at": ""}
     error = api.refused(c.cadre, "POST", rewards, {"recipient_id": "haicang-r9", "amount_fen": 1, "reason": "x"},
                         status=422, reason="not_a_contributor", **watch)
     assert error["errors"]["recipient_id"] == "must be one of the project's contributors"
     error = api.refused(c.cadre, "POST", rewards, {"recipient_id": "haicang-r3", "amount_fen": 9_350_001,
-                                                   "reason": "太多"}, status=409, reason="insufficient_fund", **watch)
+                                                   "reason": "太多"}, status=409, reason="insufficient_fund",
+                        headers=EN, **watch)
     assert error["message"] == "insufficient community fund: the balance is 9350000 fen, the reward is 9350001 fen"
     api.refused(c.residents[3], "POST", rewards, {"recipient_id": "haicang-r3", "amount_fen": 1, "reason": "x"},
                 status=403, reason="role_required", **watch)
@@ -890,7 +910,7 @@ def test_every_command_is_401_without_a_token_403_for_a_wrong_role_and_404_for_a
                             reason="role_required", **watch)
         assert allowed in error["errors"]["roles"] and wrong not in error["errors"]["roles"], path
         error = api.refused(people[allowed], "POST", f"/projects/nope/{path}", body, status=404, reason="not_found",
-                            **watch)
+                            headers=EN, **watch)
         assert error["message"] == "no project nope", path
     for path in ("/projects/nope", "/projects/nope/history", "/projects/nope/as-of?version=1"):
         api.refused(c.residents[0], "GET", path, status=404, reason="not_found")
@@ -907,7 +927,7 @@ def test_a_command_in_the_wrong_stage_says_what_is_allowed_now(api):
         if path in ("pledges", "pledges/pl-x/deliveries", "spending", "milestones", "completion"):
             continue
         error = api.refused(people[who], "POST", f"/projects/{pid}/{path}", body, status=409, reason="wrong_stage",
-                            project=pid, community="haicang")
+                            headers=EN, project=pid, community="haicang")
         assert error["errors"]["allowed_actions"] == allowed, path
         assert error["message"].endswith(f"the project is in stage co_build (building); allowed now: "
                                          f"{', '.join(allowed)}"), error["message"]
@@ -1013,7 +1033,8 @@ def test_the_page_shows_what_happened_with_its_times_as_of_any_version_and_after
         "pass_denominator": 2, "reserved_fen": 900_000, "opened_by": "haicang-cadre",
         "opened_at": at[of["CouncilVoteOpened"][0]], "closed_at": at[of["CouncilVoteClosed"][0]], "ballots_cast": 9,
         "tally": {"electorate_size": 9, "ballots": 9, "yes": 9, "no": 0, "abstain": 0, "quorum_required": 6,
-                  "quorum_met": True, "result": "approved", "reason": "passed: 9 of 9 ballots were yes"}}
+                  "quorum_met": True, "result": "approved", "reason": "passed: 9 of 9 ballots were yes",
+                  "reason_label": {"zh": "通过：9张选票中9张赞成", "en": "passed: 9 of 9 ballots were yes"}}}
     none = {"labour_minutes": 0, "skills_minutes": 0, "money_fen": 0, "materials_fen": 0}
     pledged_labour, pledged_steel = of["ContributionPledged"]
     assert page["pledges"] == [
@@ -1231,7 +1252,8 @@ def test_the_project_as_of_a_version_or_a_time(api):
     assert (at_third["version"], at_third["cosigner_count"]) == (3, 2)
     before_amendment = d.get(c.residents[5], f"{path}?{urlencode({'at': history[-2]['occurred_at']})}")
     assert (before_amendment["version"], before_amendment["title"]) == (8, "修建休闲活动室")
-    error = api.refused(c.residents[5], "GET", f"{path}?at=2020-01-01T00:00:00Z", status=404, reason="not_found")
+    error = api.refused(c.residents[5], "GET", f"{path}?at=2020-01-01T00:00:00Z", status=404, reason="not_found",
+                        headers=EN)
     assert error["message"] == f"project {pid} did not exist yet at that time"
     for bad in ("", "?version=1&at=2026-11-22T08:00:00Z", "?version=0", "?at=2026-11-22T08:00:00", "?at=yesterday"):
         error = api.refused(c.residents[5], "GET", f"{path}{bad}", status=422)
@@ -1386,7 +1408,7 @@ def test_proposal_refusals_endpoint_by_endpoint(d):
     c = Community(d, "prop-c")
     good = {"community_id": "prop-c", "grid_id": "g1", "title": "t", "description": "d", "category": "other",
             "estimated_cost_fen": 100, "requested_fen": 100}
-    body = refused(d.call(c.residents[0], "POST", "/projects", {**good, "budget": 5}), 422)
+    body = refused(d.call(c.residents[0], "POST", "/projects", {**good, "budget": 5}, EN), 422)
     assert body["errors"]["json"] == {"budget": ["Unknown field."]}
     body = refused(d.call(c.residents[0], "POST", "/projects", {**good, "title": "", "requested_fen": -1}), 422)
     assert {"title", "requested_fen"} <= set(body["errors"]["json"])
@@ -1434,7 +1456,7 @@ def test_vote_open_ballots_close_with_fund_and_refusals(both):
     path = f"/projects/{pid}"
     refused(d.call(c.residents[0], "POST", f"{path}/vote/open", {}), 403, "role_required")
     before = snapshot(d, c, pid)
-    body = refused(d.call(c.cadre, "POST", f"{path}/vote/open", {}), 409, "insufficient_fund")
+    body = refused(d.call(c.cadre, "POST", f"{path}/vote/open", {}, EN), 409, "insufficient_fund")
     assert body["errors"]["balance_fen"] == 2_000_000 and "insufficient" in body["message"]
     assert snapshot(d, c, pid) == before
     d.post(c.cadre, "/communities/vote-c/fund/credits", {"amount_fen": 2_000_000, "source": "government_allocation"})

@@ -30,6 +30,7 @@ UTC = timezone.utc
 COMMUNITY = "haicang"
 OTHER = "xinyang"
 START = datetime(2025, 3, 8, 1, 0, tzinfo=UTC)  # 09:00 in Xiamen
+AFTER = START + timedelta(days=2)  # attendance is recorded (and approved) once the activities are over
 
 ORG = Person("org-1", "海沧社工站", ("organiser",), COMMUNITY)
 CADRE = Person("cadre-1", "社区干部", ("cadre",), COMMUNITY)
@@ -262,10 +263,11 @@ def test_bad_card_input_is_422(api, body, field):
     api.refused(V1, "GET", "/cards/v1", None, 404)
 
 
-def test_card_history_is_for_the_holder_and_staff(api):
+def test_card_history_is_for_the_holder_and_staff(api, clock):
     api.card(V1)
     api.card(V2)
     activity = api.publish()
+    clock.at = AFTER
     api.approved(activity["id"], V1)
     mine = api.get(V1, "/cards/v1/history")
     assert mine["card"]["phone"] == "13812345678" and mine["card"]["approved_minutes"] == 180
@@ -325,7 +327,7 @@ def test_publish_list_and_read_activities(api):
 def test_publishing_refusals(api, person, changes, status, reason, field):
     error = api.refused(person, "POST", "/activities", activity_body(**changes), status, reason)
     if field:
-        assert sorted(error["errors"]) == sorted(["reason", field])
+        assert sorted(error["errors"]) == sorted(["reason", field, "detail"])  # detail: the English text (zh-CN)
     assert api.get(ORG, "/activities")["items"] == []
 
 
@@ -420,8 +422,9 @@ def test_check_in_and_check_out_with_the_code(api, clock):
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
     api.post(V1, f"{path}/signups", status=201)
 
-    clock.at = START - timedelta(hours=1, minutes=1)
-    api.refused(V1, "POST", f"{path}/check-in", {"code": code}, 409, "outside_activity_time")
+    clock.at = START - timedelta(minutes=31)  # check-in opens 30 minutes before the start
+    error = api.refused(V1, "POST", f"{path}/check-in", {"code": code}, 409, "checkin_not_open")
+    assert error["errors"]["opens_at"] == "2025-03-08T00:30:00.000000Z"
     clock.at = START + timedelta(minutes=10)
     api.refused(V1, "POST", f"{path}/check-in", {"code": wrong}, 403, "wrong_code")
     api.invalid(V1, "POST", f"{path}/check-in", {"code": "12ab56"}, "code")
@@ -449,13 +452,14 @@ def test_check_in_and_check_out_with_the_code(api, clock):
     api.refused(V1, "POST", f"{path}/check-in", {"code": code}, 409, "already_checked_in")
 
 
-def test_attendance_recorded_by_the_organiser_with_caps_and_overlaps(api):
+def test_attendance_recorded_by_the_organiser_with_caps_and_overlaps(api, clock):
     api.card(V1)
     api.card(V2)
     a = api.publish(start=START, hours=4, planned=180)                                 # 01:00-05:00
     b = api.publish(start=START + timedelta(hours=2), hours=5, planned=300)            # 03:00-08:00
     c = api.publish(start=START + timedelta(hours=8), hours=4, planned=240)            # 09:00-13:00
     d = api.publish(start=START + timedelta(hours=13), hours=1, planned=60)            # 14:00-15:00
+    clock.at = AFTER
     answer = api.attend(a["id"], V1)
     claim = answer["recorded"][0]["data"]
     assert (claim["attended_minutes"], claim["minutes"], claim["recorded_by"]) == (240, 180, "org-1")
@@ -520,10 +524,11 @@ def test_retroactive_entries(api, clock):
 
 # -- approval -----------------------------------------------------------------------------------
 
-def test_claim_decisions_by_the_organiser_only(api):
+def test_claim_decisions_by_the_organiser_only(api, clock):
     for person in (V1, V2, V3):
         api.card(person)
     activity = api.publish(pph=20)
+    clock.at = AFTER
     aid = activity["id"]
     api.attend(aid, V1)
     api.attend(aid, V2, start=START, end=START + timedelta(hours=2))
@@ -562,9 +567,10 @@ def test_claim_decisions_by_the_organiser_only(api):
     assert [(c["status"], c["decision_reason"]) for c in api.get(V2, "/me/card")["claims"]] == [("rejected", "未到场")]
 
 
-def test_adjusting_or_rejecting_without_a_reason_is_422_reason_required(api):
+def test_adjusting_or_rejecting_without_a_reason_is_422_reason_required(api, clock):
     api.card(V1)
     activity = api.publish()
+    clock.at = AFTER
     api.attend(activity["id"], V1)
     path = f"/activities/{activity['id']}/claims/v1/decision"
     before = api.card_of(V1)
@@ -576,10 +582,11 @@ def test_adjusting_or_rejecting_without_a_reason_is_422_reason_required(api):
     assert [e["errors"]["reason"] for e in (adjusted, rejected, blank)] == ["reason_required"] * 3
 
 
-def test_an_organiser_never_approves_their_own_claim(api):
+def test_an_organiser_never_approves_their_own_claim(api, clock):
     # A cadre of the community has a card too; the organiser records their attendance.
     api.card(CADRE)
     activity = api.publish()
+    clock.at = AFTER
     api.attend(activity["id"], CADRE, by=ORG)
     before = api.card_of(CADRE)
     api.refused(CADRE, "POST", f"/activities/{activity['id']}/claims/cadre-1/decision", {"decision": "approve"},
@@ -590,9 +597,10 @@ def test_an_organiser_never_approves_their_own_claim(api):
 
 # -- rewards ------------------------------------------------------------------------------------
 
-def test_rewards_catalogue_redemption_and_fulfilment(api_any):
+def test_rewards_catalogue_redemption_and_fulfilment(api_any, clock):
     api = api_any
     activity = api.publish(capacity=5, pph=20)
+    clock.at = AFTER
     for person in (V1, V2, V3):
         api.card(person)
         api.approved(activity["id"], person)  # 3 hours at 20 points per hour: 60 points each
@@ -666,8 +674,8 @@ def test_rewards_catalogue_redemption_and_fulfilment(api_any):
 
 def test_a_resident_creating_a_reward_is_forbidden_and_nothing_is_listed(api):
     error = api.refused(V1, "POST", "/rewards", {"name": "电影票", "community_id": COMMUNITY, "cost_points": 10,
-                                                 "stock": 3}, 403, "role_required")
-    assert "cadre" in error["message"]
+                                                 "stock": 3}, 403, "role_required", headers={"Accept-Language": "en"})
+    assert "cadre" in error["message"]  # in English, as asked
     assert api.get(CADRE, "/rewards")["items"] == []
 
 
@@ -675,17 +683,18 @@ def test_a_resident_creating_a_reward_is_forbidden_and_nothing_is_listed(api):
 
 def _march_volunteer(api: Api, clock: Clock) -> tuple[dict, dict]:
     """V1 with 3 approved hours on 8 March, 2 hours of project labour on 20 March, a pending claim
-    on 15 March and an approved hour in April; V2 with a card. The clock is 1 April."""
+    on 15 March and an approved hour on the morning of 1 April; V2 with a card. The clock is 1
+    April, 11:00 in Xiamen: every activity is over when its attendance is recorded."""
     api.card(V1)
     api.card(V2)
     march = api.publish(title="敬老院陪伴")
     pending = api.publish(start=START + timedelta(days=7), hours=2, planned=120, title="图书角整理")
-    april = api.publish(start=datetime(2025, 4, 2, 1, 0, tzinfo=UTC), hours=1, planned=60, title="清明祭扫引导")
+    april = api.publish(start=datetime(2025, 4, 1, 0, 0, tzinfo=UTC), hours=1, planned=60, title="清明祭扫引导")
+    clock.at = datetime(2025, 4, 1, 3, 0, tzinfo=UTC)
     api.approved(march["id"], V1)
     api.credit_labour("v1", 120)
     api.attend(pending["id"], V1)
     api.approved(april["id"], V1)
-    clock.at = datetime(2025, 4, 1, 3, 0, tzinfo=UTC)
     return march, pending
 
 
@@ -729,10 +738,19 @@ def test_certificate_issue_read_and_verification(api_any, clock):
 
     path = f"/certificates/{number}/verification"
     verified = api.post(V2, path, {"verification": certificate["verification"]}, status=200)
-    assert verified == {"certificate_number": number, "valid": True, "problems": [],
-                        "recomputed": certificate["verification"], "total_minutes": 300,
-                        "last_position": last_position}
-    assert api.post(STRANGER, path, {}, status=200)["valid"] is True
+    assert verified == {"certificate_number": number, "valid": True, "problems": [], "match": {"value": True}}
+    assert api.post(STRANGER, path, {}, status=200) == {"certificate_number": number, "valid": True,
+                                                        "problems": [], "match": {}}
+    # What the certificate says is checked too: a paper with more hours and another name does not verify.
+    paper = {"verification": certificate["verification"], "holder": "李梅", "total_minutes": 300,
+             "period_from": "2025-03-01", "period_to": "2025-03-31", "entries": "2025-03-20:2.0,2025-03-08:3.0"}
+    assert api.post(V2, path, paper, status=200)["valid"] is True
+    forged = api.post(V2, path, {**paper, "holder": "张三", "total_minutes": 6060}, status=200)
+    assert forged["match"] == {"value": True, "holder": False, "period_from": True, "period_to": True,
+                               "total_minutes": False, "entries": True}
+    assert (forged["valid"], forged["problems"]) == (False, ["the presented holder differs from the certificate",
+                                                             "the presented total minutes differs from the "
+                                                             "certificate"])
 
     # Later credits in the same period do not change what the certificate was built from.
     api.decide(pending["id"], V1)
@@ -740,8 +758,10 @@ def test_certificate_issue_read_and_verification(api_any, clock):
     assert api.post(V2, path, {"verification": certificate["verification"]}, status=200)["valid"] is True
 
     forged = ("0" if certificate["verification"][0] != "0" else "1") + certificate["verification"][1:]
-    tampered = api.post(V2, path, {"verification": forged}, status=200)
-    assert (tampered["valid"], tampered["problems"]) == (False, ["the presented verification value is not the one issued"])
+    tampered = api.post(V2, path, {"verification": forged, "holder": "李梅"}, status=200)
+    assert (tampered["valid"], tampered["match"]) == (False, {"value": False, "holder": False})
+    assert tampered["problems"] == ["the presented verification value is not the one issued",
+                                    "the presented parts cannot be checked without the certificate's verification value"]
     api.invalid(V2, "POST", path, {"verification": "abc"}, "verification")
     api.invalid(V2, "POST", path, {"verification": certificate["verification"], "hours": 5}, "hours")
     api.refused(V2, "POST", "/certificates/ZYFW-20250401-00000000/verification", {}, 404)
@@ -777,7 +797,7 @@ def test_a_tampered_certificate_fails_verification(api_any, clock):
     # A changed verification value on the record.
     _rewrite_state(api, number, digest="f" * 64)
     result = api.post(V2, path, {}, status=200)
-    assert (result["valid"], result["recomputed"]) == (False, digest)
+    assert (result["valid"], result["match"]) == (False, {})
     assert result["problems"] == ["the card's events no longer give the recorded verification value"]
     _rewrite_state(api, number, digest=digest)
 
@@ -790,10 +810,10 @@ def test_a_tampered_certificate_fails_verification(api_any, clock):
         assert data["minutes"] == 180
         connection.execute(events_table.update().where(events_table.c.position == row.position)
                            .values(data=json.dumps({**data, "minutes": 480})))
-    result = api.post(V2, path, {"verification": digest}, status=200)
-    assert result["valid"] is False and result["recomputed"] != digest
-    assert result["problems"] == ["the card's events no longer give the recorded verification value",
-                                  "the total minutes differ from the card's events"]
+    result = api.post(V2, path, {"verification": digest, "total_minutes": 300}, status=200)
+    assert (result["valid"], result["match"]) == (False, {"value": False, "total_minutes": False})
+    assert result["problems"][:2] == ["the card's events no longer give the recorded verification value",
+                                      "the total minutes differ from the card's events"]
 
 
 # -- leaderboards, my card, project minutes -----------------------------------------------------
@@ -806,13 +826,13 @@ def test_leaderboards_by_month_year_and_all_time(api, clock):
     march_later = api.publish(start=START + timedelta(days=1))
     february = api.publish(start=datetime(2025, 2, 10, 1, 0, tzinfo=UTC))
     december = api.publish(start=datetime(2024, 12, 15, 1, 0, tzinfo=UTC), hours=5, planned=240)
+    clock.at = datetime(2025, 3, 20, 4, 0, tzinfo=UTC)  # every activity is over
     api.approved(march["id"], V1)                                                         # 180, 2025-03
     api.approved(december["id"], V1)                                                      # 240, 2024-12
     api.approved(march_later["id"], V2, start=START + timedelta(days=1),
                  end=START + timedelta(days=1, hours=2))                                  # 120, 2025-03
     api.approved(february["id"], V2)                                                      # 180, 2025-02
     api.attend(march_later["id"], V3)                                                     # pending: not counted
-    clock.at = datetime(2025, 3, 20, 4, 0, tzinfo=UTC)
 
     def board(query=""):
         answer = api.get(V3, f"/leaderboards/{COMMUNITY}{query}")
@@ -842,11 +862,12 @@ def test_leaderboards_by_month_year_and_all_time(api, clock):
     api.invalid(V1, "GET", f"/hours/{COMMUNITY}?months=0", None, "months", location="query")
 
 
-def test_my_card_with_its_history(api):
+def test_my_card_with_its_history(api, clock):
     api.refused(V1, "GET", "/me/card", None, 404, "not_found")
     api.card(V1, skills=["护理"])
     activity = api.publish(pph=30)
     pending = api.publish(start=START + timedelta(days=1), title="图书角整理")
+    clock.at = AFTER
     api.approved(activity["id"], V1)
     api.credit_labour("v1", 90)
     api.attend(pending["id"], V1, start=START + timedelta(days=1), end=START + timedelta(days=1, hours=1))

@@ -180,7 +180,8 @@ def _f():
         "POST /rankings": c.PublishRanking,
         "POST /plans/<plan_id>/details": c.DrawUpPlan,
         "POST /plans/<plan_id>/notes": c.NoteProgress,
-    }, {c.RecordProjectEvaluation: "the project-evaluation consumer", c.SweepOverdue: "the sweep-overdue job"}
+    }, {c.RecordProjectEvaluation: "the project-evaluation consumer", c.SweepOverdue: "the sweep-overdue job",
+        c.CloseCasesOfExcludedRatings: "the sweep-overdue job"}
 
 
 def _v():

@@ -599,6 +599,73 @@ def test_a_closure_recorded_before_closures_said_whether_they_were_late():
         assert (case.outcome["late"], case.overdue) == (recorded_overdue, recorded_overdue)
 
 
+def test_excluding_its_rating_closes_an_open_case_and_it_is_never_overdue_again():
+    deadline = datetime(2026, 10, 12, 16, 0, tzinfo=UTC)
+    for recorded_overdue in (False, True):
+        case = open_case(cls=CaseRecord)
+        if recorded_overdue:
+            applied(case, case.overdue_events(deadline))
+        rating = rating_of(subject_wang(), level=1)
+        assert case.close_for_exclusion(rating, deadline) == []  # not excluded: nothing
+        applied(rating, rating.exclude("appeal upheld (malicious): 恶意", "c2", "appeal"))
+        [closed] = case.close_for_exclusion(rating, deadline + timedelta(days=1))
+        assert (closed.event_type, closed.data["reason"], closed.data["by"]) == (
+            "FollowUpClosedByExclusion", "rating_excluded", "c2")
+        assert closed.data["exclusion"] == {"reason": "appeal upheld (malicious): 恶意", "via": "appeal"}
+        assert closed.data["was_overdue"] is True and "person_id" not in closed.data
+        applied(case, [closed])
+        shown = case.view(deadline + timedelta(days=9))
+        assert (shown["status"], shown["overdue"], shown["outcome"]) == ("closed", False, None)
+        assert shown["closure"]["was_overdue"] is True
+        assert case.overdue_events(deadline + timedelta(days=9)) == []
+        assert case.close_for_exclusion(rating, deadline) == []  # closed already
+        with pytest.raises(Conflict) as refused:
+            case.contact(CADRE, "phone", "x")
+        assert refused.value.reason == "case_closed"
+
+
+# -- burst incidents ---------------------------------------------------------------------------
+
+def test_a_burst_incident_grows_within_its_window_ends_after_a_quiet_one_and_is_reviewed_once():
+    subject = subject_wang()
+    assert subject.growing_incident(T0) is None
+    applied(subject, subject.open_incident("f1", [f"r{i}" for i in range(10)], T0 - timedelta(minutes=60), T0, 60))
+    assert subject.growing_incident(T0 + timedelta(minutes=59)) == "f1"
+    [grew] = subject.grow_incident("f1", ["r10"], T0 + timedelta(minutes=59))
+    assert (grew.event_type, grew.data["count"]) == ("BurstIncidentGrew", 11)
+    applied(subject, [grew])
+    later = T0 + timedelta(minutes=59 + 60)  # a whole window after the last top rating
+    assert subject.growing_incident(later - timedelta(microseconds=1)) == "f1"
+    assert subject.growing_incident(later) is None
+    with pytest.raises(Conflict) as refused:
+        subject.review_flag(CADRE, "f1", "keep", "ok", later - timedelta(microseconds=1))
+    assert refused.value.reason == "burst_ongoing"
+    with pytest.raises(DomainError) as refused:
+        subject.review_flag(CADRE, "nope", "keep", "ok", later)
+    assert refused.value.reason == "unknown_flag"
+    [reviewed] = subject.review_flag(CADRE, "f1", "exclude", "刷分", later)
+    assert reviewed.data["rating_ids"] == [f"r{i}" for i in range(11)]
+    applied(subject, [reviewed])
+    assert subject.growing_incident(later) is None
+    with pytest.raises(Conflict) as refused:
+        subject.review_flag(CADRE, "f1", "keep", "ok", later)
+    assert refused.value.reason == "already_reviewed"
+
+
+def test_a_flag_stored_before_incidents_is_an_incident_of_its_own():
+    subject = subject_wang()
+    for flag_id, ids, minute in (("f1", ["a", "b"], 0), ("f2", ["c"], 1)):
+        at = T0 + timedelta(minutes=minute)
+        applied(subject, [NewEvent("BurstFlagged", {
+            "subject_id": "wang", "flag_id": flag_id, "rating_ids": ids, "count": len(ids),
+            "window_from": (at - timedelta(minutes=30)).isoformat(), "window_to": at.isoformat(),
+            "community_id": C})])
+    assert {k: (v["rating_ids"], v["window_minutes"], v["status"]) for k, v in subject.incidents.items()} == {
+        "f1": (["a", "b"], 30, "open"), "f2": (["c"], 30, "open")}
+    assert subject.flagged_ratings == ["a", "b", "c"]
+    assert subject.growing_incident(T0 + timedelta(minutes=30, seconds=30)) == "f2"  # f1 ended, f2 not yet
+
+
 # -- support plans -----------------------------------------------------------------------------
 
 def entry(subject_id: str, rate: str) -> dict:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -183,9 +184,11 @@ def test_each_service_s_public_reads_are_its_gets_under_public_documented_so(ser
     assert open_ops == under and all(method == "get" for method, _ in open_ops)
     expected = {"projects": {"/public/communities/{community_id}", "/public/communities/{community_id}/projects",
                              "/public/communities/{community_id}/fund", "/public/projects/{project_id}"},
-                "volunteers": set(),
+                "volunteers": {"/public/certificates/{number}/verification"},
                 "feedback": {"/public/rankings/{community_id}/{kind}",
                              "/public/rankings/{community_id}/{kind}/{period}"}}[service]
+    files = importlib.import_module(f"services.{service}.open_data").DATASET.files()  # open data: one GET per file
+    expected |= {f"/public/open-data/communities/{{community_id}}/{service}/{name}" for name in files}
     assert {path for _method, path in open_ops} == expected
 
 

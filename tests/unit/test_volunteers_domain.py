@@ -30,6 +30,7 @@ UTC = timezone.utc
 COMMUNITY = "haicang"
 OTHER = "xinyang"
 T0 = datetime(2025, 3, 8, 1, 0, tzinfo=UTC)  # 09:00 in Xiamen
+LATER = T0 + timedelta(days=60)  # when claims are decided: after every activity of this module
 CODE = "482913"
 
 
@@ -312,14 +313,23 @@ def test_check_in_needs_the_code_a_sign_up_and_the_activity_time():
     with pytest.raises(Conflict) as unsigned:
         activity.check_in(V2, CODE, T0)
     assert unsigned.value.reason == "not_signed_up"
-    for moment in (T0 - timedelta(hours=1, seconds=1), T0 + timedelta(hours=4, seconds=1)):
+    # Check-in opens 30 minutes (the default of the setting) before the start, closes at the end.
+    for moment, reason in ((T0 - timedelta(minutes=30, seconds=1), "checkin_not_open"),
+                           (T0 - timedelta(days=3), "checkin_not_open"),
+                           (T0 + timedelta(hours=4, seconds=1), "activity_over")):
         with pytest.raises(Conflict) as outside:
             activity.check_in(V1, CODE, moment)
-        assert outside.value.reason == "outside_activity_time"
+        assert outside.value.reason == reason
+    with pytest.raises(Conflict) as early:
+        activity.check_in(V1, CODE, T0 - timedelta(minutes=30, seconds=1))
+    assert early.value.details == {"opens_at": "2025-03-08T00:30:00.000000Z", "opens_minutes_before": 30}
+    with pytest.raises(Conflict) as narrower:  # a window of the process's own
+        activity.check_in(V1, CODE, T0 - timedelta(minutes=11), timedelta(minutes=10))
+    assert narrower.value.reason == "checkin_not_open"
 
-    [event] = activity.check_in(V1, CODE, T0 - timedelta(hours=1))
+    [event] = activity.check_in(V1, CODE, T0 - timedelta(minutes=30))
     assert (event.event_type, event.data) == ("CheckedIn", {
-        "activity_id": "a1", "person_id": "v1", "at": "2025-03-08T00:00:00.000000Z"})
+        "activity_id": "a1", "person_id": "v1", "at": "2025-03-08T00:30:00.000000Z"})
     log.record(activity, [event])
     with pytest.raises(Conflict) as again:
         activity.check_in(V1, CODE, T0)
@@ -391,7 +401,7 @@ def test_eight_hours_per_volunteer_per_day_counting_pending_and_approved_claims(
     tomorrow = published(log, "a4", start=T0 + timedelta(days=1), hours=2, planned=120)
     card = registered(log, V1)
     claimed(log, card, morning, T0, T0 + timedelta(hours=5), "c1")
-    log.record(card, card.decide_claim("c1", "approve", None, "", "org-1"))
+    log.record(card, card.decide_claim("c1", "approve", None, "", "org-1", now=LATER))
     [second] = claimed(log, card, afternoon, T0 + timedelta(hours=6), T0 + timedelta(hours=11), "c2")
     assert (second.data["attended_minutes"], second.data["minutes"]) == (300, 180)
 
@@ -403,7 +413,7 @@ def test_eight_hours_per_volunteer_per_day_counting_pending_and_approved_claims(
     assert next_day.data["minutes"] == 120 and next_day.data["day"] == "2025-03-09"
 
     # A rejected claim gives its minutes of the day back.
-    log.record(card, card.decide_claim("c2", "reject", None, "未到场", "org-1"))
+    log.record(card, card.decide_claim("c2", "reject", None, "未到场", "org-1", now=LATER))
     [evening_claim] = claimed(log, card, evening, T0 + timedelta(hours=12), T0 + timedelta(hours=14), "c3")
     assert evening_claim.data["minutes"] == 120
 
@@ -422,7 +432,7 @@ def test_overlapping_claims_are_refused_but_adjacent_ones_are_not():
     [adjacent] = claimed(log, card, third, T0 + timedelta(hours=3), T0 + timedelta(hours=5), "c3")
     assert adjacent.data["minutes"] == 120
 
-    log.record(card, card.decide_claim("c1", "reject", None, "记录有误", "org-1"))
+    log.record(card, card.decide_claim("c1", "reject", None, "记录有误", "org-1", now=LATER))
     [after_rejection] = claimed(log, card, second, T0 + timedelta(hours=2), T0 + timedelta(hours=3), "c2")
     assert after_rejection.data["minutes"] == 60
 
@@ -463,7 +473,7 @@ def _pending(minutes_attended: int = 180, pph: int = 25):
 def test_approving_a_claim_credits_minutes_and_points():
     log, card = _pending(180, pph=25)
     assert (card.approved_minutes, card.points_balance, card.view(full=True)["pending_claims"]) == (0, 0, 1)
-    events = card.decide_claim("c1", "approve", None, "", "org-1")
+    events = card.decide_claim("c1", "approve", None, "", "org-1", now=LATER)
     assert [(e.event_type, e.data) for e in events] == [("ClaimApproved", {
         "person_id": "v1", "claim_id": "c1", "activity_id": "a1", "community_id": COMMUNITY,
         "day": "2025-03-08", "minutes": 180, "claimed_minutes": 180, "adjusted": False, "reason": "",
@@ -474,25 +484,25 @@ def test_approving_a_claim_credits_minutes_and_points():
     view = card.view(full=True)
     assert (view["approved_hours"], view["pending_claims"], view["star_level"]) == (3.0, 0, 0)
     with pytest.raises(Conflict) as again:
-        card.decide_claim("c1", "approve", None, "", "org-1")
+        card.decide_claim("c1", "approve", None, "", "org-1", now=LATER)
     assert again.value.reason == "already_decided"
     with pytest.raises(DomainError) as unknown:
-        card.decide_claim("c9", "approve", None, "", "org-1")
+        card.decide_claim("c9", "approve", None, "", "org-1", now=LATER)
     assert unknown.value.reason == "unknown_claim"
 
 
 def test_adjusting_a_claim_needs_a_reason_and_fewer_whole_slots():
     log, card = _pending(180, pph=25)
     with pytest.raises(DomainError) as no_reason:
-        card.decide_claim("c1", "approve", 90, "", "org-1")
+        card.decide_claim("c1", "approve", 90, "", "org-1", now=LATER)
     assert (no_reason.value.reason, no_reason.value.details) == ("reason_required", {"reason": "required when adjusting"})
     for bad in (45, 210, 0):
         with pytest.raises(DomainError) as invalid:
-            card.decide_claim("c1", "approve", bad, "提前离开", "org-1")
+            card.decide_claim("c1", "approve", bad, "提前离开", "org-1", now=LATER)
         assert invalid.value.reason == "invalid_minutes"
     assert card.claims["c1"]["status"] == "pending"
 
-    [approved] = card.decide_claim("c1", "approve", 90, "提前离开", "org-1")
+    [approved] = card.decide_claim("c1", "approve", 90, "提前离开", "org-1", now=LATER)
     assert {k: approved.data[k] for k in ("minutes", "claimed_minutes", "adjusted", "reason", "points")} == {
         "minutes": 90, "claimed_minutes": 180, "adjusted": True, "reason": "提前离开", "points": 37}
     log.record(card, [approved])
@@ -502,22 +512,22 @@ def test_adjusting_a_claim_needs_a_reason_and_fewer_whole_slots():
 
 def test_the_same_minutes_with_a_reason_is_a_plain_approval():
     _log, card = _pending(180)
-    [approved] = card.decide_claim("c1", "approve", 180, "", "org-1")
+    [approved] = card.decide_claim("c1", "approve", 180, "", "org-1", now=LATER)
     assert (approved.data["minutes"], approved.data["adjusted"]) == (180, False)
 
 
 def test_rejecting_a_claim_needs_a_reason_and_credits_nothing():
     log, card = _pending(120)
     with pytest.raises(DomainError) as no_reason:
-        card.decide_claim("c1", "reject", None, "", "org-1")
+        card.decide_claim("c1", "reject", None, "", "org-1", now=LATER)
     assert no_reason.value.reason == "reason_required"
-    events = card.decide_claim("c1", "reject", None, "未签到", "org-1")
+    events = card.decide_claim("c1", "reject", None, "未签到", "org-1", now=LATER)
     assert [(e.event_type, e.data) for e in events] == [("ClaimRejected", {
         "person_id": "v1", "claim_id": "c1", "activity_id": "a1", "reason": "未签到", "decided_by": "org-1"})]
     log.record(card, events)
     assert (card.approved_minutes, card.points_balance, card.claims["c1"]["status"]) == (0, 0, "rejected")
     with pytest.raises(Conflict) as again:
-        card.decide_claim("c1", "approve", None, "", "org-1")
+        card.decide_claim("c1", "approve", None, "", "org-1", now=LATER)
     assert again.value.reason == "already_decided"
 
 
@@ -530,7 +540,7 @@ def test_a_retroactive_entry_is_marked_carries_its_reason_and_is_capped():
     assert {k: entry.data[k] for k in ("attended_minutes", "minutes", "retroactive", "reason")} == {
         "attended_minutes": 240, "minutes": 180, "retroactive": True, "reason": "当天漏签，补录"}
     assert card.claims["c1"]["retroactive"] is True
-    [approved] = card.decide_claim("c1", "approve", None, "", "org-1")
+    [approved] = card.decide_claim("c1", "approve", None, "", "org-1", now=LATER)
     assert (approved.data["retroactive"], approved.data["minutes"]) == (True, 180)
 
 
@@ -544,7 +554,7 @@ def test_points_per_approved_hour_rounded_down(minutes, rate, points):
 
 def test_the_points_balance_never_goes_negative():
     log, card = _pending(180, pph=20)
-    log.record(card, card.decide_claim("c1", "approve", None, "", "org-1"))
+    log.record(card, card.decide_claim("c1", "approve", None, "", "org-1", now=LATER))
     assert card.points_balance == 60
     reward = Reward(id="r1")
     log.record(reward, reward.list_item(CADRE, {"name": "环保袋", "description": "", "community_id": COMMUNITY,
@@ -571,7 +581,7 @@ def test_only_approved_minutes_count():
     assert card.approved_minutes == 5970
     # A pending claim that would cross 100 hours reaches no star until it is approved.
     assert card.star_level == 0
-    events = card.decide_claim("c1", "approve", None, "", "org-1")
+    events = card.decide_claim("c1", "approve", None, "", "org-1", now=LATER)
     assert kinds(events) == ["ClaimApproved", "StarLevelReached"]
 
 
@@ -649,7 +659,7 @@ def test_an_approved_claim_reaches_a_star_level():
     card = registered(log, V1)
     log.record(card, card.credit_project_labour(delivery(5940), 10))
     claimed(log, card, activity, T0, T0 + timedelta(hours=1), "c1")
-    events = card.decide_claim("c1", "approve", None, "", "org-1")
+    events = card.decide_claim("c1", "approve", None, "", "org-1", now=LATER)
     assert [(e.event_type, e.data["minutes"]) for e in events[:1]] == [("ClaimApproved", 60)]
     assert [(e.event_type, e.data["level"], e.data["approved_minutes"]) for e in events[1:]] == [
         ("StarLevelReached", 1, 6000)]
@@ -753,13 +763,13 @@ def _card_with_history():
     rejected = published(log, "a3", start=T0 + timedelta(days=8), title="垃圾分类宣传")
     april = published(log, "a4", start=datetime(2025, 4, 2, 1, 0, tzinfo=UTC), title="清明祭扫引导")
     claimed(log, card, march, T0, T0 + timedelta(hours=3), "c1")
-    [approved] = log.record(card, card.decide_claim("c1", "approve", None, "", "org-1"))
+    [approved] = log.record(card, card.decide_claim("c1", "approve", None, "", "org-1", now=LATER))
     [labour] = log.record(card, card.credit_project_labour(delivery(120), 10))
     claimed(log, card, pending, T0 + timedelta(days=7), T0 + timedelta(days=7, hours=1), "c2")
     claimed(log, card, rejected, T0 + timedelta(days=8), T0 + timedelta(days=8, hours=1), "c3")
-    log.record(card, card.decide_claim("c3", "reject", None, "重复登记", "org-1"))
+    log.record(card, card.decide_claim("c3", "reject", None, "重复登记", "org-1", now=LATER))
     claimed(log, card, april, datetime(2025, 4, 2, 1, 0, tzinfo=UTC), datetime(2025, 4, 2, 2, 0, tzinfo=UTC), "c4")
-    log.record(card, card.decide_claim("c4", "approve", None, "", "org-1"))
+    log.record(card, card.decide_claim("c4", "approve", None, "", "org-1", now=LATER))
     return log, card, approved, labour
 
 

@@ -92,7 +92,12 @@ def test_attendance_within_the_activity_and_nobody_decides_their_own_claim(world
     activity_id = world.publish()
     world.refused(ORG, c.RecordAttendance(activity_id=activity_id, person_id="v1",
                                           start=START - timedelta(hours=1)), DomainError, "outside_activity_time")
-    world.do(ORG, c.RecordAttendance(activity_id=activity_id, person_id="v1"))
+    world.refused(ORG, c.RecordAttendance(activity_id=activity_id, person_id="v1"), DomainError,
+                  "attendance_in_future")  # the day before: nothing has happened yet
+    world.at = START + timedelta(hours=2)  # while it goes on: from the start until now
+    recorded = world.do(ORG, c.RecordAttendance(activity_id=activity_id, person_id="v1"))
+    claim = recorded.result.claims[recorded.first("ClaimRecorded", "claim_id")]
+    assert (claim["end"], claim["minutes"]) == ("2026-03-08T03:00:00.000000Z", 120)
     world.refused(ORG, c.RecordRetroactiveEntry(activity_id=activity_id, person_id="v2", reason="忘记签到"),
                   reason="activity_not_over")
     world.at = START + timedelta(days=1)
@@ -100,7 +105,6 @@ def test_attendance_within_the_activity_and_nobody_decides_their_own_claim(world
     world.refused(V1, c.DecideClaim(activity_id=activity_id, person_id="v1", decision="approve"), Forbidden,
                   "not_organiser")
     world.do(CADRE, c.RegisterCard())
-    world.at = START - timedelta(days=1)
     later = world.publish()
     world.do(ORG, c.RecordAttendance(activity_id=later, person_id="cadre-1"))
     world.refused(CADRE, c.DecideClaim(activity_id=later, person_id="cadre-1", decision="approve"), Forbidden,
@@ -109,6 +113,7 @@ def test_attendance_within_the_activity_and_nobody_decides_their_own_claim(world
 
 def test_a_redemption_spends_points_and_stock_together(world):
     activity_id = world.publish()
+    world.at = START + timedelta(hours=4)
     world.do(ORG, c.RecordAttendance(activity_id=activity_id, person_id="v1"))
     world.do(ORG, c.DecideClaim(activity_id=activity_id, person_id="v1", decision="approve"))
     reward_id = world.do(CADRE, c.ListReward(name="毛巾", community_id=COMMUNITY, cost_points=50, stock=1)).result.id
@@ -130,6 +135,7 @@ def test_project_labour_is_credited_once_and_opens_a_card_when_needed(world):
 
 def test_a_certificate_is_numbered_from_the_clock_and_the_ids(world):
     activity_id = world.publish()
+    world.at = START + timedelta(hours=4)
     world.do(ORG, c.RecordAttendance(activity_id=activity_id, person_id="v1"))
     world.do(ORG, c.DecideClaim(activity_id=activity_id, person_id="v1", decision="approve"))
     world.at = datetime(2026, 4, 1, 2, 0, tzinfo=UTC)
