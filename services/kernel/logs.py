@@ -41,7 +41,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     """Send every logger's records to stderr as JSON lines (idempotent)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "_cocreate", False):
+        # Ours from an earlier call, or the JSON one gunicorn's logconfig_dict put on the root
+        # (services.kernel.gunicorn_conf): one handler, so every line is written once.
+        if getattr(handler, "_cocreate", False) or isinstance(handler.formatter, JsonFormatter):
             root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
