@@ -93,13 +93,13 @@ def readable(line: str) -> str:
     return text
 
 
-def session_members(session: int) -> list[tuple[int, int]]:
-    """``(pid, process group)`` of every live process of a session (Linux's /proc; elsewhere none)."""
-    members = []
+def live_processes() -> list[tuple[int, int, int]]:
+    """``(pid, process group, session)`` of every live process (Linux's /proc; elsewhere none)."""
+    found = []
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return members
+        return found
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -109,10 +109,14 @@ def session_members(session: int) -> list[tuple[int, int]]:
         except OSError:
             continue
         fields = text[text.rindex(")") + 2:].split()
-        state, pgrp, sid = fields[0], int(fields[2]), int(fields[3])
-        if sid == session and state not in ("Z", "X"):
-            members.append((int(entry), pgrp))
-    return members
+        if fields[0] not in ("Z", "X"):
+            found.append((int(entry), int(fields[2]), int(fields[3])))
+    return found
+
+
+def session_members(session: int) -> list[tuple[int, int]]:
+    """``(pid, process group)`` of every live process of a session."""
+    return [(pid, group) for pid, group, sid in live_processes() if sid == session]
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from localrun.__main__ import live_processes
+
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("gateway", "projects", "volunteers", "feedback", "web")
 WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
@@ -94,34 +96,12 @@ def pid_of(data_dir: Path, name: str) -> int:
 
 def session_processes(session: int) -> list[int]:
     """Every live process of a session (the launcher runs supervisord in a session of its own)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[3]) == session and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, _group, sid in live_processes() if sid == session]
 
 
 def group_processes(group: int) -> list[int]:
     """Every live process of a process group."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, pgrp, _sid in live_processes() if pgrp == group]
 
 
 def supervisord_pid(data_dir: Path) -> int:
