@@ -618,3 +618,13 @@ def test_a_page_view_does_not_rewrite_the_session_but_use_after_five_minutes_ext
     assert web.client.get("/me").status_code == 200
     data, expiry = stored()
     assert data != first[0] and expiry > first[1]  # touched: its lifetime runs from now
+
+
+def test_a_live_page_s_own_refresh_leaves_the_messages_for_the_next_page(web, gateway):
+    """static/live.js fetches the page again when an event concerns it; if that fetch came between
+    a form's POST and its redirect, it must not take the form's message with it."""
+    assert sign_in(web).status_code == 302  # "welcome" is waiting for the next page
+    refreshed = text(web.client.get("/me", headers={"X-Live-Refresh": "1"}))
+    assert 'class="flash' not in refreshed
+    shown = text(web.client.get("/me"))
+    assert 'class="flash info"' in shown

@@ -93,7 +93,7 @@
     var el = marker();
     if (!el) { return; }
     var key = state.key;
-    fetch(window.location.href, {credentials: "same-origin", headers: {"Accept": "text/html"}}).then(function (reply) {
+    fetch(window.location.href, {credentials: "same-origin", headers: {"Accept": "text/html", "X-Live-Refresh": "1"}}).then(function (reply) {
       if (!reply.ok || reply.redirected) { return null; }  // signed out meanwhile, or an error page
       return reply.text();
     }).then(function (html) {
