@@ -38,7 +38,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from cocreate_client.messages import DEFAULT_LOCALE
 from gateway import compose
-from gateway.catalogue import PREFIX, SERVICES, Catalogue, service_path
+from gateway.catalogue import PREFIX, SERVICES, Catalogue, public_rule, service_path
 from gateway.store import GatewayStore, Ticket, fingerprint
 from gateway.tokens import authenticate, load_users
 from gateway.upstream import Upstream, UpstreamUnavailable
@@ -52,8 +52,8 @@ from services.kernel.logs import configure_logging
 from services.kernel.model import Principal
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
-    ANY_ROLE, CORRELATION_HEADER, IDENTIFIER, PUBLIC_QUERY, Schema, create_base_app, current_principal, error_response,
-    is_public_view, public_request, require_tokens, roles,
+    ANY_ROLE, CORRELATION_HEADER, IDENTIFIER, PUBLIC_QUERY, UNMATCHED_ROUTE, Schema, create_base_app, current_principal,
+    error_response, is_public_view, public_request, require_tokens, roles,
 )
 
 FORWARDED_REQUEST_HEADERS = ("Authorization", "Content-Type", "If-Match", "If-None-Match", "If-Modified-Since",
@@ -286,6 +286,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     def proxy(rest: str):
         principal = None if public_request() else current_principal()
         public = "/" + rest
+        flask.g.metrics_route = UNMATCHED_ROUTE
         try:
             target = _route(routes, public, flask.request.method)
         except MethodNotAllowed as exc:
@@ -300,6 +301,9 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
                          "yet (not answering since the gateway started); try again shortly",
                     {"reason": "catalogue_incomplete", "services": unknown}, headers={"Retry-After": "2"})
             return error_response(404, f"no route {PREFIX}{public}")
+        # Requests are counted and timed by the catalogue's route template (a bounded set), not by
+        # the catch-all rule of this view: the latency panels and runbooks see routes.
+        flask.g.metrics_route = PREFIX + public_rule(target.service, target.rule)
         # Forwarded percent-encoded again: a decoded "%23" or "%3F" in a path parameter would
         # otherwise cut the service's path short (or inject a query string).
         path = quote(service_path(target.service, public), safe="/")

@@ -44,6 +44,7 @@ from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-ID"
+UNMATCHED_ROUTE = "<unmatched>"  # the route label of requests no route matched
 INT64 = (-(2 ** 63), 2 ** 63 - 1)  # the range of every integer column of every store
 ReadinessCheck = Callable[[], None]
 
@@ -293,7 +294,8 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
     def _finish(response: flask.Response):
         request = flask.request
         response.headers[CORRELATION_HEADER] = flask.g.get("correlation_id", "")
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        # A view may name its route template itself (the gateway's proxy: the catalogue's template).
+        route = flask.g.get("metrics_route") or (request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE)
         if route not in ("/metrics",):
             elapsed = time.perf_counter() - flask.g.get("started", time.perf_counter())
             metrics.HTTP_REQUESTS.labels(name, route, request.method, str(response.status_code)).inc()

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 
 import jwt
@@ -67,6 +68,31 @@ def test_every_service_is_reachable_under_one_prefix(app, unique):
     assert d.get(c.admin, f"/admin/projects/streams/project-{pid}")["version"] == project["version"]
     assert_error(d.call(c.cadre, "GET", "/no-such-route"), 404)
     assert_error(d.call(c.cadre, "DELETE", f"/projects/{pid}"), 405)
+
+
+def _gateway_requests(app, route: str, status: str) -> float:
+    """The gateway's cocreate_http_requests_total for a GET of ``route`` with ``status``."""
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    wanted = {"app": "gateway", "route": route, "method": "GET", "status": status}
+    for match in re.finditer(r'^cocreate_http_requests_total\{(.*)\} (\S+)$', text, re.M):
+        if dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1))) == wanted:
+            return float(match.group(2))
+    return 0.0
+
+
+def test_proxied_requests_are_counted_by_the_catalogues_route_template(app, unique):
+    """Not by the proxy's catch-all rule: latency panels and runbooks see each route, and paths
+    that match no route share one label (the label's values stay a bounded set)."""
+    d, c = community(app, unique)
+    pid = c.approved_project(title="安装路灯")["project_id"]
+    template = "/api/v1/projects/<project_id>"
+    before = (_gateway_requests(app, template, "200"), _gateway_requests(app, "<unmatched>", "404"))
+    d.get(c.cadre, f"/projects/{pid}")
+    assert_error(d.call(c.cadre, "GET", f"/no-such-route/{unique}"), 404)
+    after = (_gateway_requests(app, template, "200"), _gateway_requests(app, "<unmatched>", "404"))
+    assert after == (before[0] + 1, before[1] + 1)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "<path:rest>" not in text and pid not in text and unique not in text
 
 
 def test_an_encoded_character_in_a_path_parameter_reaches_the_service_encoded(app, unique):
