@@ -32,6 +32,19 @@ def is_sqlite(engine: Engine | Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+# Every process of a service creates or updates its tables when it starts (the API pods' init
+# container `migrate`, each gunicorn worker, relay, consumer and job), several at once in a
+# rollout: on PostgreSQL they take this advisory lock for it, one after the other.
+SCHEMA_LOCK_KEY = 7202611
+
+
+def lock_schema(connection: Connection) -> None:
+    """Serialise this transaction's ``CREATE TABLE IF NOT EXISTS`` with every other process of the
+    service doing the same (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` already does)."""
+    if not is_sqlite(connection):
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+
+
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):

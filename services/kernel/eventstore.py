@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from services.kernel import metrics
-from services.kernel.db import is_sqlite, read_transaction, write_transaction
+from services.kernel.db import is_sqlite, lock_schema, read_transaction, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import (
     Metadata, NewEvent, StoredEvent, UpcasterChain, from_micros, to_micros, utc_now,
@@ -155,9 +155,7 @@ class EventStore:
     def create_schema(self) -> None:
         """Create the kernel tables and every projection's tables (idempotent)."""
         with write_transaction(self.engine) as connection:
-            if not self._sqlite:
-                # Several gunicorn workers start at once: serialise their CREATE TABLE IF NOT EXISTS.
-                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7202611)")
+            lock_schema(connection)  # several processes of the service start at once
             kernel_metadata.create_all(connection, checkfirst=True)
             for projection in self.projections:
                 for table in projection.tables:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from services.kernel.db import read_transaction, write_transaction
+from services.kernel.db import lock_schema, read_transaction, write_transaction
 from services.kernel.settings import SettingsError
 
 metadata = sa.MetaData()
@@ -42,6 +42,7 @@ def deployment_secret(engine: Engine, name: str, configured: str, variable: str)
     # then need the write lock, and SQLite refuses that upgrade at once ("database is locked",
     # without the busy timeout) while another process of the service is creating its tables.
     with write_transaction(engine) as connection:
+        lock_schema(connection)  # with the schema: every process of the service does this at start
         deployment_secrets.create(connection, checkfirst=True)
     t = deployment_secrets
     with read_transaction(engine) as connection:

@@ -1,8 +1,9 @@
 """What operators deploy: the image definition and the Kubernetes overlays.
 
 Every overlay renders with ``kubectl kustomize``; every rendered object of a built-in kind
-validates strictly offline (``kubernetes-validate``, unknown fields rejected); operator resources
-(Strimzi, CloudNativePG, Prometheus Operator) are checked for the fields this platform relies on.
+validates strictly offline (``kubernetes-validate``, unknown fields rejected), and every custom
+resource (Strimzi, CloudNativePG, Prometheus Operator) against its operator's vendored CRD schema
+(``tests/support/crds.py``, ``tests/data/crds``; more in ``test_deploy_crds.py``).
 Then the rules operators count on: non-root, read-only root filesystem, probes on /readyz and
 /healthz, requests and limits, single relays with the Recreate strategy, the same entry commands
 as the local platform, no secret values committed, default-deny network policies, and the topic
@@ -26,16 +27,13 @@ import pytest
 import yaml
 
 from tests.conftest import require_tool
+from tests.support.crds import is_custom_resource, validate_custom_resource
+from tests.support.netpol import admitted, can_connect, endpoints, selects
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = ("staging", "production")
 KUBERNETES_VERSION = "1.32.0"
-OPERATOR_KINDS = {
-    ("kafka.strimzi.io/v1beta2", "KafkaTopic"), ("postgresql.cnpg.io/v1", "Cluster"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
-    ("monitoring.coreos.com/v1", "PrometheusRule"),
-}
 APIS = ("projects", "volunteers", "feedback", "gateway")
 SERVICES = ("projects", "volunteers", "feedback")
 WEB = {"app.kubernetes.io/name": "web", "app.kubernetes.io/component": "frontend"}
@@ -58,9 +56,8 @@ def test_every_object_validates(rendered):
     overlay, objects = rendered
     assert len(objects) > 40
     for obj in objects:
-        key = (obj["apiVersion"], obj["kind"])
-        if key in OPERATOR_KINDS:
-            assert obj["metadata"]["name"] and obj.get("spec"), key
+        if is_custom_resource(obj):  # against the operators' CRDs vendored in tests/data/crds
+            validate_custom_resource(obj)
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     assert all(o["metadata"].get("namespace") == ("cocreate" if overlay == "production" else "cocreate-staging")
@@ -83,7 +80,9 @@ def test_pods_run_unprivileged_with_probes_and_limits(rendered):
     pods += [(c["metadata"]["name"], c["spec"]["jobTemplate"]["spec"]["template"]["spec"])
              for c in of_kind(objects, "CronJob")]
     pods += [(j["metadata"]["name"], j["spec"]["template"]["spec"]) for j in of_kind(objects, "Job")]
-    assert len(pods) == 11 + 1 + 3
+    # 11 Deployments and the CronJob; no Job: the pods migrate their schema themselves
+    # (docs/operations.md, "Schema migrations"; test_deploy_release.py).
+    assert len(pods) == 11 + 1 and of_kind(objects, "Job") == []
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
         assert pod.get("automountServiceAccountToken") is False, name
@@ -169,13 +168,13 @@ def test_network_policies_deny_by_default_and_open_only_the_paths_needed(rendere
     assert services_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "gateway",
                                                                 "app.kubernetes.io/component": "api"}}}]
     for name in APIS:
-        own_db = policies[f"{name}-egress-database-kafka"]["egress"][0]["to"][0]["podSelector"]["matchLabels"]
-        assert own_db == {"cnpg.io/cluster": f"{name}-db"}
+        own_db = policies[f"{name}-egress-database"]["egress"][0]["to"][0]["podSelector"]["matchLabels"]
+        assert own_db == {"cnpg.io/cluster": f"{name}-db", "cnpg.io/podRole": "instance"}
         db_from = policies[f"{name}-db-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         assert db_from == {"app.kubernetes.io/name": name}
     scrape = policies["prometheus-scrapes-metrics"]["ingress"][0]
     assert scrape["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
-    assert {p["port"] for p in scrape["ports"]} >= {8000, 9100}
+    assert {p["port"] for p in scrape["ports"]} == {"http", "health"}  # the ports the monitors name
 
 
 def test_topics_databases_and_monitors(rendered):
@@ -318,86 +317,8 @@ def test_the_ingress_sends_pages_to_web_and_the_api_to_the_gateway(rendered):
     assert ingress_route(objects, host, callback.path)[1] == "web"
 
 
-# Who talks to whom, evaluated from the NetworkPolicies as Kubernetes does: a pod selected by a
-# policy of a direction accepts (sends) only what some rule of those policies allows, on both ends.
-# An endpoint is (namespace, pod labels); namespace None is an address outside the cluster.
-
-def selects(selector: dict, labels: dict) -> bool:
-    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
-        return False
-    for expression in selector.get("matchExpressions") or []:
-        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
-        if not {"In": key in labels and labels[key] in values, "NotIn": labels.get(key) not in values,
-                "Exists": key in labels, "DoesNotExist": key not in labels}[operator]:
-            return False
-    return True
-
-
-def peer_matches(peer: dict, policy_namespace: str, endpoint) -> bool:
-    namespace, labels = endpoint
-    if "ipBlock" in peer:
-        return True  # an address range may hold any pod or host: counted as matching, to be safe
-    if namespace is None:
-        return False
-    if "namespaceSelector" in peer:
-        if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
-            return False
-    elif namespace != policy_namespace:
-        return False
-    return selects(peer.get("podSelector") or {}, labels)
-
-
-def port_matches(ports, port: int) -> bool:
-    if not ports:
-        return True
-    for entry in ports:
-        if entry.get("protocol", "TCP") != "TCP":
-            continue
-        number = entry.get("port")
-        if number is None or isinstance(number, str):  # every port, or a named one: counted as matching
-            return True
-        if number == port or number <= port <= entry.get("endPort", number):
-            return True
-    return False
-
-
-def admitted(objects, direction: str, subject, peer, port: int) -> bool:
-    namespace, labels = subject
-    key, side = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    applying = []
-    for policy in of_kind(objects, "NetworkPolicy"):
-        spec = policy["spec"]
-        types = spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
-        if policy["metadata"]["namespace"] == namespace and direction in types and selects(spec["podSelector"], labels):
-            applying.append(policy)
-    if not applying:
-        return True
-    return any((not rule.get(side) or any(peer_matches(p, namespace, peer) for p in rule[side]))
-               and port_matches(rule.get("ports"), port)
-               for policy in applying for rule in policy["spec"].get(key) or [])
-
-
-def can_connect(objects, source, destination, port: int) -> bool:
-    sends = source[0] is None or admitted(objects, "Egress", source, destination, port)
-    accepts = destination[0] is None or admitted(objects, "Ingress", destination, source, port)
-    return sends and accepts
-
-
-def endpoints(objects) -> dict[str, tuple]:
-    namespace = objects[0]["metadata"]["namespace"]
-    pods = {d["metadata"]["name"]: (namespace, d["spec"]["template"]["metadata"]["labels"])
-            for d in of_kind(objects, "Deployment")}
-    databases = {f"{c['metadata']['name']}": (namespace, {"cnpg.io/cluster": c["metadata"]["name"],
-                                                           "cnpg.io/instanceRole": "primary"})
-                 for c in of_kind(objects, "Cluster")}
-    return {**pods, **databases,
-            "kafka": (namespace, {"strimzi.io/cluster": "cocreate", "strimzi.io/kind": "Kafka"}),
-            "dns": ("kube-system", {"k8s-app": "kube-dns"}),
-            "ingress-nginx": ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"}),
-            "prometheus": ("monitoring", {"app.kubernetes.io/name": "prometheus"}),
-            "elsewhere": ("default", {"app": "curious"}),
-            "identity-provider": (None, {})}
-
+# Who talks to whom, evaluated from the NetworkPolicies as Kubernetes does (tests/support/netpol.py;
+# every pod and port against the table of needed connections: test_network_policies.py).
 
 WEB_PATHS_OPEN = [("ingress-nginx", "web", 8080), ("prometheus", "web", 8080), ("web", "gateway", 8000),
                   ("web", "web-db", 5432), ("web", "dns", 53), ("web", "identity-provider", 443),
@@ -641,15 +562,35 @@ def test_the_package_carries_the_web_clients_files():
     assert not missing, f"not in [tool.setuptools.package-data] web of pyproject.toml: {missing[:5]} …"
 
 
+def read_lock() -> dict[str, tuple[str, list[str]]]:
+    """deploy/requirements.lock as {normalised name: (version, [sha256, …])}: a requirement per
+    logical line (continued with a backslash), ``name==version`` and its ``--hash=sha256:…``
+    options, which `pip install --require-hashes` needs for every requirement."""
+    lock: dict[str, tuple[str, list[str]]] = {}
+    text = (ROOT / "deploy" / "requirements.lock").read_text(encoding="utf-8")
+    for line in text.replace("\\\n", " ").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        requirement, *options = line.split()
+        name, _, version = requirement.partition("==")
+        assert version and re.fullmatch(r"[\w.+!-]+", version), f"not pinned to one version: {line}"
+        digests = []
+        for option in options:
+            match = re.fullmatch(r"--hash=sha256:([0-9a-f]{64})", option)
+            assert match, f"{requirement}: {option!r} is not a sha256 --hash"
+            digests.append(match.group(1))
+        assert digests, f"{requirement} has no --hash: pip install --require-hashes refuses the lock"
+        key = re.sub(r"[-_.]+", "-", name.lower())
+        assert key not in lock, f"{name} is pinned twice"
+        lock[key] = (version, digests)
+    assert lock
+    return lock
+
+
 def test_the_lock_pins_every_runtime_dependency():
     import tomllib
 
-    lock = {}
-    for line in (ROOT / "deploy" / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version, f"unpinned: {line}"
-            lock[re.sub(r"[-_.]+", "-", name.lower())] = version
+    lock = {name: version for name, (version, _) in read_lock().items()}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     # The image runs the services, the gateway and the web client (the `web` extra).
     for requirement in [*project["dependencies"], *project["optional-dependencies"]["web"]]:
@@ -671,11 +612,7 @@ def test_the_lock_is_closed_under_dependencies():
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    lock = {}
-    for line in (ROOT / "deploy" / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            lock[canonicalize_name(name)] = version
+    lock = {canonicalize_name(name): version for name, (version, _) in read_lock().items()}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pending = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["web"]]]
     seen: set[tuple[str, frozenset]] = set()
@@ -696,3 +633,81 @@ def test_the_lock_is_closed_under_dependencies():
                     pending.append(needed)
     unused = sorted(set(lock) - {name for name, _ in seen})
     assert not unused, f"deploy/requirements.lock pins packages nothing needs: {unused}"
+
+
+# -- starting, stopping and spreading the HTTP apps ------------------------------------------------
+
+HTTP_APPS = (*APIS, "web")  # the Deployments production scales (2-10 replicas)
+
+
+def http_deployments(objects) -> dict[str, dict]:
+    """The Deployments whose process is gunicorn: the APIs, the gateway and the web client."""
+    found = {d["metadata"]["name"]: d for d in of_kind(objects, "Deployment")
+             if d["spec"]["template"]["spec"]["containers"][0]["command"][0] == "gunicorn"}
+    assert sorted(found) == sorted(HTTP_APPS)
+    return found
+
+
+def gunicorn_graceful_timeout(environ: dict[str, str]) -> int:
+    """gunicorn's graceful stop for a container's environment, as services.kernel.gunicorn_conf
+    reads it (read from its source: importing it would set the process's metrics directory)."""
+    source = (ROOT / "services" / "kernel" / "gunicorn_conf.py").read_text(encoding="utf-8")
+    default = re.search(r'graceful_timeout = int\(os\.environ\.get\("GUNICORN_GRACEFUL_TIMEOUT", "(\d+)"\)\)', source)
+    assert default, "gunicorn_conf.py: graceful_timeout from GUNICORN_GRACEFUL_TIMEOUT"
+    return int(environ.get("GUNICORN_GRACEFUL_TIMEOUT", default.group(1)))
+
+
+def test_http_apps_have_a_startup_probe(rendered):
+    """Liveness and readiness start only once the app answers, so a slow start is not a restart loop
+    (and the liveness probe needs no initial delay); the workers keep their health-port probes."""
+    _, objects = rendered
+    for name, deployment in http_deployments(objects).items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        startup = container.get("startupProbe")
+        assert startup, f"{name}: no startupProbe"
+        assert startup["httpGet"] == {"path": "/healthz", "port": "http"}, name
+        assert 60 <= startup["periodSeconds"] * startup["failureThreshold"] <= 300, name
+        assert "initialDelaySeconds" not in container["livenessProbe"], name
+    for deployment in of_kind(objects, "Deployment"):
+        if deployment["metadata"]["name"] not in HTTP_APPS:
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            assert container["readinessProbe"]["httpGet"]["port"] == "health", deployment["metadata"]["name"]
+
+
+def test_http_apps_leave_the_endpoints_before_they_stop(rendered):
+    """On termination a pod first waits (preStop sleep, while ingress-nginx and kube-proxy drop it
+    from the endpoints), then gunicorn gets SIGTERM and finishes its requests: both within the
+    grace period, with room to spare."""
+    _, objects = rendered
+    for name, deployment in http_deployments(objects).items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        pre_stop = container.get("lifecycle", {}).get("preStop", {})
+        assert set(pre_stop) == {"sleep"}, f"{name}: preStop is the kubelet's sleep action, not {pre_stop}"
+        pause = pre_stop["sleep"]["seconds"]
+        assert 5 <= pause <= 30, name
+        graceful = gunicorn_graceful_timeout(container_environment(objects, container))
+        assert pod["terminationGracePeriodSeconds"] >= pause + graceful + 5, (
+            f"{name}: {pod['terminationGracePeriodSeconds']} s of grace < {pause} s preStop + {graceful} s gunicorn")
+
+
+def test_replicated_deployments_spread_over_zones_and_nodes(rendered):
+    """The replicas of each HTTP Deployment spread evenly over zones (a hard rule) and over nodes
+    (as far as possible); each constraint counts exactly that Deployment's pods, per ReplicaSet."""
+    _, objects = rendered
+    deployments = http_deployments(objects)
+    others = [d for d in of_kind(objects, "Deployment")]
+    for name, deployment in deployments.items():
+        template = deployment["spec"]["template"]
+        constraints = {c["topologyKey"]: c for c in template["spec"].get("topologySpreadConstraints", [])}
+        assert set(constraints) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}, name
+        assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "DoNotSchedule", name
+        assert constraints["kubernetes.io/hostname"]["whenUnsatisfiable"] == "ScheduleAnyway", name
+        for constraint in constraints.values():
+            assert constraint["maxSkew"] == 1, name
+            assert "pod-template-hash" in constraint.get("matchLabelKeys", []), name
+            selector = constraint["labelSelector"]
+            counted = [o["metadata"]["name"] for o in others
+                       if selects(selector, o["spec"]["template"]["metadata"]["labels"])]
+            assert counted == [name], f"{name}: the spread counts the pods of {counted}"
+            assert selector == deployment["spec"]["selector"], name

@@ -298,6 +298,125 @@ def test_promtool_checks_and_tests_the_rules(prometheus_rule, tmp_path):
     assert "SUCCESS" in tested and "FAILED" not in tested, tested
 
 
+# -- scoped to the deployment's namespace; each alert links its runbook ---------------------------
+
+BASE_NAMESPACE = "cocreate"  # what the base's expressions carry; each overlay replaces it with its own
+OTHER_NAMESPACE = "shop"  # alerts-test.yaml's last case: another system's series, which fire nothing
+RUNBOOKS = ROOT / "docs" / "operations.md"
+RUNBOOK_URL = "https://github.com/haicang/cocreate/blob/main/docs/operations.md#"
+K8S = ROOT / "deploy" / "k8s"
+
+
+def _namespace_literals(expr: str) -> list[str]:
+    """The single-quoted strings of an expression: only the namespace matchers' values may be."""
+    return re.findall(r"'([^']*)'", expr)
+
+
+def test_every_selector_is_scoped_to_the_namespace(prometheus_rule):
+    """Every series an alert reads carries ``namespace='cocreate'`` (the value the overlays
+    replace): no alert can see another namespace's `gateway`, `web` or `projects`."""
+    for rule in _alerts(prometheus_rule):
+        expr = rule["expr"]
+        literals = _namespace_literals(expr)
+        assert literals and set(literals) == {BASE_NAMESPACE}, f"{rule['alert']}: single-quoted strings {literals}"
+        assert len(re.findall(r"\bnamespace\s*=\s*'cocreate'", expr)) == len(literals), rule["alert"]
+        assert not re.search(r"\bnamespace\s*(!=|=~|!~|=\s*\")", expr), f"{rule['alert']}: another namespace matcher"
+        names, _ = promql_names(expr)
+        for name in names:
+            for selector in re.finditer(rf"(?<![\w:]){re.escape(name)}(?![\w:])\s*(\{{[^{{}}]*\}})?", expr):
+                assert selector.group(1) and re.search(r"\bnamespace\s*=\s*'cocreate'", selector.group(1)), (
+                    f"{rule['alert']}: {selector.group(0)!r} is not scoped to the namespace")
+
+
+def test_each_overlay_scopes_the_alerts_to_its_own_namespace(prometheus_rule):
+    """The overlays' `replacements` put their namespace into every selector: no 'cocreate' left
+    over in staging, as many namespace matchers as in the base."""
+    kubectl = require_tool("kubectl", "kubectl with its built-in kustomize")
+    base = {rule["alert"]: len(_namespace_literals(rule["expr"])) for rule in _alerts(prometheus_rule)}
+    seen = set()
+    for overlay in ("staging", "production"):
+        done = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        [rule_object] = [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "PrometheusRule"]
+        namespace = rule_object["metadata"]["namespace"]
+        seen.add(namespace)
+        rendered = {rule["alert"]: rule["expr"] for rule in _alerts(rule_object)}
+        assert set(rendered) == set(base), overlay
+        for alert, expr in rendered.items():
+            literals = _namespace_literals(expr)
+            assert literals == [namespace] * base[alert], f"{overlay}: {alert} is scoped to {literals}, not {namespace}"
+    assert seen == {"cocreate", "cocreate-staging"}
+
+
+def test_another_namespaces_series_would_fire_every_alert_in_ours(tmp_path, prometheus_rule):
+    """alerts-test.yaml's case for another namespace proves the scoping only if its series are bad
+    enough: moved into the namespace `cocreate`, they fire every alert (promtool then reports each
+    alert's unexpected firing)."""
+    require_tool("promtool", PROMTOOL_HINT)
+    tests = yaml.safe_load(ALERT_TESTS.read_text(encoding="utf-8"))
+    [other] = [case for case in tests["tests"]
+               if all(f'namespace="{OTHER_NAMESPACE}"' in s["series"] for s in case["input_series"])]
+    names = {rule["alert"] for rule in _alerts(prometheus_rule)}
+    assert {check["alertname"] for check in other["alert_rule_test"] if check.get("exp_alerts") == []} == names
+    moved = yaml.safe_load(yaml.safe_dump(other).replace(f'namespace="{OTHER_NAMESPACE}"', f'namespace="{BASE_NAMESPACE}"'))
+    (tmp_path / "rules.yaml").write_text(
+        yaml.safe_dump({"groups": prometheus_rule["spec"]["groups"]}, sort_keys=False, allow_unicode=True),
+        encoding="utf-8")
+    (tmp_path / "moved-test.yaml").write_text(
+        yaml.safe_dump({**{k: v for k, v in tests.items() if k != "tests"}, "tests": [moved]}, allow_unicode=True),
+        encoding="utf-8")
+    done = subprocess.run([require_tool("promtool", PROMTOOL_HINT), "test", "rules", "moved-test.yaml"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "FAILED" in output, output
+    quiet = sorted(name for name in names if not re.search(rf"alertname: {name}\b", output))
+    assert not quiet, f"moved into {BASE_NAMESPACE}, these alerts still do not fire: {quiet}"
+
+
+def github_slug(heading: str, seen: dict[str, int]) -> str:
+    """The anchor GitHub gives a Markdown heading: its text (inline code, emphasis and links
+    reduced to their words) lower-cased, punctuation other than ``-`` and ``_`` dropped, spaces
+    made hyphens; a repeated slug gets ``-1``, ``-2`` …"""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip())
+    text = re.sub(r"[`*]", "", text).lower()
+    slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+    count = seen.get(slug, 0)
+    seen[slug] = count + 1
+    return slug if count == 0 else f"{slug}-{count}"
+
+
+def test_the_slugs_are_githubs():
+    seen: dict[str, int] = {}
+    assert github_slug("The local platform (`make run`)", seen) == "the-local-platform-make-run"
+    assert github_slug("Alerts and their runbooks", seen) == "alerts-and-their-runbooks"
+    assert github_slug("On Kubernetes", seen) == "on-kubernetes"
+    assert github_slug("On Kubernetes", seen) == "on-kubernetes-1"
+    assert github_slug("CocreateHighLatencyP99", seen) == "cocreatehighlatencyp99"
+
+
+def test_every_alert_links_its_runbook_section(prometheus_rule):
+    """``runbook_url`` is the alert's own section of docs/operations.md (a heading named after the
+    alert under "Alerts and their runbooks"), by the anchor GitHub gives that heading."""
+    seen: dict[str, int] = {}
+    anchors: dict[str, str] = {}
+    section = None
+    for line in RUNBOOKS.read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"^(#{1,6})\s+(.*?)\s*#*\s*$", line)
+        if not heading:
+            continue
+        slug = github_slug(heading.group(2), seen)
+        if len(heading.group(1)) == 2:
+            section = heading.group(2)
+        elif section == "Alerts and their runbooks":
+            anchors[heading.group(2)] = slug
+    for rule in _alerts(prometheus_rule):
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_URL), f"{rule['alert']}: runbook_url {url!r}"
+        assert rule["alert"] in anchors, f"{rule['alert']}: no section in docs/operations.md's runbooks"
+        assert url == RUNBOOK_URL + anchors[rule["alert"]], f"{rule['alert']}: {url} is not its section"
+
+
 # -- the Grafana dashboard ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
