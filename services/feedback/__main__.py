@@ -1,4 +1,4 @@
-"""`python -m services.feedback relay|consumer GROUP|rebuild|migrate|sweep-overdue`"""
+"""`python -m services.feedback relay|consumer GROUP|rebuild|migrate|recover-tail|dead-letters|sweep-overdue`"""
 
 from services.kernel.service import main
 from services.feedback.service import DEFINITION

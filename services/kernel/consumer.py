@@ -9,6 +9,14 @@ Exactly-once effects over at-least-once delivery:
   each in its own transaction, with the retry and dead-letter rules below;
 * offsets are committed to Kafka (offset + 1) only after the database commit of every message
   before them, so a crash re-delivers, never skips;
+* the consumer keeps its own offsets in its database too (``consumer_offsets``: per group, topic
+  and partition, with the topic's id), written in the poll's transaction (after the records, when
+  they had to be applied one by one), so they are never ahead of the effects that database holds.
+  When it is assigned a partition it starts at that offset (if it was written for the topic as it
+  is now, same id; at the beginning when the database shows nothing of the partition was applied),
+  not at Kafka's: after the database was restored to an earlier point, Kafka's committed offsets
+  are ahead of the restored effects and would skip the events whose effects the restore took away;
+  the database's offsets make them apply again, once (the inbox guards the rest);
 * a poison message (not an envelope, or a handler that refuses it) goes to ``<topic>.dlq`` with
   the error and its origin topic/partition/offset in headers, then consumption continues;
 * a transient error (database unreachable, a concurrent writer) is retried with bounded
@@ -42,13 +50,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import sqlalchemy as sa
-from kafka import TopicPartition
+from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Connection, Engine
 
 from services.kernel import metrics
-from services.kernel.db import write_transaction
+from services.kernel.db import is_sqlite, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, from_micros, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
@@ -69,6 +77,18 @@ inbox_table = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("processed_at_us", sa.BigInteger, nullable=False),
+)
+
+# Where each group goes on reading (the next offset), kept with its effects: see the module's doc.
+consumer_offsets_table = sa.Table(
+    "consumer_offsets",
+    kernel_metadata,
+    sa.Column("group_id", sa.String(200), primary_key=True),
+    sa.Column("topic", sa.String(200), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("topic_id", sa.String(64), nullable=True),  # the offsets hold for this incarnation of the topic only
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
 )
 
 dead_letters_table = sa.Table(
@@ -104,8 +124,31 @@ def list_dead_letters(engine: Engine) -> list[dict]:
              "value": (r["value"] or b"").decode("utf-8", "replace")} for r in rows]
 
 
+def database_offsets(engine: Engine, group_id: str) -> dict[tuple[str, int], tuple[str | None, int]]:
+    """The group's offsets kept in its database: ``{(topic, partition): (topic id, next offset)}``."""
+    o = consumer_offsets_table
+    with engine.connect() as connection:
+        rows = connection.execute(sa.select(o.c.topic, o.c.partition, o.c.topic_id, o.c["offset"])
+                                  .where(o.c.group_id == group_id)).all()
+    return {(topic, partition): (topic_id, offset) for topic, partition, topic_id, offset in rows}
+
+
 class ConsumerStalled(RuntimeError):
     """A transient error outlived the retries; the worker exits so it is restarted."""
+
+
+class _StartAtDatabaseOffsets(ConsumerRebalanceListener):
+    """On assignment, move each partition to the offset kept in the consumer's database."""
+
+    def __init__(self, owner: "EventConsumer") -> None:
+        self.owner = owner
+        self.consumer = None  # set once the Kafka client exists (callbacks come from its poll)
+
+    def on_partitions_revoked(self, revoked) -> None:
+        return None
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.owner._start_at_database_offsets(self.consumer, assigned)
 
 
 class EventConsumer:
@@ -201,8 +244,9 @@ class EventConsumer:
             handler(connection, event)
         return "handled"
 
-    def handle_together(self, records) -> bool:
-        """Apply a poll's records in one write transaction (one commit instead of one per record).
+    def handle_together(self, records, offsets: Mapping[tuple[str, int], int] | None = None) -> bool:
+        """Apply a poll's records in one write transaction (one commit instead of one per record),
+        with the group's ``offsets`` (``{(topic, partition): next offset}``) kept in the same one.
 
         Returns False, having changed nothing, when any record is not a valid envelope or any
         handler raises: the caller then applies the records one by one, with the retries and the
@@ -245,6 +289,8 @@ class EventConsumer:
                     outcomes.append((record, event, "handled"))
                 if inbox_rows:  # one statement for the batch, in the same transaction as the effects
                     connection.execute(inbox_table.insert(), inbox_rows)
+                if offsets:
+                    self._save_offsets(connection, offsets)
         except Exception as exc:  # rolled back: the records are applied one by one instead
             log.info("batch not applied together; applying one by one", extra={"error": repr(exc)})
             return False
@@ -254,6 +300,59 @@ class EventConsumer:
             else:  # handled, or ignored (no handler), counted as handled as in handle()
                 metrics.MESSAGES_HANDLED.labels(self.group_id, record.topic, event.event_type).inc()
         return True
+
+    # -- the offsets kept with the effects -------------------------------------------------
+
+    def _save_offsets(self, connection: Connection, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Upsert the next offset of each partition (moving back is harmless: the inbox dedupes)."""
+        if is_sqlite(connection):
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        o = consumer_offsets_table
+        statement = insert(o)
+        statement = statement.on_conflict_do_update(
+            index_elements=[o.c.group_id, o.c.topic, o.c.partition],
+            set_={"topic_id": statement.excluded.topic_id, "offset": statement.excluded["offset"],
+                  "updated_at_us": statement.excluded.updated_at_us})
+        now = to_micros(utc_now())
+        connection.execute(statement, [
+            {"group_id": self.group_id, "topic": topic, "partition": partition,
+             "topic_id": self._topic_ids.get(topic), "offset": offset, "updated_at_us": now}
+            for (topic, partition), offset in sorted(offsets.items())])
+
+    def _start_at_database_offsets(self, consumer, assigned) -> None:
+        """Where each assigned partition starts, decided by the database (restored or not):
+
+        * at the offset kept for it, when it was kept for the topic as it is now (same topic id);
+        * at the beginning when the database keeps offsets for other partitions of the topic as it
+          is now but none for this one (nothing of it was applied), or when it has neither offsets
+          nor inbox rows of the group (it never applied anything: restored to before the group's
+          first event, or new);
+        * elsewhere where Kafka says: the topic was created again (the broker-loss handling
+          decides), or the database predates the offsets it keeps (inbox rows but no offsets).
+
+        A database that cannot be read raises: the poll fails and the client is built again."""
+        kept = database_offsets(self.engine, self.group_id)
+        current = {topic for (topic, _p), (topic_id, _o) in kept.items()
+                   if topic_id is not None and topic_id == self._topic_ids.get(topic)}
+        never_applied = False
+        if not kept:
+            with self.engine.connect() as connection:
+                never_applied = connection.execute(sa.select(inbox_table.c.event_id).where(
+                    inbox_table.c.group_id == self.group_id).limit(1)).first() is None
+        for tp in assigned:
+            topic_id, offset = kept.get((tp.topic, tp.partition), (None, None))
+            if tp.topic in current and topic_id == self._topic_ids.get(tp.topic):
+                consumer.seek(tp, offset)
+                where = offset
+            elif tp.topic in current or never_applied:
+                consumer.seek_to_beginning(tp)
+                where = "the beginning"
+            else:
+                continue
+            log.info("starting where the database says", extra={
+                "group": self.group_id, "topic": tp.topic, "partition": tp.partition, "offset": where})
 
     def dead_letter(self, record, reason: str) -> None:
         """Keep the record in the database, then on ``<topic>.dlq`` (acknowledged before the offset
@@ -357,9 +456,11 @@ class EventConsumer:
     def _connect(self):
         """A new Kafka client, once every topic read exists with its configured partition count."""
         found = self.topic_policy.check(self.view, self.topics + [f"{t}{DLQ_SUFFIX}" for t in self.topics])
-        consumer = make_consumer(self.bootstrap_servers, self.group_id, self.topics,
-                                 client_id=f"consumer-{self.group_id}")
         self._topic_ids = {t: found[t].topic_id for t in self.topics}
+        listener = _StartAtDatabaseOffsets(self)
+        consumer = make_consumer(self.bootstrap_servers, self.group_id, self.topics,
+                                 client_id=f"consumer-{self.group_id}", listener=listener)
+        listener.consumer = consumer
         self._committed = {}
         self._verified_at = time.monotonic()
         self._unassigned_since = None
@@ -432,15 +533,22 @@ class EventConsumer:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         count = 0
         records = [record for partition_records in batch.values() for record in partition_records]
-        if len(records) > 1 and self.handle_together(records):
+        for partition, partition_records in batch.items():
+            if partition_records:
+                offsets[partition] = OffsetAndMetadata(partition_records[-1].offset + 1, "", -1)
+        kept = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+        if records and self.handle_together(records, kept):
             count = len(records)
         else:
             for record in records:
                 self.handle(record)
                 count += 1
-        for partition, partition_records in batch.items():
-            if partition_records:
-                offsets[partition] = OffsetAndMetadata(partition_records[-1].offset + 1, "", -1)
+            if kept:
+                try:
+                    with write_transaction(self.engine) as connection:
+                        self._save_offsets(connection, kept)
+                except TRANSIENT_ERRORS as exc:  # behind is harmless: the inbox dedupes what is read again
+                    log.warning("offsets not kept in the database", extra={"error": repr(exc)})
         if offsets:
             try:
                 consumer.commit(offsets)

@@ -16,7 +16,8 @@ request names it (the local tansu does, with 4 partitions, whatever the client a
   message names the topic, both counts and the fix.
 
 :class:`BrokerView` answers what the broker holds now: topic ids (a recreated topic has a new
-one), end offsets and a group's committed offsets. End offsets are the high watermark of a fetch
+one), end offsets, a group's committed offsets, and the records themselves (a group-less reader:
+:meth:`BrokerView.records`, :meth:`BrokerView.last_records`). End offsets are the high watermark of a fetch
 response, not of ``ListOffsets``: the local broker answers ``ListOffsets(latest)`` with the base
 offset of the last record batch plus one, which undercounts whenever records were batched.
 """
@@ -27,7 +28,7 @@ import dataclasses
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -85,9 +86,10 @@ def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
     ))
 
 
-def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str) -> KafkaConsumer:
+def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], client_id: str,
+                  listener: Any = None) -> KafkaConsumer:
     """Manual-commit consumer subscribed by pattern to exactly ``topics``; short session
-    time-outs so a group join takes seconds."""
+    time-outs so a group join takes seconds. ``listener``: a ``ConsumerRebalanceListener``."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id=client_id,
@@ -108,7 +110,7 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         **CLIENT_TIMEOUTS,
     )
     no_auto_create(consumer)
-    consumer.subscribe(pattern=topics_pattern(topics))
+    consumer.subscribe(pattern=topics_pattern(topics), listener=listener)
     return consumer
 
 
@@ -217,6 +219,51 @@ class BrokerView:
 
     def begin_offsets(self, partitions: Mapping[str, int]) -> dict[tuple[str, int], int]:
         return self._listed(partitions, OffsetSpec.EARLIEST)
+
+    def records(self, topic: str, partitions: int, start: Mapping[int, int] | None = None,
+                timeout: float = 30.0) -> Iterator[Any]:
+        """Every record of ``topic`` from ``start`` (an offset per partition; the beginning where
+        none is given) up to each partition's end as it is when called, in offset order within a
+        partition. A group-less reader: it commits nothing and, since the topic is looked up first
+        and the reader closed at the end, creates nothing. ``timeout`` bounds the wait for the
+        next records (KafkaError when it passes)."""
+        ends = {p: end for (_t, p), end in self.end_offsets({topic: partitions}).items()}
+        begins = {p: begin for (_t, p), begin in self.begin_offsets({topic: partitions}).items()}
+        wanted = {p: max(begins[p], (start or {}).get(p, begins[p])) for p in range(partitions)}
+        left = {p for p in range(partitions) if wanted[p] < ends[p]}
+        if not left:
+            return
+        reader = no_auto_create(KafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-reader",
+            group_id=None, enable_auto_commit=False, auto_offset_reset="none",
+            allow_auto_create_topics=False, fetch_max_wait_ms=100, **ADMIN_TIMEOUTS))
+        try:
+            assigned = {p: TopicPartition(topic, p) for p in sorted(left)}
+            reader.assign(list(assigned.values()))
+            for p, tp in assigned.items():
+                reader.seek(tp, wanted[p])
+            deadline = time.monotonic() + timeout
+            while left:
+                batch = reader.poll(timeout_ms=200)
+                for tp, fetched in batch.items():
+                    for record in fetched:
+                        if record.offset < ends[tp.partition]:
+                            yield record
+                    if fetched:
+                        deadline = time.monotonic() + timeout
+                left = {p for p in left if reader.position(assigned[p]) < ends[p]}
+                if left and time.monotonic() > deadline:
+                    raise KafkaError(f"{topic}: no records from partitions {sorted(left)} within {timeout}s")
+        finally:
+            reader.close()
+
+    def last_records(self, topic: str, partitions: int) -> dict[int, Any]:
+        """The last record of each partition of ``topic`` that holds any: ``{partition: record}``."""
+        ends = {p: end for (_t, p), end in self.end_offsets({topic: partitions}).items()}
+        last: dict[int, Any] = {}
+        for record in self.records(topic, partitions, {p: end - 1 for p, end in ends.items() if end > 0}):
+            last[record.partition] = record
+        return last
 
     def committed(self, group_id: str) -> dict[tuple[str, int], int]:
         """The group's committed offsets on the broker: ``{(topic, partition): offset}``."""

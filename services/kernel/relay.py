@@ -21,6 +21,17 @@ moves its checkpoint back past every round the broker no longer holds in full �
 the newest round of the held prefix, or of the log when even the oldest recorded round is gone
 (e.g. an empty broker) — and publishes again from there. Offsets acknowledged lower than the
 previous round's on the same topic mean the same (the broker lost records mid-round).
+
+The opposite case — the topic holds more than the log — means the service's database was restored
+to an earlier point: events after it are gone from the log although they are on the topic and
+applied by other services, and new appends would reuse their positions for other events. So before
+its first round the relay reads the last record of each partition and checks that the log holds
+each one's position with the same event id (:meth:`Relay.check_log_holds_topic`). When it does
+not, the relay publishes nothing and stops with :class:`LogBehindTopic`, whose message names the
+position, both ids and the way out (``python -m services.<name> recover-tail``, which appends the
+missing events from the topic, as they were: :mod:`services.kernel.restore`; docs/operations.md,
+"Backups and restore"). An empty or recreated topic is not a restore: nothing to compare, and the
+broker-loss handling above publishes the log again.
 """
 
 from __future__ import annotations
@@ -36,8 +47,8 @@ from kafka.errors import KafkaError
 
 from services.kernel import metrics
 from services.kernel.db import read_transaction, write_transaction
-from services.kernel.eventstore import EventStore, kernel_metadata
-from services.kernel.events import StoredEvent, to_micros, utc_now
+from services.kernel.eventstore import EventStore, events_table, kernel_metadata
+from services.kernel.events import EnvelopeError, StoredEvent, to_micros, utc_now
 from services.kernel.kafka import DLQ_SUFFIX, BrokerView, TopicInfo, TopicMissing, TopicPolicy, make_producer
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,34 @@ relay_rounds = sa.Table(
 
 class PublishFailed(RuntimeError):
     """The broker did not acknowledge part of a batch; the unacknowledged rest will be re-sent."""
+
+
+RUNBOOK = 'docs/operations.md, "Backups and restore" (What a restore means for the event log)'
+
+
+class LogBehindTopic(RuntimeError):
+    """The topic holds an event at a position where the log holds none, or another event: the
+    service's database was restored to an earlier point (or written to after such a restore).
+    Restarting does not help; the worker stops (exit code 4) until an operator acts."""
+
+    def __init__(self, service: str, topic: str, position: int, topic_event_id: str, log_event_id: str | None,
+                 log_end: int, partition: int, offset: int) -> None:
+        self.service, self.topic, self.position = service, topic, position
+        self.topic_event_id, self.log_event_id, self.log_end = topic_event_id, log_event_id, log_end
+        where = f"{topic} partition {partition} offset {offset}"
+        if log_event_id is None:
+            found = (f"position {position} is on {where} as event {topic_event_id}, but the log of {service} "
+                     f"ends at position {log_end}")
+        else:
+            found = (f"position {position} holds event {log_event_id} in the log of {service} but event "
+                     f"{topic_event_id} on {where}")
+        super().__init__(
+            f"{found}: the database of {service} was restored to an earlier point (or written to after "
+            f"such a restore), so the log no longer holds what consumers have already received. Publishing "
+            f"would put other events under positions they have seen, so the relay publishes nothing. Stop "
+            f"{service}'s API and consumers, run `python -m services.{service} recover-tail` (it appends the "
+            f"events that are on {topic} and not in the log, as they were), then start the relay, consumers "
+            f"and API again. See {RUNBOOK}.")
 
 
 class Relay:
@@ -104,6 +143,7 @@ class Relay:
         # (topic id, last acknowledged offset per partition, first offset of the newest round per partition)
         self._acknowledged_cache: tuple[str | None, dict[int, int], dict[int, int]] | None = None
         self._fetched_at = float("-inf")
+        self._log_checked = False  # the log holds the topic's last records (checked before the first round)
 
     # -- checkpoint -------------------------------------------------------------------------
 
@@ -278,6 +318,43 @@ class Relay:
         self._drop_producer()  # a broker that lost its data lost our producer id too
         return position
 
+    # -- what the topic holds that the log must hold too ------------------------------------
+
+    def check_log_holds_topic(self) -> None:
+        """Raise :class:`LogBehindTopic` unless the log holds, at the position of each partition's
+        last record, the event that record carries (a record that is no envelope of ours, e.g.
+        written by hand, is skipped). An empty or missing topic passes: nothing was published to
+        it, or the broker lost it and :meth:`verify` publishes the log again."""
+        if self._topic is None:
+            self.verify()
+        assert self._topic is not None
+        published = []  # (position, event id, partition, offset)
+        for partition, record in sorted(self.view.last_records(self.topic, self._topic.partitions).items()):
+            try:
+                event = StoredEvent.from_json(record.value)
+            except EnvelopeError as exc:
+                log.warning("the last record of a partition is not an event envelope; not compared",
+                            extra={"topic": self.topic, "partition": partition, "offset": record.offset,
+                                   "error": str(exc)})
+                continue
+            published.append((event.position, event.event_id, partition, record.offset))
+        if published:
+            with read_transaction(self.store.engine) as connection:
+                held = dict(connection.execute(
+                    sa.select(events_table.c.position, events_table.c.event_id)
+                    .where(events_table.c.position.in_([p[0] for p in published]))).all())
+                log_end = self.store.last_position(connection=connection)
+            for position, event_id, partition, offset in sorted(published, reverse=True):
+                if held.get(position) != event_id:
+                    refusal = LogBehindTopic(self.store.service, self.topic, position, event_id, held.get(position),
+                                             log_end, partition, offset)
+                    log.error("the log does not hold what the topic holds; publishing nothing",
+                              extra={"topic": self.topic, "position": position, "topic_event_id": event_id,
+                                     "log_event_id": held.get(position), "log_end": log_end,
+                                     "partition": partition, "offset": offset, "runbook": RUNBOOK})
+                    raise refusal
+        self._log_checked = True
+
     # -- publishing -------------------------------------------------------------------------
 
     def _ensure_producer(self):
@@ -296,7 +373,10 @@ class Relay:
             self._producer = None
 
     def publish_once(self) -> int:
-        """Publish one page after the checkpoint; returns how many events were acknowledged."""
+        """Publish one page after the checkpoint; returns how many events were acknowledged.
+        Before the first, the log must hold what the topic holds (:meth:`check_log_holds_topic`)."""
+        if not self._log_checked:
+            self.check_log_holds_topic()
         start = self.checkpoint()
         page = self.store.read_all(start, self.batch_size)
         if not page:

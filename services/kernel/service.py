@@ -217,6 +217,28 @@ def rebuild_main(definition: ServiceDefinition) -> None:
     print(f"{definition.name}: rebuilt {len(container.store.projections)} read models from {count} events")
 
 
+def recover_tail_main(definition: ServiceDefinition, dry_run: bool) -> None:
+    """After the database was restored to an earlier point: append the events that are on the
+    service's topic and not in its log, as they were (:mod:`services.kernel.restore`). Exit code 1
+    with the reason when they cannot be put back as they were."""
+    from services.kernel.kafka import BrokerView
+    from services.kernel.restore import TailNotRecoverable, recover_tail
+
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-recover-tail", settings.log_level)
+    container = bootstrap(definition, settings)
+    view = BrokerView(settings.kafka_bootstrap_servers, f"recover-tail-{definition.name}")
+    try:
+        recovery = recover_tail(container.store, settings.topic, view, dry_run=dry_run,
+                                subscriptions={s.group: tuple(s.topics) for s in definition.subscriptions})
+    except TailNotRecoverable as exc:
+        print(f"{definition.name}: the lost tail cannot be recovered: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        view.close()
+    print(recovery.report())
+
+
 def migrate_main(definition: ServiceDefinition) -> None:
     settings = _settings_or_exit(definition)
     configure_logging(f"{definition.name}-migrate", settings.log_level)
@@ -251,7 +273,7 @@ def run_job(definition: ServiceDefinition, name: str, every: float | None) -> No
 
 
 def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> None:
-    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate|<definition.commands> [--every S]``"""
+    """``python -m services.<name> relay|consumer GROUP|rebuild|migrate|recover-tail|dead-letters|<definition.commands>``"""
     parser = argparse.ArgumentParser(prog=f"python -m services.{definition.name}",
                                      description=f"{definition.title}: workers and commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -260,6 +282,9 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     consumer.add_argument("group", choices=sorted(s.group for s in definition.subscriptions) or ["-"])
     commands.add_parser("rebuild", help="drop the read models and replay the whole event store")
     commands.add_parser("migrate", help="create or update the database schema")
+    recover = commands.add_parser("recover-tail", help="after a restore of the database: append the events that "
+                                                       "are on the service's topic and not in its log, as they were")
+    recover.add_argument("--dry-run", action="store_true", help="say what would be appended, change nothing")
     dead = commands.add_parser("dead-letters", help="list the consumers' dead letters kept in the database, "
                                                      "or re-publish them to their DLQ topics")
     dead.add_argument("action", choices=["list", "republish"])
@@ -285,5 +310,7 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
         dead_letters_main(definition, args.action, args.all)
     elif args.command == "rebuild":
         rebuild_main(definition)
+    elif args.command == "recover-tail":
+        recover_tail_main(definition, args.dry_run)
     else:
         migrate_main(definition)

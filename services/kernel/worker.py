@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from services.kernel import metrics
 from services.kernel.kafka import TopicMismatch
+from services.kernel.relay import LogBehindTopic
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ def run_until_signalled(loop: Callable[[threading.Event], None], *, health_port:
     """Run ``loop(stop)`` until SIGTERM or SIGINT; serve probes on ``health_port`` when set.
 
     A topic with another partition count than configured stops the worker with exit code 2 and
-    the message on stderr (the same code as a configuration error)."""
+    the message on stderr (the same code as a configuration error); a relay whose log does not
+    hold what its topic holds (a restored database) with exit code 4 and the message. Restarting
+    fixes neither: an operator does."""
     stop = threading.Event()
 
     def _stop(signum, _frame):
@@ -92,6 +95,9 @@ def run_until_signalled(loop: Callable[[threading.Event], None], *, health_port:
         log.error("topic mismatch; stopping", extra={"error": str(exc)})
         print(f"topic mismatch: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    except LogBehindTopic as exc:  # a restored database: the runbook, not a restart
+        print(f"log behind topic: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(4) from None
     finally:
         if health is not None:
             health.stop()

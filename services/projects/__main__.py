@@ -1,4 +1,4 @@
-"""`python -m services.projects relay|consumer GROUP|rebuild|migrate`"""
+"""`python -m services.projects relay|consumer GROUP|rebuild|migrate|recover-tail|dead-letters`"""
 
 from services.kernel.service import main
 from services.projects.service import DEFINITION

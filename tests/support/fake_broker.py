@@ -13,7 +13,8 @@ shapes, so the code under test cannot tell them apart:
   ``create(mapping, replication_factor)``, ``end_offsets(partitions, beyond=None, timeout=,
   fetch=True)`` (``ListOffsets`` first, a fetch's high watermark when that cannot tell; set
   :attr:`FakeBroker.listed_behind` for a broker whose ``ListOffsets`` undercounts, as tansu's
-  does), ``begin_offsets(partitions)``, ``committed(group_id)``, ``close()``.
+  does), ``begin_offsets(partitions)``, ``committed(group_id)``, ``records(topic, partitions,
+  start=None)``, ``last_records(topic, partitions)``, ``close()``.
 
 What a broker can do to the data, for the tests to inflict: :meth:`FakeBroker.wipe` (it came back
 empty: every topic and group offset gone), :meth:`FakeBroker.truncate` (records from an offset on
@@ -31,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 from kafka.partitioner.default import murmur2
@@ -307,6 +308,21 @@ class FakeBrokerView:
         """The group's committed offsets on the broker: ``{(topic, partition): offset}``."""
         self.broker._answer()
         return self.broker.committed(group_id)
+
+    def records(self, topic: str, partitions: int, start: Mapping[int, int] | None = None,
+                timeout: float = 30.0) -> Iterator[FakeRecord]:
+        """The records of ``topic`` from ``start`` (per partition; the beginning where not given)."""
+        self.broker._answer()
+        for partition in range(partitions):
+            held = self.broker._topic(topic).partitions[partition]
+            first = max(held.begin, (start or {}).get(partition, held.begin))
+            yield from held.records[first - held.begin:]
+
+    def last_records(self, topic: str, partitions: int) -> dict[int, FakeRecord]:
+        """The last record of each partition that holds any."""
+        self.broker._answer()
+        found = self.broker._topic(topic).partitions[:partitions]
+        return {p: held.records[-1] for p, held in enumerate(found) if held.records}
 
     def _wanted(self, partitions: Mapping[str, int]) -> list[tuple[str, int]]:
         wanted = [(topic, p) for topic, count in partitions.items() for p in range(count)]
