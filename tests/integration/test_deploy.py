@@ -711,3 +711,20 @@ def test_replicated_deployments_spread_over_zones_and_nodes(rendered):
                        if selects(selector, o["spec"]["template"]["metadata"]["labels"])]
             assert counted == [name], f"{name}: the spread counts the pods of {counted}"
             assert selector == deployment["spec"]["selector"], name
+
+
+def test_every_database_instance_is_scraped(rendered):
+    """Each CloudNativePG Cluster's instances are scraped on their exporter port `metrics` by a
+    PodMonitor of ours (the backup and WAL-archiving alerts read those series); no Cluster relies
+    on `monitoring.enablePodMonitor`, which CloudNativePG 1.30 deprecates."""
+    _, objects = rendered
+    monitors = of_kind(objects, "PodMonitor")
+    for cluster in of_kind(objects, "Cluster"):
+        name = cluster["metadata"]["name"]
+        assert "enablePodMonitor" not in (cluster["spec"].get("monitoring") or {}), name
+        instance = {"cnpg.io/cluster": name, "cnpg.io/podRole": "instance", "cnpg.io/instanceRole": "primary"}
+        scraped = [m["metadata"]["name"] for m in monitors if selects(m["spec"]["selector"], instance)
+                   and any(e.get("port") == "metrics" for e in m["spec"]["podMetricsEndpoints"])]
+        assert scraped, f"no PodMonitor scrapes the instances of {name}"
+    bootstrap_job = {"cnpg.io/cluster": "projects-db", "cnpg.io/jobRole": "initdb"}
+    assert not [m for m in monitors if selects(m["spec"]["selector"], bootstrap_job)]
