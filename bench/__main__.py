@@ -73,13 +73,13 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into bench/README.md (between the bench markers)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="run only these parts: store replay pipeline http web propagation ranking")
+                        help="run only these parts: store replay pipeline http web propagation live ranking")
     args = parser.parse_args(argv)
-    parts = set(args.only or ("store", "replay", "pipeline", "http", "web", "propagation", "ranking"))
+    parts = set(args.only or ("store", "replay", "pipeline", "http", "web", "propagation", "live", "ranking"))
     if "ranking" in parts:
         parts.add("replay")  # the ranking runs on the log the replay built
 
-    from bench import http, pipeline, propagation, ranking, store, web
+    from bench import http, live, pipeline, propagation, ranking, store, web
     from bench.platform import Platform
 
     workdir = Path(tempfile.mkdtemp(prefix="cocreate-bench-"))
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
             step("rankings at scale", lambda: ranking.run(workdir, args.quick))
         if "pipeline" in parts:
             step("relay and consumer", lambda: pipeline.run(workdir, args.quick))
-        if parts & {"http", "web", "propagation"}:
+        if parts & {"http", "web", "propagation", "live"}:
             with Platform(workdir) as running:
                 if "http" in parts:
                     step("HTTP", lambda: http.run(workdir, args.quick, running))
@@ -109,6 +109,8 @@ def main(argv=None) -> int:
                     step("web client", lambda: web.run(workdir, args.quick, running))
                 if "propagation" in parts:
                     step("end-to-end propagation", lambda: propagation.run(workdir, args.quick, running))
+                if "live" in parts:
+                    step("live streams at scale", lambda: live.run(workdir, args.quick, running))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,

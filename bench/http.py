@@ -2,7 +2,7 @@
 
 Every figure comes from the same load generator (:mod:`bench.load`) against apps served by the
 same gunicorn settings (``services.kernel.gunicorn_conf``: 2 sync workers, 1 thread; the gateway
-as ``make run`` serves it, 2 workers × 16 threads):
+as ``make run`` serves it, 2 gevent workers):
 
 - anchor: ``GET /hello`` of a hello-world Flask app (:mod:`bench.hello`);
 - writes: cast a council ballot (projects), submit a satisfaction rating (feedback) — each request a

@@ -8,7 +8,7 @@ client's own SQLite database, read and refreshed on every request). The anchor i
 alone, asked with the same member's token: the difference is what the web client adds.
 
 Both are served as ``make run`` serves them (gunicorn, 2 sync workers for the web client, the
-gateway 2 workers × 16 threads) and measured by the same load generator (:mod:`bench.load`): the
+gateway 2 gevent workers) and measured by the same load generator (:mod:`bench.load`): the
 peak (closed loop, 4 clients), then p50/p99 at half of each one's own peak (open loop, latency from
 the scheduled send time). The page is fetched with the session cookies of 8 members' browsers
 signed in through the sign-in form (the gateway's token endpoint reads a users file written here),

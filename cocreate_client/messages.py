@@ -80,6 +80,9 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "other_community": ("这是其他社区的事务，您无法操作", "This belongs to another community"),
     "not_your_community": ("只能查看您所在社区的动态", "You can follow only your own community"),
     "ticket_invalid": ("实时动态的连接已失效，请刷新页面", "The live updates link is no longer valid; please reload the page"),
+    "too_many_streams": ("您同时打开的实时动态页面太多，请关闭一些后再试",
+                         "You have too many live pages open at once; close some and try again"),
+    "live_streams_full": ("实时动态连接已满，请稍后再试", "Live updates are full right now; please try again shortly"),
 
     # -- versions, repeats and the rules in general ----------------------------------------------
     "conflict": ("当前情况下无法进行此操作", "This cannot be done as things stand"),

@@ -17,15 +17,15 @@
   ``Last-Event-ID`` (fed by the ``python -m gateway feed`` worker from Kafka). A browser's
   ``EventSource`` cannot send a bearer token: it presents a stream ticket instead
   (``POST /api/v1/live/tickets``: single-use, valid for a minute, bound to the caller and their
-  community; kept in the gateway's database as a digest only).
+  community; kept in the gateway's database as a digest only). The streams of a process share one
+  poller of the feed (:mod:`gateway.live`), hold no request thread (gunicorn's gevent worker class),
+  and are capped per caller (429 ``too_many_streams``) and per process (503 ``live_streams_full``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from urllib.parse import quote
@@ -37,12 +37,12 @@ from flask_smorest import Blueprint
 from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
 
 from cocreate_client.messages import DEFAULT_LOCALE
-from gateway import compose
+from gateway import compose, live
 from gateway.catalogue import PREFIX, SERVICES, Catalogue, public_rule, service_path
 from gateway.store import GatewayStore, Ticket, fingerprint
 from gateway.tokens import authenticate, load_users
 from gateway.upstream import Upstream, UpstreamUnavailable
-from services.kernel import privacy, settings as settings_module
+from services.kernel import settings as settings_module
 from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
 from services.kernel.db import ping
@@ -133,6 +133,9 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     global _LAST_CATALOGUE
     store = GatewayStore(settings.effective_database_url)
     store.create_schema()
+    hub = live.LiveHub(store, capacity=live.process_capacity(settings.live_max_streams_per_process),
+                       per_caller=settings.live_streams_per_caller, queue_events=settings.live_queue_events,
+                       poll_seconds=settings.live_poll_seconds)
     service_urls = dict(zip(SERVICES, (settings.projects_url, settings.volunteers_url, settings.feedback_url)))
     routes = _LAST_CATALOGUE = Catalogue(service_urls, settings.effective_catalogue_dir,
                                          timeout=settings.upstream_timeout_seconds,
@@ -142,7 +145,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         description="The one public API of the co-creation platform for resident and staff apps. "
                     "Every route needs a bearer token except the token endpoint and the public reads "
                     "(`/api/v1/public/...`, marked `security: []`), which anyone may call without one.",
-        readiness={"database": lambda: ping(store.engine), "catalogue": routes.check_ready},
+        readiness={"database": lambda: ping(store.engine), "catalogue": routes.check_ready, "live": hub.check_ready},
         max_body_bytes=settings.max_body_bytes,
     )
     api.spec.components.security_scheme("liveTicket", {
@@ -151,7 +154,9 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     app.extensions["cocreate.gateway_settings"] = settings
     app.extensions["cocreate.gateway_store"] = store
     app.extensions["cocreate.catalogue"] = routes
+    app.extensions["cocreate.live_hub"] = hub
     _install_catalogue_hooks(app, routes)
+    _install_live_description(app, hub)
     upstreams = {
         name: Upstream(name, url, timeout=settings.upstream_timeout_seconds,
                        read_retries=settings.upstream_read_retries, failure_threshold=settings.breaker_failures,
@@ -259,7 +264,9 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
             With a Bearer token, or with a stream ticket (``?ticket=``, from POST /live/tickets):
             single-use, short-lived, bound to the caller and the community it was issued for. The
             ticket is checked before anything is sent; an unknown, expired or used one is a 401
-            ``ticket_invalid``."""
+            ``ticket_invalid``. A caller holding ``GATEWAY_LIVE_STREAMS_PER_CALLER`` streams already
+            (a ticket counts for its holder) gets a 429 ``too_many_streams``; a gateway process
+            holding as many streams as it may, a 503 ``live_streams_full`` (both with Retry-After)."""
             if "ticket" in query:
                 holder = store.redeem_ticket(query["ticket"])
                 if holder is None:
@@ -275,9 +282,25 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
                 after = int(last)
             else:
                 after = query["last_event_id"] if "last_event_id" in query else store.last_feed_id()
-            stream = _event_stream(store, principal, community, after, named=query["named"])
-            return flask.Response(flask.stream_with_context(stream), content_type="text/event-stream",
-                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            try:
+                opened = hub.open(principal, community, flask.request.environ.get("gunicorn.socket"))
+            except live.StreamsFull as full:
+                return error_response(503, f"this gateway process holds as many live streams as it may ({full.capacity});"
+                                           " connect again (another replica takes it)",
+                                      {"reason": "live_streams_full"},
+                                      headers={"Retry-After": str(live.FULL_RETRY_SECONDS)})
+            except live.TooManyStreams as many:
+                return error_response(429, f"you have {many.limit} live streams open already, the most one caller "
+                                           "may hold; close one (or wait until one ends)",
+                                      {"reason": "too_many_streams", "limit": many.limit},
+                                      headers={"Retry-After": str(live.CALLER_RETRY_SECONDS)})
+            # Without the request's context: a stream keeps nothing of the request while it is open.
+            response = flask.Response(_event_stream(opened, store, after, named=query["named"]),
+                                      content_type="text/event-stream",
+                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            # Also when the stream is never read (its generator never starts, so its finally never runs).
+            response.call_on_close(opened.release)
+            return response
 
     api.register_blueprint(blp)
     _merge_service_documents(api, routes)
@@ -409,40 +432,20 @@ def _idempotent(store: GatewayStore, settings: GatewaySettings, caller: str, key
     return response
 
 
-def _event_stream(store: GatewayStore, principal, community: str | None, after: int, idle_seconds: float = 0.5,
-                  heartbeat_seconds: float = 5.0, max_seconds: float = 300.0, named: bool = True):
-    """Events after ``after`` as they arrive, each as the privacy policy lets this reader see it
-    (:func:`services.kernel.privacy.live_view`: rating events only to staff who are not rated,
-    everyone else a ``RatingsChanged`` per subject and minute). The stream ends after
-    ``max_seconds`` so that a worker thread is not held forever — the browser reconnects with
-    ``Last-Event-ID``. An SSE comment ``: caught-up`` follows each drained backlog, and
-    ``: keep-alive`` every ``heartbeat_seconds`` of quiet (which is also how a stream whose reader
-    went away is noticed and its thread let go: a write to a closed connection fails). Unless
-    ``named``, events carry no ``event:`` line (the type is in the data's ``event_type``)."""
-    yield "retry: 3000\n\n"
-    started = quiet_since = time.monotonic()
-    caught_up = False
-    while time.monotonic() - started < max_seconds:
-        store.flush_summaries()
-        rows = store.feed_after(community, after)
-        for row in rows:
-            after = row.id
-            rel = privacy.relations(principal, row.community_id, rated=row.rated_person_id)
-            seen = privacy.live_view(json.loads(row.envelope), rel)
-            if seen is not None:
-                kind = f"event: {row.event_type}\n" if named else ""
-                yield f"id: {row.id}\n{kind}data: {json.dumps(seen, ensure_ascii=False)}\n\n"
-        if rows:
-            quiet_since = time.monotonic()
-            caught_up = False
-            continue
-        if not caught_up:
-            yield f": caught-up {after}\n\n"
-            caught_up = True
-        if time.monotonic() - quiet_since >= heartbeat_seconds:
-            yield ": keep-alive\n\n"
-            quiet_since = time.monotonic()
-        time.sleep(idle_seconds)
+# The server-sent events of one stream (gateway.live); tests/integration/test_deploy.py reads its
+# max_seconds (the Ingress's read timeout must outlast a stream).
+_event_stream = live.event_stream
+
+
+def _install_live_description(app: flask.Flask, hub: live.LiveHub) -> None:
+    """This process's live streams in ``/readyz``: open, capacity, full, and the hub's last poll."""
+    plain_readyz = app.view_functions["readyz"]
+
+    def readyz():
+        body, status = plain_readyz()
+        return {**body, "live": hub.describe()}, status
+
+    app.view_functions["readyz"] = readyz
 
 
 def _install_edge(app: flask.Flask, settings: GatewaySettings, store: GatewayStore) -> None:

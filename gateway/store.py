@@ -17,6 +17,12 @@ runs as several replicas — then keys and limits hold across replicas too.
 - ``live_tickets``: stream tickets (``POST /api/v1/live/tickets``), kept as their SHA-256 only,
   with the caller they were issued to (person, name, roles, community) and the community the
   stream may read; a ticket opens one stream, once, before it expires (a minute by default).
+- ``live_streams``: the live streams open now, one row per stream (the caller, the process that
+  holds it, when it was opened and last seen): a row is written when a stream opens and deleted
+  when it ends, and the process's live hub marks its rows seen every few seconds, so a row that
+  has not been seen for :data:`STREAM_STALE_SECONDS` (its process died) no longer counts and is
+  pruned. The per-caller cap (``GATEWAY_LIVE_STREAMS_PER_CALLER``) counts these rows, across the
+  gunicorn workers and, on PostgreSQL, across replicas.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from services.kernel.consumer import dead_letters_table, inbox_table
+from services.kernel.consumer import consumer_offsets_table, dead_letters_table, inbox_table
 from services.kernel.db import is_sqlite, make_engine, read_transaction, write_transaction
 from services.kernel import privacy
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros, utc_now
@@ -92,6 +98,16 @@ live_tickets = sa.Table(
     sa.Column("expires_us", sa.BigInteger, nullable=False, index=True),
     sa.Column("used", sa.Boolean, nullable=False),
 )
+live_streams = sa.Table(
+    "live_streams", metadata,
+    sa.Column("stream_id", sa.String(64), primary_key=True),
+    sa.Column("caller", sa.String(100), nullable=False, index=True),  # the person id the stream counts against
+    sa.Column("owner", sa.String(200), nullable=False),  # the process holding it (host:pid:nonce)
+    sa.Column("opened_us", sa.BigInteger, nullable=False),
+    sa.Column("seen_us", sa.BigInteger, nullable=False, index=True),
+)
+# A stream row not marked seen for this long belongs to a process that is gone: it is not counted.
+STREAM_STALE_SECONDS = 30.0
 # Columns added to feed_events after it was first created (added to older databases at start).
 FEED_COLUMNS = (sa.Column("rated_person_id", sa.String(100), nullable=True),)
 for _column in FEED_COLUMNS:
@@ -140,6 +156,7 @@ class GatewayStore:
                     connection.execute(sa.text(f"ALTER TABLE feed_events ADD COLUMN {column.name} "
                                                f"{column.type.compile(connection.dialect)}"))
             inbox_table.create(connection, checkfirst=True)  # the feed worker's exactly-once inbox
+            consumer_offsets_table.create(connection, checkfirst=True)  # its offsets, kept with its effects
             dead_letters_table.create(connection, checkfirst=True)  # and the dead letters it kept
 
     # -- idempotency ------------------------------------------------------------------------------
@@ -221,6 +238,52 @@ class GatewayStore:
         return Ticket(row.person_id, row.name, tuple(r for r in row.roles.split(",") if r), row.caller_community,
                       row.community_id)
 
+    # -- open live streams (the per-caller cap) ---------------------------------------------------
+
+    def open_stream(self, stream_id: str, caller: str, owner: str, limit: int,
+                    stale_seconds: float = STREAM_STALE_SECONDS) -> int | None:
+        """Record a stream of ``caller`` unless they hold ``limit`` streams already (rows seen in
+        the last ``stale_seconds``): None when recorded, else the number they hold. Serialised per
+        caller (SQLite: the write lock; PostgreSQL: an advisory lock on the caller), so two
+        streams opened at once cannot both take the last place."""
+        now = to_micros(utc_now())
+        t = live_streams
+        with write_transaction(self.engine) as connection:
+            if not is_sqlite(connection):
+                key = int.from_bytes(hashlib.sha256(f"live:{caller}".encode()).digest()[:8], "big", signed=True)
+                connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            held = connection.execute(sa.select(sa.func.count()).select_from(t).where(
+                t.c.caller == caller, t.c.seen_us >= now - int(stale_seconds * 1_000_000))).scalar()
+            if held >= limit:
+                return held
+            connection.execute(t.insert().values(stream_id=stream_id, caller=caller, owner=owner,
+                                                 opened_us=now, seen_us=now))
+        return None
+
+    def close_stream(self, stream_id: str) -> None:
+        with write_transaction(self.engine) as connection:
+            connection.execute(live_streams.delete().where(live_streams.c.stream_id == stream_id))
+
+    def touch_streams(self, stream_ids, stale_seconds: float = STREAM_STALE_SECONDS) -> int:
+        """Mark these streams seen now (one UPDATE per 500 of them) and prune every stream row
+        not seen for ``stale_seconds``; how many rows were pruned."""
+        now = to_micros(utc_now())
+        ids = sorted(stream_ids)
+        t = live_streams
+        with write_transaction(self.engine) as connection:
+            for start in range(0, len(ids), 500):
+                connection.execute(t.update().where(t.c.stream_id.in_(ids[start:start + 500])).values(seen_us=now))
+            return connection.execute(t.delete().where(t.c.seen_us < now - int(stale_seconds * 1_000_000))).rowcount
+
+    def open_streams(self, caller: str | None = None, stale_seconds: float = STREAM_STALE_SECONDS) -> int:
+        """Streams open now (of ``caller``, or everybody's)."""
+        t = live_streams
+        where = [t.c.seen_us >= to_micros(utc_now()) - int(stale_seconds * 1_000_000)]
+        if caller is not None:
+            where.append(t.c.caller == caller)
+        with read_transaction(self.engine) as connection:
+            return connection.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar()
+
     # -- live feed --------------------------------------------------------------------------------
 
     def add_feed_event(self, connection, event: StoredEvent) -> None:
@@ -270,8 +333,8 @@ class GatewayStore:
             connection.execute(t.update().where(t.c.subject_id == subject).values(due_us=due, pending=True))
 
     def flush_summaries(self, now: datetime | None = None) -> int:
-        """Put every due ``RatingsChanged`` into the feed (called by the streams as they poll; a
-        summary is written once even when several streams flush at the same time)."""
+        """Put every due ``RatingsChanged`` into the feed (called by each process's live hub as it
+        polls; a summary is written once even when several processes flush at the same time)."""
         now_us = to_micros(now or utc_now())
         t = feed_summaries
         with read_transaction(self.engine) as connection:

@@ -173,6 +173,20 @@ class GatewaySettings(AuthSettings, KafkaSettings):
     feed_retention_hours: int = setting(72, doc="how long the live feed keeps events for Last-Event-ID resumption")
     live_ticket_seconds: int = setting(60, doc="how long a live stream ticket (POST /api/v1/live/tickets) may wait "
                                               "to open its stream; it opens one, once")
+    live_streams_per_caller: int = setting(
+        5, doc="live streams (GET /api/v1/live) one caller may hold open at once, counted across the gateway's "
+               "processes and replicas (a stream ticket counts for its holder): one more is a 429 "
+               "`too_many_streams` with Retry-After (0: no cap)")
+    live_max_streams_per_process: int = setting(
+        1000, doc="live streams one gateway process holds at most (under a thread worker class at most half its "
+                  "GUNICORN_THREADS, under gevent at most GUNICORN_WORKER_CONNECTIONS less a tenth for other "
+                  "requests): one more is a 503 `live_streams_full` with Retry-After, for another replica to take")
+    live_queue_events: int = setting(
+        1000, doc="events a live stream may fall behind its process's live hub before it is closed as a slow "
+                  "reader (its client reconnects with Last-Event-ID)")
+    live_poll_seconds: float = setting(
+        0.5, doc="how often each gateway process's live hub reads new events of the feed, one query for all its "
+                 "streams")
     health_port: int = setting(0, doc="HTTP port of the feed worker's /healthz /readyz /metrics (0: none)")
     catalogue_refresh_seconds: float = setting(
         60.0, doc="how often the gateway reads each service's GET /openapi.json again to learn its routes (every "
@@ -188,6 +202,14 @@ class GatewaySettings(AuthSettings, KafkaSettings):
             raise SettingsError(f"environment variable {prefix}_CATALOGUE_REFRESH_SECONDS must be > 0")
         if not 1 <= self.live_ticket_seconds <= 600:
             raise SettingsError(f"environment variable {prefix}_LIVE_TICKET_SECONDS must be between 1 and 600")
+        if self.live_streams_per_caller < 0:
+            raise SettingsError(f"environment variable {prefix}_LIVE_STREAMS_PER_CALLER must be >= 0")
+        if self.live_max_streams_per_process < 1:
+            raise SettingsError(f"environment variable {prefix}_LIVE_MAX_STREAMS_PER_PROCESS must be >= 1")
+        if self.live_queue_events < 10:
+            raise SettingsError(f"environment variable {prefix}_LIVE_QUEUE_EVENTS must be >= 10")
+        if not 0.05 <= self.live_poll_seconds <= 10:
+            raise SettingsError(f"environment variable {prefix}_LIVE_POLL_SECONDS must be between 0.05 and 10")
 
     @property
     def effective_database_url(self) -> str:

@@ -3,6 +3,13 @@
 Prometheus multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before prometheus-client
 is first imported, so it is set here (the master loads this file before any worker imports the
 app); the directory is wiped when the master starts and a dead worker's gauges are marked.
+
+The worker class is ``GUNICORN_WORKER_CLASS``: gunicorn's own default (``sync``, which gunicorn runs
+as ``gthread`` when ``GUNICORN_THREADS`` > 1) for the services and the web client; ``gevent`` for
+the gateway (decision 17: a live stream is a parked greenlet, not a held thread), with at most
+``GUNICORN_WORKER_CONNECTIONS`` connections per worker. The gevent worker monkey-patches the
+standard library when it starts, before it imports the app: the app is never loaded by the master
+(``preload_app`` stays off), and this file imports nothing that would open a socket or a thread.
 """
 
 import os
@@ -11,7 +18,10 @@ import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))  # thread worker classes only
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent only
+preload_app = False  # the gevent worker patches before the app is imported: never import it in the master
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
@@ -50,3 +60,21 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """A worker told to stop (SIGTERM: a rollout, a scale-down) first ends its live streams — the
+    gateway's, when :mod:`gateway.live` is loaded — so that it exits at once instead of holding them
+    until the graceful timeout; their clients reconnect (to another replica) with Last-Event-ID."""
+    import signal
+    import sys
+
+    plain = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        plain(sig, frame)
+        live = sys.modules.get("gateway.live")
+        if live is not None:
+            live.stop_all_soon()
+
+    signal.signal(signal.SIGTERM, handle_exit)

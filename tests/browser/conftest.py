@@ -51,9 +51,10 @@ def site(tmp_path_factory):
     users_file = workdir / "var" / "users.json"
     env = {"COCREATE_USERS_FILE": str(users_file), "WEB_SECRET_KEY": "browser-test-key-0123456789",
            "WEB_COOKIE_SECURE": "false", "GATEWAY_TRUSTED_PROXIES": "1", "GUNICORN_WORKERS": "1",
-           # Every member's project page and dashboard holds a live stream (a gateway thread) while
-           # it is open, and a little after (until the next keep-alive finds the browser gone).
-           "GATEWAY_THREADS": "32"}
+           # Every member's project page and dashboard holds a live stream while it is open, and a
+           # little after (until its next keep-alive finds the browser gone): the same demo members
+           # open page after page in test after test, more than the cap of a person's own tabs.
+           "GATEWAY_LIVE_STREAMS_PER_CALLER": "50"}
     with LocalPlatform(workdir, env=env) as platform:
         made = demo.fill(platform.url("gateway"), users_file)
         yield Site(platform, made, users_file)

@@ -78,7 +78,7 @@ def get_json(url: str) -> tuple[int, dict]:
 
 def states(gateway: ServiceServer) -> dict[str, str]:
     status, body = get_json(gateway.base_url + "/readyz")
-    assert status == 200 and body["checks"] == {"database": "ok", "catalogue": "ok"}, body
+    assert status == 200 and body["checks"] == {"database": "ok", "catalogue": "ok", "live": "ok"}, body
     return {name: entry["state"] for name, entry in body["catalogue"].items()}
 
 

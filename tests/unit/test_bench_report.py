@@ -42,5 +42,5 @@ def test_the_bench_page_carries_a_full_run_of_every_part():
     carried = text.split(START, 1)[1].split(END, 1)[0]
     assert re.search(r"Measured \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC on \d+ CPUs .* full run", carried)
     for part in ("append, SQLite", "replay 1,000,000", "ranking read", "relay:", "consumer:", "HTTP write",
-                 "HTTP read", "HTTP composed", "web client:", "propagation"):
+                 "HTTP read", "HTTP composed", "web client:", "propagation", "live streams:"):
         assert part in carried, part
