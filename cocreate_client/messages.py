@@ -112,6 +112,15 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "insufficient_fund": ("社区基金余额不足", "The community fund does not have enough money"),
     "reservation_exceeded": ("支出超过了给项目预留的资金", "This spending is more than the money set aside for the project"),
 
+    # -- participatory budgeting rounds (services/projects/budgeting.py) ------------------------
+    "invalid_rule": ("计票规则不正确，请选择“得票优先”或“平均份额法”",
+                     "This counting rule is not known; choose the greedy rule or the Method of Equal Shares"),
+    "invalid_budget": ("预算金额应为零或正数，精确到分", "The budget must be an amount of money, zero or more, to the cent"),
+    "invalid_proposals": ("参与分配的提议有误（编号或顺序重复）",
+                          "The proposals in the round are not right (a repeated id or place)"),
+    "invalid_ballot": ("选票应列出您赞成的提议", "A ballot lists the proposals you approve"),
+    "unknown_proposal": ("选票中有不在本轮的提议", "The ballot approves a proposal that is not in this round"),
+
     # -- projects: 共谋 共建 共管 共评 共享 ---------------------------------------------------------
     "wrong_stage": ("项目现在所处的阶段不能进行此操作", "The project is not at a stage where this can be done"),
     "invalid_proposal": ("提议内容有误，请检查后再提交", "The proposal is not complete or not right; please check it"),

@@ -42,7 +42,7 @@ def is_stdlib(module: str) -> bool:
 
 def domain_modules(service: str) -> list[Path]:
     folder = ROOT / "services" / service
-    return [folder / name for name in ("domain.py", "community.py", "commands.py") if (folder / name).exists()]
+    return [folder / name for name in ("domain.py", "community.py", "commands.py", "budgeting.py") if (folder / name).exists()]
 
 
 @pytest.mark.parametrize("service", SERVICES)
