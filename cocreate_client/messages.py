@@ -120,6 +120,15 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
                           "The proposals in the round are not right (a repeated id or place)"),
     "invalid_ballot": ("选票应列出您赞成的提议", "A ballot lists the proposals you approve"),
     "unknown_proposal": ("选票中有不在本轮的提议", "The ballot approves a proposal that is not in this round"),
+    "invalid_electorate": ("请选择由全体居民还是居民代表投票", "Choose whether all residents or the representatives vote"),
+    "invalid_dates": ("结束时间应晚于现在", "The closing time must be later than now"),
+    "not_qualified": ("只有已联署、正在协商的提议才能参加本轮",
+                      "Only co-signed proposals in deliberation can take part in the round"),
+    "invalid_max_approvals": ("每张选票可选的提议数目不正确", "The number of proposals one ballot may approve is not valid"),
+    "too_many_approvals": ("选择的提议超过了本轮允许的数目", "You approved more proposals than this round allows"),
+    "round_closed": ("本轮参与式预算已经结束", "This budgeting round has closed"),
+    "round_not_due": ("本轮还没有到结束时间", "This budgeting round is not due to close yet"),
+    "round_open": ("本轮还在投票中，尚无结果", "This budgeting round is still open; there is no result yet"),
 
     # -- projects: 共谋 共建 共管 共评 共享 ---------------------------------------------------------
     "wrong_stage": ("项目现在所处的阶段不能进行此操作", "The project is not at a stage where this can be done"),

@@ -2,7 +2,8 @@
 
 ``GET /streams/<id>`` summarises a stream from the ``stream_index`` read model;
 ``GET /streams/<id>/events`` returns its events, optionally only up to a version or an instant
-("as of" views); ``GET /events`` pages through the whole log by position. Admins only.
+("as of" views); ``GET /events`` pages through the whole log by position. Admins only; each event as the privacy
+policy shows staff (:func:`services.kernel.privacy.for_admin`: a secret ballot's approvals are null).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
+from services.kernel import privacy
 from services.kernel.db import read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
@@ -143,7 +145,7 @@ def history_blueprint(store, index: StreamIndex) -> Blueprint:
             """Page through the whole event log in position order"""
             current_principal().require(*STAFF_ROLES)
             events = store.read_all(query["after"], query["limit"])
-            return {"events": [e.to_envelope() for e in events],
+            return {"events": [privacy.for_admin(e.to_envelope()) for e in events],
                     "next_after": events[-1].position if events else query["after"]}
 
     @blp.route("/streams/<stream_id>")
@@ -169,7 +171,7 @@ def history_blueprint(store, index: StreamIndex) -> Blueprint:
             events = store.load(stream_id, up_to_version=query.get("up_to_version"), as_of=as_of)
             if not events and store.current_version(stream_id) == 0:
                 raise NotFound(f"no stream {stream_id}")
-            return {"events": [e.to_envelope() for e in events],
+            return {"events": [privacy.for_admin(e.to_envelope()) for e in events],
                     "next_after": events[-1].position if events else 0}
 
     return blp

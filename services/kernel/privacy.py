@@ -44,10 +44,10 @@ from services.kernel.events import LOCAL_TZ, parse_time
 from services.kernel.model import mask_phone, role_names
 
 __all__ = [
-    "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "PUBLIC", "PUBLIC_NESTED", "RATED",
-    "RATER", "RATING_EVENTS", "RATING_TIME", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT", "SUMMARY_SECONDS", "Visible",
-    "event_kind", "for_feed", "is_rating_event", "live_view", "mask_phone", "public_day", "public_view",
-    "rated_subject", "redact", "relations", "shown", "suppress",
+    "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "PUBLIC", "PUBLIC_NESTED",
+    "RATED", "RATER", "RATING_EVENTS", "RATING_TIME", "SECRET_EVENTS", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT",
+    "SUMMARY_SECONDS", "Visible", "event_kind", "for_admin", "for_feed", "is_rating_event", "live_view",
+    "mask_phone", "public_day", "public_view", "rated_subject", "redact", "relations", "shown", "suppress",
 ]
 
 HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
@@ -91,6 +91,11 @@ FIELDS: Mapping[str, Mapping[str, Visible]] = {
     "card": {"phone": _visible((HOLDER, ORGANISER, STAFF), mask="phone", live=False)},
     "activity": {"checkin_code": _visible((ORGANISER, STAFF), live=False),
                  "volunteers": _visible((ORGANISER, STAFF), live=False)},
+    # a participatory budgeting ballot (projects' ``RoundBallotCast``): secret — what a voter
+    # approved is shown to that voter alone (not to staff, not on the admin event routes); that
+    # they voted, to staff; and the event never reaches the live feed (:data:`SECRET_EVENTS`).
+    "round_ballot": {"approvals": _visible((HOLDER,), live=False), "voter_id": _visible((HOLDER, STAFF), live=False),
+                     "actor": _visible((HOLDER, STAFF))},
 }
 
 # Events that tell of one rating: (record kind, the data field naming the rated subject).
@@ -105,7 +110,10 @@ RATING_EVENTS: Mapping[str, str] = {
 # Which kind the other events' fields fall under in the live feed.
 EVENT_KINDS: Mapping[str, str] = {
     "CardRegistered": "card", "CardUpdated": "card", "ActivityPublished": "activity",
+    "RoundBallotCast": "round_ballot",
 }
+# Events no reader receives on the live feed, in any form: a ballot's stream id names its voter.
+SECRET_EVENTS = frozenset({"RoundBallotCast"})
 FEEDBACK_STREAMS = ("subject-", "policy-", "ranking-", "plan-", "rating-", "case-")
 
 
@@ -173,6 +181,15 @@ def for_feed(envelope: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def for_admin(envelope: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as the admin event routes (``/events``, ``/streams/<id>/events``) show it: what the
+    policy shows staff of the event's community (a ballot's approvals: nobody but its voter)."""
+    kind = event_kind(envelope["event_type"], envelope["stream_id"])
+    if kind is None:
+        return dict(envelope)
+    return {**envelope, "data": redact(kind, envelope["data"], {STAFF, MEMBER})}
+
+
 def is_rating_event(event_type: str) -> bool:
     return event_type in RATING_EVENTS
 
@@ -190,6 +207,8 @@ def live_view(envelope: Mapping[str, Any], rel: Iterable[str]) -> dict[str, Any]
     receives of a feed event: the event with private fields hidden, or None (a rating event for a
     reader who gets only the subject-level summary)."""
     rel = frozenset(rel)
+    if envelope["event_type"] in SECRET_EVENTS:
+        return None
     kind = event_kind(envelope["event_type"], envelope["stream_id"])
     if envelope["event_type"] in RATING_EVENTS and not (STAFF in rel and RATED not in rel):
         return None

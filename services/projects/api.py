@@ -23,7 +23,9 @@ from services.kernel.web import (
 from services.projects import commands as c
 from services.projects import open_data
 from services.projects import views
+from services.projects.budgeting import RULES
 from services.projects.community import FUND_SOURCES
+from services.projects.rounds import ELECTORATES, MAX_PROPOSALS
 from services.projects.domain import (
     CATEGORIES, CHOICES, CONTRIBUTION_KINDS, CONTRIBUTOR_TYPES, FIELD_STAFF, RESIDENTS, STAFF, STAGES, STANCES,
 )
@@ -52,6 +54,9 @@ class AddGridSchema(CommandSchema, GridSchema):
 
 
 class SettingsSchema(Schema):
+    round_winners_to_council = f.Integer(strict=True, validate=v.OneOf([0, 1]), metadata={
+        "description": "1: a budgeting round's winners go to a council vote that confirms them (their money "
+                       "stays reserved meanwhile); 0 (default): they are funded at once"})
     cosigners_required = f.Integer(strict=True, validate=v.Range(min=0, max=1000))
     quorum_numerator = f.Integer(strict=True, validate=v.Range(min=0, max=1000))
     quorum_denominator = f.Integer(strict=True, validate=v.Range(min=1, max=1000))
@@ -159,6 +164,39 @@ class BallotSchema(CommandSchema):
 
 class CloseVoteSchema(CommandSchema):
     command = c.CloseVote
+
+
+class OpenRoundSchema(CommandSchema):
+    command = c.OpenRound
+
+    title = text(100, required=True)
+    budget_fen = f.Integer(required=True, **POSITIVE_FEN)
+    rule = f.String(required=True, validate=v.OneOf(RULES), metadata={
+        "description": "greedy: most approvals first; mes: the Method of Equal Shares (cost utilities), "
+                       "completed by greedy"})
+    project_ids = f.List(f.String(**ID), required=True, validate=v.Length(min=1, max=MAX_PROPOSALS))
+    closes_at = f.AwareDateTime(required=True, metadata={"description": "when the round closes (ISO 8601 with a "
+                                                                        "time zone); the periodic job closes it then"})
+    electorate = f.String(load_default="residents", validate=v.OneOf(ELECTORATES))
+    electorate_size = f.Integer(strict=True, validate=v.Range(min=1, max=10**7), metadata={
+        "description": "the electorate the community states (turnout's denominator; representatives: their number)"})
+    max_approvals = f.Integer(strict=True, validate=v.Range(min=1, max=MAX_PROPOSALS), metadata={
+        "description": "the most proposals one ballot may approve (default: all of them)"})
+
+
+class RoundBallotSchema(CommandSchema):
+    command = c.CastRoundBallot
+
+    approvals = f.List(f.String(**ID), required=True, validate=v.Length(max=MAX_PROPOSALS), metadata={
+        "description": "the project ids you approve (an empty list: none); send it again to revise"})
+
+
+class CloseRoundSchema(CommandSchema):
+    command = c.CloseRound
+
+
+class RoundListQuery(Schema):
+    status = f.String(validate=v.OneOf(["open", "closed"]))
 
 
 class ContributorSchema(Schema):
@@ -347,6 +385,8 @@ communities = Blueprint("communities", __name__, url_prefix="/communities",
                         description="社区 communities, grids, representatives and the community fund")
 projects = Blueprint("projects", __name__, url_prefix="/projects",
                      description="项目 co-creation projects: 共谋 共建 共管 共评 共享")
+rounds = Blueprint("rounds", __name__, url_prefix="/rounds",
+                   description="参与式预算 participatory budgeting rounds: a budget split across proposals by a rule")
 me = Blueprint("me", __name__, url_prefix="/me", description="The caller's own proposals and pledges")
 public_reads = Blueprint("public", __name__, url_prefix="/public",
                          description="公开 what anyone may read without a token: projects, results, the fund (共享)")
@@ -802,4 +842,88 @@ class PublicProject(MethodView):
             return views.public_project(connection, project_id, min_count())
 
 
-BLUEPRINTS = (communities, projects, me, public_reads, open_data.blueprint)
+# -- participatory budgeting rounds ------------------------------------------------------------------
+
+def round_answer(outcome: Outcome, status: int = 200):
+    """A round command's answer: the round as its reader sees it, the events recorded, its version."""
+    budget_round = outcome.result
+    with store().read_transaction() as connection:
+        detail = views.round_detail(connection, budget_round, current_principal().person_id)
+    return command_answer("round", detail, budget_round.version, outcome.recorded, status, budget_round.id)
+
+
+@communities.route("/<community_id>/rounds")
+class CommunityRounds(MethodView):
+    @roles(communities, *STAFF)
+    @communities.arguments(OpenRoundSchema)
+    @communities.response(201)
+    def post(self, command: c.OpenRound, **_path):
+        """Open a participatory budgeting round: its budget is reserved from the fund, its proposals
+        (co-signed, in deliberation) enter it (cadre)"""
+        response = round_answer(send(command), 201)
+        response.headers["Location"] = f"/rounds/{response.get_json()['created_id']}"
+        return response
+
+    @communities.arguments(RoundListQuery, location="query")
+    @communities.response(200)
+    def get(self, query, community_id):
+        """The community's budgeting rounds, newest first"""
+        current_principal().require_reader(community_id)
+        with store().read_transaction() as connection:
+            return {"community_id": community_id,
+                    "items": views.list_rounds(connection, community_id, query.get("status"))}
+
+
+@rounds.route("/<round_id>")
+class RoundResource(MethodView):
+    @rounds.response(200)
+    def get(self, round_id):
+        """A budgeting round: proposals, counts, your own ballot (``my_ballot``) and, once closed, the
+        outcome with every proposal's explanation (中文 / English)"""
+        principal = current_principal()
+        with store().read_transaction() as connection:
+            budget_round = views.find_round(connection, round_id)
+            principal.require_reader(budget_round.community_id)
+            detail = views.round_detail(connection, budget_round, principal.person_id)
+        return etagged(detail, budget_round.version)
+
+
+@rounds.route("/<round_id>/ballot", endpoint="round_ballot")
+class RoundBallotResource(MethodView):
+    @roles(rounds, *RESIDENTS)
+    @rounds.arguments(RoundBallotSchema)
+    @rounds.response(200)
+    def put(self, command: c.CastRoundBallot, **_path):
+        """Cast or revise your approval ballot until the round closes (a voter of the round); the
+        answer is the round with your ballot. Nobody else sees your approvals"""
+        outcome = send(command)
+        with store().read_transaction() as connection:
+            budget_round = views.find_round(connection, command.round_id)
+            detail = views.round_detail(connection, budget_round, current_principal().person_id)
+        return command_answer("round", detail, budget_round.version, outcome.recorded)
+
+
+@rounds.route("/<round_id>/close", endpoint="close_round")
+class RoundClosing(MethodView):
+    @roles(rounds, *STAFF)
+    @rounds.arguments(CloseRoundSchema)
+    @rounds.response(200)
+    def post(self, command: c.CloseRound, **_path):
+        """Close the round and tally it by its rule: winners funded from the round's reservation, the
+        rest back to the fund (cadre)"""
+        return round_answer(send(command))
+
+
+@rounds.route("/<round_id>/verification")
+class RoundVerification(MethodView):
+    @rounds.response(200)
+    def get(self, round_id):
+        """Recount the closed round from the log (its opening and every ballot up to the recorded
+        position) and say whether the outcome is identical"""
+        principal = current_principal()
+        with store().read_transaction() as connection:
+            principal.require_reader(views.find_round(connection, round_id).community_id)
+        return views.round_verification(store(), round_id)
+
+
+BLUEPRINTS = (communities, projects, rounds, me, public_reads, open_data.blueprint)

@@ -50,6 +50,7 @@ class ChangeSettings:
     quorum_denominator: int | None = None
     pass_numerator: int | None = None
     pass_denominator: int | None = None
+    round_winners_to_council: int | None = None
     expected_version: int | None = None
 
 
@@ -258,3 +259,37 @@ class PayReward:
     amount_fen: int
     reason: str
     expected_version: int | None = None
+
+
+# -- participatory budgeting rounds ------------------------------------------------------------------
+
+@command
+class OpenRound:
+    community_id: str
+    title: str
+    budget_fen: int
+    rule: str  # greedy | mes
+    project_ids: Sequence[str]
+    closes_at: datetime
+    electorate: str = "residents"  # residents | representatives
+    electorate_size: int | None = None  # the community's stated electorate (turnout's denominator)
+    max_approvals: int | None = None  # default: as many as there are proposals
+
+
+@command
+class CastRoundBallot:
+    """Cast or revise one's approval ballot (the last one counts)."""
+
+    round_id: str
+    approvals: Sequence[str]
+
+
+@command
+class CloseRound:
+    round_id: str
+    expected_version: int | None = None
+
+
+@command
+class CloseDueRounds:
+    """Close every open round whose closing time has passed (a periodic job)."""

@@ -25,12 +25,22 @@ DEFAULT_SETTINGS: dict[str, int] = {
     "pass_numerator": 1,
     "pass_denominator": 2,
 }
+# An optional setting (absent: 0). Participatory budgeting rounds: 1 sends a round's winners to a
+# council vote that confirms them (their money stays reserved meanwhile); 0 funds them at once.
+ROUND_CONFIRMATION = "round_winners_to_council"
 
 # Why a reservation returns to the fund: the FundReservationReleased event's ``reason`` (in
 # English, from these templates) and its label in Chinese (the ledger's ``detail_label``).
 RELEASE_REASONS: dict[str, tuple[str, str]] = {
     "rejected": ("项目 {project_id} 未获居民代表表决通过，预留资金退回", "project {project_id} rejected by the council"),
     "remainder": ("项目 {project_id} 已完工，未用完的预留资金退回", "unspent remainder of completed project {project_id}"),
+    "round_rest": ("参与式预算轮次 {round_id} 结束，未分配的预算退回", "unallocated budget of round {round_id}"),
+}
+# Why money is reserved (the FundReserved event's ledger detail), and moved from a round to a project.
+RESERVATION_REASONS: dict[str, tuple[str, str]] = {
+    "vote": ("为居民代表表决预留", "reserved for the council vote"),
+    "round": ("为参与式预算轮次 {round_id} 预留", "reserved for budgeting round {round_id}"),
+    "transfer": ("参与式预算轮次 {round_id} 选中，预留资金转给项目", "won budgeting round {round_id}"),
 }
 
 FUND_SOURCES = {
@@ -132,6 +142,8 @@ def validate_settings(settings: dict[str, int]) -> None:
         num, den = settings[f"{prefix}_numerator"], settings[f"{prefix}_denominator"]
         if den < 1 or not 0 <= num <= den:
             errors[f"{prefix}_numerator"] = f"{prefix} must be a fraction between 0 and 1"
+    if settings.get("round_winners_to_council", 0) not in (0, 1):
+        errors["round_winners_to_council"] = "must be 0 or 1"
     if errors:
         raise DomainError("the community settings are not valid", reason="invalid_settings", details=errors)
 
@@ -174,6 +186,34 @@ class CommunityFund(Aggregate):
         return [NewEvent("FundReserved", {
             "community_id": self.id, "project_id": project_id, "amount_fen": amount_fen,
             "balance_after_fen": self.balance_fen - amount_fen})]
+
+    def reserve_for_round(self, round_id: str, amount_fen: int) -> list[NewEvent]:
+        """A budgeting round's whole budget, held under the key ``round:<id>`` until it closes."""
+        _positive(amount_fen)
+        self._require_balance(amount_fen, "the round's budget is", "budget_fen")
+        return [NewEvent("FundReserved", {
+            "community_id": self.id, "round_id": round_id, "amount_fen": amount_fen,
+            "balance_after_fen": self.balance_fen - amount_fen})]
+
+    def transfer_from_round(self, round_id: str, project_id: str, amount_fen: int) -> list[NewEvent]:
+        """A winner's amount moves from the round's reservation to the project's: the available
+        balance does not move, and nothing is reserved twice."""
+        left = self.outstanding(round_key(round_id))
+        if not 0 < amount_fen <= left:
+            raise Conflict(f"round {round_id} holds {left} fen, not {amount_fen}", reason="reservation_exceeded",
+                           details={"reservation_remaining_fen": left, "amount_fen": amount_fen})
+        return [NewEvent("FundReservationTransferred", {
+            "community_id": self.id, "round_id": round_id, "project_id": project_id, "amount_fen": amount_fen,
+            "balance_after_fen": self.balance_fen})]
+
+    def release_round(self, round_id: str) -> list[NewEvent]:
+        amount = self.outstanding(round_key(round_id))
+        if amount <= 0:
+            return []
+        return [NewEvent("FundReservationReleased", {
+            "community_id": self.id, "round_id": round_id, "amount_fen": amount,
+            "reason": RELEASE_REASONS["round_rest"][1].format(round_id=round_id),
+            "balance_after_fen": self.balance_fen + amount})]
 
     def release(self, project_id: str, reason: str) -> list[NewEvent]:
         amount = self.outstanding(project_id)
@@ -224,13 +264,17 @@ class CommunityFund(Aggregate):
     def on_FundReserved(self, data, _event) -> None:
         self.balance_fen -= data["amount_fen"]
         self.reserved_fen += data["amount_fen"]
+        self._reservation(_holder(data))["reserved"] += data["amount_fen"]
+
+    def on_FundReservationTransferred(self, data, _event) -> None:
+        self._reservation(round_key(data["round_id"]))["released"] += data["amount_fen"]
         self._reservation(data["project_id"])["reserved"] += data["amount_fen"]
 
     def on_FundReservationReleased(self, data, _event) -> None:
         self.balance_fen += data["amount_fen"]
         self.reserved_fen -= data["amount_fen"]
         self.released_fen += data["amount_fen"]
-        self._reservation(data["project_id"])["released"] += data["amount_fen"]
+        self._reservation(_holder(data))["released"] += data["amount_fen"]
 
     def on_FundSpent(self, data, _event) -> None:
         self.reserved_fen -= data["amount_fen"]
@@ -253,3 +297,13 @@ def _positive(amount_fen: int) -> None:
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
         raise DomainError("amount_fen must be a positive whole number of fen", reason="invalid_amount",
                           details={"amount_fen": "must be a positive integer (fen)"})
+
+
+def round_key(round_id: str) -> str:
+    """The fund's reservation key of a budgeting round (projects are keyed by their id)."""
+    return f"round:{round_id}"
+
+
+def _holder(data: dict[str, Any]) -> str:
+    """Whose reservation a reserve or release event moves: a project's, or a round's."""
+    return data["project_id"] if data.get("project_id") else round_key(data["round_id"])

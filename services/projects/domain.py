@@ -118,6 +118,11 @@ class Project(Aggregate):
     problems: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # reported_at, resolved
     # responsible_unit, ratings {person_id: score}; count and average once closed (None before)
     evaluation: dict[str, Any] | None = None
+    # a participatory budgeting round (services/projects/rounds.py) the proposal is in; and the amount
+    # a round funded it with while it awaits the council's confirmation (reserved already)
+    round_id: str | None = None
+    round_reserved_fen: int = 0
+    funded_by_round: str | None = None  # the round whose outcome funded the project (its requested_fen)
 
     # -- what is allowed now ----------------------------------------------------------------
 
@@ -127,6 +132,10 @@ class Project(Aggregate):
         if self.stage == "co_plan":
             if self.phase == "collecting_cosigners":
                 return ["cosign", "amend", "withdraw"]
+            if self.phase == "deliberation" and self.round_id:
+                return ["cosign", "post_opinion"]  # costs are fixed while a round counts them
+            if self.phase == "deliberation" and self.round_reserved_fen:
+                return ["post_opinion", "open_vote"]  # a round funded it; the council confirms it
             if self.phase == "deliberation":
                 return ["cosign", "post_opinion", "amend", "withdraw", "open_vote"]
             return ["cast_ballot", "close_vote"]
@@ -245,8 +254,10 @@ class Project(Aggregate):
             "electorate_size": len(community.representatives),
             "quorum_numerator": settings["quorum_numerator"], "quorum_denominator": settings["quorum_denominator"],
             "pass_numerator": settings["pass_numerator"], "pass_denominator": settings["pass_denominator"],
-            "reserved_fen": self.requested_fen, "opened_by": actor.person_id,
+            "reserved_fen": self.round_reserved_fen or self.requested_fen, "opened_by": actor.person_id,
         }
+        if self.round_reserved_fen:
+            data["reserved_by_round"] = True  # the money is reserved already: the vote reserves nothing more
         if responsible_unit:
             data["responsible_unit"] = responsible_unit
         return [NewEvent("CouncilVoteOpened", data)]
@@ -292,6 +303,22 @@ class Project(Aggregate):
             pass_numerator=vote["pass_numerator"], pass_denominator=vote["pass_denominator"])
         return {"electorate_size": size, "ballots": len(ballots), "yes": yes, "no": no, "abstain": abstain,
                 "quorum_required": quorum_required, "quorum_met": quorum_met, "result": result, "reason": reason}
+
+    # -- participatory budgeting rounds (services/projects/rounds.py) ------------------------
+
+    def enter_round(self, round_id: str) -> list[NewEvent]:
+        """The proposal enters a round (the round's decision has checked that it qualifies)."""
+        return [NewEvent("ProjectEnteredRound", {"project_id": self.id, "round_id": round_id,
+                                                 "cost_fen": self.requested_fen})]
+
+    def leave_round(self, round_id: str, winner: dict[str, Any] | None, confirmation: str) -> list[NewEvent]:
+        """The round closed: a winner is funded with its cost (to 共建, or to the council's
+        confirmation); any other proposal is in deliberation again."""
+        if winner is None:
+            return [NewEvent("ProjectLeftRound", {"project_id": self.id, "round_id": round_id})]
+        return [NewEvent("ProjectFundedByRound", {
+            "project_id": self.id, "round_id": round_id, "reserved_fen": winner["cost_fen"],
+            "approvals": winner["approvals"], "confirmation": confirmation})]
 
     # -- 共建 co_build ----------------------------------------------------------------------
 
@@ -517,9 +544,25 @@ class Project(Aggregate):
 
     def on_ProjectApproved(self, d, _event) -> None:
         self.stage, self.phase = "co_build", "building"
+        self.round_reserved_fen = 0
+
+    def on_ProjectEnteredRound(self, d, _event) -> None:
+        self.round_id = d["round_id"]
+
+    def on_ProjectLeftRound(self, d, _event) -> None:
+        self.round_id = None
+
+    def on_ProjectFundedByRound(self, d, _event) -> None:
+        self.round_id = None
+        self.funded_by_round = d["round_id"]
+        if d["confirmation"] == "council":
+            self.round_reserved_fen = d["reserved_fen"]
+        else:
+            self.stage, self.phase = "co_build", "building"
 
     def on_ProjectRejected(self, d, _event) -> None:
         self.stage, self.phase = "rejected", "ended"
+        self.round_reserved_fen = 0
 
     def on_ContributionPledged(self, d, _event) -> None:
         self.pledges[d["pledge_id"]] = {

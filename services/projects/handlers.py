@@ -16,8 +16,11 @@ from services.kernel.model import fields_of, format_time, require_member
 from services.projects import commands as c
 from services.projects.community import RELEASE_REASONS, Community, CommunityFund
 from services.projects.domain import AMENDABLE, STAFF, Project
+from services.projects.rounds import BudgetRound, RoundBallot
+from services.projects.views import ROUND_BALLOTS, due_rounds
 
-SETTINGS = ("cosigners_required", "quorum_numerator", "quorum_denominator", "pass_numerator", "pass_denominator")
+SETTINGS = ("cosigners_required", "quorum_numerator", "quorum_denominator", "pass_numerator", "pass_denominator",
+            "round_winners_to_council")
 
 
 # -- communities and the fund ------------------------------------------------------------------------
@@ -103,8 +106,9 @@ def open_vote(cmd: c.OpenVote, uow: UnitOfWork) -> Project:
     community = uow.load(Community, project.community_id)
     unit = dict(cmd.responsible_unit) if cmd.responsible_unit else None
     events = project.open_vote(uow.actor, community, unit)
-    fund = uow.load(CommunityFund, project.community_id)
-    uow.record(fund, fund.reserve(project.id, project.requested_fen))
+    if not project.round_reserved_fen:  # a round's winner: its money is reserved already
+        fund = uow.load(CommunityFund, project.community_id)
+        uow.record(fund, fund.reserve(project.id, project.requested_fen))
     uow.record(project, events)
     return project
 
@@ -230,6 +234,63 @@ def pay_reward(cmd: c.PayReward, uow: UnitOfWork) -> Project:
     return project
 
 
+# -- participatory budgeting rounds -------------------------------------------------------------------
+
+def open_round(cmd: c.OpenRound, uow: UnitOfWork) -> BudgetRound:
+    """The round opens, its budget is reserved from the fund and its proposals enter it — or nothing."""
+    community = uow.load(Community, cmd.community_id)
+    projects = [uow.get(Project, project_id) for project_id in cmd.project_ids]  # a repeat: refused below
+    budget_round = uow.load(BudgetRound, uow.new_id())
+    spec = {key: getattr(cmd, key) for key in ("community_id", "title", "budget_fen", "rule", "closes_at",
+                                               "electorate", "electorate_size", "max_approvals")}
+    events = budget_round.open(uow.actor, community, projects, spec, uow.now())
+    fund = uow.load(CommunityFund, community.id)
+    uow.record(fund, fund.reserve_for_round(budget_round.id, cmd.budget_fen))
+    uow.record(budget_round, events)
+    for project in projects:
+        uow.record(project, project.enter_round(budget_round.id))
+    return budget_round
+
+
+def cast_round_ballot(cmd: c.CastRoundBallot, uow: UnitOfWork) -> RoundBallot:
+    budget_round = uow.get(BudgetRound, cmd.round_id)
+    ballot = uow.load(RoundBallot, RoundBallot.id_for(budget_round.id, uow.actor.person_id))
+    uow.record(ballot, ballot.cast(uow.actor, budget_round, list(cmd.approvals)))
+    return ballot
+
+
+def close_round(cmd: c.CloseRound, uow: UnitOfWork) -> BudgetRound:
+    budget_round = uow.get(BudgetRound, cmd.round_id, expected_version=cmd.expected_version)
+    _close(uow, budget_round, uow.actor)
+    return budget_round
+
+
+def close_due_rounds(cmd: c.CloseDueRounds, uow: UnitOfWork) -> int:
+    """The periodic job: every open round past its closing time is closed (by ``system``)."""
+    due = due_rounds(uow.connection, uow.now())
+    for round_id in due:
+        _close(uow, uow.get(BudgetRound, round_id), None)
+    return len(due)
+
+
+def _close(uow: UnitOfWork, budget_round: BudgetRound, actor) -> None:
+    """Tally the round from its ballots, move each winner's amount to the project, return the rest to
+    the fund, and send every proposal on (winners to 共建 or the council, the others back to
+    deliberation) — all in this one unit of work."""
+    ballots, inputs_position = ROUND_BALLOTS.ballots(uow.connection, budget_round.id)
+    uow.record(budget_round, budget_round.close(actor, ballots, inputs_position, uow.now()))
+    fund = uow.load(CommunityFund, budget_round.community_id)
+    winners = {w["proposal_id"]: w for w in budget_round.winners()}
+    for proposal in budget_round.proposals:
+        winner = winners.get(proposal["project_id"])
+        if winner is not None:
+            uow.record(fund, fund.transfer_from_round(budget_round.id, winner["proposal_id"], winner["cost_fen"]))
+    uow.record(fund, fund.release_round(budget_round.id))
+    for proposal in budget_round.proposals:
+        project = uow.load(Project, proposal["project_id"])
+        uow.record(project, project.leave_round(budget_round.id, winners.get(project.id), budget_round.confirmation))
+
+
 HANDLERS = {
     c.RegisterCommunity: register_community,
     c.AddGrid: add_grid,
@@ -258,4 +319,8 @@ HANDLERS = {
     c.CloseEvaluation: close_evaluation,
     c.PublishResults: publish_results,
     c.PayReward: pay_reward,
+    c.OpenRound: open_round,
+    c.CastRoundBallot: cast_round_ballot,
+    c.CloseRound: close_round,
+    c.CloseDueRounds: close_due_rounds,
 }

@@ -70,8 +70,9 @@ PROJECTS = Table("projects", "open_project", "项目", "projects", (
 FUND_LEDGER = Table("fund-ledger", "open_fund_entry", "社区基金台账", "community fund ledger", (
     COMMUNITY, F("position", "integer", "台账序号(事件日志位置,递增)", "ledger position (the event log's, increasing)"),
     F("on", "date", "日期", "day (China Standard Time)"),
-    F("kind", "string", "类型代码:credit 入账, reservation 预留, release 释放, spending 支出, reward 以奖代补",
-      "kind: credit, reservation, release, spending, reward"),
+    F("kind", "string", "类型代码:credit 入账, reservation 预留, release 释放, spending 支出, reward 以奖代补, "
+      "transfer 参与式预算轮次选中后转入项目", "kind: credit, reservation, release, spending, reward, "
+      "transfer (from a budgeting round to a project it funded)"),
     F("kind_zh", "string", "类型", "kind (Chinese)"), F("kind_en", "string", "类型(英文)", "kind (English)"),
     F("source", "string", "入账来源代码:government_allocation 政府拨款, reward_pool 以奖代补奖励资金, donation 捐赠",
       "source of a credit: government_allocation, reward_pool, donation"),

@@ -29,9 +29,14 @@ from sqlalchemy.engine import Connection
 from services.kernel.aggregate import AggregateView
 from services.kernel import privacy
 from services.kernel.errors import NotFound
+from services.kernel.model import Conflict, parse_time
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.eventstore import EventStore
-from services.projects.community import FUND_SOURCES, RELEASE_REASONS, Community, CommunityFund
+from services.projects.community import (
+    FUND_SOURCES, RELEASE_REASONS, RESERVATION_REASONS, Community, CommunityFund,
+)
+from services.projects import budgeting
+from services.projects.rounds import STATUSES as ROUND_STATUSES, BudgetRound, latest_ballots
 from services.projects.domain import (
     AMENDABLE, CATEGORIES, CHOICES, CONTRIBUTOR_TYPES, PHASES, STAGES, STANCES, TALLY_REASONS, Project, amount_fields,
     zero_amounts,
@@ -74,6 +79,13 @@ EVENT_LABELS: dict[str, tuple[str, str]] = {
     "EvaluationClosed": ("评议结束,进入共享", "evaluation closed"),
     "ResultsPublished": ("成果公示", "results published"),
     "RewardGranted": ("以奖代补", "reward granted"),
+    "FundReservationTransferred": ("预算轮次资金转入项目", "moved from a budgeting round to a project"),
+    "RoundOpened": ("参与式预算轮次开始", "budgeting round opened"),
+    "RoundBallotCast": ("提交预算选票", "ballot cast in a budgeting round"),
+    "RoundClosed": ("参与式预算轮次结束并计票", "budgeting round closed and counted"),
+    "ProjectEnteredRound": ("进入参与式预算轮次", "entered a budgeting round"),
+    "ProjectFundedByRound": ("预算轮次选中", "funded by a budgeting round"),
+    "ProjectLeftRound": ("预算轮次未选中", "not funded by a budgeting round"),
 }
 
 
@@ -122,7 +134,6 @@ PROJECTS = AggregateView(Project, "projects_view", [
 ], _project_columns)
 
 
-RESERVATION_DETAIL = ("为居民代表表决预留", "reserved for the council vote")
 _TEMPLATE_FIELD = re.compile(r"\{(\w+)\}")
 
 
@@ -145,8 +156,8 @@ def ledger_detail_label(kind: str, detail: str) -> dict[str, str]:
     """The ledger's ``detail`` in Chinese and English: the words the code wrote (a reservation, a
     release, a credit's source) translated, what people wrote (references, notes, receipts,
     names, reasons for a reward) as they wrote it."""
-    if kind == "reservation":
-        return templated_label(detail, {"reservation": RESERVATION_DETAIL})
+    if kind in ("reservation", "transfer"):
+        return templated_label(detail, RESERVATION_REASONS)
     if kind == "release":
         return templated_label(detail, RELEASE_REASONS)
     if kind == "credit":
@@ -163,7 +174,7 @@ class FundLedger:
 
     name = "fund_ledger"
     KINDS = {"FundCredited": "credit", "FundReserved": "reservation", "FundReservationReleased": "release",
-             "FundSpent": "spending", "FundRewardPaid": "reward"}
+             "FundSpent": "spending", "FundRewardPaid": "reward", "FundReservationTransferred": "transfer"}
 
     def __init__(self) -> None:
         self.table = sa.Table(
@@ -194,7 +205,9 @@ class FundLedger:
         else:
             balance = d["balance_after_fen"]
             detail = {"credit": lambda: f"{d['source']} {d['reference']} {d['note']}".strip(),
-                      "reservation": lambda: RESERVATION_DETAIL[1],
+                      "reservation": lambda: (RESERVATION_REASONS["round"][1].format(round_id=d["round_id"])
+                                              if d.get("round_id") else RESERVATION_REASONS["vote"][1]),
+                      "transfer": lambda: RESERVATION_REASONS["transfer"][1].format(round_id=d["round_id"]),
                       "release": lambda: d["reason"],
                       "reward": lambda: f"{d['recipient_name']}: {d['reason']}"}[kind]()
         connection.execute(self.table.insert().values(
@@ -407,7 +420,7 @@ DETAILS = ProjectDetails()
 
 
 def projections():
-    return [COMMUNITIES, FUNDS, PROJECTS, DETAILS, LEDGER, PLEDGES]
+    return [COMMUNITIES, FUNDS, PROJECTS, DETAILS, LEDGER, PLEDGES, ROUNDS, ROUND_BALLOTS]
 
 
 # -- presenting -------------------------------------------------------------------------------
@@ -441,6 +454,7 @@ def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
         "cosigners_required": project.cosigners_required, "cosigners": page.all("ProjectCosigned"),
         "revisions": _revisions(page), "opinions": opinions, "opinion_stances": stances,
         "withdrawal": page.last("ProjectWithdrawn"), "vote": _vote(project, page),
+        "round_id": project.round_id, "funded_by_round": project.funded_by_round,
         "responsible_unit": project.responsible_unit,
         "pledges": _pledges(project, page), "totals": _totals(project, page),
         "spending": page.all("ProjectSpendingRecorded"), "milestones": page.all("MilestoneRecorded"),
@@ -640,8 +654,9 @@ def my_pledges(connection: Connection, person_id: str) -> list[dict[str, Any]]:
 # for its kind (services.kernel.privacy.PUBLIC): what is not listed there is not shown, whatever
 # the read models hold. Counts of people below ``min_count`` are suppressed, times are days.
 
-LEDGER_KINDS = {"credit": "入账 credit", "reservation": "预留 reserved for a project",
-                "release": "释放 reservation released", "spending": "支出 spending", "reward": "以奖代补 reward paid"}
+LEDGER_KINDS = {"credit": "入账 credit", "reservation": "预留 reserved for a project or a budgeting round",
+                "release": "释放 reservation released", "spending": "支出 spending", "reward": "以奖代补 reward paid",
+                "transfer": "转入项目 moved from a budgeting round to a project"}
 
 
 def bilingual(text: str | None) -> dict[str, str] | None:
@@ -702,7 +717,8 @@ def public_project(connection: Connection, project_id: str, min_count: int) -> d
         "description": project.description, "location": project.location, "timeline": _timeline(page),
         "milestones": [{**m, "recorded_on": privacy.public_day(m["at"])} for m in page.all("MilestoneRecorded")],
         "budget": {"estimated_cost_fen": project.estimated_cost_fen, "requested_fen": project.requested_fen,
-                   "reserved_fen": project.vote["reserved_fen"] if project.vote else None,
+                   "reserved_fen": project.vote["reserved_fen"] if project.vote else (
+                       project.requested_fen if project.funded_by_round else None),
                    "spent_fen": project.spent_fen, "rewards_fen": totals["rewards_fen"]},
         "contributions": {"pledged": totals["pledged"], "delivered": totals["delivered"]},
         "vote": _public_vote(project, page, min_count), "evaluation": _public_evaluation(project, page, min_count),
@@ -790,3 +806,154 @@ def public_fund(connection: Connection, community_id: str, limit: int, after: in
                         "project_title": titles.get(entry["project_id"]), "on": privacy.public_day(entry["at"])})
     return privacy.public_view("fund", {**fund.view(), "ledger": entries,
                                         "next_after": ledger[-1]["position"] if ledger else after})
+
+
+# -- participatory budgeting rounds ------------------------------------------------------------------
+
+def _round_columns(budget_round: BudgetRound) -> dict[str, Any]:
+    return {"community_id": budget_round.community_id, "status": budget_round.status,
+            "closes_at_us": to_micros(parse_time(budget_round.closes_at)) if budget_round.closes_at else 0}
+
+
+ROUNDS = AggregateView(BudgetRound, "rounds_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("closes_at_us", sa.BigInteger, nullable=False),
+], _round_columns)
+RULE_LABELS = {budgeting.GREEDY: "得票优先 greedy (most approvals first)",
+               budgeting.MES: "平均份额法 Method of Equal Shares, completed by greedy"}
+
+
+class RoundBallots:
+    """Read model: each voter's current ballot in each round (their last ``RoundBallotCast``), with
+    the log position it was cast at. A round is tallied from here; its verification recounts the
+    log itself (:func:`round_verification`)."""
+
+    name = "round_ballots"
+
+    def __init__(self) -> None:
+        self.table = sa.Table(
+            "round_ballots", sa.MetaData(),
+            sa.Column("round_id", sa.String(100), primary_key=True),
+            sa.Column("voter_id", sa.String(100), primary_key=True),
+            sa.Column("approvals", sa.Text, nullable=False),
+            sa.Column("position", sa.BigInteger, nullable=False),
+        )
+        self.tables = [self.table]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        if event.event_type != "RoundBallotCast":
+            return
+        t, d = self.table, event.data
+        approvals = json.dumps(d["approvals"], separators=(",", ":"))
+        changed = connection.execute(t.update().where(t.c.round_id == d["round_id"], t.c.voter_id == d["voter_id"])
+                                     .values(approvals=approvals, position=event.position)).rowcount
+        if not changed:
+            connection.execute(t.insert().values(round_id=d["round_id"], voter_id=d["voter_id"],
+                                                 approvals=approvals, position=event.position))
+
+    def ballots(self, connection: Connection, round_id: str) -> tuple[list[list[str]], int]:
+        """The round's ballots (in the order they were last cast) and the last position among them."""
+        t = self.table
+        rows = connection.execute(sa.select(t.c.approvals, t.c.position).where(t.c.round_id == round_id)
+                                  .order_by(t.c.position)).all()
+        return [json.loads(r.approvals) for r in rows], (rows[-1].position if rows else 0)
+
+    def count(self, connection: Connection, round_id: str) -> int:
+        t = self.table
+        return connection.execute(sa.select(sa.func.count()).select_from(t).where(t.c.round_id == round_id)).scalar()
+
+    def of(self, connection: Connection, round_id: str, voter_id: str) -> list[str] | None:
+        t = self.table
+        row = connection.execute(sa.select(t.c.approvals).where(t.c.round_id == round_id,
+                                                                t.c.voter_id == voter_id)).first()
+        return None if row is None else json.loads(row.approvals)
+
+
+ROUND_BALLOTS = RoundBallots()
+
+
+def due_rounds(connection: Connection, now: datetime) -> list[str]:
+    """Open rounds whose closing time has passed, the earliest first."""
+    t = ROUNDS.table
+    return list(connection.execute(sa.select(t.c.id).where(t.c.status == "open", t.c.closes_at_us <= to_micros(now))
+                                   .order_by(t.c.closes_at_us, t.c.id)).scalars())
+
+
+def find_round(connection: Connection, round_id: str) -> BudgetRound:
+    budget_round = ROUNDS.get(connection, round_id)
+    if budget_round is None:
+        raise NotFound(f"no budgeting round {round_id}")
+    return budget_round
+
+
+def round_detail(connection: Connection, budget_round: BudgetRound, voter_id: str | None = None) -> dict[str, Any]:
+    """A round as its community reads it: counts only, never anyone's approvals but the caller's own
+    (``my_ballot``: null when the caller has not voted)."""
+    r = budget_round
+    ballots = ROUND_BALLOTS.count(connection, r.id)
+    titles = {p["project_id"]: p["title"] for p in r.proposals}
+    answer = {
+        "round_id": r.id, "community_id": r.community_id, "title": r.title, "budget_fen": r.budget_fen,
+        "rule": r.rule, "rule_label": bilingual(RULE_LABELS.get(r.rule)), "tie_break": budgeting.TIE_BREAK,
+        "proposals": [dict(p) for p in r.proposals], "electorate": r.electorate,
+        "electorate_size": r.electorate_size, "max_approvals": r.max_approvals, "confirmation": r.confirmation,
+        "opens_at": r.opens_at, "closes_at": r.closes_at, "status": r.status,
+        "status_label": bilingual(ROUND_STATUSES.get(r.status)), "ballots": ballots,
+        "turnout": round(ballots / r.electorate_size, 4) if r.electorate_size else None,
+        "outcome": None, "version": r.version,
+    }
+    if voter_id is not None:
+        answer["my_ballot"] = ROUND_BALLOTS.of(connection, r.id, voter_id)
+    if r.outcome is not None:
+        answer["outcome"] = round_outcome(r.outcome, titles)
+    return answer
+
+
+def round_outcome(closed: Mapping[str, Any], titles: Mapping[str, str]) -> dict[str, Any]:
+    """The ``RoundClosed`` record as read: winners in order with title, cost and support; every
+    proposal's explanation in Chinese and English; the closing's time, closer and log position."""
+    outcome = budgeting.Outcome.from_dict(closed)
+    return {
+        "rule": outcome.rule, "parameters": closed["parameters"], "ballots": closed["ballots"],
+        "electorate_size": closed["electorate_size"], "inputs_position": closed["inputs_position"],
+        "closed_by": closed["closed_by"], "spent_fen": outcome.spent_fen, "leftover_fen": outcome.leftover_fen,
+        "winners": [{"rank": i, "project_id": w.proposal_id, "title": titles.get(w.proposal_id), "cost_fen": w.cost_fen,
+                     "approvals": w.approvals, "stage": w.stage} for i, w in enumerate(outcome.winners, start=1)],
+        "explanations": [{"project_id": e.proposal_id, "title": titles.get(e.proposal_id), "won": e.won,
+                          "reason": e.reason, "rank": e.rank, "approvals": e.approvals, "cost_fen": e.cost_fen,
+                          "label": budgeting.explanation_label(e)} for e in outcome.explanations],
+    }
+
+
+def list_rounds(connection: Connection, community_id: str | None, status: str | None) -> list[dict[str, Any]]:
+    t = ROUNDS.table
+    found = ROUNDS.find(connection, order_by=[t.c.created_at_us.desc()], community_id=community_id, status=status)
+    return [{"round_id": r.id, "community_id": r.community_id, "title": r.title, "budget_fen": r.budget_fen,
+             "rule": r.rule, "status": r.status, "proposals": len(r.proposals), "closes_at": r.closes_at,
+             "ballots": ROUND_BALLOTS.count(connection, r.id)} for r in found]
+
+
+def round_verification(store: EventStore, round_id: str) -> dict[str, Any]:
+    """Recount a closed round from the log alone: the round's opening, then every ballot of the round
+    in the log up to the recorded ``inputs_position`` (each voter's last one), tallied by the rule
+    again; ``identical`` says whether that gives exactly the recorded outcome."""
+    events = store.load(BudgetRound.stream_id_for(round_id))
+    if not events:
+        raise NotFound(f"no budgeting round {round_id}")
+    opened = next(e for e in events if e.event_type == "RoundOpened")
+    closed = next((e for e in events if e.event_type == "RoundClosed"), None)
+    if closed is None:
+        raise Conflict(f"budgeting round {round_id} is still open: there is no outcome to verify yet",
+                       reason="round_open")
+    position = closed.data["inputs_position"]
+    ballots = latest_ballots(e for e in store.iterate_all(opened.position, up_to_position=position)
+                             if e.event_type == "RoundBallotCast" and e.data["round_id"] == round_id)
+    recount = BudgetRound.replay(round_id, [opened]).tally(list(ballots.values())).to_dict()
+    recorded = {key: closed.data[key] for key in recount}
+    titles = {p["project_id"]: p["title"] for p in opened.data["proposals"]}
+    return {"round_id": round_id, "identical": recount == recorded and len(ballots) == closed.data["ballots"],
+            "inputs_position": position, "ballots_recounted": len(ballots), "ballots_recorded": closed.data["ballots"],
+            "winners_recorded": [w["proposal_id"] for w in recorded["winners"]],
+            "winners_recounted": [w["proposal_id"] for w in recount["winners"]],
+            "rule": opened.data["rule"], "titles": titles}

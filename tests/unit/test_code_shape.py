@@ -42,7 +42,7 @@ def is_stdlib(module: str) -> bool:
 
 def domain_modules(service: str) -> list[Path]:
     folder = ROOT / "services" / service
-    return [folder / name for name in ("domain.py", "community.py", "commands.py", "budgeting.py") if (folder / name).exists()]
+    return [folder / name for name in ("domain.py", "community.py", "commands.py", "budgeting.py", "rounds.py") if (folder / name).exists()]
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -161,7 +161,10 @@ def _p():
         "POST /projects/<project_id>/evaluation/close": c.CloseEvaluation,
         "POST /projects/<project_id>/results": c.PublishResults,
         "POST /projects/<project_id>/rewards": c.PayReward,
-    }, {}
+        "POST /communities/<community_id>/rounds": c.OpenRound,
+        "PUT /rounds/<round_id>/ballot": c.CastRoundBallot,
+        "POST /rounds/<round_id>/close": c.CloseRound,
+    }, {c.CloseDueRounds: "the close-due-rounds job"}
 
 
 def _f():
