@@ -156,6 +156,29 @@ class Client:
         """Any other project command: ``milestones``, ``completion``, ``evaluation/open`` …"""
         return self.post(f"/projects/{project_id}/{action}", body)["project"]
 
+    # -- participatory budgeting rounds (参与式预算) -------------------------------------------------
+
+    def rounds(self, community_id: str, status: str | None = None) -> list[dict]:
+        return self.get(f"/communities/{community_id}/rounds", status=status)["items"]
+
+    def budget_round(self, round_id: str) -> dict:
+        return self.get(f"/rounds/{round_id}")
+
+    def open_round(self, community_id: str, **spec) -> dict:
+        """``title``, ``budget_fen``, ``rule`` (greedy | mes), ``project_ids``, ``closes_at`` (ISO 8601
+        with a time zone); optionally ``electorate``, ``electorate_size``, ``max_approvals``."""
+        return self.post(f"/communities/{community_id}/rounds", spec)["round"]
+
+    def approve(self, round_id: str, project_ids: list[str]) -> dict:
+        """Cast (or revise) your approval ballot; the round with ``my_ballot``."""
+        return self.request("PUT", f"/rounds/{round_id}/ballot", {"approvals": list(project_ids)})["round"]
+
+    def close_round(self, round_id: str) -> dict:
+        return self.post(f"/rounds/{round_id}/close")["round"]
+
+    def verify_round(self, round_id: str) -> dict:
+        return self.get(f"/rounds/{round_id}/verification")
+
     # -- volunteers, feedback, views ----------------------------------------------------------
 
     def card(self) -> dict:

@@ -198,6 +198,38 @@ def build_parser() -> argparse.ArgumentParser:
     amount.add_argument("--labour-minutes", type=int, metavar="N")
     amount.add_argument("--money-fen", type=int, metavar="N")
 
+    rounds = command("rounds", "参与式预算: a community's budgeting rounds", ("cocreate rounds --community xinyang",))
+    rounds.add_argument("--community", metavar="ID", help="community id (default: yours)")
+    rounds.add_argument("--status", choices=["open", "closed"], help="open or closed")
+    show_round = command("round", "one budgeting round: proposals, turnout, your ballot, the outcome explained",
+                         ("cocreate round ROUND_ID",))
+    show_round.add_argument("round_id")
+    open_round = command("open-round", "open a budgeting round (cadre): reserves the budget from the fund",
+                         ("cocreate open-round --community xinyang --title 2027年度微项目 --budget 5000000 \\\n"
+                          "      --rule mes --closes 2030-01-15T12:00:00+08:00 PROJECT_ID   # more ids: more proposals",))
+    open_round.add_argument("project_ids", nargs="+", metavar="PROJECT_ID",
+                            help="co-signed proposals in deliberation")
+    required = open_round.add_argument_group("required")
+    required.add_argument("--community", required=True, metavar="ID")
+    required.add_argument("--title", required=True)
+    required.add_argument("--budget", type=int, required=True, metavar="FEN", help="the budget in fen (分)")
+    required.add_argument("--rule", required=True, choices=["greedy", "mes"],
+                          help="greedy (most approvals first) or mes (Method of Equal Shares, completed by greedy)")
+    required.add_argument("--closes", required=True, metavar="TIME", help="ISO 8601 with a time zone")
+    open_round.add_argument("--electorate", choices=["residents", "representatives"], default="residents")
+    open_round.add_argument("--electorate-size", type=int, metavar="N", help="the electorate, for turnout")
+    open_round.add_argument("--max-approvals", type=int, metavar="N", help="most proposals one ballot approves")
+    approve = command("approve", "cast or revise your approval ballot in a round (the last one counts)",
+                      ("cocreate approve ROUND_ID PROJECT_ID   # more ids: approve more", "cocreate approve ROUND_ID   # none"))
+    approve.add_argument("round_id")
+    approve.add_argument("project_ids", nargs="*", metavar="PROJECT_ID")
+    close_round = command("close-round", "close a round and count it by its rule (cadre)",
+                          ("cocreate close-round ROUND_ID",))
+    close_round.add_argument("round_id")
+    verify_round = command("verify-round", "recount a closed round from the log: is the outcome identical?",
+                           ("cocreate verify-round ROUND_ID",))
+    verify_round.add_argument("round_id")
+
     command("card", "my volunteer card (义工卡): hours, points, claims", ("cocreate card",))
     rate = command("rate", "rate a cadre, unit, service or project: 1 非常不满意 … 5 非常满意",
                    ('cocreate rate chen 5 --comment "办事热情"',))
@@ -275,6 +307,26 @@ def run(args, client: Client):
         else:
             pledge_id = client.pledge(args.project_id, kind="money", money_fen=args.money_fen)
         return {"pledge_id": pledge_id, "project_id": args.project_id}
+    if c == "rounds":
+        community = args.community or client.whoami().get("community")
+        if not community:
+            raise UsageError("--community is needed (your token names no community)")
+        return client.rounds(community, args.status)
+    if c == "round":
+        return client.budget_round(args.round_id)
+    if c == "open-round":
+        spec = {"title": args.title, "budget_fen": args.budget, "rule": args.rule, "project_ids": args.project_ids,
+                "closes_at": args.closes, "electorate": args.electorate}
+        for key, value in (("electorate_size", args.electorate_size), ("max_approvals", args.max_approvals)):
+            if value is not None:
+                spec[key] = value
+        return client.open_round(args.community, **spec)
+    if c == "approve":
+        return client.approve(args.round_id, args.project_ids)
+    if c == "close-round":
+        return client.close_round(args.round_id)
+    if c == "verify-round":
+        return client.verify_round(args.round_id)
     if c == "card":
         return client.card()
     if c == "rate":
@@ -428,6 +480,25 @@ def _project_summary(p: dict) -> dict:
     return summary
 
 
+def _render_round(r: dict) -> str:
+    """A round: its record, the proposals (with the outcome once closed) and why each won or lost."""
+    head = {"round_id": r.get("round_id"), "title": r.get("title"), "status": r.get("status"),
+            "rule": r.get("rule"), "budget_fen": r.get("budget_fen"), "closes_at": r.get("closes_at"),
+            "ballots": r.get("ballots"), "turnout": r.get("turnout"), "my_ballot": r.get("my_ballot")}
+    outcome = r.get("outcome") or {}
+    explained = {e["project_id"]: e for e in outcome.get("explanations", [])}
+    lang = "zh" if locale().startswith("zh") else "en"
+    rows = [{"order": p["order"], "project_id": p["project_id"], "title": p["title"], "cost_fen": p["cost_fen"],
+             **({"won": "✓" if explained[p["project_id"]]["won"] else "",
+                 "approvals": explained[p["project_id"]]["approvals"],
+                 "why": explained[p["project_id"]]["label"][lang]} if p["project_id"] in explained else {})}
+            for p in r.get("proposals", [])]
+    text = render_record(head) + "\n" + table(rows, max_cell=200 if outcome else 40)
+    if outcome:
+        text += f"\nspent {_yuan(outcome.get('spent_fen'))}, left {_yuan(outcome.get('leftover_fen'))}"
+    return text
+
+
 def render(command: str, result: Any) -> str:
     if command == "projects" and isinstance(result, dict):
         items = result.get("items", [])
@@ -451,6 +522,11 @@ def render(command: str, result: Any) -> str:
         return render_record(summary)
     if command in ("propose", "cosign", "opinion", "open-vote", "vote", "close-vote") and isinstance(result, dict):
         return render_record(_project_summary(result))
+    if command in ("round", "open-round", "approve", "close-round") and isinstance(result, dict):
+        return _render_round(result)
+    if command == "rounds" and isinstance(result, list):
+        return table(result, ["round_id", "title", "status", "rule", "budget_fen", "proposals", "ballots",
+                              "closes_at"]) if result else "no budgeting rounds"
     if command == "ranking" and isinstance(result, dict):
         head = (f"{result.get('community_id')} {result.get('kind')} ranking, period {result.get('period')}"
                 f"{'' if result.get('published') else ' (provisional)'}")

@@ -382,8 +382,21 @@ def test_every_help_example_runs(platform):
         location="活动中心", estimated_cost_fen=300_000, requested_fen=200_000)["project_id"]
     for i in (1, 2, 3, 4, 5, 6):
         Client(url).login(f"res{i}", "demo").cosign(fresh)
+    # two more for the budgeting rounds: one for the open-round example, one in a round of ROUND_ID
+    chen = Client(url).login("chen", "demo")
+    more = []
+    for title in ("儿童游乐角", "楼道扶手"):
+        pid = Client(url).login("res12", "demo").propose(
+            community_id="xinyang", grid_id="g2", title=title, category="children", description=title,
+            location="活动中心", estimated_cost_fen=100_000, requested_fen=100_000)["project_id"]
+        for i in (1, 2, 3, 4, 5, 6):
+            Client(url).login(f"res{i}", "demo").cosign(pid)
+        more.append(pid)
+    round_id = chen.open_round("xinyang", title="楼道微更新", budget_fen=100_000, rule="greedy", project_ids=[more[1]],
+                               closes_at="2030-01-01T00:00:00+08:00")["round_id"]
     # command -> (who runs it, which project PROJECT_ID is)
-    cases = {"cosign": ("res5", made["collecting"]), "opinion": ("res7", fresh), "open-vote": ("chen", fresh),
+    cases = {"open-round": ("chen", more[0]), "approve": ("res1", more[1]), "round": ("res1", None),
+             "cosign": ("res5", made["collecting"]), "opinion": ("res7", fresh), "open-vote": ("chen", fresh),
              "vote": ("rep1", fresh), "close-vote": ("chen", fresh), "pledge": ("res3", made["co_build"]),
              "call": ("res8", made["deliberation"]), "propose": ("res4", None), "rate": ("res13", None),
              "card": ("res1", None), "me": ("res1", None), "project": ("res1", made["co_share"])}
@@ -404,6 +417,7 @@ def test_every_help_example_runs(platform):
             if any("PROJECT_ID" in w for w in words):
                 assert project, example
                 words = [w.replace("PROJECT_ID", project) for w in words]
+            words = [w.replace("ROUND_ID", round_id) for w in words]
             if command == "login":
                 user_env = {**env, "COCREATE_TOKEN_FILE": str(workdir / "token-example-login")}
                 done = cocreate(*words[1:], env=user_env, stdin="demo\n")
@@ -413,7 +427,9 @@ def test_every_help_example_runs(platform):
             assert "Traceback" not in done.stderr and done.stdout.strip(), example
             ran.append(command)
     assert {"login", "projects", "project", "propose", "cosign", "opinion", "open-vote", "vote", "close-vote",
-            "pledge", "card", "rate", "ranking", "dashboard", "me", "call", "whoami"} <= set(ran)
+            "pledge", "card", "rate", "ranking", "dashboard", "me", "call", "whoami", "rounds", "round", "open-round",
+            "approve", "close-round", "verify-round"} <= set(ran)
+    assert chen.verify_round(round_id)["identical"] is True
 
 
 def test_json_field_and_tables(platform):

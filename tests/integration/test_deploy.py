@@ -80,9 +80,9 @@ def test_pods_run_unprivileged_with_probes_and_limits(rendered):
     pods += [(c["metadata"]["name"], c["spec"]["jobTemplate"]["spec"]["template"]["spec"])
              for c in of_kind(objects, "CronJob")]
     pods += [(j["metadata"]["name"], j["spec"]["template"]["spec"]) for j in of_kind(objects, "Job")]
-    # 11 Deployments and the CronJob; no Job: the pods migrate their schema themselves
+    # 11 Deployments and the two CronJobs; no Job: the pods migrate their schema themselves
     # (docs/operations.md, "Schema migrations"; test_deploy_release.py).
-    assert len(pods) == 11 + 1 and of_kind(objects, "Job") == []
+    assert len(pods) == 11 + 2 and of_kind(objects, "Job") == []
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
         assert pod.get("automountServiceAccountToken") is False, name
@@ -138,7 +138,8 @@ def test_containers_run_the_commands_of_the_local_platform(rendered):
     assert len(local) == len(of_kind(objects, "Deployment")), "every local process has its Deployment"
     jobs = {" ".join(c["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"])
             for c in of_kind(objects, "CronJob")}
-    assert periodic == jobs == {"python -m services.feedback sweep-overdue"}, "every periodic job has its CronJob"
+    assert periodic == jobs == {"python -m services.feedback sweep-overdue",
+                                "python -m services.projects close-due-rounds"}, "every periodic job has its CronJob"
 
 
 def test_no_secret_values_and_databases_come_from_secrets(rendered):

@@ -287,7 +287,7 @@ def test_every_process_that_needs_the_schema_migrates_it_at_start(releases):
             assert len(init) == 1 and ("migrate" in init[0] or "create_schema()" in init[0][-1]), name
         elif command[:2] == ["python", "-m"]:
             assert command[2] in ("services.projects", "services.volunteers", "services.feedback", "gateway"), name
-            assert command[3] in ("relay", "consumer", "feed", "sweep-overdue"), name
+            assert command[3] in ("relay", "consumer", "feed", "sweep-overdue", "close-due-rounds"), name
 
 
 # -- the image: pinned base, hashed dependencies --------------------------------------------------

@@ -31,7 +31,7 @@ OVERLAYS = ("staging", "production")
 # Each app: the pods it may have (a Deployment's, Job's or CronJob's name; those the overlay does
 # not render are skipped) and its database cluster.
 APPS = {
-    "projects": (("projects", "projects-relay", "projects-migrate"), "projects-db"),
+    "projects": (("projects", "projects-relay", "projects-migrate", "projects-close-due-rounds"), "projects-db"),
     "volunteers": (("volunteers", "volunteers-relay", "volunteers-consumer", "volunteers-migrate"), "volunteers-db"),
     "feedback": (("feedback", "feedback-relay", "feedback-consumer", "feedback-migrate", "feedback-sweep-overdue"),
                  "feedback-db"),

@@ -26,6 +26,7 @@ PORT_VARIABLES = {
     "gateway": "GATEWAY_PORT", "projects-relay": "PROJECTS_RELAY_PORT", "volunteers-relay": "VOLUNTEERS_RELAY_PORT",
     "feedback-relay": "FEEDBACK_RELAY_PORT", "volunteers-consumer": "VOLUNTEERS_CONSUMER_PORT",
     "feedback-consumer": "FEEDBACK_CONSUMER_PORT", "feedback-sweep": "FEEDBACK_SWEEP_PORT",
+    "projects-rounds": "PROJECTS_ROUNDS_PORT",
     "gateway-feed": "GATEWAY_FEED_PORT", "web": "WEB_PORT",
 }
 

@@ -32,7 +32,7 @@ def test_expansion_as_a_shell_does():
 
 def test_every_process_of_the_procfile_and_where_it_listens():
     processes = {p.name: p for p in read_procfile(ROOT / "Procfile", {"GATEWAY_PORT": "18000"})}
-    assert set(processes) == {"broker", "projects", "projects-relay", "volunteers", "volunteers-relay",
+    assert set(processes) == {"broker", "projects", "projects-relay", "projects-rounds", "volunteers", "volunteers-relay",
                               "volunteers-consumer", "feedback", "feedback-relay", "feedback-consumer",
                               "feedback-sweep", "gateway", "gateway-feed", "web"}
     gateway = processes["gateway"]
@@ -67,7 +67,7 @@ def test_supervisord_gets_each_command_as_the_procfile_says(tmp_path):
     assert projects["stdout_logfile"] == str(tmp_path / "logs" / "projects.log")
     assert parser["supervisord"]["nodaemon"] == "true"
     assert "broker" not in parser["group:cocreate"]["programs"].split(",")
-    assert len(parser["group:cocreate"]["programs"].split(",")) == 12
+    assert len(parser["group:cocreate"]["programs"].split(",")) == 13
 
 
 def test_json_log_lines_are_made_readable():
