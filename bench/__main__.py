@@ -73,13 +73,14 @@ def main(argv=None) -> int:
     parser.add_argument("--readme", action="store_true",
                         help="also put the table into bench/README.md (between the bench markers)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="run only these parts: store replay pipeline http web propagation live ranking")
+                        help="run only these parts: store replay pipeline http web propagation live ranking budgeting")
     args = parser.parse_args(argv)
-    parts = set(args.only or ("store", "replay", "pipeline", "http", "web", "propagation", "live", "ranking"))
+    parts = set(args.only or ("store", "replay", "pipeline", "http", "web", "propagation", "live", "ranking",
+                                "budgeting"))
     if "ranking" in parts:
         parts.add("replay")  # the ranking runs on the log the replay built
 
-    from bench import http, live, pipeline, propagation, ranking, store, web
+    from bench import budgeting, http, live, pipeline, propagation, ranking, store, web
     from bench.platform import Platform
 
     workdir = Path(tempfile.mkdtemp(prefix="cocreate-bench-"))
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
             step("replay", lambda: store.replay(workdir, args.quick))
         if "ranking" in parts:
             step("rankings at scale", lambda: ranking.run(workdir, args.quick))
+        if "budgeting" in parts:
+            step("budgeting rounds", lambda: budgeting.run(workdir, args.quick))
         if "pipeline" in parts:
             step("relay and consumer", lambda: pipeline.run(workdir, args.quick))
         if parts & {"http", "web", "propagation", "live"}:

@@ -41,7 +41,7 @@ from cocreate_client.messages import message, message_for_error
 C = "xinyang"
 UNIT = {"unit_id": "xinyang-jwh", "name": "新阳社区居委会"}
 PASSWORD = "demo"
-STEPS = 8
+STEPS = 9
 
 
 def people() -> list[dict]:
@@ -181,6 +181,17 @@ PROJECTS = {
     "co_evaluate": ("社区警务室建设", "safety", 3_000_000, 2_500_000, "g1", 8),
     "co_share": ("儿童游乐场翻新", "facilities", 2_500_000, 2_000_000, "g1", 9),
 }
+# The demo's participatory budgeting round (open, with ballots): its proposals as above (the cost is
+# what each asks of the fund), and which of them residents res1 … res8 approve.
+ROUND_TITLE = "2027 年度社区微更新（参与式预算）"
+ROUND_BUDGET_FEN = 3_000_000
+ROUND_PROPOSALS = {
+    "round_books": ("社区书屋添置书架", "culture", 1_500_000, 1_500_000, "g2", 10),
+    "round_seats": ("老年食堂增设座椅", "elderly_care", 1_200_000, 1_200_000, "g3", 11),
+    "round_court": ("篮球场围网修补", "facilities", 900_000, 900_000, "g1", 12),
+}
+ROUND_BALLOTS = (("round_books", "round_seats"), ("round_books",), ("round_books", "round_court"), ("round_seats",),
+                 ("round_seats", "round_court"), ("round_court",), ("round_books",), ())
 
 
 class _Filler:
@@ -244,6 +255,11 @@ class _Filler:
             state = f"{stage['stage']}/{stage['phase']}"
             done = len(self.added) - before
             self.say(f"      {title}: {state}" + (f" ({done} added)" if done else " (was there)"))
+
+        self.begin("a participatory budgeting round with residents' ballots")
+        before = len(self.added)
+        made["round"] = self.budgeting_round(existing)
+        self._said_step(before)
 
         self.begin("volunteer cards, an activity with approved hours, a reward")
         before = len(self.added)
@@ -416,6 +432,38 @@ class _Filler:
         if close:
             self.chen.command(pid, "evaluation/close")
             self.added_one("evaluation closed")
+
+    def budgeting_round(self, existing: dict[str, str]) -> str:
+        """An open round (mes, closing in 30 days) of three qualified proposals, with eight ballots."""
+        found = [r for r in self.chen.rounds(C) if r["title"] == ROUND_TITLE]
+        if found:
+            round_id = found[0]["round_id"]
+        else:
+            ids = []
+            for key, (title, category, cost, requested, grid, proposer) in ROUND_PROPOSALS.items():
+                pid = existing.get(title)
+                if pid is None:
+                    pid = self.res[proposer].propose(community_id=C, grid_id=grid, title=title, category=category,
+                                                     description=title, location="新阳社区",
+                                                     estimated_cost_fen=cost, requested_fen=requested)["project_id"]
+                    self.added_one(f"project {title}")
+                self.qualify(pid, proposer)
+                ids.append(pid)
+            closes = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)).replace(microsecond=0)
+            round_id = self.chen.open_round(C, title=ROUND_TITLE, budget_fen=ROUND_BUDGET_FEN, rule="mes",
+                                            project_ids=ids, closes_at=closes.isoformat(), max_approvals=2,
+                                            electorate_size=len(self.res))["round_id"]
+            self.added_one(f"budgeting round {ROUND_TITLE}")
+        state = self.chen.budget_round(round_id)
+        if state["status"] != "open":  # closed since (by its cadre): its ballots are what they were
+            return round_id
+        proposals = {p["title"]: p["project_id"] for p in state["proposals"]}
+        by_key = {key: proposals.get(spec[0]) for key, spec in ROUND_PROPOSALS.items()}
+        for resident, keys in zip(self.res, ROUND_BALLOTS):
+            if resident.budget_round(round_id).get("my_ballot") is None:
+                resident.approve(round_id, [by_key[k] for k in keys if by_key[k]])
+                self.added_one("a ballot in the budgeting round")
+        return round_id
 
     def project_collecting(self, pid: str, proposer: int) -> None:
         self.cosign(pid, [self.res[1]], ["res2"])

@@ -34,7 +34,7 @@ import flask
 import marshmallow as ma
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from werkzeug.exceptions import MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
 
 from cocreate_client.messages import DEFAULT_LOCALE
 from gateway import compose, live
@@ -539,12 +539,27 @@ def _route(routes: Catalogue, public: str, method: str):
     return routes.adapter().match(public, method)[0]
 
 
+def _route_label(routes: Catalogue, public: str, method: str) -> str:
+    """The metrics label of a public path: its catalogue template, or :data:`UNMATCHED_ROUTE`
+    (routes the catalogue does not know yet are not fetched for a label)."""
+    try:
+        target = routes.adapter().match(public, method)[0]
+    except HTTPException:  # no route, another method, a redirect
+        return UNMATCHED_ROUTE
+    return PREFIX + public_rule(target.service, target.rule)
+
+
 def _install_catalogue_hooks(app: flask.Flask, routes: Catalogue) -> None:
     """The refresher thread of each process, and each service's catalogue state in ``/readyz``."""
 
     @app.before_request
     def _refreshing():
         routes.ensure_refreshing()
+        request = flask.request
+        if request.url_rule is not None and request.endpoint == "proxy":
+            # The route label of every answer to a proxied path — a 401 or a 429 refused before the
+            # proxy runs included — is the catalogue's template, never the catch-all rule.
+            flask.g.metrics_route = _route_label(routes, "/" + request.view_args["rest"], request.method)
 
     plain_readyz = app.view_functions["readyz"]
 

@@ -96,14 +96,14 @@ def create_app(settings: config.WebSettings) -> flask.Flask:
     _install_observability(app, db)
     _install_errors(app)
 
-    from web import account, dashboard, live, pages, resident, staff, volunteer
+    from web import account, dashboard, live, pages, resident, rounds, staff, volunteer
 
     csp = CSP.replace("connect-src 'self'", f"connect-src {live.connect_sources(settings)}")
     if settings.oidc_issuer:  # signing out redirects the sign-out form to the provider's end of session
         issuer = urlsplit(settings.oidc_issuer)
         csp = csp.replace("form-action 'self'", f"form-action 'self' {issuer.scheme}://{issuer.netloc}")
     app.extensions["cocreate.csp"] = csp
-    for module in (pages, account, resident, dashboard, volunteer, staff, live):
+    for module in (pages, account, resident, dashboard, rounds, volunteer, staff, live):
         app.register_blueprint(module.blueprint)
     return app
 

@@ -41,7 +41,8 @@ CASE_STATUS = {"open": _l("Open"), "contacted": _l("Contacted"), "rectifying": _
                "closed": _l("Closed"), "resolved": _l("Resolved"), "escalated": _l("Escalated"),
                "overdue": _l("Overdue")}
 FUND_ENTRIES = {"credit": _l("Credit"), "reservation": _l("Reserved for a project"), "release": _l("Released"),
-                "spending": _l("Spent"), "reward": _l("Reward")}
+                "spending": _l("Spent"), "reward": _l("Reward"),
+                "transfer": _l("Moved from a budgeting round to a project")}
 
 
 def label(table: dict, code) -> str:

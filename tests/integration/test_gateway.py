@@ -86,11 +86,14 @@ def test_proxied_requests_are_counted_by_the_catalogues_route_template(app, uniq
     d, c = community(app, unique)
     pid = c.approved_project(title="安装路灯")["project_id"]
     template = "/api/v1/projects/<project_id>"
-    before = (_gateway_requests(app, template, "200"), _gateway_requests(app, "<unmatched>", "404"))
+    before = (_gateway_requests(app, template, "200"), _gateway_requests(app, "<unmatched>", "404"),
+              _gateway_requests(app, template, "401"))
     d.get(c.cadre, f"/projects/{pid}")
     assert_error(d.call(c.cadre, "GET", f"/no-such-route/{unique}"), 404)
-    after = (_gateway_requests(app, template, "200"), _gateway_requests(app, "<unmatched>", "404"))
-    assert after == (before[0] + 1, before[1] + 1)
+    assert_error(d.call(None, "GET", f"/projects/{pid}"), 401)  # refused before the proxy runs: labelled alike
+    after = (_gateway_requests(app, template, "200"), _gateway_requests(app, "<unmatched>", "404"),
+             _gateway_requests(app, template, "401"))
+    assert after == (before[0] + 1, before[1] + 1, before[2] + 1)
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert "<path:rest>" not in text and pid not in text and unique not in text
 
