@@ -317,16 +317,16 @@ def test_make_demo_finishes_a_half_made_community(platform):
     done = sh("make demo", env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    assert re.search(r"^\[1/8\] ", done.stderr, re.M) and re.search(r"^\[8/8\] ", done.stderr, re.M)
+    assert re.search(r"^\[1/9\] ", done.stderr, re.M) and re.search(r"^\[9/9\] ", done.stderr, re.M)
     assert "all 28 demo users there" in done.stderr  # the users file was left as it was
-    assert re.search(r"^Done in [\d.]+ s: added 7 projects and \d+ other records", done.stdout, re.M), done.stdout
+    assert re.search(r"^Done in [\d.]+ s: added 10 projects and \d+ other records", done.stdout, re.M), done.stdout
     assert "password is demo" in done.stdout and "cocreate login chen --password demo" in done.stdout
     made = demo_made(workdir, env)
     assert made["deliberation"] == begun and made["added"] == []
     per_stage = made["dashboard"]["projects"]["per_stage"]
     assert {stage: per_stage[stage] for stage in ("co_plan", "co_build", "co_manage", "co_evaluate", "co_share",
                                                   "rejected")} == {
-        "co_plan": 3, "co_build": 1, "co_manage": 1, "co_evaluate": 1, "co_share": 1, "rejected": 1}
+        "co_plan": 6, "co_build": 1, "co_manage": 1, "co_evaluate": 1, "co_share": 1, "rejected": 1}
     assert made["dashboard"]["missing"] == []
     assert [name for name, _score in made["ranking"]["ranked"]] == ["陈书记", "林主任"]
     project = Client(url).login("chen", "demo").get(f"/projects/{begun}")
@@ -348,7 +348,7 @@ def test_the_readme_client_section_runs_verbatim(platform):
     assert re.search(rf"^project_id:\s+{project_id}$", done.stdout, re.M)  # cocreate project "$ID", a record
     assert re.search(r"^project_id\s+stage\s+phase\s+cosigner_count", done.stdout, re.M)  # the projects table
     assert "小区安装路灯" in done.stdout and "fund.balance (¥):" in done.stdout  # the dashboard
-    assert re.search(r"^9$", done.stdout, re.M)  # --field total: 8 demo projects and the new one
+    assert re.search(r"^12$", done.stdout, re.M)  # --field total: 11 demo projects (3 in the round) and the new one
     token = Path(env["HOME"]) / ".cocreate" / "token"
     assert token.exists() and oct(token.stat().st_mode & 0o777) == "0o600"
     # the co-signature is res2's

@@ -193,7 +193,7 @@ def test_make_demo_and_the_command_line_work_against_the_running_platform(platfo
     made = json.loads(demo.stdout)
     per_stage = made["dashboard"]["projects"]["per_stage"]
     assert {stage: per_stage[stage] for stage in ("co_plan", "co_build", "co_manage", "co_share", "rejected")} == {
-        "co_plan": 3, "co_build": 1, "co_manage": 1, "co_share": 1, "rejected": 1}
+        "co_plan": 6, "co_build": 1, "co_manage": 1, "co_share": 1, "rejected": 1}
     assert per_stage["co_evaluate"] == 1 and made["dashboard"]["missing"] == []
     assert [name for name, _score in made["ranking"]["ranked"]] == ["陈书记", "林主任"]
 
