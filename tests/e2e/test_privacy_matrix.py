@@ -9,7 +9,9 @@ Private facts are planted as canaries and looked for in every answer:
 - ``rater_a``: the resident who rated a cadre 1 (and that rating's stored stream id);
 - ``rater_b``: the resident who rated a grid worker 2 (and that rating's stored id);
 - ``rater_p``: the resident who evaluated a project (共评);
-- ``phone``: a volunteer's full phone number; ``checkin``: an activity's check-in code.
+- ``phone``: a volunteer's full phone number; ``checkin``: an activity's check-in code;
+- ``ballot``: what the representative approved in a budgeting round (a list of that one proposal:
+  the round's other voter approved both, and both won) — secret to everyone but the voter.
 For each reader the set of canaries seen over all routes must be exactly the expected one: a new
 route or field that leaks fails the test, and so does a policy that hides too much. A GET route not
 listed in ``PATHS`` fails the test too, until it is added here. The public reads (``/public/...``)
@@ -66,7 +68,7 @@ EXPECTED = {
     "cadre, same community": STAFF,
     "cadre, other community": set(),
     "grid worker (rated, case handler)": STAFF - {"rater_b"},
-    "representative": set(),
+    "representative": {"ballot"},  # their own ballot in the budgeting round
     "volunteer": set(),
     "card holder": {"phone"},
     "organiser, same community": {"phone", "checkin"},
@@ -135,6 +137,18 @@ def scenario(app, servers, base) -> dict:
         "starts_at": start.isoformat(), "ends_at": (start + timedelta(hours=3)).isoformat(),
         "capacity": 5, "planned_minutes": 180, "points_per_hour": 10})
     d.post(HOLDER, f"/activities/{activity['created_id']}/signups")
+    # A budgeting round: the representative approves one proposal, another resident both; both win.
+    x, y = (c.propose(title=title, requested_fen=100_000, estimated_cost_fen=100_000)["project_id"]
+            for title in ("楼道灯", "花坛"))
+    c.qualify(x)
+    c.qualify(y)
+    rid = d.post(c.cadre, f"/communities/{A}/rounds", {
+        "title": "微更新", "budget_fen": 300_000, "rule": "mes", "project_ids": [x, y],
+        "closes_at": (utc_now() + timedelta(days=7)).isoformat()})["created_id"]
+    voter = READERS["representative"]
+    d.ok(voter, "PUT", f"/rounds/{rid}/ballot", {"approvals": [x]})
+    d.ok(c.residents[1], "PUT", f"/rounds/{rid}/ballot", {"approvals": [x, y]})
+    d.post(c.cadre, f"/rounds/{rid}/close", {}, status=200)
 
     stored = {}
     feedback_store = EventStore(make_engine(f"sqlite:///{base}/feedback/var/feedback.db"), service="feedback")
@@ -160,17 +174,22 @@ def scenario(app, servers, base) -> dict:
         "rater_p": [f'"{c.residents[10].person_id}"'],
         "phone": [PHONE],
         "checkin": [f'"{activity["resource"]["checkin_code"]}"'],
+        "ballot": [f'["{x}"]', f'[\n  "{x}"\n]', f'[ "{x}" ]'],
     }
     paths = {
         "/admin/{service}/events": "/admin/{service}/events?limit=1000",
         "/admin/{service}/streams/<stream_id>": "/admin/feedback/streams/rating-" + stored[c.residents[8].person_id],
-        "/admin/{service}/streams/<stream_id>/events":
+        "/admin/{service}/streams/<stream_id>/events": [
             "/admin/feedback/streams/rating-" + stored[c.residents[8].person_id] + "/events",
+            f"/admin/projects/streams/roundballot-{rid}:{voter.person_id}/events"],
         "/communities": "/communities",
         "/communities/<community_id>": f"/communities/{A}",
         "/communities/<community_id>/fund": f"/communities/{A}/fund",
         "/communities/<community_id>/stats": f"/communities/{A}/stats",
         "/communities/<community_id>/dashboard": f"/communities/{A}/dashboard",
+        "/communities/<community_id>/rounds": f"/communities/{A}/rounds",
+        "/rounds/<round_id>": f"/rounds/{rid}",
+        "/rounds/<round_id>/verification": f"/rounds/{rid}/verification",
         "/projects": "/projects",
         "/projects/<project_id>": f"/projects/{pid}",
         "/projects/<project_id>/history": f"/projects/{pid}/history",
