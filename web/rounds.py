@@ -2,9 +2,11 @@
 (approve proposals with a secret ballot while it is open; the winners and why each proposal won or
 lost once it is closed, with the recount from the log), and the cadre's forms to open and close one.
 
-Members of the community only (a round's reads need a token): the pages sit beside the dashboard
-in the community's tabs. A ballot is a set of checkboxes sent as one ``PUT`` (the last one counts);
-the page shows the visitor their own ballot and nobody else's — the API gives nothing more.
+A visitor who is not signed in (or a member of another community) reads the public rounds
+(``/api/v1/public/...``: counts only, small ones suppressed); a member of the community reads the
+round as the API shows it to them, with their own ballot. A ballot is a set of checkboxes sent as
+one ``PUT`` (the last one counts); the page shows the visitor their own ballot and nobody else's —
+the API gives nothing more.
 """
 
 from __future__ import annotations
@@ -38,42 +40,54 @@ def is_cadre() -> bool:
 
 
 def _own_community(community_id: str) -> None:
-    if flask.session.get("community") != community_id and "admin" not in flask.session.get("roles", []):
+    if not _member_of(community_id):
         flask.abort(403)
+
+
+def _member_of(community_id: str) -> bool:
+    return bool(flask.session.get("token")) and (flask.session.get("community") == community_id
+                                                 or "admin" in flask.session.get("roles", []))
 
 
 @blueprint.get("/c/<community_id>/rounds")
 def rounds(community_id: str):
-    if (redirect := require_signin()) is not None:
-        return redirect
-    _own_community(community_id)
+    listing = (f"/communities/{q(community_id)}/rounds", {}) if _member_of(community_id) else \
+        (f"/public/communities/{q(community_id)}/rounds", {"anonymous": True})
     header, found = parts(
         (lambda c: c.get(f"/public/communities/{q(community_id)}"), {"anonymous": True, "absent": None}),
-        (lambda c: c.get(f"/communities/{q(community_id)}/rounds"), {}))
+        (lambda c: c.get(listing[0]), listing[1]))
     if header is None:
         flask.abort(404)
     items = found if isinstance(found, Unavailable) else found.get("items", [])
     return flask.render_template("rounds/list.html", community_id=community_id, community=header, rounds=items,
-                                 is_cadre=is_cadre(), rules=RULES, title=_("Budgeting rounds"))
+                                 is_cadre=is_cadre() and _member_of(community_id), rules=RULES,
+                                 title=_("Budgeting rounds"))
 
 
 @blueprint.get("/rounds/<round_id>")
 def budget_round(round_id: str):
-    if (redirect := require_signin()) is not None:
-        return redirect
-    found = part(lambda c: c.get(f"/rounds/{q(round_id)}"), absent=None)
+    public = not flask.session.get("token")
+    try:
+        found = part(lambda c: c.get(f"/{'public/' if public else ''}rounds/{q(round_id)}"), anonymous=public,
+                     absent=None)
+    except ApiError as error:
+        if error.status != 403:
+            raise
+        public = True  # another community's round: its public page, as for anyone
+        found = part(lambda c: c.get(f"/public/rounds/{q(round_id)}"), anonymous=True, absent=None)
     if found is None:
         flask.abort(404)
     if isinstance(found, Unavailable):
         return flask.render_template("rounds/round.html", round=None, down=found, title=_("Budgeting round")), 503
     verification = None
-    if found["status"] == "closed" and flask.request.args.get("verify") == "1":
+    if not public and found["status"] == "closed" and flask.request.args.get("verify") == "1":
         verification = part(lambda c: c.get(f"/rounds/{q(round_id)}/verification"), absent=None)
-    roles = set(flask.session.get("roles", []))
-    may_vote = found["status"] == "open" and (
+    roles = set(flask.session.get("roles", [])) if not public else set()
+    may_vote = found["status"] == "open" and not public and (
         "representative" in roles if found["electorate"] == "representatives" else bool(roles & {"resident",
                                                                                                    "representative"}))
-    return flask.render_template("rounds/round.html", round=found, may_vote=may_vote, is_cadre=is_cadre(),
+    return flask.render_template("rounds/round.html", round=found, public=public, may_vote=may_vote,
+                                 is_cadre=is_cadre() and not public,
                                  rules=RULES, electorates=ELECTORATES, verification=verification,
                                  title=found["title"])
 

@@ -262,6 +262,18 @@ PUBLIC: Mapping[str, tuple[str, ...]] = {
              "rewards_fen", "ledger", "next_after"),
     "fund_entry": ("position", "kind", "kind_label", "source", "source_label", "amount_fen", "balance_after_fen",
                    "project_id", "project_title", "on"),
+    # projects service: participatory budgeting rounds (never a ballot: counts only)
+    "round_page": ("community_id", "items", "min_count"),
+    "round_summary": ("round_id", "community_id", "title", "status", "status_label", "budget_fen", "rule",
+                      "rule_label", "proposal_count", "ballots", "opens_on", "closes_on", "suppressed"),
+    "round": ("round_id", "community_id", "title", "status", "status_label", "budget_fen", "rule", "rule_label",
+              "tie_break", "proposal_count", "proposals", "ballots", "opens_on", "closes_on", "outcome", "min_count",
+              "suppressed"),
+    "round_proposal": ("project_id", "title", "cost_fen", "order"),
+    "round_outcome": ("spent_fen", "leftover_fen", "closed_on", "winners", "explanations"),
+    "round_winner": ("rank", "project_id", "title", "cost_fen", "approvals", "stage", "suppressed"),
+    "round_explanation": ("project_id", "title", "won", "result", "rank", "cost_fen", "approvals", "label",
+                          "suppressed"),
     # feedback service
     "ranking": ("community_id", "kind", "period", "provisional", "edition", "editions", "published_on", "formula",
                 "ranked", "not_enough_ratings", "total_ranked", "total_not_enough_ratings", "limit", "offset",
@@ -313,6 +325,12 @@ PUBLIC_NESTED: Mapping[str, Mapping[str, str]] = {
     "fund": {"ledger": "fund_entry"},
     "fund_entry": {"kind_label": "label", "source_label": "label"},
     "ranking": {"formula": "formula", "ranked": "ranking_entry", "not_enough_ratings": "ranking_entry"},
+    "round_page": {"items": "round_summary"},
+    "round_summary": {"status_label": "label", "rule_label": "label"},
+    "round": {"status_label": "label", "rule_label": "label", "proposals": "round_proposal",
+              "outcome": "round_outcome"},
+    "round_outcome": {"winners": "round_winner", "explanations": "round_explanation"},
+    "round_explanation": {"label": "label"},
     "certificate_check": {"match": "certificate_match"},
 }
 

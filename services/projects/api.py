@@ -842,6 +842,29 @@ class PublicProject(MethodView):
             return views.public_project(connection, project_id, min_count())
 
 
+@public_reads.route("/communities/<community_id>/rounds")
+class PublicRounds(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(NoQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, _query, community_id):
+        """A community's participatory budgeting rounds, newest first — counts only (no token)"""
+        with store().read_transaction() as connection:
+            return views.public_rounds(connection, community_id, min_count())
+
+
+@public_reads.route("/rounds/<round_id>")
+class PublicRound(MethodView):
+    @public(public_reads)
+    @public_reads.arguments(NoQuery, **PUBLIC_QUERY)
+    @public_reads.response(200)
+    def get(self, _query, round_id):
+        """A budgeting round's proposals and, once closed, its winners and why each proposal won or
+        lost — never a ballot; small counts suppressed (no token)"""
+        with store().read_transaction() as connection:
+            return views.public_round(connection, round_id, min_count())
+
+
 # -- participatory budgeting rounds ------------------------------------------------------------------
 
 def round_answer(outcome: Outcome, status: int = 200):

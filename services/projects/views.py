@@ -957,3 +957,58 @@ def round_verification(store: EventStore, round_id: str) -> dict[str, Any]:
             "winners_recorded": [w["proposal_id"] for w in recorded["winners"]],
             "winners_recounted": [w["proposal_id"] for w in recount["winners"]],
             "rule": opened.data["rule"], "titles": titles}
+
+
+# -- budgeting rounds for visitors without a token (共享) ---------------------------------------------
+
+def _public_round_summary(r: BudgetRound, ballots: int, min_count: int) -> dict[str, Any]:
+    """While a round is open no count of ballots is shown (as for a council vote)."""
+    shown, hidden = ({"ballots": None}, [])
+    if r.status == "closed":
+        shown, hidden = privacy.suppress({"ballots": ballots}, min_count)
+    return {"round_id": r.id, "community_id": r.community_id, "title": r.title, "status": r.status,
+            "status_label": bilingual(ROUND_STATUSES.get(r.status)), "budget_fen": r.budget_fen, "rule": r.rule,
+            "rule_label": bilingual(RULE_LABELS.get(r.rule)), "proposal_count": len(r.proposals),
+            "ballots": shown["ballots"], "opens_on": privacy.public_day(r.opens_at),
+            "closes_on": privacy.public_day(r.closes_at), "suppressed": hidden}
+
+
+def public_rounds(connection: Connection, community_id: str, min_count: int) -> dict[str, Any]:
+    """A community's budgeting rounds, newest first, as anyone may read them."""
+    _community_or_404(connection, community_id)
+    t = ROUNDS.table
+    found = ROUNDS.find(connection, order_by=[t.c.created_at_us.desc()], community_id=community_id)
+    return privacy.public_view("round_page", {
+        "community_id": community_id, "min_count": min_count,
+        "items": [_public_round_summary(r, ROUND_BALLOTS.count(connection, r.id), min_count) for r in found]})
+
+
+def public_round(connection: Connection, round_id: str, min_count: int) -> dict[str, Any]:
+    """A round as anyone may read it: its proposals and, once closed, the outcome with why each
+    proposal won or lost. Counts of people (ballots, a proposal's approvals) below ``min_count`` are
+    null and named in ``suppressed``, and so is an explanation resting on such a count."""
+    r = find_round(connection, round_id)
+    answer = {**_public_round_summary(r, ROUND_BALLOTS.count(connection, r.id), min_count),
+              "tie_break": budgeting.TIE_BREAK, "proposals": [dict(p) for p in r.proposals],
+              "outcome": None, "min_count": min_count}
+    if r.outcome is not None:
+        outcome = round_outcome(r.outcome, {p["project_id"]: p["title"] for p in r.proposals})
+
+        def counted(entry: dict[str, Any], keep: tuple[str, ...]) -> dict[str, Any]:
+            shown, hidden = privacy.suppress({"approvals": entry["approvals"]}, min_count)
+            item = {k: entry[k] for k in keep}
+            item["approvals"] = shown["approvals"]
+            if "label" in item and hidden:
+                item["label"] = None  # its words give the count
+            return {**item, "suppressed": hidden + (["label"] if hidden and "label" in keep else [])}
+
+        answer["outcome"] = {
+            "spent_fen": outcome["spent_fen"], "leftover_fen": outcome["leftover_fen"],
+            "closed_on": privacy.public_day(r.updated_at),
+            "winners": [counted(w, ("rank", "project_id", "title", "cost_fen", "stage")) for w in outcome["winners"]],
+            # ``result``: why it won or lost as a code (the explanation's reason: won_mes, lost_did_not_fit …)
+            "explanations": [counted({**e, "result": e["reason"]},
+                                     ("project_id", "title", "won", "result", "rank", "cost_fen", "label"))
+                             for e in outcome["explanations"]]}
+    return privacy.public_view("round", answer)
+

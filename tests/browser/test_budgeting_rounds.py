@@ -107,6 +107,19 @@ def test_a_round_opened_voted_closed_and_explained_in_the_browser(site, browser,
     finally:
         cadre.context.close()
 
+    # published (共享): a visitor reads the outcome, with one ballot's count suppressed, and no form
+    visitor = new_page(browser, viewport)
+    try:
+        visitor.goto(round_url)
+        outcome = visitor.inner_text("#outcome")
+        assert bed in outcome and "入选（第 1 名）" in outcome and "少于 5" in outcome, outcome
+        assert visitor.locator("input[name=approve]").count() == 0 and visitor.locator("#close-round").count() == 0
+        assert_accessible(visitor)
+        visitor.goto(f"{site.web}/c/xinyang/rounds")
+        assert f"微更新 {tag}" in text_of(visitor)
+    finally:
+        visitor.context.close()
+
 
 def test_residents_get_no_form_to_open_a_round(site, page):
     sign_in(page, site.web, "res1")

@@ -229,6 +229,8 @@ def scenario(app, servers, base) -> dict:
         "/public/communities/<community_id>/projects": f"/public/communities/{A}/projects",
         "/public/communities/<community_id>/fund": f"/public/communities/{A}/fund",
         "/public/projects/<project_id>": f"/public/projects/{pid}",
+        "/public/communities/<community_id>/rounds": f"/public/communities/{A}/rounds",
+        "/public/rounds/<round_id>": f"/public/rounds/{rid}",
         "/public/rankings/<community_id>/<kind>": f"/public/rankings/{A}/cadre",
         "/public/rankings/<community_id>/<kind>/<period>": f"/public/rankings/{A}/cadre/2026-01",
         **{f"/public/open-data/communities/<community_id>/{dataset}/{name}":

@@ -210,6 +210,18 @@ def test_a_round_runs_through_the_gateway_by_its_rule_and_verifies_from_the_log(
     listed = d.get(cadre, f"/communities/{community.id}/rounds")["items"]
     assert [(r["round_id"], r["status"], r["ballots"]) for r in listed] == [(rid, "closed", 10)]
 
+    # published for anyone (共享), counts only: the four-voter bloc's count is below the threshold (5)
+    public = d.call(None, "GET", f"/public/rounds/{rid}").json()
+    assert not any(v.person_id in json.dumps(public) for v in voters) and "my_ballot" not in public
+    assert public["ballots"] == 10 and public["status"] == "closed"
+    shown = {names[e["project_id"]]: e for e in public["outcome"]["explanations"]}
+    assert [names[w["project_id"]] for w in public["outcome"]["winners"]] == list(winners)
+    assert shown["A1"]["approvals"] == 6 and shown["A1"]["label"]["zh"] == explained["A1"]["label"]["zh"]
+    assert shown["B1"]["approvals"] is None and shown["B1"]["label"] is None
+    assert shown["B1"]["suppressed"] == ["approvals", "label"]
+    assert d.call(None, "GET", f"/public/communities/{community.id}/rounds").json()["items"][0]["round_id"] == rid
+    assert_error(d.call(None, "GET", "/public/rounds/no-such-round"), 404)
+
 
 def test_a_round_the_fund_cannot_cover_or_with_bad_input_records_nothing(world):
     community = world.community("pb-refused")

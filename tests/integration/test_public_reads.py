@@ -285,8 +285,8 @@ def test_the_merged_document_marks_exactly_the_public_operations(world):
     open_ops = {(method, path) for path, ops in document["paths"].items() for method, op in ops.items()
                 if isinstance(op, dict) and op.get("security") == []}
     public_reads = {("get", path) for path in document["paths"] if path.startswith(f"{PREFIX}/public/")}
-    assert len({(method, path) for method, path in public_reads if "/public/open-data/" not in path}) == 7
-    assert len(public_reads) > 7  # and the open-data files (tests/integration/test_open_data.py)
+    assert len({(method, path) for method, path in public_reads if "/public/open-data/" not in path}) == 9
+    assert len(public_reads) > 9  # and the open-data files (tests/integration/test_open_data.py)
     assert open_ops == public_reads | {("post", f"{PREFIX}/auth/token")}
     catalogue = world["app"].extensions["cocreate.catalogue"]
     assert {PREFIX + rule.rule.replace("<", "{").replace(">", "}") for rule in catalogue.map.iter_rules()

@@ -183,7 +183,8 @@ def test_each_service_s_public_reads_are_its_gets_under_public_documented_so(ser
              if path.startswith("/public/") and method in ("get", "post", "put", "patch", "delete")}
     assert open_ops == under and all(method == "get" for method, _ in open_ops)
     expected = {"projects": {"/public/communities/{community_id}", "/public/communities/{community_id}/projects",
-                             "/public/communities/{community_id}/fund", "/public/projects/{project_id}"},
+                             "/public/communities/{community_id}/fund", "/public/projects/{project_id}",
+                             "/public/communities/{community_id}/rounds", "/public/rounds/{round_id}"},
                 "volunteers": {"/public/certificates/{number}/verification"},
                 "feedback": {"/public/rankings/{community_id}/{kind}",
                              "/public/rankings/{community_id}/{kind}/{period}"}}[service]
