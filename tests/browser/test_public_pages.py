@@ -42,7 +42,8 @@ def public_urls(site) -> list[str]:
     urls = [f"{site.web}/c/xinyang", f"{site.web}/c/xinyang/fund", f"{site.web}/c/xinyang/rankings",
             f"{site.web}/c/xinyang/rankings?kind=grid_worker", f"{site.web}/c/xinyang?stage=co_plan"]
     urls += [f"{site.web}/projects/{pid}" for key, pid in site.made.items() if isinstance(pid, str) and key not in
-             ("follow_up_case",)]
+             ("follow_up_case", "round")]
+    urls += [f"{site.web}/c/xinyang/rounds", f"{site.web}/rounds/{site.made['round']}"]  # the budgeting round
     return urls
 
 
