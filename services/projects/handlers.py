@@ -277,7 +277,8 @@ def _close(uow: UnitOfWork, budget_round: BudgetRound, actor) -> None:
     """Tally the round from its ballots, move each winner's amount to the project, return the rest to
     the fund, and send every proposal on (winners to 共建 or the council, the others back to
     deliberation) — all in this one unit of work."""
-    ballots, inputs_position = ROUND_BALLOTS.ballots(uow.connection, budget_round.id)
+    ballots, last_ballot = ROUND_BALLOTS.ballots(uow.connection, budget_round.id)
+    inputs_position = max(last_ballot, uow.events_of(budget_round)[-1].position)  # no ballot: the opening
     uow.record(budget_round, budget_round.close(actor, ballots, inputs_position, uow.now()))
     fund = uow.load(CommunityFund, budget_round.community_id)
     winners = {w["proposal_id"]: w for w in budget_round.winners()}

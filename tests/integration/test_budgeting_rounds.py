@@ -20,6 +20,7 @@ from werkzeug.serving import make_server
 
 from services.kernel.auth import Principal
 from services.kernel import privacy
+from services.kernel.eventstore import rebuild
 from services.projects.service import DEFINITION
 from tests.support.apps import container, driver, gateway_app, service_app
 from tests.support.errors import assert_error
@@ -204,6 +205,10 @@ def test_a_round_runs_through_the_gateway_by_its_rule_and_verifies_from_the_log(
     verified = d.get(community.residents[5], f"/rounds/{rid}/verification")
     assert verified["identical"] is True and verified["ballots_recounted"] == 10
     assert [names[p] for p in verified["winners_recounted"]] == list(winners)
+    # the read models rebuilt from the log (small pages: a voter's ballots split across them) read alike
+    before_rebuild = (d.get(cadre, f"/rounds/{rid}"), d.get(voters[0], f"/rounds/{rid}")["my_ballot"])
+    rebuild(world.store, page_size=3)
+    assert (d.get(cadre, f"/rounds/{rid}"), d.get(voters[0], f"/rounds/{rid}")["my_ballot"]) == before_rebuild
     # once closed: no more ballots, no second close
     assert_error(d.call(voters[1], "PUT", f"/rounds/{rid}/ballot", {"approvals": []}), 409, "round_closed")
     assert_error(d.call(cadre, "POST", f"/rounds/{rid}/close", {}), 409, "round_closed")
@@ -284,6 +289,19 @@ def test_the_periodic_job_closes_a_round_once_its_closing_time_has_passed(world)
     assert [w["project_id"] for w in closed["outcome"]["winners"]] == [ids["A1"]]
     assert world.job() == "projects: 0 budgeting round(s) closed"
     assert world.d.get(community.cadre, f"/rounds/{rid}/verification")["identical"] is True
+
+
+def test_a_round_without_ballots_funds_nothing_and_returns_its_budget(world):
+    community = world.community("pb-empty")
+    ids = proposals(world, community, ("A1",))
+    balance = community.fund()["balance_fen"]
+    rid = open_round(world, community, ids, "greedy")["round_id"]
+    closed = world.d.post(community.cadre, f"/rounds/{rid}/close", {}, status=200)["round"]["outcome"]
+    assert closed["winners"] == [] and closed["ballots"] == 0 and closed["inputs_position"] > 0
+    assert closed["explanations"][0]["reason"] == "lost_no_approvals"
+    assert community.fund()["balance_fen"] == balance
+    verified = world.d.get(community.cadre, f"/rounds/{rid}/verification")
+    assert verified["identical"] is True and verified["ballots_recounted"] == 0
 
 
 def test_a_ballot_never_reaches_the_live_feed_and_its_approvals_stay_in_the_service():
