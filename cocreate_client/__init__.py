@@ -54,11 +54,16 @@ class ApiError(Exception):
 
 class Client:
     def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 15.0, retries: int = 3,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, longest_wait: float = 5.0) -> None:
+        """``retries``: how often a call refused for now (503, 429, an idempotent call still in
+        progress) or cut off is tried again; ``longest_wait``: the most it waits before one retry,
+        even when the gateway's ``Retry-After`` asks for more (a bulk loader such as the demo
+        passes a minute: the rate limits count per minute; nothing was done by a 429)."""
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.retries = retries
+        self.longest_wait = longest_wait
         # Sent with every request: e.g. a web front end's ``X-Forwarded-For`` (the visitor's
         # address, for the gateway's per-address rate limits) and ``Accept-Language``.
         self.headers = dict(headers or {})
@@ -93,7 +98,7 @@ class Client:
                     payload = raw.decode(errors="replace")
                 retryable = error.code in (503, 429) or (error.code == 409 and _reason(payload) == "idempotency_in_progress")
                 if retryable and attempt < self.retries:
-                    time.sleep(min(5.0, float(error.headers.get("Retry-After") or 1)))
+                    time.sleep(min(self.longest_wait, float(error.headers.get("Retry-After") or 1)))
                     continue
                 raise ApiError(error.code, payload) from None
             except (urllib.error.URLError, ConnectionError, TimeoutError):

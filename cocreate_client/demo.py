@@ -157,7 +157,8 @@ def sign_in(url: str, users: list[dict], users_file: Path | None = None) -> dict
     clients = {}
     for user in users:
         try:
-            clients[user["username"]] = Client(url).login(user["username"], PASSWORD)
+            # a bulk loader: it waits as long as the gateway's rate limit says (a minute at most)
+            clients[user["username"]] = Client(url, longest_wait=61.0).login(user["username"], PASSWORD)
         except ApiError as error:
             if error.status in (401, 404):
                 where = f" {users_file}" if users_file else ""
