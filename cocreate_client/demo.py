@@ -244,13 +244,7 @@ class _Filler:
         existing = self.existing_projects()
         for key, (title, category, cost, requested, grid, proposer) in PROJECTS.items():
             before = len(self.added)
-            pid = existing.get(title)
-            if pid is None:
-                pid = self.res[proposer].propose(community_id=C, grid_id=grid, title=title, category=category,
-                                                 description=title, location="新阳社区",
-                                                 estimated_cost_fen=cost, requested_fen=requested)["project_id"]
-                self.added_one(f"project {title}")
-            made[key] = pid
+            pid = made[key] = self.project(existing, title, category, cost, requested, grid, proposer)
             getattr(self, f"project_{key}")(pid, proposer)
             stage = self.detail(pid)
             state = f"{stage['stage']}/{stage['phase']}"
@@ -328,6 +322,17 @@ class _Filler:
             if page * answer.get("per_page", 100) >= answer.get("total", 0) or not answer.get("items"):
                 return found
             page += 1
+
+    def project(self, existing: dict[str, str], title: str, category: str, cost: int, requested: int, grid: str,
+                proposer: int) -> str:
+        """The demo's project of this title: the one there, else proposed now by resident ``proposer``."""
+        pid = existing.get(title)
+        if pid is None:
+            pid = self.res[proposer].propose(community_id=C, grid_id=grid, title=title, category=category,
+                                             description=title, location="新阳社区", estimated_cost_fen=cost,
+                                             requested_fen=requested)["project_id"]
+            self.added_one(f"project {title}")
+        return pid
 
     def detail(self, pid: str) -> dict:
         return self.chen.get(f"/projects/{pid}")
@@ -441,13 +446,8 @@ class _Filler:
             round_id = found[0]["round_id"]
         else:
             ids = []
-            for key, (title, category, cost, requested, grid, proposer) in ROUND_PROPOSALS.items():
-                pid = existing.get(title)
-                if pid is None:
-                    pid = self.res[proposer].propose(community_id=C, grid_id=grid, title=title, category=category,
-                                                     description=title, location="新阳社区",
-                                                     estimated_cost_fen=cost, requested_fen=requested)["project_id"]
-                    self.added_one(f"project {title}")
+            for title, category, cost, requested, grid, proposer in ROUND_PROPOSALS.values():
+                pid = self.project(existing, title, category, cost, requested, grid, proposer)
                 self.qualify(pid, proposer)
                 ids.append(pid)
             closes = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)).replace(microsecond=0)

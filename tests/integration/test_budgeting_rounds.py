@@ -12,17 +12,15 @@ that fits the 1,000 yuan left.
 from __future__ import annotations
 
 import json
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from werkzeug.serving import make_server
 
 from services.kernel.auth import Principal
 from services.kernel import privacy
 from services.kernel.eventstore import rebuild
 from services.projects.service import DEFINITION
-from tests.support.apps import container, driver, gateway_app, service_app
+from tests.support.apps import BehindGateway, TickingClock
 from tests.support.errors import assert_error
 from tests.support.projects import Community
 
@@ -32,40 +30,11 @@ COST = 300_000  # 3,000 yuan
 BUDGET = 1_000_000  # 10,000 yuan
 
 
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-        self._ticks = 0
-
-    def __call__(self) -> datetime:
-        self._ticks += 1
-        return self.at + timedelta(microseconds=self._ticks)
-
-
-class World:
+class World(BehindGateway):
     """The gateway in front of one projects service (its clock the test's), both in this process."""
 
     def __init__(self, tmp_path, database_url: str) -> None:
-        self.clock = Clock(START)
-        self.service = service_app(DEFINITION, database_url, clock=self.clock)
-        self.container = container(self.service)
-        self.store = self.container.store
-        self.server = make_server("127.0.0.1", 0, self.service, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        absent = "http://127.0.0.1:9"
-        self.gateway = gateway_app(
-            COCREATE_DATA_DIR=str(tmp_path / "gateway"), GATEWAY_PROJECTS_URL=f"http://127.0.0.1:{self.server.port}",
-            GATEWAY_FEEDBACK_URL=absent, GATEWAY_VOLUNTEERS_URL=absent, GATEWAY_UPSTREAM_TIMEOUT_SECONDS="30",
-            GATEWAY_RATE_LIMIT_PER_CALLER="0", GATEWAY_RATE_LIMIT_PER_IP="0")
-        self.d = driver(self.gateway, "/api/v1")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-        self.store.engine.dispose()
-        self.gateway.extensions["cocreate.gateway_store"].engine.dispose()
+        super().__init__(DEFINITION, database_url, tmp_path / "gateway", TickingClock(START))
 
     def community(self, community_id: str, **settings) -> Community:
         return Community(self.d, community_id, residents=12, fund_fen=2_000_000, settings=settings or None)

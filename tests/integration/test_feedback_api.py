@@ -22,7 +22,7 @@ from services.kernel.events import Metadata, StoredEvent
 from services.kernel.eventstore import rebuild
 from services.kernel.settings import SettingsError
 from tests.support.errors import assert_error
-from tests.support.apps import container, driver, service_app
+from tests.support.apps import TickingClock as Clock, container, driver, service_app
 from tests.support.projects import Person
 
 UTC = timezone.utc
@@ -42,19 +42,6 @@ OUTSIDER = Person("x1", "外社区居民", ("resident",), "jimei")
 OUTSIDE_CADRE = Person("xc", "外社区干部", ("cadre",), "jimei")
 WANG = Person("p-wang", "王书记", ("cadre", "resident"), C)  # a rated cadre who also lives here
 ZHAO = Person("p-zhao", "赵主任", ("cadre",), C)
-
-
-class Clock:
-    """The service's clock: at ``at`` (which tests move), plus a microsecond more at every reading,
-    as time goes on: two ratings never share an instant, so "in order of arrival" is defined."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-        self._ticks = 0
-
-    def __call__(self) -> datetime:
-        self._ticks += 1
-        return self.at + timedelta(microseconds=self._ticks)
 
 
 class World:

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.serving import make_server
 
 from services.feedback.service import DEFINITION
 from services.kernel import privacy
@@ -30,7 +28,7 @@ from services.kernel.auth import Principal
 from services.kernel.db import read_transaction, write_transaction
 from services.kernel.events import Metadata, NewEvent, format_time
 from services.kernel.eventstore import rebuild
-from tests.support.apps import container, driver, gateway_app, service_app
+from tests.support.apps import BehindGateway, TickingClock
 from tests.support.errors import assert_error
 from tests.support.projects import Person
 
@@ -46,43 +44,11 @@ WANG = Person("g19-wang", "王书记", ("cadre", "resident"), C)  # rated, and l
 RES = [Person(f"g19-r{i}", f"居民{i}", ("resident",), C) for i in range(40)]
 
 
-class Clock:
-    """The feedback service's clock: at ``at`` (moved by the test), a microsecond more at every
-    reading so that two ratings never share an instant."""
-
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-        self._ticks = 0
-
-    def __call__(self) -> datetime:
-        self._ticks += 1
-        return self.at + timedelta(microseconds=self._ticks)
-
-
-class World:
+class World(BehindGateway):
     """The gateway in front of one feedback service (its clock the test's), both in this process."""
 
     def __init__(self, tmp_path) -> None:
-        self.clock = Clock(MON)
-        self.service = service_app(DEFINITION, f"sqlite:///{tmp_path}/feedback.db", clock=self.clock)
-        self.container = container(self.service)
-        self.store = self.container.store
-        self.server = make_server("127.0.0.1", 0, self.service, threaded=True)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        absent = "http://127.0.0.1:9"
-        self.gateway = gateway_app(
-            COCREATE_DATA_DIR=str(tmp_path / "gateway"), GATEWAY_FEEDBACK_URL=f"http://127.0.0.1:{self.server.port}",
-            GATEWAY_PROJECTS_URL=absent, GATEWAY_VOLUNTEERS_URL=absent, GATEWAY_UPSTREAM_TIMEOUT_SECONDS="30",
-            GATEWAY_RATE_LIMIT_PER_CALLER="0", GATEWAY_RATE_LIMIT_PER_IP="0")
-        self.d = driver(self.gateway, "/api/v1")
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
-        self.store.engine.dispose()
-        self.gateway.extensions["cocreate.gateway_store"].engine.dispose()
+        super().__init__(DEFINITION, f"sqlite:///{tmp_path}/feedback.db", tmp_path / "gateway", TickingClock(MON))
 
     # through the gateway
     def call(self, person, method, path, body=None):

@@ -10,19 +10,17 @@ the per-IP rate limit applied.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
 
 import pytest
-from werkzeug.serving import make_server
 
 from gateway.catalogue import PREFIX
 from services.kernel.model import NewEvent
 from services.feedback.service import DEFINITION as FEEDBACK
 from services.projects.service import DEFINITION as PROJECTS
 from services.volunteers.service import DEFINITION as VOLUNTEERS
-from tests.support.apps import container, gateway_app, service_app
+from tests.support.apps import Served, container, gateway_app, service_app
 from tests.support.errors import assert_error
 from tests.support.projects import FlaskClient, Person, ProjectsDriver
 
@@ -42,22 +40,6 @@ class Clock:
 
     def now(self) -> datetime:
         return self.at
-
-
-class Served:
-    """A Flask app served over HTTP from a thread of this process."""
-
-    def __init__(self, app) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.base_url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 class Public:

@@ -5,16 +5,21 @@ configured as its process would be from environment variables, with the test tok
 what its routes use (store, bus, resources); ``driver(app)`` drives it as a person with a token
 would (:class:`~tests.support.projects.ProjectsDriver`, the same calls as over real HTTP). Tests
 that send raw bytes or read Flask's response object use ``app.test_client()`` itself.
+``Served(app)`` serves an app over real HTTP from a thread (a service behind the gateway), and
+``TickingClock(at)`` is a service clock a test moves.
 """
 
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import flask
 from flask_smorest import Api
+from werkzeug.serving import make_server
 
 from gateway import app as gateway
 from services.kernel.service import Container, ServiceDefinition, create_service_app, load_settings
@@ -61,3 +66,56 @@ def driver(app: flask.Flask, prefix: str = "") -> ProjectsDriver:
     """People with tokens calling ``app`` through Flask's test client; ``prefix`` goes before every
     path (``"/api/v1"`` for the gateway's public routes)."""
     return ProjectsDriver(FlaskClient(app.test_client(), prefix))
+
+
+class Served:
+    """A Flask app served over HTTP from a thread of this process (``base_url``; ``stop()``)."""
+
+    def __init__(self, app: flask.Flask) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+class TickingClock:
+    """A service's clock at ``at`` (which the test moves), a microsecond more at every reading, so that
+    two events never share an instant and "in order of arrival" is defined."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+        self._ticks = 0
+
+    def __call__(self) -> datetime:
+        self._ticks += 1
+        return self.at + timedelta(microseconds=self._ticks)
+
+
+class BehindGateway:
+    """One service (its clock the test's) served over real HTTP with the gateway in front of it, both in
+    this process; the other services are absent. ``d`` drives the gateway's ``/api/v1`` as people
+    with tokens; ``container`` and ``store`` are the service's. Rate limits are off."""
+
+    def __init__(self, definition: ServiceDefinition, database_url: str, data_dir, clock) -> None:
+        self.clock = clock
+        self.service = service_app(definition, database_url, clock=clock)
+        self.container = container(self.service)
+        self.store = self.container.store
+        self.served = Served(self.service)
+        urls = {f"GATEWAY_{name.upper()}_URL": "http://127.0.0.1:9" for name in ("projects", "volunteers", "feedback")}
+        urls[f"GATEWAY_{definition.name.upper()}_URL"] = self.served.base_url
+        self.gateway = gateway_app(COCREATE_DATA_DIR=str(data_dir), GATEWAY_UPSTREAM_TIMEOUT_SECONDS="30",
+                                   GATEWAY_RATE_LIMIT_PER_CALLER="0", GATEWAY_RATE_LIMIT_PER_IP="0", **urls)
+        self.d = driver(self.gateway, "/api/v1")
+
+    def close(self) -> None:
+        self.served.stop()
+        self.store.engine.dispose()
+        self.gateway.extensions["cocreate.gateway_store"].engine.dispose()
+
