@@ -17,7 +17,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from cocreate_client import ApiError
-from web import labels
+from web import forms, labels
 from web.account import require_signin
 from web.upstream import Unavailable, error_text, form_action, part, post, send
 
@@ -28,21 +28,8 @@ def q(value: str) -> str:
     return quote(value, safe="")
 
 
-def _int(name: str, *, low: int, high: int) -> int | None:
-    raw = flask.request.form.get(name, "").strip()
-    if not raw.isdecimal() or len(raw) > 9 or not low <= int(raw) <= high:
-        return None
-    return int(raw)
-
-
-def _fen(name: str, *, allow_zero: bool = False) -> int | None:
-    """An amount typed in yuan (``12`` or ``12.50``) as integer fen."""
-    raw = flask.request.form.get(name, "").strip().replace(",", "")
-    whole, _dot, cents = raw.partition(".")
-    if not whole.isdecimal() or len(whole) > 12 or (cents and (not cents.isdecimal() or len(cents) > 2)):
-        return None
-    fen = int(whole) * 100 + int((cents or "0").ljust(2, "0"))
-    return fen if (0 if allow_zero else 1) <= fen <= 10_000_000_000 else None
+_int = forms.whole_number
+_fen = forms.fen
 
 
 @blueprint.route("/propose", methods=["GET", "POST"])

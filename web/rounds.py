@@ -19,7 +19,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from cocreate_client import ApiError
-from web import labels
+from web import forms, labels
 from web.account import require_signin
 from web.upstream import Unavailable, error_text, part, parts, post, send, write
 
@@ -148,11 +148,9 @@ def open_round(community_id: str):
 
 def _round_body(form) -> tuple[dict, list[str]]:
     """The round the form describes, and the names of the fields that are missing or not valid."""
-    from web.resident import _fen, _int  # the same readings of amounts and counts as the other forms
-
     problems = []
     title = form.get("title", "").strip()[:100]
-    budget = _fen("budget")
+    budget = forms.fen("budget")
     rule = form.get("rule")
     electorate = form.get("electorate", "residents")
     project_ids = form.getlist("project_ids")[:MAX_PROPOSALS]
@@ -171,7 +169,7 @@ def _round_body(form) -> tuple[dict, list[str]]:
             "project_ids": project_ids, "closes_at": closes_at}
     for name, high in (("max_approvals", MAX_PROPOSALS), ("electorate_size", 10_000_000)):
         if form.get(name, "").strip():
-            value = _int(name, low=1, high=high)
+            value = forms.whole_number(name, low=1, high=high)
             if value is None:
                 problems.append({"max_approvals": _("most approvals per ballot"),
                                  "electorate_size": _("size of the electorate")}[name])

@@ -23,7 +23,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from cocreate_client import ApiError
-from web import labels
+from web import forms, labels
 from web.account import require_signin
 from web.upstream import Unavailable, error_text, form_action, invalid_form, part, post, send
 
@@ -54,12 +54,7 @@ def _text(name: str, limit: int) -> str:
 
 def _fen(name: str) -> int | None:
     """An amount typed in yuan (``12`` or ``12.50``) as a positive integer of fen."""
-    raw = flask.request.form.get(name, "").strip().replace(",", "")
-    whole, _dot, cents = raw.partition(".")
-    if not whole.isdecimal() or len(whole) > 11 or (cents and (not cents.isdecimal() or len(cents) > 2)):
-        return None
-    fen = int(whole) * 100 + int((cents or "0").ljust(2, "0"))
-    return fen if 1 <= fen <= 10**13 else None
+    return forms.fen(name, high=10**13)
 
 
 def _minutes(name: str) -> int | None:

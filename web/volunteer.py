@@ -19,7 +19,7 @@ from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 
 from cocreate_client import ApiError
-from web import labels
+from web import forms, labels
 from web.account import require_signin
 from web.labels import CHINA
 from web.upstream import Unavailable, error_text, invalid_form, part, post, send, write
@@ -78,11 +78,7 @@ def local_input(value: str) -> str | None:
     return moment.replace(tzinfo=CHINA).astimezone(timezone.utc).isoformat()
 
 
-def _int(name: str, *, low: int, high: int) -> int | None:
-    raw = flask.request.form.get(name, "").strip()
-    if not raw.isdecimal() or len(raw) > 9 or not low <= int(raw) <= high:
-        return None
-    return int(raw)
+_int = forms.whole_number
 
 
 def _today() -> date:
