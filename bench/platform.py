@@ -1,4 +1,4 @@
-"""The local platform (``bin/run-platform``, as ``make run`` starts it) and the hello-world anchor,
+"""The local platform (``bin/run-platform``, as ``make run`` starts it) and the hello-world anchors,
 started on free ports for the HTTP and end-to-end benchmarks.
 
 Differences from ``make run``, both stated in the report: the gateway's rate limits are off (a
@@ -86,30 +86,38 @@ class Platform:
 
 
 class HelloWorld:
-    """A hello-world Flask app under the same gunicorn settings as the services."""
+    """A hello-world Flask app under the same gunicorn settings as the services: ``bench.hello:app``
+    by default, or another anchor's gunicorn target (``app``) with ``env`` added to the environment
+    (e.g. ``GUNICORN_WORKER_CLASS=gevent`` for a gateway-like anchor; see :mod:`bench.anchors`)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, app: str = "bench.hello:app", *, name: str = "hello",
+                 env: dict[str, str] | None = None, ready_path: str = "/hello") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
+        self.app, self.name, self.extra_env, self.ready_path = app, name, dict(env or {}), ready_path
 
     def __enter__(self) -> "HelloWorld":
-        env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{self.port}", "COCREATE_APP_NAME": "hello",
-               "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / "hello-metrics")}
+        env = {**os.environ, "GUNICORN_BIND": f"127.0.0.1:{self.port}", "COCREATE_APP_NAME": self.name,
+               "PROMETHEUS_MULTIPROC_DIR": str(self.workdir / f"{self.name}-metrics"), **self.extra_env}
         gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-        self._log = open(self.workdir / "hello.log", "wb")
-        self.process = subprocess.Popen([gunicorn, "-c", "python:services.kernel.gunicorn_conf", "bench.hello:app"],
+        self._log = open(self.workdir / f"{self.name}.log", "wb")
+        self.process = subprocess.Popen([gunicorn, "-c", "python:services.kernel.gunicorn_conf", self.app],
                                         cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
             try:
-                with urllib.request.urlopen(self.url + "/hello", timeout=2):
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2):
                     return self
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.2)
         _stop(self.process, signal.SIGTERM)
-        raise RuntimeError("hello-world did not start")
+        self._log.close()
+        raise RuntimeError(f"{self.name} ({self.app}) did not start: "
+                           f"{(self.workdir / f'{self.name}.log').read_text(errors='replace')[-2000:]}")
 
     def __exit__(self, *_exc) -> None:
         _stop(self.process, signal.SIGTERM)

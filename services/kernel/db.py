@@ -94,8 +94,9 @@ def _sqlite_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection):
-        mode = "IMMEDIATE" if connection.get_execution_options().get("write") else "DEFERRED"
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        # the driver's own execute: a statement through SQLAlchemy costs more than the BEGIN itself
+        write = connection.get_execution_options().get("write")
+        connection.connection.driver_connection.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
 
     return engine
 

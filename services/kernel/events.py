@@ -13,12 +13,40 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
+
 from services.kernel.model import (  # noqa: F401 (re-exported: NewEvent, the time helpers)
     LOCAL_TZ, EnvelopeError, NewEvent, format_time, local_date, parse_time, utc_now,
 )
 
-__all__ = ["LOCAL_TZ", "EnvelopeError", "Metadata", "NewEvent", "StoredEvent", "UpcasterChain", "format_time",
-           "from_micros", "local_date", "parse_time", "to_micros", "utc_now"]
+__all__ = ["LOCAL_TZ", "EnvelopeError", "Metadata", "NewEvent", "StoredEvent", "UpcasterChain", "dumps", "format_time",
+           "from_micros", "loads", "local_date", "parse_time", "to_micros", "utc_now"]
+
+
+# -- the JSON codec of the log, the topics and the read models ------------------------------------
+#
+# msgspec's JSON encoder and decoder (already the web client's session codec): about 14× faster to
+# encode and 3× faster to decode than the standard library's, which is most of what an append
+# and a replay spend outside the database (issue 23). The stored text is canonical as before:
+# compact, keys sorted, UTF-8 without escapes. A mapping with keys other than strings (which
+# msgspec refuses when it sorts) falls back to the standard library, which writes them as strings.
+
+_SORTED = msgspec.json.Encoder(order="sorted")
+_ENCODE = msgspec.json.Encoder()
+_DECODE = msgspec.json.Decoder()
+
+
+def dumps(value: Any) -> str:
+    """``value`` as canonical JSON text (sorted keys, compact, UTF-8): how the log stores payloads."""
+    try:
+        return _SORTED.encode(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def loads(raw: str | bytes) -> Any:
+    """JSON text or UTF-8 bytes as Python values; ``ValueError`` (``msgspec.DecodeError``) if it is not JSON."""
+    return _DECODE.decode(raw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +100,22 @@ class StoredEvent:
         }
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_envelope(), ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            return _ENCODE.encode(self.to_envelope())
+        except TypeError:
+            return json.dumps(self.to_envelope(), ensure_ascii=False, separators=(",", ":")).encode()
+
+    @classmethod
+    def of_row(cls, event_id: str, event_type: str, schema_version: int, stream_id: str, version: int,
+               position: int, occurred_at: datetime, data: Mapping[str, Any],
+               metadata: Mapping[str, Any]) -> "StoredEvent":
+        """The same as the constructor, without the frozen dataclass's per-field ``object.__setattr__``
+        (a third of the time a replay spends building events)."""
+        event = object.__new__(cls)
+        event.__dict__.update(event_id=event_id, event_type=event_type, schema_version=schema_version,
+                              stream_id=stream_id, version=version, position=position, occurred_at=occurred_at,
+                              data=data, metadata=metadata)
+        return event
 
     @classmethod
     def from_envelope(cls, envelope: Any) -> "StoredEvent":
@@ -102,9 +145,10 @@ class StoredEvent:
         if raw is None:
             raise EnvelopeError("record has no value")
         try:
-            return cls.from_envelope(json.loads(raw))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            envelope = loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             raise EnvelopeError(f"record value is not JSON: {exc}") from None
+        return cls.from_envelope(envelope)
 
 
 _ENVELOPE_KEYS = (

@@ -12,12 +12,12 @@ its own write; they can be dropped and rebuilt from the log at any time (:func:`
 
 from __future__ import annotations
 
-import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -27,7 +27,7 @@ from services.kernel import metrics
 from services.kernel.db import is_sqlite, lock_schema, read_transaction, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import (
-    Metadata, NewEvent, StoredEvent, UpcasterChain, from_micros, to_micros, utc_now,
+    Metadata, NewEvent, StoredEvent, UpcasterChain, dumps, from_micros, loads, to_micros, utc_now,
 )
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ events_table = sa.Table(
     sa.Column("data", sa.Text, nullable=False),
     sa.Column("metadata", sa.Text, nullable=False),
     sa.UniqueConstraint("stream_id", "version", name="uq_events_stream_version"),
-    sa.Index("ix_events_occurred_at", "occurred_at_us"),
+    # No index on occurred_at_us (dropped by migration 0002): the only reads by time are of one
+    # stream (``load(as_of=…)``), which the (stream_id, version) index already narrows.
 )
 
 
@@ -101,8 +102,8 @@ _SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS)} FROM events WHERE position > ? AN
                 "ORDER BY position LIMIT ?")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_dumps = dumps  # the log's canonical JSON (services.kernel.events.dumps)
+_NO_METADATA = Metadata()
 
 
 class EventStore:
@@ -125,6 +126,7 @@ class EventStore:
         # unit of work's snapshots, and the view that takes a unit of work's state with an append.
         self._views = {p.cls: p for p in self.projections if getattr(p, "cls", None) is not None}
         self._view_of: dict[type, Any] = {}
+        self._counters: dict[str, Any] = {}
 
     # -- transactions (the unit of work opens them through the store, whatever its backend) --
 
@@ -153,10 +155,13 @@ class EventStore:
     # -- schema -----------------------------------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create the kernel tables and every projection's tables (idempotent)."""
+        """Carry the kernel tables to the newest migration (:mod:`services.kernel.migrations`) and
+        create every projection's tables that are missing (idempotent)."""
+        from services.kernel import migrations
+
         with write_transaction(self.engine) as connection:
             lock_schema(connection)  # several processes of the service start at once
-            kernel_metadata.create_all(connection, checkfirst=True)
+            migrations.upgrade(connection)
             for projection in self.projections:
                 for table in projection.tables:
                     table.create(connection, checkfirst=True)
@@ -189,49 +194,36 @@ class EventStore:
                 stored = self._append(own, stream_id, expected_version, events, metadata, state)
         else:
             stored = self._append(connection, stream_id, expected_version, events, metadata, state)
-        for event_type, count in Counter(event.event_type for event in stored).items():
-            metrics.EVENTS_APPENDED.labels(self.service, event_type).inc(count)
+        if len(stored) == 1:
+            self._appended(stored[0].event_type).inc()
+        else:
+            for event_type, count in Counter(event.event_type for event in stored).items():
+                self._appended(event_type).inc(count)
         return stored
 
+    def _appended(self, event_type: str):
+        """The ``events_appended`` counter of this service and ``event_type`` (labelled once)."""
+        child = self._counters.get(event_type)
+        if child is None:
+            child = self._counters[event_type] = metrics.EVENTS_APPENDED.labels(self.service, event_type)
+        return child
+
     def _append(self, connection, stream_id, expected_version, events, metadata, state) -> list[StoredEvent]:
-        if not self._sqlite:
-            connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
-        if self._sqlite:  # the driver's cursor: this runs for every command
+        if self._sqlite:  # the driver's cursor: this runs for every command (no statement compiling)
             cursor = connection.connection.driver_connection.cursor()
             try:
-                row = cursor.execute(_SQLITE_HEADS, (stream_id,)).fetchone()
+                stored = self._sqlite_append(cursor, stream_id, expected_version, events, metadata)
             finally:
                 cursor.close()
         else:
+            connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
             row = connection.execute(_HEADS, {"stream_id": stream_id}).one()  # one round trip for both
-        actual, last_position = row[0] or 0, row[1] or 0
-        if actual != expected_version:
-            raise ConcurrencyError(stream_id, expected_version, actual)
-        occurred_us = to_micros(self._clock())
-        occurred_at = from_micros(occurred_us)  # what a reader will get back: microseconds
-        meta = (metadata or Metadata()).as_dict()
-        meta_json = _dumps(meta)
-        rows, stored = [], []
-        for offset, event in enumerate(events, start=1):
-            data = dict(event.data)
-            rows.append((last_position + offset, event.event_id, stream_id, expected_version + offset,
-                         event.event_type, event.schema_version, occurred_us, _dumps(data), meta_json))
-            stored.append(StoredEvent(
-                event_id=event.event_id, event_type=event.event_type,
-                schema_version=event.schema_version, stream_id=stream_id,
-                version=expected_version + offset, position=last_position + offset,
-                occurred_at=occurred_at, data=data, metadata=meta,
-            ))
-        try:
-            # No savepoint: nothing continues a transaction after a conflict (a unit of work or a
-            # consumer's batch is rolled back as a whole), and it would cost two statements.
-            if self._sqlite:  # the driver's executemany straight away: no per-row parameter building
-                connection.exec_driver_sql(_SQLITE_INSERT, rows)
-            else:
+            rows, stored = self._rows(stream_id, expected_version, row, events, metadata)
+            try:
                 connection.execute(events_table.insert(), [dict(zip(_COLUMNS, row)) for row in rows])
-        except sa.exc.IntegrityError as exc:
-            # The unique (stream_id, version) constraint is the guarantee against a racing writer.
-            raise ConcurrencyError(stream_id, expected_version, None) from exc
+            except sa.exc.IntegrityError as exc:
+                # The unique (stream_id, version) constraint is the guarantee against a racing writer.
+                raise ConcurrencyError(stream_id, expected_version, None) from exc
         lent_to = self._views.get(type(state)) if state is not None else None
         for event in stored:
             for projection in self.projections:
@@ -240,6 +232,39 @@ class EventStore:
                 else:
                     projection.apply(connection, event)
         return stored
+
+    def _sqlite_append(self, cursor, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
+        rows, stored = self._rows(stream_id, expected_version, cursor.execute(_SQLITE_HEADS, (stream_id,)).fetchone(),
+                                  events, metadata)
+        # No savepoint: nothing continues a transaction after a conflict (a unit of work or a
+        # consumer's batch is rolled back as a whole), and it would cost two statements.
+        try:
+            if len(rows) == 1:
+                cursor.execute(_SQLITE_INSERT, rows[0])
+            else:
+                cursor.executemany(_SQLITE_INSERT, rows)
+        except sqlite3.IntegrityError as exc:
+            raise ConcurrencyError(stream_id, expected_version, None) from exc
+        return stored
+
+    def _rows(self, stream_id, expected_version, heads, events, metadata) -> tuple[list[tuple], list[StoredEvent]]:
+        """The rows to insert and the events as stored, after checking the stream's version against
+        ``heads`` (its version, the log's last position)."""
+        actual, last_position = heads[0] or 0, heads[1] or 0
+        if actual != expected_version:
+            raise ConcurrencyError(stream_id, expected_version, actual)
+        occurred_us = to_micros(self._clock())
+        occurred_at = from_micros(occurred_us)  # what a reader will get back: microseconds
+        meta = (metadata or _NO_METADATA).as_dict()
+        meta_json = dumps(meta)
+        rows, stored, of_row = [], [], StoredEvent.of_row
+        for offset, event in enumerate(events, start=1):
+            data = dict(event.data)
+            rows.append((last_position + offset, event.event_id, stream_id, expected_version + offset,
+                         event.event_type, event.schema_version, occurred_us, dumps(data), meta_json))
+            stored.append(of_row(event.event_id, event.event_type, event.schema_version, stream_id,
+                                 expected_version + offset, last_position + offset, occurred_at, data, meta))
+        return rows, stored
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -307,12 +332,23 @@ class EventStore:
             rows = cursor.execute(_SQLITE_PAGE, (after, bound, limit)).fetchall()
         finally:
             cursor.close()
-        upcast, loads, micros = self.upcasters.upcast, json.loads, from_micros
-        page = []
+        return self._events_of(rows)
+
+    def _events_of(self, rows) -> list[StoredEvent]:
+        """Rows in ``_COLUMNS`` order as events: decoded, upcast, with their times (the replay's inner loop)."""
+        steps, upcast, decode, of_row = self.upcasters._steps, self.upcasters.upcast, loads, StoredEvent.of_row
+        fromtimestamp, utc = datetime.fromtimestamp, timezone.utc
+        page, metas = [], {}
         for position, event_id, stream_id, version, event_type, schema_version, at, data, metadata in rows:
-            schema_version, payload = upcast(event_type, schema_version, loads(data))
-            page.append(StoredEvent(event_id, event_type, schema_version, stream_id, version, position,
-                                    micros(at), payload, loads(metadata)))
+            payload = decode(data)
+            if steps:
+                schema_version, payload = upcast(event_type, schema_version, payload)
+            meta = metas.get(metadata)  # metadata repeats (one command's events, a consumer's batch)
+            if meta is None:
+                meta = metas[metadata] = decode(metadata)
+            seconds, micros = divmod(at, 1_000_000)
+            page.append(of_row(event_id, event_type, schema_version, stream_id, version, position,
+                               fromtimestamp(seconds, utc).replace(microsecond=micros), payload, meta))
         return page
 
     def iterate_all(self, after_position: int = 0, page_size: int = 1000,
@@ -341,7 +377,7 @@ class EventStore:
         return None if micros is None else from_micros(micros)
 
     def _row_to_event(self, row) -> StoredEvent:
-        schema_version, data = self.upcasters.upcast(row.event_type, row.schema_version, json.loads(row.data))
+        schema_version, data = self.upcasters.upcast(row.event_type, row.schema_version, loads(row.data))
         return StoredEvent(
             event_id=row.event_id,
             event_type=row.event_type,
@@ -351,7 +387,7 @@ class EventStore:
             position=row.position,
             occurred_at=from_micros(row.occurred_at_us),
             data=data,
-            metadata=json.loads(row.metadata),
+            metadata=loads(row.metadata),
         )
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import random
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -88,7 +90,28 @@ class NewEvent:
     event_type: str
     data: Mapping[str, Any]
     schema_version: int = 1
-    event_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    event_id: str = dataclasses.field(default_factory=lambda: new_event_id())
+
+
+def new_event_id() -> str:
+    """A new event id: a UUID version 7 (RFC 9562) — 48 bits of Unix milliseconds, then 74 random bits.
+
+    Ids made later sort later, so the log's unique index on ``event_id`` grows at its right edge
+    instead of taking a write on a random page for every event (issue 23: batches of 100 events
+    append about 1.7× faster than with random UUIDs). The milliseconds tell no more than the
+    ``occurred_at`` that travels with every envelope; event ids are shown only where that is shown
+    too (the admin event routes, the live feed to staff), never in place of a rating's day-only time.
+    """
+    rand = _random_bits(74)  # ids need to be unique, not secret: no system call per id
+    value = ((time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 62) << 64
+             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# Python's generator: seeded from the system's entropy at start and again in every forked child
+# (gunicorn workers), so two processes never share a sequence.
+_random_bits = random.getrandbits
 
 
 # China Standard Time (UTC+8, no daylight saving): the neighbourhoods' calendar days, for daily

@@ -1,0 +1,421 @@
+"""Where an HTTP request's time goes, layer by layer: ``python -m bench.profile_http``.
+
+    python -m bench.profile_http [--part ballot overview] [--requests 300] [--interval-ms 0.2]
+
+- ``ballot``: ``POST /projects/<id>/vote/ballots`` (a representative casts a council ballot) to the
+  projects service built in this process (as :mod:`tests.support.apps` builds it) on a SQLite file
+  (WAL, ``synchronous=FULL``), called through Flask's test client: no gunicorn, no socket.
+- ``overview``: ``GET /api/v1/projects/<id>/overview`` to the gateway built in a child process
+  monkey-patched by gevent (as gunicorn's gevent worker serves it), its three services the real
+  ones of :class:`bench.platform.Platform` (gunicorn, sync workers); the child also times each
+  upstream call and the same three reads sent to the services directly.
+
+Each part's requests run one after the other, first without the profiler (the wall time per
+request), then under pyinstrument's sampling profiler (``pyinstrument``; without it, cProfile's
+per-function times are classified instead). Every sample's call stack is put in one layer by the
+rules of :data:`RULES`: walking the stack from the outside in, the innermost frame a rule names
+sets the layer (a rule may decline under a layer already set), and some layers keep everything
+below them (token verification, logging and metrics, the upstream HTTP calls, a commit). The
+figures are milliseconds per request and shares of the profiled time; the profiler's own overhead
+inflates every layer about alike. The logs the apps write go to a file, as under gunicorn they go
+to a pipe; ``PROMETHEUS_MULTIPROC_DIR`` is set, as under gunicorn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- layers and the rules that put a stack in one ----------------------------------------------
+
+TEST = "Flask test client (in process only; gunicorn in production)"
+WSGI = "WSGI/Flask/werkzeug: routing, request & response objects"
+CHECKS = "request hooks: correlation id, URL/body limits, JSON shape, edge"
+AUTH = "auth: bearer token verification (JWT)"
+PARSE = "request parsing & validation (webargs/marshmallow → command)"
+BUS = "message bus, unit of work (Python)"
+TXN = "transaction handling (SQLAlchemy connection, begin/commit)"
+BEGIN = "BEGIN IMMEDIATE (the write lock)"
+LOAD = "load the aggregate (view row → state)"
+DECIDE = "domain: decide (handler, aggregate rules)"
+APPEND = "event store append (heads, insert, event JSON)"
+PROJ = "projections: read models in the append transaction"
+COMMIT = "COMMIT (WAL write + fsync)"
+ANSWER = "answer: read model query (project detail)"
+SERIAL = "serialisation (marshmallow dump, JSON encode/decode)"
+LOG = "logging & metrics"
+COMPOSE = "compose: submit parts, gather, merge, shape"
+UPSTREAM = "upstream HTTP: urllib3 calls to the services (CPU)"
+WAIT = "waiting for the services' replies (gevent hub idle)"
+OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Frame:
+    function: str  # qualified name
+    file: str
+
+    @property
+    def short(self) -> str:
+        return self.function.rsplit(".", 1)[-1]
+
+    def under(self, *parts: str) -> bool:
+        return any(part in self.file for part in parts)
+
+
+@dataclass(frozen=True)
+class Rule:
+    layer: str
+    matches: Callable[[Frame], bool]
+    keeps_below: bool = False  # everything below this frame stays in its layer
+    not_under: frozenset[str] = frozenset()  # declines when the layer so far is one of these
+
+
+def _in(file: str, *names: str) -> Callable[[Frame], bool]:
+    return lambda f: f.file.endswith(file) and (not names or f.short in names)
+
+
+_READ_SIDE = frozenset({LOAD, APPEND, PROJ, ANSWER, SERIAL})
+_MARSHMALLOW_LOAD = ("load", "deserial", "valid", "_invoke_field_validators", "_run_validator")
+_MARSHMALLOW_DUMP = ("dump", "serial")
+
+RULES: list[Rule] = [
+    Rule(TEST, lambda f: f.file.endswith(("werkzeug/test.py", "flask/testing.py"))),
+    Rule(WSGI, _in("flask/app.py", "wsgi_app", "__call__")),
+    Rule(CHECKS, _in("services/kernel/web.py", "_start", "hostile_json", "_hostile_value", "_buffer_chunked_body",
+                     "_has_body")),
+    Rule(CHECKS, _in("gateway/app.py", "_limit", "_cors", "_body_limit", "_check_body")),
+    Rule(LOG, _in("services/kernel/web.py", "_finish"), keeps_below=True),
+    Rule(AUTH, _in("services/kernel/web.py", "_authenticate", "current_principal"), keeps_below=True),
+    Rule(AUTH, lambda f: f.under("services/kernel/auth.py", "gateway/tokens.py", "/jwt/"), keeps_below=True),
+    Rule(PARSE, lambda f: f.under("/webargs/")),
+    Rule(PARSE, _in("services/kernel/web.py", "to_command")),
+    Rule(PARSE, lambda f: f.under("/marshmallow/") and any(w in f.short.lower() for w in _MARSHMALLOW_LOAD)),
+    Rule(SERIAL, lambda f: f.under("/marshmallow/") and any(w in f.short.lower() for w in _MARSHMALLOW_DUMP)),
+    Rule(SERIAL, lambda f: f.under("flask/json/")),
+    Rule(SERIAL, _in("services/kernel/web.py", "etagged", "command_answer", "recorded_json")),
+    Rule(BUS, lambda f: f.under("services/kernel/bus.py")),
+    Rule(TXN, _in("services/kernel/aggregate.py", "unit_of_work")),
+    Rule(TXN, _in("services/kernel/db.py", "write_transaction", "read_transaction")),
+    Rule(TXN, _in("services/kernel/eventstore.py", "write_transaction", "read_transaction")),
+    Rule(LOAD, lambda f: f.file.endswith("services/kernel/aggregate.py")
+         and f.function.startswith("UnitOfWork.") and f.short in ("load", "_snapshot", "get", "events_of")),
+    Rule(LOAD, _in("services/kernel/eventstore.py", "load", "_events_of", "_row_to_event")),
+    Rule(DECIDE, lambda f: f.under("services/projects/domain.py", "services/projects/handlers.py",
+                                   "services/projects/commands.py", "services/projects/community.py",
+                                   "services/projects/rounds.py", "services/projects/budgeting.py",
+                                   "services/kernel/model.py"),
+         not_under=_READ_SIDE),
+    Rule(APPEND, lambda f: f.file.endswith("services/kernel/aggregate.py") and f.function == "UnitOfWork.record"),
+    Rule(APPEND, _in("services/kernel/eventstore.py", "append", "_append", "_sqlite_append", "_rows")),
+    Rule(PROJ, lambda f: f.file.endswith("services/kernel/aggregate.py") and f.function.startswith("AggregateView.")
+         and f.short.startswith("apply")),
+    Rule(PROJ, lambda f: f.under("services/projects/views.py", "services/kernel/history.py")
+         and f.short.startswith("apply")),
+    Rule(ANSWER, lambda f: f.under("services/projects/views.py") and not f.short.startswith("apply"),
+         not_under=frozenset({PROJ, LOAD})),
+    Rule(ANSWER, _in("services/projects/api.py", "project_answer")),
+    Rule(BEGIN, _in("services/kernel/db.py", "_on_begin"), keeps_below=True),
+    Rule(LOG, lambda f: f.under("/logging/", "/prometheus_client/", "services/kernel/logs.py",
+                                "services/kernel/metrics.py"), keeps_below=True),
+    Rule(COMPOSE, lambda f: f.under("gateway/compose.py", "concurrent/futures/")),
+    Rule(COMPOSE, _in("gateway/app.py", "composed", "forward_headers", "get")),
+    Rule(SERIAL, lambda f: f.file.endswith("gateway/upstream.py") and f.function == "UpstreamResponse.json"),
+    Rule(UPSTREAM, lambda f: f.file.endswith("gateway/upstream.py") and f.function.startswith("Upstream.")
+         or f.under("/urllib3/"), keeps_below=True),
+    Rule(WAIT, lambda f: f.under("gevent/hub.py", "gevent/_hub_primitives") or f.function == "Hub.run",
+         keeps_below=True),
+    # innermost: the C call that commits (SQLAlchemy -> sqlite3.Connection.commit)
+    Rule(COMMIT, lambda f: f.file == "<built-in>" and f.function == "Connection.commit", keeps_below=True),
+]
+
+
+def classify(stack: list[Frame]) -> str:
+    """The layer of one sampled stack (outermost frame first)."""
+    layer = OTHER
+    for frame in stack:
+        for rule in RULES:
+            if rule.matches(frame) and layer not in rule.not_under:
+                layer = rule.layer
+                if rule.keeps_below:
+                    return layer
+                break
+    return layer
+
+
+def _frame(identifier: str) -> Frame:
+    parts = identifier.split("\x00")
+    return Frame(parts[0], parts[1] if len(parts) > 1 else "")
+
+
+class Profile:
+    """Samples of one part: with pyinstrument, each call stack and its time."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.by_layer: dict[str, float] = defaultdict(float)
+        self.others: dict[str, float] = defaultdict(float)  # innermost frames of unclassified time
+        self.seconds = 0.0
+        self.samples = 0
+        self.tool = ""
+
+    @contextlib.contextmanager
+    def running(self):
+        try:
+            from pyinstrument import Profiler
+        except ImportError:
+            Profiler = None
+        if Profiler is None:
+            import cProfile
+            import pstats
+
+            self.tool = "cProfile (self time per function; pip install pyinstrument for call stacks)"
+            profiler = cProfile.Profile()
+            profiler.enable()
+            try:
+                yield
+            finally:
+                profiler.disable()
+                for (file, _line, function), (_cc, _nc, tottime, _ct, _callers) in \
+                        pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+                    frame = Frame(function, file if file != "~" else "<built-in>")
+                    self._add([frame], tottime)
+            return
+        self.tool = f"pyinstrument (sampling every {self.interval_s * 1000:g} ms, whole call stacks)"
+        profiler = Profiler(interval=self.interval_s)
+        profiler.start()
+        try:
+            yield
+        finally:
+            profiler.stop()
+            for stack, seconds in profiler.last_session.frame_records:
+                self._add([_frame(identifier) for identifier in stack], seconds)
+
+    def _add(self, stack: list[Frame], seconds: float) -> None:
+        layer = classify(stack)
+        self.by_layer[layer] += seconds
+        self.seconds += seconds
+        self.samples += 1
+        if layer == OTHER and stack:
+            inner = stack[-1]
+            self.others[f"{inner.function} ({Path(inner.file).name})"] += seconds
+
+    def table(self, requests: int, notes: list[str]) -> str:
+        lines = [*notes, f"profiled: {self.seconds * 1000 / requests:.2f} ms per request; {self.tool}; "
+                         f"{self.samples} samples", "", f"  {'layer':<66} {'ms/req':>7} {'share':>6}"]
+        for layer, seconds in sorted(self.by_layer.items(), key=lambda item: -item[1]):
+            lines.append(f"  {layer:<66} {seconds * 1000 / requests:7.2f} {seconds / self.seconds:6.1%}")
+        if self.others:
+            top = sorted(self.others.items(), key=lambda item: -item[1])[:4]
+            lines.append("  (other: " + "; ".join(f"{name} {s * 1000 / requests:.2f}" for name, s in top) + ")")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def logs_to(path: Path):
+    """The process's stderr (the apps' JSON log lines) into ``path``, as gunicorn's go to a pipe."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def fsync_floor(directory: Path, rounds: int = 200) -> float:
+    """Median ms of a 4 KiB append and ``fsync`` on ``directory``'s file system: a durable commit's floor."""
+    path = directory / "fsync-probe"
+    times = []
+    with open(path, "ab") as probe:
+        for _ in range(rounds):
+            began = time.perf_counter()
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+            times.append((time.perf_counter() - began) * 1000)
+    path.unlink()
+    return statistics.median(times)
+
+
+# -- (a) a ballot to the projects service ---------------------------------------------------------
+
+def ballot(workdir: Path, requests: int, interval_s: float) -> str:
+    from services.kernel.logs import configure_logging
+    from services.projects.service import DEFINITION
+    from tests.support.apps import service_app
+    from tests.support.projects import Community, FlaskClient, ProjectsDriver
+
+    configure_logging("projects")
+    app = service_app(DEFINITION, f"sqlite:///{workdir}/projects.db")
+    client = app.test_client()
+    d = ProjectsDriver(FlaskClient(client))
+    projects_per_run = 4
+    reps = -(-(requests + 20) // projects_per_run)
+    with logs_to(workdir / "projects.log"):
+        c = Community(d, "prof", representatives=reps, residents=8, fund_fen=1_000_000_000)
+        runs = []
+        for _run in range(2):  # one without the profiler, one with it: each ballot is a new one
+            ids = []
+            for _ in range(projects_per_run):
+                pid = c.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
+                c.qualify(pid)
+                d.post(c.cadre, f"/projects/{pid}/vote/open", {}, status=200)
+                ids.append(pid)
+            runs.append([(f"/projects/{pid}/vote/ballots", rep.headers) for rep in c.representatives for pid in ids])
+
+        def cast(calls) -> None:
+            for path, headers in calls:
+                reply = client.post(path, json={"choice": "yes"}, headers=headers)
+                if reply.status_code != 201:
+                    raise RuntimeError(f"POST {path} -> {reply.status_code}: {reply.get_data()[:300]!r}")
+
+        cast(runs[0][:20])  # warm-up
+        began = time.perf_counter()
+        cast(runs[0][20:20 + requests])
+        plain_ms = (time.perf_counter() - began) * 1000 / requests
+        profile = Profile(interval_s)
+        with profile.running():
+            cast(runs[1][:requests])
+    floor = fsync_floor(workdir)
+    return profile.table(requests, [
+        f"(a) POST /projects/<id>/vote/ballots — the projects service in process (Flask test client), SQLite "
+        f"WAL + synchronous=FULL, {requests} ballots over {projects_per_run} projects, one after the other",
+        f"unprofiled: {plain_ms:.2f} ms per request; fsync of 4 KiB on this disk: {floor:.2f} ms (median)"])
+
+
+# -- (b) the gateway's project overview -----------------------------------------------------------
+
+def overview(workdir: Path, requests: int, interval_s: float) -> str:
+    from bench.http import ballot_pools
+    from bench.platform import Platform
+
+    with Platform(workdir) as platform:
+        _peak, _half, projects = ballot_pools(platform.urls["projects"], 4, 3)
+        viewer = projects[0][1]
+        job = {"urls": {name: platform.urls[name] for name in ("projects", "volunteers", "feedback")},
+               "projects": [pid for pid, _ in projects], "authorization": viewer.headers["Authorization"],
+               "requests": requests, "interval_s": interval_s, "workdir": str(workdir / "gateway")}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        reply = subprocess.run(
+            [sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n"
+                                   "import sys, bench.profile_http as p; p.overview_child(sys.stdin.read())"],
+            input=json.dumps(job), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    if reply.returncode != 0:
+        raise RuntimeError(f"the overview child failed: {reply.stderr[-3000:]}")
+    return reply.stdout.rstrip("\n")
+
+
+def overview_child(job_text: str) -> None:
+    """Run in a process that gevent has monkey-patched (``python -m bench.profile_http`` starts it)."""
+    job = json.loads(job_text)
+    workdir = Path(job["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(workdir / "metrics"))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    import urllib3
+
+    from gateway.compose import project_overview_parts
+    from services.kernel.logs import configure_logging
+    from tests.support.apps import gateway_app
+
+    requests, interval_s = job["requests"], job["interval_s"]
+    urls = job["urls"]
+    configure_logging("gateway")
+    with logs_to(workdir / "gateway.log"):
+        app = gateway_app(COCREATE_DATA_DIR=str(workdir), GATEWAY_RATE_LIMIT_PER_CALLER="0",
+                          GATEWAY_RATE_LIMIT_PER_IP="0", GATEWAY_PROJECTS_URL=urls["projects"],
+                          GATEWAY_VOLUNTEERS_URL=urls["volunteers"], GATEWAY_FEEDBACK_URL=urls["feedback"])
+        client = app.test_client()
+        headers = {"Authorization": job["authorization"]}
+        paths = [f"/api/v1/projects/{job['projects'][i % len(job['projects'])]}/overview" for i in range(requests)]
+
+        upstream_ms: dict[str, list[float]] = defaultdict(list)
+        for name, upstream in app.extensions["cocreate.upstreams"].items():
+            def timed(*args, _name=name, _plain=upstream.request, **kwargs):
+                began = time.perf_counter()
+                try:
+                    return _plain(*args, **kwargs)
+                finally:
+                    upstream_ms[_name].append((time.perf_counter() - began) * 1000)
+            upstream.request = timed
+
+        def get(calls) -> list[float]:
+            times = []
+            for path in calls:
+                began = time.perf_counter()
+                reply = client.get(path, headers=headers)
+                times.append((time.perf_counter() - began) * 1000)
+                body = reply.get_json(silent=True) or {}
+                if reply.status_code != 200 or body.get("missing"):
+                    raise RuntimeError(f"GET {path} -> {reply.status_code}: {reply.get_data()[:300]!r}")
+            return times
+
+        get(paths[:20])  # warm-up (the catalogue, the pools)
+        upstream_ms.clear()
+        wall = get(paths)
+        calls = {name: statistics.median(times) for name, times in upstream_ms.items()}
+        # The same three reads sent straight to the services, one after the other.
+        pool = urllib3.PoolManager(retries=False)
+        direct: dict[str, list[float]] = defaultdict(list)
+        for pid in job["projects"] * (60 // len(job["projects"])):
+            for part in project_overview_parts(pid):
+                began = time.perf_counter()
+                reply = pool.request("GET", urls[part.service] + part.path,
+                                     headers={**headers, "Accept-Language": "zh-CN"})
+                direct[part.service].append((time.perf_counter() - began) * 1000)
+                if reply.status not in (200, 404):
+                    raise RuntimeError(f"{part.service} {part.path} -> {reply.status}")
+        profile = Profile(interval_s)
+        with profile.running():
+            get(paths)
+    said = "; ".join(f"{name} {calls[name]:.1f} ms (direct {statistics.median(direct[name]):.1f})"
+                     for name in ("projects", "volunteers", "feedback"))
+    print(profile.table(requests, [
+        f"(b) GET /api/v1/projects/<id>/overview — the gateway in process under gevent (monkey-patched, as its "
+        f"gunicorn worker), Flask test client; its 3 services the platform's (gunicorn, sync workers); "
+        f"{requests} requests one after the other",
+        f"unprofiled: {statistics.median(wall):.2f} ms per request (median; mean {statistics.fmean(wall):.2f})",
+        f"each upstream call as the gateway times it, median (the same read sent straight to the service, "
+        f"median): {said}"]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile_http", description=__doc__.splitlines()[0])
+    parser.add_argument("--part", nargs="*", choices=("ballot", "overview"), default=["ballot", "overview"])
+    parser.add_argument("--requests", type=int, default=300, help="requests per part (profiled, and unprofiled)")
+    parser.add_argument("--interval-ms", type=float, default=0.2, help="pyinstrument's sampling interval")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="cocreate-profile-"))
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(workdir / "metrics"))
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    try:
+        if "ballot" in args.part:
+            print(ballot(workdir, args.requests, args.interval_ms / 1000), "\n", flush=True)
+        if "overview" in args.part:
+            print(overview(workdir, args.requests, args.interval_ms / 1000), "\n", flush=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
