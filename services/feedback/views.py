@@ -21,8 +21,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from services.feedback.domain import (
@@ -316,30 +314,48 @@ class SubjectStats:
 
     def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
         """The same as :meth:`apply` for each event: the page's changes are summed per subject and
-        period in memory and added to the rows by one upsert (``n = n + excluded.n`` …)."""
-        deltas: dict[tuple[str, str], dict[str, Any]] = {}
+        period in memory and added to the rows by one upsert (``n = n + excluded.n`` …), sent with
+        the driver's own executemany (no statement compiling per row)."""
+        deltas: dict[tuple[str, str], tuple[dict[str, Any], dict[str, int]]] = {}
+        self._sum(deltas, events)
+        self._add(connection, deltas)
+
+    def replayer(self, connection: Connection) -> "_Replay":
+        """For a rebuild (:func:`services.kernel.eventstore.rebuild`): the changes of the whole log
+        summed in memory — one entry per subject and period, the size of the table itself, however
+        long the log — and written once at the end."""
+        return _Replay(self, connection)
+
+    def _sum(self, deltas: dict, events: Sequence[StoredEvent]) -> None:
         for event in events:
-            if event.event_type not in STATS_EVENTS:
-                continue
-            changes = stats_changes(event.event_type, event.data)
-            if not changes:
+            event_type = event.event_type
+            if event_type not in STATS_EVENTS:
                 continue
             d = event.data
-            row = deltas.get((d["subject_id"], d["period"]))
-            if row is None:
-                row = deltas[(d["subject_id"], d["period"])] = {
-                    "subject_id": d["subject_id"], "period": d["period"], "community_id": d["community_id"],
-                    "kind": d["subject_kind"], **empty_stats()}
+            changes = stats_changes(event_type, d)
+            if not changes:
+                continue
+            key = (d["subject_id"], d["period"])
+            entry = deltas.get(key)
+            if entry is None:
+                entry = deltas[key] = ({k: d[k] for k in ("subject_id", "period", "community_id", "subject_kind")},
+                                       empty_stats())
             for level, sign in changes:
-                count_level(row, level, sign)
+                count_level(entry[1], level, sign)
+
+    def _add(self, connection: Connection, deltas: dict) -> None:
         if not deltas:
             return
-        t = self.table
-        insert = (sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert)(t)
-        statement = insert.on_conflict_do_update(
-            index_elements=[t.c.subject_id, t.c.period],
-            set_={c: t.c[c] + insert.excluded[c] for c in self.COUNTS})
-        connection.execute(statement, list(deltas.values()))
+        connection.exec_driver_sql(self._upsert(connection), [
+            (d["subject_id"], d["period"], d["community_id"], d["subject_kind"], *(stats[c] for c in self.COUNTS))
+            for d, stats in deltas.values()])
+
+    def _upsert(self, connection: Connection) -> str:
+        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+        columns = ("subject_id", "period", "community_id", "kind", *self.COUNTS)
+        return (f"INSERT INTO subject_stats ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
+                f"ON CONFLICT (subject_id, period) DO UPDATE SET "
+                + ", ".join(f"{c} = subject_stats.{c} + excluded.{c}" for c in self.COUNTS))
 
     def for_ranking(self, connection: Connection, community_id: str, kind: str, period: str) -> dict[str, dict]:
         t, s = self.table, SUBJECTS.table
@@ -352,6 +368,20 @@ class SubjectStats:
         t = self.table
         row = connection.execute(sa.select(t).where(t.c.subject_id == subject_id, t.c.period == period)).first()
         return {c: getattr(row, c) for c in self.COUNTS} if row is not None else empty_stats()
+
+
+@dataclasses.dataclass
+class _Replay:
+    stats: SubjectStats
+    connection: Connection
+    deltas: dict = dataclasses.field(default_factory=dict)
+
+    def apply(self, events: Sequence[StoredEvent]) -> None:
+        self.stats._sum(self.deltas, events)
+
+    def finish(self) -> None:
+        for chunk in chunked(list(self.deltas.items()), 5000):
+            self.stats._add(self.connection, dict(chunk))
 
 
 class RankingPages:

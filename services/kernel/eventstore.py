@@ -76,6 +76,27 @@ def apply_page(projection: Projection, connection: Connection, events: Sequence[
         projection.apply(connection, event)
 
 
+class _PageReplay:
+    """How :func:`rebuild` applies the log to a projection without a ``replayer`` of its own: page by page."""
+
+    def __init__(self, projection: Projection, connection: Connection) -> None:
+        self.projection, self.connection = projection, connection
+
+    def apply(self, events: Sequence[StoredEvent]) -> None:
+        apply_page(self.projection, self.connection, events)
+
+    def finish(self) -> None:
+        pass
+
+
+def replayer(projection: Projection, connection: Connection):
+    """What :func:`rebuild` feeds the log to, page after page, then ``finish()``es. A projection may
+    offer ``replayer(connection)`` (counts summed over the whole log and written once, say); its
+    read model must be the same as applying the events one by one."""
+    own = getattr(projection, "replayer", None)
+    return own(connection) if own is not None else _PageReplay(projection, connection)
+
+
 def chunked(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
     """Slices of at most ``size`` (bound-parameter lists stay under the drivers' limits)."""
     for start in range(0, len(values), size):
@@ -98,8 +119,10 @@ _SQLITE_INSERT = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join
 _SQLITE_HEADS = ("SELECT (SELECT max(version) FROM events WHERE stream_id = ?), "
                  "(SELECT max(position) FROM events)")
 _MAX_POSITION = 2**63 - 1
-_SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS)} FROM events WHERE position > ? AND position <= ? "
-                "ORDER BY position LIMIT ?")
+# The payload and metadata as UTF-8 bytes (what the JSON decoder reads fastest; not decoded into
+# text first).
+_SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS[:-2])}, CAST(data AS BLOB), CAST(metadata AS BLOB) FROM events "
+                "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?")
 
 
 _dumps = dumps  # the log's canonical JSON (services.kernel.events.dumps)
@@ -335,20 +358,18 @@ class EventStore:
         return self._events_of(rows)
 
     def _events_of(self, rows) -> list[StoredEvent]:
-        """Rows in ``_COLUMNS`` order as events: decoded, upcast, with their times (the replay's inner loop)."""
-        steps, upcast, decode, of_row = self.upcasters._steps, self.upcasters.upcast, loads, StoredEvent.of_row
-        fromtimestamp, utc = datetime.fromtimestamp, timezone.utc
-        page, metas = [], {}
-        for position, event_id, stream_id, version, event_type, schema_version, at, data, metadata in rows:
-            payload = decode(data)
-            if steps:
-                schema_version, payload = upcast(event_type, schema_version, payload)
-            meta = metas.get(metadata)  # metadata repeats (one command's events, a consumer's batch)
-            if meta is None:
-                meta = metas[metadata] = decode(metadata)
-            seconds, micros = divmod(at, 1_000_000)
-            page.append(of_row(event_id, event_type, schema_version, stream_id, version, position,
-                               fromtimestamp(seconds, utc).replace(microsecond=micros), payload, meta))
+        """Rows in ``_COLUMNS`` order as events (the replay's inner loop): payload, metadata and time
+        decoded when first read (:meth:`StoredEvent.of_log_row`), except payloads to upcast."""
+        steps, of_log_row = self.upcasters._steps, StoredEvent.of_log_row
+        if not steps:
+            return [of_log_row(*row) for row in rows]
+        upcast, page = self.upcasters.upcast, []
+        for row in rows:
+            event = of_log_row(*row)
+            if (row[4], row[5]) in steps:
+                schema_version, payload = upcast(row[4], row[5], loads(row[7]))
+                event.__dict__.update(schema_version=schema_version, data=payload)
+            page.append(event)
         return page
 
     def iterate_all(self, after_position: int = 0, page_size: int = 1000,
@@ -407,15 +428,18 @@ def rebuild(store: EventStore, page_size: int = 5000) -> int:
                 table.drop(connection, checkfirst=True)
             for table in projection.tables:
                 table.create(connection)
+        replayers = [replayer(projection, connection) for projection in store.projections]
         position = 0
         while True:
             page = store.read_all(position, page_size, connection=connection)
             if not page:
                 break
-            for projection in store.projections:
-                apply_page(projection, connection, page)
+            for each in replayers:
+                each.apply(page)
             count += len(page)
             position = page[-1].position
+        for each in replayers:
+            each.finish()
     log.info("rebuilt read models", extra={"events": count, "seconds": round(time.monotonic() - started, 3),
                                           "projections": [p.name for p in store.projections]})
     return count
