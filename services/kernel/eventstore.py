@@ -372,7 +372,7 @@ class EventStore:
             page.append(event)
         return page
 
-    def iterate_all(self, after_position: int = 0, page_size: int = 1000,
+    def iterate_all(self, after_position: int = 0, page_size: int = 5000,
                     up_to_position: int | None = None) -> Iterator[StoredEvent]:
         """Every event after ``after_position`` in pages, so memory stays flat."""
         position = after_position
