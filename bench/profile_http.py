@@ -16,9 +16,13 @@ per-function times are classified instead). Every sample's call stack is put in 
 rules of :data:`RULES`: walking the stack from the outside in, the innermost frame a rule names
 sets the layer (a rule may decline under a layer already set), and some layers keep everything
 below them (token verification, logging and metrics, the upstream HTTP calls, a commit). The
-figures are milliseconds per request and shares of the profiled time; the profiler's own overhead
-inflates every layer about alike. The logs the apps write go to a file, as under gunicorn they go
-to a pipe; ``PROMETHEUS_MULTIPROC_DIR`` is set, as under gunicorn.
+figures are milliseconds per request and shares of the profiled time; the profiler's overhead
+inflates the Python layers (not the C calls, such as a commit), so the unprofiled wall time and the
+process's CPU time per request are printed too, and for the ballot every commit timed without the
+profiler. Under gevent the sampler charges the time the process waits on a socket to the greenlet
+that resumes, so the overview's upstream layer holds both the calls' own work and the wait for the
+replies: the CPU time of the gateway's process tells them apart. The logs the apps write go to a
+file, as under gunicorn they go to a pipe; ``PROMETHEUS_MULTIPROC_DIR`` is set, as under gunicorn.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ ANSWER = "answer: read model query (project detail)"
 SERIAL = "serialisation (marshmallow dump, JSON encode/decode)"
 LOG = "logging & metrics"
 COMPOSE = "compose: submit parts, gather, merge, shape"
-UPSTREAM = "upstream HTTP: urllib3 calls to the services (CPU)"
-WAIT = "waiting for the services' replies (gevent hub idle)"
+UPSTREAM = "upstream HTTP: urllib3 calls, sockets, and waiting for the replies"
+WAIT = "gevent hub (between greenlets)"
 OTHER = "other"
 
 
@@ -164,8 +168,10 @@ def _frame(identifier: str) -> Frame:
 class Profile:
     """Samples of one part: with pyinstrument, each call stack and its time."""
 
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, explain: str = "") -> None:
         self.interval_s = interval_s
+        self.explain = explain.lower()  # a layer (a part of its name) whose innermost frames to list
+        self.explained: dict[str, float] = defaultdict(float)
         self.by_layer: dict[str, float] = defaultdict(float)
         self.others: dict[str, float] = defaultdict(float)  # innermost frames of unclassified time
         self.seconds = 0.0
@@ -212,15 +218,21 @@ class Profile:
         if layer == OTHER and stack:
             inner = stack[-1]
             self.others[f"{inner.function} ({Path(inner.file).name})"] += seconds
+        if self.explain and self.explain in layer.lower():
+            self.explained[" > ".join(f"{f.function} ({Path(f.file).name})" for f in stack[-3:])] += seconds
 
     def table(self, requests: int, notes: list[str]) -> str:
-        lines = [*notes, f"profiled: {self.seconds * 1000 / requests:.2f} ms per request; {self.tool}; "
-                         f"{self.samples} samples", "", f"  {'layer':<66} {'ms/req':>7} {'share':>6}"]
+        lines = [*notes, (f"profiled: {self.seconds * 1000 / requests:.2f} ms per request; {self.tool}; "
+                          f"{self.samples} samples"), "", f"  {'layer':<66} {'ms/req':>7} {'share':>6}"]
         for layer, seconds in sorted(self.by_layer.items(), key=lambda item: -item[1]):
             lines.append(f"  {layer:<66} {seconds * 1000 / requests:7.2f} {seconds / self.seconds:6.1%}")
         if self.others:
             top = sorted(self.others.items(), key=lambda item: -item[1])[:4]
             lines.append("  (other: " + "; ".join(f"{name} {s * 1000 / requests:.2f}" for name, s in top) + ")")
+        if self.explained:
+            lines.append(f"  innermost frames of the layer(s) matching {self.explain!r}, ms/req:")
+            for frames, seconds in sorted(self.explained.items(), key=lambda item: -item[1])[:15]:
+                lines.append(f"    {seconds * 1000 / requests:6.2f}  {frames}")
         return "\n".join(lines)
 
 
@@ -256,19 +268,19 @@ def fsync_floor(directory: Path, rounds: int = 200) -> float:
 
 # -- (a) a ballot to the projects service ---------------------------------------------------------
 
-def ballot(workdir: Path, requests: int, interval_s: float) -> str:
+def ballot(workdir: Path, requests: int, interval_s: float, explain: str = "") -> str:
     from services.kernel.logs import configure_logging
     from services.projects.service import DEFINITION
-    from tests.support.apps import service_app
+    from tests.support.apps import container, service_app
     from tests.support.projects import Community, FlaskClient, ProjectsDriver
 
     configure_logging("projects")
-    app = service_app(DEFINITION, f"sqlite:///{workdir}/projects.db")
-    client = app.test_client()
-    d = ProjectsDriver(FlaskClient(client))
     projects_per_run = 4
     reps = -(-(requests + 20) // projects_per_run)
     with logs_to(workdir / "projects.log"):
+        app = service_app(DEFINITION, f"sqlite:///{workdir}/projects.db")
+        client = app.test_client()
+        d = ProjectsDriver(FlaskClient(client))
         c = Community(d, "prof", representatives=reps, residents=8, fund_fen=1_000_000_000)
         runs = []
         for _run in range(2):  # one without the profiler, one with it: each ballot is a new one
@@ -287,22 +299,38 @@ def ballot(workdir: Path, requests: int, interval_s: float) -> str:
                     raise RuntimeError(f"POST {path} -> {reply.status_code}: {reply.get_data()[:300]!r}")
 
         cast(runs[0][:20])  # warm-up
-        began = time.perf_counter()
+        dialect = container(app).store.engine.dialect
+        commits: list[float] = []
+
+        def timed_commit(dbapi_connection, _plain=dialect.do_commit):
+            began = time.perf_counter()
+            try:
+                _plain(dbapi_connection)
+            finally:
+                commits.append((time.perf_counter() - began) * 1000)
+
+        dialect.do_commit = timed_commit  # the unprofiled run times every commit (SQLAlchemy -> sqlite3)
+        began, cpu = time.perf_counter(), time.process_time()
         cast(runs[0][20:20 + requests])
         plain_ms = (time.perf_counter() - began) * 1000 / requests
-        profile = Profile(interval_s)
+        cpu_ms = (time.process_time() - cpu) * 1000 / requests
+        del dialect.do_commit
+        profile = Profile(interval_s, explain)
         with profile.running():
             cast(runs[1][:requests])
     floor = fsync_floor(workdir)
     return profile.table(requests, [
-        f"(a) POST /projects/<id>/vote/ballots — the projects service in process (Flask test client), SQLite "
-        f"WAL + synchronous=FULL, {requests} ballots over {projects_per_run} projects, one after the other",
-        f"unprofiled: {plain_ms:.2f} ms per request; fsync of 4 KiB on this disk: {floor:.2f} ms (median)"])
+        (f"(a) POST /projects/<id>/vote/ballots — the projects service in process (Flask test client), SQLite "
+         f"WAL + synchronous=FULL, {requests} ballots over {projects_per_run} projects, one after the other"),
+        (f"unprofiled: {plain_ms:.2f} ms per request (CPU of this process {cpu_ms:.2f} ms), of which the commits "
+         f"{sum(commits) / requests:.2f} ms ({len(commits) / requests:.1f} per request: the command's, the answer's "
+         f"read; median {statistics.median(commits):.2f}, max {max(commits):.1f} ms); fsync of 4 KiB on this disk: "
+         f"{floor:.2f} ms (median)")])
 
 
 # -- (b) the gateway's project overview -----------------------------------------------------------
 
-def overview(workdir: Path, requests: int, interval_s: float) -> str:
+def overview(workdir: Path, requests: int, interval_s: float, explain: str = "") -> str:
     from bench.http import ballot_pools
     from bench.platform import Platform
 
@@ -311,12 +339,12 @@ def overview(workdir: Path, requests: int, interval_s: float) -> str:
         viewer = projects[0][1]
         job = {"urls": {name: platform.urls[name] for name in ("projects", "volunteers", "feedback")},
                "projects": [pid for pid, _ in projects], "authorization": viewer.headers["Authorization"],
-               "requests": requests, "interval_s": interval_s, "workdir": str(workdir / "gateway")}
+               "requests": requests, "interval_s": interval_s, "explain": explain, "workdir": str(workdir / "gateway")}
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         reply = subprocess.run(
-            [sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n"
-                                   "import sys, bench.profile_http as p; p.overview_child(sys.stdin.read())"],
-            input=json.dumps(job), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+            [sys.executable, "-c", ("from gevent import monkey; monkey.patch_all()\n"
+                                    "import sys, bench.profile_http as p; p.overview_child(sys.stdin.read())")],
+            check=False, input=json.dumps(job), capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     if reply.returncode != 0:
         raise RuntimeError(f"the overview child failed: {reply.stderr[-3000:]}")
     return reply.stdout.rstrip("\n")
@@ -369,7 +397,9 @@ def overview_child(job_text: str) -> None:
 
         get(paths[:20])  # warm-up (the catalogue, the pools)
         upstream_ms.clear()
+        cpu = time.process_time()
         wall = get(paths)
+        cpu_ms = (time.process_time() - cpu) * 1000 / requests
         calls = {name: statistics.median(times) for name, times in upstream_ms.items()}
         # The same three reads sent straight to the services, one after the other.
         pool = urllib3.PoolManager(retries=False)
@@ -382,34 +412,38 @@ def overview_child(job_text: str) -> None:
                 direct[part.service].append((time.perf_counter() - began) * 1000)
                 if reply.status not in (200, 404):
                     raise RuntimeError(f"{part.service} {part.path} -> {reply.status}")
-        profile = Profile(interval_s)
+        profile = Profile(interval_s, job.get("explain", ""))
         with profile.running():
             get(paths)
     said = "; ".join(f"{name} {calls[name]:.1f} ms (direct {statistics.median(direct[name]):.1f})"
                      for name in ("projects", "volunteers", "feedback"))
     print(profile.table(requests, [
-        f"(b) GET /api/v1/projects/<id>/overview — the gateway in process under gevent (monkey-patched, as its "
-        f"gunicorn worker), Flask test client; its 3 services the platform's (gunicorn, sync workers); "
-        f"{requests} requests one after the other",
-        f"unprofiled: {statistics.median(wall):.2f} ms per request (median; mean {statistics.fmean(wall):.2f})",
-        f"each upstream call as the gateway times it, median (the same read sent straight to the service, "
-        f"median): {said}"]))
+        (f"(b) GET /api/v1/projects/<id>/overview — the gateway in process under gevent (monkey-patched, as its "
+         f"gunicorn worker), Flask test client; its 3 services the platform's (gunicorn, sync workers); "
+         f"{requests} requests one after the other"),
+        (f"unprofiled: {statistics.median(wall):.2f} ms per request (median; mean {statistics.fmean(wall):.2f}); CPU "
+         f"of the gateway's process {cpu_ms:.2f} ms per request (all its greenlets and threads): the rest of the wall "
+         f"time is waiting for the services"),
+        (f"each upstream call as the gateway times it, median (the same read sent straight to the service, "
+         f"median): {said}")]))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_http", description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="*", choices=("ballot", "overview"), default=["ballot", "overview"])
     parser.add_argument("--requests", type=int, default=300, help="requests per part (profiled, and unprofiled)")
-    parser.add_argument("--interval-ms", type=float, default=0.2, help="pyinstrument's sampling interval")
+    parser.add_argument("--interval-ms", type=float, default=1.0, help="pyinstrument's sampling interval")
+    parser.add_argument("--explain", default="", metavar="LAYER",
+                        help="also list the innermost frames of the layers whose name contains LAYER")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="cocreate-profile-"))
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(workdir / "metrics"))
     Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     try:
         if "ballot" in args.part:
-            print(ballot(workdir, args.requests, args.interval_ms / 1000), "\n", flush=True)
+            print(ballot(workdir, args.requests, args.interval_ms / 1000, args.explain), "\n", flush=True)
         if "overview" in args.part:
-            print(overview(workdir, args.requests, args.interval_ms / 1000), "\n", flush=True)
+            print(overview(workdir, args.requests, args.interval_ms / 1000, args.explain), "\n", flush=True)
     finally:
         import shutil
 
