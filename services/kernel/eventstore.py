@@ -126,7 +126,8 @@ _SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS[:-2])}, CAST(data AS BLOB), CAST(me
 
 
 _dumps = dumps  # the log's canonical JSON (services.kernel.events.dumps)
-_NO_METADATA = Metadata()
+_NO_METADATA_DICT = Metadata().as_dict()
+_NO_METADATA_JSON = dumps(_NO_METADATA_DICT)
 
 
 class EventStore:
@@ -278,8 +279,11 @@ class EventStore:
             raise ConcurrencyError(stream_id, expected_version, actual)
         occurred_us = to_micros(self._clock())
         occurred_at = from_micros(occurred_us)  # what a reader will get back: microseconds
-        meta = (metadata or _NO_METADATA).as_dict()
-        meta_json = dumps(meta)
+        if metadata is None:
+            meta, meta_json = dict(_NO_METADATA_DICT), _NO_METADATA_JSON
+        else:
+            meta = metadata.as_dict()
+            meta_json = dumps(meta)
         rows, stored, of_row = [], [], StoredEvent.of_row
         for offset, event in enumerate(events, start=1):
             data = dict(event.data)

@@ -198,8 +198,8 @@ def waiting_for_the_write_lock(thread: threading.Thread) -> bool:
         code = frame.f_code
         if code.co_name == "do_execute" and frame.f_locals.get("statement") in WRITE_LOCKS:
             return True
-        # SQLite: the engine's "begin" listener runs BEGIN IMMEDIATE on the driver itself
-        if code.co_name == "_on_begin" and code.co_filename.endswith("db.py") and frame.f_locals.get("write"):
+        # SQLite: write_transaction runs BEGIN IMMEDIATE on the driver itself
+        if code.co_name == "_begin_immediate" and code.co_filename.endswith("db.py"):
             return True
         if code.co_name == "write_transaction" and code.co_filename.endswith("memory.py") and \
                 linecache.getline(code.co_filename, frame.f_lineno).strip() == "with self._writer:":

@@ -50,6 +50,8 @@ def current(connection: Connection) -> str | None:
 
 def upgrade(connection: Connection) -> None:
     """Carry the kernel's tables to the newest revision, in the caller's transaction."""
+    if not connection.in_transaction():
+        connection.begin()  # joins the caller's (SQLite: driver-level) transaction; Alembic then runs in it
     if current(connection) == head():
         return
     command.upgrade(config(connection), "head")
