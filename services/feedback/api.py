@@ -590,7 +590,7 @@ class LiveRanking(MethodView):
         check_kind(kind)
         period = query.get("period") or current_period(community_id)
         with store().read_transaction() as connection:
-            table = views.ranking_table(connection, community_id, kind, period)
+            table = views.live_ranking(store(), connection, community_id, kind, period)
         return {"community_id": community_id, "kind": kind, "period": period, "published": False, **table}
 
 

@@ -29,6 +29,7 @@ from services.feedback.domain import (
 )
 from services.kernel import privacy
 from services.kernel.aggregate import AggregateView
+from services.kernel.cache import AtVersion
 from services.kernel.events import StoredEvent, format_time, parse_time, to_micros
 from services.kernel.eventstore import EventStore, chunked
 
@@ -572,6 +573,18 @@ def ranking_table(connection: Connection, community_id: str, kind: str, period: 
     """The ranking of ``kind`` subjects in ``period`` as it stands (by the community's policy)."""
     policy, _ = policy_for(connection, community_id)
     return rank(STATS.for_ranking(connection, community_id, kind, period), policy)
+
+
+# The live ranking as it stands at a position of the log: the same until the next event (a rating,
+# a subject renamed, the policy changed all move the position), so it is kept per worker.
+_LIVE: AtVersion[dict[str, Any]] = AtVersion("live_ranking", size=256)
+
+
+def live_ranking(store: EventStore, connection: Connection, community_id: str, kind: str,
+                 period: str) -> dict[str, Any]:
+    """:func:`ranking_table` as of the log's last position, read in ``connection``'s snapshot."""
+    return _LIVE.get(connection, (community_id, kind, period), store.last_position(connection=connection),
+                     lambda: ranking_table(connection, community_id, kind, period))
 
 
 def verify_ranking(store: EventStore, ranking: RankingRecord, edition: int | None = None) -> dict[str, Any]:

@@ -28,6 +28,10 @@ HTTP_LATENCY = Histogram(
     ["app", "route", "method"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+CACHE_LOOKUPS = Counter(
+    "cocreate_cache_lookups_total", "Lookups of answers kept per process at a version (services.kernel.cache)",
+    ["cache", "result"],
+)
 EVENTS_APPENDED = Counter(
     "cocreate_events_appended_total", "Events appended to the event store", ["service", "event_type"],
 )

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
+from services.kernel.cache import AtVersion
 from services.kernel import privacy
 from services.kernel.errors import NotFound
 from services.kernel.model import Conflict, parse_time
@@ -438,9 +439,19 @@ def project_summary(project: Project) -> dict[str, Any]:
     }
 
 
+# A project's page at a version is the same every time (its rows up to that version never change):
+# kept per worker, the answer to a command that changed the project is the next reader's page too.
+_PAGES: AtVersion[dict[str, Any]] = AtVersion("project_detail", size=1024)
+
+
 def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     """The project's page at its version: its state, with what ``project_details`` keeps of its
-    events up to that version (so a command's answer and a past version read it alike)."""
+    events up to that version (so a command's answer and a past version read it alike). A new
+    dict each time (the page itself is kept: :mod:`services.kernel.cache`)."""
+    return dict(_PAGES.get(connection, project.id, project.version, lambda: _project_detail(connection, project)))
+
+
+def _project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     page = DETAILS.page(connection, project.id, project.version)
     opinions = page.all("OpinionPosted")
     stances = {stance: 0 for stance in STANCES}

@@ -1,0 +1,61 @@
+"""Answers that a version fixes forever, kept per process (issue 23).
+
+A read model row only ever changes by an event, and every event moves the log's position and its
+stream's version. So a page computed from a stream at version *v* (a project's page as of its
+version) is the same page every time it is asked for at *v*; a view computed from the whole store
+at position *p* (a live ranking) is the same until the next event. :class:`AtVersion` keeps such
+answers, keyed by what they are of and the version or position they were computed at: a changed
+stream or a new event gives a new key, so nothing stale is ever served, and nothing has to be
+invalidated. A rebuild replays the same log to the same rows at the same positions, so what is
+kept stays true through it; a database restored to an earlier point is started on with the
+service's processes stopped (docs/operations.md, "Backups and restore"), so none keeps answers of
+the log it had before.
+
+Kept per process (a gunicorn worker) and per database (the engine a connection belongs to: the
+tests run several stores in one process), least recently used dropped first, ``size`` entries at
+most per database; the values are shared: callers copy before they change anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from sqlalchemy.engine import Connection
+
+from services.kernel import metrics
+
+T = TypeVar("T")
+
+
+class AtVersion(Generic[T]):
+    def __init__(self, name: str, size: int = 512) -> None:
+        self.name, self.size = name, size
+        self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> OrderedDict
+        self._lock = threading.Lock()
+
+    def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T]) -> T:
+        """The value of ``key`` at ``version`` in ``connection``'s database: kept, or made by
+        ``make()`` (outside the lock) and kept."""
+        entry = (key, version)
+        with self._lock:
+            kept = self._kept.get(connection.engine)
+            if kept is None:
+                kept = self._kept[connection.engine] = OrderedDict()
+            value = kept.get(entry)
+            if value is not None:
+                kept.move_to_end(entry)
+        if value is not None:
+            metrics.CACHE_LOOKUPS.labels(self.name, "hit").inc()
+            return value
+        metrics.CACHE_LOOKUPS.labels(self.name, "miss").inc()
+        value = make()
+        with self._lock:
+            kept[entry] = value
+            kept.move_to_end(entry)
+            while len(kept) > self.size:
+                kept.popitem(last=False)
+        return value

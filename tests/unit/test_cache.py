@@ -1,0 +1,26 @@
+"""Answers kept at a version (services.kernel.cache): a new version or another database is a new answer."""
+
+import sqlalchemy as sa
+
+from services.kernel.cache import AtVersion
+
+
+def test_an_answer_is_made_once_per_key_and_version_and_database():
+    cache: AtVersion[dict] = AtVersion("test", size=2)
+    first, second = sa.create_engine("sqlite://"), sa.create_engine("sqlite://")
+    made = []
+
+    def make(label):
+        def go():
+            made.append(label)
+            return {"label": label}
+        return go
+
+    with first.connect() as a, second.connect() as b:
+        assert cache.get(a, "p1", 3, make("p1@3")) == {"label": "p1@3"}
+        assert cache.get(a, "p1", 3, make("again")) == {"label": "p1@3"}  # kept
+        assert cache.get(a, "p1", 4, make("p1@4")) == {"label": "p1@4"}  # a new version: made
+        assert cache.get(b, "p1", 3, make("other db")) == {"label": "other db"}  # another database
+        assert cache.get(a, "p2", 1, make("p2@1")) == {"label": "p2@1"}  # size 2: p1@3 dropped
+        assert cache.get(a, "p1", 3, make("p1@3 again")) == {"label": "p1@3 again"}
+    assert made == ["p1@3", "p1@4", "other db", "p2@1", "p1@3 again"]
