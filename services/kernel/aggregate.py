@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from services.kernel.db import read_transaction
+from services.kernel.db import Prepared, read_transaction
 from services.kernel.errors import ConcurrencyError, Forbidden, NotFound
 from services.kernel.events import Metadata, NewEvent, StoredEvent, to_micros, utc_now
 from services.kernel.eventstore import chunked
@@ -157,6 +157,8 @@ class AggregateView:
         )
         self.tables = [self.table]
         self._prefix = cls.stream_prefix + "-"
+        self._read = Prepared(sa.select(self.table.c.state).where(self.table.c.id == sa.bindparam("id")))
+        self._prepared: dict[tuple, Prepared] = {}
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
         self.apply_state(connection, event, None)
@@ -170,17 +172,31 @@ class AggregateView:
         if type(lent) is self.cls and lent.version == event.version - 1:
             state, exists = lent, lent.version > 0
         else:
-            row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
-            state = self.cls.from_json(row.state) if row is not None else self.cls(id=aggregate_id)
+            row = self._read.first(connection, {"id": aggregate_id})
+            state = self.cls.from_json(row[0]) if row is not None else self.cls(id=aggregate_id)
             exists = row is not None
         state.apply(event)
         values = {"version": state.version, "updated_at_us": to_micros(event.occurred_at),
                   "state": state.to_json(), **self.extract(state)}
         if not exists:
-            connection.execute(self.table.insert().values(
-                id=aggregate_id, created_at_us=to_micros(event.occurred_at), **values))
+            self._statement("insert", values).execute(
+                connection, {"id": aggregate_id, "created_at_us": to_micros(event.occurred_at), **values})
         else:
-            connection.execute(self.table.update().where(self.table.c.id == aggregate_id).values(**values))
+            self._statement("update", values).execute(connection, {"b_id": aggregate_id, **values})
+
+    def _statement(self, kind: str, values: Mapping[str, Any]) -> Prepared:
+        """The insert or update of a row with these columns, prepared once (a command runs it)."""
+        key = (kind, tuple(values))
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            t = self.table
+            if kind == "insert":
+                statement = t.insert().values({name: sa.bindparam(name) for name in ("id", "created_at_us", *values)})
+            else:
+                statement = t.update().where(t.c.id == sa.bindparam("b_id")).values(
+                    {name: sa.bindparam(name) for name in values})
+            prepared = self._prepared[key] = Prepared(statement)
+        return prepared
 
     def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
         """The same as :meth:`apply` for each event, with one read and two batched writes."""
@@ -213,8 +229,8 @@ class AggregateView:
             connection.execute(t.update().where(t.c.id == sa.bindparam("b_id")), changes)
 
     def get(self, connection: Connection, aggregate_id: str) -> Any | None:
-        row = connection.execute(sa.select(self.table.c.state).where(self.table.c.id == aggregate_id)).first()
-        return None if row is None else self.cls.from_json(row.state)
+        row = self._read.first(connection, {"id": aggregate_id})
+        return None if row is None else self.cls.from_json(row[0])
 
     def find(self, connection: Connection, *, order_by: Sequence[Any] = (), limit: int | None = None,
              where: Sequence[Any] = (), **equal: Any) -> list[Any]:

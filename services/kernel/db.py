@@ -149,3 +149,48 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 def ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT 1")
+
+
+class Prepared:
+    """A statement compiled once per dialect and run on the driver's own cursor, in the caller's
+    transaction: no statement building, cache key or result processing per run. For the few
+    statements every command runs (a read model's row read and written, the stream index), where
+    SQLAlchemy's per-execution work cost more than the database did (issue 23). Parameters are
+    plain values (str, int, bool, None); rows come back as tuples."""
+
+    def __init__(self, statement) -> None:
+        self.statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+    def _sql(self, dialect) -> tuple[str, tuple[str, ...] | None]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            positional = tuple(compiled.positiontup) if compiled.positional else None
+            found = self._compiled[dialect.name] = (compiled.string, positional)
+        return found
+
+    def run(self, connection: Connection, params: dict | None = None):
+        """Execute with ``params`` (by bind name); the driver's cursor, for a query's rows."""
+        sql, order = self._sql(connection.dialect)
+        values = params or {}
+        cursor = connection.connection.driver_connection.cursor()
+        cursor.execute(sql, tuple(values[name] for name in order) if order is not None else values)
+        return cursor
+
+    def first(self, connection: Connection, params: dict | None = None):
+        cursor = self.run(connection, params)
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+
+    def all(self, connection: Connection, params: dict | None = None) -> list:
+        cursor = self.run(connection, params)
+        try:
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def execute(self, connection: Connection, params: dict | None = None) -> None:
+        self.run(connection, params).close()

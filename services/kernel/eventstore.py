@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from services.kernel import metrics
-from services.kernel.db import is_sqlite, lock_schema, read_transaction, write_transaction
+from services.kernel.db import Prepared, is_sqlite, lock_schema, read_transaction, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import (
     Metadata, NewEvent, StoredEvent, UpcasterChain, dumps, from_micros, loads, to_micros, utc_now,
@@ -124,6 +124,12 @@ _MAX_POSITION = 2**63 - 1
 _SQLITE_PAGE = (f"SELECT {', '.join(_COLUMNS[:-2])}, CAST(data AS BLOB), CAST(metadata AS BLOB) FROM events "
                 "WHERE position > ? AND position <= ? ORDER BY position LIMIT ?")
 
+
+# A stream's events after a version, in ``_COLUMNS`` order: what every command's load reads (normally
+# nothing, after the read model's snapshot), prepared once.
+_STREAM_AFTER = Prepared(sa.select(*(events_table.c[name] for name in _COLUMNS)).where(
+    events_table.c.stream_id == sa.bindparam("stream_id"), events_table.c.version > sa.bindparam("after"))
+    .order_by(events_table.c.version))
 
 _dumps = dumps  # the log's canonical JSON (services.kernel.events.dumps)
 _NO_METADATA_DICT = Metadata().as_dict()
@@ -313,6 +319,8 @@ class EventStore:
     ) -> list[StoredEvent]:
         """The stream's events in version order, optionally only after a version (continuing a
         snapshot), up to a version or up to a moment."""
+        if up_to_version is None and as_of is None and connection is not None:  # a command's load
+            return self._events_of(_STREAM_AFTER.all(connection, {"stream_id": stream_id, "after": after_version}))
         query = sa.select(events_table).where(events_table.c.stream_id == stream_id)
         if after_version:
             query = query.where(events_table.c.version > after_version)

@@ -18,7 +18,7 @@ from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
 from services.kernel import privacy
-from services.kernel.db import read_transaction
+from services.kernel.db import Prepared, read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.model import role_names
@@ -46,18 +46,23 @@ class StreamIndex:
             sa.Column("updated_at_us", sa.BigInteger, nullable=False),
         )
         self.tables = [self.table]
+        t = self.table
+        # every append runs one of these: prepared once (services.kernel.db.Prepared)
+        self._insert = Prepared(t.insert().values({c.name: sa.bindparam(c.name) for c in t.columns}))
+        self._update = Prepared(t.update().where(t.c.stream_id == sa.bindparam("b_stream")).values(
+            {name: sa.bindparam(name) for name in ("version", "last_event_type", "last_position", "updated_at_us")}))
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
         at = to_micros(event.occurred_at)
         if event.version == 1:
-            connection.execute(self.table.insert().values(
-                stream_id=event.stream_id, stream_type=stream_type(event.stream_id), version=1,
-                last_event_type=event.event_type, last_position=event.position,
-                created_at_us=at, updated_at_us=at))
+            self._insert.execute(connection, {
+                "stream_id": event.stream_id, "stream_type": stream_type(event.stream_id), "version": 1,
+                "last_event_type": event.event_type, "last_position": event.position,
+                "created_at_us": at, "updated_at_us": at})
         else:
-            connection.execute(self.table.update().where(self.table.c.stream_id == event.stream_id).values(
-                version=event.version, last_event_type=event.event_type,
-                last_position=event.position, updated_at_us=at))
+            self._update.execute(connection, {
+                "b_stream": event.stream_id, "version": event.version, "last_event_type": event.event_type,
+                "last_position": event.position, "updated_at_us": at})
 
     def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
         """The same as :meth:`apply` for each event: one row written per stream of the page."""
