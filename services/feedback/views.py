@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -30,7 +31,7 @@ from services.feedback.domain import (
 from services.kernel import privacy
 from services.kernel.aggregate import AggregateView
 from services.kernel.cache import AtVersion
-from services.kernel.events import StoredEvent, format_time, parse_time, to_micros
+from services.kernel.events import StoredEvent, dumps, format_time, parse_time, to_micros
 from services.kernel.eventstore import EventStore, chunked
 
 
@@ -296,22 +297,9 @@ class SubjectStats:
         self.tables = [self.table]
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
-        if event.event_type not in STATS_EVENTS:
-            return
-        changes = stats_changes(event.event_type, event.data)
-        if not changes:
-            return
-        d, t = event.data, self.table
-        key = (t.c.subject_id == d["subject_id"]) & (t.c.period == d["period"])
-        row = connection.execute(sa.select(t).where(key)).first()
-        stats = {c: getattr(row, c) for c in self.COUNTS} if row is not None else empty_stats()
-        for level, sign in changes:
-            count_level(stats, level, sign)
-        if row is None:
-            connection.execute(t.insert().values(subject_id=d["subject_id"], period=d["period"],
-                                                 community_id=d["community_id"], kind=d["subject_kind"], **stats))
-        else:
-            connection.execute(t.update().where(key).values(**stats))
+        """The event's change added to its subject's row by one upsert (a rating: one statement)."""
+        if event.event_type in STATS_EVENTS:
+            self.apply_many(connection, (event,))
 
     def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
         """The same as :meth:`apply` for each event: the page's changes are summed per subject and
@@ -447,8 +435,15 @@ class RankingPages:
         return result
 
 
+class _Named(msgspec.Struct):
+    name: str = ""
+
+
+_NAME_OF = msgspec.json.Decoder(_Named)  # a subject's name out of its state, the rest skipped unread
+
+
 def _name(state: str | None) -> str:
-    return SubjectRecord.from_json(state).name if state else ""
+    return _NAME_OF.decode(state).name if state else ""
 
 
 def fold_stats(events: Iterable[StoredEvent], community_id: str, kind: str, period: str,
@@ -576,15 +571,18 @@ def ranking_table(connection: Connection, community_id: str, kind: str, period: 
 
 
 # The live ranking as it stands at a position of the log: the same until the next event (a rating,
-# a subject renamed, the policy changed all move the position), so it is kept per worker.
-_LIVE: AtVersion[dict[str, Any]] = AtVersion("live_ranking", size=256)
+# a subject renamed, the policy changed all move the position), so it is kept per worker, encoded.
+_LIVE: AtVersion[bytes] = AtVersion("live_ranking", size=256)
 
 
-def live_ranking(store: EventStore, connection: Connection, community_id: str, kind: str,
-                 period: str) -> dict[str, Any]:
-    """:func:`ranking_table` as of the log's last position, read in ``connection``'s snapshot."""
-    return _LIVE.get(connection, (community_id, kind, period), store.last_position(connection=connection),
-                     lambda: ranking_table(connection, community_id, kind, period))
+def live_ranking(store: EventStore, connection: Connection, community_id: str, kind: str, period: str) -> bytes:
+    """The live ranking's answer as JSON, as of the log's last position in ``connection``'s snapshot:
+    ``{community_id, kind, period, published: false, formula, ranked, not_enough_ratings}``."""
+    def make() -> bytes:
+        table = ranking_table(connection, community_id, kind, period)
+        return dumps({"community_id": community_id, "kind": kind, "period": period, "published": False,
+                      **table}).encode()
+    return _LIVE.get(connection, (community_id, kind, period), store.last_position(connection=connection), make)
 
 
 def verify_ranking(store: EventStore, ranking: RankingRecord, edition: int | None = None) -> dict[str, Any]:

@@ -160,20 +160,22 @@ class Prepared:
 
     def __init__(self, statement) -> None:
         self.statement = statement
-        self._compiled: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, dict]] = {}
 
-    def _sql(self, dialect) -> tuple[str, tuple[str, ...] | None]:
+    def _sql(self, dialect) -> tuple[str, tuple[str, ...] | None, dict]:
         found = self._compiled.get(dialect.name)
         if found is None:
             compiled = self.statement.compile(dialect=dialect)
             positional = tuple(compiled.positiontup) if compiled.positional else None
-            found = self._compiled[dialect.name] = (compiled.string, positional)
+            # the values written into the statement (a literal compared with, a LIMIT): its defaults
+            defaults = {name: value for name, value in compiled.params.items() if value is not None}
+            found = self._compiled[dialect.name] = (compiled.string, positional, defaults)
         return found
 
     def run(self, connection: Connection, params: dict | None = None):
         """Execute with ``params`` (by bind name); the driver's cursor, for a query's rows."""
-        sql, order = self._sql(connection.dialect)
-        values = params or {}
+        sql, order, defaults = self._sql(connection.dialect)
+        values = {**defaults, **params} if params else defaults
         cursor = connection.connection.driver_connection.cursor()
         cursor.execute(sql, tuple(values[name] for name in order) if order is not None else values)
         return cursor

@@ -28,10 +28,11 @@ from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
 from services.kernel.cache import AtVersion
+from services.kernel.db import Prepared
 from services.kernel import privacy
 from services.kernel.errors import NotFound
 from services.kernel.model import Conflict, parse_time
-from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
+from services.kernel.events import StoredEvent, format_time, from_micros, loads, to_micros
 from services.kernel.eventstore import EventStore
 from services.projects.community import (
     FUND_SOURCES, RELEASE_REASONS, RESERVATION_REASONS, Community, CommunityFund,
@@ -374,6 +375,7 @@ class ProjectDetails:
         )
         self.tables = [self.table]
         self._prefix = Project.stream_prefix + "-"
+        self._queries: tuple[Prepared, ...] | None = None
 
     def row(self, event: StoredEvent) -> dict[str, Any] | None:
         make = ENTRIES.get(event.event_type)
@@ -397,22 +399,35 @@ class ProjectDetails:
     def page(self, connection: Connection, project_id: str, version: int) -> ProjectPage:
         """The project's rows up to ``version``: every entry but the tailed ones, the latest
         maintenance logs and their count, and the time of each pledge's latest delivery."""
-        t = self.table
-        upto = [t.c.project_id == project_id, t.c.version <= version]
+        if self._queries is None:
+            self._queries = self._prepare()
+        entries_q, count_q, latest_q, delivered_q = self._queries
+        at = {"project_id": project_id, "version": version}
         entries: dict[str, list[tuple[str | None, dict[str, Any]]]] = defaultdict(list)
-        for row in connection.execute(sa.select(t.c.event_type, t.c.item_id, t.c.entry)
-                                      .where(*upto, t.c.event_type.not_in(self.TAILED)).order_by(t.c.version)):
-            entries[row.event_type].append((row.item_id, json.loads(row.entry)))
+        for event_type, item_id, entry in entries_q.all(connection, at):
+            entries[event_type].append((item_id, loads(entry)))
+        count = count_q.first(connection, at)[0]
+        latest = [row[0] for row in latest_q.all(connection, at)]
+        delivered = delivered_q.all(connection, at)
+        return ProjectPage(dict(entries), [loads(entry) for entry in reversed(latest)], count,
+                           {item_id: loads(entry)["delivered_at"] for item_id, entry in delivered})
+
+    def _prepare(self) -> tuple[Prepared, ...]:
+        """The page's four queries, prepared once (every project page and command answer runs them)."""
+        t = self.table
+        upto = [t.c.project_id == sa.bindparam("project_id"), t.c.version <= sa.bindparam("version")]
         logs = [*upto, t.c.event_type == "MaintenanceLogged"]
-        count = connection.execute(sa.select(sa.func.count()).select_from(t).where(*logs)).scalar()
-        latest = connection.execute(sa.select(t.c.entry).where(*logs).order_by(t.c.version.desc())
-                                    .limit(MAINTENANCE_LOGS_SHOWN)).scalars().all()
         last = (sa.select(t.c.item_id, sa.func.max(t.c.version).label("version"))
                 .where(*upto, t.c.event_type == "ContributionDelivered").group_by(t.c.item_id).subquery())
-        delivered = connection.execute(sa.select(t.c.item_id, t.c.entry).join(last, sa.and_(
-            t.c.project_id == project_id, t.c.item_id == last.c.item_id, t.c.version == last.c.version)))
-        return ProjectPage(dict(entries), [json.loads(entry) for entry in reversed(latest)], count,
-                           {row.item_id: json.loads(row.entry)["delivered_at"] for row in delivered})
+        return (
+            Prepared(sa.select(t.c.event_type, t.c.item_id, t.c.entry)
+                     .where(*upto, *(t.c.event_type != tailed for tailed in self.TAILED)).order_by(t.c.version)),
+            Prepared(sa.select(sa.func.count()).select_from(t).where(*logs)),
+            Prepared(sa.select(t.c.entry).where(*logs).order_by(t.c.version.desc()).limit(MAINTENANCE_LOGS_SHOWN)),
+            Prepared(sa.select(t.c.item_id, t.c.entry).join(last, sa.and_(
+                t.c.project_id == sa.bindparam("project_id"), t.c.item_id == last.c.item_id,
+                t.c.version == last.c.version))),
+        )
 
 
 LEDGER = FundLedger()
