@@ -131,6 +131,8 @@ _STREAM_AFTER = Prepared(sa.select(*(events_table.c[name] for name in _COLUMNS))
     events_table.c.stream_id == sa.bindparam("stream_id"), events_table.c.version > sa.bindparam("after"))
     .order_by(events_table.c.version))
 
+_LAST_POSITION = Prepared(sa.select(sa.func.max(events_table.c.position)))  # what a kept answer is keyed by
+
 _dumps = dumps  # the log's canonical JSON (services.kernel.events.dumps)
 _NO_METADATA_DICT = Metadata().as_dict()
 _NO_METADATA_JSON = dumps(_NO_METADATA_DICT)
@@ -396,11 +398,10 @@ class EventStore:
             position = page[-1].position
 
     def last_position(self, *, connection: Connection | None = None) -> int:
-        query = sa.select(sa.func.max(events_table.c.position))
         if connection is not None:
-            return connection.execute(query).scalar() or 0
+            return _LAST_POSITION.first(connection)[0] or 0
         with read_transaction(self.engine) as own:
-            return own.execute(query).scalar() or 0
+            return _LAST_POSITION.first(own)[0] or 0
 
     def occurred_at_of(self, position: int) -> datetime | None:
         with read_transaction(self.engine) as connection:
