@@ -320,14 +320,15 @@ class SubjectStats:
             event_type = event.event_type
             if event_type not in STATS_EVENTS:
                 continue
-            d = event.data
+            d = event.data_as(Counted)
             changes = stats_changes(event_type, d)
             if not changes:
                 continue
-            key = (d["subject_id"], d["period"])
+            key = (d.subject_id, d.period)
             entry = deltas.get(key)
             if entry is None:
-                entry = deltas[key] = ({k: d[k] for k in ("subject_id", "period", "community_id", "subject_kind")},
+                entry = deltas[key] = ({"subject_id": d.subject_id, "period": d.period,
+                                        "community_id": d.community_id, "subject_kind": d.subject_kind},
                                        empty_stats())
             for level, sign in changes:
                 count_level(entry[1], level, sign)
@@ -446,6 +447,23 @@ def _name(state: str | None) -> str:
     return _NAME_OF.decode(state).name if state else ""
 
 
+class Counted(msgspec.Struct):
+    """What the rating counts read of a rating event (``STATS_EVENTS``), decoded alone from the
+    log's bytes by :meth:`StoredEvent.data_as` (a rating's other fields are skipped unread); read
+    like the payload (``d["level"]``), so :func:`stats_changes` takes either."""
+
+    subject_id: str
+    period: str
+    community_id: str
+    subject_kind: str
+    level: int
+    previous_level: int | None = None
+    counted: bool = False
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
 def fold_stats(events: Iterable[StoredEvent], community_id: str, kind: str, period: str,
                names: dict[str, str]) -> dict[str, dict]:
     """The same counts as ``subject_stats``, folded from the log (for verifying a ranking)."""
@@ -453,10 +471,12 @@ def fold_stats(events: Iterable[StoredEvent], community_id: str, kind: str, peri
     for event in events:
         if event.event_type not in STATS_EVENTS:
             continue
-        d = event.data
-        if (d["community_id"], d["subject_kind"], d["period"]) != (community_id, kind, period):
+        d = event.data_as(Counted)
+        if d.community_id != community_id or d.subject_kind != kind or d.period != period:
             continue
-        entry = stats.setdefault(d["subject_id"], {"name": names.get(d["subject_id"], ""), **empty_stats()})
+        entry = stats.get(d.subject_id)
+        if entry is None:
+            entry = stats[d.subject_id] = {"name": names.get(d.subject_id, ""), **empty_stats()}
         for level, sign in stats_changes(event.event_type, d):
             count_level(entry, level, sign)
     return stats
