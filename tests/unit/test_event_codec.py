@@ -1,0 +1,57 @@
+"""The log's JSON codec and how events read from the log are decoded (issue 23)."""
+
+import json
+import time
+import uuid
+
+import msgspec
+import pytest
+
+from services.kernel.events import EnvelopeError, StoredEvent, dumps, from_micros, loads
+from services.kernel.model import NewEvent, new_event_id
+
+
+def test_the_canonical_text_is_the_standard_librarys():
+    for value in ({"b": 1, "a": "同意修建休闲活动室", "c": [1, None, True, {"z": 0, "y": "x"}]}, {}, {"n": -7},
+                  {"nested": {"k": ["一", "二"]}}):
+        assert dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    # keys that are not strings: written as the standard library writes them
+    assert dumps({1: "a"}) == '{"1":"a"}'
+    assert loads(dumps({"a": "同意"})) == {"a": "同意"}
+
+
+def test_a_record_nested_too_deep_or_not_json_is_an_envelope_error():
+    with pytest.raises(EnvelopeError):
+        StoredEvent.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EnvelopeError):
+        StoredEvent.from_json(b"\xff")
+
+
+def test_event_ids_are_time_ordered_uuids_version_7():
+    ids = [new_event_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in ids)
+    assert NewEvent("X", {}).event_id != NewEvent("X", {}).event_id
+    later = new_event_id()
+    time.sleep(0.002)
+    assert new_event_id() > later  # a later millisecond sorts later
+
+
+class Level(msgspec.Struct):
+    level: int
+    subject_id: str = ""
+
+
+def test_an_event_read_from_the_log_decodes_each_part_when_first_read():
+    row = (3, "e-1", "rating-r1", 1, "RatingSubmitted", 1, 1_796_000_000_000_001,
+           b'{"level":4,"subject_id":"s1","comment":"\xe5\xa5\xbd"}', b'{"actor":"p1"}')
+    event = StoredEvent.of_log_row(*row)
+    assert "data" not in event.__dict__ and "metadata" not in event.__dict__
+    assert event.data_as(Level) == Level(4, "s1")  # typed, from the bytes
+    assert "data" not in event.__dict__
+    made = StoredEvent("e-1", "RatingSubmitted", 1, "rating-r1", 1, 3, from_micros(1_796_000_000_000_001),
+                       {"level": 4, "subject_id": "s1", "comment": "好"}, {"actor": "p1"})
+    assert event == made and event.occurred_at == made.occurred_at
+    assert made.data_as(Level) == Level(4, "s1")  # a decoded payload is converted
+    with pytest.raises(AttributeError):
+        event.no_such_field  # noqa: B018
