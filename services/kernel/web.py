@@ -37,7 +37,7 @@ from services.kernel import metrics
 from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS, Principal, TokenVerifier
 from services.kernel.config import AuthSettings
 from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
-from services.kernel.events import Metadata
+from services.kernel.events import Metadata, dumps
 from services.kernel.logs import correlation_id_var
 from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES
 
@@ -631,6 +631,16 @@ def etagged(body: Mapping[str, Any], version: int, status: int = 200, location: 
     response.set_etag(str(version))
     if location:
         response.headers["Location"] = location
+    return response
+
+
+def etagged_encoded(encoded: bytes, extra: Mapping[str, Any], version: int) -> flask.Response:
+    """An answer kept encoded (a JSON object: :mod:`services.kernel.cache`) with ``extra``'s keys added
+    — what differs per caller — and the resource's version as its ETag; not encoded again."""
+    added = dumps(dict(extra)).encode()[1:-1]
+    body = encoded if not added else (encoded[:-1] + (b"," if encoded != b"{}" else b"") + added + b"}")
+    response = flask.Response(body, mimetype="application/json")
+    response.set_etag(str(version))
     return response
 
 

@@ -17,8 +17,8 @@ from flask_smorest import Blueprint
 
 from services.kernel.bus import Outcome
 from services.kernel.web import (
-    IDENTIFIER, PUBLIC_QUERY, CommandSchema, NoQuery, Schema, command_answer, current_principal, etagged, public, roles, send,
-    service_container, text_field,
+    IDENTIFIER, PUBLIC_QUERY, CommandSchema, NoQuery, Schema, command_answer, current_principal, etagged, etagged_encoded,
+    public, roles, send, service_container, text_field,
 )
 from services.projects import commands as c
 from services.projects import open_data
@@ -519,9 +519,9 @@ class ProjectResource(MethodView):
         with store().read_transaction() as connection:
             project = views.find_project(connection, project_id)
             principal.require_reader(project.community_id)
-            detail = views.project_detail(connection, project)
+            page = views.project_detail_json(connection, project)
         # what this caller may do now (allowed_actions is what the stage allows anyone)
-        return etagged({**detail, "my_actions": project.actions_for(principal)}, project.version)
+        return etagged_encoded(page, {"my_actions": project.actions_for(principal)}, project.version)
 
 
 @projects.route("/<project_id>/history")

@@ -32,7 +32,7 @@ from services.kernel.db import Prepared
 from services.kernel import privacy
 from services.kernel.errors import NotFound
 from services.kernel.model import Conflict, parse_time
-from services.kernel.events import StoredEvent, format_time, from_micros, loads, to_micros
+from services.kernel.events import StoredEvent, dumps, format_time, from_micros, loads, to_micros
 from services.kernel.eventstore import EventStore
 from services.projects.community import (
     FUND_SOURCES, RELEASE_REASONS, RESERVATION_REASONS, Community, CommunityFund,
@@ -464,6 +464,15 @@ def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     events up to that version (so a command's answer and a past version read it alike). A new
     dict each time (the page itself is kept: :mod:`services.kernel.cache`)."""
     return dict(_PAGES.get(connection, project.id, project.version, lambda: _project_detail(connection, project)))
+
+
+_PAGES_JSON: AtVersion[bytes] = AtVersion("project_detail_json", size=1024)
+
+
+def project_detail_json(connection: Connection, project: Project) -> bytes:
+    """:func:`project_detail` encoded (canonical JSON), kept at the project's version too."""
+    return _PAGES_JSON.get(connection, project.id, project.version,
+                           lambda: dumps(project_detail(connection, project)).encode())
 
 
 def _project_detail(connection: Connection, project: Project) -> dict[str, Any]:
