@@ -31,6 +31,7 @@ from services.feedback.domain import (
 from services.kernel import privacy
 from services.kernel.aggregate import AggregateView
 from services.kernel.cache import AtVersion
+from services.kernel.db import Prepared
 from services.kernel.events import StoredEvent, dumps, format_time, parse_time, to_micros
 from services.kernel.eventstore import EventStore, chunked
 
@@ -510,13 +511,16 @@ def ratings_of_person(connection: Connection, person_id: str, limit: int = 200) 
     return RATINGS.find(connection, order_by=[RATINGS.table.c.created_at_us.desc()], limit=limit, person_id=person_id)
 
 
+_TOP_SINCE = Prepared(  # every rating runs it (the burst check): prepared once
+    sa.select(RATINGS.table.c.id).where(
+        RATINGS.table.c.subject_id == sa.bindparam("subject_id"), RATINGS.table.c.level == 5,
+        RATINGS.table.c.rated_at_us >= sa.bindparam("since"), RATINGS.table.c.excluded.is_(False))
+    .order_by(RATINGS.table.c.rated_at_us, RATINGS.table.c.id))
+
+
 def top_ratings_since(connection: Connection, subject_id: str, since: datetime) -> list[str]:
     """The ids of the subject's counted top ratings (5) made since ``since``, oldest first."""
-    t = RATINGS.table
-    return list(connection.execute(
-        sa.select(t.c.id).where(t.c.subject_id == subject_id, t.c.level == 5,
-                                t.c.rated_at_us >= to_micros(since), t.c.excluded.is_(False))
-        .order_by(t.c.rated_at_us, t.c.id)).scalars())
+    return [row[0] for row in _TOP_SINCE.all(connection, {"subject_id": subject_id, "since": to_micros(since)})]
 
 
 def cases_of_person(connection: Connection, person_id: str) -> list[CaseRecord]:

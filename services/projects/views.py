@@ -376,6 +376,8 @@ class ProjectDetails:
         self.tables = [self.table]
         self._prefix = Project.stream_prefix + "-"
         self._queries: tuple[Prepared, ...] | None = None
+        self._insert = Prepared(self.table.insert().values(  # most of a project's commands add a row
+            {name: sa.bindparam(name) for name in ("project_id", "version", "event_type", "item_id", "entry")}))
 
     def row(self, event: StoredEvent) -> dict[str, Any] | None:
         make = ENTRIES.get(event.event_type)
@@ -389,7 +391,7 @@ class ProjectDetails:
     def apply(self, connection: Connection, event: StoredEvent) -> None:
         row = self.row(event)
         if row is not None:
-            connection.execute(self.table.insert().values(**row))
+            self._insert.execute(connection, row)
 
     def apply_many(self, connection: Connection, events: Sequence[StoredEvent]) -> None:
         rows = [row for row in map(self.row, events) if row is not None]
