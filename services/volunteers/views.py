@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
+from services.kernel.db import Prepared
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.eventstore import EventStore
 from services.volunteers.domain import (
@@ -59,6 +60,7 @@ class CreditsView:
             sa.Index("ix_credits_community_day", "community_id", "day"),
         )
         self.tables = [self.table]
+        self._minutes: tuple[Prepared, Prepared] | None = None
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
         source = self.SOURCES.get(event.event_type)
@@ -81,11 +83,15 @@ class CreditsView:
 
     def minutes_for_source(self, connection: Connection, source: str, source_id: str,
                            community_id: str | None = None) -> int:
-        t = self.table
-        where = [t.c.source == source, t.c.source_id == source_id]
-        if community_id is not None:
-            where.append(t.c.community_id == community_id)
-        return connection.execute(sa.select(sa.func.coalesce(sa.func.sum(t.c.minutes), 0)).where(*where)).scalar()
+        if self._minutes is None:  # the gateway's project overview asks for it: prepared once
+            t = self.table
+            total = sa.select(sa.func.coalesce(sa.func.sum(t.c.minutes), 0)).where(
+                t.c.source == sa.bindparam("source"), t.c.source_id == sa.bindparam("source_id"))
+            self._minutes = (Prepared(total), Prepared(total.where(t.c.community_id == sa.bindparam("community_id"))))
+        params = {"source": source, "source_id": source_id}
+        if community_id is None:
+            return self._minutes[0].first(connection, params)[0]
+        return self._minutes[1].first(connection, {**params, "community_id": community_id})[0]
 
     def per_month(self, connection: Connection, community_id: str, first_day: str) -> dict[str, dict[str, Any]]:
         """Approved minutes and volunteers per calendar month (the credits' days, China Standard
