@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
+import psycopg
 import sqlalchemy as sa
 from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -107,8 +109,11 @@ dead_letters_table = sa.Table(
     sa.Column("republished_at_us", sa.BigInteger, nullable=True),
 )
 
+# The drivers' own errors too: the hot paths run statements on the driver itself (SQLite's
+# BEGIN IMMEDIATE, services.kernel.db.Prepared), where SQLAlchemy does not wrap what they raise.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, ConcurrencyError, TimeoutError,
+    sqlite3.OperationalError, sqlite3.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError,
 )
 
 

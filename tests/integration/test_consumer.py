@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from kafka import KafkaProducer
@@ -133,6 +135,27 @@ def test_transient_errors_are_retried_then_the_consumer_stalls_without_dead_lett
     with pytest.raises(ConsumerStalled):
         stalled.handle(_Record(topic, envelope(f"s-{unique}", 2).to_json()))
     assert effect_rows(engine) == [event.event_id]
+
+
+@pytest.mark.parametrize("error", [sqlite3.OperationalError("database is locked"),
+                                   psycopg.OperationalError("server closed the connection unexpectedly")])
+def test_a_drivers_own_error_is_transient_too(setup, unique, error):
+    """The hot paths run statements on the driver itself (services.kernel.db.Prepared, SQLite's BEGIN
+    IMMEDIATE): what the driver raises there is retried like SQLAlchemy's wrapped errors, not dead-lettered."""
+    engine, topic, _ = setup
+    attempts = []
+
+    def flaky(connection, event):
+        attempts.append(event.event_id)
+        if len(attempts) < 2:
+            raise error
+        record_effect(connection, event)
+
+    consumer = EventConsumer(engine=engine, group_id=f"g-{unique}", topics=[topic], handlers={"Happened": flaky},
+                             bootstrap_servers="127.0.0.1:1", max_retries=3, base_backoff_seconds=0.01)
+    event = envelope(f"s-{unique}", 1)
+    assert consumer.handle(_Record(topic, event.to_json())) == "handled"
+    assert len(attempts) == 2 and effect_rows(engine) == [event.event_id]
 
 
 class _Record:
