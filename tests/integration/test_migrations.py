@@ -111,6 +111,21 @@ def test_a_new_store_has_the_declared_schema_and_migrating_again_changes_nothing
         store.engine.dispose()
 
 
+def test_a_new_store_is_stamped_with_the_head_of_the_revisions(empty_url):
+    """A new database gets the declared tables and the head at once (no revision run); that head is
+    the newest file in versions/, so a new revision without a new HEAD fails here."""
+    assert migrations.HEAD == migrations.head()
+    store = EventStore(make_engine(empty_url), service="test")
+    try:
+        store.create_schema()
+        with store.engine.connect() as connection:
+            assert migrations.current(connection) == migrations.HEAD
+            assert {"events", "inbox", "consumer_offsets", "dead_letters", "relay_checkpoints", "relay_rounds",
+                    "alembic_version"} <= set(sa.inspect(connection).get_table_names())
+    finally:
+        store.engine.dispose()
+
+
 def test_the_migrations_go_forward_only():
     with pytest.raises(RuntimeError, match="forward only"):
         importlib.import_module("services.kernel.migrations.versions.0002_drop_occurred_at_index").downgrade()
