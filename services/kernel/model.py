@@ -15,7 +15,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, TypeVar
 
@@ -197,11 +197,26 @@ class Aggregate:
         # Fields hold JSON values only, so the encoder can walk them as they are: no deep copy
         # (``dataclasses.asdict``) of a state that may hold hundreds of ballots or claims.
         fields = {name: getattr(self, name) for name in _field_names(type(self))}
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        return _state_codec[0](fields)
 
     @classmethod
-    def from_json(cls: type[A], text: str) -> A:
-        return cls(**json.loads(text))
+    def from_json(cls: type[A], text: str | bytes) -> A:
+        return cls(**_state_codec[1](text))
+
+
+def _canonical(fields: Mapping[str, Any]) -> str:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+# How states are written as JSON and read back: the standard library's canonical text (sorted keys,
+# compact, UTF-8) here, where only the standard library is imported; the infrastructure installs a
+# faster codec that writes the same text (services.kernel.aggregate: msgspec; issue 23).
+_state_codec: list[Callable[..., Any]] = [_canonical, json.loads]
+
+
+def use_state_codec(dumps: Callable[[Mapping[str, Any]], str], loads: Callable[[str | bytes], Any]) -> None:
+    """Write and read aggregate states with ``dumps`` (the same canonical text) and ``loads``."""
+    _state_codec[:] = [dumps, loads]
 
 
 @functools.cache

@@ -27,7 +27,9 @@ from typing import Any, ClassVar
 
 import flask
 import marshmallow as ma
+import msgspec
 from apispec import BasePlugin
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedMediaType
 from werkzeug.http import HTTP_STATUS_CODES
@@ -194,6 +196,26 @@ def role_list_field(**kwargs: Any) -> ma.fields.List:
     return ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(ROLES)), **kwargs)
 
 
+class CompactJSON(DefaultJSONProvider):
+    """Flask's JSON, encoded by msgspec: the same text (compact, UTF-8, keys sorted as Flask sorts
+    them), several times faster than the standard library (issue 23: a write's answer took a fifth
+    of a millisecond to encode). What msgspec does not know (a ``__html__`` object) and a call with
+    options (``indent`` in debug mode) go to Flask's own encoder. A ``datetime`` would come out as
+    ISO 8601 text rather than Flask's HTTP date: the answers carry times as text already (their
+    schemas dump them), and every time in the APIs is ISO 8601."""
+
+    _sorted = msgspec.json.Encoder(order="sorted")
+    _as_built = msgspec.json.Encoder()
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        if kwargs.get("indent") is not None or kwargs.get("default") is not None:
+            return super().dumps(obj, **kwargs)
+        try:
+            return (self._sorted if kwargs.get("sort_keys", self.sort_keys) else self._as_built).encode(obj).decode()
+        except TypeError:
+            return super().dumps(obj, **{"separators": (",", ":"), **kwargs})
+
+
 def create_base_app(
     name: str,
     settings: AuthSettings,
@@ -205,6 +227,7 @@ def create_base_app(
     description: str = "",
 ) -> tuple[flask.Flask, Api]:
     app = flask.Flask(name)
+    app.json = CompactJSON(app)
     app.config.update(
         API_TITLE=title,
         API_VERSION=version,
@@ -219,7 +242,6 @@ def create_base_app(
             "security": [{"bearerAuth": []}],
         },
         MAX_CONTENT_LENGTH=max_body_bytes,
-        JSON_SORT_KEYS=False,
     )
     app.json.ensure_ascii = False
     api = CocreateApi(app, spec_kwargs={"extra_plugins": [CommonErrorResponses()]})

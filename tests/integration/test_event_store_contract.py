@@ -191,15 +191,16 @@ WRITE_LOCKS = ("BEGIN IMMEDIATE", "LOCK TABLE events IN EXCLUSIVE MODE")  # SQLi
 
 def waiting_for_the_write_lock(thread: threading.Thread) -> bool:
     """``thread`` is inside the statement that serialises writers (``WRITE_LOCKS``, or SQLite's
-    ``BEGIN IMMEDIATE`` in :mod:`services.kernel.db`), or taking the
+    writers' queue and ``BEGIN IMMEDIATE`` in :mod:`services.kernel.db`), or taking the
     in-memory store's writer lock: where it can only wait while another write transaction is open."""
     frame = sys._current_frames().get(thread.ident)
     while frame is not None:
         code = frame.f_code
         if code.co_name == "do_execute" and frame.f_locals.get("statement") in WRITE_LOCKS:
             return True
-        # SQLite: write_transaction runs BEGIN IMMEDIATE on the driver itself
-        if code.co_name == "_begin_immediate" and code.co_filename.endswith("db.py"):
+        # SQLite: write_transaction queues writers (WriterQueue.turn), then runs BEGIN IMMEDIATE on
+        # the driver itself
+        if code.co_name in ("_begin_immediate", "turn") and code.co_filename.endswith("db.py"):
             return True
         if code.co_name == "write_transaction" and code.co_filename.endswith("memory.py") and \
                 linecache.getline(code.co_filename, frame.f_lineno).strip() == "with self._writer:":

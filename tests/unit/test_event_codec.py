@@ -55,3 +55,47 @@ def test_an_event_read_from_the_log_decodes_each_part_when_first_read():
     assert made.data_as(Level) == Level(4, "s1")  # a decoded payload is converted
     with pytest.raises(AttributeError):
         event.no_such_field  # noqa: B018
+
+
+def test_the_apps_json_is_flasks_own_text_encoded_faster():
+    """Every app's answers (``web.CompactJSON``, msgspec) are the text Flask's own encoder writes:
+    compact, UTF-8, keys sorted; what msgspec cannot encode still goes to Flask's encoder."""
+    import decimal
+
+    import flask
+    from flask.json.provider import DefaultJSONProvider
+
+    from services.kernel.web import CompactJSON
+
+    app = flask.Flask("codec")
+    ours, flasks = CompactJSON(app), DefaultJSONProvider(app)
+    ours.ensure_ascii = flasks.ensure_ascii = False
+    for value in ({"z": 1, "a": "同意修建休闲活动室", "m": [1.5, None, True, {"y": "x", "b": -2}]}, [], "文",
+                  {"project": {"title": "路灯", "cost_fen": 120_000}, "recorded": [], "created_id": None}):
+        assert ours.dumps(value) == flasks.dumps(value, separators=(",", ":"))
+    with app.app_context():
+        assert app.json.dumps is not None
+        body = ours.response({"b": "二", "a": 1})
+        assert body.get_data() == b'{"a":1,"b":"\xe4\xba\x8c"}\n' and body.mimetype == "application/json"
+
+    class Markup:
+        def __html__(self) -> str:
+            return "<b>x</b>"
+
+    assert ours.dumps({"html": Markup(), "amount": decimal.Decimal("1.50")}) == '{"amount":"1.50","html":"<b>x</b>"}'
+    assert ours.dumps({"a": 1}, indent=2) == flasks.dumps({"a": 1}, indent=2)
+
+
+def test_aggregate_states_are_written_as_the_domain_kernel_writes_them():
+    """The read models' codec (msgspec, installed by services.kernel.aggregate) writes the text the
+    domain kernel's standard-library codec writes, and reads it back."""
+    import services.kernel.aggregate  # noqa: F401 (installs the codec)
+    from services.kernel import model
+    from services.projects.domain import Project
+
+    project = Project(id="project-1")
+    project.title, project.ballots = "修建休闲活动室", {"p-2": "yes", "p-1": "no"}
+    text = project.to_json()
+    assert model._state_codec[0] is dumps
+    assert text == model._canonical({name: getattr(project, name) for name in model._field_names(Project)})
+    assert Project.from_json(text) == project and Project.from_json(text.encode()) == project
