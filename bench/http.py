@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from bench.anchors import ComposedAnchor, WriteAnchor
 from bench.load import Request, Result, closed_loop, open_loop
-from bench.platform import HelloWorld, Platform
+from bench.platform import HelloWorld, Platform, cpu_seconds, descendants, gunicorn_pids
 from services.feedback.domain import period_of
 from services.kernel.events import utc_now
 from tests.support.projects import Community, HttpClient, Person, ProjectsDriver
@@ -51,12 +51,13 @@ def _request(method: str, path: str, person: Person | None = None, body=None) ->
 
 # -- scenario set-up, through the services' APIs ------------------------------------------------
 
-def ballot_pools(projects_url: str, representatives: int, projects_per_pool: int) -> tuple[list, list, list]:
-    """Two pools of ballots (peak, half rate) on projects whose votes are open; and the projects."""
+def ballot_pools(projects_url: str, representatives: int, projects_per_pool: int, count: int = 2) -> tuple:
+    """``count`` pools of ballots (peak, half rate, …) on projects whose votes are open; then the
+    projects."""
     d = ProjectsDriver(HttpClient(projects_url))
     c = Community(d, "bench", representatives=representatives, residents=8, fund_fen=1_000_000_000)
     pools, all_projects = [], []
-    for _pool in range(2):
+    for _pool in range(count):
         ids = []
         for _ in range(projects_per_pool):
             project = c.propose(requested_fen=100_000, estimated_cost_fen=200_000)
@@ -66,16 +67,16 @@ def ballot_pools(projects_url: str, representatives: int, projects_per_pool: int
         all_projects += ids
         pools.append([_request("POST", f"/projects/{pid}/vote/ballots", rep, {"choice": "yes"})
                       for rep in c.representatives for pid in ids])
-    return pools[0], pools[1], [(pid, c.residents[0]) for pid in all_projects]
+    return (*pools, [(pid, c.residents[0]) for pid in all_projects])
 
 
-def rating_pools(feedback_url: str, subjects_per_pool: int, residents: int) -> tuple[list, list]:
+def rating_pools(feedback_url: str, subjects_per_pool: int, residents: int, count: int = 2) -> tuple:
     d = ProjectsDriver(HttpClient(feedback_url))
     cadre = Person("bench-cadre", "社区干部", ("cadre",), "bench")
     people = [Person(f"bench-rater{i}", f"居民{i}", ("resident",), "bench") for i in range(residents)]
     levels = (5, 4, 5, 4, 3, 5, 4, 2, 5, 4)
     pools = []
-    for pool in range(2):
+    for pool in range(count):
         subjects = [f"svc-{pool}-{i}" for i in range(subjects_per_pool)]
         for subject in subjects:
             d.post(cadre, "/subjects", {"subject_id": subject, "kind": "service", "name": f"便民服务{subject}",
@@ -83,7 +84,7 @@ def rating_pools(feedback_url: str, subjects_per_pool: int, residents: int) -> t
         pools.append([_request("POST", f"/subjects/{subject}/ratings", person,
                                {"level": levels[(i + j) % len(levels)]})
                       for i, person in enumerate(people) for j, subject in enumerate(subjects)])
-    return pools[0], pools[1]
+    return tuple(pools)
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -157,6 +158,32 @@ def _row(label: str, figures: dict, anchors: list[tuple[str, dict]], target: tup
                         {"what": "p99 < 50 ms at half the peak rate (median of 3 runs)", "met": lat["p99"] < 50}]}
 
 
+def with_cpu(groups: dict[str, list[int]], go: Callable[[], dict]) -> tuple[dict, dict[str, float]]:
+    """Run ``go`` (a peak and its latency runs) and return its figures with the CPU time, in ms per
+    request answered, each group of processes used meanwhile."""
+    before = cpu_seconds([pid for pids in groups.values() for pid in pids])
+    figures = go()
+    after = cpu_seconds(before)
+    answered = figures["peak"].ok + sum(half.ok for half in figures["halves"])
+    return figures, {name: sum(after[pid] - before[pid] for pid in pids) * 1000 / max(1, answered)
+                     for name, pids in groups.items()}
+
+
+def platform_groups(platform: Platform, app: str) -> dict[str, list[int]]:
+    """The platform's processes in the groups a write's CPU is told by: the app's gunicorn master
+    and workers, the pipeline (relays, consumers, feed worker, jobs), the broker, and the rest (the
+    other apps, mostly idle, and the supervisor)."""
+    everything = platform.processes()
+    workers, pipeline = gunicorn_pids(platform.ports[app]), platform.pipeline_pids()
+    broker = [pid for pid, command in everything.items() if "broker" in command and "python" not in command]
+    rest = [pid for pid in everything if pid not in {*workers, *pipeline, *broker}]
+    return {"workers": workers, "pipeline": pipeline, "broker": broker, "rest": rest}
+
+
+def _cpu_text(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
+
+
 def _thirds(pool: list[Request], runs: int = LATENCY_RUNS) -> list[list[Request]]:
     """``runs`` disjoint slices of a pool of writes (each request is a new ballot or rating)."""
     size = len(pool) // runs
@@ -178,8 +205,10 @@ def run(workdir, quick: bool, platform: Platform) -> list[dict]:
         hello_rss = hello_app.worker_rss_mb()
     boxes, anchor_writes = (200, 3_000) if quick else (400, 8_000)
     with WriteAnchor(workdir, boxes) as write_app:
-        written = spread(write_app.url, write_app.requests(anchor_writes, "peak"),
-                         [write_app.requests(anchor_writes // 2, f"half{i}") for i in range(LATENCY_RUNS)])
+        anchor_pids = [write_app.server.process.pid, *descendants(write_app.server.process.pid)]
+        written, anchor_cpu = with_cpu({"workers": anchor_pids}, lambda: spread(
+            write_app.url, write_app.requests(anchor_writes, "peak"),
+            [write_app.requests(anchor_writes // 2, f"half{i}") for i in range(LATENCY_RUNS)]))
         _check_all(written, "write anchor")
         write_rss, events_per_box = write_app.worker_rss_mb(), write_app.events_per_box()
     with ComposedAnchor(workdir) as composed_app:
@@ -190,15 +219,18 @@ def run(workdir, quick: bool, platform: Platform) -> list[dict]:
         _anchor_row("HTTP anchor: hello-world Flask GET /hello", hello, hello_rss),
         _anchor_row("HTTP anchor: hello-world write, one eventsourcing 9.x command per request (cast a ballot: "
                     "get, decide, save; SQLite WAL, synchronous FULL)", written, write_rss,
-                    **{"ballot boxes": boxes, "events per box at the end": round(events_per_box, 1)}),
+                    **{"ballot boxes": boxes, "events per box at the end": round(events_per_box, 1),
+                       "CPU ms per request": _cpu_text(anchor_cpu)}),
         _anchor_row("HTTP anchor: hello-world gateway (gevent) GET /hello composing 3 hello-world services",
                     composed, composed_rss, **{"worker class": "gevent"}),
     ]
 
     # -- ours ---------------------------------------------------------------------------------
     u = platform.urls
-    ballots_peak, ballots_half, projects = ballot_pools(u["projects"], 120 if quick else 250, 10 if quick else 16)
-    ratings_peak, ratings_half = rating_pools(u["feedback"], 40 if quick else 80, 60 if quick else 70)
+    ballots_peak, ballots_half, ballots_alone, projects = ballot_pools(
+        u["projects"], 120 if quick else 250, 10 if quick else 16, count=3)
+    ratings_peak, ratings_half, ratings_alone = rating_pools(u["feedback"], 40 if quick else 80, 60 if quick else 70,
+                                                             count=3)
     period = period_of(utc_now(), "month")
     viewer = projects[0][1]
     detail = [_request("GET", f"/projects/{pid}", viewer) for pid, _ in projects] * (reads // len(projects) + 1)
@@ -223,8 +255,24 @@ def run(workdir, quick: bool, platform: Platform) -> list[dict]:
          lambda: spread(u["gateway"], overview, [overview] * LATENCY_RUNS),
          [(COMPOSED_ANCHOR, composed), (HELLO, hello)], composed_target),
     ]
+    alone = {"projects": ballots_alone, "feedback": ratings_alone}
     for label, app, go, anchors, target in cases:
-        figures = go()
+        if anchors[0][0] != WRITE_ANCHOR:
+            figures = go()
+            _check_all(figures, label)
+            rows.append(_row(label, figures, anchors, target, platform.worker_rss_mb(app)))
+            continue
+        figures, cpu = with_cpu(platform_groups(platform, app), go)
         _check_all(figures, label)
-        rows.append(_row(label, figures, anchors, target, platform.worker_rss_mb(app)))
+        row = _row(label, figures, anchors, target, platform.worker_rss_mb(app))
+        # The same writes with the pipeline stopped: the anchor's work alone (a command and its save).
+        with platform.pipeline_paused():
+            paused = closed_loop(u[app], alone[app], concurrency=CONCURRENCY, duration=peak_seconds)
+        _check(paused, f"{label}, pipeline paused")
+        share = paused.per_second / written["peak"].per_second
+        row["extra"]["CPU ms per request"] = _cpu_text(cpu)
+        row["extra"]["pipeline paused: req/s"] = round(paused.per_second)
+        row["targets"].append({"what": f"pipeline paused (the anchor's work alone): ≥ 1.0× the write anchor "
+                                       f"({share:.2f}×)", "met": share >= 1.0})
+        rows.append(row)
     return rows

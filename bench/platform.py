@@ -8,7 +8,9 @@ with the tests' HS256 secret so that the benchmark can issue them itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +86,65 @@ class Platform:
         """Resident memory of each gunicorn worker of ``app`` (the children of its master)."""
         return gunicorn_worker_rss(self.ports[app])
 
+    # -- the event pipeline: relays, consumers, the feed worker, the jobs ------------------------
+
+    def processes(self) -> dict[int, str]:
+        """Every process of the platform (pid -> command line), the supervisor's children included."""
+        return descendants(self.process.pid) if self.process is not None else {}
+
+    def pipeline_pids(self) -> list[int]:
+        """The processes that move events after a command: every ``python -m <module> <role>`` of the
+        platform (relays, consumers, the feed worker, feedback's sweep, the rounds job), not the
+        HTTP apps (gunicorn), the broker or the supervisor."""
+        return [pid for pid, command in self.processes().items()
+                if re.match(r"\S*python\S* -m (services\.\w+|gateway) ", command)]
+
+    @contextlib.contextmanager
+    def pipeline_paused(self):
+        """The pipeline stopped (SIGSTOP) while the block runs: what the HTTP apps do alone, the same
+        work as an anchor that runs one command and saves it. Then resumed (SIGCONT), and the block
+        returns only once every relay has published what was written meanwhile and every
+        consumer's lag is back to 0 (the next measurement starts from a quiet platform)."""
+        pids = self.pipeline_pids()
+        if not pids:
+            raise RuntimeError("no pipeline process found to pause")
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        self.wait_until_drained()
+
+    def _lag(self) -> float:
+        """Events not yet published by the relays plus messages not yet consumed, from the workers'
+        /metrics (``cocreate_relay_lag_events``, ``cocreate_consumer_lag_messages``)."""
+        total = 0.0
+        for name in WORKERS:
+            try:
+                with urllib.request.urlopen(self.urls[name] + "/metrics", timeout=5) as reply:
+                    text = reply.read().decode()
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return float("inf")
+            for line in text.splitlines():
+                if line.startswith(("cocreate_relay_lag_events", "cocreate_consumer_lag_messages")):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def wait_until_drained(self, timeout: float = 180.0, verify_seconds: float = 2.0) -> None:
+        """Until the relays' and consumers' lag reads 0 twice, a consumer's verification apart (its
+        lag is measured every ``verify_seconds``: once would read a figure from before the load)."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        time.sleep(2 * verify_seconds)
+        while time.monotonic() < deadline:
+            quiet = quiet + 1 if self._lag() == 0 else 0
+            if quiet >= 2:
+                return
+            time.sleep(verify_seconds + 0.5)
+        raise RuntimeError(f"the pipeline did not drain within {timeout:.0f} s (lag {self._lag():.0f})")
+
 
 class HelloWorld:
     """A hello-world Flask app under the same gunicorn settings as the services: ``bench.hello:app``
@@ -125,6 +186,60 @@ class HelloWorld:
 
     def worker_rss_mb(self) -> list[float]:
         return gunicorn_worker_rss(self.port)
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every process under ``root`` (from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            commands[int(name)] = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace").strip()
+        except OSError:
+            continue
+        parents[int(name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = {}, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found[pid] = commands[pid]
+        todo += children.get(pid, [])
+    return found
+
+
+def cpu_seconds(pids) -> dict[int, float]:
+    """CPU time (user + system, s) each of ``pids`` has used so far (0 for one that is gone)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[pid] = (int(fields[11]) + int(fields[12])) / ticks
+        except OSError:
+            used[pid] = 0.0
+    return used
+
+
+def gunicorn_pids(port: int) -> list[int]:
+    """The gunicorn master and workers serving ``port`` (started with that bind)."""
+    marker = f"GUNICORN_BIND=127.0.0.1:{port}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if marker in Path(f"/proc/{name}/environ").read_bytes() and \
+                    b"gunicorn" in Path(f"/proc/{name}/cmdline").read_bytes():
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
 
 
 def gunicorn_worker_rss(port: int) -> list[float]:

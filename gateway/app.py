@@ -33,7 +33,6 @@ from urllib.parse import quote
 import flask
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
 
 from cocreate_client.messages import DEFAULT_LOCALE
@@ -52,6 +51,7 @@ from services.kernel.logs import configure_logging
 from services.kernel.model import Principal
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
+    Blueprint,
     ANY_ROLE, CORRELATION_HEADER, IDENTIFIER, PUBLIC_QUERY, UNMATCHED_ROUTE, Schema, create_base_app, current_principal,
     error_response, is_public_view, public_request, require_tokens, roles,
 )
@@ -552,7 +552,6 @@ def _route_label(routes: Catalogue, public: str, method: str) -> str:
 def _install_catalogue_hooks(app: flask.Flask, routes: Catalogue) -> None:
     """The refresher thread of each process, and each service's catalogue state in ``/readyz``."""
 
-    @app.before_request
     def _refreshing():
         routes.ensure_refreshing()
         request = flask.request
@@ -560,6 +559,10 @@ def _install_catalogue_hooks(app: flask.Flask, routes: Catalogue) -> None:
             # The route label of every answer to a proxied path — a 401 or a 429 refused before the
             # proxy runs included — is the catalogue's template, never the catch-all rule.
             flask.g.metrics_route = _route_label(routes, "/" + request.view_args["rest"], request.method)
+
+    # first of the hooks: the kernel's own (body limits, hostile JSON) may refuse the request, and
+    # its answer is labelled by the template too
+    app.before_request_funcs.setdefault(None, []).insert(0, _refreshing)
 
     plain_readyz = app.view_functions["readyz"]
 

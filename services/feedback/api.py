@@ -26,7 +26,6 @@ from operator import itemgetter
 import marshmallow as ma
 import flask
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from services.feedback import commands as c
 from services.feedback import open_data
@@ -40,6 +39,7 @@ from services.kernel import privacy
 from services.kernel.bus import Outcome
 from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
+    Blueprint,
     ANY_ROLE, IDENTIFIER, PUBLIC_QUERY, CommandSchema, JsonBoolean, Schema, command_answer, current_principal,
     etagged, public, roles, send, service_container, text_field,
 )

@@ -3,7 +3,9 @@
 SQLite runs in WAL mode with ``synchronous=FULL`` (every commit is fsynced: durable), a busy
 timeout so that concurrent writers wait instead of failing with "database is locked", and write
 transactions opened with ``BEGIN IMMEDIATE`` so that writers are serialised from their first
-statement (no deadlock-prone lock upgrades). Use :func:`write_transaction` for every write.
+statement (no deadlock-prone lock upgrades); before it they queue on the file's writers' lock
+(:class:`WriterQueue`), which wakes the next writer as soon as one ends, where SQLite's busy handler
+would sleep. Use :func:`write_transaction` for every write.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from datetime import datetime
 import marshmallow as ma
 import sqlalchemy as sa
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
 from services.kernel import privacy
@@ -22,7 +21,7 @@ from services.kernel.db import Prepared, read_transaction
 from services.kernel.errors import NotFound
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.model import role_names
-from services.kernel.web import Schema, current_principal, etagged
+from services.kernel.web import Blueprint, Schema, current_principal, etagged
 
 STAFF_ROLES = role_names("admin")
 

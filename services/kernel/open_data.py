@@ -56,13 +56,12 @@ from typing import Any
 
 import flask
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from sqlalchemy.engine import Connection
 
 from services.kernel import privacy
 from services.kernel.config import OPEN_DATA_LICENCES
 from services.kernel.events import format_time
-from services.kernel.web import INT64, PUBLIC_QUERY, NoQuery, public, service_container
+from services.kernel.web import Blueprint, INT64, PUBLIC_QUERY, NoQuery, public, service_container
 
 PREFIX = "/public/open-data/communities"
 INTEGER = {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]}  # every store's integer columns

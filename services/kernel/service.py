@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flask
-from flask_smorest import Blueprint
 
 from services.kernel import settings as settings_module
 from services.kernel.aggregate import new_id as default_new_id
@@ -31,7 +30,7 @@ from services.kernel.history import StreamIndex, history_blueprint
 from services.kernel.kafka import broker_reachable
 from services.kernel.logs import configure_logging
 from services.kernel.relay import Relay
-from services.kernel.web import check_public_routes, create_base_app, require_tokens
+from services.kernel.web import Blueprint, check_public_routes, create_base_app, require_tokens
 from services.kernel.worker import run_until_signalled
 
 log = logging.getLogger(__name__)

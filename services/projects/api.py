@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from services.kernel.bus import Outcome
 from services.kernel.web import (
+    Blueprint,
     IDENTIFIER, PUBLIC_QUERY, CommandSchema, NoQuery, Schema, command_answer, current_principal, etagged, etagged_encoded,
     public, roles, send, service_container, text_field,
 )

@@ -16,13 +16,13 @@ from datetime import date
 
 import marshmallow as ma
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from services.kernel import privacy
 from services.kernel.bus import Outcome
 from services.kernel.errors import NotFound
 from services.kernel.events import LOCAL_TZ
 from services.kernel.web import (
+    Blueprint,
     ANY_ROLE, IDENTIFIER, PUBLIC_QUERY, CommandSchema, Schema, command_answer, current_principal, etagged, public,
     roles, send, service_container, text_field,
 )

@@ -1,12 +1,16 @@
-"""SQLite connections: switching to WAL while another process opens the same file is retried."""
+"""SQLite connections: switching to WAL while another process opens the same file is retried; the
+writers of one file queue on its writers' lock, across processes and threads."""
 
 from __future__ import annotations
 
+import multiprocessing
 import sqlite3
+import threading
+import time
 
 import pytest
 
-from services.kernel.db import _switch_to_wal, make_engine
+from services.kernel.db import WriterQueue, _switch_to_wal, make_engine, write_transaction
 
 
 class FlakyCursor:
@@ -41,3 +45,95 @@ def test_a_new_file_is_opened_in_wal_mode(tmp_path):
     with engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     engine.dispose()
+
+
+def _waiting_in_the_queue(thread: threading.Thread) -> bool:
+    import sys
+
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "turn" and frame.f_code.co_filename.endswith("db.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _hold_the_turn(url: str, held, release) -> None:
+    engine = make_engine(url)
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+        held.set()
+        release.wait(30)
+
+
+def test_a_writer_waits_in_the_queue_for_another_processs_transaction_and_goes_on_when_it_ends(tmp_path):
+    """No busy-handler sleeps: the waiting writer is in the queue (the writers' file lock), and
+    writes as soon as the other process commits."""
+    url = f"sqlite:///{tmp_path / 'queued.db'}"
+    engine = make_engine(url)
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    assert (tmp_path / "queued.db-writers").exists()
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    other = context.Process(target=_hold_the_turn, args=(url, held, release))
+    other.start()
+    try:
+        assert held.wait(60), "the other process never took its turn"
+        done = threading.Event()
+
+        def write() -> None:
+            with write_transaction(engine) as connection:
+                connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not done.wait(0.5), "a second writer went ahead while another process held the turn"
+        assert _waiting_in_the_queue(writer), "the second writer waits in SQLite's busy handler, not in the queue"
+        release.set()
+        assert done.wait(30), "the queued writer did not write after the other process committed"
+        writer.join(5)
+    finally:
+        release.set()
+        other.join(30)
+    assert other.exitcode == 0
+    with engine.connect() as connection:
+        assert [n for (n,) in connection.exec_driver_sql("SELECT n FROM t ORDER BY rowid")] == [1, 2]
+
+
+def test_threads_of_one_process_take_turns_and_an_error_releases_the_turn(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'threads.db'}")
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    inside, overlaps = [0], []
+
+    def write(n: int) -> None:
+        with write_transaction(engine) as connection:
+            inside[0] += 1
+            overlaps.append(inside[0])
+            connection.exec_driver_sql(f"INSERT INTO t VALUES ({n})")
+            time.sleep(0.002)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert max(overlaps) == 1
+    with pytest.raises(RuntimeError):
+        with write_transaction(engine) as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (99)")
+            raise RuntimeError("the command failed")
+    with write_transaction(engine) as connection:  # the turn was released with the rollback
+        connection.exec_driver_sql("INSERT INTO t VALUES (100)")
+    with engine.connect() as connection:
+        assert sorted(n for (n,) in connection.exec_driver_sql("SELECT n FROM t")) == [*range(8), 100]
+
+
+def test_a_memory_database_has_no_queue():
+    import sqlalchemy as sa
+
+    assert WriterQueue.of(sa.create_engine("sqlite://")) is None
+    assert WriterQueue.of(sa.create_engine("sqlite:///:memory:")) is None
