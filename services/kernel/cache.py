@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from services.kernel import metrics
 
@@ -53,9 +53,18 @@ class AtVersion(Generic[T]):
             return value
         metrics.CACHE_LOOKUPS.labels(self.name, "miss").inc()
         value = make()
+        self.keep(connection.engine, key, version, value)
+        return value
+
+    def keep(self, engine: Engine, key: Hashable, version: int, value: T) -> None:
+        """Keep ``value`` as ``key``'s at ``version`` in ``engine``'s database: made in a transaction
+        that has committed (a command's answer, read in its own transaction, is kept only once
+        the command is durable: a version that was rolled back may be written again otherwise)."""
         with self._lock:
-            kept[entry] = value
-            kept.move_to_end(entry)
+            kept = self._kept.get(engine)
+            if kept is None:
+                kept = self._kept[engine] = OrderedDict()
+            kept[(key, version)] = value
+            kept.move_to_end((key, version))
             while len(kept) > self.size:
                 kept.popitem(last=False)
-        return value

@@ -636,11 +636,12 @@ def service_container() -> Any:
     return flask.current_app.extensions["cocreate.container"]
 
 
-def send(command: Any):
+def send(command: Any, then: Callable[[Any, Any], Any] | None = None):
     """Hand ``command`` to the app's message bus as the caller of this request; the
-    :class:`services.kernel.bus.Outcome` (the handler's result and the events recorded)."""
+    :class:`services.kernel.bus.Outcome` (the handler's result and the events recorded, and what
+    ``then`` read in the command's transaction: :meth:`services.kernel.bus.MessageBus.handle`)."""
     principal = current_principal()
-    return service_container().bus.handle(command, actor=principal, metadata=event_metadata(principal))
+    return service_container().bus.handle(command, actor=principal, metadata=event_metadata(principal), then=then)
 
 
 IDENTIFIER = {"validate": ma.validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",

@@ -362,11 +362,20 @@ def store():
     return service_container().store
 
 
+def send_project(command):
+    """Send a project command; its answer's page is read in the command's transaction."""
+    return send(command, then=views.page_in_transaction)
+
+
 def project_answer(outcome: Outcome, status: int = 200, created_id: str | None = None):
     """A project command's answer: the project's detail after it, the events recorded, its version as ETag."""
     project = outcome.result
-    with store().read_transaction() as connection:
-        detail = views.project_detail(connection, project)
+    if outcome.answer is not None:  # read in the command's transaction (send_project)
+        views.keep_page(store().engine, project, outcome.answer)
+        detail = dict(outcome.answer)
+    else:
+        with store().read_transaction() as connection:
+            detail = views.project_detail(connection, project)
     detail["my_actions"] = project.actions_for(current_principal())  # as GET /projects/<id> shows it
     return command_answer("project", detail, project.version, outcome.recorded, status, created_id)
 
@@ -493,7 +502,7 @@ class Projects(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.ProposeProject):
         """Propose a project (resident of the community) — 共谋"""
-        outcome = send(command)
+        outcome = send_project(command)
         response = project_answer(outcome, 201)
         response.headers["Location"] = f"/projects/{outcome.result.id}"
         return response
@@ -559,7 +568,7 @@ class Cosignatures(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.CoSign, **_path):
         """Co-sign a proposal (another resident of the community) — 联署"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/opinions", endpoint="post_opinion")
@@ -569,7 +578,7 @@ class Opinions(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.PostOpinion, **_path):
         """Post an opinion during deliberation — 协商议事"""
-        outcome = send(command)
+        outcome = send_project(command)
         return project_answer(outcome, 201, outcome.first("OpinionPosted", "opinion_id"))
 
 
@@ -580,7 +589,7 @@ class Amendments(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.AmendProposal, **_path):
         """Amend the proposal (proposer; every version is kept)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/withdrawal", endpoint="withdraw")
@@ -590,7 +599,7 @@ class Withdrawal(MethodView):
     @projects.response(200, CommandResultSchema)
     def post(self, command: c.WithdrawProposal, **_path):
         """Withdraw the proposal before the vote (proposer)"""
-        return project_answer(send(command))
+        return project_answer(send_project(command))
 
 
 @projects.route("/<project_id>/vote/open", endpoint="open_vote")
@@ -600,7 +609,7 @@ class VoteOpening(MethodView):
     @projects.response(200, CommandResultSchema)
     def post(self, command: c.OpenVote, **_path):
         """Open the council vote and reserve the requested amount from the fund (cadre)"""
-        return project_answer(send(command))
+        return project_answer(send_project(command))
 
 
 @projects.route("/<project_id>/vote/ballots", endpoint="cast_ballot")
@@ -610,7 +619,7 @@ class Ballots(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.CastBallot, **_path):
         """Cast a ballot yes / no / abstain (residents' representative, once)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/vote/close", endpoint="close_vote")
@@ -620,7 +629,7 @@ class VoteClosing(MethodView):
     @projects.response(200, CommandResultSchema)
     def post(self, command: c.CloseVote, **_path):
         """Close the vote and record the tally; rejected releases the reservation (cadre)"""
-        return project_answer(send(command))
+        return project_answer(send_project(command))
 
 
 # -- projects: 共建 co_build ------------------------------------------------------------------------
@@ -632,7 +641,7 @@ class Pledges(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.PledgeContribution, **_path):
         """Pledge labour, money, materials or skills — 共建"""
-        outcome = send(command)
+        outcome = send_project(command)
         return project_answer(outcome, 201, outcome.first("ContributionPledged", "pledge_id"))
 
 
@@ -643,7 +652,7 @@ class Deliveries(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.ConfirmDelivery, **_path):
         """Confirm a delivery against a pledge (cadre, grid worker)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/spending", endpoint="record_spending")
@@ -653,7 +662,7 @@ class Spending(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.RecordSpending, **_path):
         """Record spending from the project's reservation with a receipt (cadre)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/milestones", endpoint="record_milestone")
@@ -663,7 +672,7 @@ class Milestones(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.RecordMilestone, **_path):
         """Record a milestone: progress 0-100, never backwards (cadre, grid worker)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/completion", endpoint="complete")
@@ -673,7 +682,7 @@ class Completion(MethodView):
     @projects.response(200, CommandResultSchema)
     def post(self, command: c.CompleteProject, **_path):
         """Complete the project at progress 100; the unspent reservation returns to the fund — 共管"""
-        return project_answer(send(command))
+        return project_answer(send_project(command))
 
 
 # -- projects: 共管 co_manage -----------------------------------------------------------------------
@@ -685,7 +694,7 @@ class Maintainers(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.AssignMaintainer, **_path):
         """Assign a maintainer with a duty and a rota"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/maintenance-logs", endpoint="log_maintenance")
@@ -695,7 +704,7 @@ class MaintenanceLogs(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.LogMaintenance, **_path):
         """Log maintenance (the maintainer, or staff)"""
-        outcome = send(command)
+        outcome = send_project(command)
         return project_answer(outcome, 201, outcome.first("MaintenanceLogged", "log_id"))
 
 
@@ -706,7 +715,7 @@ class Problems(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.ReportProblem, **_path):
         """Report a problem with the result (resident)"""
-        outcome = send(command)
+        outcome = send_project(command)
         return project_answer(outcome, 201, outcome.first("ProblemReported", "problem_id"))
 
 
@@ -717,7 +726,7 @@ class Resolution(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.ResolveProblem, **_path):
         """Resolve a reported problem; the time it took is recorded"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 # -- projects: 共评 co_evaluate and 共享 co_share --------------------------------------------------
@@ -729,7 +738,7 @@ class EvaluationOpening(MethodView):
     @projects.response(200, CommandResultSchema)
     def post(self, command: c.OpenEvaluation, **_path):
         """Open the residents' evaluation — 共评 (cadre)"""
-        return project_answer(send(command))
+        return project_answer(send_project(command))
 
 
 @projects.route("/<project_id>/evaluation/ratings", endpoint="rate")
@@ -739,7 +748,7 @@ class Ratings(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.RateProject, **_path):
         """Rate the result 1-5 with an optional comment (resident, once)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/evaluation/close", endpoint="close_evaluation")
@@ -749,7 +758,7 @@ class EvaluationClosing(MethodView):
     @projects.response(200, CommandResultSchema)
     def post(self, command: c.CloseEvaluation, **_path):
         """Close the evaluation: count and average recorded — 共享 (cadre)"""
-        return project_answer(send(command))
+        return project_answer(send_project(command))
 
 
 @projects.route("/<project_id>/results", endpoint="publish_results")
@@ -759,7 +768,7 @@ class Results(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.PublishResults, **_path):
         """Publish the results: contributions, fund spent, evaluation, benefits (cadre)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 @projects.route("/<project_id>/rewards", endpoint="pay_reward")
@@ -769,7 +778,7 @@ class Rewards(MethodView):
     @projects.response(201, CommandResultSchema)
     def post(self, command: c.PayReward, **_path):
         """Pay a reward (以奖代补) from the fund to a contributor, with a reason (cadre)"""
-        return project_answer(send(command), 201)
+        return project_answer(send_project(command), 201)
 
 
 # -- the caller's own -------------------------------------------------------------------------------

@@ -24,3 +24,15 @@ def test_an_answer_is_made_once_per_key_and_version_and_database():
         assert cache.get(a, "p2", 1, make("p2@1")) == {"label": "p2@1"}  # size 2: p1@3 dropped
         assert cache.get(a, "p1", 3, make("p1@3 again")) == {"label": "p1@3 again"}
     assert made == ["p1@3", "p1@4", "other db", "p2@1", "p1@3 again"]
+
+
+def test_an_answer_made_in_a_commands_transaction_is_kept_for_the_readers_after_it():
+    cache: AtVersion[dict] = AtVersion("test", size=2)
+    engine = sa.create_engine("sqlite://")
+    cache.keep(engine, "p1", 5, {"label": "answered"})
+    with engine.connect() as connection:
+        assert cache.get(connection, "p1", 5, lambda: {"label": "made"}) == {"label": "answered"}
+        assert cache.get(connection, "p1", 6, lambda: {"label": "made"}) == {"label": "made"}
+    cache.keep(engine, "p2", 1, {"label": "p2"})  # size 2: the least recently used (p1@5) goes
+    with engine.connect() as connection:
+        assert cache.get(connection, "p1", 5, lambda: {"label": "again"}) == {"label": "again"}
