@@ -142,6 +142,7 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "not_in_electorate": ("只有居民代表才能投票", "Only the residents' representatives can vote"),
     "invalid_choice": ("请选择赞成、反对或弃权", "Please choose yes, no or abstain"),
     "already_voted": ("您已经投过票了", "You have already voted"),
+    "person_erased": ("此人的个人信息已注销，不能再记录", "This person's personal information was erased and cannot be recorded again"),
     "pledge_for_other": ("居民只能以自己的名义认捐", "Residents can pledge only for themselves"),
     "unknown_pledge": ("没有找到这项认捐", "This pledge was not found"),
     "invalid_kind": ("投入方式不正确", "This kind of contribution is not valid"),

@@ -1,0 +1,326 @@
+"""Personal information in an append-only log: sealed with a key per person, shredded with the key.
+
+Events are never rewritten, so a personal field (a phone number, a resident's name, a comment that
+may identify its author) is stored *sealed*: encrypted with AES-GCM under a key of the person it is
+about, for one purpose (``contact``, ``name``, ``content``). The keys live in one key store, a
+database of their own (:class:`KeyStore`), outside every event store and never reachable by the
+broker; deleting a person's keys makes every sealed copy of their fields unreadable at once — in
+the log, on the topics, in read models, in every backup of those — while the events, their ids,
+counts, hours and tallies stay as they were ("crypto-shredding"). A correction starts a new key
+for the corrected purpose, and the old value is shredded with the old key.
+
+A sealed value is a string (so schemas, typed decoders and read-model columns keep working)::
+
+    pii1.<kid>.<base64url(nonce ‖ ciphertext ‖ tag)>
+
+with the key id and the purpose bound to the ciphertext as associated data: a token moved to
+another key id does not open. Readers open tokens where an answer leaves a process; a token whose
+key is gone (erased, corrected, or from a key store that never held it) reads :data:`PLACEHOLDER`.
+Empty strings are not sealed (an empty comment tells nothing), and a value that is a token already
+is kept as it is (a consumer copying another service's field passes the sealed value on).
+
+The key store also keeps the **erasure log** (who was erased, when, why, on whose confirmation):
+it survives a restore of any service's database, so that erasures are applied again after one.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from services.kernel.db import make_engine, read_transaction, write_transaction
+from services.kernel.events import to_micros, utc_now
+from services.kernel.model import Conflict
+
+PLACEHOLDER = "已注销"
+PURPOSES = ("contact", "name", "content")
+PREFIX = "pii1."
+TOKEN = re.compile(r"pii1\.(k[0-9a-f]{32})\.([A-Za-z0-9_-]{38,})")
+_TOKEN_BYTES = re.compile(rb"pii1\.(k[0-9a-f]{32})\.([A-Za-z0-9_-]{38,})")
+_NONCE_BYTES = 12
+
+metadata = sa.MetaData()
+
+person_keys = sa.Table(
+    "person_keys", metadata,
+    sa.Column("kid", sa.String(40), primary_key=True),
+    sa.Column("person_id", sa.String(100), nullable=False, index=True),
+    sa.Column("purpose", sa.String(20), nullable=False),
+    sa.Column("key", sa.LargeBinary, nullable=False),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    # set when a correction started a newer key for the purpose: still opens the old value until
+    # it is shredded (after the correction committed), never seals again
+    sa.Column("retired_at_us", sa.BigInteger, nullable=True),
+)
+shredded_keys = sa.Table(  # what a key id became: a token of one reads the placeholder
+    "shredded_keys", metadata,
+    sa.Column("kid", sa.String(40), primary_key=True),
+    sa.Column("person_id", sa.String(100), nullable=False, index=True),
+    sa.Column("purpose", sa.String(20), nullable=False),
+    sa.Column("cause", sa.String(20), nullable=False),  # corrected | erased
+    sa.Column("shredded_at_us", sa.BigInteger, nullable=False),
+)
+erasures = sa.Table(  # the erasure log: kept with the keys, outside every service's database
+    "erasures", metadata,
+    sa.Column("person_id", sa.String(100), primary_key=True),
+    sa.Column("reason", sa.String(40), nullable=False),
+    sa.Column("requested_at_us", sa.BigInteger, nullable=False),
+    sa.Column("confirmed_by", sa.String(100), nullable=False),
+    sa.Column("erased_at_us", sa.BigInteger, nullable=False),
+)
+
+
+class PersonErased(Conflict):
+    """Nothing personal is sealed for a person who was erased: their keys are gone for good."""
+
+    def __init__(self, person_id: str) -> None:
+        super().__init__(f"{person_id} asked for their personal information to be erased",
+                         reason="person_erased", details={"person_id": person_id})
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(PREFIX) and TOKEN.fullmatch(value) is not None
+
+
+def _aad(kid: str, purpose: str) -> bytes:
+    return f"cocreate-pii1|{kid}|{purpose}".encode()
+
+
+class KeyStore:
+    """The keys of every person, per purpose, and the erasure log, in their own database.
+
+    ``cache_seconds``: how long a process keeps a key it has read (keys only ever disappear, so a
+    kept key can at most open a value for that long after it was shredded; 0 in tests that erase).
+    """
+
+    def __init__(self, url: str, *, cache_seconds: float = 5.0) -> None:
+        self.engine = make_engine(url)
+        self.cache_seconds = cache_seconds
+        self._kept: dict[str, tuple[tuple[str, str, bytes] | None, float]] = {}
+        self._active: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def create_schema(self) -> None:
+        with write_transaction(self.engine) as connection:
+            metadata.create_all(connection, checkfirst=True)
+
+    def forget_cached(self) -> None:
+        with self._lock:
+            self._kept.clear()
+            self._active.clear()
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def active_key(self, person_id: str, purpose: str) -> tuple[str, bytes]:
+        """The key that seals ``person_id``'s ``purpose`` fields now: made on first use."""
+        if purpose not in PURPOSES:
+            raise ValueError(f"unknown purpose {purpose!r}; purposes are {', '.join(PURPOSES)}")
+        now = time.monotonic()
+        with self._lock:
+            kid, until = self._active.get((person_id, purpose), ("", 0.0))
+            kept = self._kept.get(kid)
+        if kid and now < until and kept is not None and kept[0] is not None:
+            return kid, kept[0][2]
+        with write_transaction(self.engine) as connection:
+            if connection.execute(sa.select(erasures.c.person_id).where(erasures.c.person_id == person_id)).first():
+                raise PersonErased(person_id)
+            row = connection.execute(sa.select(person_keys.c.kid, person_keys.c.key).where(
+                person_keys.c.person_id == person_id, person_keys.c.purpose == purpose,
+                person_keys.c.retired_at_us.is_(None))).first()
+            if row is None:
+                kid, key = "k" + uuid.uuid4().hex, AESGCM.generate_key(bit_length=256)
+                connection.execute(person_keys.insert().values(kid=kid, person_id=person_id, purpose=purpose,
+                                                               key=key, created_at_us=to_micros(utc_now())))
+            else:
+                kid, key = row.kid, bytes(row.key)
+        self._remember(kid, (person_id, purpose, key))
+        with self._lock:
+            self._active[(person_id, purpose)] = (kid, time.monotonic() + self.cache_seconds)
+        return kid, key
+
+    def keys(self, kids: Iterable[str]) -> dict[str, tuple[str, str, bytes] | None]:
+        """``kid -> (person_id, purpose, key)``, or None for a key that is gone (or never was here)."""
+        wanted, found, now = set(kids), {}, time.monotonic()
+        with self._lock:
+            for kid in list(wanted):
+                kept = self._kept.get(kid)
+                if kept is not None and now < kept[1]:
+                    found[kid] = kept[0]
+                    wanted.discard(kid)
+        if wanted:
+            with read_transaction(self.engine) as connection:
+                rows = {row.kid: (row.person_id, row.purpose, bytes(row.key)) for row in connection.execute(
+                    sa.select(person_keys).where(person_keys.c.kid.in_(sorted(wanted))))}
+            for kid in wanted:
+                found[kid] = rows.get(kid)
+                self._remember(kid, rows.get(kid))
+        return found
+
+    def _remember(self, kid: str, value: tuple[str, str, bytes] | None) -> None:
+        if self.cache_seconds > 0:
+            with self._lock:
+                if len(self._kept) > 50_000:
+                    self._kept.clear()
+                self._kept[kid] = (value, time.monotonic() + self.cache_seconds)
+
+    def rotate(self, person_id: str, purpose: str) -> list[str]:
+        """Retire the person's key for ``purpose`` (a correction): the next seal makes a new key.
+        Returns the retired key ids, to :meth:`shred` once the correction has committed."""
+        with write_transaction(self.engine) as connection:
+            retired = list(connection.execute(sa.select(person_keys.c.kid).where(
+                person_keys.c.person_id == person_id, person_keys.c.purpose == purpose,
+                person_keys.c.retired_at_us.is_(None))).scalars())
+            connection.execute(person_keys.update().where(person_keys.c.kid.in_(retired))
+                               .values(retired_at_us=to_micros(utc_now())))
+        with self._lock:
+            self._active.pop((person_id, purpose), None)
+        return retired
+
+    def shred(self, kids: Iterable[str], cause: str) -> int:
+        """Delete keys for good (their tokens read the placeholder from now on); returns how many."""
+        kids = sorted(set(kids))
+        if not kids:
+            return 0
+        with write_transaction(self.engine) as connection:
+            gone = self._shred(connection, sa.select(person_keys).where(person_keys.c.kid.in_(kids)), cause)
+        return gone
+
+    def _shred(self, connection, rows_query, cause: str) -> int:
+        now = to_micros(utc_now())
+        rows = connection.execute(rows_query).all()
+        for row in rows:
+            connection.execute(shredded_keys.insert().values(kid=row.kid, person_id=row.person_id,
+                                                             purpose=row.purpose, cause=cause, shredded_at_us=now))
+        if rows:
+            connection.execute(person_keys.delete().where(person_keys.c.kid.in_([row.kid for row in rows])))
+        with self._lock:
+            for row in rows:
+                self._kept.pop(row.kid, None)
+                self._active.pop((row.person_id, row.purpose), None)
+        return len(rows)
+
+    # -- erasure ------------------------------------------------------------------------------
+
+    def erase(self, person_id: str, *, reason: str, requested_at_us: int, confirmed_by: str) -> bool:
+        """Delete every key of ``person_id`` and record the erasure, in one transaction; False when
+        the person was erased before (nothing changes)."""
+        with write_transaction(self.engine) as connection:
+            if connection.execute(sa.select(erasures.c.person_id).where(erasures.c.person_id == person_id)).first():
+                return False
+            self._shred(connection, sa.select(person_keys).where(person_keys.c.person_id == person_id), "erased")
+            connection.execute(erasures.insert().values(person_id=person_id, reason=reason,
+                                                        requested_at_us=requested_at_us, confirmed_by=confirmed_by,
+                                                        erased_at_us=to_micros(utc_now())))
+        return True
+
+    def is_erased(self, person_id: str) -> bool:
+        with read_transaction(self.engine) as connection:
+            return connection.execute(sa.select(erasures.c.person_id).where(
+                erasures.c.person_id == person_id)).first() is not None
+
+    def erased(self) -> list[dict[str, Any]]:
+        """The erasure log, oldest first."""
+        with read_transaction(self.engine) as connection:
+            return [dict(row._mapping) for row in connection.execute(
+                sa.select(erasures).order_by(erasures.c.erased_at_us, erasures.c.person_id))]
+
+
+class Sealer:
+    """Seals and opens personal fields with the keys of one :class:`KeyStore`."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.keys = keys
+
+    def seal(self, value: Any, person_id: str, purpose: str) -> Any:
+        """``value`` sealed with ``person_id``'s key for ``purpose``; a value that is not a non-empty
+        string, or is sealed already, is returned as it is."""
+        if not isinstance(value, str) or not value or is_sealed(value):
+            return value
+        kid, key = self.keys.active_key(person_id, purpose)
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = AESGCM(key).encrypt(nonce, value.encode(), _aad(kid, purpose))
+        return f"{PREFIX}{kid}.{base64.urlsafe_b64encode(nonce + sealed).rstrip(b'=').decode()}"
+
+    def open(self, value: Any) -> Any:
+        """A sealed value's text, or :data:`PLACEHOLDER` when its key is gone; anything else as it is."""
+        if not is_sealed(value):
+            return value
+        return self._opened({value}, self.keys.keys([TOKEN.fullmatch(value).group(1)]))[value]
+
+    def open_all(self, value: Any) -> Any:
+        """``value`` (JSON data: dicts, lists, strings) with every sealed string opened, one key lookup."""
+        tokens: set[str] = set()
+        _collect(value, tokens)
+        if not tokens:
+            return value
+        opened = self._opened(tokens, self.keys.keys({TOKEN.fullmatch(t).group(1) for t in tokens}))
+        return _replace(value, opened)
+
+    def open_json(self, body: bytes) -> bytes:
+        """A JSON document (bytes) with every sealed string in it opened (as JSON string content)."""
+        if PREFIX.encode() not in body:
+            return body
+        found = {match.group(0).decode() for match in _TOKEN_BYTES.finditer(body)}
+        opened = self._opened(found, self.keys.keys({TOKEN.fullmatch(t).group(1) for t in found}))
+
+        def text(match: re.Match) -> bytes:
+            return _json_string_content(opened[match.group(0).decode()])
+
+        return _TOKEN_BYTES.sub(text, body)
+
+    @staticmethod
+    def _opened(tokens: set[str], keys: Mapping[str, tuple[str, str, bytes] | None]) -> dict[str, str]:
+        opened = {}
+        for token in tokens:
+            match = TOKEN.fullmatch(token)
+            found = keys.get(match.group(1)) if match else None
+            opened[token] = PLACEHOLDER
+            if found is None:
+                continue
+            _person, purpose, key = found
+            raw = base64.urlsafe_b64decode(match.group(2) + "=" * (-len(match.group(2)) % 4))
+            try:
+                opened[token] = AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:],
+                                                    _aad(match.group(1), purpose)).decode()
+            except (InvalidTag, ValueError):
+                pass  # not sealed with this key: as unreadable as a shredded one
+        return opened
+
+
+def _collect(value: Any, into: set[str]) -> None:
+    if isinstance(value, str):
+        if is_sealed(value):
+            into.add(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _collect(item, into)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, into)
+
+
+def _replace(value: Any, opened: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return opened.get(value, value)
+    if isinstance(value, Mapping):
+        return {key: _replace(item, opened) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_replace(item, opened) for item in value]
+    return value
+
+
+def _json_string_content(text: str) -> bytes:
+    """``text`` as it goes between the quotes of a JSON string (UTF-8)."""
+    import json
+
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode()

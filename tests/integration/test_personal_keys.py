@@ -1,0 +1,103 @@
+"""Personal fields sealed with a key per person and purpose (services.kernel.personal): what opens,
+what a corrected, shredded or erased key leaves — on a key store in SQLite and in PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from services.kernel.personal import PLACEHOLDER, KeyStore, PersonErased, Sealer, is_sealed
+
+
+@pytest.fixture()
+def keys_url(database_url) -> str:
+    return database_url
+
+
+@pytest.fixture()
+def keys(keys_url) -> KeyStore:
+    store = KeyStore(keys_url, cache_seconds=0)
+    store.create_schema()
+    return store
+
+
+def test_a_sealed_field_opens_with_its_key_and_shows_nothing_of_the_value(keys):
+    sealer = Sealer(keys)
+    phone = sealer.seal("13800138000", "p-1", "contact")
+    assert is_sealed(phone) and "138" not in phone and phone != sealer.seal("13800138000", "p-1", "contact")
+    assert sealer.open(phone) == "13800138000"
+    assert sealer.seal(phone, "p-2", "content") == phone  # sealed already: passed on as it is
+    assert sealer.seal("", "p-1", "content") == "" and sealer.seal(None, "p-1", "content") is None
+    assert sealer.open("plain text") == "plain text"
+
+
+def test_each_person_and_purpose_has_its_own_key(keys):
+    sealer = Sealer(keys)
+    kid = lambda token: token.split(".")[1]  # noqa: E731
+    name, comment, other = (sealer.seal("王芳", "p-1", "name"), sealer.seal("路灯坏了", "p-1", "content"),
+                            sealer.seal("王芳", "p-2", "name"))
+    assert len({kid(name), kid(comment), kid(other)}) == 3
+    assert kid(sealer.seal("王芳芳", "p-1", "name")) == kid(name)  # the active key is used again
+    with pytest.raises(ValueError):
+        keys.active_key("p-1", "diary")
+
+
+def test_a_token_moved_to_another_key_or_tampered_with_does_not_open(keys):
+    sealer = Sealer(keys)
+    mine, theirs = sealer.seal("王芳", "p-1", "name"), sealer.seal("李雷", "p-2", "name")
+    swapped = f"pii1.{theirs.split('.')[1]}.{mine.split('.')[2]}"
+    flipped = mine[:-2] + ("A" if mine[-2] != "A" else "B") + mine[-1]
+    assert sealer.open(swapped) == PLACEHOLDER and sealer.open(flipped) == PLACEHOLDER
+
+
+def test_documents_and_answers_open_with_one_lookup(keys):
+    sealer = Sealer(keys)
+    comment = sealer.seal('说"路灯"\\坏了', "p-1", "content")
+    document = {"items": [{"comment": comment, "level": 2}, {"comment": ""}], "by": sealer.seal("王芳", "p-1", "name")}
+    assert sealer.open_all(document) == {"items": [{"comment": '说"路灯"\\坏了', "level": 2}, {"comment": ""}],
+                                         "by": "王芳"}
+    body = json.dumps(document, ensure_ascii=False).encode()
+    assert json.loads(sealer.open_json(body)) == sealer.open_all(document)
+
+
+def test_a_correction_retires_the_key_and_shredding_it_leaves_the_placeholder(keys):
+    sealer = Sealer(keys)
+    old_phone, old_comment = sealer.seal("13800138000", "p-1", "contact"), sealer.seal("很满意", "p-1", "content")
+    retired = keys.rotate("p-1", "contact")
+    new_phone = sealer.seal("13900139000", "p-1", "contact")
+    assert sealer.open(old_phone) == "13800138000"  # until the correction has committed
+    assert keys.shred(retired, "corrected") == 1
+    assert (sealer.open(old_phone), sealer.open(new_phone), sealer.open(old_comment)) == (
+        PLACEHOLDER, "13900139000", "很满意")
+
+
+def test_an_erasure_deletes_every_key_of_the_person_once_and_refuses_new_seals(keys):
+    sealer = Sealer(keys)
+    phone, name = sealer.seal("13800138000", "p-1", "contact"), sealer.seal("王芳", "p-1", "name")
+    kept = sealer.seal("李雷", "p-2", "name")
+    assert keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
+    assert not keys.erase("p-1", reason="other", requested_at_us=2, confirmed_by="cadre-2")  # once
+    assert (sealer.open(phone), sealer.open(name), sealer.open(kept)) == (PLACEHOLDER, PLACEHOLDER, "李雷")
+    assert keys.is_erased("p-1") and not keys.is_erased("p-2")
+    assert [(e["person_id"], e["reason"], e["confirmed_by"]) for e in keys.erased()] == [
+        ("p-1", "withdrawn_consent", "cadre-1")]
+    with pytest.raises(PersonErased) as refused:
+        sealer.seal("13700137000", "p-1", "contact")
+    assert refused.value.status == 409 and refused.value.reason == "person_erased"
+    # nothing of the person's keys is left in the key store
+    with keys.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM person_keys WHERE person_id = 'p-1'")).scalar() == 0
+
+
+def test_a_process_that_kept_a_key_forgets_it_when_its_time_is_up(keys_url):
+    keys = KeyStore(keys_url, cache_seconds=3600)
+    keys.create_schema()
+    other = KeyStore(keys_url, cache_seconds=3600)  # another process
+    token = Sealer(keys).seal("王芳", "p-1", "name")
+    assert Sealer(other).open(token) == "王芳"
+    keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
+    assert Sealer(keys).open(token) == PLACEHOLDER  # the eraser forgets at once
+    other.forget_cached()
+    assert Sealer(other).open(token) == PLACEHOLDER
