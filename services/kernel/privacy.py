@@ -25,6 +25,14 @@ The live feed (``GET /api/v1/live``) applies the same rules to events, and more:
   project evaluation caused) is a rating's actor: staff only;
 - fields marked ``live=False`` (contact details, check-in codes) never enter the feed at all.
 
+**Personal fields** (issue 25, ADR 20) are declared here too, in the same rules: a rule with a
+``personal`` purpose (``contact``, ``name``, ``content``) marks a field that is stored sealed with a
+key of the person its ``owner`` field names (:mod:`services.kernel.personal`), so that erasing the
+person's keys makes every copy unreadable. :data:`PERSONAL` derives, per event type, which fields
+those are; :func:`personal_fields` says, for one event, whose key seals each. A personal field every
+reader of the record sees has every relation in ``to`` (:data:`EVERYONE`): declaring it personal
+changes nothing about who sees it.
+
 Visitors without a token read the public routes (``GET /public/...``, :func:`services.kernel.web.public`),
 and they see a record by **allow-list** (:data:`PUBLIC`, :func:`public_view`): only the fields
 listed for its kind, so a field added to a read model later stays hidden until it is listed here;
@@ -48,6 +56,7 @@ __all__ = [
     "RATED", "RATER", "RATING_EVENTS", "RATING_TIME", "SECRET_EVENTS", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT",
     "SUMMARY_SECONDS", "Visible", "event_kind", "for_admin", "for_feed", "is_rating_event", "live_view",
     "mask_phone", "public_day", "public_view", "rated_subject", "redact", "relations", "shown", "suppress",
+    "EVERYONE", "PERSONAL", "personal_fields",
 ]
 
 HOLDER, RATED, STAFF, ORGANISER, MEMBER = "holder", "rated", "staff", "organiser", "member"
@@ -64,6 +73,13 @@ class Visible:
     never: frozenset[str] = frozenset()
     mask: str | None = None  # how a hidden value is shown: None (null), "phone" or "day"
     live: bool = True  # False: never carried by the live feed
+    # a personal field: stored sealed with a key for this purpose ("contact", "name", "content") of
+    # the person the ``owner`` data field names (or, when the event does not carry it, the record's
+    # own ``owner``: a follow-up case's person); ``only_if`` = (field, value): personal only when
+    # the event's ``field`` holds ``value`` (a pledge's contributor is a resident, not a company)
+    personal: str | None = None
+    owner: str = "person_id"
+    only_if: tuple[str, str] | None = None
 
     def shown(self, rel: Iterable[str]) -> bool:
         rel = set(rel)
@@ -72,6 +88,14 @@ class Visible:
 
 def _visible(to: Iterable[str], never: Iterable[str] = (), **kw) -> Visible:
     return Visible(frozenset(to), frozenset(never), **kw)
+
+
+EVERYONE = (HOLDER, RATED, STAFF, ORGANISER, MEMBER)  # whoever may read the record at all
+
+
+def _personal(purpose: str, owner: str = "person_id", **kw) -> Visible:
+    """A personal field every reader of the record sees (as before it was declared personal)."""
+    return _visible(EVERYONE, personal=purpose, owner=owner, **kw)
 
 
 RATER = _visible((HOLDER, STAFF), never=(RATED,))
@@ -84,11 +108,16 @@ RATING_TIME = _visible((HOLDER, STAFF), never=(RATED,), mask="day")
 # activity. ``actor`` stands for the metadata actor of the record's events.
 FIELDS: Mapping[str, Mapping[str, Visible]] = {
     "rating": {"person_id": RATER, "actor": RATER, "rated_at": RATING_TIME, "created_at": RATING_TIME,
-               "updated_at": RATING_TIME},
-    "case": {"person_id": RATER, "actor": RATER, "created_at": RATING_TIME, "updated_at": RATING_TIME},
-    "project_rating": {"person_id": RATER, "actor": RATER},
+               "updated_at": RATING_TIME, "comment": _personal("content"),
+               "statement": _personal("content", owner="by")},  # an appeal's, by the rated person
+    "case": {"person_id": RATER, "actor": RATER, "created_at": RATING_TIME, "updated_at": RATING_TIME,
+             # the rater's comment (copied from the rating), the staff's note of the call, the closing
+             # comment: about the resident the case follows up (the case's person)
+             "comment": _personal("content"), "note": _personal("content")},
+    "project_rating": {"person_id": RATER, "actor": RATER, "comment": _personal("content")},
     "feedback_event": {"actor": RATER},
-    "card": {"phone": _visible((HOLDER, ORGANISER, STAFF), mask="phone", live=False)},
+    "card": {"phone": _visible((HOLDER, ORGANISER, STAFF), mask="phone", live=False, personal="contact"),
+             "name": _personal("name")},
     "activity": {"checkin_code": _visible((ORGANISER, STAFF), live=False),
                  "volunteers": _visible((ORGANISER, STAFF), live=False)},
     # a participatory budgeting ballot (projects' ``RoundBallotCast``): secret — what a voter
@@ -96,6 +125,20 @@ FIELDS: Mapping[str, Mapping[str, Visible]] = {
     # they voted, to staff; and the event never reaches the live feed (:data:`SECRET_EVENTS`).
     "round_ballot": {"approvals": _visible((HOLDER,), live=False), "voter_id": _visible((HOLDER, STAFF), live=False),
                      "actor": _visible((HOLDER, STAFF))},
+    # personal fields of the other records: who signed up, claimed, was certified, proposed,
+    # co-signed, gave an opinion, pledged, was rewarded, reported a problem
+    "signup": {"name": _personal("name")},
+    "claim": {"reason": _personal("content")},  # the organiser's reason about a volunteer's claim
+    "certificate": {"name": _personal("name")},
+    "proposal": {"proposer_name": _personal("name", owner="proposer_id")},
+    "cosignature": {"name": _personal("name")},
+    "opinion": {"name": _personal("name"), "text": _personal("content")},
+    "pledge": {"contributor_name": _personal("name", owner="contributor_id", only_if=("contributor_type", "resident")),
+               "description": _personal("content", owner="contributor_id", only_if=("contributor_type", "resident")),
+               "note": _personal("content", owner="contributor_id", only_if=("contributor_type", "resident"))},
+    "reward": {"recipient_name": _personal("name", owner="recipient_id"),
+               "reason": _personal("content", owner="recipient_id")},
+    "problem": {"description": _personal("content", owner="reported_by")},
 }
 
 # Events that tell of one rating: (record kind, the data field naming the rated subject).
@@ -110,11 +153,48 @@ RATING_EVENTS: Mapping[str, str] = {
 # Which kind the other events' fields fall under in the live feed.
 EVENT_KINDS: Mapping[str, str] = {
     "CardRegistered": "card", "CardUpdated": "card", "ActivityPublished": "activity",
-    "RoundBallotCast": "round_ballot",
+    "RoundBallotCast": "round_ballot", "VolunteerSignedUp": "signup",
+    **{name: "claim" for name in ("ClaimRecorded", "ClaimApproved", "ClaimRejected")},
+    "CertificateIssued": "certificate", "ProjectProposed": "proposal", "ProjectCosigned": "cosignature",
+    "OpinionPosted": "opinion", "ContributionPledged": "pledge", "ContributionDelivered": "pledge",
+    "RewardGranted": "reward", "FundRewardPaid": "reward", "ProblemReported": "problem",
 }
 # Events no reader receives on the live feed, in any form: a ballot's stream id names its voter.
 SECRET_EVENTS = frozenset({"RoundBallotCast"})
 FEEDBACK_STREAMS = ("subject-", "policy-", "ranking-", "plan-", "rating-", "case-")
+
+
+def _personal_of_events() -> dict[str, tuple[tuple[str, Visible], ...]]:
+    kinds = {**EVENT_KINDS, **RATING_EVENTS}
+    found = {}
+    for event_type, kind in sorted(kinds.items()):
+        fields = tuple((name, rule) for name, rule in FIELDS.get(kind, {}).items() if rule.personal)
+        if fields:
+            found[event_type] = fields
+    return found
+
+
+# event type -> its personal fields and their rules (derived from FIELDS: not a second list)
+PERSONAL: Mapping[str, tuple[tuple[str, Visible], ...]] = _personal_of_events()
+
+
+def personal_fields(event_type: str, data: Mapping[str, Any],
+                    record_owner: str | None = None) -> list[tuple[str, str, str]]:
+    """``(field, purpose, person id)`` for each personal field ``data`` holds a value in: the person
+    is the one its rule's ``owner`` field names, else ``record_owner`` (the record's own person,
+    for events that do not repeat it). A field whose owner is unknown is not listed (an event
+    about nobody in particular)."""
+    found = []
+    for name, rule in PERSONAL.get(event_type, ()):
+        value = data.get(name)
+        if not isinstance(value, str) or not value:
+            continue
+        if rule.only_if is not None and data.get(rule.only_if[0]) != rule.only_if[1]:
+            continue
+        owner = data.get(rule.owner) if isinstance(data.get(rule.owner), str) and data.get(rule.owner) else record_owner
+        if owner:
+            found.append((name, rule.personal, owner))
+    return found
 
 
 def relations(principal, community_id: str | None, *, holder: str | None = None, rated: str | None = None,

@@ -58,3 +58,70 @@ def test_the_live_feed_keeps_contacts_out_and_rating_events_for_unrated_staff():
     proposed = {"event_type": "ProjectProposed", "stream_id": "project-p1", "data": {"title": "路灯"},
                 "metadata": {"actor": "res2"}}
     assert privacy.live_view(proposed, {"member"}) == proposed
+
+
+# -- personal fields (issue 25): declared in the same rules, derived per event type ----------------
+
+# What the issue names as personal (contact details, names, free text that may identify a person),
+# event by event: the oracle the policy's derived PERSONAL is checked against.
+EXPECTED_PERSONAL = {
+    "CardRegistered": {"phone": "contact", "name": "name"},
+    "CardUpdated": {"phone": "contact", "name": "name"},
+    "VolunteerSignedUp": {"name": "name"},
+    "ClaimRecorded": {"reason": "content"}, "ClaimApproved": {"reason": "content"},
+    "ClaimRejected": {"reason": "content"},
+    "CertificateIssued": {"name": "name"},
+    "ProjectProposed": {"proposer_name": "name"},
+    "ProjectCosigned": {"name": "name"},
+    "OpinionPosted": {"name": "name", "text": "content"},
+    "ContributionPledged": {"contributor_name": "name", "description": "content", "note": "content"},
+    "ContributionDelivered": {"contributor_name": "name", "description": "content", "note": "content"},
+    "RewardGranted": {"recipient_name": "name", "reason": "content"},
+    "FundRewardPaid": {"recipient_name": "name", "reason": "content"},
+    "ProblemReported": {"description": "content"},
+    "ProjectRated": {"comment": "content"},
+}
+
+
+def test_every_personal_field_is_declared_in_the_one_policy():
+    for event_type, fields in EXPECTED_PERSONAL.items():
+        assert {name: rule.personal for name, rule in privacy.PERSONAL[event_type]} == fields, event_type
+    for event_type in ("RatingSubmitted", "RatingRevised", "AppealFiled"):  # rating events
+        assert {name for name, _ in privacy.PERSONAL[event_type]} == {"comment", "statement"}, event_type
+    for event_type in ("FollowUpOpened", "ResidentContacted", "FollowUpClosed"):  # a follow-up case's
+        assert {name for name, _ in privacy.PERSONAL[event_type]} == {"comment", "note"}, event_type
+    assert "RoundBallotCast" not in privacy.PERSONAL  # secret, but not personal text: ids only
+    assert all(rule.personal in ("contact", "name", "content")
+               for fields in privacy.PERSONAL.values() for _, rule in fields)
+
+
+def test_declaring_a_field_personal_changes_nobody_s_view_of_it():
+    """Fields every reader of a record saw before are still seen by every reader: a reader with
+    any one relation to the record (the phone keeps its own rule)."""
+    for kind, fields in privacy.FIELDS.items():
+        for name, rule in fields.items():
+            if rule.personal and name != "phone":
+                assert all(rule.shown({relation}) for relation in privacy.EVERYONE), (kind, name)
+                assert rule.live, (kind, name)
+    card = {"person_id": "res1", "name": "王芳", "phone": "13800138000"}
+    assert privacy.redact("card", card, {"member"}) == {**card, "phone": "138****8000"}
+    assert privacy.redact("rating", RATING, {"member", "rated", "staff"})["comment"] == "态度差"
+
+
+def test_each_personal_field_is_sealed_with_its_owners_key():
+    opinion = {"project_id": "p1", "person_id": "res1", "name": "王芳", "text": "支持", "stance": "support"}
+    assert privacy.personal_fields("OpinionPosted", opinion) == [("name", "name", "res1"), ("text", "content", "res1")]
+    appeal = {"rating_id": "r1", "statement": "我没有收到通知", "by": "cadre1"}
+    assert privacy.personal_fields("AppealFiled", appeal) == [("statement", "content", "cadre1")]
+    # a follow-up case's later events do not repeat the resident: the case's own person seals them
+    assert privacy.personal_fields("ResidentContacted", {"case_id": "c1", "note": "已电话沟通", "by": "staff1"},
+                                   record_owner="res1") == [("note", "content", "res1")]
+    assert privacy.personal_fields("ResidentContacted", {"case_id": "c1", "note": "已电话沟通"}) == []
+    # a company's pledge names the company, not a person; an empty comment tells nothing
+    company = {"contributor_id": "e1", "contributor_type": "enterprise", "contributor_name": "某公司",
+               "description": "捐赠材料"}
+    assert privacy.personal_fields("ContributionPledged", company) == []
+    assert privacy.personal_fields("ContributionPledged", {**company, "contributor_type": "resident"}) == [
+        ("contributor_name", "name", "e1"), ("description", "content", "e1")]
+    assert privacy.personal_fields("ProjectRated", {"person_id": "res1", "comment": "", "score": 5}) == []
+    assert privacy.personal_fields("ProjectQualified", {"project_id": "p1"}) == []
