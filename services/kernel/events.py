@@ -102,6 +102,17 @@ class StoredEvent:
         }
 
     def to_json(self) -> bytes:
+        raw = self.__dict__
+        if "_data" in raw and "data" not in raw and "metadata" not in raw:
+            # read from the log and not decoded: the payload and metadata are the log's canonical
+            # JSON already, spliced in as they are (what decoding and encoding them again would
+            # give; the relay publishes every event this way, issue 23)
+            head = _ENCODE.encode({"event_id": self.event_id, "event_type": self.event_type,
+                                   "schema_version": self.schema_version, "stream_id": self.stream_id,
+                                   "version": self.version, "position": self.position,
+                                   "occurred_at": format_time(self.occurred_at)})
+            return b"".join((head[:-1], b',"data":', _utf8(raw["_data"]), b',"metadata":', _utf8(raw["_metadata"]),
+                             b"}"))
         try:
             return _ENCODE.encode(self.to_envelope())
         except TypeError:
@@ -194,6 +205,10 @@ class StoredEvent:
 
 
 _new = object.__new__
+
+
+def _utf8(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
 _TYPED: dict[type, msgspec.json.Decoder] = {}
 
 _ENVELOPE_KEYS = (

@@ -391,8 +391,12 @@ class Relay:
             start = self.checkpoint()
             page = self.store.read_all(start, self.batch_size)
         producer = self._ensure_producer()
-        futures = [(event, producer.send(self.topic, key=event.stream_id.encode(), value=event.to_json(),
-                                         headers=_headers(event))) for event in page]
+        # Encoded first, then sent back to back: sends spaced by the encoding each find the sender
+        # thread has just taken the last batch, open a new one and wake it (a socket write and the
+        # accumulator's lock per record: half the relay's time, issue 23)
+        records = [(event.stream_id.encode(), event.to_json(), _headers(event)) for event in page]
+        futures = [(event, producer.send(self.topic, key=key, value=value, headers=headers))
+                   for event, (key, value, headers) in zip(page, records)]
         try:
             producer.flush(timeout=30)
         except KafkaError as exc:

@@ -99,3 +99,17 @@ def test_aggregate_states_are_written_as_the_domain_kernel_writes_them():
     assert model._state_codec[0] is dumps
     assert text == model._canonical({name: getattr(project, name) for name in model._field_names(Project)})
     assert Project.from_json(text) == project and Project.from_json(text.encode()) == project
+
+
+def test_an_event_read_from_the_log_is_published_as_the_same_text_without_decoding_it():
+    data, metadata = {"title": "路灯", "cost_fen": 120_000, "tags": ["a", {"z": None, "b": 1.5}]}, {
+        "actor": "resident-1", "causation_id": None, "correlation_id": "c-1"}
+    for encode in (lambda v: dumps(v).encode(), dumps):  # SQLite gives bytes, PostgreSQL text
+        event = StoredEvent.of_log_row(7, str(new_event_id()), "project-1", 3, "ProjectProposed", 1,
+                                       1_764_806_400_123_456, encode(data), encode(metadata))
+        spliced = event.to_json()
+        assert "data" not in event.__dict__  # not decoded to be published
+        decoded = StoredEvent.of_row(event.event_id, event.event_type, 1, "project-1", 3, 7, event.occurred_at,
+                                     loads(dumps(data)), loads(dumps(metadata)))  # as a decoding read gives them
+        assert spliced == decoded.to_json()
+        assert StoredEvent.from_json(spliced).data == data
