@@ -154,6 +154,13 @@ class WriterQueue:
             self._pid = os.getpid()
         return self._fd
 
+    @classmethod
+    def _after_fork(cls) -> None:
+        """In a forked child: its own thread locks (one held by a parent's thread at the fork would
+        never be released here) and its own files (an inherited one shares the parent's lock)."""
+        for queue in cls._queues.values():
+            queue.threads, queue._fd = threading.Lock(), None
+
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
         # as long as SQLite's busy timeout, and the same error after it (a thread of this process
@@ -169,6 +176,9 @@ class WriterQueue:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             self.threads.release()
+
+
+os.register_at_fork(after_in_child=WriterQueue._after_fork)
 
 
 def _begin_immediate(driver: sqlite3.Connection) -> None:

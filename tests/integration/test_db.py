@@ -137,3 +137,28 @@ def test_a_memory_database_has_no_queue():
 
     assert WriterQueue.of(sa.create_engine("sqlite://")) is None
     assert WriterQueue.of(sa.create_engine("sqlite:///:memory:")) is None
+
+
+def _write_in_a_forked_child(url: str, done) -> None:
+    with write_transaction(make_engine(url)) as connection:
+        connection.exec_driver_sql("INSERT INTO t VALUES (3)")
+    done.set()
+
+
+def test_a_process_forked_while_a_thread_has_the_turn_queues_on_the_file_not_on_the_inherited_thread_lock(tmp_path):
+    """(The parent holds the turn only: SQLite itself does not survive a fork inside a transaction.)"""
+    url = f"sqlite:///{tmp_path / 'forked.db'}"
+    engine = make_engine(url)
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    engine.dispose()  # no connection of the parent's pool goes into the child
+    context = multiprocessing.get_context("fork")
+    done = context.Event()
+    with WriterQueue.of(engine).turn():
+        child = context.Process(target=_write_in_a_forked_child, args=(url, done))
+        child.start()
+        assert not done.wait(0.5), "the child wrote while the parent held the turn"
+    assert done.wait(30), "the child never got its turn: it waits on the thread lock it inherited"
+    child.join(30)
+    with engine.connect() as connection:
+        assert [n for (n,) in connection.exec_driver_sql("SELECT n FROM t ORDER BY rowid")] == [3]
