@@ -326,18 +326,28 @@ CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 
 def send(files: Files, community_id: str, name: str) -> flask.Response:
     """One file with its validators (ETag, Last-Modified) and cache headers; 304 when the client's
-    copy is current."""
+    copy is current.
+
+    ``Last-Modified`` is the change rounded up to its minute (``to_the_minute``), capped at now while
+    that minute is still running. ``If-Modified-Since`` is compared with the whole minute, never with
+    the capped stamp: a copy fetched within the minute of the change is current (304) only once the
+    minute has passed — the stamp does not move with the clock, and no probe can learn the second
+    of the change. ``If-None-Match`` answers 304 at once."""
     content = files.body[name]
     extension = name.rsplit(".", 1)[1]
     response = flask.Response(content, content_type=CONTENT_TYPES[extension])
     response.set_etag(hashlib.sha256(content).hexdigest()[:32])
-    if files.last_modified is not None:  # never later than now (RFC 9110 8.8.2.1)
-        response.last_modified = min(files.last_modified, datetime.now(timezone.utc)).replace(microsecond=0)
+    changed = files.last_modified.replace(microsecond=0) if files.last_modified is not None else None
+    if changed is not None:  # If-Modified-Since is judged against the change's whole minute
+        response.last_modified = changed
     response.cache_control.public = True
     response.cache_control.max_age = MAX_AGE
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", f"{community_id}-{name}")
     response.headers["Content-Disposition"] = f'{"attachment" if extension == "csv" else "inline"}; filename="{safe}"'
-    return response.make_conditional(flask.request)
+    response.make_conditional(flask.request)
+    if changed is not None:  # ...but the header is never later than now (RFC 9110 8.8.2.1)
+        response.last_modified = min(changed, datetime.now(timezone.utc).replace(microsecond=0))
+    return response
 
 
 HEADERS = {

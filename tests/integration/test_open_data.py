@@ -26,6 +26,7 @@ import uuid
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,7 @@ from gateway.catalogue import PREFIX
 from services.kernel.db import make_engine, write_transaction
 from services.kernel.events import LOCAL_TZ, format_time, utc_now
 from services.kernel.eventstore import EventStore
+from services.kernel.open_data import to_the_minute
 from services.kernel.settings import SettingsError
 from services.projects.service import DEFINITION as PROJECTS
 from services.volunteers.service import DEFINITION as VOLUNTEERS
@@ -419,9 +421,16 @@ def test_etag_and_last_modified_answer_304_and_a_change_makes_a_new_file(world):
     assert re.fullmatch(r'"[0-9a-f]{32}"', etag) and modified.endswith(" GMT")
     assert first.headers["Cache-Control"] in ("public, max-age=300", "max-age=300, public")
     assert first.headers["Content-Disposition"] == f'attachment; filename="{C}-fund-ledger.csv"'
-    for headers in ({"If-None-Match": etag}, {"If-Modified-Since": modified}):
+    # If-Modified-Since is judged against the change's whole minute: a copy from that minute's end on
+    # is current; one from the minute before the change is not (Last-Modified is capped at now while
+    # the minute runs, so echoing it is current only once the minute has passed).
+    stamp = parsedate_to_datetime(modified)
+    minute = to_the_minute(stamp + timedelta(seconds=1))  # a stamp capped at hh:mm:00 is still that minute
+    for headers in ({"If-None-Match": etag}, {"If-Modified-Since": format_datetime(minute, usegmt=True)}):
         reply = anonymous(world, path, 304, headers=headers)
         assert reply.body == b"" and reply.headers["ETag"] == etag
+    before = format_datetime(stamp - timedelta(minutes=1), usegmt=True)
+    assert anonymous(world, path, headers={"If-Modified-Since": before}).body == first.body
     assert anonymous(world, path, headers={"If-None-Match": '"other"'}).body == first.body
     assert anonymous(world, path, headers={"If-Modified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"}).body == first.body
     world["d"].post(c.cadre, f"/communities/{C}/fund/credits", {"amount_fen": 1_000, "source": "reward_pool",
