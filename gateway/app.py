@@ -49,6 +49,7 @@ from services.kernel.errors import DomainError, Forbidden, NotFound, Unauthentic
 from services.kernel.events import format_time
 from services.kernel.logs import configure_logging
 from services.kernel.model import Principal
+from services.kernel.personal import KeyStore, Sealer
 from services.kernel.settings import SettingsError
 from services.kernel.web import (
     Blueprint,
@@ -133,9 +134,11 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
     global _LAST_CATALOGUE
     store = GatewayStore(settings.effective_database_url)
     store.create_schema()
+    keys = KeyStore(settings.effective_keystore_url(settings.data_dir), cache_seconds=settings.keystore_cache_seconds)
+    keys.create_schema()
     hub = live.LiveHub(store, capacity=live.process_capacity(settings.live_max_streams_per_process),
                        per_caller=settings.live_streams_per_caller, queue_events=settings.live_queue_events,
-                       poll_seconds=settings.live_poll_seconds)
+                       poll_seconds=settings.live_poll_seconds, sealer=Sealer(keys))
     service_urls = dict(zip(SERVICES, (settings.projects_url, settings.volunteers_url, settings.feedback_url)))
     routes = _LAST_CATALOGUE = Catalogue(service_urls, settings.effective_catalogue_dir,
                                          timeout=settings.upstream_timeout_seconds,

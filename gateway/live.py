@@ -138,9 +138,9 @@ class FeedRow:
     """A row of the feed as the streams share it: its envelope parsed once, and each distinct
     view of it (per relations of the reader and ``named``) rendered once."""
 
-    __slots__ = ("id", "community_id", "event_type", "rated_person_id", "_raw", "_envelope", "_texts")
+    __slots__ = ("id", "community_id", "event_type", "rated_person_id", "_raw", "_envelope", "_texts", "_sealer")
 
-    def __init__(self, row: Any) -> None:
+    def __init__(self, row: Any, sealer: Any | None = None) -> None:
         self.id = row.id
         self.community_id = row.community_id
         self.event_type = row.event_type
@@ -148,6 +148,7 @@ class FeedRow:
         self._raw = row.envelope
         self._envelope: dict | None = None
         self._texts: dict = {}
+        self._sealer = sealer  # opens the personal fields a reader may see (the feed keeps them sealed)
 
     def text(self, principal, named: bool) -> str:
         """The SSE message ``principal`` receives of this row ("" when they see nothing of it)."""
@@ -158,6 +159,8 @@ class FeedRow:
             if self._envelope is None:
                 self._envelope = json.loads(self._raw)
             seen = privacy.live_view(self._envelope, rel)
+            if seen is not None and self._sealer is not None:
+                seen = self._sealer.open_all(seen)
             if seen is None:
                 text = ""
             else:
@@ -215,8 +218,10 @@ class LiveHub:
     def __init__(self, store: GatewayStore, *, capacity: int, per_caller: int, queue_events: int,
                  poll_seconds: float = 0.5, refresh_seconds: float = REFRESH_SECONDS,
                  stale_seconds: float = STREAM_STALE_SECONDS, idle_stop_seconds: float = IDLE_STOP_SECONDS,
-                 stale_poll_seconds: float = STALE_POLL_SECONDS, gap_wait_seconds: float = GAP_WAIT_SECONDS) -> None:
+                 stale_poll_seconds: float = STALE_POLL_SECONDS, gap_wait_seconds: float = GAP_WAIT_SECONDS,
+                 sealer: Any | None = None) -> None:
         self.store = store
+        self.sealer = sealer
         self.capacity = capacity
         self.per_caller = per_caller
         self.queue_events = queue_events
@@ -325,7 +330,7 @@ class LiveHub:
                 while True:
                     rows = self.store.feed_after(None, self.cursor, PAGE)
                     ready = self._past_gaps(rows)
-                    self._dispatch([FeedRow(row) for row in ready])
+                    self._dispatch([FeedRow(row, self.sealer) for row in ready])
                     if len(rows) < PAGE or len(ready) < len(rows):
                         break
                 self.last_poll = time.monotonic()
@@ -490,7 +495,7 @@ def event_stream(stream: LiveStream, store: GatewayStore, after: int, *, named: 
         yield "retry: 3000\n\n"
         deadline = time.monotonic() + max_seconds
         while True:  # the backlog, from the database; the hub queues what comes meanwhile
-            rows = [FeedRow(row) for row in store.feed_after(stream.community, after, PAGE)]
+            rows = [FeedRow(row, stream.hub.sealer) for row in store.feed_after(stream.community, after, PAGE)]
             if rows:
                 after = rows[-1].id
                 text = stream.render(rows, named)

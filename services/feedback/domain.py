@@ -383,7 +383,9 @@ class Rating(Aggregate):
             "dimensions": dimensions, "comment": comment, "source": source, "rated_at": format_time(rated_at)})]
 
     def revise(self, actor: Principal, now: datetime, level: int, dimensions: dict[str, int],
-               comment: str) -> list[NewEvent]:
+               comment: str, stored_comment: str | None = None) -> list[NewEvent]:
+        """``stored_comment``: the rating's comment as its rater wrote it (it is stored sealed; the
+        handler opens it), to refuse a revision that changes nothing."""
         if actor.person_id != self.person_id:
             raise Forbidden("only the resident who rated may revise the rating", reason="not_the_rater")
         if self.source.get("kind") != "resident":
@@ -393,7 +395,8 @@ class Rating(Aggregate):
             raise Conflict(f"the period {self.period} is closed: its ratings can no longer be revised",
                            reason="period_closed")
         _check_level(level, dimensions)
-        if (level, dimensions, comment) == (self.level, self.dimensions, self.comment):
+        if (level, dimensions, comment) == (self.level, self.dimensions,
+                                            self.comment if stored_comment is None else stored_comment):
             raise Conflict("the rating already says this", reason="no_change")
         return [NewEvent("RatingRevised", {
             "rating_id": self.id, "subject_id": self.subject_id, "subject_kind": self.subject_kind,

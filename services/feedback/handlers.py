@@ -164,7 +164,8 @@ class RatingHandlers:
         period = period_of(uow.now(), policy["period"])
         rating = self._rating(uow, subject.id, period, actor.person_id, "resident")
         if rating.exists:
-            uow.record(rating, rating.revise(actor, uow.now(), cmd.level, dict(cmd.dimensions), cmd.comment))
+            uow.record(rating, rating.revise(actor, uow.now(), cmd.level, dict(cmd.dimensions), cmd.comment,
+                                             uow.opened(rating.comment)))
         else:
             uow.record(rating, rating.submit(subject, actor.person_id, period, cmd.level, dict(cmd.dimensions),
                                              cmd.comment, {"kind": "resident"}, uow.now()))
@@ -173,7 +174,8 @@ class RatingHandlers:
 
     def revise_rating(self, cmd: c.ReviseRating, uow: UnitOfWork) -> views.RatingRecord:
         rating = uow.get(Rating, self._stored(cmd.rating_id), expected_version=cmd.expected_version)
-        uow.record(rating, rating.revise(uow.actor, uow.now(), cmd.level, dict(cmd.dimensions), cmd.comment))
+        uow.record(rating, rating.revise(uow.actor, uow.now(), cmd.level, dict(cmd.dimensions), cmd.comment,
+                                         uow.opened(rating.comment)))
         subject = uow.get(Subject, rating.subject_id)
         after_rating(uow, rating, subject, views.policy_for(uow.connection, subject.community_id)[0])
         return _record(uow, views.RatingRecord, rating)

@@ -68,6 +68,12 @@ class UnitOfWork:
     def new_id(self) -> str:
         return self.id_factory()
 
+    def opened(self, value: Any) -> Any:
+        """A stored personal field (sealed: :mod:`services.kernel.personal`) as its person wrote it,
+        for a decision that compares it with what a command brings (never to record or keep)."""
+        sealer = getattr(self.store, "sealer", None)
+        return value if sealer is None else sealer.open_all(value)
+
     def load(self, cls: type[A], aggregate_id: str) -> A:
         """The aggregate's current state; a new, empty one (version 0) when it has no events.
 

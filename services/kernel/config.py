@@ -91,7 +91,29 @@ class KafkaSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ServiceSettings(AuthSettings, KafkaSettings):
+class KeyStoreSettings:
+    """Where the personal-information keys live (:mod:`services.kernel.personal`): one key store for
+    the whole platform, outside every event store, reached by the services, their workers and the
+    gateway (never by the broker)."""
+
+    keystore_url: str = setting(
+        "", doc="the key store's database (the keys that seal personal fields, and the erasure log), the same for "
+                "every service, worker and the gateway; default sqlite:///<data_dir>/keys.db. Back it up on its "
+                "own, with a shorter retention than the event stores (docs/operations.md)")
+    keystore_cache_seconds: float = setting(
+        5.0, doc="how long a process keeps a key it has read: at most this long after an erasure a process may "
+                 "still open the erased person's fields (0: read the key store every time)")
+
+    def effective_keystore_url(self, data_dir: Path) -> str:
+        return self.keystore_url or f"sqlite:///{data_dir}/keys.db"
+
+    def validate_keystore(self, prefix: str) -> None:
+        if not 0 <= self.keystore_cache_seconds <= 300:
+            raise SettingsError(f"environment variable {prefix}_KEYSTORE_CACHE_SECONDS must be between 0 and 300")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings(AuthSettings, KafkaSettings, KeyStoreSettings):
     """Settings of a service's API and of its relay and consumer workers."""
 
     service: str = setting("", internal=True, doc="set by the entry point: projects, volunteers or feedback")
@@ -137,6 +159,7 @@ class ServiceSettings(AuthSettings, KafkaSettings):
             raise SettingsError(f"environment variable {prefix}_OPEN_DATA_LICENCE must be one of "
                                 f"{', '.join(OPEN_DATA_LICENCES)}")
         self.validate_kafka(prefix)
+        self.validate_keystore(prefix)
 
     @property
     def effective_database_url(self) -> str:
@@ -148,7 +171,7 @@ class ServiceSettings(AuthSettings, KafkaSettings):
 
 
 @dataclasses.dataclass(frozen=True)
-class GatewaySettings(AuthSettings, KafkaSettings):
+class GatewaySettings(AuthSettings, KafkaSettings, KeyStoreSettings):
     """Settings of the public gateway."""
 
     log_level: str = setting("INFO", doc="log level")
@@ -198,6 +221,7 @@ class GatewaySettings(AuthSettings, KafkaSettings):
     def validate(self, prefix: str) -> None:
         self.validate_auth(prefix)
         self.validate_kafka(prefix)
+        self.validate_keystore(prefix)
         if self.catalogue_refresh_seconds <= 0:
             raise SettingsError(f"environment variable {prefix}_CATALOGUE_REFRESH_SECONDS must be > 0")
         if not 1 <= self.live_ticket_seconds <= 600:

@@ -54,6 +54,12 @@ events_table = sa.Table(
 )
 
 
+class Sealing(Protocol):
+    """What seals an event's personal fields before it is stored (:class:`services.kernel.personal.Sealer`)."""
+
+    def seal_event(self, event_type: str, data: dict[str, Any], record_owner: str | None = None) -> dict[str, Any]: ...
+
+
 class Projection(Protocol):
     """A read model kept in step with the log inside the append transaction."""
 
@@ -147,8 +153,11 @@ class EventStore:
         upcasters: UpcasterChain | None = None,
         projections: Sequence[Projection] = (),
         clock: Callable[[], datetime] = utc_now,
+        sealer: Sealing | None = None,
     ) -> None:
         self.engine = engine
+        # seals each event's personal fields before it is stored (services.kernel.personal)
+        self.sealer = sealer
         self.service = service
         self.upcasters = upcasters or UpcasterChain()
         self.projections = list(projections)
@@ -244,13 +253,13 @@ class EventStore:
         if self._sqlite:  # the driver's cursor: this runs for every command (no statement compiling)
             cursor = connection.connection.driver_connection.cursor()
             try:
-                stored = self._sqlite_append(cursor, stream_id, expected_version, events, metadata)
+                stored = self._sqlite_append(cursor, stream_id, expected_version, events, metadata, state)
             finally:
                 cursor.close()
         else:
             connection.exec_driver_sql("LOCK TABLE events IN EXCLUSIVE MODE")
             row = connection.execute(_HEADS, {"stream_id": stream_id}).one()  # one round trip for both
-            rows, stored = self._rows(stream_id, expected_version, row, events, metadata)
+            rows, stored = self._rows(stream_id, expected_version, row, events, metadata, state)
             try:
                 connection.execute(events_table.insert(), [dict(zip(_COLUMNS, row)) for row in rows])
             except sa.exc.IntegrityError as exc:
@@ -265,9 +274,9 @@ class EventStore:
                     projection.apply(connection, event)
         return stored
 
-    def _sqlite_append(self, cursor, stream_id, expected_version, events, metadata) -> list[StoredEvent]:
+    def _sqlite_append(self, cursor, stream_id, expected_version, events, metadata, state) -> list[StoredEvent]:
         rows, stored = self._rows(stream_id, expected_version, cursor.execute(_SQLITE_HEADS, (stream_id,)).fetchone(),
-                                  events, metadata)
+                                  events, metadata, state)
         # No savepoint: nothing continues a transaction after a conflict (a unit of work or a
         # consumer's batch is rolled back as a whole), and it would cost two statements.
         try:
@@ -279,9 +288,12 @@ class EventStore:
             raise ConcurrencyError(stream_id, expected_version, None) from exc
         return stored
 
-    def _rows(self, stream_id, expected_version, heads, events, metadata) -> tuple[list[tuple], list[StoredEvent]]:
+    def _rows(self, stream_id, expected_version, heads, events, metadata,
+              state=None) -> tuple[list[tuple], list[StoredEvent]]:
         """The rows to insert and the events as stored, after checking the stream's version against
-        ``heads`` (its version, the log's last position)."""
+        ``heads`` (its version, the log's last position). Personal fields are sealed here, with the
+        key of the person the field policy names — or, for an event that does not name them, the
+        person of the record it is about (``state.person_id``: a follow-up case's resident)."""
         actual, last_position = heads[0] or 0, heads[1] or 0
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
@@ -293,8 +305,11 @@ class EventStore:
             meta = metadata.as_dict()
             meta_json = dumps(meta)
         rows, stored, of_row = [], [], StoredEvent.of_row
+        sealer, owner = self.sealer, getattr(state, "person_id", None) or None
         for offset, event in enumerate(events, start=1):
             data = dict(event.data)
+            if sealer is not None:
+                data = sealer.seal_event(event.event_type, data, owner)
             rows.append((last_position + offset, event.event_id, stream_id, expected_version + offset,
                          event.event_type, event.schema_version, occurred_us, dumps(data), meta_json))
             stored.append(of_row(event.event_id, event.event_type, event.schema_version, stream_id,

@@ -47,8 +47,10 @@ class InMemoryEventStore:
     engine = None  # no database: nothing opens a connection
 
     def __init__(self, *, service: str = "service", upcasters: UpcasterChain | None = None,
-                 projections: Sequence[Any] = (), clock: Callable[[], datetime] = utc_now) -> None:
+                 projections: Sequence[Any] = (), clock: Callable[[], datetime] = utc_now,
+                 sealer: Any | None = None) -> None:
         self.service = service
+        self.sealer = sealer  # as EventStore's: seals personal fields before an event is stored
         self.upcasters = upcasters or UpcasterChain()
         self.projections = list(projections)
         self._clock = clock
@@ -90,15 +92,15 @@ class InMemoryEventStore:
             raise ValueError("expected_version must be >= 0")
         if connection is None:
             with self.write_transaction() as own:
-                stored = self._append(own, stream_id, expected_version, events, metadata)
+                stored = self._append(own, stream_id, expected_version, events, metadata, state)
         else:
-            stored = self._append(connection, stream_id, expected_version, events, metadata)
+            stored = self._append(connection, stream_id, expected_version, events, metadata, state)
         for event_type, count in Counter(event.event_type for event in stored).items():
             metrics.EVENTS_APPENDED.labels(self.service, event_type).inc(count)
         return [self._upcast(event) for event in stored]
 
     def _append(self, transaction: MemoryTransaction, stream_id: str, expected_version: int,
-                events: Sequence[NewEvent], metadata: Metadata | None) -> list[StoredEvent]:
+                events: Sequence[NewEvent], metadata: Metadata | None, state: Any = None) -> list[StoredEvent]:
         actual = self._version(stream_id, transaction)
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
@@ -108,10 +110,13 @@ class InMemoryEventStore:
         occurred_at = from_micros(to_micros(self._clock()))
         meta = (metadata or Metadata()).as_dict()
         last = self._last(transaction)
-        stored = []
+        stored, owner = [], getattr(state, "person_id", None) or None
         for offset, event in enumerate(events, start=1):
+            data = dict(event.data)
+            if self.sealer is not None:
+                data = self.sealer.seal_event(event.event_type, data, owner)
             # A JSON round trip: what a database would give back (and a copy no caller can change).
-            data = json.loads(json.dumps(dict(event.data), ensure_ascii=False))
+            data = json.loads(json.dumps(data, ensure_ascii=False))
             stored.append(StoredEvent(event.event_id, event.event_type, event.schema_version, stream_id,
                                       expected_version + offset, last + offset, occurred_at, data, dict(meta)))
         transaction.pending.extend(stored)

@@ -324,8 +324,14 @@ def require_member(actor: Principal, community_id: str, roles: tuple[str, ...]) 
 
 # -- personal data ------------------------------------------------------------------------------
 
+SEALED_PREFIX, MASKED_PHONE_PREFIX = "pii1.", "pii1m."  # services.kernel.personal's tokens
+
+
 def mask_phone(phone: str) -> str:
-    """``138****5678`` for a mobile number; shorter numbers show at most their last half."""
+    """``138****5678`` for a mobile number; shorter numbers show at most their last half. A sealed
+    phone (``pii1.…``, :mod:`services.kernel.personal`) becomes a token that opens masked."""
+    if phone.startswith(SEALED_PREFIX):
+        return MASKED_PHONE_PREFIX + phone[len(SEALED_PREFIX):]
     if len(phone) >= 11:
         return phone[:3] + "*" * (len(phone) - 7) + phone[-4:]
     tail = min(4, len(phone) // 2)

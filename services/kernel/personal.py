@@ -26,6 +26,7 @@ it survives a restore of any service's database, so that erasures are applied ag
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import threading
@@ -40,13 +41,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from services.kernel.db import make_engine, read_transaction, write_transaction
 from services.kernel.events import to_micros, utc_now
-from services.kernel.model import Conflict
+from services.kernel.model import Conflict, mask_phone
+from services.kernel.privacy import personal_fields
 
 PLACEHOLDER = "已注销"
 PURPOSES = ("contact", "name", "content")
 PREFIX = "pii1."
 TOKEN = re.compile(r"pii1\.(k[0-9a-f]{32})\.([A-Za-z0-9_-]{38,})")
-_TOKEN_BYTES = re.compile(rb"pii1\.(k[0-9a-f]{32})\.([A-Za-z0-9_-]{38,})")
+# what readers may meet: a token, or a phone's token masked for a reader who sees it masked
+# (``pii1m.``, made by model.mask_phone: it opens as ``138****5678``)
+_SHOWN = re.compile(r"pii1(m?)\.(k[0-9a-f]{32})\.([A-Za-z0-9_-]{38,})")
+_SHOWN_BYTES = re.compile(rb"pii1m?\.k[0-9a-f]{32}\.[A-Za-z0-9_-]{38,}")
 _NONCE_BYTES = 12
 
 metadata = sa.MetaData()
@@ -131,18 +136,29 @@ class KeyStore:
             kept = self._kept.get(kid)
         if kid and now < until and kept is not None and kept[0] is not None:
             return kid, kept[0][2]
+        with read_transaction(self.engine) as connection:  # a person's key exists but for their first seal
+            row = connection.execute(self._current(person_id, purpose)).first()
+        if row is not None:  # (erasing deletes every key of the person: an erased person has none)
+            return self._activate(person_id, purpose, row.kid, bytes(row.key))
         with write_transaction(self.engine) as connection:
             if connection.execute(sa.select(erasures.c.person_id).where(erasures.c.person_id == person_id)).first():
                 raise PersonErased(person_id)
-            row = connection.execute(sa.select(person_keys.c.kid, person_keys.c.key).where(
-                person_keys.c.person_id == person_id, person_keys.c.purpose == purpose,
-                person_keys.c.retired_at_us.is_(None))).first()
+            row = connection.execute(self._current(person_id, purpose)).first()
             if row is None:
                 kid, key = "k" + uuid.uuid4().hex, AESGCM.generate_key(bit_length=256)
                 connection.execute(person_keys.insert().values(kid=kid, person_id=person_id, purpose=purpose,
                                                                key=key, created_at_us=to_micros(utc_now())))
             else:
                 kid, key = row.kid, bytes(row.key)
+        return self._activate(person_id, purpose, kid, key)
+
+    @staticmethod
+    def _current(person_id: str, purpose: str):
+        return sa.select(person_keys.c.kid, person_keys.c.key).where(
+            person_keys.c.person_id == person_id, person_keys.c.purpose == purpose,
+            person_keys.c.retired_at_us.is_(None))
+
+    def _activate(self, person_id: str, purpose: str, kid: str, key: bytes) -> tuple[str, bytes]:
         self._remember(kid, (person_id, purpose, key))
         with self._lock:
             self._active[(person_id, purpose)] = (kid, time.monotonic() + self.cache_seconds)
@@ -251,11 +267,23 @@ class Sealer:
         sealed = AESGCM(key).encrypt(nonce, value.encode(), _aad(kid, purpose))
         return f"{PREFIX}{kid}.{base64.urlsafe_b64encode(nonce + sealed).rstrip(b'=').decode()}"
 
+    def seal_event(self, event_type: str, data: dict[str, Any], record_owner: str | None = None) -> dict[str, Any]:
+        """``data`` of an event about to be stored, with its personal fields (the field policy's,
+        :func:`services.kernel.privacy.personal_fields`) sealed with their person's keys."""
+        fields = personal_fields(event_type, data, record_owner)
+        if not fields:
+            return data
+        sealed = dict(data)
+        for name, purpose, person_id in fields:
+            sealed[name] = self.seal(sealed[name], person_id, purpose)
+        return sealed
+
     def open(self, value: Any) -> Any:
-        """A sealed value's text, or :data:`PLACEHOLDER` when its key is gone; anything else as it is."""
-        if not is_sealed(value):
+        """A sealed value's text (a masked phone's token: the masked number), or :data:`PLACEHOLDER`
+        when its key is gone; anything else as it is."""
+        if not (isinstance(value, str) and value.startswith("pii1") and _SHOWN.fullmatch(value)):
             return value
-        return self._opened({value}, self.keys.keys([TOKEN.fullmatch(value).group(1)]))[value]
+        return self._opened({value})[value]
 
     def open_all(self, value: Any) -> Any:
         """``value`` (JSON data: dicts, lists, strings) with every sealed string opened, one key lookup."""
@@ -263,43 +291,40 @@ class Sealer:
         _collect(value, tokens)
         if not tokens:
             return value
-        opened = self._opened(tokens, self.keys.keys({TOKEN.fullmatch(t).group(1) for t in tokens}))
-        return _replace(value, opened)
+        return _replace(value, self._opened(tokens))
 
     def open_json(self, body: bytes) -> bytes:
         """A JSON document (bytes) with every sealed string in it opened (as JSON string content)."""
-        if PREFIX.encode() not in body:
+        if b"pii1" not in body:
             return body
-        found = {match.group(0).decode() for match in _TOKEN_BYTES.finditer(body)}
-        opened = self._opened(found, self.keys.keys({TOKEN.fullmatch(t).group(1) for t in found}))
+        opened = self._opened({match.group(0).decode() for match in _SHOWN_BYTES.finditer(body)})
+        if not opened:
+            return body
+        return _SHOWN_BYTES.sub(lambda match: _json_string_content(opened[match.group(0).decode()]), body)
 
-        def text(match: re.Match) -> bytes:
-            return _json_string_content(opened[match.group(0).decode()])
-
-        return _TOKEN_BYTES.sub(text, body)
-
-    @staticmethod
-    def _opened(tokens: set[str], keys: Mapping[str, tuple[str, str, bytes] | None]) -> dict[str, str]:
+    def _opened(self, tokens: set[str]) -> dict[str, str]:
+        matches = {token: _SHOWN.fullmatch(token) for token in tokens}
+        keys = self.keys.keys({match.group(2) for match in matches.values() if match})
         opened = {}
-        for token in tokens:
-            match = TOKEN.fullmatch(token)
-            found = keys.get(match.group(1)) if match else None
+        for token, match in matches.items():
+            found = keys.get(match.group(2)) if match else None
             opened[token] = PLACEHOLDER
             if found is None:
                 continue
             _person, purpose, key = found
-            raw = base64.urlsafe_b64decode(match.group(2) + "=" * (-len(match.group(2)) % 4))
+            raw = base64.urlsafe_b64decode(match.group(3) + "=" * (-len(match.group(3)) % 4))
             try:
-                opened[token] = AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:],
-                                                    _aad(match.group(1), purpose)).decode()
+                text = AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:],
+                                           _aad(match.group(2), purpose)).decode()
             except (InvalidTag, ValueError):
-                pass  # not sealed with this key: as unreadable as a shredded one
+                continue  # not sealed with this key: as unreadable as a shredded one
+            opened[token] = mask_phone(text) if match.group(1) else text
         return opened
 
 
 def _collect(value: Any, into: set[str]) -> None:
     if isinstance(value, str):
-        if is_sealed(value):
+        if value.startswith("pii1") and _SHOWN.fullmatch(value):
             into.add(value)
     elif isinstance(value, Mapping):
         for item in value.values():
@@ -321,6 +346,4 @@ def _replace(value: Any, opened: Mapping[str, str]) -> Any:
 
 def _json_string_content(text: str) -> bytes:
     """``text`` as it goes between the quotes of a JSON string (UTF-8)."""
-    import json
-
     return json.dumps(text, ensure_ascii=False)[1:-1].encode()

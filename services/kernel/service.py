@@ -29,8 +29,9 @@ from services.kernel.eventstore import EventStore, Projection, rebuild
 from services.kernel.history import StreamIndex, history_blueprint
 from services.kernel.kafka import broker_reachable
 from services.kernel.logs import configure_logging
+from services.kernel.personal import KeyStore, Sealer
 from services.kernel.relay import Relay
-from services.kernel.web import Blueprint, check_public_routes, create_base_app, require_tokens
+from services.kernel.web import Blueprint, check_public_routes, create_base_app, open_personal_fields, require_tokens
 from services.kernel.worker import run_until_signalled
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Container:
     stream_index: StreamIndex
     bus: MessageBus
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # seals personal fields as events are stored and opens them where an answer leaves the process
+    sealer: Sealer | None = None
 
 
 def load_settings(definition: ServiceDefinition, environ=None, **overrides) -> ServiceSettings:
@@ -93,16 +96,19 @@ def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, creat
     the read models' lists even when a test's clock stands still."""
     engine = make_engine(settings.effective_database_url)
     index = StreamIndex()
+    keys = KeyStore(settings.effective_keystore_url(settings.data_dir), cache_seconds=settings.keystore_cache_seconds)
+    sealer = Sealer(keys)
     store = EventStore(engine, service=definition.name, upcasters=definition.upcasters(),
-                       projections=[index, *definition.projections()])
+                       projections=[index, *definition.projections()], sealer=sealer)
     if create_schema:
+        keys.create_schema()
         store.create_schema()
     resources = dict(definition.resources(store, settings))
     handlers = definition.command_handlers
     if callable(handlers):
         handlers = handlers(resources)
     bus = MessageBus(store, handlers, clock=clock, new_id=new_id)
-    return Container(settings=settings, store=store, stream_index=index, bus=bus, resources=resources)
+    return Container(settings=settings, store=store, stream_index=index, bus=bus, resources=resources, sealer=sealer)
 
 
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings, *,
@@ -117,6 +123,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings,
     app.extensions["cocreate.container"] = container
     app.extensions["cocreate.collectors"] = list(definition.collectors(container))
     require_tokens(app)
+    open_personal_fields(app, container.sealer)
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
     for blueprint in definition.blueprints:
         api.register_blueprint(blueprint)

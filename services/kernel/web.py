@@ -471,6 +471,27 @@ def _install_operational_routes(app: flask.Flask, readiness: Mapping[str, Readin
 
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static")
+_SEALED_MARK = b"pii1"  # services.kernel.personal: "pii1." and a masked phone's "pii1m."
+_OPENED_TYPES = frozenset({"application/json", "application/problem+json"})
+
+
+def open_personal_fields(app: flask.Flask, sealer: Any | None) -> None:
+    """Personal fields are stored sealed (:mod:`services.kernel.personal`): the log, read models and
+    caches hold tokens, and every JSON answer is opened as it leaves the process — a token whose
+    key is gone (erased, corrected) reads ``已注销``. An answer stays byte-for-byte what the view
+    made when it holds no token; a streamed answer is left to its view."""
+    if sealer is None:
+        return
+
+    @app.after_request
+    def _open(response: flask.Response):
+        if response.is_streamed or response.direct_passthrough or response.mimetype not in _OPENED_TYPES:
+            return response
+        body = response.get_data()
+        if _SEALED_MARK in body:
+            response.set_data(sealer.open_json(body))
+        return response
+
 
 
 def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
@@ -634,6 +655,14 @@ class CommandSchema(Schema):
 def service_container() -> Any:
     """The container :func:`services.kernel.service.bootstrap` built for this app."""
     return flask.current_app.extensions["cocreate.container"]
+
+
+def opened(value: Any) -> Any:
+    """``value`` with its sealed personal fields opened (:meth:`services.kernel.personal.Sealer.open_all`),
+    for the few decisions that compare a stored personal field with what a caller gives (a
+    certificate's holder); answers are opened as they leave (:func:`open_personal_fields`)."""
+    sealer = getattr(service_container(), "sealer", None)
+    return value if sealer is None else sealer.open_all(value)
 
 
 def send(command: Any, then: Callable[[Any, Any], Any] | None = None):

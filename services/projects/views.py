@@ -239,7 +239,7 @@ class PledgesView:
             sa.Column("project_id", sa.String(100), nullable=False, index=True),
             sa.Column("community_id", sa.String(100), nullable=False),
             sa.Column("contributor_id", sa.String(100), nullable=False, index=True),
-            sa.Column("contributor_name", sa.String(200), nullable=False),
+            sa.Column("contributor_name", sa.Text, nullable=False),  # sealed for a resident
             sa.Column("contributor_type", sa.String(30), nullable=False),
             sa.Column("kind", sa.String(20), nullable=False),
             sa.Column("pledged", sa.BigInteger, nullable=False),

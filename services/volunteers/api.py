@@ -24,7 +24,7 @@ from services.kernel.events import LOCAL_TZ
 from services.kernel.web import (
     Blueprint,
     ANY_ROLE, IDENTIFIER, PUBLIC_QUERY, CommandSchema, Schema, command_answer, current_principal, etagged, public,
-    roles, send, service_container, text_field,
+    opened, roles, send, service_container, text_field,
 )
 from services.volunteers import commands as c
 from services.volunteers import open_data
@@ -527,7 +527,8 @@ class Verification(MethodView):
         current_principal()
         certificate = CERTIFICATES.fetch(store().engine, number)
         presented = {k: v for k, v in body.items() if k != "verification"} | {"value": body.get("verification")}
-        return {"certificate_number": number, **views.verify_certificate(store(), certificate, presented)}
+        return {"certificate_number": number, **views.verify_certificate(
+            store(), certificate, presented, opened(certificate.name) if certificate is not None else None)}
 
 
 # -- public reads: no token (a third party checking a paper certificate) ----------------------------
@@ -543,7 +544,8 @@ class PublicVerification(MethodView):
         verification value every part answers false, and an unknown number answers as a wrong value"""
         with store().read_transaction() as connection:
             certificate = CERTIFICATES.get(connection, number)
-        checked = views.verify_certificate(store(), certificate, query)
+        checked = views.verify_certificate(store(), certificate, query,
+                                           opened(certificate.name) if certificate is not None else None)
         return privacy.public_view("certificate_check", checked)
 
 

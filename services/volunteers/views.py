@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +27,7 @@ from services.volunteers.domain import (
 CARDS = AggregateView(Card, "cards_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("card_number", sa.String(40), nullable=True, unique=True),  # NULL until registered
-    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("name", sa.Text, nullable=False),  # sealed (services.kernel.personal): longer than the name
 ], lambda c: {"community_id": c.community_id, "card_number": c.card_number or None, "name": c.name})
 ACTIVITIES = AggregateView(Activity, "activities_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
@@ -157,11 +159,13 @@ def recompute_certificate(store: EventStore, certificate: Certificate) -> tuple[
 
 
 def verify_certificate(store: EventStore, certificate: Certificate | None,
-                       presented: Mapping[str, Any]) -> dict[str, Any]:
+                       presented: Mapping[str, Any], holder: str | None = None) -> dict[str, Any]:
     """A presented certificate checked against the store: ``valid`` (the store still gives the
     issued value and totals, and every presented part matches), the ``problems`` found and
     ``match`` (:func:`services.volunteers.domain.check_presented`). ``certificate`` None: an
-    unknown number, answered as a wrong value is. No stored value is part of the answer."""
+    unknown number, answered as a wrong value is. No stored value is part of the answer.
+    ``holder``: the certificate's name opened (it is stored sealed; ``已注销`` once the holder was
+    erased — the certificate still verifies, and a presented name no longer matches)."""
     entries = digest = None
     problems = []
     if certificate is not None:
@@ -170,6 +174,8 @@ def verify_certificate(store: EventStore, certificate: Certificate | None,
             problems.append("the card's events no longer give the recorded verification value")
         if sum(e["minutes"] for e in entries) != certificate.total_minutes:
             problems.append("the total minutes differ from the card's events")
+    if certificate is not None and holder is not None:
+        certificate = dataclasses.replace(certificate, name=holder)
     match = check_presented(certificate, entries, digest, presented)
     if presented.get("value") is not None and not match["value"]:
         problems.append("the presented verification value is not the one issued")

@@ -31,6 +31,7 @@ from services.kernel.kafka import ensure_topics
 from services.projects.service import DEFINITION as PROJECTS
 from services.volunteers.service import DEFINITION as VOLUNTEERS
 from services.volunteers.service import CONTRIBUTION_DELIVERED_CONTRACT, _project_labour_handlers
+from services.kernel.personal import is_sealed
 from tests.support.apps import container, driver, service_app
 from tests.support.broker import read_topic
 from tests.support.consumers import consume_until, count_events
@@ -160,7 +161,8 @@ def test_a_labour_delivery_with_only_the_declared_fields_is_credited(tmp_path):
     finally:
         volunteers.store.engine.dispose()
     assert set(recorded) == {"CardRegistered", "ProjectLabourCredited"}  # a card for a contributor without one
-    assert recorded["CardRegistered"].data["name"] == "最小贡献者"
+    name = recorded["CardRegistered"].data["name"]  # stored sealed with the contributor's key
+    assert is_sealed(name) and volunteers.sealer.open(name) == "最小贡献者"
     credited = recorded["ProjectLabourCredited"]
     assert (credited.data["person_id"], credited.data["minutes"], credited.data["project_id"]) == ("v-min", 90, "p-min")
     assert credited.data["project_title"] == ""  # optional: absent here

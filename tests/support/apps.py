@@ -12,6 +12,7 @@ that send raw bytes or read Flask's response object use ``app.test_client()`` it
 from __future__ import annotations
 
 import importlib
+import tempfile
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,6 +28,11 @@ from tests.conftest import TEST_SECRET
 from tests.support.projects import FlaskClient, ProjectsDriver
 
 
+# The one key store of every app a test builds in this process (services and gateway alike, as the
+# platform shares one): a test that wants its own passes COCREATE_KEYSTORE_URL.
+KEYSTORE_URL = f"sqlite:///{tempfile.mkdtemp(prefix='cocreate-keys-')}/keys.db"
+
+
 def service_app(definition: ServiceDefinition, database_url: str | None = None, *,
                 clock: Callable[[], Any] | None = None, new_id: Callable[[], str] | None = None,
                 **environ: str) -> flask.Flask:
@@ -34,7 +40,8 @@ def service_app(definition: ServiceDefinition, database_url: str | None = None, 
     ``COCREATE_DATA_DIR=str(tmp_path)`` (the SQLite file's directory when no ``database_url`` is
     given) or ``COCREATE_JWT_SECRET="short"`` to see it refused; ``clock`` and ``new_id`` are the
     only ones its command handlers see."""
-    settings = load_settings(definition, environ={"COCREATE_JWT_SECRET": TEST_SECRET, **environ},
+    settings = load_settings(definition, environ={"COCREATE_JWT_SECRET": TEST_SECRET,
+                                                  "COCREATE_KEYSTORE_URL": KEYSTORE_URL, **environ},
                              **({"database_url": database_url} if database_url else {}))
     injected = {name: value for name, value in (("clock", clock), ("new_id", new_id)) if value is not None}
     return create_service_app(definition, settings, **injected)
@@ -47,7 +54,8 @@ def container(app: flask.Flask) -> Container:
 
 def gateway_app(**environ: str) -> flask.Flask:
     """The gateway's app; ``environ`` as for :func:`service_app` (``GATEWAY_PROJECTS_URL=...``)."""
-    return gateway.create_app(gateway.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET, **environ}))
+    return gateway.create_app(gateway.load_settings(environ={"COCREATE_JWT_SECRET": TEST_SECRET,
+                                                             "COCREATE_KEYSTORE_URL": KEYSTORE_URL, **environ}))
 
 
 def blueprints_app(service: str) -> tuple[flask.Flask, Api]:
