@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from cocreate_client import Client
 from gateway.tokens import hash_password
@@ -25,13 +26,19 @@ C = "haixin"
 UNIT = {"unit_id": "haixin-jsb", "name": "海新街道建设办"}
 
 
+# What residents write that is personal (issue 25): stored and published sealed, shown opened.
+NAMES = dict(zip((f"res{i}" for i in range(8)), ("林晓燕", "黄志明", "陈美玲", "吴建国", "郑丽华", "王海涛",
+                                                  "蔡雅婷", "许文彬")))
+PHONE, OPINION, COMMENT, NOTE = "13912345678", "建议把警务室设在路口旁边", "晚上巡逻太少了", "砌墙两天"
+
+
 def users() -> list[dict]:
     hashed = hash_password("pw", iterations=5_000)
     people = [("admin", ["admin"], None), ("cadre", ["cadre"], C), ("grid", ["grid_worker"], C)]
     people += [(f"rep{i}", ["representative", "resident"], C) for i in range(5)]
     people += [(f"res{i}", ["resident"], C) for i in range(8)]
-    return [{"username": name, "password_hash": hashed, "person_id": name, "name": name, "roles": roles,
-             "community": community} for name, roles, community in people]
+    return [{"username": name, "password_hash": hashed, "person_id": name, "name": NAMES.get(name, name),
+             "roles": roles, "community": community} for name, roles, community in people]
 
 
 def wait_until(condition, timeout: float = 90.0, what: str = "") -> None:
@@ -91,18 +98,20 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):
     for person in res[1:7]:
         project = person.cosign(pid)
     assert project["phase"] == "deliberation"
+    res[1].command(pid, "opinions", {"stance": "support", "text": OPINION})
+    res[0].post("/cards", {"skills": ["护理"], "phone": PHONE})
     cadre.open_vote(pid, UNIT)
     for rep in reps[:4]:
         rep.ballot(pid, "yes")
     assert cadre.close_vote(pid)["stage"] == "co_build"
     pledge = res[7].pledge(pid, kind="labour", labour_minutes=300)
-    grid.deliver(pid, pledge, labour_minutes=270, note="砌墙")
+    grid.deliver(pid, pledge, labour_minutes=270, note=NOTE)
     cadre.command(pid, "spending", {"amount_fen": 1_000_000, "receipt_ref": "FP-1", "description": "材料"})
     cadre.command(pid, "milestones", {"progress": 100, "note": "完工"})
     assert cadre.command(pid, "completion")["stage"] == "co_manage"
     cadre.command(pid, "evaluation/open")
     for person, score in zip(res[:5], (5, 5, 4, 2, 4)):
-        person.command(pid, "evaluation/ratings", {"score": score})
+        person.command(pid, "evaluation/ratings", {"score": score, **({"comment": COMMENT} if score == 2 else {})})
     cadre.command(pid, "evaluation/close")
     assert cadre.command(pid, "results", {"benefits": "居民安全感提升"})["stage"] == "co_share"
 
@@ -148,6 +157,52 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):
                if e["event"] == "RatingsChanged"]
     assert {c["subject_id"] for c in changed} <= {UNIT["unit_id"], f"project-{pid}"}
     assert all(set(c) == {"subject_id", "community_id"} for c in changed)
+
+    # Personal fields: opened for those who may read them (the API, the live stream)...
+    assert cadre.project(pid)["project"]["proposer_name"] == NAMES["res0"]
+    assert res[0].get("/cards/res0")["phone"] == PHONE and cadre.get("/cards/res0")["phone"] == PHONE
+    assert res[1].get("/cards/res0")["phone"] == "139****5678"
+    cosigned = {json.loads(e["data"])["data"]["name"] for e in staff if e["event"] == "ProjectCosigned"}
+    assert cosigned == {NAMES[f"res{i}"] for i in range(1, 7)}
+    # ...and nowhere in clear at rest or in transit: no service database, no topic, not the gateway's feed.
+    _no_plaintext_anywhere(log_path.parent / "var", f"127.0.0.1:{ports['broker']}",
+                           [PHONE, OPINION, COMMENT, NOTE, *NAMES.values()])
+
+
+def _no_plaintext_anywhere(data_dir: Path, bootstrap: str, texts: list[str]) -> None:
+    """None of ``texts`` in any byte of the services' database files (log, read models, inboxes,
+    WAL), in any record of any topic, or in the gateway's live feed: each is stored sealed."""
+    from kafka import KafkaConsumer
+
+    from tests.support.broker import read_topic
+
+    # as UTF-8 and as a JSON writer that escapes non-ASCII would write them
+    wanted = sorted({form for text in texts for form in (text.encode(), json.dumps(text)[1:-1].encode())})
+    files = [path for path in data_dir.rglob("*") if path.is_file() and path.name.split(".db")[0] in
+             ("projects", "volunteers", "feedback", "keys") and ".db" in path.name]
+    assert {path.name for path in files} >= {"projects.db", "volunteers.db", "feedback.db", "keys.db"}
+    for path in files:
+        content = path.read_bytes()
+        assert not [text for text in wanted if text in content], path
+    lister = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        topics = sorted(topic for topic in lister.topics() if not topic.startswith("__"))
+    finally:
+        lister.close()
+    assert {"projects.events", "volunteers.events", "feedback.events"} <= set(topics)
+    published = 0
+    for topic in topics:
+        for record in read_topic(bootstrap, topic):
+            published += 1
+            assert not [t for t in wanted if t in (record.value or b"")], (topic, record.offset)
+    assert published > 50
+    engine = sa.create_engine(f"sqlite:///{data_dir}/gateway.db")
+    try:
+        with engine.connect() as connection:
+            feed = [row[0] for row in connection.execute(sa.text("SELECT envelope FROM feed_events"))]
+    finally:
+        engine.dispose()
+    assert feed and not [text for text in wanted if any(text.decode() in envelope for envelope in feed)]
 
 
 def _catalogue_states(url: str) -> dict[str, str]:
