@@ -207,6 +207,7 @@ _CATALOGUE: dict[str, tuple[str, str]] = {
     "overlapping_claim": ("和已登记的服务时间重叠了", "This overlaps time that is already recorded"),
     "already_claimed": ("这个活动已经登记过服务时长了", "Hours for this activity are already recorded"),
     "nothing_to_claim": ("没有可以登记的服务时长", "There are no hours to record"),
+    "nothing_to_correct": ("请填写要更正的姓名或电话", "Say what to correct: the name or the phone"),
     "unknown_claim": ("没有找到这条服务时长记录", "This record of hours was not found"),
     "own_claim": ("不能审核自己的服务时长", "You cannot approve your own hours"),
     "already_decided": ("这条服务时长已经审核过了", "These hours have already been decided"),

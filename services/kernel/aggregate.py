@@ -54,6 +54,9 @@ class UnitOfWork:
         self.id_factory = new_id
         self._actor = actor
         self.recorded: list[StoredEvent] = []
+        # what runs once the unit's transaction has committed (MessageBus.handle), e.g. shredding
+        # the keys a correction retired; nothing runs when it rolls back
+        self.committed: list[Callable[[], Any]] = []
 
     @property
     def actor(self) -> Principal:

@@ -70,4 +70,7 @@ class MessageBus:
                           new_id=self.new_id, actor=actor) as uow:
             result = handler(command, uow)
             answer = then(uow.connection, result) if then is not None else None
+        if connection is None:  # committed: a joined transaction commits later, with its caller
+            for done in uow.committed:
+                done()
         return Outcome(result, list(uow.recorded), answer)

@@ -152,7 +152,7 @@ RATING_EVENTS: Mapping[str, str] = {
 }
 # Which kind the other events' fields fall under in the live feed.
 EVENT_KINDS: Mapping[str, str] = {
-    "CardRegistered": "card", "CardUpdated": "card", "ActivityPublished": "activity",
+    "CardRegistered": "card", "CardCorrected": "card", "ActivityPublished": "activity",
     "RoundBallotCast": "round_ballot", "VolunteerSignedUp": "signup",
     **{name: "claim" for name in ("ClaimRecorded", "ClaimApproved", "ClaimRejected")},
     "CertificateIssued": "certificate", "ProjectProposed": "proposal", "ProjectCosigned": "cosignature",

@@ -50,6 +50,13 @@ class CardSchema(CommandSchema):
     phone = f.String(validate=v.Regexp(r"^\+?[0-9 -]{5,20}$"), load_default="")
 
 
+class CorrectionSchema(CommandSchema):
+    command = c.CorrectCard
+
+    name = text(100)
+    phone = f.String(validate=v.Regexp(r"^\+?[0-9 -]{5,20}$"))
+
+
 class OrganiserSchema(Schema):
     kind = f.String(required=True, validate=v.OneOf(ORGANISER_KINDS))
     id = f.String(required=True, **ID)
@@ -301,6 +308,15 @@ class CardResource(MethodView):
         """A volunteer's card (contact details masked but for you, cadres of your community and your organisers)"""
         seen, _unmasked, card = card_for(current_principal(), person_id)
         return etagged(seen, card.version)
+
+    @roles(cards, ANY_ROLE)
+    @cards.arguments(CorrectionSchema)
+    @cards.response(200, CommandResultSchema)
+    def patch(self, command: c.CorrectCard, **_path):
+        """Correct the holder's name or phone (the holder, or staff of the card's community; If-Match:
+        the card's ETag). The old value is shredded: it reads 已注销 wherever it was kept"""
+        outcome = send(command)
+        return answer(outcome, outcome.result.view(full=True))
 
 
 @cards.route("/<person_id>/history")

@@ -24,6 +24,16 @@ class RegisterCard:
 
 
 @command
+class CorrectCard:
+    """A correction of the card's personal details (the holder, or staff of the card's community):
+    the corrected field starts a new key and the old value is shredded with the old one."""
+    person_id: str
+    name: str | None = None
+    phone: str | None = None
+    expected_version: int | None = None
+
+
+@command
 class PublishActivity:
     title: str
     community_id: str

@@ -99,6 +99,21 @@ class Card(Aggregate):
                                             "community_id": community_id, "skills": skills, "phone": phone,
                                             "via": via})]
 
+    def correct(self, actor: Principal, changes: Mapping[str, str], stored: Mapping[str, str]) -> list[NewEvent]:
+        """Correct the holder's ``name`` and/or ``phone`` (the holder, or staff of the card's
+        community). ``stored``: the card's current values as written (they are stored sealed; the
+        handler opens them) — a correction that changes nothing is refused."""
+        if actor.person_id != self.id:
+            actor.require(*STAFF)
+            if self.community_id != actor.community and "admin" not in actor.roles:
+                raise Forbidden(f"the card belongs to community {self.community_id}", reason="other_community")
+        changed = {field: value for field, value in changes.items() if value != stored.get(field)}
+        if not changed:
+            raise Conflict("the card already says this", reason="no_change")
+        return [NewEvent("CardCorrected", {"person_id": self.id, "community_id": self.community_id, **changed,
+                                           "corrected": sorted(changed),
+                                           "via": "self" if actor.person_id == self.id else "staff"})]
+
     def _minutes_on(self, day: str, excluding: str | None = None) -> int:
         return sum(c["minutes"] for cid, c in self.claims.items()
                    if c["day"] == day and c["status"] != "rejected" and cid != excluding)
@@ -203,6 +218,9 @@ class Card(Aggregate):
     def on_CardRegistered(self, d, _event) -> None:
         self.card_number, self.name, self.community_id = d["card_number"], d["name"], d["community_id"]
         self.skills, self.phone, self.registered_via = list(d["skills"]), d["phone"], d["via"]
+
+    def on_CardCorrected(self, d, _event) -> None:
+        self.name, self.phone = d.get("name", self.name), d.get("phone", self.phone)
 
     def on_ClaimRecorded(self, d, _event) -> None:
         self.claims[d["claim_id"]] = {

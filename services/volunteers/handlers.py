@@ -60,6 +60,30 @@ def register_card(cmd: c.RegisterCard, uow: UnitOfWork) -> Card:
     return card
 
 
+# a card's field -> the purpose of the key that seals it (services.kernel.personal)
+CORRECTED_PURPOSES = {"name": "name", "phone": "contact"}
+
+
+def correct_card(cmd: c.CorrectCard, uow: UnitOfWork) -> Card:
+    """A correction starts a new key for each corrected purpose: the new value is sealed with it,
+    and the old key is retired now and shredded once the correction has committed
+    (:func:`shred_retired`) — the old value is then unreadable everywhere it was stored or copied
+    (a corrected name reads ``已注销`` on the proposals, co-signatures and certificates it was on)."""
+    card = uow.get(Card, cmd.person_id, expected_version=cmd.expected_version)
+    changes = {field: value for field, value in (("name", cmd.name), ("phone", cmd.phone)) if value is not None}
+    if not changes:
+        raise DomainError("say what to correct: name, phone or both", reason="nothing_to_correct",
+                          details={"name": "or phone: required"})
+    events = card.correct(uow.actor, changes, uow.opened({"name": card.name, "phone": card.phone}))
+    sealer = getattr(uow.store, "sealer", None)
+    if sealer is not None:
+        retired = [kid for field in events[0].data["corrected"]
+                   for kid in sealer.keys.rotate(card.id, CORRECTED_PURPOSES[field])]
+        uow.committed.append(lambda: sealer.keys.shred(retired, "corrected"))
+    uow.record(card, events)
+    return card
+
+
 def credit_project_labour(cmd: c.CreditProjectLabour, uow: UnitOfWork) -> Card:
     """Labour delivered to a co-creation project: approved minutes on the contributor's card, once
     (a card is registered for a contributor who has none)."""
@@ -231,6 +255,7 @@ def resources(_store, settings) -> dict[str, Any]:
 
 HANDLERS = {
     c.RegisterCard: register_card,
+    c.CorrectCard: correct_card,
     c.CreditProjectLabour: credit_project_labour,
     c.PublishActivity: publish_activity,
     c.CancelActivity: cancel_activity,

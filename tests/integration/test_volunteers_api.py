@@ -926,3 +926,42 @@ def test_who_sees_a_volunteers_phone_unmasked(api):
     assert api.d.call(idle_org, "GET", "/cards/v1/history").status_code == 404
     assert api.d.call(OTHER_CADRE, "GET", "/cards/v1/history").status_code == 403
     assert api.d.call(ORG, "GET", "/cards/v1/history").status_code == 200
+
+
+def test_a_correction_starts_a_new_key_and_the_old_value_is_shredded(api):
+    """The holder corrects their phone and staff their name: the card shows the new values, the old
+    ones are unreadable wherever they were stored (the card's registration, a sign-up that copied the
+    name): they open as 已注销. Refusals change nothing."""
+    api.card(V1)
+    activity = api.publish(by=ORG)
+    api.post(V1, f"/activities/{activity['id']}/signups", status=201)
+    sealer = api.container.sealer
+
+    def opened(event_type: str, field: str) -> list[str]:
+        return [sealer.open(e.data[field]) for e in api.store.read_all(0, 1000) if e.event_type == event_type and field in e.data]
+
+    assert opened("VolunteerSignedUp", "name") == ["李梅"]
+    api.refused(V1, "PATCH", "/cards/v1", {"phone": "13812345678"}, 409, "no_change")
+    api.refused(V1, "PATCH", "/cards/v1", {}, 422, "nothing_to_correct")
+    api.refused(V2, "PATCH", "/cards/v1", {"phone": "13900000000"}, 403)
+    api.refused(OTHER_CADRE, "PATCH", "/cards/v1", {"phone": "13900000000"}, 403)
+    api.refused(V1, "PATCH", "/cards/v1", {"phone": "13900000000"}, 412, headers={"If-Match": '"0"'})
+    api.invalid(V1, "PATCH", "/cards/v1", {"phone": "call me"}, "phone")
+    api.invalid(V1, "PATCH", "/cards/v1", {"phone": "13900000000", "card_number": "x"}, "card_number")
+
+    version = api.get(V1, "/cards/v1")
+    reply = api.d.call(V1, "PATCH", "/cards/v1", {"phone": "13900000000"},
+                       {"If-Match": api.d.call(V1, "GET", "/cards/v1").headers["ETag"]})
+    assert reply.status_code == 200, reply.body
+    assert reply.json()["resource"]["phone"] == "13900000000" and version["phone"] == "13812345678"
+    assert [e["event_type"] for e in reply.json()["recorded"]] == ["CardCorrected"]
+    assert api.get(V1, "/cards/v1")["phone"] == "13900000000" and api.get(V2, "/cards/v1")["phone"] == "139****0000"
+    assert opened("CardRegistered", "phone") == ["已注销"]  # the old phone's key is gone
+    assert opened("VolunteerSignedUp", "name") == ["李梅"]  # the name kept its key
+
+    corrected = api.d.call(CADRE, "PATCH", "/cards/v1", {"name": "李小梅"})
+    assert corrected.status_code == 200, corrected.body
+    assert api.get(V1, "/cards/v1")["name"] == "李小梅" and api.get(V1, "/cards/v1")["phone"] == "13900000000"
+    assert opened("VolunteerSignedUp", "name") == ["已注销"] and opened("CardRegistered", "name") == ["已注销"]
+    assert opened("CardCorrected", "name") == ["李小梅"] and opened("CardCorrected", "phone") == ["13900000000"]
+    assert api.get(V1, "/cards/v1")["approved_minutes"] == 0

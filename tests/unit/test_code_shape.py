@@ -191,7 +191,7 @@ def _f():
 def _v():
     from services.volunteers import commands as c
     return {
-        "POST /cards": c.RegisterCard,
+        "POST /cards": c.RegisterCard, "PATCH /cards/<person_id>": c.CorrectCard,
         "POST /activities": c.PublishActivity,
         "POST /activities/<activity_id>/cancellation": c.CancelActivity,
         "POST /activities/<activity_id>/signups": c.SignUp,

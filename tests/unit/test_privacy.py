@@ -66,7 +66,7 @@ def test_the_live_feed_keeps_contacts_out_and_rating_events_for_unrated_staff():
 # event by event: the oracle the policy's derived PERSONAL is checked against.
 EXPECTED_PERSONAL = {
     "CardRegistered": {"phone": "contact", "name": "name"},
-    "CardUpdated": {"phone": "contact", "name": "name"},
+    "CardCorrected": {"phone": "contact", "name": "name"},
     "VolunteerSignedUp": {"name": "name"},
     "ClaimRecorded": {"reason": "content"}, "ClaimApproved": {"reason": "content"},
     "ClaimRejected": {"reason": "content"},
