@@ -74,11 +74,30 @@ def pruning(store, retention, every: int = 1000):
     def handle(connection, event) -> None:
         nonlocal count
         store.add_feed_event(connection, event)
+        if event.event_type == "PersonErased":  # once: the consumer's inbox commits with this
+            store.purge_person(connection, event.data["person_id"])
         count += 1
         if count % every == 0:
             store.prune_feed(retention, connection=connection)
 
     return handle
+
+
+def reapply_erasures_main() -> None:
+    """After the gateway's database was restored: forget again what it keeps in clear of every
+    person in the erasure log (the key store's, which a restore of this database does not touch)."""
+    from gateway.app import load_settings
+    from gateway.store import GatewayStore
+    from services.kernel.db import write_transaction
+    from services.kernel.personal import KeyStore
+
+    settings = load_settings()
+    store = GatewayStore(settings.effective_database_url)
+    store.create_schema()
+    erased = [row["person_id"] for row in KeyStore(settings.effective_keystore_url(settings.data_dir)).erased()]
+    with write_transaction(store.engine) as connection:
+        gone = sum(store.purge_person(connection, person_id) for person_id in erased)
+    print(f"gateway: {len(erased)} erased people, {gone} rows of theirs purged")
 
 
 def main(argv=None) -> None:
@@ -90,9 +109,13 @@ def main(argv=None) -> None:
                                                      "or re-publish them to their DLQ topics")
     dead.add_argument("action", choices=["list", "republish"])
     dead.add_argument("--all", action="store_true", help="re-publish those already re-published too")
+    commands.add_parser("reapply-erasures", help="after a restore of the gateway's database: purge again what it "
+                                                 "keeps in clear of every erased person (the key store's log)")
     args = parser.parse_args(argv)
     if args.command == "feed":
         feed_main()
+    elif args.command == "reapply-erasures":
+        reapply_erasures_main()
     elif args.command == "dead-letters":
         dead_letters_main(args.action, args.all)
     else:

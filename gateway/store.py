@@ -392,6 +392,14 @@ class GatewayStore:
         with read_transaction(self.engine) as connection:
             return connection.execute(sa.select(sa.func.coalesce(sa.func.max(feed_events.c.id), 0))).scalar()
 
+    def purge_person(self, connection, person_id: str) -> int:
+        """Forget what the gateway keeps in clear of an erased person: the answers kept for their
+        Idempotency-Keys (opened answers: names, phone, comments) and their live stream tickets
+        (their name). The feed keeps events sealed, as the services do. Returns the rows deleted."""
+        gone = connection.execute(idempotency_keys.delete().where(idempotency_keys.c.caller == person_id)).rowcount
+        gone += connection.execute(live_tickets.delete().where(live_tickets.c.person_id == person_id)).rowcount
+        return gone
+
     def prune_feed(self, retention: timedelta, connection=None) -> int:
         statement = feed_events.delete().where(feed_events.c.received_us < to_micros(utc_now() - retention))
         if connection is not None:

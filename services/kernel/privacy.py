@@ -159,8 +159,10 @@ EVENT_KINDS: Mapping[str, str] = {
     "OpinionPosted": "opinion", "ContributionPledged": "pledge", "ContributionDelivered": "pledge",
     "RewardGranted": "reward", "FundRewardPaid": "reward", "ProblemReported": "problem",
 }
-# Events no reader receives on the live feed, in any form: a ballot's stream id names its voter.
-SECRET_EVENTS = frozenset({"RoundBallotCast"})
+# Events no reader receives on the live feed, in any form: a ballot's stream id names its voter; a
+# person's obligations would tell that they gave a bad rating, and their erasure requests are theirs.
+SECRET_EVENTS = frozenset({"RoundBallotCast", "ObligationOpened", "ObligationEnded", "ErasureRequested",
+                           "PersonErased"})
 FEEDBACK_STREAMS = ("subject-", "policy-", "ranking-", "plan-", "rating-", "case-")
 
 

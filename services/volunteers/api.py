@@ -29,7 +29,7 @@ from services.kernel.web import (
 from services.volunteers import commands as c
 from services.volunteers import open_data
 from services.volunteers import views
-from services.volunteers.domain import ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
+from services.volunteers.domain import ERASURE_REASONS, ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
 from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS
 
 f = ma.fields
@@ -55,6 +55,22 @@ class CorrectionSchema(CommandSchema):
 
     name = text(100)
     phone = f.String(validate=v.Regexp(r"^\+?[0-9 -]{5,20}$"))
+
+
+class ErasureRequestSchema(CommandSchema):
+    command = c.RequestErasure
+
+    reason = f.String(required=True, validate=v.OneOf(ERASURE_REASONS),
+                      metadata={"description": "why (PIPL art. 47): " + ", ".join(ERASURE_REASONS)})
+
+
+class ErasureConfirmationSchema(CommandSchema):
+    command = c.ConfirmErasure  # the person from the path; no body
+
+
+class ErasureListQuery(Schema):
+    community_id = f.String(**ID, metadata={"description": "admins: one community's requests (default all)"})
+    limit = f.Integer(load_default=100, validate=v.Range(min=1, max=500))
 
 
 class OrganiserSchema(Schema):
@@ -282,6 +298,8 @@ rewards = Blueprint("rewards", __name__, url_prefix="/rewards", description="积
 certificates = Blueprint("certificates", __name__, url_prefix="/certificates",
                          description="志愿服务记录证明 certificates and their verification")
 reports = Blueprint("reports", __name__, description="Leaderboards, my card, minutes per project")
+people = Blueprint("people", __name__, description="个人信息 a person's requests about their personal information: "
+                                                   "erasure (asked by the person, confirmed by staff)")
 public_reads = Blueprint("public", __name__, url_prefix="/public",
                          description="公开核验 checking a certificate without a token")
 
@@ -627,4 +645,51 @@ class ProjectMinutes(MethodView):
         return {"project_id": project_id, "minutes": minutes, "hours": round(minutes / 60, 1)}
 
 
-BLUEPRINTS = (cards, activities, rewards, certificates, reports, public_reads, open_data.blueprint)
+# -- people's requests about their personal information ----------------------------------------------
+
+def person_answer(outcome: Outcome, status: int = 200):
+    return answer(outcome, outcome.result.view(), status)
+
+
+@people.route("/me/erasure")
+class MyErasure(MethodView):
+    @people.response(200)
+    def get(self):
+        """My erasure request, if any, and the obligations that keep my information until they end"""
+        principal = current_principal()
+        return views.PEOPLE.fetch(store().engine, principal.person_id).view()
+
+    @roles(people, ANY_ROLE)
+    @people.arguments(ErasureRequestSchema)
+    @people.response(201, CommandResultSchema)
+    def post(self, command: c.RequestErasure):
+        """Ask for my personal information to be erased (staff of my community confirm it; refused while
+        a follow-up case of my rating is open)"""
+        return person_answer(send(command), 201)
+
+
+@people.route("/erasures")
+class ErasureRequests(MethodView):
+    @roles(people, *STAFF)
+    @people.arguments(ErasureListQuery, location="query")
+    @people.response(200)
+    def get(self, query):
+        """Erasure requests waiting for staff (your community's; admins: every community's or one)"""
+        community_id = current_principal().reading_community(query.get("community_id"))
+        with store().read_transaction() as connection:
+            found = views.erasure_requests(connection, community_id, query["limit"])
+        return {"items": [person.view() for person in found]}
+
+
+@people.route("/erasures/<person_id>/confirmation")
+class ErasureConfirmation(MethodView):
+    @roles(people, *STAFF)
+    @people.arguments(ErasureConfirmationSchema)
+    @people.response(200, CommandResultSchema)
+    def post(self, command: c.ConfirmErasure, **_path):
+        """Confirm a person's erasure request: their keys are deleted for every service (their name, phone
+        and comments read 已注销 everywhere; hours, points and counts stay). 409 while an obligation is open"""
+        return person_answer(send(command))
+
+
+BLUEPRINTS = (cards, activities, rewards, certificates, reports, people, public_reads, open_data.blueprint)

@@ -34,6 +34,32 @@ class CorrectCard:
 
 
 @command
+class RequestErasure:
+    """The caller asks for their personal information to be erased (a reason code)."""
+    reason: str
+
+
+@command
+class ConfirmErasure:
+    """Staff of the person's community confirm an erasure request: keys deleted, PersonErased."""
+    person_id: str
+
+
+@command
+class ReapplyErasure:
+    """After a restore: record an erasure the key store's log has and this log lacks."""
+    entry: Mapping[str, Any]
+
+
+@command
+class NoteFeedbackCase:
+    """The feedback-cases consumer: a follow-up case of a person's rating opened or closed."""
+    event_type: str  # FollowUpOpened | FollowUpClosed | FollowUpClosedByExclusion
+    case: Mapping[str, Any]
+    occurred_at: str
+
+
+@command
 class PublishActivity:
     title: str
     community_id: str

@@ -530,6 +530,109 @@ def _require_staff_of(actor: Principal, community_id: str, also: tuple[str, ...]
                         reason="other_community")
 
 
+# -- people's requests about their personal information ---------------------------------------------
+
+# Why a person asks to be erased (PIPL art. 47): a code, never free text, since the erasure log keeps it.
+ERASURE_REASONS = ("consent_withdrawn", "no_longer_needed", "moved_away", "unlawful_processing", "other")
+OBLIGATION_KINDS = ("follow_up_case",)
+
+
+@dataclasses.dataclass
+class Person(Aggregate):
+    """A person's requests about their personal information, and what keeps it (obligations).
+
+    The volunteers service keeps each person's card, so it records their requests: an erasure is
+    asked for by the person, confirmed by staff of their community, and refused while an obligation
+    keeps the data — a follow-up case of the person's rating still open in the feedback service
+    (learnt from ``feedback.events`` by the ``volunteers.feedback-cases`` consumer). Confirming
+    deletes the person's keys (:mod:`services.kernel.personal`) and records ``PersonErased``, which
+    every process that keeps something of the person in clear acts on, once."""
+
+    stream_prefix: ClassVar[str] = "person"
+    label: ClassVar[str] = "person"
+
+    community_id: str = ""
+    obligations: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # ref -> kind, since
+    erasure: str = ""  # "" | requested | erased
+    reason: str = ""
+    requested_at: str = ""
+    erased_at: str = ""
+    confirmed_by: str = ""
+
+    def open_obligation(self, kind: str, ref: str, community_id: str, since: str) -> list[NewEvent]:
+        if ref in self.obligations or self.erasure == "erased":
+            return []
+        return [NewEvent("ObligationOpened", {"person_id": self.id, "kind": kind, "ref": ref,
+                                              "community_id": community_id, "since": since})]
+
+    def end_obligation(self, ref: str) -> list[NewEvent]:
+        if ref not in self.obligations:
+            return []
+        return [NewEvent("ObligationEnded", {"person_id": self.id, "kind": self.obligations[ref]["kind"],
+                                             "ref": ref})]
+
+    def request_erasure(self, actor: Principal, reason: str, now: datetime) -> list[NewEvent]:
+        if actor.person_id != self.id:
+            raise Forbidden("only the person may ask for their own erasure", reason="not_the_person")
+        if self.erasure == "erased":
+            raise Conflict("your personal information was erased already", reason="already_erased")
+        if self.erasure == "requested":
+            raise Conflict("your erasure was asked for already and waits for staff", reason="erasure_requested",
+                           details={"requested_at": self.requested_at})
+        if not actor.community:
+            raise DomainError("your token names no community whose staff could confirm the erasure",
+                              reason="community_required")
+        return [NewEvent("ErasureRequested", {"person_id": self.id, "community_id": actor.community,
+                                              "reason": reason, "requested_at": format_time(now)})]
+
+    def confirm_erasure(self, actor: Principal, now: datetime) -> list[NewEvent]:
+        actor.require(*STAFF)
+        if self.erasure != "requested":
+            raise Conflict(f"{self.id} has no erasure request waiting" if self.erasure != "erased"
+                           else f"{self.id} was erased already",
+                           reason="already_erased" if self.erasure == "erased" else "no_erasure_request")
+        _require_staff_of(actor, self.community_id)
+        if self.obligations:
+            raise Conflict("an obligation keeps this person's information until it ends", reason="obligation_open",
+                           details={"obligations": [{"kind": o["kind"], "ref": ref, "since": o["since"]}
+                                                    for ref, o in sorted(self.obligations.items())]})
+        return [NewEvent("PersonErased", {"person_id": self.id, "community_id": self.community_id,
+                                          "reason": self.reason, "requested_at": self.requested_at,
+                                          "erased_at": format_time(now), "confirmed_by": actor.person_id})]
+
+    def erased_per_log(self, entry: Mapping[str, Any]) -> list[NewEvent]:
+        """``PersonErased`` from the key store's erasure log (``entry``), for a person this log does
+        not show erased: this database was restored to a point before their erasure."""
+        if self.erasure == "erased":
+            return []
+        return [NewEvent("PersonErased", {"person_id": self.id, "community_id": self.community_id,
+                                          "reason": entry["reason"], "requested_at": entry["requested_at"],
+                                          "erased_at": entry["erased_at"], "confirmed_by": entry["confirmed_by"],
+                                          "reapplied": True})]
+
+    def on_ObligationOpened(self, d, _event) -> None:
+        self.obligations[d["ref"]] = {"kind": d["kind"], "since": d["since"]}
+        self.community_id = self.community_id or d["community_id"]
+
+    def on_ObligationEnded(self, d, _event) -> None:
+        self.obligations.pop(d["ref"], None)
+
+    def on_ErasureRequested(self, d, _event) -> None:
+        self.erasure, self.reason, self.requested_at = "requested", d["reason"], d["requested_at"]
+        self.community_id = d["community_id"]
+
+    def on_PersonErased(self, d, _event) -> None:
+        self.erasure, self.erased_at, self.confirmed_by = "erased", d["erased_at"], d["confirmed_by"]
+
+    def view(self) -> dict[str, Any]:
+        return {"person_id": self.id, "community_id": self.community_id or None, "erasure": self.erasure or None,
+                "reason": self.reason or None, "requested_at": self.requested_at or None,
+                "erased_at": self.erased_at or None, "confirmed_by": self.confirmed_by or None,
+                "obligations": [{"kind": o["kind"], "ref": ref, "since": o["since"]}
+                                for ref, o in sorted(self.obligations.items())],
+                "version": self.version}
+
+
 # -- certificates -----------------------------------------------------------------------------------
 
 CREDIT_EVENTS = ("ClaimApproved", "ProjectLabourCredited")

@@ -17,10 +17,12 @@ from typing import Any
 
 from services.kernel.aggregate import UnitOfWork
 from services.kernel.errors import ConcurrencyError, Conflict, DomainError, Forbidden
+from services.kernel.events import format_time, from_micros, parse_time, to_micros
 from services.kernel.model import fields_of
 from services.volunteers import commands as c
+from services.volunteers import views
 from services.volunteers.domain import (
-    CHECKIN_OPENS_MINUTES, STAFF, VOLUNTEERS, Activity, Card, Certificate, Reward,
+    CHECKIN_OPENS_MINUTES, STAFF, VOLUNTEERS, Activity, Card, Certificate, Person, Reward,
 )
 
 # Points per hour for labour delivered to a co-creation project (activities carry their own rate).
@@ -82,6 +84,64 @@ def correct_card(cmd: c.CorrectCard, uow: UnitOfWork) -> Card:
         uow.committed.append(lambda: sealer.keys.shred(retired, "corrected"))
     uow.record(card, events)
     return card
+
+
+# -- people's requests ------------------------------------------------------------------------------
+
+def request_erasure(cmd: c.RequestErasure, uow: UnitOfWork) -> Person:
+    person = uow.load(Person, uow.actor.person_id)
+    uow.record(person, person.request_erasure(uow.actor, cmd.reason, uow.now()))
+    return person
+
+
+def confirm_erasure(cmd: c.ConfirmErasure, uow: UnitOfWork) -> Person:
+    """The person's keys are deleted first, then ``PersonErased`` is recorded: if recording fails
+    the keys stay gone (the key store's erasure log has it) and confirming again records the event."""
+    person = uow.load(Person, cmd.person_id)
+    events = person.confirm_erasure(uow.actor, uow.now())
+    sealer = getattr(uow.store, "sealer", None)
+    if sealer is not None:
+        sealer.keys.erase(person.id, reason=person.reason, requested_at_us=to_micros(parse_time(person.requested_at)),
+                          confirmed_by=uow.actor.person_id)
+    uow.record(person, events)
+    return person
+
+
+def reapply_erasure(cmd: c.ReapplyErasure, uow: UnitOfWork) -> Person:
+    person = uow.load(Person, cmd.entry["person_id"])
+    uow.record(person, person.erased_per_log(cmd.entry))
+    return person
+
+
+def reapply_erasures(container) -> str:
+    """``python -m services.volunteers reapply-erasures``: after a restore of this database, every
+    erasure in the key store's log that the log here lacks is recorded (``PersonErased``, which
+    the gateway acts on again); the keys themselves were never restored."""
+    sealer = container.sealer
+    applied = 0
+    for row in sealer.keys.erased():
+        entry = {"person_id": row["person_id"], "reason": row["reason"], "confirmed_by": row["confirmed_by"],
+                 "requested_at": format_time(from_micros(row["requested_at_us"])),
+                 "erased_at": format_time(from_micros(row["erased_at_us"]))}
+        outcome = container.bus.handle(c.ReapplyErasure(entry=entry))
+        applied += bool(outcome.recorded)
+    return f"volunteers: {applied} erasures recorded again from the key store's log"
+
+
+def note_feedback_case(cmd: c.NoteFeedbackCase, uow: UnitOfWork) -> Person | None:
+    """A follow-up case of a person's rating keeps their information until it closes."""
+    case = cmd.case
+    if cmd.event_type == "FollowUpOpened":
+        person = uow.load(Person, case["person_id"])
+        uow.record(person, person.open_obligation("follow_up_case", case["case_id"], case["community_id"],
+                                                  cmd.occurred_at))
+        return person
+    person_id = views.OBLIGATIONS.person_of(uow.connection, case["case_id"])
+    if person_id is None:  # a case opened before the person was erased, or never noted: nothing to end
+        return None
+    person = uow.load(Person, person_id)
+    uow.record(person, person.end_obligation(case["case_id"]))
+    return person
 
 
 def credit_project_labour(cmd: c.CreditProjectLabour, uow: UnitOfWork) -> Card:
@@ -256,6 +316,10 @@ def resources(_store, settings) -> dict[str, Any]:
 HANDLERS = {
     c.RegisterCard: register_card,
     c.CorrectCard: correct_card,
+    c.RequestErasure: request_erasure,
+    c.ConfirmErasure: confirm_erasure,
+    c.NoteFeedbackCase: note_feedback_case,
+    c.ReapplyErasure: reapply_erasure,
     c.CreditProjectLabour: credit_project_labour,
     c.PublishActivity: publish_activity,
     c.CancelActivity: cancel_activity,

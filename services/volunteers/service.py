@@ -4,9 +4,9 @@ import sqlalchemy as sa
 
 from services.kernel.metrics import QueryGauge
 from services.kernel.service import ServiceDefinition, Subscription
-from services.kernel.events import Metadata
+from services.kernel.events import Metadata, format_time
 from services.volunteers import api, handlers, views
-from services.volunteers.commands import CreditProjectLabour
+from services.volunteers.commands import CreditProjectLabour, NoteFeedbackCase
 
 
 # This consumer's side of its contract with the projects service: what ``credit`` below reads of a
@@ -36,6 +36,28 @@ def _project_labour_handlers(container):
     return {"ContributionDelivered": credit}
 
 
+# What the feedback-cases consumer reads of feedback's follow-up case events: a case of a person's
+# rating keeps their personal information until it closes (services.volunteers.domain.Person).
+FOLLOW_UP_CASE_CONTRACTS = {
+    "FollowUpOpened": {"case_id": str, "person_id": str, "community_id": str},
+    "FollowUpClosed": {"case_id": str},
+    "FollowUpClosedByExclusion": {"case_id": str},
+}
+
+
+def _feedback_case_handlers(container):
+    """Follow-up cases opened and closed in the feedback service: the obligations that keep a
+    person's information (an erasure is refused while one is open)."""
+
+    def note(connection, event) -> None:
+        case = {field: event.data[field] for field in FOLLOW_UP_CASE_CONTRACTS[event.event_type]}
+        container.bus.handle(NoteFeedbackCase(event_type=event.event_type, case=case,
+                                              occurred_at=format_time(event.occurred_at)),
+                             metadata=Metadata.caused_by(event), connection=connection)
+
+    return {event_type: note for event_type in FOLLOW_UP_CASE_CONTRACTS}
+
+
 def _collectors(container):
     t = views.CREDITS.table
     return [QueryGauge(container.store.engine, "cocreate_volunteer_approved_minutes",
@@ -56,6 +78,10 @@ DEFINITION = ServiceDefinition(
     subscriptions=(
         Subscription(group="volunteers.project-labour", topics=("projects.events",),
                      handlers=_project_labour_handlers),
+        Subscription(group="volunteers.feedback-cases", topics=("feedback.events",),
+                     handlers=_feedback_case_handlers),
     ),
+    commands={"reapply-erasures": ("after a restore of this database: record again the erasures the key store's "
+                                   "log has (docs/operations.md)", handlers.reapply_erasures)},
     collectors=_collectors,
 )

@@ -21,7 +21,7 @@ from services.kernel.db import Prepared
 from services.kernel.events import StoredEvent, format_time, from_micros, to_micros
 from services.kernel.eventstore import EventStore
 from services.volunteers.domain import (
-    Activity, Card, Certificate, Reward, certificate_digest, certificate_entries, check_presented,
+    Activity, Card, Certificate, Person, Reward, certificate_digest, certificate_entries, check_presented,
 )
 
 CARDS = AggregateView(Card, "cards_view", [
@@ -40,6 +40,48 @@ REWARDS = AggregateView(Reward, "rewards_view", [
 CERTIFICATES = AggregateView(Certificate, "certificates_view", [
     sa.Column("person_id", sa.String(100), nullable=False, index=True),
 ], lambda c: {"person_id": c.person_id})
+
+
+PEOPLE = AggregateView(Person, "people_view", [
+    sa.Column("community_id", sa.String(100), nullable=False, index=True),
+    sa.Column("erasure", sa.String(20), nullable=False),
+], lambda p: {"community_id": p.community_id, "erasure": p.erasure})
+
+
+class ObligationsView:
+    """Whose obligation each open one is (a follow-up case's id -> its rater): the feedback-cases
+    consumer learns a case's closing by its id alone."""
+
+    name = "obligations_view"
+
+    def __init__(self) -> None:
+        self.table = sa.Table(
+            "obligations_view", sa.MetaData(),
+            sa.Column("ref", sa.String(100), primary_key=True),
+            sa.Column("person_id", sa.String(100), nullable=False, index=True),
+            sa.Column("kind", sa.String(40), nullable=False),
+        )
+        self.tables = [self.table]
+
+    def apply(self, connection: Connection, event: StoredEvent) -> None:
+        if event.event_type == "ObligationOpened":
+            connection.execute(self.table.insert().values(ref=event.data["ref"], person_id=event.data["person_id"],
+                                                          kind=event.data["kind"]))
+        elif event.event_type == "ObligationEnded":
+            connection.execute(self.table.delete().where(self.table.c.ref == event.data["ref"]))
+
+    def person_of(self, connection: Connection, ref: str) -> str | None:
+        row = connection.execute(sa.select(self.table.c.person_id).where(self.table.c.ref == ref)).first()
+        return row[0] if row else None
+
+
+OBLIGATIONS = ObligationsView()
+
+
+def erasure_requests(connection: Connection, community_id: str | None, limit: int = 200) -> list[Person]:
+    """Erasure requests waiting for staff, oldest first (a community's; every one for ``None``)."""
+    return PEOPLE.find(connection, order_by=[PEOPLE.table.c.updated_at_us], limit=limit, erasure="requested",
+                       community_id=community_id)
 
 
 class CreditsView:
@@ -126,7 +168,7 @@ CREDITS = CreditsView()
 
 
 def projections():
-    return [CARDS, ACTIVITIES, REWARDS, CERTIFICATES, CREDITS]
+    return [CARDS, ACTIVITIES, REWARDS, CERTIFICATES, CREDITS, PEOPLE, OBLIGATIONS]
 
 
 # -- named queries (the API's reads) -------------------------------------------------------------

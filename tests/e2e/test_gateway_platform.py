@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,9 +18,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cocreate_client import Client
+from cocreate_client import ApiError, Client
 from gateway.tokens import hash_password
 from services.kernel import privacy
+from services.kernel.personal import KeyStore, Sealer
 from tests.support.run_platform import ROOT, get
 
 pytestmark = pytest.mark.broker
@@ -165,8 +168,62 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):
     cosigned = {json.loads(e["data"])["data"]["name"] for e in staff if e["event"] == "ProjectCosigned"}
     assert cosigned == {NAMES[f"res{i}"] for i in range(1, 7)}
     # ...and nowhere in clear at rest or in transit: no service database, no topic, not the gateway's feed.
-    _no_plaintext_anywhere(log_path.parent / "var", f"127.0.0.1:{ports['broker']}",
-                           [PHONE, OPINION, COMMENT, NOTE, *NAMES.values()])
+    data_dir, bootstrap = log_path.parent / "var", f"127.0.0.1:{ports['broker']}"
+    _no_plaintext_anywhere(data_dir, bootstrap, [PHONE, OPINION, COMMENT, NOTE, *NAMES.values()])
+
+    # Erasure: refused while a follow-up case of the person's bad rating is open (learnt by volunteers
+    # from feedback's events)...
+    wait_until(lambda: res[3].get("/me/erasure")["obligations"], what="res3's follow-up case, learnt by volunteers")
+    res[3].post("/me/erasure", {"reason": "moved_away"})
+    with pytest.raises(ApiError) as refused:
+        cadre.post("/erasures/res3/confirmation")
+    assert (refused.value.status, refused.value.reason) == (409, "obligation_open")
+    # ...and confirmed for the contributor: their keys go, for every service and copy at once.
+    copy = data_dir.parent / "projects-before-erasure.db"
+    with sqlite3.connect(data_dir / "projects.db") as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    assert _kept_answers(data_dir, "res7") > 0
+    res[7].post("/me/erasure", {"reason": "consent_withdrawn"})
+    assert cadre.post("/erasures/res7/confirmation")["resource"]["erasure"] == "erased"
+    card = cadre.get("/cards/res7")
+    assert (card["name"], card["approved_minutes"], card["points_balance"]) == ("已注销", 270, 270 * 10 // 60)
+    assert cadre.get("/cards/res0")["name"] == NAMES["res0"]
+    wait_until(lambda: _kept_answers(data_dir, "res7") == 0, what="the gateway forgetting res7's kept answers")
+    assert _kept_answers(data_dir, "res1") > 0
+    _unreadable(data_dir, copy, bootstrap, "res7")
+
+
+def _kept_answers(data_dir: Path, person_id: str) -> int:
+    engine = sa.create_engine(f"sqlite:///{data_dir}/gateway.db")
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sa.text("SELECT count(*) FROM idempotency_keys WHERE caller = :p"),
+                                      {"p": person_id}).scalar()
+    finally:
+        engine.dispose()
+
+
+def _unreadable(data_dir: Path, copy: Path, bootstrap: str, person_id: str) -> None:
+    """Every sealed value of ``person_id`` in a copy of the projects database taken before their
+    erasure and on every service's topic reads 已注销: their keys are gone (shredded, by key id)."""
+    from tests.support.broker import read_topic
+
+    keys = KeyStore(f"sqlite:///{data_dir}/keys.db", cache_seconds=0)
+    with keys.engine.connect() as connection:
+        gone = set(connection.execute(sa.text("SELECT kid FROM shredded_keys WHERE person_id = :p AND cause = 'erased'"),
+                                      {"p": person_id}).scalars())
+    assert gone
+    sealer = Sealer(keys)
+    with sqlite3.connect(copy) as connection:
+        stored = "\n".join(row[0] for row in connection.execute("SELECT data FROM events"))
+    published = "\n".join((record.value or b"").decode() for topic in ("projects.events", "volunteers.events")
+                          for record in read_topic(bootstrap, topic))
+    for where, text in (("the copy", stored), ("the topics", published)):
+        theirs = [token for token in re.findall(r"pii1\.k[0-9a-f]{32}\.[A-Za-z0-9_-]+", text)
+                  if token.split(".")[1] in gone]
+        assert theirs, where
+        assert {sealer.open(token) for token in theirs} == {"已注销"}, where
+    keys.engine.dispose()
 
 
 def _no_plaintext_anywhere(data_dir: Path, bootstrap: str, texts: list[str]) -> None:

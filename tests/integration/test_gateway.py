@@ -17,11 +17,13 @@ import time
 
 import jwt
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.app import create_app, load_settings
 from gateway.tokens import hash_password
+from services.kernel import privacy
 from tests.conftest import TEST_SECRET
 from tests.support.errors import assert_error
 from tests.support.projects import Community, FlaskClient, HttpClient, Person, ProjectsDriver
@@ -795,3 +797,38 @@ def test_a_service_that_is_down_is_a_503_in_the_callers_language(services, tmp_p
     assert chinese["errors"]["service"] == "projects"
     assert "projects" in english["message"] and "detail" not in english["errors"]
 
+
+
+def test_an_erased_persons_answers_and_tickets_are_purged_once_by_the_feed_worker(tmp_path):
+    """``PersonErased`` reaching the feed worker deletes the answers the gateway keeps for the person's
+    Idempotency-Keys (opened: their name, phone, comments) and their stream tickets (their name) —
+    nobody else's — in the transaction that records the event; the event itself never reaches a
+    live stream."""
+    from gateway.__main__ import pruning
+    from gateway.store import GatewayStore, Ticket, idempotency_keys, live_tickets
+    from services.kernel.db import read_transaction, write_transaction
+    from services.kernel.events import StoredEvent
+
+    store = GatewayStore(f"sqlite:///{tmp_path}/gateway.db")
+    store.create_schema()
+    for caller in ("v1", "v2"):
+        assert store.claim_key(caller, "k1", "print", dt.timedelta(hours=1)) is None
+        store.remember(caller, "k1", 201, {}, '{"name": "李梅", "phone": "13812345678"}'.encode())
+        store.issue_ticket(f"ticket-{caller}", Ticket(caller, "李梅", ("resident",), "c", "c"), dt.timedelta(minutes=1))
+    handle = pruning(store, dt.timedelta(hours=72))
+    erased = StoredEvent(event_id="e-1", event_type="PersonErased", schema_version=1, stream_id="person-v1",
+                         version=3, position=9, occurred_at=dt.datetime(2026, 12, 4, tzinfo=dt.timezone.utc),
+                         data={"person_id": "v1", "community_id": "c", "reason": "moved_away",
+                               "requested_at": "2026-12-03T00:00:00.000000Z", "erased_at": "2026-12-04T00:00:00.000000Z",
+                               "confirmed_by": "cadre-1"}, metadata={})
+    with write_transaction(store.engine) as connection:
+        handle(connection, erased)
+    with read_transaction(store.engine) as connection:
+        assert [r.caller for r in connection.execute(sa.select(idempotency_keys.c.caller))] == ["v2"]
+        assert [r.person_id for r in connection.execute(sa.select(live_tickets.c.person_id))] == ["v2"]
+    assert store.claim_key("v1", "k1", "print", dt.timedelta(hours=1)) is None  # nothing remembered for v1
+    assert store.redeem_ticket("ticket-v1") is None and store.redeem_ticket("ticket-v2").person_id == "v2"
+    rows = store.feed_after(None, 0)
+    assert [row.event_type for row in rows] == ["PersonErased"]
+    assert privacy.live_view(json.loads(rows[0].envelope), {"staff", "holder"}) is None
+    store.engine.dispose()

@@ -17,7 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from services.kernel.db import write_transaction
-from services.kernel.events import StoredEvent
+from services.kernel import privacy
+from services.kernel.events import NewEvent, StoredEvent
 from services.kernel.eventstore import events_table
 from services.volunteers.service import _project_labour_handlers
 from services.volunteers.service import DEFINITION as VOLUNTEERS
@@ -51,8 +52,8 @@ class Clock:
 
 
 class Api:
-    def __init__(self, url: str, clock: Clock) -> None:
-        self.app = service_app(VOLUNTEERS, url, clock=clock.now)
+    def __init__(self, url: str, clock: Clock, **environ: str) -> None:
+        self.app = service_app(VOLUNTEERS, url, clock=clock.now, **environ)
         self.container = container(self.app)
         self.store = self.container.store
         self.d = driver(self.app)
@@ -928,7 +929,16 @@ def test_who_sees_a_volunteers_phone_unmasked(api):
     assert api.d.call(ORG, "GET", "/cards/v1/history").status_code == 200
 
 
-def test_a_correction_starts_a_new_key_and_the_old_value_is_shredded(api):
+@pytest.fixture
+def own_keys(database_url, clock, tmp_path):
+    """The volunteers API on SQLite and PostgreSQL with a key store of its own (its people may be erased)."""
+    instance = Api(database_url, clock, COCREATE_KEYSTORE_URL=f"sqlite:///{tmp_path}/keys.db")
+    yield instance
+    instance.store.engine.dispose()
+
+
+def test_a_correction_starts_a_new_key_and_the_old_value_is_shredded(own_keys):
+    api = own_keys
     """The holder corrects their phone and staff their name: the card shows the new values, the old
     ones are unreadable wherever they were stored (the card's registration, a sign-up that copied the
     name): they open as 已注销. Refusals change nothing."""
@@ -965,3 +975,102 @@ def test_a_correction_starts_a_new_key_and_the_old_value_is_shredded(api):
     assert opened("VolunteerSignedUp", "name") == ["已注销"] and opened("CardRegistered", "name") == ["已注销"]
     assert opened("CardCorrected", "name") == ["李小梅"] and opened("CardCorrected", "phone") == ["13900000000"]
     assert api.get(V1, "/cards/v1")["approved_minutes"] == 0
+
+
+def feedback_case(api: Api, event_type: str, **data) -> None:
+    """What the feedback-cases consumer does with a follow-up case's event from feedback.events."""
+    from services.volunteers.service import _feedback_case_handlers
+
+    event = StoredEvent(event_id=str(uuid.uuid4()), event_type=event_type, schema_version=1,
+                        stream_id=f"case-{data['case_id']}", version=1, position=1, occurred_at=START, data=data,
+                        metadata={"actor": None, "correlation_id": "corr-2", "causation_id": None})
+    with write_transaction(api.store.engine) as connection:
+        _feedback_case_handlers(api.container)[event_type](connection, event)
+
+
+def test_an_erasure_is_asked_for_refused_while_a_case_is_open_then_confirmed(own_keys, clock):
+    """The person asks, staff of their community confirm once no follow-up case of theirs is open:
+    their keys are gone — name and phone read 已注销 everywhere, in the log too — while hours,
+    points and the certificate's verification stay; nothing personal is recorded for them again."""
+    api = own_keys
+    _march_volunteer(api, clock)
+    certificate = api.post(CADRE, "/certificates", CERTIFICATE, status=201)["resource"]
+    before = api.get(CADRE, "/cards/v1")
+    feedback_case(api, "FollowUpOpened", case_id="case-1", person_id="v1", community_id=COMMUNITY, level=2)
+    feedback_case(api, "FollowUpOpened", case_id="case-2", person_id="v2", community_id=COMMUNITY, level=1)
+
+    api.refused(CADRE, "POST", "/erasures/v1/confirmation", None, 409, "no_erasure_request")
+    api.invalid(V1, "POST", "/me/erasure", {"reason": "because"}, "reason")
+    api.invalid(V1, "POST", "/me/erasure", {"reason": "other", "person_id": "v2"}, "person_id")
+    asked = api.post(V1, "/me/erasure", {"reason": "moved_away"}, status=201)["resource"]
+    assert (asked["erasure"], asked["reason"], asked["community_id"]) == ("requested", "moved_away", COMMUNITY)
+    assert [o["ref"] for o in asked["obligations"]] == ["case-1"]
+    api.refused(V1, "POST", "/me/erasure", {"reason": "moved_away"}, 409, "erasure_requested")
+    assert [p["person_id"] for p in api.get(CADRE, "/erasures")["items"]] == ["v1"]
+    assert api.get(OTHER_CADRE, "/erasures")["items"] == []
+    api.refused(V2, "GET", "/erasures", None, 403, "role_required")
+    api.refused(V2, "POST", "/erasures/v1/confirmation", None, 403, "role_required")
+    api.refused(OTHER_CADRE, "POST", "/erasures/v1/confirmation", None, 403, "other_community")
+    refused = api.refused(CADRE, "POST", "/erasures/v1/confirmation", None, 409, "obligation_open")
+    assert [o["ref"] for o in refused["errors"]["obligations"]] == ["case-1"]
+    assert api.get(CADRE, "/cards/v1")["name"] == "李梅"  # nothing is erased while refused
+
+    feedback_case(api, "FollowUpClosed", case_id="case-1")
+    feedback_case(api, "FollowUpClosed", case_id="case-1")  # a redelivery ends nothing twice
+    assert api.get(V1, "/me/erasure")["obligations"] == []
+    confirmed = api.post(CADRE, "/erasures/v1/confirmation", None, status=200)
+    assert confirmed["resource"]["erasure"] == "erased" and confirmed["resource"]["confirmed_by"] == "cadre-1"
+    assert [e["event_type"] for e in confirmed["recorded"]] == ["PersonErased"]
+    assert api.get(CADRE, "/erasures")["items"] == []
+
+    card = api.get(CADRE, "/cards/v1")
+    assert card["name"] == card["phone"] == api.get(V2, "/cards/v1")["phone"] == "已注销"
+    kept = ("card_number", "approved_minutes", "points_balance", "points_earned", "star_level")
+    assert {k: card[k] for k in kept} == {k: before[k] for k in kept}
+    assert api.get(CADRE, f"/certificates/{certificate['certificate_number']}")["name"] == "已注销"
+    path = f"/certificates/{certificate['certificate_number']}/verification"
+    verified = api.post(V2, path, {"verification": certificate["verification"]}, status=200)
+    assert verified["valid"] is True
+    named = api.post(V2, path, {"verification": certificate["verification"], "holder": "李梅"}, status=200)
+    assert named["match"]["holder"] is False
+    sealer, opened_v1 = api.container.sealer, []
+    for event in api.store.read_all(0, 10_000):
+        for field, _purpose, owner in privacy.personal_fields(event.event_type, event.data, event.data.get("person_id")):
+            if owner == "v1":
+                opened_v1.append(sealer.open(event.data[field]))
+    assert opened_v1 and set(opened_v1) == {"已注销"}
+    assert api.get(V2, "/cards/v2")["name"] == "陈强"  # nobody else's
+
+    api.refused(V1, "PATCH", "/cards/v1", {"phone": "13900000000"}, 409, "person_erased")
+    api.refused(CADRE, "POST", "/erasures/v1/confirmation", None, 409, "already_erased")
+    api.refused(V1, "POST", "/me/erasure", {"reason": "other"}, 409, "already_erased")
+    assert api.get(V1, "/me/erasure")["erasure"] == "erased"
+    refused = api.refused(CADRE, "POST", "/erasures/v2/confirmation", None, 409, "no_erasure_request")
+    assert "obligations" not in refused["errors"]
+
+
+def test_erasures_are_recorded_again_after_a_restore(own_keys, clock, tmp_path):
+    """A volunteers database restored to before an erasure: ``reapply-erasures`` records it again from
+    the key store's log (which the restore did not touch); the person's fields stay unreadable."""
+    from services.volunteers.handlers import reapply_erasures
+
+    api = own_keys
+    api.card(V1)
+    api.post(V1, "/me/erasure", {"reason": "consent_withdrawn"}, status=201)
+    api.post(CADRE, "/erasures/v1/confirmation", None, status=200)
+    restored = Api(f"sqlite:///{tmp_path}/restored.db", clock, COCREATE_KEYSTORE_URL=f"sqlite:///{tmp_path}/keys.db")
+    try:
+        with write_transaction(restored.store.engine) as connection:  # the copy taken before the erasure
+            for event in api.store.read_all(0, 10_000):
+                if event.event_type != "PersonErased":
+                    restored.store.append(event.stream_id, event.version - 1, [NewEvent(
+                        event.event_type, event.data, event_id=event.event_id)], connection=connection)
+        assert restored.get(V1, "/me/erasure")["erasure"] == "requested"
+        assert restored.get(CADRE, "/cards/v1")["name"] == "已注销"  # its tokens: the keys are gone
+        assert reapply_erasures(restored.container).startswith("volunteers: 1 erasures recorded again")
+        assert restored.get(V1, "/me/erasure")["erasure"] == "erased"
+        assert reapply_erasures(restored.container).startswith("volunteers: 0 erasures")
+        again = [e for e in restored.store.read_all(0, 10_000) if e.event_type == "PersonErased"]
+        assert len(again) == 1 and again[0].data["reapplied"] is True and again[0].data["confirmed_by"] == "cadre-1"
+    finally:
+        restored.store.engine.dispose()

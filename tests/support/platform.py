@@ -25,6 +25,7 @@ PORT_VARIABLES = {
     "projects": "PROJECTS_PORT", "volunteers": "VOLUNTEERS_PORT", "feedback": "FEEDBACK_PORT",
     "gateway": "GATEWAY_PORT", "projects-relay": "PROJECTS_RELAY_PORT", "volunteers-relay": "VOLUNTEERS_RELAY_PORT",
     "feedback-relay": "FEEDBACK_RELAY_PORT", "volunteers-consumer": "VOLUNTEERS_CONSUMER_PORT",
+    "volunteers-cases": "VOLUNTEERS_CASES_PORT",
     "feedback-consumer": "FEEDBACK_CONSUMER_PORT", "feedback-sweep": "FEEDBACK_SWEEP_PORT",
     "projects-rounds": "PROJECTS_ROUNDS_PORT",
     "gateway-feed": "GATEWAY_FEED_PORT", "web": "WEB_PORT",

@@ -18,7 +18,8 @@ from localrun.__main__ import live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("gateway", "projects", "volunteers", "feedback", "web")
-WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "feedback_consumer",
+WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "volunteers_cases",
+           "feedback_consumer",
            "feedback_sweep", "gateway_feed")
 
 

@@ -192,6 +192,7 @@ def _v():
     from services.volunteers import commands as c
     return {
         "POST /cards": c.RegisterCard, "PATCH /cards/<person_id>": c.CorrectCard,
+        "POST /me/erasure": c.RequestErasure, "POST /erasures/<person_id>/confirmation": c.ConfirmErasure,
         "POST /activities": c.PublishActivity,
         "POST /activities/<activity_id>/cancellation": c.CancelActivity,
         "POST /activities/<activity_id>/signups": c.SignUp,
@@ -206,7 +207,8 @@ def _v():
         "POST /rewards/<reward_id>/redemptions": c.RedeemReward,
         "POST /rewards/<reward_id>/redemptions/<redemption_id>/fulfilment": c.FulfilRedemption,
         "POST /certificates": c.IssueCertificate,
-    }, {c.CreditProjectLabour: "the project-labour consumer"}
+    }, {c.CreditProjectLabour: "the project-labour consumer", c.NoteFeedbackCase: "the feedback-cases consumer",
+          c.ReapplyErasure: "the reapply-erasures command"}
 
 
 # Per service: every write route and its command; the commands no route sends, and who does; and the

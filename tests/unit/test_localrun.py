@@ -33,7 +33,7 @@ def test_expansion_as_a_shell_does():
 def test_every_process_of_the_procfile_and_where_it_listens():
     processes = {p.name: p for p in read_procfile(ROOT / "Procfile", {"GATEWAY_PORT": "18000"})}
     assert set(processes) == {"broker", "projects", "projects-relay", "projects-rounds", "volunteers", "volunteers-relay",
-                              "volunteers-consumer", "feedback", "feedback-relay", "feedback-consumer",
+                              "volunteers-consumer", "volunteers-cases", "feedback", "feedback-relay", "feedback-consumer",
                               "feedback-sweep", "gateway", "gateway-feed", "web"}
     gateway = processes["gateway"]
     assert (gateway.kind, gateway.host, gateway.port, gateway.port_variable) == ("app", "127.0.0.1", 18000, "GATEWAY_PORT")
