@@ -29,7 +29,7 @@ from services.kernel.web import (
 from services.volunteers import commands as c
 from services.volunteers import open_data
 from services.volunteers import views
-from services.volunteers.domain import ERASURE_REASONS, ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS
+from services.volunteers.domain import ERASURE_REASONS, ORGANISER_KINDS, ORGANISERS, STAFF, VOLUNTEERS, Person
 from services.volunteers.views import ACTIVITIES, CARDS, CERTIFICATES, CREDITS
 
 f = ma.fields
@@ -647,8 +647,8 @@ class ProjectMinutes(MethodView):
 
 # -- people's requests about their personal information ----------------------------------------------
 
-def person_answer(outcome: Outcome, status: int = 200):
-    return answer(outcome, outcome.result.view(), status)
+def person_answer(outcome: Outcome, status: int = 200, own: bool = False):
+    return answer(outcome, outcome.result.view(own=own), status)
 
 
 @people.route("/me/erasure")
@@ -656,8 +656,10 @@ class MyErasure(MethodView):
     @people.response(200)
     def get(self):
         """My erasure request, if any, and the obligations that keep my information until they end"""
-        principal = current_principal()
-        return views.PEOPLE.fetch(store().engine, principal.person_id).view()
+        person_id = current_principal().person_id
+        with store().read_transaction() as connection:
+            person = views.PEOPLE.get(connection, person_id) or Person(id=person_id)
+        return person.view(own=True)
 
     @roles(people, ANY_ROLE)
     @people.arguments(ErasureRequestSchema)
@@ -665,7 +667,7 @@ class MyErasure(MethodView):
     def post(self, command: c.RequestErasure):
         """Ask for my personal information to be erased (staff of my community confirm it; refused while
         a follow-up case of my rating is open)"""
-        return person_answer(send(command), 201)
+        return person_answer(send(command), 201, own=True)
 
 
 @people.route("/erasures")

@@ -592,10 +592,9 @@ class Person(Aggregate):
                            else f"{self.id} was erased already",
                            reason="already_erased" if self.erasure == "erased" else "no_erasure_request")
         _require_staff_of(actor, self.community_id)
-        if self.obligations:
+        if self.obligations:  # how many of each kind, not which: a case's id would tell a rated cadre who rated
             raise Conflict("an obligation keeps this person's information until it ends", reason="obligation_open",
-                           details={"obligations": [{"kind": o["kind"], "ref": ref, "since": o["since"]}
-                                                    for ref, o in sorted(self.obligations.items())]})
+                           details={"obligations": self._obligation_counts()})
         return [NewEvent("PersonErased", {"person_id": self.id, "community_id": self.community_id,
                                           "reason": self.reason, "requested_at": self.requested_at,
                                           "erased_at": format_time(now), "confirmed_by": actor.person_id})]
@@ -624,13 +623,19 @@ class Person(Aggregate):
     def on_PersonErased(self, d, _event) -> None:
         self.erasure, self.erased_at, self.confirmed_by = "erased", d["erased_at"], d["confirmed_by"]
 
-    def view(self) -> dict[str, Any]:
+    def _obligation_counts(self) -> list[dict[str, Any]]:
+        kinds = sorted({o["kind"] for o in self.obligations.values()})
+        return [{"kind": kind, "count": sum(o["kind"] == kind for o in self.obligations.values())} for kind in kinds]
+
+    def view(self, own: bool = False) -> dict[str, Any]:
+        """The request and what keeps the information: the person (``own``) sees each obligation
+        (a follow-up case's id), staff only how many of each kind."""
+        obligations = ([{"kind": o["kind"], "ref": ref, "since": o["since"]} for ref, o in sorted(self.obligations.items())]
+                       if own else self._obligation_counts())
         return {"person_id": self.id, "community_id": self.community_id or None, "erasure": self.erasure or None,
                 "reason": self.reason or None, "requested_at": self.requested_at or None,
                 "erased_at": self.erased_at or None, "confirmed_by": self.confirmed_by or None,
-                "obligations": [{"kind": o["kind"], "ref": ref, "since": o["since"]}
-                                for ref, o in sorted(self.obligations.items())],
-                "version": self.version}
+                "obligations": obligations, "version": self.version}
 
 
 # -- certificates -----------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ EXPECTED = {
     "token without community": set(),
 }
 # Routes a token without a community may read: about the caller only (and the public reads).
-OWN = {"/whoami", "/me", "/me/card", "/me/ratings", "/me/proposals", "/me/pledges"}
+OWN = {"/whoami", "/me", "/me/card", "/me/erasure", "/me/ratings", "/me/proposals", "/me/pledges"}
 
 
 class Gateway:
@@ -199,6 +199,8 @@ def scenario(app, servers, base) -> dict:
         "/me/proposals": "/me/proposals",
         "/me/pledges": "/me/pledges",
         "/me/card": "/me/card",
+        "/me/erasure": "/me/erasure",
+        "/erasures": "/erasures",
         "/me/ratings": "/me/ratings",
         "/me": "/me",
         "/whoami": "/whoami",

@@ -1012,12 +1012,18 @@ def test_an_erasure_is_asked_for_refused_while_a_case_is_open_then_confirmed(own
     api.refused(V2, "POST", "/erasures/v1/confirmation", None, 403, "role_required")
     api.refused(OTHER_CADRE, "POST", "/erasures/v1/confirmation", None, 403, "other_community")
     refused = api.refused(CADRE, "POST", "/erasures/v1/confirmation", None, 409, "obligation_open")
-    assert [o["ref"] for o in refused["errors"]["obligations"]] == ["case-1"]
+    # staff learn how many cases keep it, never which (a rated cadre would learn who rated them)
+    assert refused["errors"]["obligations"] == [{"kind": "follow_up_case", "count": 1}]
+    assert api.get(CADRE, "/erasures")["items"][0]["obligations"] == [{"kind": "follow_up_case", "count": 1}]
+    assert "case-1" not in json.dumps(api.get(CADRE, "/erasures"))
     assert api.get(CADRE, "/cards/v1")["name"] == "李梅"  # nothing is erased while refused
 
     feedback_case(api, "FollowUpClosed", case_id="case-1")
     feedback_case(api, "FollowUpClosed", case_id="case-1")  # a redelivery ends nothing twice
     assert api.get(V1, "/me/erasure")["obligations"] == []
+    assert api.get(V3, "/me/erasure") == {"person_id": "v3", "community_id": None, "erasure": None, "reason": None,
+                                          "requested_at": None, "erased_at": None, "confirmed_by": None,
+                                          "obligations": [], "version": 0}
     confirmed = api.post(CADRE, "/erasures/v1/confirmation", None, status=200)
     assert confirmed["resource"]["erasure"] == "erased" and confirmed["resource"]["confirmed_by"] == "cadre-1"
     assert [e["event_type"] for e in confirmed["recorded"]] == ["PersonErased"]

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import TEST_SECRET
+from tests.support.apps import KEYSTORE_URL
 from tests.support.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,7 @@ class ServiceServer:
             **os.environ, "COCREATE_DATA_DIR": str(tmp_path / "var"), "COCREATE_JWT_SECRET": TEST_SECRET,
             "COCREATE_APP_NAME": service, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics" / service),
             "GUNICORN_BIND": f"127.0.0.1:{self.port}", "GUNICORN_WORKERS": str(workers),
+            "COCREATE_KEYSTORE_URL": KEYSTORE_URL,  # one key store for every app of the test session
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
