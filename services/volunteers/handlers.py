@@ -114,18 +114,26 @@ def reapply_erasure(cmd: c.ReapplyErasure, uow: UnitOfWork) -> Person:
 
 
 def reapply_erasures(container) -> str:
-    """``python -m services.volunteers reapply-erasures``: after a restore of this database, every
-    erasure in the key store's log that the log here lacks is recorded (``PersonErased``, which
-    the gateway acts on again); the keys themselves were never restored."""
-    sealer = container.sealer
-    applied = 0
-    for row in sealer.keys.erased():
+    """``python -m services.volunteers reapply-erasures``, after a restore, both ways: every erasure
+    in the key store's log that this service's log lacks (this database was restored) is recorded
+    (``PersonErased``, which the gateway acts on again), and every person this log shows erased
+    whose keys are back (the key store was restored from a backup older than the erasure) loses
+    them again."""
+    keys = container.sealer.keys
+    recorded = 0
+    logged = {row["person_id"]: row for row in keys.erased()}
+    for row in logged.values():
         entry = {"person_id": row["person_id"], "reason": row["reason"], "confirmed_by": row["confirmed_by"],
                  "requested_at": format_time(from_micros(row["requested_at_us"])),
                  "erased_at": format_time(from_micros(row["erased_at_us"]))}
-        outcome = container.bus.handle(c.ReapplyErasure(entry=entry))
-        applied += bool(outcome.recorded)
-    return f"volunteers: {applied} erasures recorded again from the key store's log"
+        recorded += bool(container.bus.handle(c.ReapplyErasure(entry=entry)).recorded)
+    with container.store.read_transaction() as connection:
+        erased_here = views.PEOPLE.find(connection, erasure="erased")
+    erased_again = sum(keys.erase(person.id, reason=person.reason, confirmed_by=person.confirmed_by,
+                                  requested_at_us=to_micros(parse_time(person.requested_at)))
+                       for person in erased_here if person.id not in logged)
+    return (f"volunteers: {recorded} erasures recorded again from the key store's log, "
+            f"{erased_again} people's keys erased again from this log")
 
 
 def note_feedback_case(cmd: c.NoteFeedbackCase, uow: UnitOfWork) -> Person | None:

@@ -1073,10 +1073,38 @@ def test_erasures_are_recorded_again_after_a_restore(own_keys, clock, tmp_path):
                         event.event_type, event.data, event_id=event.event_id)], connection=connection)
         assert restored.get(V1, "/me/erasure")["erasure"] == "requested"
         assert restored.get(CADRE, "/cards/v1")["name"] == "已注销"  # its tokens: the keys are gone
-        assert reapply_erasures(restored.container).startswith("volunteers: 1 erasures recorded again")
+        assert reapply_erasures(restored.container) == ("volunteers: 1 erasures recorded again from the key "
+                                                        "store's log, 0 people's keys erased again from this log")
         assert restored.get(V1, "/me/erasure")["erasure"] == "erased"
         assert reapply_erasures(restored.container).startswith("volunteers: 0 erasures")
         again = [e for e in restored.store.read_all(0, 10_000) if e.event_type == "PersonErased"]
         assert len(again) == 1 and again[0].data["reapplied"] is True and again[0].data["confirmed_by"] == "cadre-1"
     finally:
         restored.store.engine.dispose()
+
+
+def test_a_key_store_restored_from_before_an_erasure_loses_the_keys_again(own_keys, tmp_path):
+    """The key store restored from a backup older than an erasure would bring the person's keys back:
+    ``reapply-erasures`` deletes them again from the volunteers log's ``PersonErased``."""
+    import shutil
+
+    from services.volunteers.handlers import reapply_erasures
+
+    api = own_keys
+    api.card(V1)
+    keys_file = tmp_path / "keys.db"
+    api.container.sealer.keys.engine.dispose()
+    shutil.copy(keys_file, tmp_path / "keys-backup.db")  # the key store's backup, before the erasure
+    api.post(V1, "/me/erasure", {"reason": "other"}, status=201)
+    api.post(CADRE, "/erasures/v1/confirmation", None, status=200)
+    assert api.get(CADRE, "/cards/v1")["name"] == "已注销"
+    api.container.sealer.keys.engine.dispose()
+    shutil.copy(tmp_path / "keys-backup.db", keys_file)  # restored
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"keys.db{suffix}").unlink(missing_ok=True)
+    api.container.sealer.keys.forget_cached()
+    assert api.get(CADRE, "/cards/v1")["name"] == "李梅"  # the restore brought the key back...
+    assert reapply_erasures(api.container).endswith("1 people's keys erased again from this log")
+    api.container.sealer.keys.forget_cached()
+    assert api.get(CADRE, "/cards/v1")["name"] == "已注销"  # ...and it is gone again
+    assert [row["person_id"] for row in api.container.sealer.keys.erased()] == ["v1"]
