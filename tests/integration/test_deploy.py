@@ -10,7 +10,9 @@ as the local platform, no secret values committed, default-deny network policies
 shape every relay, consumer and the feed worker loads from its container's environment (the
 settings code itself) matching the Strimzi KafkaTopics, which those workers check at start.
 The web client has its Deployment, Service, the Ingress's ``/``, its own database, network paths
-(checked by evaluating the NetworkPolicies, not by reading them) and its metrics scrape.
+(checked by evaluating the NetworkPolicies, not by reading them) and its metrics scrape. The key
+store ``keys-db`` is the one every service and gateway process loads (COCREATE_KEYSTORE_URL from its
+secret), only those pods reach it, and it is backed up on its own for a shorter time.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import yaml
 
 from tests.conftest import require_tool
 from tests.support.crds import is_custom_resource, validate_custom_resource
-from tests.support.netpol import admitted, can_connect, endpoints, selects
+from tests.support.netpol import NetworkPolicies, admitted, can_connect, endpoints, selects
+from tests.support.netpol import pods as network_pods
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -36,6 +39,12 @@ OVERLAYS = ("staging", "production")
 KUBERNETES_VERSION = "1.32.0"
 APIS = ("projects", "volunteers", "feedback", "gateway")
 SERVICES = ("projects", "volunteers", "feedback")
+# The key store (COCREATE_KEYSTORE_URL): one database of every service's and the gateway's processes.
+KEYSTORE, KEYSTORE_SECRET = "keys-db", {"name": "keys-db-app", "key": "uri"}
+KEYSTORE_WORKLOADS = ("projects", "projects-relay", "projects-close-due-rounds",
+                      "volunteers", "volunteers-relay", "volunteers-consumer", "volunteers-cases",
+                      "feedback", "feedback-relay", "feedback-consumer", "feedback-sweep-overdue",
+                      "gateway", "gateway-feed")
 WEB = {"app.kubernetes.io/name": "web", "app.kubernetes.io/component": "frontend"}
 
 
@@ -80,9 +89,9 @@ def test_pods_run_unprivileged_with_probes_and_limits(rendered):
     pods += [(c["metadata"]["name"], c["spec"]["jobTemplate"]["spec"]["template"]["spec"])
              for c in of_kind(objects, "CronJob")]
     pods += [(j["metadata"]["name"], j["spec"]["template"]["spec"]) for j in of_kind(objects, "Job")]
-    # 11 Deployments and the two CronJobs; no Job: the pods migrate their schema themselves
+    # 12 Deployments and the two CronJobs; no Job: the pods migrate their schema themselves
     # (docs/operations.md, "Schema migrations"; test_deploy_release.py).
-    assert len(pods) == 11 + 2 and of_kind(objects, "Job") == []
+    assert len(pods) == 12 + 2 and of_kind(objects, "Job") == []
     for name, pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0, name
         assert pod.get("automountServiceAccountToken") is False, name
@@ -173,6 +182,13 @@ def test_network_policies_deny_by_default_and_open_only_the_paths_needed(rendere
         assert own_db == {"cnpg.io/cluster": f"{name}-db", "cnpg.io/podRole": "instance"}
         db_from = policies[f"{name}-db-ingress"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
         assert db_from == {"app.kubernetes.io/name": name}
+    # The key store: the services' and the gateway's pods (by their app label), and no other app.
+    clients = {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": list(APIS)}]}
+    assert policies["keystore-clients-egress"]["podSelector"] == clients
+    assert policies["keystore-clients-egress"]["egress"] == [{
+        "to": [{"podSelector": {"matchLabels": {"cnpg.io/cluster": KEYSTORE, "cnpg.io/podRole": "instance"}}}],
+        "ports": [{"protocol": "TCP", "port": 5432}]}]
+    assert policies[f"{KEYSTORE}-ingress"]["ingress"][0]["from"] == [{"podSelector": clients}]
     scrape = policies["prometheus-scrapes-metrics"]["ingress"][0]
     assert scrape["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
     assert {p["port"] for p in scrape["ports"]} == {"http", "health"}  # the ports the monitors name
@@ -186,7 +202,7 @@ def test_topics_databases_and_monitors(rendered):
         assert int(topics[f"{service}.events"]["config"]["retention.ms"]) >= 7 * 24 * 3600 * 1000
     replicas = {t["replicas"] for t in topics.values()}
     clusters = {c["metadata"]["name"]: c["spec"]["instances"] for c in of_kind(objects, "Cluster")}
-    assert set(clusters) == {f"{name}-db" for name in (*APIS, "web")}
+    assert set(clusters) == {f"{name}-db" for name in (*APIS, "web")} | {KEYSTORE}
     if overlay == "production":
         assert replicas == {3} and set(clusters.values()) == {3}
         scaled = {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(objects, "HorizontalPodAutoscaler")}
@@ -327,7 +343,8 @@ WEB_PATHS_OPEN = [("ingress-nginx", "web", 8080), ("prometheus", "web", 8080), (
 WEB_PATHS_CLOSED = [*(("web", name, 8000) for name in SERVICES),
                     *(("web", f"{name}-db", 5432) for name in APIS),
                     ("web", "kafka", 9092), ("web", "gateway-feed", 9100), ("elsewhere", "web", 8080),
-                    ("gateway", "web-db", 5432), ("projects", "web-db", 5432), ("web", "web", 8080)]
+                    ("gateway", "web-db", 5432), ("projects", "web-db", 5432), ("web", "web", 8080),
+                    ("web", KEYSTORE, 5432)]
 
 
 def test_the_web_clients_network_paths(rendered):
@@ -411,7 +428,7 @@ def test_the_apis_trust_the_identity_provider(rendered):
 # -- the workers' topic settings and the KafkaTopics --------------------------------------------
 
 DLQ = ".dlq"
-WORKER_COMPONENTS = ("relay", "consumer", "feed")
+WORKER_COMPONENTS = ("relay", "consumer", "cases-consumer", "feed")
 
 
 def container_environment(objects, container) -> dict[str, str]:
@@ -501,8 +518,8 @@ def test_workers_expect_the_topics_strimzi_creates(rendered):
     expected_workers = sorted(d["metadata"]["name"] for d in of_kind(objects, "Deployment")
                               if d["metadata"]["labels"]["app.kubernetes.io/component"] in WORKER_COMPONENTS)
     assert sorted(workers) == expected_workers == [
-        "feedback-consumer", "feedback-relay", "gateway-feed", "projects-relay", "volunteers-consumer",
-        "volunteers-relay"]
+        "feedback-consumer", "feedback-relay", "gateway-feed", "projects-relay", "volunteers-cases",
+        "volunteers-consumer", "volunteers-relay"]
     # … and every KafkaTopic is one some worker uses.
     assert sorted(set(topics) - used) == [], f"{overlay}: KafkaTopics no worker uses"
 
@@ -520,6 +537,227 @@ def test_the_topic_check_sees_a_mismatch(rendered):
             config["data"]["COCREATE_KAFKA_DLQ_PARTITIONS"] = "2"
         with pytest.raises(AssertionError, match="partitions"):
             test_workers_expect_the_topics_strimzi_creates(("changed", changed))
+
+# -- the key store --------------------------------------------------------------------------------
+# One database of personal-information keys (services.kernel.personal.KeyStore) for every process of
+# the services and the gateway: each must read the same one (COCREATE_KEYSTORE_URL from keys-db-app;
+# the default, a SQLite file in the pod, would give each pod keys of its own), only those pods reach
+# it, and it is backed up apart from the event stores, for a shorter time.
+
+def pod_templates(objects) -> list[tuple[str, dict]]:
+    """(workload name, pod template) of every Deployment, CronJob and Job."""
+    found = [(d["metadata"]["name"], d["spec"]["template"]) for d in of_kind(objects, "Deployment")]
+    found += [(j["metadata"]["name"], j["spec"]["template"]) for j in of_kind(objects, "Job")]
+    found += [(c["metadata"]["name"], c["spec"]["jobTemplate"]["spec"]["template"]) for c in of_kind(objects, "CronJob")]
+    return found
+
+
+def environment_with_secrets(objects, container) -> dict[str, str]:
+    """:func:`container_environment`, with each variable a Secret gives as ``<secret NAME/KEY>``."""
+    environ = container_environment(objects, container)
+    for variable in container.get("env", []):
+        ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            environ[variable["name"]] = f"<secret {ref['name']}/{ref['key']}>"
+    return environ
+
+
+def app_settings(app: str, environ: dict[str, str]):
+    """The settings a service's or the gateway's process loads from this environment."""
+    import importlib
+
+    from gateway.app import load_settings as load_gateway_settings
+    from services.kernel.service import load_settings
+
+    if app == "gateway":
+        return load_gateway_settings(environ=environ)
+    return load_settings(importlib.import_module(f"services.{app}.service").DEFINITION, environ=environ)
+
+
+def key_store_problems(objects) -> tuple[list[str], set[str]]:
+    """(problems, workloads checked): every container of a service's or the gateway's pod (init
+    containers too) loads settings naming the key store's secret, the same for all; the web client's
+    get no key store at all."""
+    problems, checked = [], set()
+    expected = f"<secret {KEYSTORE_SECRET['name']}/{KEYSTORE_SECRET['key']}>"
+    for name, template in pod_templates(objects):
+        app = template["metadata"]["labels"]["app.kubernetes.io/name"]
+        spec = template["spec"]
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{name}/{container['name']}"
+            environ = environment_with_secrets(objects, container)
+            if app not in APIS:
+                if any("KEYSTORE" in variable for variable in environ):
+                    problems.append(f"{where}: a {app} pod has no business with the key store")
+                continue
+            checked.add(name)
+            settings = app_settings(app, environ)
+            if settings.effective_keystore_url(settings.data_dir) != expected:
+                problems.append(f"{where}: key store {settings.effective_keystore_url(settings.data_dir)!r}, "
+                                f"not the secret {KEYSTORE_SECRET}")
+            variable = env_of(container).get("COCREATE_KEYSTORE_URL", {})
+            if variable.get("valueFrom") != {"secretKeyRef": KEYSTORE_SECRET}:
+                problems.append(f"{where}: COCREATE_KEYSTORE_URL is {variable or 'not set'}")
+            if not 0 <= settings.keystore_cache_seconds <= 300:
+                problems.append(f"{where}: keys cached {settings.keystore_cache_seconds} s")
+    return problems, checked
+
+
+def test_every_service_and_gateway_process_uses_the_one_key_store(rendered):
+    _, objects = rendered
+    problems, checked = key_store_problems(objects)
+    assert problems == []
+    assert sorted(checked) == sorted(KEYSTORE_WORKLOADS)
+    assert {name for name, _ in pod_templates(objects)} == {*KEYSTORE_WORKLOADS, "web"}
+    [cluster] = [c for c in of_kind(objects, "Cluster") if c["metadata"]["name"] == KEYSTORE]
+    assert cluster["spec"]["bootstrap"]["initdb"] == {"database": "app", "owner": "app"}  # the `-app` secret
+
+
+def test_the_key_store_check_sees_a_pod_without_it(rendered):
+    """A worker left on its own SQLite key store, a service-prefixed variable overriding the shared
+    one, or the web client given the key store: each is reported."""
+    _, objects = rendered
+
+    def changed(name, change):
+        after = copy.deepcopy(objects)
+        [template] = [t for n, t in pod_templates(after) if n == name]
+        change(template["spec"]["containers"][0])
+        return key_store_problems(after)[0]
+
+    def drop(container):
+        container["env"] = [e for e in container["env"] if e["name"] != "COCREATE_KEYSTORE_URL"]
+
+    assert any("gateway-feed/feed" in p for p in changed("gateway-feed", drop))
+    assert any("projects-close-due-rounds" in p for p in changed("projects-close-due-rounds", drop))
+    override = {"name": "VOLUNTEERS_KEYSTORE_URL", "value": "sqlite:////tmp/var/keys.db"}
+    assert any("volunteers-cases/consumer" in p for p in changed("volunteers-cases", lambda c: c["env"].append(override)))
+    given = {"name": "COCREATE_KEYSTORE_URL", "valueFrom": {"secretKeyRef": KEYSTORE_SECRET}}
+    assert any("web/web" in p for p in changed("web", lambda c: c["env"].append(given)))
+
+
+def key_store_reach(objects) -> dict[str, set[str]]:
+    """Each key-store instance -> the pods (and peers elsewhere) that may connect to it on 5432."""
+    pods, policies = network_pods(objects), NetworkPolicies(objects)
+    instances = [n for n, p in pods.items()
+                 if p.labels.get("cnpg.io/cluster") == KEYSTORE and p.labels.get("cnpg.io/podRole") == "instance"]
+    assert instances
+    return {instance: {source for source, pod in pods.items()
+                       if source != instance and policies.can_connect(pod, pods[instance], 5432)}
+            for instance in instances}
+
+
+def test_only_the_services_and_the_gateway_reach_the_key_store(rendered):
+    """Evaluated from the NetworkPolicies: the processes of KEYSTORE_WORKLOADS, the key store's own
+    pods (replication, its jobs) and the CloudNativePG operator, as for every database; not the web
+    client, not Kafka, not another database, not the rest of the namespace."""
+    _, objects = rendered
+    pods = network_pods(objects)
+    own = {n for n, p in pods.items() if p.labels.get("cnpg.io/cluster") == KEYSTORE}
+    for instance, sources in key_store_reach(objects).items():
+        assert sources == ({*KEYSTORE_WORKLOADS, "cnpg-operator"} | own) - {instance}, instance
+        for outsider in ("web", "kafka-broker", "kafka-controller", "entity-operator", "stray", "elsewhere",
+                         "prometheus", "projects-db-primary", "web-db-primary"):
+            assert outsider not in sources, (instance, outsider)
+
+
+def test_the_key_store_reach_check_sees_a_change(rendered):
+    _, objects = rendered
+    without = [o for o in objects if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "keystore-clients-egress")]
+    assert all("gateway-feed" not in sources and "volunteers-cases" not in sources
+               for sources in key_store_reach(without).values())
+    widened = copy.deepcopy(objects)
+    for policy in of_kind(widened, "NetworkPolicy"):
+        if policy["metadata"]["name"] == "keystore-clients-egress":
+            policy["spec"]["podSelector"] = {}
+        if policy["metadata"]["name"] == f"{KEYSTORE}-ingress":
+            policy["spec"]["ingress"][0]["from"] = [{"podSelector": {}}]
+    assert all({"web", "kafka-broker"} <= sources for sources in key_store_reach(widened).values())
+
+
+PLUGIN = "barman-cloud.cloudnative-pg.io"
+
+
+def retention_days(policy: str, *, longest: bool) -> int:
+    """A Barman Cloud retention policy (`<n>d|w|m`, a recovery window) in days; a month counted as
+    its longest (31) or shortest (28)."""
+    match = re.fullmatch(r"([1-9][0-9]*)([dwm])", policy)
+    assert match, f"not a recovery window: {policy!r}"
+    return int(match.group(1)) * {"d": 1, "w": 7, "m": 31 if longest else 28}[match.group(2)]
+
+
+def folder(destination: str) -> tuple[str, ...]:
+    parts = urlsplit(destination)
+    return (parts.scheme, parts.netloc, *[p for p in parts.path.split("/") if p])
+
+
+def key_backup_problems(overlay: str, objects) -> list[str]:
+    problems = []
+    stores = {o["metadata"]["name"]: o["spec"] for o in of_kind(objects, "ObjectStore")}
+    clusters = {c["metadata"]["name"]: c["spec"] for c in of_kind(objects, "Cluster")}
+    archives = {name: [p["parameters"] for p in spec.get("plugins", []) if p["name"] == PLUGIN and p.get("isWALArchiver")]
+                for name, spec in clusters.items()}
+    if [a["serverName"] for a in archives[KEYSTORE]] != [KEYSTORE]:
+        return [f"{KEYSTORE} archives its WAL as {archives[KEYSTORE]}, not once under its own name"]
+    keys = archives[KEYSTORE][0]["barmanObjectName"]
+    event_stores = {a["barmanObjectName"] for name in APIS for a in archives[f"{name}-db"]}
+    if keys not in stores:
+        return [f"{KEYSTORE} archives into {keys}, which is not deployed"]
+    sharing = sorted(n for n, found in archives.items() if n != KEYSTORE and keys in {a["barmanObjectName"] for a in found})
+    if sharing:
+        problems.append(f"the key store's object store {keys} also holds {sharing}")
+    kept = retention_days(stores[keys]["retentionPolicy"], longest=True)
+    if kept > 7:
+        problems.append(f"{keys} keeps {stores[keys]['retentionPolicy']}: an erased person's keys stay over a week")
+    path = folder(stores[keys]["configuration"]["destinationPath"])
+    if path[-1] != overlay:
+        problems.append(f"{keys}: {'/'.join(path)} is not the overlay's own path")
+    for name in event_stores:
+        if kept >= retention_days(stores[name]["retentionPolicy"], longest=False):
+            problems.append(f"{keys} keeps {stores[name]['retentionPolicy']} or more, as long as the event stores' {name}")
+        other = folder(stores[name]["configuration"]["destinationPath"])
+        if path[:len(other)] == other or other[:len(path)] == path:
+            problems.append(f"{keys} and {name} share a folder: {'/'.join(path)}, {'/'.join(other)}")
+    scheduled = [b["spec"] for b in of_kind(objects, "ScheduledBackup") if b["spec"]["cluster"]["name"] == KEYSTORE]
+    if len(scheduled) != 1 or scheduled[0]["method"] != "plugin" or scheduled[0]["pluginConfiguration"]["name"] != PLUGIN \
+            or scheduled[0]["schedule"].split()[3:] != ["*", "*", "*"] or scheduled[0].get("suspend"):
+        problems.append(f"{KEYSTORE}: not one nightly plugin backup: {scheduled}")
+    return problems
+
+
+def test_the_key_store_is_backed_up_on_its_own_for_a_shorter_time(rendered):
+    """The key store archives to an object store of its own (its own folder), kept at most a week
+    and less long than the event stores' backups: an erased person's keys leave every backup soon,
+    while the events sealed with them may be kept longer."""
+    overlay, objects = rendered
+    assert key_backup_problems(overlay, objects) == []
+    keys = [o for o in of_kind(objects, "ObjectStore") if o["metadata"]["name"] == "cocreate-key-backups"]
+    assert len(keys) == 1 and len(of_kind(objects, "ObjectStore")) == 2
+    validate_custom_resource(keys[0])
+
+
+def test_the_key_backup_check_sees_a_change(rendered):
+    overlay, objects = rendered
+
+    def changed(change):
+        after = copy.deepcopy(objects)
+        change({o["metadata"]["name"]: o for o in after if o["kind"] in ("ObjectStore", "Cluster")})
+        return key_backup_problems(overlay, after)
+
+    def as_long(found):
+        found["cocreate-key-backups"]["spec"]["retentionPolicy"] = found["cocreate-backups"]["spec"]["retentionPolicy"]
+
+    def shared(found):
+        found[KEYSTORE]["spec"]["plugins"][0]["parameters"]["barmanObjectName"] = "cocreate-backups"
+
+    def nested(found):
+        path = found["cocreate-backups"]["spec"]["configuration"]["destinationPath"]
+        found["cocreate-key-backups"]["spec"]["configuration"]["destinationPath"] = f"{path}/{overlay}"
+
+    assert any("as long as" in p for p in changed(as_long))
+    assert any("also holds" in p for p in changed(shared))
+    assert any("share a folder" in p for p in changed(nested))
+    assert retention_days("1m", longest=False) == 28 and retention_days("2w", longest=True) == 14
+
 
 # -- the image ------------------------------------------------------------------------------------
 

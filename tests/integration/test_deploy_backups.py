@@ -21,6 +21,7 @@ from tests.support.crds import validate_custom_resource
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = "barman-cloud.cloudnative-pg.io"
 RETENTION = {"production": "30d", "staging": "7d"}
+KEY_RETENTION = {"production": "7d", "staging": "3d"}  # the key store's: shorter (issue 25)
 NOT_BACKED_UP = {"web-db"}  # sessions only: see deploy/k8s/base/backups.yaml
 
 
@@ -74,7 +75,7 @@ def test_every_archived_database_has_a_nightly_plugin_backup(rendered):
     archived = {name for name, c in of_kind(objects, "Cluster").items() if c["spec"].get("plugins")}
     scheduled = of_kind(objects, "ScheduledBackup")
     assert {b["spec"]["cluster"]["name"] for b in scheduled.values()} == archived
-    assert archived == {"projects-db", "volunteers-db", "feedback-db", "gateway-db"}
+    assert archived == {"projects-db", "volunteers-db", "feedback-db", "gateway-db", "keys-db"}
     times = set()
     for name, backup in scheduled.items():
         spec = backup["spec"]
@@ -88,18 +89,32 @@ def test_every_archived_database_has_a_nightly_plugin_backup(rendered):
     assert len(times) == len(scheduled), "the nightly backups are staggered"
 
 
-def test_the_object_store_keeps_the_overlays_retention_and_its_own_path(rendered):
+def test_the_object_stores_keep_the_overlays_retention_and_their_own_paths(rendered):
+    """The event stores' backups (``cocreate-backups``) keep the overlay's retention; the key store's
+    (``cocreate-key-backups``, its own folder) a shorter one, so that an erased person's keys leave
+    every backup soon (issue 25)."""
     overlay, objects = rendered
-    [store] = of_kind(objects, "ObjectStore").values()
-    validate_custom_resource(store)
-    assert store["spec"]["retentionPolicy"] == RETENTION[overlay]
-    configuration = store["spec"]["configuration"]
-    assert configuration["destinationPath"].rstrip("/").endswith(f"/{overlay}")
-    assert "serverName" not in configuration, "the plugin's serverName parameter names each cluster's folder"
-    credentials = configuration["s3Credentials"]
-    secret = credentials["accessKeyId"]["name"]
-    assert credentials["secretAccessKey"]["name"] == secret
-    assert secret not in of_kind(objects, "Secret"), "object-store credentials are never committed"
+    stores = of_kind(objects, "ObjectStore")
+    assert set(stores) == {"cocreate-backups", "cocreate-key-backups"}
+    assert stores["cocreate-backups"]["spec"]["retentionPolicy"] == RETENTION[overlay]
+    assert stores["cocreate-key-backups"]["spec"]["retentionPolicy"] == KEY_RETENTION[overlay]
+    assert int(KEY_RETENTION[overlay].rstrip("d")) < int(RETENTION[overlay].rstrip("d"))
+    paths = set()
+    for name, store in stores.items():
+        validate_custom_resource(store)
+        configuration = store["spec"]["configuration"]
+        assert configuration["destinationPath"].rstrip("/").endswith(f"/{overlay}"), name
+        paths.add(configuration["destinationPath"].rstrip("/"))
+        assert "serverName" not in configuration, "the plugin's serverName parameter names each cluster's folder"
+        credentials = configuration["s3Credentials"]
+        secret = credentials["accessKeyId"]["name"]
+        assert credentials["secretAccessKey"]["name"] == secret
+        assert secret not in of_kind(objects, "Secret"), "object-store credentials are never committed"
+    assert len(paths) == 2 and not any(a != b and b.startswith(a + "/") for a in paths for b in paths), paths
+    keys = of_kind(objects, "Cluster")["keys-db"]["spec"]["plugins"][0]["parameters"]
+    assert keys["barmanObjectName"] == "cocreate-key-backups"
+    assert all(c["spec"]["plugins"][0]["parameters"]["barmanObjectName"] == "cocreate-backups"
+               for name, c in of_kind(objects, "Cluster").items() if c["spec"].get("plugins") and name != "keys-db")
 
 
 def test_the_runbook_documents_backup_and_restore():

@@ -32,7 +32,8 @@ OVERLAYS = ("staging", "production")
 # not render are skipped) and its database cluster.
 APPS = {
     "projects": (("projects", "projects-relay", "projects-migrate", "projects-close-due-rounds"), "projects-db"),
-    "volunteers": (("volunteers", "volunteers-relay", "volunteers-consumer", "volunteers-migrate"), "volunteers-db"),
+    "volunteers": (("volunteers", "volunteers-relay", "volunteers-consumer", "volunteers-cases", "volunteers-migrate"),
+                   "volunteers-db"),
     "feedback": (("feedback", "feedback-relay", "feedback-consumer", "feedback-migrate", "feedback-sweep-overdue"),
                  "feedback-db"),
     "gateway": (("gateway", "gateway-feed"), "gateway-db"),
@@ -40,9 +41,13 @@ APPS = {
 }
 SERVICES = ("projects", "volunteers", "feedback")
 APIS = (*SERVICES, "gateway")
+# The key store (COCREATE_KEYSTORE_URL): one database for every pod of the services and the gateway,
+# and for no other pod of the platform.
+KEYSTORE = "keys-db"
+KEYSTORE_CLIENTS = tuple(name for app in APIS for name in APPS[app][0])
 # The only processes that open a Kafka client.
-KAFKA_CLIENTS = ("projects-relay", "volunteers-relay", "feedback-relay", "volunteers-consumer", "feedback-consumer",
-                 "gateway-feed")
+KAFKA_CLIENTS = ("projects-relay", "volunteers-relay", "feedback-relay", "volunteers-consumer", "volunteers-cases",
+                 "feedback-consumer", "gateway-feed")
 # What Prometheus scrapes on each pod: the monitors' `http` (APIs, web client) and `health` (workers).
 SCRAPED = {**{api: 8000 for api in APIS}, "web": 8080, **{worker: 9100 for worker in KAFKA_CLIENTS}}
 KAFKA_NODES = ("kafka-broker", "kafka-controller")
@@ -89,6 +94,8 @@ def table(objects, pods: dict[str, Endpoint]) -> list[tuple[list[str], list[str]
         (["gateway"], list(SERVICES), [8000], "the gateway calls the services"),
         *[(present(app_pods), instances(database), [5432], f"{app}'s pods use its database")
           for app, (app_pods, database) in APPS.items()],
+        (present(KEYSTORE_CLIENTS), instances(KEYSTORE), [5432],
+         "every process of the services and the gateway seals and opens personal fields with the key store"),
         (present(KAFKA_CLIENTS), brokers, [9092], "relays publish, consumers and the feed worker consume"),
         ([*APIS, "web"], outside, [443], "the identity provider (keys, the web client's sign-in)"),
         *[(["prometheus"], [name], [port], "metrics (ServiceMonitor, PodMonitor)") for name, port in SCRAPED.items()
@@ -179,7 +186,8 @@ def test_the_table_knows_every_pod_of_the_overlay(rendered):
     known = {name for app_pods, _ in APPS.values() for name in app_pods}
     assert workloads <= known, f"pods missing from the table: {sorted(workloads - known)}"
     assert {"projects", "volunteers", "feedback", "gateway", "gateway-feed", "web"} <= workloads
-    assert {c["metadata"]["name"] for c in of_kind(objects, "Cluster")} == {db for _, db in APPS.values()}
+    assert {c["metadata"]["name"] for c in of_kind(objects, "Cluster")} == {db for _, db in APPS.values()} | {KEYSTORE}
+    assert {"volunteers-cases", "gateway-feed", "feedback-sweep-overdue", "projects-close-due-rounds"} <= workloads
 
 
 def test_every_pod_of_the_namespace_is_isolated_both_ways(rendered):
@@ -204,6 +212,27 @@ def test_neither_the_apis_nor_the_web_client_reach_kafka(rendered):
                 assert not policies.admitted("Egress", pods[name], pods[node], port), (name, node, port)
 
 
+def test_the_key_store_is_reached_by_the_services_and_the_gateway_only(rendered):
+    """The key store's own ingress refuses the web client, Kafka and every other pod of the namespace
+    (whatever their egress would allow), and their egress refuses it too."""
+    _, objects = rendered
+    pods, policies = netpol.pods(objects), NetworkPolicies(objects)
+    keys = [name for name in pods if name in (f"{KEYSTORE}-primary", f"{KEYSTORE}-replica")]
+    assert keys
+    outsiders = ["web", *KAFKA_NODES, "entity-operator", "stray", "elsewhere",
+                 *(f"{db}-primary" for _, db in APPS.values())]
+    for name in outsiders:
+        for instance in keys:
+            for port in (5432, 8000):
+                assert not policies.admitted("Ingress", pods[instance], pods[name], port), (name, instance, port)
+                if pods[name].namespace == pods[instance].namespace:  # another namespace's egress is not ours
+                    assert not policies.admitted("Egress", pods[name], pods[instance], port), (name, instance, port)
+    for name in KEYSTORE_CLIENTS:
+        if name in pods:
+            assert all(policies.can_connect(pods[name], pods[instance], 5432) for instance in keys), name
+            assert not any(policies.can_connect(pods[name], pods[instance], 8000) for instance in keys), name
+
+
 def without(objects, name):
     return [o for o in objects if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == name)]
 
@@ -220,6 +249,10 @@ def test_the_check_fails_when_a_policy_goes_or_widens(rendered):
     # A policy removed: its connections are missing.
     more, less = difference(without(objects, "kafka-clients-egress"), pods)
     assert not more and ("gateway-feed", "kafka-broker", "TCP", 9092) in less
+    more, less = difference(without(objects, "keystore-clients-egress"), pods)
+    assert not more and {("gateway-feed", f"{KEYSTORE}-primary", "TCP", 5432),
+                         ("volunteers-cases", f"{KEYSTORE}-primary", "TCP", 5432)} <= set(less)
+    assert ("volunteers-cases", "volunteers-db-primary", "TCP", 5432) not in less  # its own database: another policy
     more, less = difference(without(objects, "databases-operator-and-metrics"), pods)
     assert not more and ("cnpg-operator", "web-db-primary", "TCP", 8000) in less
     assert ("prometheus", "projects-db-primary", "TCP", 9187) in less
@@ -238,6 +271,12 @@ def test_the_check_fails_when_a_policy_goes_or_widens(rendered):
     del policy(widened, "prometheus-scrapes-metrics")["spec"]["ingress"][0]["ports"]
     more, _ = difference(widened, pods)
     assert ("prometheus", "gateway", "TCP", 5432) in more
+    # The key store opened to the whole platform: the web client and the other databases' pods too.
+    widened = copy.deepcopy(objects)
+    policy(widened, "keystore-clients-egress")["spec"]["podSelector"] = platform
+    policy(widened, f"{KEYSTORE}-ingress")["spec"]["ingress"][0]["from"][0]["podSelector"] = platform
+    more, less = difference(widened, pods)
+    assert not less and ("web", f"{KEYSTORE}-primary", "TCP", 5432) in more
     # Strimzi's own policy for the cluster's brokers, as its cluster operator generates it when
     # STRIMZI_NETWORK_POLICY_GENERATION is left on and the listener has no networkPolicyPeers
     # (KafkaCluster.generateNetworkPolicy): the listener and the metrics open to every pod.
