@@ -94,7 +94,9 @@ def reapply_erasures_main() -> None:
     settings = load_settings()
     store = GatewayStore(settings.effective_database_url)
     store.create_schema()
-    erased = [row["person_id"] for row in KeyStore(settings.effective_keystore_url(settings.data_dir)).erased()]
+    keys = KeyStore(settings.effective_keystore_url(settings.data_dir))
+    keys.create_schema()
+    erased = [row["person_id"] for row in keys.erased()]
     with write_transaction(store.engine) as connection:
         gone = sum(store.purge_person(connection, person_id) for person_id in erased)
     print(f"gateway: {len(erased)} erased people, {gone} rows of theirs purged")
