@@ -832,3 +832,30 @@ def test_an_erased_persons_answers_and_tickets_are_purged_once_by_the_feed_worke
     assert [row.event_type for row in rows] == ["PersonErased"]
     assert privacy.live_view(json.loads(rows[0].envelope), {"staff", "holder"}) is None
     store.engine.dispose()
+
+
+def test_reapply_erasures_forgets_an_erased_persons_rows_a_restore_brought_back(tmp_path, monkeypatch, capsys):
+    """``python -m gateway reapply-erasures`` after a restore of the gateway's database: the answers
+    kept for every person in the key store's erasure log go again; nobody else's."""
+    from gateway.__main__ import reapply_erasures_main
+    from gateway.store import GatewayStore, idempotency_keys
+    from services.kernel.db import read_transaction
+    from services.kernel.personal import KeyStore
+
+    monkeypatch.setenv("COCREATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("COCREATE_JWT_SECRET", TEST_SECRET)
+    monkeypatch.delenv("COCREATE_KEYSTORE_URL", raising=False)
+    store = GatewayStore(f"sqlite:///{tmp_path}/gateway.db")
+    store.create_schema()
+    for caller in ("v1", "v2"):  # as the restored database has them
+        store.claim_key(caller, "k1", "print", dt.timedelta(hours=1))
+        store.remember(caller, "k1", 201, {}, '{"name": "李梅"}'.encode())
+    keys = KeyStore(f"sqlite:///{tmp_path}/keys.db")
+    keys.create_schema()
+    assert keys.erase("v1", reason="other", requested_at_us=0, confirmed_by="cadre-1")
+    reapply_erasures_main()
+    assert capsys.readouterr().out.strip() == "gateway: 1 erased people, 1 rows of theirs purged"
+    with read_transaction(store.engine) as connection:
+        assert [r.caller for r in connection.execute(sa.select(idempotency_keys.c.caller))] == ["v2"]
+    store.engine.dispose()
+    keys.engine.dispose()
