@@ -46,7 +46,7 @@ from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
 from services.kernel.db import ping
 from services.kernel.errors import DomainError, Forbidden, NotFound, Unauthenticated
-from services.kernel.events import format_time
+from services.kernel.events import format_time, utc_now
 from services.kernel.logs import configure_logging
 from services.kernel.model import Principal
 from services.kernel.personal import KeyStore, Sealer
@@ -97,6 +97,11 @@ class TokenSchema(Schema):
 class DashboardQuery(Schema):
     kind = ma.fields.String(load_default="cadre", validate=ma.validate.OneOf(SUBJECT_KINDS),
                             metadata={"description": "which satisfaction ranking to show"})
+
+
+class MyDataQuery(Schema):
+    format = ma.fields.String(load_default="json", validate=ma.validate.OneOf(["json", "zip"]),
+                              metadata={"description": "json (one document) or zip (the document and CSV tables)"})
 
 
 class LiveQuery(Schema):
@@ -238,6 +243,26 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
             """My card, my proposals and pledges, my ratings and their follow-ups"""
             principal = current_principal()
             return {"person_id": principal.person_id, "name": principal.name, **composed("me", compose.me_parts())}
+
+    @blp.route("/me/data")
+    class MyData(MethodView):
+        @blp.arguments(MyDataQuery, location="query")
+        @blp.response(200)
+        def get(self, query):
+            """A copy of everything the platform holds about you (个人信息副本): your card with its
+            hours and points, your erasure request, the ratings you gave with their cases, your figures
+            if you are rated (never who rated), and every record of each service about you; a part
+            whose service is down is named under ``missing``. ``format=zip``: the same as data.json
+            with CSV tables"""
+            principal = current_principal()
+            document = {"person_id": principal.person_id, "name": principal.name,
+                        "generated_at": format_time(utc_now()), **composed("me_data", compose.my_data_parts())}
+            if query["format"] == "json":
+                return document, 200, {"Cache-Control": "no-store"}
+            response = flask.Response(compose.my_data_zip(document), mimetype="application/zip")
+            response.headers["Content-Disposition"] = 'attachment; filename="my-data.zip"'
+            response.headers["Cache-Control"] = "no-store"
+            return response
 
     @blp.route("/live/tickets")
     class LiveTickets(MethodView):

@@ -7,6 +7,10 @@ project overview) turns a 404 of its service into a 404 of the view.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import zipfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,3 +121,47 @@ def me_parts() -> list[Part]:
         Part("pledges", "projects", "/me/pledges"),
         Part("ratings", "feedback", "/me/ratings"),
     ]
+
+
+def my_data_parts() -> list[Part]:
+    """A person's copy of everything the platform holds about them (``GET /me/data``): each service's
+    records about them, their card with its credits and claims, their erasure request, and — for a
+    rated cadre or grid worker — their figures, never the ratings."""
+    return [
+        Part("card", "volunteers", "/me/card"),
+        Part("erasure", "volunteers", "/me/erasure"),
+        Part("ratings_given", "feedback", "/me/ratings", lambda body: body["items"]),
+        Part("ratings_received", "feedback", "/me/rated", lambda body: body["items"]),
+        *(Part(f"{service}_records", service, f"/me/data/{service}", lambda body: body["records"])
+          for service in ("projects", "volunteers", "feedback")),
+    ]
+
+
+def my_data_zip(document: Mapping[str, Any]) -> bytes:
+    """``/me/data?format=zip``: the same document as ``data.json``, and as CSV (UTF-8 with a BOM,
+    for Excel): ``records.csv`` (every service's records about the person, one row each, their data
+    as JSON), ``credits.csv`` (the card's credited hours) and ``ratings.csv`` (the ratings given)."""
+    def table(header: list[str], rows) -> bytes:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+    records = [(service, r["event_type"], r["stream_id"], r["recorded_at"],
+                json.dumps(r["data"], ensure_ascii=False, sort_keys=True))
+               for service in ("projects", "volunteers", "feedback") for r in document.get(f"{service}_records") or ()]
+    card = document.get("card") or {}
+    credits = [(c["day"], c["minutes"], c["points"], c["source"], c["source_id"], c["retroactive"], c["credited_at"])
+               for c in card.get("credits") or ()]
+    ratings = [(r.get("rating_id"), r.get("subject_id"), r.get("period"), r.get("level"), r.get("comment"),
+                (r.get("case") or {}).get("status")) for r in document.get("ratings_given") or ()]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("data.json", json.dumps(document, ensure_ascii=False, indent=1, sort_keys=True))
+        archive.writestr("records.csv", table(["service", "event_type", "stream_id", "recorded_at", "data"], records))
+        archive.writestr("credits.csv", table(["day", "minutes", "points", "source", "source_id", "retroactive",
+                                               "credited_at"], credits))
+        archive.writestr("ratings.csv", table(["rating_id", "subject_id", "period", "level", "comment", "case_status"],
+                                              ratings))
+    return buffer.getvalue()

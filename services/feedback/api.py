@@ -376,12 +376,18 @@ class SubjectResource(MethodView):
         with store().read_transaction() as connection:
             stats = STATS.for_subject(connection, subject_id, period)
             policy, _ = policy_for(connection, subject.community_id)
-        table = rank({subject_id: {"name": subject.name, **stats}}, policy)
-        entry = (table["ranked"] + table["not_enough_ratings"] or [None])[0]
-        if entry is not None:
-            entry = {k: value for k, value in entry.items() if k != "rank"}  # a rank needs the others
-        return etagged({**subject.view(), "period": period, "figures": entry,
-                        "formula": table["formula"]}, subject.version)
+        entry, formula = subject_figures(subject, stats, policy)
+        return etagged({**subject.view(), "period": period, "figures": entry, "formula": formula}, subject.version)
+
+
+def subject_figures(subject, stats, policy) -> tuple[dict | None, dict]:
+    """A subject's figures for a period, as the ranking computes them (without a rank: that needs
+    the others), and the formula."""
+    table = rank({subject.id: {"name": subject.name, **stats}}, policy)
+    entry = (table["ranked"] + table["not_enough_ratings"] or [None])[0]
+    if entry is not None:
+        entry = {k: value for k, value in entry.items() if k != "rank"}
+    return entry, table["formula"]
 
 
 @subjects.route("/<subject_id>/ratings")
@@ -685,6 +691,28 @@ class MyRatings(MethodView):
             my_cases = {case.id: present_case(principal, case, at)
                         for case in views.cases_of_person(connection, principal.person_id)}
         return {"items": [{**present(principal, rating), "case": my_cases.get(rating.case_id)} for rating in mine]}
+
+
+@me.route("/rated")
+class MyFiguresAsRated(MethodView):
+    @me.response(200)
+    def get(self):
+        """The ratings you received as a rated cadre or grid worker: your figures for the current
+        period only (counts per level, satisfaction) — never a rating or who gave it"""
+        principal = current_principal()
+        items = []
+        if principal.community:
+            with store().read_transaction() as connection:
+                mine = [s for s in views.list_subjects(connection, principal.community, None)
+                        if s.person_id == principal.person_id]
+                policy, _ = policy_for(connection, principal.community)
+                for subject in mine:
+                    period = views.current_period(connection, subject.community_id, now())
+                    figures, _formula = subject_figures(subject, STATS.for_subject(connection, subject.id, period),
+                                                        policy)
+                    items.append({"subject_id": subject.id, "kind": subject.kind, "name": subject.name,
+                                  "period": period, "figures": figures})
+        return {"items": items}
 
 
 # -- public reads: no token ---------------------------------------------------------------------

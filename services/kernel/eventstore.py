@@ -378,6 +378,17 @@ class EventStore:
         with read_transaction(self.engine) as own:
             return [self._row_to_event(row) for row in own.execute(query)]
 
+    def naming(self, text: str, limit: int = 10_000, *, connection: Connection | None = None) -> list[StoredEvent]:
+        """The events whose payload contains ``text`` (a person's id as JSON, ``"v1"``), in position
+        order, at most ``limit``: one scan of the log in the database, for a person's copy of their
+        records (the caller filters exactly what is about them)."""
+        query = (sa.select(events_table).where(events_table.c.data.contains(text, autoescape=True))
+                 .order_by(events_table.c.position).limit(limit))
+        if connection is not None:
+            return [self._row_to_event(row) for row in connection.execute(query)]
+        with read_transaction(self.engine) as own:
+            return [self._row_to_event(row) for row in own.execute(query)]
+
     def _sqlite_page(self, connection: Connection, after: int, bound: int, limit: int) -> list[StoredEvent]:
         cursor = connection.connection.driver_connection.cursor()
         try:

@@ -8,6 +8,7 @@ policy shows staff (:func:`services.kernel.privacy.for_admin`: a secret ballot's
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -177,5 +178,37 @@ def history_blueprint(store, index: StreamIndex) -> Blueprint:
                 raise NotFound(f"no stream {stream_id}")
             return {"events": [privacy.for_admin(e.to_envelope()) for e in events],
                     "next_after": events[-1].position if events else 0}
+
+    return blp
+
+
+RECORDS_LIMIT = 10_000
+
+
+def records_blueprint(store, service: str) -> Blueprint:
+    """``GET /me/data/<service>``: the caller's copy of what this service holds about them (the
+    Personal Information Protection Law's right of access and copy; the gateway's ``/me/data``
+    gathers the three). Every event about the caller (:func:`services.kernel.privacy.record_of`:
+    they are its person, proposer, contributor, recipient, reporter or voter), with someone else's
+    personal fields emptied; ratings *of* the caller are not records about them here (the rated get
+    their figures, never who rated)."""
+    blp = Blueprint(f"records-{service}", __name__, description="个人信息副本 a copy of your records in this service")
+
+    @blp.route(f"/me/data/{service}")
+    class MyRecords(MethodView):
+        @blp.response(200)
+        def get(self):
+            """Every record of this service about you, with the time it was recorded (opened: your own
+            words and details; another person's read null)"""
+            person_id = current_principal().person_id
+            found = store.naming(json.dumps(person_id), limit=RECORDS_LIMIT)
+            records = []
+            for event in found:
+                shown = privacy.record_of(event.event_type, event.data, person_id)
+                if shown is not None:
+                    records.append({"event_type": event.event_type, "stream_id": event.stream_id,
+                                    "recorded_at": format_time(event.occurred_at), "data": shown})
+            return {"person_id": person_id, "service": service, "records": records,
+                    "complete": len(found) < RECORDS_LIMIT}
 
     return blp

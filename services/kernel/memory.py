@@ -184,6 +184,10 @@ class InMemoryEventStore:
 
     iterate_all = EventStore.iterate_all  # pages of read_all, as on the databases
 
+    def naming(self, text: str, limit: int = 10_000, *, connection: MemoryTransaction | None = None) -> list[StoredEvent]:
+        found = [self._upcast(e) for e in self._visible(connection) if text in json.dumps(e.data, ensure_ascii=False)]
+        return found[:limit]
+
     def last_position(self, *, connection: MemoryTransaction | None = None) -> int:
         return self._last(connection if isinstance(connection, MemoryTransaction) else None)
 

@@ -55,7 +55,8 @@ __all__ = [
     "EVENT_KINDS", "FEEDBACK_STREAMS", "FIELDS", "HOLDER", "MEMBER", "ORGANISER", "PUBLIC", "PUBLIC_NESTED",
     "RATED", "RATER", "RATING_EVENTS", "RATING_TIME", "SECRET_EVENTS", "STAFF", "STAFF_ROLES", "SUMMARY_EVENT",
     "SUMMARY_SECONDS", "Visible", "event_kind", "for_admin", "for_feed", "is_rating_event", "live_view",
-    "mask_phone", "public_day", "public_view", "rated_subject", "redact", "relations", "shown", "suppress",
+    "mask_phone", "public_day", "public_view", "rated_subject", "record_of", "redact", "relations", "shown",
+    "suppress",
     "EVERYONE", "PERSONAL", "personal_fields",
 ]
 
@@ -197,6 +198,29 @@ def personal_fields(event_type: str, data: Mapping[str, Any],
         if owner:
             found.append((name, rule.personal, owner))
     return found
+
+
+# The data fields that name the person an event is about (beside ``person_id``): the personal
+# rules' owners, and a budgeting ballot's voter — not ``by``, which names whoever acted on a case or
+# an appeal (staff, a rated cadre), and whose events are about someone else.
+_ABOUT_FIELDS = frozenset({"person_id", "voter_id", *(rule.owner for rules in FIELDS.values()
+                                                      for rule in rules.values() if rule.personal)}) - {"by"}
+
+
+def record_of(event_type: str, data: Mapping[str, Any], person_id: str) -> dict[str, Any] | None:
+    """What a person's copy of their records (``/me/data``) shows of an event: None unless the event
+    is about them (a field of :data:`_ABOUT_FIELDS` names them — a rating *of* them names its rater
+    there, not them: ratings received are given as figures only); otherwise its data with every
+    personal field of someone else emptied."""
+    if not any(data.get(field) == person_id for field in _ABOUT_FIELDS):
+        return None
+    shown = dict(data)
+    owner = data.get("person_id") if isinstance(data.get("person_id"), str) else None
+    for name, rule in PERSONAL.get(event_type, ()):
+        field_owner = data.get(rule.owner) if isinstance(data.get(rule.owner), str) else owner
+        if name in shown and field_owner != person_id:
+            shown[name] = None
+    return shown
 
 
 def relations(principal, community_id: str | None, *, holder: str | None = None, rated: str | None = None,

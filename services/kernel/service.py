@@ -26,7 +26,7 @@ from services.kernel.consumer import ConsumerStalled, EventConsumer, Handler, li
 from services.kernel.db import make_engine, ping
 from services.kernel.events import UpcasterChain, utc_now
 from services.kernel.eventstore import EventStore, Projection, rebuild
-from services.kernel.history import StreamIndex, history_blueprint
+from services.kernel.history import StreamIndex, history_blueprint, records_blueprint
 from services.kernel.kafka import broker_reachable
 from services.kernel.logs import configure_logging
 from services.kernel.personal import KeyStore, Sealer
@@ -125,6 +125,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings,
     require_tokens(app)
     open_personal_fields(app, container.sealer)
     api.register_blueprint(history_blueprint(container.store, container.stream_index))
+    api.register_blueprint(records_blueprint(container.store, definition.name))
     for blueprint in definition.blueprints:
         api.register_blueprint(blueprint)
     check_public_routes(app)

@@ -5,6 +5,7 @@ satisfaction figures — plus the live stream of the community's events, resumed
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,25 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):
     # ...and nowhere in clear at rest or in transit: no service database, no topic, not the gateway's feed.
     data_dir, bootstrap = log_path.parent / "var", f"127.0.0.1:{ports['broker']}"
     _no_plaintext_anywhere(data_dir, bootstrap, [PHONE, OPINION, COMMENT, NOTE, *NAMES.values()])
+
+    # A copy of what the platform holds about a resident (JSON, and a ZIP of the same with CSV).
+    mine = res[0].get("/me/data")
+    assert mine["missing"] == [] and mine["person_id"] == "res0"
+    kinds = {(r["event_type"], json.dumps(r["data"], ensure_ascii=False)) for r in mine["projects_records"]}
+    assert any(kind == "ProjectProposed" and NAMES["res0"] in data for kind, data in kinds)
+    assert any(r["event_type"] == "CardRegistered" and r["data"]["phone"] == PHONE for r in mine["volunteers_records"])
+    assert mine["ratings_given"] and mine["erasure"]["erasure"] is None
+    copy_text = json.dumps(mine, ensure_ascii=False)
+    assert not [name for person, name in NAMES.items() if person != "res0" and name in copy_text]  # nobody else's
+    assert "pii1" not in copy_text
+    request = urllib.request.Request(f"{url}/api/v1/me/data?format=zip",
+                                     headers={"Authorization": f"Bearer {res[0].token}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert reply.headers["Content-Type"] == "application/zip"
+        archive = zipfile.ZipFile(io.BytesIO(reply.read()))
+    assert sorted(archive.namelist()) == ["credits.csv", "data.json", "ratings.csv", "records.csv"]
+    assert PHONE in archive.read("records.csv").decode("utf-8-sig")
+    assert json.loads(archive.read("data.json"))["volunteers_records"] == mine["volunteers_records"]
 
     # Erasure: refused while a follow-up case of the person's bad rating is open (learnt by volunteers
     # from feedback's events)...

@@ -77,7 +77,8 @@ EXPECTED = {
     "token without community": set(),
 }
 # Routes a token without a community may read: about the caller only (and the public reads).
-OWN = {"/whoami", "/me", "/me/card", "/me/erasure", "/me/ratings", "/me/proposals", "/me/pledges"}
+OWN = {"/whoami", "/me", "/me/card", "/me/erasure", "/me/ratings", "/me/proposals", "/me/pledges", "/me/rated",
+       "/me/data", "/me/data/projects", "/me/data/volunteers", "/me/data/feedback"}
 
 
 class Gateway:
@@ -200,6 +201,11 @@ def scenario(app, servers, base) -> dict:
         "/me/pledges": "/me/pledges",
         "/me/card": "/me/card",
         "/me/erasure": "/me/erasure",
+        "/me/rated": "/me/rated",
+        "/me/data": "/me/data",  # (format=zip: the same, compressed; tests/e2e/test_gateway_platform.py)
+        "/me/data/projects": "/me/data/projects",
+        "/me/data/volunteers": "/me/data/volunteers",
+        "/me/data/feedback": "/me/data/feedback",
         "/erasures": "/erasures",
         "/me/ratings": "/me/ratings",
         "/me": "/me",

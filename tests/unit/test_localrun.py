@@ -67,7 +67,7 @@ def test_supervisord_gets_each_command_as_the_procfile_says(tmp_path):
     assert projects["stdout_logfile"] == str(tmp_path / "logs" / "projects.log")
     assert parser["supervisord"]["nodaemon"] == "true"
     assert "broker" not in parser["group:cocreate"]["programs"].split(",")
-    assert len(parser["group:cocreate"]["programs"].split(",")) == 13
+    assert len(parser["group:cocreate"]["programs"].split(",")) == 14
 
 
 def test_json_log_lines_are_made_readable():
