@@ -125,3 +125,23 @@ def test_each_personal_field_is_sealed_with_its_owners_key():
         ("contributor_name", "name", "e1"), ("description", "content", "e1")]
     assert privacy.personal_fields("ProjectRated", {"person_id": "res1", "comment": "", "score": 5}) == []
     assert privacy.personal_fields("ProjectQualified", {"project_id": "p1"}) == []
+
+
+def test_a_persons_records_are_the_events_about_them_with_nobody_elses_personal_fields():
+    """``/me/data/<service>``: an event is in a person's copy when it names them as its person,
+    proposer, contributor, recipient, reporter or voter — a rating of a cadre names its rater, so
+    the cadre never gets it — and another person's personal fields in it read null."""
+    rating = {"rating_id": "r1", "person_id": "res1", "subject_person_id": "cadre-1", "comment": "路灯坏了",
+              "level": 2}
+    assert privacy.record_of("RatingSubmitted", rating, "res1") == rating
+    assert privacy.record_of("RatingSubmitted", rating, "cadre-1") is None
+    pledge = {"pledge_id": "p1", "contributor_id": "res2", "contributor_type": "resident", "contributor_name": "黄志明",
+              "description": "砌墙", "confirmed_by": "grid-1"}
+    assert privacy.record_of("ContributionPledged", pledge, "res2") == pledge
+    assert privacy.record_of("ContributionPledged", pledge, "grid-1") is None
+    appeal = {"rating_id": "r1", "statement": "我没有见过这位居民", "by": "cadre-1"}
+    assert privacy.record_of("AppealFiled", appeal, "cadre-1") is None  # "by" names who acted, not whom it is about
+    reward = {"recipient_id": "res3", "recipient_name": "陈美玲", "reason": "清理河道", "person_id": "cadre-9"}
+    assert privacy.record_of("RewardGranted", reward, "res3") == reward
+    assert privacy.record_of("RewardGranted", reward, "cadre-9") == {**reward, "recipient_name": None, "reason": None}
+    assert privacy.record_of("RoundBallotCast", {"voter_id": "rep1", "approvals": ["x"]}, "rep1") is not None
