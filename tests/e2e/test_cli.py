@@ -277,7 +277,7 @@ def test_make_rebuild_shows_progress_and_a_summary(tmp_path):
     assert [s.split()[1] for s in steps] == ["projects:", "volunteers:", "feedback:"]
     assert lines.index(steps[0]) < lines.index(next(l for l in lines if l.startswith("projects: rebuilt")))
     assert re.search(r"^make rebuild: done in \d+ s", done.stdout, re.M)
-    assert sorted(p.name for p in (tmp_path / "var").glob("*.db")) == ["feedback.db", "projects.db", "volunteers.db"]
+    assert sorted(p.name for p in (tmp_path / "var").glob("*.db")) == ["feedback.db", "keys.db", "projects.db", "volunteers.db"]
 
 
 def test_make_cli_links_cocreate_and_never_replaces_a_file(tmp_path):
