@@ -522,7 +522,8 @@ def test_every_write_route_refuses_callers_without_its_roles(app):
     assert len(checked) >= 45
     assert sorted(open_to_all) == ["PATCH /api/v1/cards/{person_id}",  # the holder, whatever their role
                                    "POST /api/v1/certificates/{number}/verification",
-                                   "POST /api/v1/live/tickets", "POST /api/v1/plans/{plan_id}/notes"]
+                                   "POST /api/v1/live/tickets", "POST /api/v1/me/erasure",  # anyone, for themselves
+                                   "POST /api/v1/plans/{plan_id}/notes"]
 
 
 def test_ratings_changed_comes_once_per_subject_and_minute_on_a_fixed_grid(tmp_path, monkeypatch):
