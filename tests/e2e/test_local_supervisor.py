@@ -164,7 +164,7 @@ def test_a_process_that_keeps_failing_is_reported_and_the_others_keep_running(pl
                                  "status"], capture_output=True, text=True).stdout
         states = dict(re.findall(r"^(\S+)\s+([A-Z]+)", status, re.M))
         assert states.pop("cocreate:feedback-sweep") == "FATAL", status
-        assert set(states.values()) == {"RUNNING"} and len(states) == 13, status
+        assert set(states.values()) == {"RUNNING"} and len(states) == 14, status
         assert ready(gateway) and ready(f"http://127.0.0.1:{ports['feedback']}")
         assert old not in session_processes(supervisord_pid(data_dir))
     finally:
