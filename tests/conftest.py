@@ -3,6 +3,7 @@ and a real broker process."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -23,9 +24,9 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/events.db"
 
 
-@pytest.fixture
-def postgres_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_postgres_database():
+    """A new PostgreSQL database (its URL), dropped afterwards; skips without TEST_POSTGRES_URL."""
     admin_url = _postgres_admin_url()
     if admin_url is None:
         pytest.skip("PostgreSQL tests need TEST_POSTGRES_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)")
@@ -42,6 +43,13 @@ def postgres_url():
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

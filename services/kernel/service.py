@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -246,6 +247,40 @@ def recover_tail_main(definition: ServiceDefinition, dry_run: bool) -> None:
     print(recovery.report())
 
 
+def seal_copy_main(definition: ServiceDefinition, source_url: str, verify: bool, report_path: str | None) -> None:
+    """The one-off sealing of a store written before personal fields were sealed
+    (:mod:`services.kernel.sealing`): exit code 1 with the reason when it cannot be done or does
+    not verify."""
+    from services.kernel.sealing import SealingRefused, seal_copy, verify_copy
+
+    settings = _settings_or_exit(definition)
+    configure_logging(f"{definition.name}-seal-copy", settings.log_level)
+    container = bootstrap(definition, settings)
+    if verify:
+        problems = verify_copy(source_url, container.store, container.sealer)
+        for problem in problems[:50]:
+            print(f"{definition.name}: {problem}", file=sys.stderr)
+        if problems:
+            print(f"{definition.name}: the sealed copy does not verify ({len(problems)} problems)", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"{definition.name}: the sealed copy verifies: every event as it was, every personal field opens "
+              "to the old text")
+        return
+    try:
+        report = seal_copy(source_url, container.store, container.sealer)
+    except SealingRefused as exc:
+        print(f"{definition.name}: not sealed: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    text = json.dumps(report.as_dict(), ensure_ascii=False, indent=1)
+    path = report_path or str(settings.data_dir / f"{definition.name}-sealing-report.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(text + "\n")
+    print(text)
+    print(f"{definition.name}: sealed {report.sealed_fields} personal fields of {report.events} events; "
+          f"report in {path}")
+
+
 def migrate_main(definition: ServiceDefinition) -> None:
     settings = _settings_or_exit(definition)
     configure_logging(f"{definition.name}-migrate", settings.log_level)
@@ -292,6 +327,13 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
     recover = commands.add_parser("recover-tail", help="after a restore of the database: append the events that "
                                                        "are on the service's topic and not in its log, as they were")
     recover.add_argument("--dry-run", action="store_true", help="say what would be appended, change nothing")
+    seal = commands.add_parser("seal-copy", help="once: copy a store written before personal fields were sealed into "
+                                                 "the configured (new, empty) database, sealing them; --verify "
+                                                 "compares the two (docs/operations.md)")
+    seal.add_argument("--from", dest="source", required=True, metavar="URL", help="the old store's database URL")
+    seal.add_argument("--verify", action="store_true", help="compare the old store with its sealed copy, change nothing")
+    seal.add_argument("--report", metavar="PATH", help="where to write the report (default <data_dir>/<service>-"
+                                                       "sealing-report.json)")
     dead = commands.add_parser("dead-letters", help="list the consumers' dead letters kept in the database, "
                                                      "or re-publish them to their DLQ topics")
     dead.add_argument("action", choices=["list", "republish"])
@@ -319,5 +361,7 @@ def main(definition: ServiceDefinition, argv: Sequence[str] | None = None) -> No
         rebuild_main(definition)
     elif args.command == "recover-tail":
         recover_tail_main(definition, args.dry_run)
+    elif args.command == "seal-copy":
+        seal_copy_main(definition, args.source, args.verify, args.report)
     else:
         migrate_main(definition)
