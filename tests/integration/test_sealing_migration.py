@@ -95,12 +95,19 @@ def test_old_stores_are_copied_sealed_verified_and_serve_as_before(targets, tmp_
         assert v.get(V2, "/cards/v1")["phone"] == "138****5678"
         [case] = f.get(CADRE, f"/cases?community_id={C}")["items"]
         assert f.get(CADRE, f"/cases/{case['case_id']}")["comment"] == "办事太慢,等了三个星期"
+        period = f.get(CADRE, "/subjects/wang")["period"]
+        f.post(CADRE, "/rankings", {"community_id": C, "kind": "cadre", "period": period, "provisional": True})
+        verification = f"/rankings/{C}/cadre/{period}/verification"
+        assert f.get(CADRE, verification)["identical"] is True
         # Erasing v1 (through the volunteers service) makes their words unreadable in feedback's copy too.
         v.post(V1, "/me/erasure", {"reason": "moved_away"}, status=201)
         v.post(CADRE, "/erasures/v1/confirmation", None, status=200)
         container(feedback).sealer.keys.forget_cached()
         assert f.get(CADRE, f"/cases/{case['case_id']}")["comment"] == "已注销"
         assert v.get(CADRE, "/cards/v1")["name"] == "已注销" and v.get(CADRE, "/cards/v2")["name"] == "陈强"
+        # The figures and their verification stand: the erased rater's rating still counts.
+        assert f.get(CADRE, verification)["identical"] is True
+        assert f.get(CADRE, "/subjects/wang")["figures"]["ratings"] == 2
         # A verification after the erasure says that v1's fields no longer open (the old store is gone by then).
         verified = run("feedback", {**env, "FEEDBACK_DATABASE_URL": targets["feedback"]}, "--verify", "--from",
                        f"sqlite:///{old['feedback']}")
