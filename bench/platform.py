@@ -9,6 +9,7 @@ with the tests' HS256 secret so that the benchmark can issue them itself.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -108,14 +109,36 @@ class Platform:
         pids = self.pipeline_pids()
         if not pids:
             raise RuntimeError("no pipeline process found to pause")
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
+        # A process stopped inside a write transaction (a relay saving its checkpoint) would hold its
+        # database's writers' turn (services.kernel.db.WriterQueue) and stop the HTTP apps too: pause
+        # again until no stopped process holds one.
+        for _attempt in range(200):
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            if self._writers_free():
+                break
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        else:
+            raise RuntimeError("the pipeline never paused outside a write transaction")
         try:
             yield
         finally:
             for pid in pids:
                 os.kill(pid, signal.SIGCONT)
         self.wait_until_drained()
+
+    def _writers_free(self) -> bool:
+        """No process holds the writers' turn of any SQLite file of the platform."""
+        for path in self.data_dir.glob("*.db-writers"):
+            with open(path, "rb") as queue:
+                try:
+                    fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+                fcntl.flock(queue, fcntl.LOCK_UN)
+        return True
 
     def _lag(self) -> float:
         """Events not yet published by the relays plus messages not yet consumed, from the workers'
