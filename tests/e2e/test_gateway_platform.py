@@ -192,6 +192,12 @@ def test_one_project_through_the_gateway_reaches_every_service(platform):
     assert PHONE in archive.read("records.csv").decode("utf-8-sig")
     assert json.loads(archive.read("data.json"))["volunteers_records"] == mine["volunteers_records"]
 
+    # Correction through the gateway: the old phone's key goes, so it reads 已注销 where it was kept.
+    assert res[0].request("PATCH", "/cards/res0", {"phone": "13987654321"})["resource"]["phone"] == "13987654321"
+    kept = {r["event_type"]: r["data"]["phone"] for r in res[0].get("/me/data/volunteers")["records"]
+            if "phone" in r["data"]}
+    assert kept == {"CardRegistered": "已注销", "CardCorrected": "13987654321"}, kept
+
     # Erasure: refused while a follow-up case of the person's bad rating is open (learnt by volunteers
     # from feedback's events)...
     wait_until(lambda: res[3].get("/me/erasure")["obligations"], what="res3's follow-up case, learnt by volunteers")

@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from services.feedback.service import DEFINITION as FEEDBACK
+from services.projects.service import DEFINITION as PROJECTS
 from services.kernel.sealing import open_source
 from services.volunteers.service import DEFINITION as VOLUNTEERS
 from tests.conftest import fresh_postgres_database
@@ -29,8 +30,10 @@ V1 = Person("v1", "李梅", ("resident",), C)
 V2 = Person("v2", "陈强", ("resident",), C)
 CADRE = Person("cadre-1", "社区干部", ("cadre",), C)
 # what the old stores hold in clear (tests/data/pre-sealing/README.md)
-PLAIN = {"volunteers": ["李梅", "陈强", "13812345678", "13900001111"],
+PLAIN = {"projects": ["居民0", "居民1", "居民2", "建议装在三号楼路口旁边", "我周末出两天工", "砌墙搬砖两天"],
+         "volunteers": ["李梅", "陈强", "13812345678", "13900001111"],
          "feedback": ["办事太慢,等了三个星期", "王书记很耐心", "李梅说窗口排队太久"]}
+R1 = Person("haicang-r1", "居民1", ("resident",), C)
 
 
 def run(service: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -57,8 +60,9 @@ def targets(request, tmp_path):
     if request.param == "sqlite":
         yield {service: f"sqlite:///{tmp_path}/new-{service}.db" for service in PLAIN}
         return
-    with fresh_postgres_database() as first, fresh_postgres_database() as second:
-        yield {"volunteers": first, "feedback": second}
+    with fresh_postgres_database() as first, fresh_postgres_database() as second, \
+            fresh_postgres_database() as third:
+        yield {"volunteers": first, "feedback": second, "projects": third}
 
 
 def test_old_stores_are_copied_sealed_verified_and_serve_as_before(targets, tmp_path):
@@ -75,7 +79,8 @@ def test_old_stores_are_copied_sealed_verified_and_serve_as_before(targets, tmp_
         done = run(service, service_env, "--from", f"sqlite:///{old[service]}")
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads((tmp_path / f"{service}-sealing-report.json").read_text())
-        assert report["events"] == {"volunteers": 5, "feedback": 6}[service] and report["sealed_fields"] >= 3
+        assert report["events"] == {"projects": 23, "volunteers": 5, "feedback": 6}[service]
+        assert report["sealed_fields"] >= 3
         assert report["source_sha256"] != report["target_sha256"]
         verified = run(service, service_env, "--verify", "--from", f"sqlite:///{old[service]}")
         assert verified.returncode == 0 and "verifies" in verified.stdout, verified.stderr[-3000:]
@@ -88,8 +93,13 @@ def test_old_stores_are_copied_sealed_verified_and_serve_as_before(targets, tmp_
     # The sealed copies serve as the old stores did, opened for their readers.
     volunteers = service_app(VOLUNTEERS, targets["volunteers"], COCREATE_KEYSTORE_URL=keys)
     feedback = service_app(FEEDBACK, targets["feedback"], COCREATE_KEYSTORE_URL=keys)
-    v, f = driver(volunteers), driver(feedback)
+    projects = service_app(PROJECTS, targets["projects"], COCREATE_KEYSTORE_URL=keys)
+    v, f, p = driver(volunteers), driver(feedback), driver(projects)
     try:
+        [listed] = p.get(CADRE, f"/projects?community_id={C}")["items"]
+        detail = json.dumps(p.get(CADRE, f"/projects/{listed['project_id']}"), ensure_ascii=False)
+        assert all(text in detail for text in ("居民0", "居民1", "建议装在三号楼路口旁边", "我周末出两天工")), detail[:500]
+        assert "pii1" not in detail
         card = v.get(V1, "/cards/v1")
         assert (card["name"], card["phone"]) == ("李梅", "13812345678")
         assert v.get(V2, "/cards/v1")["phone"] == "138****5678"
@@ -105,6 +115,13 @@ def test_old_stores_are_copied_sealed_verified_and_serve_as_before(targets, tmp_
         container(feedback).sealer.keys.forget_cached()
         assert f.get(CADRE, f"/cases/{case['case_id']}")["comment"] == "已注销"
         assert v.get(CADRE, "/cards/v1")["name"] == "已注销" and v.get(CADRE, "/cards/v2")["name"] == "陈强"
+        # A resident of the projects' copy erased: their co-signature's name and their opinion go.
+        v.post(R1, "/me/erasure", {"reason": "other"}, status=201)
+        v.post(CADRE, "/erasures/haicang-r1/confirmation", None, status=200)
+        container(projects).sealer.keys.forget_cached()
+        detail = json.dumps(p.get(CADRE, f"/projects/{listed['project_id']}"), ensure_ascii=False)
+        assert "建议装在三号楼路口旁边" not in detail and "居民1" not in detail and "已注销" in detail
+        assert "居民0" in detail and "我周末出两天工" in detail  # nobody else's
         # The figures and their verification stand: the erased rater's rating still counts.
         assert f.get(CADRE, verification)["identical"] is True
         assert f.get(CADRE, "/subjects/wang")["figures"]["ratings"] == 2
@@ -113,5 +130,5 @@ def test_old_stores_are_copied_sealed_verified_and_serve_as_before(targets, tmp_
                        f"sqlite:///{old['feedback']}")
         assert verified.returncode == 1 and "does not open to the old text" in verified.stderr
     finally:
-        container(volunteers).store.engine.dispose()
-        container(feedback).store.engine.dispose()
+        for app in (volunteers, feedback, projects):
+            container(app).store.engine.dispose()
