@@ -17,9 +17,11 @@ def platform(tmp_path):
     """The whole platform started by ``bin/run-platform`` (as ``make run`` does) on free ports, with
     its data under ``tmp_path``, once it has printed its ready banner (every app and worker answers
     /readyz): ``(process, ports by app or worker name and "broker", log path)``; the log is the
-    launcher's screen. Stopped as Ctrl-C would if the test left it running."""
+    launcher's screen. Stopped as Ctrl-C would if the test left it running. Its processes keep no
+    personal-information key they read (``COCREATE_KEYSTORE_CACHE_SECONDS=0``): a correction or an
+    erasure shows in every worker at once."""
     ports = {name: free_port() for name in (*APPS, *WORKERS, "broker")}
-    env = platform_environment(tmp_path / "var", ports)
+    env = {**platform_environment(tmp_path / "var", ports), "COCREATE_KEYSTORE_CACHE_SECONDS": "0"}
     log = open(tmp_path / "platform.log", "wb")
     process = subprocess.Popen([str(ROOT / "bin" / "run-platform")], cwd=ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
