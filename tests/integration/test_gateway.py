@@ -800,7 +800,7 @@ def test_a_service_that_is_down_is_a_503_in_the_callers_language(services, tmp_p
 
 
 
-def test_an_erased_persons_answers_and_tickets_are_purged_once_by_the_feed_worker(tmp_path):
+def test_an_erased_persons_answers_and_tickets_are_purged_once_by_the_feed_worker(database_url):
     """``PersonErased`` reaching the feed worker deletes the answers the gateway keeps for the person's
     Idempotency-Keys (opened: their name, phone, comments) and their stream tickets (their name) —
     nobody else's — in the transaction that records the event; the event itself never reaches a
@@ -810,7 +810,7 @@ def test_an_erased_persons_answers_and_tickets_are_purged_once_by_the_feed_worke
     from services.kernel.db import read_transaction, write_transaction
     from services.kernel.events import StoredEvent
 
-    store = GatewayStore(f"sqlite:///{tmp_path}/gateway.db")
+    store = GatewayStore(database_url)  # SQLite and PostgreSQL
     store.create_schema()
     for caller in ("v1", "v2"):
         assert store.claim_key(caller, "k1", "print", dt.timedelta(hours=1)) is None
