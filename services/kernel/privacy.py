@@ -140,6 +140,8 @@ FIELDS: Mapping[str, Mapping[str, Visible]] = {
     "reward": {"recipient_name": _personal("name", owner="recipient_id"),
                "reason": _personal("content", owner="recipient_id")},
     "problem": {"description": _personal("content", owner="reported_by")},
+    # a resident who maintains a facility (共管) is named; a group is not a person
+    "maintainer": {"name": _personal("name", owner="maintainer_id", only_if=("kind", "resident"))},
 }
 
 # Events that tell of one rating: (record kind, the data field naming the rated subject).
@@ -159,6 +161,7 @@ EVENT_KINDS: Mapping[str, str] = {
     "CertificateIssued": "certificate", "ProjectProposed": "proposal", "ProjectCosigned": "cosignature",
     "OpinionPosted": "opinion", "ContributionPledged": "pledge", "ContributionDelivered": "pledge",
     "RewardGranted": "reward", "FundRewardPaid": "reward", "ProblemReported": "problem",
+    "MaintainerAssigned": "maintainer",
 }
 # Events no reader receives on the live feed, in any form: a ballot's stream id names its voter; a
 # person's obligations would tell that they gave a bad rating, and their erasure requests are theirs.

@@ -78,6 +78,7 @@ EXPECTED_PERSONAL = {
     "ContributionDelivered": {"contributor_name": "name", "description": "content", "note": "content"},
     "RewardGranted": {"recipient_name": "name", "reason": "content"},
     "FundRewardPaid": {"recipient_name": "name", "reason": "content"},
+    "MaintainerAssigned": {"name": "name"},  # a resident's only (kind "resident")
     "ProblemReported": {"description": "content"},
     "ProjectRated": {"comment": "content"},
 }
@@ -123,6 +124,9 @@ def test_each_personal_field_is_sealed_with_its_owners_key():
     assert privacy.personal_fields("ContributionPledged", company) == []
     assert privacy.personal_fields("ContributionPledged", {**company, "contributor_type": "resident"}) == [
         ("contributor_name", "name", "e1"), ("description", "content", "e1")]
+    maintainer = {"maintainer_id": "res4", "kind": "resident", "name": "郑丽华", "duty": "每周清扫"}
+    assert privacy.personal_fields("MaintainerAssigned", maintainer) == [("name", "name", "res4")]
+    assert privacy.personal_fields("MaintainerAssigned", {**maintainer, "kind": "group", "name": "护河队"}) == []
     assert privacy.personal_fields("ProjectRated", {"person_id": "res1", "comment": "", "score": 5}) == []
     assert privacy.personal_fields("ProjectQualified", {"project_id": "p1"}) == []
 
