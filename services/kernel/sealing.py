@@ -14,8 +14,8 @@ service's configured database, which must hold no events yet (a new database):
   secrets such as feedback's rating-id key), so that nothing is applied or published twice.
 - **The read models rebuilt** from the sealed log.
 
-The rewrite is **recorded and verifiable**: the report (printed, and written beside a SQLite target
-or where ``--report`` says) holds the number of events and sealed fields and a SHA-256 of each
+The rewrite is **recorded and verifiable**: the report (printed, and written to
+``<data_dir>/<service>-sealing-report.json`` or where ``--report`` says) holds the number of events and sealed fields and a SHA-256 of each
 log — the old one's rows as stored, the new one's — and ``seal-copy --verify --from <old URL>``
 compares the two stores event by event: everything but the personal fields byte-equal, and every
 personal field of the new store opening to the old one's text. The old store stays untouched:
@@ -25,7 +25,9 @@ re-create the service's topic so that its old messages go too (docs/operations.m
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -60,9 +62,7 @@ class SealingReport:
     at: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"service": self.service, "events": self.events, "sealed_fields": self.sealed_fields,
-                "tables": self.tables, "source_sha256": self.source_sha256, "target_sha256": self.target_sha256,
-                "at": self.at}
+        return dataclasses.asdict(self)
 
 
 def _rows(connection: Connection, table: sa.Table, order: sa.Column | None = None) -> Iterator[list[Any]]:
@@ -186,7 +186,7 @@ def verify_copy(source_url: str, target: EventStore, sealer: Sealer) -> list[str
             olds = (row for page in _rows(old, events_table, events_table.c.position) for row in page)
             news = (row for page in _rows(new, events_table, events_table.c.position) for row in page)
             count = 0
-            for before, after in zip_longest_rows(olds, news):
+            for before, after in itertools.zip_longest(olds, news):
                 if before is None or after is None:
                     problems.append(f"the logs differ in length after {count} events")
                     break
@@ -212,12 +212,3 @@ def verify_copy(source_url: str, target: EventStore, sealer: Sealer) -> list[str
     finally:
         source.dispose()
     return problems
-
-
-def zip_longest_rows(first: Iterator[Any], second: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
-    sentinel = object()
-    while True:
-        a, b = next(first, sentinel), next(second, sentinel)
-        if a is sentinel and b is sentinel:
-            return
-        yield (None if a is sentinel else a), (None if b is sentinel else b)
