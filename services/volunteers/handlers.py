@@ -69,7 +69,7 @@ CORRECTED_PURPOSES = {"name": "name", "phone": "contact"}
 def correct_card(cmd: c.CorrectCard, uow: UnitOfWork) -> Card:
     """A correction starts a new key for each corrected purpose: the new value is sealed with it,
     and the old key is retired now and shredded once the correction has committed
-    (:func:`shred_retired`) — the old value is then unreadable everywhere it was stored or copied
+    (``UnitOfWork.committed``) — the old value is then unreadable everywhere it was stored or copied
     (a corrected name reads ``已注销`` on the proposals, co-signatures and certificates it was on)."""
     card = uow.get(Card, cmd.person_id, expected_version=cmd.expected_version)
     changes = {field: value for field, value in (("name", cmd.name), ("phone", cmd.phone)) if value is not None}
