@@ -8,7 +8,9 @@ Exactly-once effects over at-least-once delivery:
   of them fails, that transaction is rolled back and the records are applied one at a time,
   each in its own transaction, with the retry and dead-letter rules below;
 * offsets are committed to Kafka (offset + 1) only after the database commit of every message
-  before them, so a crash re-delivers, never skips;
+  before them, so a crash re-delivers, never skips; a commit the broker refused (a rebalance) is
+  made again after the next poll, and a member assigned a partition tells Kafka the offset the
+  database starts it at, so a group ends at the end of its topics even when no record follows;
 * the consumer keeps its own offsets in its database too (``consumer_offsets``: per group, topic
   and partition, with the topic's id), written in the poll's transaction (after the records, when
   they had to be applied one by one), so they are never ahead of the effects that database holds.
@@ -208,6 +210,8 @@ class EventConsumer:
         self.view = broker_view or BrokerView(bootstrap_servers, f"consumer-{group_id}")
         self._topic_ids: dict[str, str | None] = {}
         self._committed: dict[tuple[str, int], int] = {}  # what this member committed, since it was built
+        self._to_commit: dict[TopicPartition, int] = {}  # applied (the database says) but not yet committed
+        self._commit_retry_at = 0.0
         self._verified_at = 0.0
         self._unassigned_since: float | None = None
         self.unassigned_grace_seconds = 10.0
@@ -365,6 +369,9 @@ class EventConsumer:
             if tp.topic in current and topic_id == self._topic_ids.get(tp.topic):
                 consumer.seek(tp, offset)
                 where = offset
+                # Kafka may not know it yet (the last commit was refused, or the process died between
+                # the two commits): told after this poll, even when no record follows.
+                self._to_commit[tp] = offset
             elif tp.topic in current or never_applied:
                 consumer.seek_to_beginning(tp)
                 where = "the beginning"
@@ -481,6 +488,8 @@ class EventConsumer:
                                  client_id=f"consumer-{self.group_id}", listener=listener)
         listener.consumer = consumer
         self._committed = {}
+        self._to_commit = {}
+        self._commit_retry_at = 0.0
         self._verified_at = time.monotonic()
         self._unassigned_since = None
         log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
@@ -568,12 +577,33 @@ class EventConsumer:
                         self._save_offsets(connection, kept)
                 except TRANSIENT_ERRORS as exc:  # behind is harmless: the inbox dedupes what is read again
                     log.warning("offsets not kept in the database", extra={"error": repr(exc)})
-        if offsets:
-            try:
-                consumer.commit(offsets)
-                for partition, meta in offsets.items():
-                    self._committed[(partition.topic, partition.partition)] = meta.offset
-            except (CommitFailedError, KafkaError) as exc:
-                # The inbox makes the redelivery that follows harmless.
-                log.warning("offset commit failed", extra={"error": repr(exc)})
+        for partition, meta in offsets.items():
+            self._to_commit[partition] = meta.offset
+        self._commit_applied(consumer)
         return count
+
+    def _commit_applied(self, consumer) -> None:
+        """Commit to Kafka what the database holds as applied and Kafka was not yet told: this
+        poll's offsets, offsets a refused commit left (a rebalance, the broker away) and those a
+        new assignment started at. Retried after every poll while the partition stays assigned
+        (a partition another member took is that member's to commit), at most once a second while
+        the broker refuses; without the retry a group whose last commit was refused would stay
+        behind, and report lag, until the next record arrived."""
+        if not self._to_commit or time.monotonic() < self._commit_retry_at:
+            return
+        assigned = consumer.assignment()
+        self._to_commit = {tp: offset for tp, offset in self._to_commit.items() if tp in assigned}
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._to_commit.items()}
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Harmless meanwhile: a redelivery finds the inbox rows and starts at the database's offsets.
+            log.warning("offset commit failed; retrying after the next poll", extra={"error": repr(exc)})
+            self._commit_retry_at = time.monotonic() + 1.0
+            return
+        for tp, meta in offsets.items():
+            self._committed[(tp.topic, tp.partition)] = meta.offset
+            if self._to_commit.get(tp) == meta.offset:
+                del self._to_commit[tp]

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 from kafka import KafkaProducer
+from kafka.errors import CommitFailedError
 
 from services.kernel.consumer import ConsumerStalled, EventConsumer, inbox_table
 from services.kernel.db import make_engine
@@ -205,3 +206,59 @@ def test_a_poll_is_applied_in_one_transaction_or_record_by_record(setup, unique)
     assert consumer.handle_together([_Record(topic, b"not json"), _Record(topic, third.to_json())]) is False
     with engine.connect() as connection:
         assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 2
+
+
+class RefusedCommits(EventConsumer):
+    """A consumer whose Kafka client has its first ``refusals`` offset commits refused, as a broker
+    does in a rebalance (the client is real; only its answer to those commits is replaced)."""
+
+    def __init__(self, *args, refusals: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.refusals = refusals
+        self.refused = 0
+
+    def _connect(self):
+        client = super()._connect()
+        commit = client.commit
+
+        def refusing_commit(offsets=None):
+            if self.refused < self.refusals:
+                self.refused += 1
+                raise CommitFailedError("the group is rebalancing")
+            return commit(offsets)
+
+        client.commit = refusing_commit
+        return client
+
+
+def test_a_refused_offset_commit_is_made_again_when_no_record_follows(broker, setup, unique):
+    engine, topic, producer = setup
+    events = [envelope(f"s-{unique}", v) for v in range(1, 4)]
+    for event in events:
+        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
+    producer.flush()
+    consumer = RefusedCommits(engine=engine, group_id=f"test-{unique}", topics=[topic],
+                              handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap, refusals=2)
+    consume_until(consumer, lambda: len(effect_rows(engine)) == 3
+                  and committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=30,
+                  what="the group stayed behind after its commit was refused")
+    assert consumer.refused == 2
+
+
+def test_a_member_tells_kafka_what_the_database_applied_before_a_crash(broker, setup, unique):
+    """The process died between the database's commit and Kafka's (every commit refused here), and
+    no record follows: the next member starts at the database's offsets and commits them."""
+    engine, topic, producer = setup
+    events = [envelope(f"s-{unique}", v) for v in range(1, 4)]
+    for event in events:
+        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
+    producer.flush()
+    first = RefusedCommits(engine=engine, group_id=f"test-{unique}", topics=[topic],
+                           handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap,
+                           refusals=10**6)
+    consume_until(first, lambda: len(effect_rows(engine)) == 3, timeout=30)
+    assert not committed_to_end(broker.bootstrap, f"test-{unique}", topic), "Kafka was told: the drill is void"
+    consume_until(make_consumer(broker, engine, topic, unique),
+                  lambda: committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=30,
+                  what="the group never reached the end the database had applied")
+    assert sorted(effect_rows(engine)) == sorted(e.event_id for e in events)
