@@ -8,9 +8,10 @@ Exactly-once effects over at-least-once delivery:
   of them fails, that transaction is rolled back and the records are applied one at a time,
   each in its own transaction, with the retry and dead-letter rules below;
 * offsets are committed to Kafka (offset + 1) only after the database commit of every message
-  before them, so a crash re-delivers, never skips; a commit the broker refused (a rebalance) is
-  made again after the next poll, and a member assigned a partition tells Kafka the offset the
-  database starts it at, so a group ends at the end of its topics even when no record follows;
+  before them, so a crash re-delivers, never skips. Asynchronously (the next poll does not wait for
+  the answer); a commit the broker refused (a rebalance) is sent again after a later poll, and a
+  member assigned a partition tells Kafka the offset the database starts it at, so a group ends at
+  the end of its topics even when no record follows;
 * the consumer keeps its own offsets in its database too (``consumer_offsets``: per group, topic
   and partition, with the topic's id), written in the poll's transaction (after the records, when
   they had to be applied one by one), so they are never ahead of the effects that database holds.
@@ -474,6 +475,8 @@ class EventConsumer:
                     consumer = None
         finally:
             if consumer is not None:
+                if stop.is_set():
+                    self._commit_before_leaving(consumer)
                 self._disconnect(consumer)
             if self._dlq_producer is not None:
                 self._dlq_producer.close(timeout=5)
@@ -583,27 +586,48 @@ class EventConsumer:
         return count
 
     def _commit_applied(self, consumer) -> None:
-        """Commit to Kafka what the database holds as applied and Kafka was not yet told: this
-        poll's offsets, offsets a refused commit left (a rebalance, the broker away) and those a
-        new assignment started at. Retried after every poll while the partition stays assigned
-        (a partition another member took is that member's to commit), at most once a second while
-        the broker refuses; without the retry a group whose last commit was refused would stay
-        behind, and report lag, until the next record arrived."""
+        """Tell Kafka what the database holds as applied and Kafka was not yet told: this poll's
+        offsets, offsets a refused commit left (a rebalance, the broker away) and those a new
+        assignment started at — even when no record follows, so a group ends at the end of its
+        topics instead of reporting lag until the next record.
+
+        Asynchronously: the next poll does not wait for the broker's answer (issue 23: waiting for
+        it was half of a consumer's time). That is safe because Kafka's offsets are not where a
+        member starts (the database's are) and the inbox dedupes a redelivery. A refusal puts the
+        offsets back, to be sent again after a later poll (at most once a second while refused);
+        only partitions still assigned are sent (another member commits its own)."""
         if not self._to_commit or time.monotonic() < self._commit_retry_at:
             return
         assigned = consumer.assignment()
-        self._to_commit = {tp: offset for tp, offset in self._to_commit.items() if tp in assigned}
-        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._to_commit.items()}
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._to_commit.items() if tp in assigned}
+        self._to_commit = {}
         if not offsets:
             return
         try:
-            consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # Harmless meanwhile: a redelivery finds the inbox rows and starts at the database's offsets.
-            log.warning("offset commit failed; retrying after the next poll", extra={"error": repr(exc)})
+            consumer.commit_async(offsets, callback=self._commit_answered)
+        except KafkaError as exc:
+            self._commit_answered(offsets, exc)
+
+    def _commit_answered(self, offsets, response) -> None:
+        """The broker's answer to a commit (run by the client, in a later poll)."""
+        if isinstance(response, Exception):
+            for tp, meta in offsets.items():
+                self._to_commit.setdefault(tp, meta.offset)  # a newer offset applied since goes instead
+            log.warning("offset commit failed; sent again after a later poll", extra={"error": repr(response)})
             self._commit_retry_at = time.monotonic() + 1.0
             return
         for tp, meta in offsets.items():
-            self._committed[(tp.topic, tp.partition)] = meta.offset
-            if self._to_commit.get(tp) == meta.offset:
-                del self._to_commit[tp]
+            key = (tp.topic, tp.partition)
+            self._committed[key] = max(meta.offset, self._committed.get(key, meta.offset))
+
+    def _commit_before_leaving(self, consumer) -> None:
+        """On a clean stop: wait for what is still to tell Kafka (a few seconds at most; what is
+        not told is harmless, the next member starts at the database's offsets and commits them)."""
+        assigned = consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._to_commit.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets, timeout_ms=5_000)
+        except Exception as exc:  # noqa: BLE001 — leaving anyway
+            log.info("offsets not committed on leaving", extra={"error": repr(exc)})

@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,6 +129,7 @@ class WriterQueue:
     both. Memory databases have no file and no other process: no queue."""
 
     _queues: dict[str, "WriterQueue"] = {}
+    _of_engine: "weakref.WeakKeyDictionary[Engine, WriterQueue | None]" = weakref.WeakKeyDictionary()
     _guard = threading.Lock()
 
     def __init__(self, path: str) -> None:
@@ -138,6 +140,14 @@ class WriterQueue:
 
     @classmethod
     def of(cls, engine: Engine) -> "WriterQueue | None":
+        try:
+            return cls._of_engine[engine]
+        except KeyError:
+            queue = cls._of_engine[engine] = cls._of_file(engine)
+            return queue
+
+    @classmethod
+    def _of_file(cls, engine: Engine) -> "WriterQueue | None":
         database = engine.url.database
         if not database or database == ":memory:" or database.startswith("file:"):
             return None
@@ -163,17 +173,26 @@ class WriterQueue:
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    def acquire(self) -> None:
         # as long as SQLite's busy timeout, and the same error after it (a thread of this process
         # stuck in a transaction); another process's turn ends with its transaction or its life
         if not self.threads.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
             raise sqlite3.OperationalError("database is locked (waited for this process's other writer)")
         try:
-            fd = self._file()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self.threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self.threads.release()
 
@@ -205,9 +224,13 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 yield connection
         return
     queue = WriterQueue.of(engine)
-    with (queue.turn() if queue else contextlib.nullcontext()), engine.connect() as connection:
-        # (the "begin" listener joins; no write option needed)
-        driver = connection.connection.driver_connection
+    if queue is None:
+        with engine.connect() as connection:
+            yield from _sqlite_write(connection)
+        return
+    queue.acquire()  # (inline rather than nested context managers: this runs for every write)
+    try:
+        connection, driver = _writer_connection(engine)
         _begin_immediate(driver)
         try:
             yield connection
@@ -216,11 +239,68 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 connection.rollback()
             elif driver.in_transaction:
                 driver.rollback()
+            if connection.invalidated or connection.closed:  # not lent again: the next turn opens another
+                _WRITERS.pop(engine, None)
+                connection.close()
             raise
         if connection.in_transaction():
             connection.commit()
         elif driver.in_transaction:
             _commit(driver)
+    finally:
+        queue.release()
+
+
+def _sqlite_write(connection: Connection) -> Iterator[Connection]:
+    # (the "begin" listener joins; no write option needed)
+    driver = connection.connection.driver_connection
+    _begin_immediate(driver)
+    try:
+        yield connection
+    except BaseException:
+        if connection.in_transaction():
+            connection.rollback()
+        elif driver.in_transaction:
+            driver.rollback()
+        raise
+    if connection.in_transaction():
+        connection.commit()
+    elif driver.in_transaction:
+        _commit(driver)
+
+
+# The connection each engine of a queued SQLite file writes with, kept between transactions: writers
+# of one file take turns (WriterQueue), so one connection serves them all, lent to one at a time, and
+# a transaction pays no pool check-out, check-in and reset (issue 23: about a tenth of a one-event
+# append). Per process: one made before a fork is left alone in the child (never closed there).
+# ``engine.dispose()`` closes it (a test replacing the file must not keep writing to the old one).
+_WRITERS: "weakref.WeakKeyDictionary[Engine, tuple[int, Connection, sqlite3.Connection]]" = weakref.WeakKeyDictionary()
+_LEFT_BEHIND_BY_FORK: list[Connection] = []
+
+
+def _writer_connection(engine: Engine) -> tuple[Connection, sqlite3.Connection]:
+    """Called in the engine's writers' turn: the kept connection and its driver's, or new ones."""
+    kept = _WRITERS.get(engine)
+    if kept is not None:
+        pid, connection, driver = kept
+        if pid == os.getpid() and not (connection.closed or connection.invalidated):
+            return connection, driver
+        if pid != os.getpid():
+            _LEFT_BEHIND_BY_FORK.append(connection)  # the parent's: not this process's to close
+        else:
+            connection.close()
+    connection = engine.connect()
+    driver = connection.connection.driver_connection
+    _WRITERS[engine] = (os.getpid(), connection, driver)
+    return connection, driver
+
+
+@sa.event.listens_for(Engine, "engine_disposed")
+def _close_writer(engine: Engine) -> None:
+    kept = _WRITERS.pop(engine, None)
+    if kept is not None and kept[0] == os.getpid():
+        kept[1].detach()  # closed for real, not checked in to the pool dispose has just replaced
+        kept[1].close()
 
 
 @contextlib.contextmanager

@@ -227,7 +227,16 @@ class RefusedCommits(EventConsumer):
                 raise CommitFailedError("the group is rebalancing")
             return commit(offsets)
 
+        def refusing_commit_async(offsets=None, callback=None):
+            if self.refused < self.refusals:
+                self.refused += 1
+                callback(offsets, CommitFailedError("the group is rebalancing"))
+                return None
+            return commit_async(offsets, callback=callback)
+
+        commit_async = client.commit_async
         client.commit = refusing_commit
+        client.commit_async = refusing_commit_async
         return client
 
 

@@ -4,6 +4,7 @@ writers of one file queue on its writers' lock, across processes and threads."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
 import threading
 import time
@@ -52,7 +53,7 @@ def _waiting_in_the_queue(thread: threading.Thread) -> bool:
 
     frame = sys._current_frames().get(thread.ident)
     while frame is not None:
-        if frame.f_code.co_name == "turn" and frame.f_code.co_filename.endswith("db.py"):
+        if frame.f_code.co_name == "acquire" and frame.f_code.co_filename.endswith("kernel/db.py"):  # WriterQueue's
             return True
         frame = frame.f_back
     return False
@@ -162,3 +163,30 @@ def test_a_process_forked_while_a_thread_has_the_turn_queues_on_the_file_not_on_
     child.join(30)
     with engine.connect() as connection:
         assert [n for (n,) in connection.exec_driver_sql("SELECT n FROM t ORDER BY rowid")] == [3]
+
+
+def test_writers_share_one_kept_connection_which_dispose_closes(tmp_path):
+    """Write transactions reuse one connection per engine (no pool check-out per write); after a
+    restore replaced the file and the engine was disposed, writes reach the new file, not the old."""
+    path = tmp_path / "kept.db"
+    engine = make_engine(f"sqlite:///{path}")
+    drivers = []
+    for n in (1, 2):
+        with write_transaction(engine) as connection:
+            if n == 1:
+                connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+            connection.exec_driver_sql(f"INSERT INTO t VALUES ({n})")
+            drivers.append(connection.connection.driver_connection)
+    assert drivers[0] is drivers[1]
+    replacement = make_engine(f"sqlite:///{tmp_path / 'restored.db'}")
+    with write_transaction(replacement) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (10)")
+    replacement.dispose()
+    engine.dispose()  # as a restore does before it puts the file back
+    os.replace(tmp_path / "restored.db", path)
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("INSERT INTO t VALUES (11)")
+        assert connection.connection.driver_connection is not drivers[0]
+    engine.dispose()
+    assert [n for (n,) in sqlite3.connect(path).execute("SELECT n FROM t ORDER BY rowid")] == [10, 11]

@@ -198,9 +198,9 @@ def waiting_for_the_write_lock(thread: threading.Thread) -> bool:
         code = frame.f_code
         if code.co_name == "do_execute" and frame.f_locals.get("statement") in WRITE_LOCKS:
             return True
-        # SQLite: write_transaction queues writers (WriterQueue.turn), then runs BEGIN IMMEDIATE on
+        # SQLite: write_transaction queues writers (WriterQueue.acquire), then runs BEGIN IMMEDIATE on
         # the driver itself
-        if code.co_name in ("_begin_immediate", "turn") and code.co_filename.endswith("db.py"):
+        if code.co_name in ("_begin_immediate", "acquire") and code.co_filename.endswith("kernel/db.py"):
             return True
         if code.co_name == "write_transaction" and code.co_filename.endswith("memory.py") and \
                 linecache.getline(code.co_filename, frame.f_lineno).strip() == "with self._writer:":
