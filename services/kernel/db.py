@@ -217,21 +217,23 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     On SQLite the transaction is opened and ended on the driver itself, and SQLAlchemy joins it
     when the first statement runs through it (the "begin" listener sees it open): a command that
     appends through the driver's cursor alone pays no SQLAlchemy transaction at all (issue 23:
-    about a tenth of a one-event append)."""
+    about a tenth of a one-event append). On a file, writers take turns (:class:`WriterQueue`)
+    and write through the connection kept for the engine between turns (``_writer_connection``)."""
     if not is_sqlite(engine):
         with engine.connect().execution_options(write=True) as connection:
             with connection.begin():
                 yield connection
         return
-    queue = WriterQueue.of(engine)
-    if queue is None:
-        with engine.connect() as connection:
-            yield from _sqlite_write(connection)
-        return
-    queue.acquire()  # (inline rather than nested context managers: this runs for every write)
+    queue = WriterQueue.of(engine)  # (inline rather than nested context managers: this runs for every write)
+    if queue is None:  # a memory database: no other process, nothing kept
+        connection = engine.connect()
+        driver = connection.connection.driver_connection
+    else:
+        queue.acquire()
     try:
-        connection, driver = _writer_connection(engine)
-        _begin_immediate(driver)
+        if queue is not None:
+            connection, driver = _writer_connection(engine)
+        _begin_immediate(driver)  # (the "begin" listener joins; no write option needed)
         try:
             yield connection
         except BaseException:
@@ -239,8 +241,8 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
                 connection.rollback()
             elif driver.in_transaction:
                 driver.rollback()
-            if connection.invalidated or connection.closed:  # not lent again: the next turn opens another
-                _WRITERS.pop(engine, None)
+            if queue is not None and (connection.invalidated or connection.closed):
+                _WRITERS.pop(engine, None)  # not lent again: the next turn opens another
                 connection.close()
             raise
         if connection.in_transaction():
@@ -248,25 +250,10 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         elif driver.in_transaction:
             _commit(driver)
     finally:
-        queue.release()
-
-
-def _sqlite_write(connection: Connection) -> Iterator[Connection]:
-    # (the "begin" listener joins; no write option needed)
-    driver = connection.connection.driver_connection
-    _begin_immediate(driver)
-    try:
-        yield connection
-    except BaseException:
-        if connection.in_transaction():
-            connection.rollback()
-        elif driver.in_transaction:
-            driver.rollback()
-        raise
-    if connection.in_transaction():
-        connection.commit()
-    elif driver.in_transaction:
-        _commit(driver)
+        if queue is None:
+            connection.close()
+        else:
+            queue.release()
 
 
 # The connection each engine of a queued SQLite file writes with, kept between transactions: writers
