@@ -47,9 +47,18 @@ def effect_rows(engine) -> list[str]:
         return [row.event_id for row in connection.execute(sa.select(effects.c.event_id))]
 
 
-def make_consumer(broker, engine, topic, unique, **kwargs) -> EventConsumer:
-    return EventConsumer(engine=engine, group_id=f"test-{unique}", topics=[topic],
-                         handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap, **kwargs)
+def make_consumer(broker, engine, topic, unique, kind=EventConsumer, **kwargs) -> EventConsumer:
+    return kind(engine=engine, group_id=f"test-{unique}", topics=[topic],
+                handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap, **kwargs)
+
+
+def publish(producer, topic: str, unique: str, count: int) -> list[StoredEvent]:
+    """``count`` events of one stream on ``topic``, acknowledged."""
+    events = [envelope(f"s-{unique}", v) for v in range(1, count + 1)]
+    for event in events:
+        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
+    producer.flush()
+    return events
 
 
 def test_the_same_event_delivered_twice_has_one_effect(broker, setup, unique):
@@ -94,10 +103,7 @@ def test_a_malformed_record_is_dead_lettered_and_the_next_is_processed(broker, s
 
 def test_offsets_are_committed_so_a_new_run_starts_after_the_handled_messages(broker, setup, unique):
     engine, topic, producer = setup
-    events = [envelope(f"s-{unique}", v) for v in range(1, 6)]
-    for event in events:
-        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
-    producer.flush()
+    publish(producer, topic, unique, 5)
     consume_until(make_consumer(broker, engine, topic, unique), lambda: len(effect_rows(engine)) == 5, timeout=30)
     later = envelope(f"s-{unique}", 6)
     producer.send(topic, key=later.stream_id.encode(), value=later.to_json())
@@ -242,12 +248,8 @@ class RefusedCommits(EventConsumer):
 
 def test_a_refused_offset_commit_is_made_again_when_no_record_follows(broker, setup, unique):
     engine, topic, producer = setup
-    events = [envelope(f"s-{unique}", v) for v in range(1, 4)]
-    for event in events:
-        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
-    producer.flush()
-    consumer = RefusedCommits(engine=engine, group_id=f"test-{unique}", topics=[topic],
-                              handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap, refusals=2)
+    publish(producer, topic, unique, 3)
+    consumer = make_consumer(broker, engine, topic, unique, kind=RefusedCommits, refusals=2)
     consume_until(consumer, lambda: len(effect_rows(engine)) == 3
                   and committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=30,
                   what="the group stayed behind after its commit was refused")
@@ -258,13 +260,8 @@ def test_a_member_tells_kafka_what_the_database_applied_before_a_crash(broker, s
     """The process died between the database's commit and Kafka's (every commit refused here), and
     no record follows: the next member starts at the database's offsets and commits them."""
     engine, topic, producer = setup
-    events = [envelope(f"s-{unique}", v) for v in range(1, 4)]
-    for event in events:
-        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
-    producer.flush()
-    first = RefusedCommits(engine=engine, group_id=f"test-{unique}", topics=[topic],
-                           handlers={"Happened": record_effect}, bootstrap_servers=broker.bootstrap,
-                           refusals=10**6)
+    events = publish(producer, topic, unique, 3)
+    first = make_consumer(broker, engine, topic, unique, kind=RefusedCommits, refusals=10**6)
     consume_until(first, lambda: len(effect_rows(engine)) == 3, timeout=30)
     assert not committed_to_end(broker.bootstrap, f"test-{unique}", topic), "Kafka was told: the drill is void"
     consume_until(make_consumer(broker, engine, topic, unique),
