@@ -171,14 +171,6 @@ class WriterQueue:
         for queue in cls._queues.values():
             queue.threads, queue._fd = threading.Lock(), None
 
-    @contextlib.contextmanager
-    def turn(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
     def acquire(self) -> None:
         # as long as SQLite's busy timeout, and the same error after it (a thread of this process
         # stuck in a transaction); another process's turn ends with its transaction or its life

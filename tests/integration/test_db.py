@@ -155,10 +155,14 @@ def test_a_process_forked_while_a_thread_has_the_turn_queues_on_the_file_not_on_
     engine.dispose()  # no connection of the parent's pool goes into the child
     context = multiprocessing.get_context("fork")
     done = context.Event()
-    with WriterQueue.of(engine).turn():
+    queue = WriterQueue.of(engine)
+    queue.acquire()
+    try:
         child = context.Process(target=_write_in_a_forked_child, args=(url, done))
         child.start()
         assert not done.wait(0.5), "the child wrote while the parent held the turn"
+    finally:
+        queue.release()
     assert done.wait(30), "the child never got its turn: it waits on the thread lock it inherited"
     child.join(30)
     with engine.connect() as connection:
