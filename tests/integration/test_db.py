@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from services.kernel.db import WriterQueue, _switch_to_wal, make_engine, write_transaction
+from services.kernel.db import WriterQueue, _switch_to_wal, make_engine, read_transaction, write_transaction
 
 
 class FlakyCursor:
@@ -194,3 +194,46 @@ def test_writers_share_one_kept_connection_which_dispose_closes(tmp_path):
         assert connection.connection.driver_connection is not drivers[0]
     engine.dispose()
     assert [n for (n,) in sqlite3.connect(path).execute("SELECT n FROM t ORDER BY rowid")] == [10, 11]
+
+
+def test_reads_reuse_kept_connections_each_a_snapshot_which_dispose_closes(tmp_path):
+    """Read transactions on a SQLite file reuse kept connections (no pool check-out per read): one
+    after another the same, side by side different; each is a snapshot that ends with it (the next
+    read sees what was written meanwhile), a read that failed leaves no transaction open on the
+    connection it gives back, and after a restore replaced the file reads see the new file."""
+    path = tmp_path / "kept.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+
+    def count(connection) -> int:
+        return connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
+
+    with read_transaction(engine) as first:
+        driver = first.connection.driver_connection
+        assert count(first) == 1
+        with read_transaction(engine) as beside:
+            assert beside.connection.driver_connection is not driver
+        with write_transaction(engine) as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+        assert count(first) == 1  # a snapshot: the write after its first read is not in it
+    with read_transaction(engine) as again:
+        assert again.connection.driver_connection is driver and count(again) == 2
+    with pytest.raises(ZeroDivisionError):
+        with read_transaction(engine) as failing:
+            count(failing)
+            raise ZeroDivisionError
+    assert not driver.in_transaction
+    with read_transaction(engine) as after:
+        assert after.connection.driver_connection is driver and count(after) == 2
+    replacement = make_engine(f"sqlite:///{tmp_path / 'restored.db'}")
+    with write_transaction(replacement) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO t VALUES (10), (11), (12)")
+    replacement.dispose()
+    engine.dispose()  # as a restore does before it puts the file back
+    os.replace(tmp_path / "restored.db", path)
+    with read_transaction(engine) as restored:
+        assert count(restored) == 3 and restored.connection.driver_connection is not driver
+    engine.dispose()

@@ -101,3 +101,53 @@ def test_a_process_that_kept_a_key_forgets_it_when_its_time_is_up(keys_url):
     assert Sealer(keys).open(token) == PLACEHOLDER  # the eraser forgets at once
     other.forget_cached()
     assert Sealer(other).open(token) == PLACEHOLDER
+
+
+def test_texts_opened_with_a_kept_key_are_kept_with_it_and_go_with_it(keys_url, monkeypatch):
+    """A process that keeps a key keeps what it opened with it: reading the same tokens again
+    decrypts nothing, for as long as the key is kept — and no longer: shredding the key, erasing
+    its person, forgetting, or the key's time running out each make the tokens open afresh."""
+    from services.kernel import personal
+
+    decrypted: list[bytes] = []
+    real = personal.AESGCM
+
+    class Counting:
+        def __init__(self, key):
+            self.aead = real(key)
+
+        def encrypt(self, nonce, data, associated_data):
+            return self.aead.encrypt(nonce, data, associated_data)
+
+        def decrypt(self, nonce, data, associated_data):
+            decrypted.append(nonce)
+            return self.aead.decrypt(nonce, data, associated_data)
+
+        generate_key = staticmethod(real.generate_key)
+
+    monkeypatch.setattr(personal, "AESGCM", Counting)
+    clock = [1000.0]
+    monkeypatch.setattr(personal.time, "monotonic", lambda: clock[0])
+    keys = KeyStore(keys_url, cache_seconds=5)
+    keys.create_schema()
+    sealer = Sealer(keys)
+    name, phone = sealer.seal("王芳", "p-1", "name"), sealer.seal("13800138000", "p-1", "contact")
+    masked = "pii1m." + phone[len("pii1."):]
+    body = json.dumps({"by": name, "phone": masked, "again": name}, ensure_ascii=False).encode()
+    opened = {"by": "王芳", "phone": "138****8000", "again": "王芳"}
+    assert json.loads(sealer.open_json(body)) == opened and len(decrypted) == 2
+    assert json.loads(sealer.open_json(body)) == opened and sealer.open(name) == "王芳"
+    assert len(decrypted) == 2  # kept: nothing decrypted again
+    clock[0] += 5.1  # the key's time is up: read again, opened again
+    assert json.loads(sealer.open_json(body)) == opened and len(decrypted) == 4
+    keys.rotate("p-1", "name")
+    keys.shred([name.split(".")[1]], "corrected")
+    assert sealer.open(name) == PLACEHOLDER  # shredded here: its kept text went with it
+    assert json.loads(sealer.open_json(body))["phone"] == "138****8000" and len(decrypted) == 4
+    keys.forget_cached()
+    assert sealer.open(phone) == "13800138000" and len(decrypted) == 5
+    keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
+    assert sealer.open(phone) == PLACEHOLDER and sealer.open(masked) == PLACEHOLDER
+    no_keeping = KeyStore(keys_url, cache_seconds=0)  # keeps no key, so no text either
+    token = Sealer(no_keeping).seal("李雷", "p-2", "name")
+    assert [Sealer(no_keeping).open(token) for _ in range(2)] == ["李雷", "李雷"] and len(decrypted) == 7
