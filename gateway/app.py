@@ -40,7 +40,7 @@ from gateway import compose, live
 from gateway.catalogue import PREFIX, SERVICES, Catalogue, public_rule, service_path
 from gateway.store import GatewayStore, Ticket, fingerprint
 from gateway.tokens import authenticate, load_users
-from gateway.upstream import Upstream, UpstreamUnavailable
+from gateway.upstream import Upstream, UpstreamUnavailable, keep_addresses
 from services.kernel import settings as settings_module
 from services.kernel.auth import issue_token
 from services.kernel.config import GatewaySettings
@@ -172,6 +172,7 @@ def create_app(settings: GatewaySettings) -> flask.Flask:
         for name, url in service_urls.items()
     }
     app.extensions["cocreate.upstreams"] = upstreams
+    keep_addresses(settings.upstream_address_seconds)  # under gevent: no thread hop per connection
     composer = compose.Composer(upstreams, ThreadPoolExecutor(max_workers=16, thread_name_prefix="compose"))
     users = UsersFile(settings.users_file) if settings.users_file else None
     _install_edge(app, settings, store)

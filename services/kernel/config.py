@@ -184,6 +184,8 @@ class GatewaySettings(AuthSettings, KafkaSettings, KeyStoreSettings):
                                        "default sqlite:///<data_dir>/gateway.db")
     upstream_timeout_seconds: float = setting(2.0, doc="timeout of one call to a service")
     upstream_read_retries: int = setting(1, doc="extra attempts for idempotent reads (never for writes)")
+    upstream_address_seconds: float = setting(
+        5.0, doc="how long a gevent worker keeps a service's resolved address (0: looked up for every connection)")
     breaker_failures: int = setting(5, doc="consecutive failures that open a service's circuit breaker")
     breaker_open_seconds: float = setting(15.0, doc="how long an open breaker refuses calls before a trial")
     idempotency_hours: int = setting(24, doc="how long Idempotency-Key answers are kept")

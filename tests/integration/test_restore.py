@@ -294,7 +294,7 @@ def test_a_consumer_whose_database_was_restored_applies_the_lost_effects_once(
         send(early[1], late[2], late[2])  # redeliveries: one applied before the backup, one after
         every = sorted(e.event_id for e in early + late)
         consume_until(consumer(restored), lambda: len(effect_ids(restored)) >= 10
-                      and committed_to_end(broker.bootstrap, group, topic), timeout=30,
+                      and committed_to_end(broker.bootstrap, group, topic), timeout=60,
                       what="the effects lost with the restore were not applied again")
         assert effect_ids(restored) == every  # each exactly once
         with restored.connect() as connection:

@@ -117,3 +117,55 @@ def test_breaker_half_opens_after_the_pause_and_one_trial_decides():
     assert breaker.allow()
     breaker.succeeded()
     assert breaker.state == "closed" and breaker.allow() and breaker.allow()
+
+
+def test_under_gevent_addresses_are_kept_and_numeric_ones_looked_up_in_place(monkeypatch):
+    """The gateway's gevent workers resolve through KeptAddresses: a numeric address never goes to
+    the thread pool, a name's answer is kept for its time and then looked up again, a failed lookup
+    is not kept."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from gevent import get_hub
+
+    from gateway import upstream
+
+    looked_up: list[tuple] = []
+    real = upstream._ThreadResolver.getaddrinfo
+
+    def spy(self, *args, **kwargs):
+        looked_up.append(args)
+        if args[0] == "down.example":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(upstream._ThreadResolver, "getaddrinfo", spy)
+    clock = [100.0]
+    monkeypatch.setattr(upstream, "time", SimpleNamespace(monotonic=lambda: clock[0], perf_counter=time.perf_counter,
+                                                          sleep=time.sleep))
+    resolver = upstream.KeptAddresses(get_hub(), seconds=5)
+    assert resolver.getaddrinfo("127.0.0.1", 8001, 0, socket.SOCK_STREAM) == \
+        socket.getaddrinfo("127.0.0.1", 8001, 0, socket.SOCK_STREAM)
+    assert looked_up == []  # numeric: answered in place
+    named = resolver.getaddrinfo("localhost", 8001, 0, socket.SOCK_STREAM)
+    assert named and resolver.getaddrinfo("localhost", 8001, 0, socket.SOCK_STREAM) == named
+    assert len(looked_up) == 1  # kept
+    clock[0] += 5.1
+    resolver.getaddrinfo("localhost", 8001, 0, socket.SOCK_STREAM)
+    assert len(looked_up) == 2  # its time was up
+    for _ in range(2):
+        with pytest.raises(socket.gaierror):
+            resolver.getaddrinfo("down.example", 80)
+    assert len(looked_up) == 4  # a failure is not kept
+    assert upstream.keep_addresses(5) is False  # not under gevent: nothing installed
+    installed = subprocess.run(
+        [sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n"
+         "from gevent import get_hub\nfrom gateway.upstream import KeptAddresses, keep_addresses\n"
+         "assert keep_addresses(5) and isinstance(get_hub().resolver, KeptAddresses)\n"
+         "assert not keep_addresses(0)\n"
+         "print(len(get_hub().resolver.getaddrinfo('127.0.0.1', 80)) > 0)"],
+        capture_output=True, text=True, timeout=60)
+    assert installed.stdout.strip() == "True", installed.stderr
