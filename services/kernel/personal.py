@@ -113,6 +113,8 @@ class KeyStore:
     """
 
     TEXTS_PER_KEY = 256  # a person's tokens opened while the key is kept (each seal is a new token)
+    BODIES_KEPT = 256  # whole answers opened (kept bytes of a page: the same body again and again)
+    BODY_BYTES_KEPT = 262_144
 
     def __init__(self, url: str, *, cache_seconds: float = 5.0) -> None:
         self.engine = make_engine(url)
@@ -120,6 +122,7 @@ class KeyStore:
         # kid -> (person_id, purpose, key) or None (gone), until when it is kept, texts opened with it
         self._kept: dict[str, tuple[tuple[str, str, bytes] | None, float, dict[str, str]]] = {}
         self._active: dict[tuple[str, str], tuple[str, float]] = {}
+        self._bodies: dict[bytes, tuple[bytes, float]] = {}  # answer -> opened, until its first key goes
         self._lock = threading.Lock()
 
     def create_schema(self) -> None:
@@ -130,6 +133,7 @@ class KeyStore:
         with self._lock:
             self._kept.clear()
             self._active.clear()
+            self._bodies.clear()
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -208,6 +212,26 @@ class KeyStore:
                         found[token] = text
         return found
 
+    def kept_body(self, body: bytes) -> bytes | None:
+        """``body`` opened before, while every key it was opened with is still kept."""
+        kept = self._bodies.get(body)
+        if kept is not None and time.monotonic() < kept[1]:
+            return kept[0]
+        return None
+
+    def keep_body(self, body: bytes, opened: bytes, kids: Iterable[str]) -> None:
+        """Keep ``body`` opened for as long as all of ``kids`` (the keys it was opened with, or
+        found gone) are kept: the first to go takes it with it."""
+        if len(body) > self.BODY_BYTES_KEPT:
+            return
+        with self._lock:
+            untils = [kept[1] for kept in map(self._kept.get, kids) if kept is not None]
+            if not untils or len(untils) < len(set(kids)):
+                return  # a key not kept (cache_seconds 0, or just shredded): nothing to bound it
+            if len(self._bodies) >= self.BODIES_KEPT:
+                self._bodies.clear()
+            self._bodies[body] = (opened, min(untils))
+
     def keep_text(self, kid: str, token: str, text: str) -> None:
         """Keep what ``token`` opened to, for as long as its key ``kid`` is kept."""
         with self._lock:
@@ -252,6 +276,8 @@ class KeyStore:
             for row in rows:
                 self._kept.pop(row.kid, None)
                 self._active.pop((row.person_id, row.purpose), None)
+            if rows:
+                self._bodies.clear()  # (which held one of these keys' texts is not worth finding out)
         return len(rows)
 
     # -- erasure ------------------------------------------------------------------------------
@@ -326,10 +352,16 @@ class Sealer:
         """A JSON document (bytes) with every sealed string in it opened (as JSON string content)."""
         if b"pii1" not in body:
             return body
-        opened = self._opened({match.group(0).decode() for match in _SHOWN_BYTES.finditer(body)})
+        kept = self.keys.kept_body(body)
+        if kept is not None:
+            return kept
+        tokens = {match.group(0).decode() for match in _SHOWN_BYTES.finditer(body)}
+        opened = self._opened(tokens)
         if not opened:
             return body
-        return _SHOWN_BYTES.sub(lambda match: _json_string_content(opened[match.group(0).decode()]), body)
+        result = _SHOWN_BYTES.sub(lambda match: _json_string_content(opened[match.group(0).decode()]), body)
+        self.keys.keep_body(body, result, {token.split(".", 2)[1] for token in tokens})
+        return result
 
     def _opened(self, tokens: set[str]) -> dict[str, str]:
         opened = self.keys.kept_texts(tokens)

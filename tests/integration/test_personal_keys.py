@@ -104,9 +104,10 @@ def test_a_process_that_kept_a_key_forgets_it_when_its_time_is_up(keys_url):
 
 
 def test_texts_opened_with_a_kept_key_are_kept_with_it_and_go_with_it(keys_url, monkeypatch):
-    """A process that keeps a key keeps what it opened with it: reading the same tokens again
-    decrypts nothing, for as long as the key is kept — and no longer: shredding the key, erasing
-    its person, forgetting, or the key's time running out each make the tokens open afresh."""
+    """A process that keeps a key keeps what it opened with it (tokens, and whole answers): reading
+    the same tokens again decrypts nothing, for as long as the key is kept — and no longer:
+    shredding the key, erasing its person, forgetting, or the key's time running out each make the
+    tokens open afresh."""
     from services.kernel import personal
 
     decrypted: list[bytes] = []
@@ -146,8 +147,14 @@ def test_texts_opened_with_a_kept_key_are_kept_with_it_and_go_with_it(keys_url, 
     assert json.loads(sealer.open_json(body))["phone"] == "138****8000" and len(decrypted) == 4
     keys.forget_cached()
     assert sealer.open(phone) == "13800138000" and len(decrypted) == 5
+    assert json.loads(sealer.open_json(body)) == {**opened, "by": PLACEHOLDER, "again": PLACEHOLDER}
+    assert sealer.open_json(body) == sealer.open_json(body) and len(decrypted) == 6  # the answer kept whole
     keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
     assert sealer.open(phone) == PLACEHOLDER and sealer.open(masked) == PLACEHOLDER
+    assert set(json.loads(sealer.open_json(body)).values()) == {PLACEHOLDER}  # erased here: the kept answer too
     no_keeping = KeyStore(keys_url, cache_seconds=0)  # keeps no key, so no text either
     token = Sealer(no_keeping).seal("李雷", "p-2", "name")
-    assert [Sealer(no_keeping).open(token) for _ in range(2)] == ["李雷", "李雷"] and len(decrypted) == 7
+    assert [Sealer(no_keeping).open(token) for _ in range(2)] == ["李雷", "李雷"] and len(decrypted) == 8
+    answer = json.dumps({"by": token}).encode()
+    assert [Sealer(no_keeping).open_json(answer) for _ in range(2)] == ['{"by": "李雷"}'.encode()] * 2
+    assert len(decrypted) == 10
