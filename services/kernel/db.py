@@ -307,7 +307,11 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     except IndexError:
         connection = engine.connect()
         driver = connection.connection.driver_connection
-    driver.execute("BEGIN DEFERRED")
+    try:
+        driver.execute("BEGIN DEFERRED")
+    except BaseException:
+        connection.close()  # not lent again
+        raise
     try:
         yield connection
     except BaseException:

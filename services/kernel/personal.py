@@ -106,10 +106,11 @@ class KeyStore:
 
     ``cache_seconds``: how long a process keeps a key it has read (keys only ever disappear, so a
     kept key can at most open a value for that long after it was shredded; 0 in tests that erase).
-    With a kept key the process also keeps the texts it opened with it (:meth:`kept_texts`), for
-    as long as the key and no longer: a read of the same tokens within that time decrypts nothing
-    (issue 23: opening the names of a project's page was a tenth of its time). Shredding or erasing
-    in this process, and :meth:`forget_cached`, drop both at once.
+    With a kept key the process also keeps the texts it opened with it (:meth:`kept_texts`), and
+    whole answers opened with kept keys (:meth:`kept_body`), for as long as the key (every key of
+    the answer) and no longer: a read of the same tokens or the same answer within that time
+    decrypts nothing (issue 23: opening the names of a project's page was a tenth of its time).
+    Shredding or erasing in this process, and :meth:`forget_cached`, drop them at once.
     """
 
     TEXTS_PER_KEY = 256  # a person's tokens opened while the key is kept (each seal is a new token)
