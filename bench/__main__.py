@@ -42,6 +42,23 @@ def machine() -> dict:
             "system": f"{host.system()} {host.release()}"}
 
 
+REFERENCE_LOOP = 5_000_000
+
+
+def reference_seconds() -> float:
+    """The machine's speed now: the best of three runs of a fixed pure-Python loop (additions).
+    Taken at the start and the end of a run and printed with its table, so that absolute figures
+    of runs on a shared machine whose speed varies (seen: 0.7 to 2.6 s for twice this loop on one
+    day) can be compared; the ratios to anchors measured in the same run need no such help."""
+    best = float("inf")
+    for _ in range(3):
+        began, total = time.perf_counter(), 0
+        for i in range(REFERENCE_LOOP):
+            total += i
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
 def _figure(value: float, unit: str) -> str:
     if unit in ("s",) or unit.startswith("ms"):
         return f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}"
@@ -50,8 +67,13 @@ def _figure(value: float, unit: str) -> str:
 
 def table(report: dict) -> str:
     m = report["machine"]
+    speed = ""
+    if m.get("reference_seconds"):
+        start, end = m["reference_seconds"]
+        speed = (f" The machine's speed: a reference loop ({REFERENCE_LOOP:,} additions in Python, best of 3) took "
+                 f"{start:.2f} s at the start and {end:.2f} s at the end (`bench.__main__.reference_seconds`).")
     lines = [f"Measured {report['date']} on {m['cpus']} CPUs ({m['cpu']}), {m['memory']}, Python {m['python']}, "
-             f"{'quick' if report['quick'] else 'full'} run in {report['seconds']:.0f} s.", "",
+             f"{'quick' if report['quick'] else 'full'} run in {report['seconds']:.0f} s.{speed}", "",
              "| measure | ours | anchor(s), same run | details | targets |", "|---|---|---|---|---|"]
     for row in report["rows"]:
         anchors = "; ".join(f"{name}: {_figure(value, row['unit'])}" for name, value in row["anchors"].items()) or "—"
@@ -84,6 +106,7 @@ def main(argv=None) -> int:
     from bench.platform import Platform
 
     workdir = Path(tempfile.mkdtemp(prefix="cocreate-bench-"))
+    speed_at_start = reference_seconds()
     started = time.monotonic()
     rows: list[dict] = []
 
@@ -116,8 +139,10 @@ def main(argv=None) -> int:
                     step("live streams at scale", lambda: live.run(workdir, args.quick, running))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    seconds = time.monotonic() - started
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
-              "machine": machine(), "seconds": time.monotonic() - started, "rows": rows}
+              "machine": {**machine(), "reference_seconds": [round(speed_at_start, 2), round(reference_seconds(), 2)]},
+              "seconds": seconds, "rows": rows}
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")

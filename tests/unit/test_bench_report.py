@@ -24,6 +24,9 @@ def test_the_table_shows_each_figure_beside_its_anchor_and_the_targets():
     assert "Measured 2026-12-01 22:00 UTC on 2 CPUs (AMD EPYC)" in text
     assert "| relay | 5,134 events/s | bare kafka-python producer: 6,417 events/s (ours = 80%) | events: 50000 | ✅ ≥ 70%" in text
     assert "| ranking read | 6.20 ms p99 | — | — | ❌ p99 < 20 ms |" in text
+    assert "reference loop" not in text  # a report from before it was taken
+    timed = table({**REPORT, "machine": {**REPORT["machine"], "reference_seconds": [0.71, 0.93]}})
+    assert "a reference loop (5,000,000 additions in Python, best of 3) took 0.71 s at the start and 0.93 s" in timed
 
 
 def test_the_readme_table_is_replaced_between_the_markers(tmp_path):
