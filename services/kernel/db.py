@@ -101,7 +101,7 @@ def _sqlite_engine(url: str) -> Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(connection):
         # the driver's own execute: a statement through SQLAlchemy costs more than the BEGIN itself
-        driver = connection.connection.driver_connection
+        driver = connection.connection.dbapi_connection
         if driver.in_transaction:  # opened by write_transaction: SQLAlchemy joins it
             return
         driver.execute("BEGIN IMMEDIATE" if connection.get_execution_options().get("write") else "BEGIN DEFERRED")
@@ -219,7 +219,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     queue = WriterQueue.of(engine)  # (inline rather than nested context managers: this runs for every write)
     if queue is None:  # a memory database: no other process, nothing kept
         connection = engine.connect()
-        driver = connection.connection.driver_connection
+        driver = connection.connection.dbapi_connection
     else:
         queue.acquire()
     try:
@@ -234,7 +234,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             elif driver.in_transaction:
                 driver.rollback()
             if queue is not None and (connection.invalidated or connection.closed):
-                _WRITERS.pop(engine, None)  # not lent again: the next turn opens another
+                engine.__dict__.pop(_WRITER, None)  # not lent again: the next turn opens another
                 connection.close()
             raise
         if connection.in_transaction():
@@ -253,13 +253,15 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 # a transaction pays no pool check-out, check-in and reset (issue 23: about a tenth of a one-event
 # append). Per process: one made before a fork is left alone in the child (never closed there).
 # ``engine.dispose()`` closes it (a test replacing the file must not keep writing to the old one).
-_WRITERS: "weakref.WeakKeyDictionary[Engine, tuple[int, Connection, sqlite3.Connection]]" = weakref.WeakKeyDictionary()
+# Kept on the engine itself (not in a module-level map: the connection refers to its engine, and an
+# engine nobody uses any more must be collected with its connections).
+_WRITER = "_cocreate_writer"  # (pid, connection, driver)
 _LEFT_BEHIND_BY_FORK: list[Connection] = []
 
 
 def _writer_connection(engine: Engine) -> tuple[Connection, sqlite3.Connection]:
     """Called in the engine's writers' turn: the kept connection and its driver's, or new ones."""
-    kept = _WRITERS.get(engine)
+    kept = engine.__dict__.get(_WRITER)
     if kept is not None:
         pid, connection, driver = kept
         if pid == os.getpid() and not (connection.closed or connection.invalidated):
@@ -268,19 +270,28 @@ def _writer_connection(engine: Engine) -> tuple[Connection, sqlite3.Connection]:
             _LEFT_BEHIND_BY_FORK.append(connection)  # the parent's: not this process's to close
         else:
             connection.close()
-    connection = engine.connect()
-    driver = connection.connection.driver_connection
-    _WRITERS[engine] = (os.getpid(), connection, driver)
+    connection = _detached(engine)
+    driver = connection.connection.dbapi_connection
+    engine.__dict__[_WRITER] = (os.getpid(), connection, driver)
     return connection, driver
+
+
+def _detached(engine: Engine) -> Connection:
+    """A new connection to keep, detached from the engine's pool: a connection checked out of a
+    pool holds its engine alive (SQLAlchemy keeps checked-out records strongly), and an engine
+    nobody uses any more must be collected with the connections kept on it (closed then)."""
+    connection = engine.connect()
+    connection.detach()
+    return connection
 
 
 @sa.event.listens_for(Engine, "engine_disposed")
 def _close_writer(engine: Engine) -> None:
-    kept = _WRITERS.pop(engine, None)
+    kept = engine.__dict__.pop(_WRITER, None)
     if kept is not None and kept[0] == os.getpid():
         kept[1].detach()  # closed for real, not checked in to the pool dispose has just replaced
         kept[1].close()
-    readers = _READERS.pop(engine, None)
+    readers = engine.__dict__.pop(_READERS, None)
     if readers is not None and readers[0] == os.getpid() and readers[1]:
         while readers[1]:
             connection, _driver = readers[1].pop()
@@ -305,8 +316,8 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     try:
         connection, driver = free.pop()
     except IndexError:
-        connection = engine.connect()
-        driver = connection.connection.driver_connection
+        connection = _detached(engine)
+        driver = connection.connection.dbapi_connection
     try:
         driver.execute("BEGIN DEFERRED")
     except BaseException:
@@ -332,17 +343,17 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 # that a reader pops one from (or opens one) and puts it back on (at most READERS_KEPT are kept;
 # list.pop and append are atomic, threads and greenlets share it safely). Per process, as the writer's.
 READERS_KEPT = 8
-_READERS: "weakref.WeakKeyDictionary[Engine, tuple[int, list | None]]" = weakref.WeakKeyDictionary()
+_READERS = "_cocreate_readers"  # (pid, the list, or None: this engine's reads use the pool), on the engine
 
 
 def _reader_connections(engine: Engine) -> "list[tuple[Connection, sqlite3.Connection]] | None":
-    kept = _READERS.get(engine)
+    kept = engine.__dict__.get(_READERS)
     if kept is not None and kept[0] == os.getpid():
         return kept[1]
     if kept is not None and kept[1]:
         _LEFT_BEHIND_BY_FORK.extend(connection for connection, _driver in kept[1])  # the parent's
     free = [] if is_sqlite(engine) and WriterQueue.of(engine) is not None else None
-    _READERS[engine] = (os.getpid(), free)
+    engine.__dict__[_READERS] = (os.getpid(), free)
     return free
 
 
@@ -383,7 +394,7 @@ class Prepared:
         """Execute with ``params`` (by bind name); the driver's cursor, for a query's rows."""
         sql, order, defaults = self._sql(connection.dialect)
         values = {**defaults, **params} if params else defaults
-        cursor = connection.connection.driver_connection.cursor()
+        cursor = connection.connection.dbapi_connection.cursor()
         cursor.execute(sql, tuple(values[name] for name in order) if order is not None else values)
         return cursor
 

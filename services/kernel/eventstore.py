@@ -251,7 +251,7 @@ class EventStore:
 
     def _append(self, connection, stream_id, expected_version, events, metadata, state) -> list[StoredEvent]:
         if self._sqlite:  # the driver's cursor: this runs for every command (no statement compiling)
-            cursor = connection.connection.driver_connection.cursor()
+            cursor = connection.connection.dbapi_connection.cursor()
             try:
                 stored = self._sqlite_append(cursor, stream_id, expected_version, events, metadata, state)
             finally:
@@ -390,7 +390,7 @@ class EventStore:
             return [self._row_to_event(row) for row in own.execute(query)]
 
     def _sqlite_page(self, connection: Connection, after: int, bound: int, limit: int) -> list[StoredEvent]:
-        cursor = connection.connection.driver_connection.cursor()
+        cursor = connection.connection.dbapi_connection.cursor()
         try:
             rows = cursor.execute(_SQLITE_PAGE, (after, bound, limit)).fetchall()
         finally:

@@ -180,7 +180,7 @@ def test_writers_share_one_kept_connection_which_dispose_closes(tmp_path):
             if n == 1:
                 connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
             connection.exec_driver_sql(f"INSERT INTO t VALUES ({n})")
-            drivers.append(connection.connection.driver_connection)
+            drivers.append(connection.connection.dbapi_connection)
     assert drivers[0] is drivers[1]
     replacement = make_engine(f"sqlite:///{tmp_path / 'restored.db'}")
     with write_transaction(replacement) as connection:
@@ -191,7 +191,7 @@ def test_writers_share_one_kept_connection_which_dispose_closes(tmp_path):
     os.replace(tmp_path / "restored.db", path)
     with write_transaction(engine) as connection:
         connection.exec_driver_sql("INSERT INTO t VALUES (11)")
-        assert connection.connection.driver_connection is not drivers[0]
+        assert connection.connection.dbapi_connection is not drivers[0]
     engine.dispose()
     assert [n for (n,) in sqlite3.connect(path).execute("SELECT n FROM t ORDER BY rowid")] == [10, 11]
 
@@ -211,22 +211,22 @@ def test_reads_reuse_kept_connections_each_a_snapshot_which_dispose_closes(tmp_p
         return connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
 
     with read_transaction(engine) as first:
-        driver = first.connection.driver_connection
+        driver = first.connection.dbapi_connection
         assert count(first) == 1
         with read_transaction(engine) as beside:
-            assert beside.connection.driver_connection is not driver
+            assert beside.connection.dbapi_connection is not driver
         with write_transaction(engine) as connection:
             connection.exec_driver_sql("INSERT INTO t VALUES (2)")
         assert count(first) == 1  # a snapshot: the write after its first read is not in it
     with read_transaction(engine) as again:
-        assert again.connection.driver_connection is driver and count(again) == 2
+        assert again.connection.dbapi_connection is driver and count(again) == 2
     with pytest.raises(ZeroDivisionError):
         with read_transaction(engine) as failing:
             count(failing)
             raise ZeroDivisionError
     assert not driver.in_transaction
     with read_transaction(engine) as after:
-        assert after.connection.driver_connection is driver and count(after) == 2
+        assert after.connection.dbapi_connection is driver and count(after) == 2
     replacement = make_engine(f"sqlite:///{tmp_path / 'restored.db'}")
     with write_transaction(replacement) as connection:
         connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
@@ -235,5 +235,29 @@ def test_reads_reuse_kept_connections_each_a_snapshot_which_dispose_closes(tmp_p
     engine.dispose()  # as a restore does before it puts the file back
     os.replace(tmp_path / "restored.db", path)
     with read_transaction(engine) as restored:
-        assert count(restored) == 3 and restored.connection.driver_connection is not driver
+        assert count(restored) == 3 and restored.connection.dbapi_connection is not driver
     engine.dispose()
+
+
+def test_an_engine_nobody_uses_is_collected_with_the_connections_kept_on_it(tmp_path):
+    """Kept write and read connections are detached from the pool: an engine dropped without
+    dispose() (a test's, a one-off command's) is garbage-collected, and its SQLite files closed."""
+    import gc
+    import weakref
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'dropped.db'}")
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    with read_transaction(engine) as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+
+    def open_files() -> int:
+        names = {str(tmp_path / f"dropped.db{suffix}") for suffix in ("", "-wal", "-shm")}  # not the writers' lock file
+        return sum(os.readlink(f"/proc/self/fd/{fd}") in names
+                   for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+    assert open_files() >= 2  # the kept writer and reader (the database, its WAL)
+    dropped = weakref.ref(engine)
+    del engine, connection
+    gc.collect()
+    assert dropped() is None and open_files() == 0

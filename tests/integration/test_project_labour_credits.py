@@ -53,7 +53,7 @@ def test_labour_delivered_is_credited_once_even_when_redelivered(broker, tmp_pat
     # Every record of the topic handled (the group committed its end), not just the three credits
     # seen: a second credit, if there were one, would be there by then.
     consume_until(consumer, lambda: count_events(volunteers.store, "ProjectLabourCredited") >= 3
-                  and committed_to_end(broker.bootstrap, group, topic))
+                  and committed_to_end(broker.bootstrap, group, topic), timeout=120)
 
     card = v.get(worker, f"/cards/{worker.person_id}")
     assert card["approved_minutes"] == 210 and card["points_balance"] == 210 * 10 // 60
