@@ -46,10 +46,12 @@ REFERENCE_LOOP = 5_000_000
 
 
 def reference_seconds() -> float:
-    """The machine's speed now: the best of three runs of a fixed pure-Python loop (additions).
-    Taken at the start and the end of a run and printed with its table, so that absolute figures
-    of runs on a shared machine whose speed varies (seen: 0.7 to 2.6 s for twice this loop on one
-    day) can be compared; the ratios to anchors measured in the same run need no such help."""
+    """The interpreter's speed now: the best of three runs of a fixed pure-Python loop (additions in
+    a function: CPU only, in cache). Taken at the start and the end of a run and printed with its
+    table, beside the absolute figures of a shared machine. It does not see everything that makes
+    a run slower: on 2026-12-05 the hello-world anchor (code unchanged) fell from 2,762 to 1,287
+    req/s and replay from 243,611 to 92,139 events/s between two runs while this loop stayed at
+    0.30–0.34 s — the ratios to anchors measured in the same run are the figures to compare."""
     best = float("inf")
     for _ in range(3):
         began, total = time.perf_counter(), 0
