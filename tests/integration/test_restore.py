@@ -279,13 +279,13 @@ def test_a_consumer_whose_database_was_restored_applies_the_lost_effects_once(
     try:
         early = [envelope(f"s-{unique}-{n % 3}", n) for n in range(1, 6)]
         send(*early)
-        consume_until(consumer(engine), lambda: committed_to_end(broker.bootstrap, group, topic), timeout=30)
+        consume_until(consumer(engine), lambda: committed_to_end(broker.bootstrap, group, topic), timeout=90)
         assert effect_ids(engine) == sorted(e.event_id for e in early)
         engine.dispose()
         backup = snapshot(database_url)
         late = [envelope(f"s-{unique}-{n % 3}", n) for n in range(6, 11)]
         send(*late)
-        consume_until(consumer(engine), lambda: committed_to_end(broker.bootstrap, group, topic), timeout=30)
+        consume_until(consumer(engine), lambda: committed_to_end(broker.bootstrap, group, topic), timeout=90)
         assert len(effect_ids(engine)) == 10
         engine.dispose()
 
@@ -294,7 +294,7 @@ def test_a_consumer_whose_database_was_restored_applies_the_lost_effects_once(
         send(early[1], late[2], late[2])  # redeliveries: one applied before the backup, one after
         every = sorted(e.event_id for e in early + late)
         consume_until(consumer(restored), lambda: len(effect_ids(restored)) >= 10
-                      and committed_to_end(broker.bootstrap, group, topic), timeout=60,
+                      and committed_to_end(broker.bootstrap, group, topic), timeout=90,
                       what="the effects lost with the restore were not applied again")
         assert effect_ids(restored) == every  # each exactly once
         with restored.connect() as connection:
@@ -340,14 +340,14 @@ def test_after_recover_tail_the_services_reactions_are_not_made_twice(broker, da
         for event in sources[:3]:
             producer.send(source_topic, key=event.stream_id.encode(), value=event.to_json())
         producer.flush()
-        consume_until(consumer(store), lambda: committed_to_end(broker.bootstrap, group, source_topic), timeout=30)
+        consume_until(consumer(store), lambda: committed_to_end(broker.bootstrap, group, source_topic), timeout=90)
         publish_all(Relay(store, topic=topic, bootstrap_servers=broker.bootstrap))
         stopped(store)
         backup = snapshot(database_url)
         for event in sources[3:]:
             producer.send(source_topic, key=event.stream_id.encode(), value=event.to_json())
         producer.flush()
-        consume_until(consumer(store), lambda: committed_to_end(broker.bootstrap, group, source_topic), timeout=30)
+        consume_until(consumer(store), lambda: committed_to_end(broker.bootstrap, group, source_topic), timeout=90)
         publish_all(Relay(store, topic=topic, bootstrap_servers=broker.bootstrap))
         assert reactions(store) == sorted(e.event_id for e in sources)
         stopped(store)
@@ -364,7 +364,7 @@ def test_after_recover_tail_the_services_reactions_are_not_made_twice(broker, da
         sentinel = envelope(f"u-{unique}", 7)
         producer.send(source_topic, key=sentinel.stream_id.encode(), value=sentinel.to_json())
         producer.flush()
-        consume_until(consumer(restored), lambda: sentinel.event_id in reactions(restored), timeout=30)
+        consume_until(consumer(restored), lambda: sentinel.event_id in reactions(restored), timeout=90)
         assert reactions(restored) == sorted(e.event_id for e in sources + [sentinel])  # none twice
         restored.engine.dispose()
     finally:
