@@ -202,6 +202,14 @@ def _commit(driver: sqlite3.Connection) -> None:
     driver.commit()
 
 
+def _roll_back(connection: Connection, driver: sqlite3.Connection) -> None:
+    """Roll back a transaction opened on the driver: through SQLAlchemy when it joined, else on the driver."""
+    if connection.in_transaction():
+        connection.rollback()
+    elif driver.in_transaction:
+        driver.rollback()
+
+
 @contextlib.contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that may write: serialised with other writers on SQLite.
@@ -229,10 +237,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         try:
             yield connection
         except BaseException:
-            if connection.in_transaction():
-                connection.rollback()
-            elif driver.in_transaction:
-                driver.rollback()
+            _roll_back(connection, driver)
             if queue is not None and (connection.invalidated or connection.closed):
                 engine.__dict__.pop(_WRITER, None)  # not lent again: the next turn opens another
                 connection.close()
@@ -326,10 +331,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     try:
         yield connection
     except BaseException:
-        if connection.in_transaction():
-            connection.rollback()
-        elif driver.in_transaction:
-            driver.rollback()
+        _roll_back(connection, driver)
         _keep_reader(free, connection, driver)
         raise
     if connection.in_transaction():
