@@ -6,11 +6,13 @@ command of the ``eventsourcing`` library (9.x, the bench extra) per request —
 ``POST /boxes/<id>/ballots`` with ``{"voter", "choice"}``: get the ballot box (an
 ``eventsourcing.domain.Aggregate``, replayed from its events), decide (a known choice, one ballot
 per voter), save the new ``BallotCast`` event; 201 with the box's new version. Two sync workers
-share one SQLite file, like ours; the boxes are created before the clock starts, and the requests
-are spread over many of them (each a new voter) so that a box holds few events and its replay
-stays small (eventsourcing replays the whole stream without a snapshot; ours starts from a view
-row). A save that loses the race for a version to the other worker (``IntegrityError``) is
-retried with a fresh get, as a caller of ``Application.save`` would.
+share one SQLite file, like ours; the boxes are created before the clock starts. Each pool of
+requests has boxes of its own and holds :data:`bench.http.VOTERS_PER_BOX` ballots for each (each a
+new voter), as each of our pools has projects of its own with as many representatives casting
+their ballot on each: the same number of ballots per aggregate on both sides (eventsourcing replays
+the box's events without a snapshot; ours starts from its view row of the project). A save that
+loses the race for a version to the other worker (``IntegrityError``) is retried with a fresh get,
+as a caller of ``Application.save`` would.
 
 Durability, the same as ours (``services.kernel.db``: WAL, ``PRAGMA synchronous=FULL``, every
 commit fsynced): eventsourcing's SQLite datastore (``eventsourcing.sqlite``) switches a file
@@ -191,15 +193,17 @@ def ballot_requests(boxes: list[UUID], count: int, pool: str) -> list:
 class WriteAnchor:
     """The write anchor under gunicorn (2 sync workers), its boxes created before it starts."""
 
-    def __init__(self, workdir: Path, boxes: int) -> None:
+    def __init__(self, workdir: Path, boxes: int, voters_per_box: int) -> None:
         from bench.platform import HelloWorld
 
         self.db_path = workdir / "write-anchor" / "ballots.db"
         self.boxes_count = boxes
+        self.voters_per_box = voters_per_box
         self.server = HelloWorld(workdir, "bench.anchors:write_app()", name="write-anchor",
                                  env={"BENCH_WRITE_ANCHOR_DB": str(self.db_path)})
         self.url = self.server.url
         self.boxes: list[UUID] = []
+        self._taken = 0  # boxes given to pools so far
 
     def __enter__(self) -> "WriteAnchor":
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,12 +215,19 @@ class WriteAnchor:
         self.server.__exit__(*exc)
 
     def requests(self, count: int, pool: str) -> list:
-        return ballot_requests(self.boxes, count, pool)
+        """``count`` ballots on boxes of this pool's own, ``voters_per_box`` on each."""
+        needed = -(-count // self.voters_per_box)
+        if self._taken + needed > len(self.boxes):
+            raise ValueError(f"the write anchor has {len(self.boxes) - self._taken} boxes left, {needed} needed")
+        boxes = self.boxes[self._taken:self._taken + needed]
+        self._taken += needed
+        return ballot_requests(boxes, count, pool)
 
-    def events_per_box(self) -> float:
+    def most_events_per_box(self) -> int:
+        """The most events a box holds (its opening and its ballots)."""
         with sqlite3.connect(self.db_path) as db:
-            events = db.execute("SELECT COUNT(*) FROM stored_events").fetchone()[0]
-        return events / max(1, len(self.boxes))
+            return db.execute("SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n FROM stored_events "
+                              "GROUP BY originator_id)").fetchone()[0]
 
     def worker_rss_mb(self) -> list[float]:
         return self.server.worker_rss_mb()

@@ -274,9 +274,11 @@ def ballot(workdir: Path, requests: int, interval_s: float, explain: str = "") -
     from tests.support.apps import container, service_app
     from tests.support.projects import Community, FlaskClient, ProjectsDriver
 
+    from bench.http import VOTERS_PER_BOX
+
     configure_logging("projects")
-    projects_per_run = 4
-    reps = -(-(requests + 20) // projects_per_run)
+    reps = VOTERS_PER_BOX  # as many ballots per project as `make bench` casts (and its anchor per box)
+    projects_per_run = -(-(requests + 20) // reps)
     with logs_to(workdir / "projects.log"):
         app = service_app(DEFINITION, f"sqlite:///{workdir}/projects.db")
         client = app.test_client()
