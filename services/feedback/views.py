@@ -15,6 +15,7 @@ policy's allow-lists (:func:`services.kernel.privacy.public_view`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -337,12 +338,22 @@ class SubjectStats:
     def _add(self, connection: Connection, deltas: dict) -> None:
         if not deltas:
             return
-        connection.exec_driver_sql(self._upsert(connection), [
-            (d["subject_id"], d["period"], d["community_id"], d["subject_kind"], *(stats[c] for c in self.COUNTS))
-            for d, stats in deltas.values()])
+        rows = [(d["subject_id"], d["period"], d["community_id"], d["subject_kind"], *(stats[c] for c in self.COUNTS))
+                for d, stats in deltas.values()]
+        # on the driver's cursor, in the caller's transaction: a rating's command runs this, and a
+        # statement through SQLAlchemy would make it join (and end) the command's transaction itself
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            if len(rows) == 1:
+                cursor.execute(self._upsert(connection.dialect.paramstyle), rows[0])
+            else:
+                cursor.executemany(self._upsert(connection.dialect.paramstyle), rows)
+        finally:
+            cursor.close()
 
-    def _upsert(self, connection: Connection) -> str:
-        mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    @functools.cache
+    def _upsert(self, paramstyle: str) -> str:
+        mark = "?" if paramstyle == "qmark" else "%s"
         columns = ("subject_id", "period", "community_id", "kind", *self.COUNTS)
         return (f"INSERT INTO subject_stats ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
                 f"ON CONFLICT (subject_id, period) DO UPDATE SET "
