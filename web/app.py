@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # The same series as every other app of the platform (one dashboard, one alert rule), app="web", in
 # a registry of the web client's own (a process that imports a service's metrics too stays valid).
 OWN_REGISTRY = CollectorRegistry()
+# The methods the metrics name; any other is counted as OTHER (services.kernel.web.METHODS_LABELLED).
+METHODS_LABELLED = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUESTS = Counter("cocreate_http_requests_total", "HTTP requests handled", ["app", "route", "method", "status"],
                    registry=OWN_REGISTRY)
 LATENCY = Histogram("cocreate_http_request_duration_seconds", "HTTP request latency", ["app", "route", "method"],
@@ -206,6 +208,8 @@ def _install_observability(app: flask.Flask, db: SQLAlchemy) -> None:
     def _finish(response: flask.Response):
         rule = flask.request.url_rule
         route, method = (rule.rule if rule is not None else "unmatched"), flask.request.method
+        if method not in METHODS_LABELLED:
+            method = "OTHER"  # a made-up method is not a series of its own (as the services count it)
         REQUESTS.labels("web", route, method, str(response.status_code)).inc()
         LATENCY.labels("web", route, method).observe(time.perf_counter() - flask.g.get("started", time.perf_counter()))
         response.headers.setdefault("Content-Security-Policy", app.extensions.get("cocreate.csp", CSP))

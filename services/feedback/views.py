@@ -342,22 +342,15 @@ class SubjectStats:
                 for d, stats in deltas.values()]
         # on the driver's cursor, in the caller's transaction: a rating's command runs this, and a
         # statement through SQLAlchemy would make it join (and end) the command's transaction itself
+        upsert = _stats_upsert(connection.dialect.paramstyle, self.COUNTS)
         cursor = connection.connection.dbapi_connection.cursor()
         try:
             if len(rows) == 1:
-                cursor.execute(self._upsert(connection.dialect.paramstyle), rows[0])
+                cursor.execute(upsert, rows[0])
             else:
-                cursor.executemany(self._upsert(connection.dialect.paramstyle), rows)
+                cursor.executemany(upsert, rows)
         finally:
             cursor.close()
-
-    @functools.cache
-    def _upsert(self, paramstyle: str) -> str:
-        mark = "?" if paramstyle == "qmark" else "%s"
-        columns = ("subject_id", "period", "community_id", "kind", *self.COUNTS)
-        return (f"INSERT INTO subject_stats ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
-                f"ON CONFLICT (subject_id, period) DO UPDATE SET "
-                + ", ".join(f"{c} = subject_stats.{c} + excluded.{c}" for c in self.COUNTS))
 
     def for_ranking(self, connection: Connection, community_id: str, kind: str, period: str) -> dict[str, dict]:
         t, s = self.table, SUBJECTS.table
@@ -370,6 +363,16 @@ class SubjectStats:
         t = self.table
         row = connection.execute(sa.select(t).where(t.c.subject_id == subject_id, t.c.period == period)).first()
         return {c: getattr(row, c) for c in self.COUNTS} if row is not None else empty_stats()
+
+
+@functools.cache
+def _stats_upsert(paramstyle: str, counts: tuple[str, ...]) -> str:
+    """``subject_stats``' upsert that adds a row's counts to the stored ones, in the driver's style."""
+    mark = "?" if paramstyle == "qmark" else "%s"
+    columns = ("subject_id", "period", "community_id", "kind", *counts)
+    return (f"INSERT INTO subject_stats ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
+            f"ON CONFLICT (subject_id, period) DO UPDATE SET "
+            + ", ".join(f"{c} = subject_stats.{c} + excluded.{c}" for c in counts))
 
 
 @dataclasses.dataclass

@@ -300,10 +300,17 @@ def _install_error_handlers(app: flask.Flask) -> None:
     app.register_error_handler(Exception, handle_unexpected)
 
 
+CHILDREN_KEPT = 512  # (route, method, status) keys whose metric children a worker keeps
+# The methods the metrics name; any other a caller sends is counted as OTHER (each name it made up
+# would otherwise be a series of its own, kept by every worker and in the multiprocess files).
+METHODS_LABELLED = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _install_request_hooks(app: flask.Flask, name: str) -> None:
     # Each (route, method, status)'s two metric children, labelled once: ``labels()`` takes a lock
     # and checks its label values on every call (issue 23: a hundredth of a page's time). The routes
-    # are the app's templates (and UNMATCHED_ROUTE), so the map stays small.
+    # are the app's templates (and UNMATCHED_ROUTE); a caller may send any method name, so at most
+    # CHILDREN_KEPT are kept (the rest are labelled per request, as before).
     children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @app.before_request
@@ -336,12 +343,14 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
         route = flask.g.get("metrics_route") or (request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE)
         if route not in ("/metrics",):
             elapsed = time.perf_counter() - flask.g.get("started", time.perf_counter())
-            key = (route, request.method, response.status_code)
+            method = request.method if request.method in METHODS_LABELLED else "OTHER"
+            key = (route, method, response.status_code)
             counted = children.get(key)
             if counted is None:
-                counted = children[key] = (
-                    metrics.HTTP_REQUESTS.labels(name, route, request.method, str(response.status_code)),
-                    metrics.HTTP_LATENCY.labels(name, route, request.method))
+                counted = (metrics.HTTP_REQUESTS.labels(name, route, method, str(response.status_code)),
+                           metrics.HTTP_LATENCY.labels(name, route, method))
+                if len(children) < CHILDREN_KEPT:
+                    children[key] = counted
             counted[0].inc()
             counted[1].observe(elapsed)
             if route not in ("/healthz", "/readyz"):

@@ -367,6 +367,20 @@ def test_metrics_count_requests_by_route(testapp, stream):
     assert 'route="/metrics"' not in text
 
 
+def test_made_up_methods_are_counted_as_other_not_as_series_of_their_own(testapp, stream):
+    """A caller choosing method names must not choose the metrics' series (each would be kept by
+    every worker and in the multiprocess files): any method but the standard ones is OTHER."""
+    before = testapp.client.get("/metrics").get_data(as_text=True)
+    for made_up in ("FOOBAR", "QWERTYUIOP", "BREW"):
+        assert testapp.client.open(f"/items/{stream}", method=made_up, headers=bearer()).status_code == 405
+    assert testapp.client.delete(f"/items/{stream}", headers=bearer()).status_code == 405
+    text = testapp.client.get("/metrics").get_data(as_text=True)
+    unmatched = "<unmatched>"  # a method the route does not take: no route matched
+    assert _request_count(text, unmatched, "OTHER", "405") == _request_count(before, unmatched, "OTHER", "405") + 3
+    assert _request_count(text, unmatched, "DELETE", "405") == _request_count(before, unmatched, "DELETE", "405") + 1
+    assert not re.search(r'method="(FOOBAR|QWERTYUIOP|BREW)"', text)
+
+
 def test_openapi_lists_the_route(testapp):
     response = testapp.client.get("/openapi.json")
     assert response.status_code == 200

@@ -597,6 +597,10 @@ def test_metrics_are_for_the_scraper_not_for_visitors_through_the_ingress(web, g
     # The Ingress sends every path to the web client and always adds X-Forwarded-For.
     through_ingress = web.client.get("/metrics", headers={"X-Forwarded-For": "198.51.100.4"})
     assert through_ingress.status_code == 404 and "cocreate_http" not in text(through_ingress)
+    # a method a caller made up is counted as OTHER, not as a series of its own
+    assert web.client.open("/c/c1", method="MADEUP").status_code in (400, 405)
+    scraped = text(web.client.get("/metrics"))
+    assert 'method="OTHER"' in scraped and 'method="MADEUP"' not in scraped
 
 
 def test_a_page_view_does_not_rewrite_the_session_but_use_after_five_minutes_extends_it(web, gateway, monkeypatch):
