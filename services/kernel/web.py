@@ -309,8 +309,8 @@ METHODS_LABELLED = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "
 def _install_request_hooks(app: flask.Flask, name: str) -> None:
     # Each (route, method, status)'s two metric children, labelled once: ``labels()`` takes a lock
     # and checks its label values on every call (issue 23: a hundredth of a page's time). The routes
-    # are the app's templates (and UNMATCHED_ROUTE); a caller may send any method name, so at most
-    # CHILDREN_KEPT are kept (the rest are labelled per request, as before).
+    # are the app's templates (and UNMATCHED_ROUTE) and the methods METHODS_LABELLED (and OTHER), so
+    # the keys are few; at most CHILDREN_KEPT are kept all the same (the rest labelled per request).
     children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     @app.before_request
