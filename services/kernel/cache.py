@@ -36,6 +36,7 @@ class AtVersion(Generic[T]):
         self.name, self.size = name, size
         self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> OrderedDict
         self._lock = threading.Lock()
+        self._counted: tuple | None = None  # (hits, misses): labelled once, at the first lookup
 
     def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T]) -> T:
         """The value of ``key`` at ``version`` in ``connection``'s database: kept, or made by
@@ -48,13 +49,18 @@ class AtVersion(Generic[T]):
             value = kept.get(entry)
             if value is not None:
                 kept.move_to_end(entry)
+        counted = self._counted or self._label()
         if value is not None:
-            metrics.CACHE_LOOKUPS.labels(self.name, "hit").inc()
+            counted[0].inc()
             return value
-        metrics.CACHE_LOOKUPS.labels(self.name, "miss").inc()
+        counted[1].inc()
         value = make()
         self.keep(connection.engine, key, version, value)
         return value
+
+    def _label(self) -> tuple:
+        self._counted = (metrics.CACHE_LOOKUPS.labels(self.name, "hit"), metrics.CACHE_LOOKUPS.labels(self.name, "miss"))
+        return self._counted
 
     def keep(self, engine: Engine, key: Hashable, version: int, value: T) -> None:
         """Keep ``value`` as ``key``'s at ``version`` in ``engine``'s database: made in a transaction

@@ -21,6 +21,8 @@ import time
 import weakref
 from datetime import datetime, timezone
 
+import msgspec
+
 FLUSH_SECONDS = 0.2
 FLUSH_BYTES = 65_536
 
@@ -50,7 +52,17 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        try:  # msgspec: the same compact JSON, a few times faster (a line per request: issue 23)
+            return _ENCODE(line).decode()
+        except (TypeError, ValueError, OverflowError):  # what it cannot encode: as the standard library does
+            return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def _encode_other(value: object) -> str:
+    return str(value)
+
+
+_ENCODE = msgspec.json.Encoder(enc_hook=_encode_other).encode
 
 
 class BatchedLines(logging.StreamHandler):
@@ -72,9 +84,17 @@ class BatchedLines(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
+        self._add(line, record.levelno >= logging.WARNING, record)
+
+    def add_info_line(self, line: str) -> None:
+        """Add a line of level INFO formatted already (:func:`request_line`)."""
+        with self.lock:
+            self._add(line + self.terminator, False, None)
+
+    def _add(self, line: str, at_once: bool, record: logging.LogRecord | None) -> None:
         self._waiting.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING or self._size >= self.flush_bytes or self.flush_seconds <= 0:
+        if at_once or self._size >= self.flush_bytes or self.flush_seconds <= 0:
             self._write(record)
         elif len(self._waiting) == 1:
             if self._flusher_pid != os.getpid():
@@ -120,6 +140,52 @@ def _flush_batches(handler_ref: "weakref.ref[BatchedLines]", wake: threading.Eve
         wake.clear()  # a line after this wakes it again; one before it is in this batch
         handler.flush()
         del handler
+
+
+def request_line(logger: logging.Logger, message: str, fields: dict[str, object]) -> None:
+    """``logger.info(message, extra=fields)`` — the line every request writes — without a
+    ``LogRecord``: when the only place the record would go is this module's handler on the root
+    logger (as :func:`configure_logging` leaves it), the line :class:`JsonFormatter` would make of
+    that record is made at once and added to the batch (the logging module's record, filters and
+    handler walk were half a project page's log line: issue 23). Otherwise (another handler or a
+    filter on the way, a test capturing records) the record is logged as usual."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _only_handler(logger)
+    if handler is None:
+        logger.info(message, extra=fields)
+        return
+    created = time.time()
+    line = {"ts": datetime.fromtimestamp(created, tz=timezone.utc).isoformat(timespec="milliseconds"),
+            "level": "INFO", "service": handler.formatter.service, "logger": logger.name, "message": message}
+    correlation_id = correlation_id_var.get()
+    if correlation_id:
+        line["correlation_id"] = correlation_id
+    line.update(fields)
+    try:
+        text = _ENCODE(line).decode()
+    except (TypeError, ValueError, OverflowError):
+        text = json.dumps(line, ensure_ascii=False, default=str)
+    handler.add_info_line(text)
+
+
+def _only_handler(logger: logging.Logger) -> "BatchedLines | None":
+    """The root's one :class:`BatchedLines` with a :class:`JsonFormatter` when a record of
+    ``logger`` would reach that handler and nothing else (no filter, no other handler, on the way)."""
+    root = logging.root
+    current: logging.Logger | None = logger
+    while current is not None and current is not root:
+        if current.handlers or current.filters or not current.propagate:
+            return None
+        current = current.parent
+    handlers = root.handlers
+    if root.filters or len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (type(handler) is not BatchedLines or handler.filters or handler.level > logging.INFO
+            or type(handler.formatter) is not JsonFormatter):
+        return None
+    return handler
 
 
 _BATCHED: "weakref.WeakSet[BatchedLines]" = weakref.WeakSet()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import io
 import json
 import logging
@@ -41,7 +42,7 @@ from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS, Principal, Token
 from services.kernel.config import AuthSettings
 from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
 from services.kernel.events import Metadata, dumps
-from services.kernel.logs import correlation_id_var
+from services.kernel.logs import correlation_id_var, request_line
 from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES
 
 log = logging.getLogger(__name__)
@@ -227,6 +228,26 @@ class CompactJSON(DefaultJSONProvider):
             return super().dumps(obj, **{"separators": (",", ":"), **kwargs})
 
 
+class App(flask.Flask):
+    """Flask, with :meth:`ensure_sync` deciding once per function whether it is a coroutine function:
+    Flask asks it of every request hook and view on every request (nine times for a project page,
+    each an ``inspect`` walk: issue 23). A bound method (a ``MethodView``'s, new on every request) is
+    remembered by its function; at most 4,096 are remembered (an app has a few hundred)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._coroutine_functions: dict[Any, bool] = {}
+
+    def ensure_sync(self, func: Callable) -> Callable:
+        key = getattr(func, "__func__", func)
+        is_coroutine = self._coroutine_functions.get(key)
+        if is_coroutine is None:
+            is_coroutine = inspect.iscoroutinefunction(func)
+            if len(self._coroutine_functions) < 4096:  # the app's functions are far fewer
+                self._coroutine_functions[key] = is_coroutine
+        return self.async_to_sync(func) if is_coroutine else func
+
+
 def create_base_app(
     name: str,
     settings: AuthSettings,
@@ -237,7 +258,7 @@ def create_base_app(
     max_body_bytes: int = 1_048_576,
     description: str = "",
 ) -> tuple[flask.Flask, Api]:
-    app = flask.Flask(name)
+    app = App(name)
     app.json = CompactJSON(app)
     app.config.update(
         API_TITLE=title,
@@ -315,11 +336,11 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
 
     @app.before_request
     def _start():
-        request = flask.request
+        request, g = flask.request._get_current_object(), flask.g._get_current_object()  # once, not per use
         correlation_id = request.headers.get(CORRELATION_HEADER, "").strip()[:128] or str(uuid.uuid4())
-        flask.g.correlation_id = correlation_id
-        flask.g.correlation_token = correlation_id_var.set(correlation_id)
-        flask.g.started = time.perf_counter()
+        g.correlation_id = correlation_id
+        g.correlation_token = correlation_id_var.set(correlation_id)
+        g.started = time.perf_counter()
         target = request.environ.get("RAW_URI") or request.full_path
         if len(target.encode("latin-1", "replace")) > MAX_URL_BYTES:
             return error_response(414, f"the URL is longer than {MAX_URL_BYTES} bytes", {
@@ -337,31 +358,33 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
 
     @app.after_request
     def _finish(response: flask.Response):
-        request = flask.request
-        response.headers[CORRELATION_HEADER] = flask.g.get("correlation_id", "")
+        request, g = flask.request._get_current_object(), flask.g._get_current_object()
+        response.headers[CORRELATION_HEADER] = g.get("correlation_id", "")
         # A view may name its route template itself (the gateway's proxy: the catalogue's template).
-        route = flask.g.get("metrics_route") or (request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE)
-        if route not in ("/metrics",):
-            elapsed = time.perf_counter() - flask.g.get("started", time.perf_counter())
-            method = request.method if request.method in METHODS_LABELLED else "OTHER"
-            key = (route, method, response.status_code)
+        rule = request.url_rule
+        route = g.get("metrics_route") or (rule.rule if rule is not None else UNMATCHED_ROUTE)
+        if route != "/metrics":
+            elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+            method = request.method
+            status = response.status_code
+            method_label = method if method in METHODS_LABELLED else "OTHER"
+            key = (route, method_label, status)
             counted = children.get(key)
             if counted is None:
-                counted = (metrics.HTTP_REQUESTS.labels(name, route, method, str(response.status_code)),
-                           metrics.HTTP_LATENCY.labels(name, route, method))
+                counted = (metrics.HTTP_REQUESTS.labels(name, route, method_label, str(status)),
+                           metrics.HTTP_LATENCY.labels(name, route, method_label))
                 if len(children) < CHILDREN_KEPT:
                     children[key] = counted
             counted[0].inc()
             counted[1].observe(elapsed)
             if route not in ("/healthz", "/readyz"):
-                log.info("request", extra={"method": request.method, "path": request.path,
-                                           "status": response.status_code,
-                                           "duration_ms": round(elapsed * 1000, 2)})
+                request_line(log, "request", {"method": method, "path": request.path, "status": status,
+                                              "duration_ms": round(elapsed * 1000, 2)})
         return response
 
     @app.teardown_request
     def _reset(_exc):
-        token = flask.g.pop("correlation_token", None)
+        token = flask.g._get_current_object().pop("correlation_token", None)
         if token is not None:
             correlation_id_var.reset(token)
 
@@ -534,10 +557,11 @@ def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
 
     @app.before_request
     def _authenticate():
-        request = flask.request
-        if request.url_rule is None or request.method == "OPTIONS" or request.path.startswith(exempt):
+        request = flask.request._get_current_object()
+        method = request.method
+        if request.url_rule is None or method == "OPTIONS" or request.path.startswith(exempt):
             return None  # no such route (404, as the published documents say) or an open one
-        if request.method in ("GET", "HEAD") and public_read(request):
+        if method in ("GET", "HEAD") and public_read(request):
             flask.g.public_request = True
             return None
         if own_credential is not None and own_credential(request):
@@ -583,9 +607,10 @@ def _view_method(app: flask.Flask, endpoint: str, method: str):
 
 def is_public_view(request: flask.Request) -> bool:
     """Whether the request's route and method (HEAD as GET) is a read marked by :func:`public`."""
-    if request.url_rule is None or request.method not in ("GET", "HEAD"):
+    rule = request.url_rule
+    if rule is None or request.method not in ("GET", "HEAD"):
         return False
-    return bool(getattr(_view_method(flask.current_app, request.url_rule.endpoint, "get"), _PUBLIC_MARK, False))
+    return bool(getattr(_view_method(flask.current_app, rule.endpoint, "get"), _PUBLIC_MARK, False))
 
 
 def public_request() -> bool:
@@ -618,11 +643,12 @@ class NoQuery(Schema):
 
 def current_principal() -> Principal:
     """The verified caller of this request (401 when the token is missing or invalid)."""
-    principal = flask.g.get("principal")
+    g = flask.g._get_current_object()
+    principal = g.get("principal")
     if principal is None:
         verifier: TokenVerifier = flask.current_app.extensions["cocreate.verifier"]
         principal = verifier.from_header(flask.request.headers.get("Authorization"))
-        flask.g.principal = principal
+        g.principal = principal
     return principal
 
 

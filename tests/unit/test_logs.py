@@ -80,3 +80,66 @@ def test_a_batch_is_written_by_itself_once_its_time_is_up():
         logger.handlers.clear()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
+
+
+def _only_our_handler(stream):
+    handler = logs.BatchedLines(stream, flush_seconds=3600)
+    handler.setFormatter(logs.JsonFormatter("projects"))
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    root.handlers = [handler]
+    root.setLevel(logging.INFO)
+    return handler, saved
+
+
+def test_a_request_line_is_the_line_the_logging_module_would_write():
+    stream = io.StringIO()
+    handler, (saved_handlers, saved_level) = _only_our_handler(stream)
+    logger = logging.getLogger("services.test.requests")
+    fields = {"method": "GET", "path": "/projects/p1", "status": 200, "duration_ms": 1.25}
+    token = logs.correlation_id_var.set("c-1")
+    try:
+        logs.request_line(logger, "request", fields)
+        logger.info("request", extra=fields)
+        handler.flush()
+        fast, usual = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert fast.pop("ts")[:16] == usual.pop("ts")[:16]  # the same minute at least
+        assert fast == usual == {"level": "INFO", "service": "projects", "logger": "services.test.requests",
+                                 "message": "request", "correlation_id": "c-1", **fields}
+        root = logging.getLogger()
+        root.setLevel(logging.WARNING)
+        logs.request_line(logger, "request", fields)  # below the level: nothing
+        handler.flush()
+        assert len(stream.getvalue().splitlines()) == 2
+    finally:
+        logs.correlation_id_var.reset(token)
+        logging.getLogger().handlers = saved_handlers
+        logging.getLogger().setLevel(saved_level)
+
+
+def test_a_request_line_goes_through_the_logging_module_when_something_else_listens():
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    stream = io.StringIO()
+    handler, (saved_handlers, saved_level) = _only_our_handler(stream)
+    logger = logging.getLogger("services.test.listened")
+    listener = Records()
+    try:
+        for attach, detach in ((lambda: logging.getLogger().addHandler(listener),
+                                lambda: logging.getLogger().removeHandler(listener)),
+                               (lambda: logger.addHandler(listener), lambda: logger.removeHandler(listener))):
+            attach()
+            logs.request_line(logger, "request", {"status": 201})
+            detach()
+        assert [(r.getMessage(), r.status) for r in listener.records] == [("request", 201), ("request", 201)]
+        handler.flush()
+        assert [json.loads(line)["status"] for line in stream.getvalue().splitlines()] == [201, 201]
+    finally:
+        logging.getLogger().handlers = saved_handlers
+        logging.getLogger().setLevel(saved_level)
