@@ -201,7 +201,16 @@ class Aggregate:
 
     @classmethod
     def from_json(cls: type[A], text: str | bytes) -> A:
-        return cls(**_state_codec[1](text))
+        fields = _state_codec[1](text)
+        if fields.keys() == _plain_fields(cls):
+            # Every field given and nothing else: the instance is what ``__init__`` would make of
+            # them, without it (a dataclass's ``__init__`` was two thirds of reading a project's
+            # state: issue 23). A state written before a field existed, or one whose class checks
+            # its fields (``__post_init__``), goes through ``__init__``.
+            state = _new_object(cls)
+            state.__dict__.update(fields)
+            return state
+        return cls(**fields)
 
 
 def _canonical(fields: Mapping[str, Any]) -> str:
@@ -222,6 +231,19 @@ def use_state_codec(dumps: Callable[[Mapping[str, Any]], str], loads: Callable[[
 @functools.cache
 def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _plain_fields(cls: type) -> frozenset[str] | None:
+    """The names of ``cls``'s fields when its instances may be made without ``__init__`` (every
+    field an ``__init__`` argument, no ``__post_init__``, no slots), else None."""
+    fields = dataclasses.fields(cls)
+    if hasattr(cls, "__post_init__") or hasattr(cls, "__slots__") or not all(f.init for f in fields):
+        return None
+    return frozenset(f.name for f in fields)
+
+
+_new_object = object.__new__
 
 
 # -- the caller ----------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ it survives a restore of any service's database, so that erasures are applied ag
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import threading
@@ -35,6 +34,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -356,11 +356,12 @@ class Sealer:
         kept = self.keys.kept_body(body)
         if kept is not None:
             return kept
-        tokens = {match.group(0).decode() for match in _SHOWN_BYTES.finditer(body)}
+        tokens = {token.decode() for token in set(_SHOWN_BYTES.findall(body))}
         opened = self._opened(tokens)
         if not opened:
             return body
-        result = _SHOWN_BYTES.sub(lambda match: _json_string_content(opened[match.group(0).decode()]), body)
+        contents = {token.encode(): _json_string_content(text) for token, text in opened.items()}  # once each
+        result = _SHOWN_BYTES.sub(lambda match: contents[match.group(0)], body)
         self.keys.keep_body(body, result, {token.split(".", 2)[1] for token in tokens})
         return result
 
@@ -410,5 +411,10 @@ def _replace(value: Any, opened: Mapping[str, str]) -> Any:
 
 
 def _json_string_content(text: str) -> bytes:
-    """``text`` as it goes between the quotes of a JSON string (UTF-8)."""
-    return json.dumps(text, ensure_ascii=False)[1:-1].encode()
+    """``text`` as it goes between the quotes of a JSON string (UTF-8): what
+    ``json.dumps(text, ensure_ascii=False)`` writes there, by msgspec (a write's answer opens a
+    handful of names each time: issue 23)."""
+    return _ENCODE_STRING(text)[1:-1]
+
+
+_ENCODE_STRING = msgspec.json.Encoder().encode
