@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     rows: list[dict] = []
 
     def step(name: str, go) -> None:
+        # What an earlier part wrote (the replay's and the ranking's million-event logs) goes to the
+        # disk first: its write-back would otherwise share the disk with this part's fsyncs.
+        os.sync()
         began = time.monotonic()
         print(f"… {name}", file=sys.stderr, flush=True)
         rows.extend(go())

@@ -6,8 +6,10 @@ One run starts its own tansu broker (in-memory storage) on a free port and measu
   :class:`services.kernel.relay.Relay` (default page of 2,000) then publishes them to a fresh
   3-partition topic, stepped with ``publish_once`` until all N are acknowledged and checkpointed.
   Anchor: a bare ``KafkaProducer`` with the kernel's producer settings (``make_producer``: acks=all,
-  idempotent, linger 5 ms) sends the same N envelopes (the same serialised JSON, keys and headers,
-  prepared before the clock starts) to another fresh topic, then flushes once.
+  idempotent, linger 5 ms) and kafka-python's default partitioner sends the same N envelopes (the
+  same serialised JSON, keys and headers, prepared before the clock starts) to another fresh topic,
+  then flushes once. The same bare loop with the kernel's partitioner (``KeyHashPartitioner``, which
+  the relay's producer uses: each key's murmur2 hash remembered) is shown beside it.
 - consumer: :class:`services.kernel.consumer.EventConsumer` (fresh group, a handler that does
   nothing, so each event costs exactly the kernel's own work: envelope parse, inbox lookup and
   insert in one durable SQLite transaction, offset commit per poll) reads the topic the relay filled,
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from kafka import KafkaConsumer
+from kafka.partitioner.default import DefaultPartitioner
 
 from bench.store import PAYLOAD, rate
 from services.kernel.broker import broker_command, free_port, wait_for_port
@@ -87,10 +90,15 @@ def relay_rate(store: EventStore, bootstrap: str, topic: str, events: int) -> tu
     return rate(events, elapsed), relay.batch_size
 
 
-def bare_producer_rate(store: EventStore, bootstrap: str, topic: str) -> tuple[float, float]:
-    """Rate and mean value size of a bare producer sending the relay's exact records."""
+def bare_producer_rate(store: EventStore, bootstrap: str, topic: str, kernel_partitioner: bool = False
+                       ) -> tuple[float, float]:
+    """Rate and mean value size of a bare producer sending the relay's exact records: a plain
+    KafkaProducer with the kernel's settings and kafka-python's default partitioner (or, with
+    ``kernel_partitioner``, the kernel's, which remembers each key's hash)."""
     records = [(event.stream_id.encode(), event.to_json(), _headers(event)) for event in store.iterate_all()]
-    producer = make_producer(bootstrap, "bench-bare")  # a plain KafkaProducer with the kernel's settings
+    producer = make_producer(bootstrap, "bench-bare")
+    if not kernel_partitioner:
+        producer.config["partitioner"] = DefaultPartitioner()
     started = time.perf_counter()
     for key, value, headers in records:
         producer.send(topic, key=key, value=value, headers=headers)
@@ -165,9 +173,12 @@ def run(workdir: Path, quick: bool) -> list[dict]:
         store = fill_store(f"sqlite:///{workdir}/pipeline.db", events)
         suffix = uuid.uuid4().hex[:8]
         relay_topic, bare_topic = f"bench-relay-{suffix}.events", f"bench-bare-{suffix}.events"
-        ensure_topics(bootstrap, [relay_topic, bare_topic, f"{relay_topic}.dlq"], TopicPolicy(partitions=PARTITIONS))
+        hashed_topic = f"bench-bare-hashed-{suffix}.events"
+        ensure_topics(bootstrap, [relay_topic, bare_topic, hashed_topic, f"{relay_topic}.dlq"],
+                      TopicPolicy(partitions=PARTITIONS))
 
         bare_out, value_bytes = bare_producer_rate(store, bootstrap, bare_topic)
+        hashed_out, _ = bare_producer_rate(store, bootstrap, hashed_topic, kernel_partitioner=True)
         ours_out, page = relay_rate(store, bootstrap, relay_topic, events)
         store.engine.dispose()
         bare_in = bare_consumer_rate(bootstrap, relay_topic, events)
@@ -182,7 +193,8 @@ def run(workdir: Path, quick: bool) -> list[dict]:
     common = {"events": events, "partitions": PARTITIONS, "mean value bytes": round(value_bytes)}
     return [
         {"measure": "relay: SQLite event store to Kafka", "unit": "events/s", "ours": ours_out,
-         "anchors": {"bare kafka-python producer": bare_out},
+         "anchors": {"bare kafka-python producer": bare_out,
+                     "the same with the kernel's partitioner (KeyHashPartitioner)": hashed_out},
          "targets": [{"what": "≥ 70% of bare producer", "met": ours_out >= 0.7 * bare_out}],
          "extra": {**common, "relay page": page}},
         {"measure": "consumer: Kafka to handler with inbox (SQLite)", "unit": "events/s", "ours": ours_in,

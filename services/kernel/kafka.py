@@ -25,6 +25,7 @@ offset of the last record batch plus one, which undercounts whenever records wer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 import time
@@ -34,6 +35,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,33 @@ def no_auto_create(client):
     return client
 
 
+class KeyHashPartitioner(DefaultPartitioner):
+    """kafka-python's default partitioner — a keyed record goes to the partition the Java client
+    would choose: murmur2 of the key, modulo the partition count — with each key's hash remembered
+    (at most :attr:`KEYS_KEPT`). The hash is pure Python there, a few microseconds a record; a relay
+    sends each stream's events under the same key, one after the other (issue 23: an eighth of
+    the relay's time). A record without a key goes where the default partitioner sends it."""
+
+    KEYS_KEPT = 16_384
+
+    def __init__(self) -> None:
+        self._hash = functools.lru_cache(maxsize=self.KEYS_KEPT)(murmur2)
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not partitions:  # no key, or a topic the metadata does not hold: as the default does
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        ordered = sorted(partitions)
+        return ordered[(self._hash(bytes(serialized_key)) & 0x7FFFFFFF) % len(ordered)]
+
+
 def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
-    """Idempotent producer, acks from all in-sync replicas, order kept per partition."""
+    """Idempotent producer, acks from all in-sync replicas, order kept per partition; keyed
+    records partitioned as kafka-python's default does, each key hashed once (:class:`KeyHashPartitioner`)."""
     return no_auto_create(KafkaProducer(
         bootstrap_servers=bootstrap_servers.split(","),
         client_id=client_id,
+        partitioner=KeyHashPartitioner(),
         acks="all",
         enable_idempotence=True,
         max_in_flight_requests_per_connection=5,
