@@ -216,6 +216,11 @@ class EventConsumer:
         self._verified_at = 0.0
         self._unassigned_since: float | None = None
         self.unassigned_grace_seconds = 10.0
+        # Offsets of polls that held only records no handler takes, not yet kept in the database:
+        # kept with the next poll that applies something, or after ``offsets_wait_seconds``.
+        self._waiting: dict[tuple[str, int], int] = {}
+        self._waiting_since = 0.0
+        self.offsets_wait_seconds = 1.0
 
     # -- one message ------------------------------------------------------------------------
 
@@ -279,7 +284,9 @@ class EventConsumer:
 
     def handle_together(self, records, offsets: Mapping[tuple[str, int], int] | None = None) -> bool:
         """Apply a poll's records in one write transaction (one commit instead of one per record),
-        with the group's ``offsets`` (``{(topic, partition): next offset}``) kept in the same one.
+        with the group's ``offsets`` (``{(topic, partition): next offset}``) kept in the same one —
+        and those that waited. A poll none of whose records a handler takes opens no transaction:
+        its offsets wait, for the next transaction or :meth:`save_waiting_offsets`.
 
         Returns False, having changed nothing, when any record is not a valid envelope or any
         handler raises: the caller then applies the records one by one, with the retries and the
@@ -290,11 +297,22 @@ class EventConsumer:
             events = [StoredEvent.from_json(record.value) for record in records]
         except EnvelopeError:
             return False
+        wanted = [e.event_id for e in events
+                  if (self.handlers.get(e.event_type) or self.handlers.get(ANY_EVENT)) is not None]
+        if not wanted:
+            # Nothing to apply: no transaction (no commit, no fsync) only to keep the offsets of
+            # records that change nothing — they wait (issue 23: most events of a topic are no
+            # other service's business, and each such poll cost every consumer a durable commit).
+            # Kept later, or read again after a restart and ignored again: harmless either way.
+            if offsets:
+                self._wait(offsets)
+            for record, event in zip(records, events):
+                metrics.MESSAGES_HANDLED.labels(self.group_id, record.topic, event.event_type).inc()
+            return True
         outcomes: list[tuple[object, StoredEvent, str]] = []
+        saving = {**self._waiting, **(offsets or {})}
         try:
             with write_transaction(self.engine) as connection:
-                wanted = [e.event_id for e in events
-                          if (self.handlers.get(e.event_type) or self.handlers.get(ANY_EVENT)) is not None]
                 seen: set[str] = set()
                 for start in range(0, len(wanted), 500):
                     seen.update(connection.execute(sa.select(inbox_table.c.event_id).where(
@@ -322,11 +340,12 @@ class EventConsumer:
                     outcomes.append((record, event, "handled"))
                 if inbox_rows:  # one statement for the batch, in the same transaction as the effects
                     connection.execute(inbox_table.insert(), inbox_rows)
-                if offsets:
-                    self._save_offsets(connection, offsets)
+                if saving:  # this poll's and those that waited
+                    self._save_offsets(connection, saving)
         except Exception as exc:  # rolled back: the records are applied one by one instead
             log.info("batch not applied together; applying one by one", extra={"error": repr(exc)})
             return False
+        self._kept(saving)
         for record, event, outcome in outcomes:
             if outcome == "duplicate":
                 metrics.MESSAGES_DUPLICATE.labels(self.group_id, record.topic).inc()
@@ -335,6 +354,33 @@ class EventConsumer:
         return True
 
     # -- the offsets kept with the effects -------------------------------------------------
+
+    def _wait(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if not self._waiting:
+            self._waiting_since = time.monotonic()
+        self._waiting.update(offsets)
+
+    def _kept(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """``offsets`` are in the database now: nothing of them waits, and Kafka is told them."""
+        for key, offset in offsets.items():
+            if self._waiting.get(key) == offset:
+                del self._waiting[key]
+            self._to_commit[TopicPartition(*key)] = offset
+
+    def save_waiting_offsets(self, *, due_only: bool = True) -> None:
+        """Keep the offsets that wait (:meth:`handle_together`) once they have waited
+        ``offsets_wait_seconds`` (or now, with ``due_only`` false: a member leaving)."""
+        if not self._waiting or (due_only and time.monotonic() - self._waiting_since < self.offsets_wait_seconds):
+            return
+        saving = dict(self._waiting)
+        try:
+            with write_transaction(self.engine) as connection:
+                self._save_offsets(connection, saving)
+        except TRANSIENT_ERRORS as exc:  # behind is harmless: the inbox dedupes what is read again
+            log.warning("offsets not kept in the database", extra={"error": repr(exc)})
+            self._waiting_since = time.monotonic()
+            return
+        self._kept(saving)
 
     def _save_offsets(self, connection: Connection, offsets: Mapping[tuple[str, int], int]) -> None:
         """Upsert the next offset of each partition (moving back is harmless: the inbox dedupes)."""
@@ -476,6 +522,10 @@ class EventConsumer:
         finally:
             if consumer is not None:
                 if stop.is_set():
+                    try:
+                        self.save_waiting_offsets(due_only=False)
+                    except Exception:  # noqa: BLE001 — leaving anyway: they are read again and ignored
+                        log.info("waiting offsets not kept on leaving", exc_info=True)
                     self._commit_before_leaving(consumer)
                 self._disconnect(consumer)
             if self._dlq_producer is not None:
@@ -575,13 +625,15 @@ class EventConsumer:
                 self.handle(record)
                 count += 1
             if kept:
+                saving = {**self._waiting, **kept}
                 try:
                     with write_transaction(self.engine) as connection:
-                        self._save_offsets(connection, kept)
+                        self._save_offsets(connection, saving)
+                    self._kept(saving)
                 except TRANSIENT_ERRORS as exc:  # behind is harmless: the inbox dedupes what is read again
                     log.warning("offsets not kept in the database", extra={"error": repr(exc)})
-        for partition, meta in offsets.items():
-            self._to_commit[partition] = meta.offset
+                    self._kept(kept)  # told to Kafka all the same, as the records are applied
+        self.save_waiting_offsets()
         self._commit_applied(consumer)
         return count
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 import uuid
 
 import psycopg
@@ -268,3 +270,67 @@ def test_a_member_tells_kafka_what_the_database_applied_before_a_crash(broker, s
                   lambda: committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=30,
                   what="the group never reached the end the database had applied")
     assert sorted(effect_rows(engine)) == sorted(e.event_id for e in events)
+
+
+def _kept_offsets(engine, group: str) -> dict[int, int]:
+    from services.kernel.consumer import consumer_offsets_table as t
+
+    with engine.connect() as connection:
+        return dict(connection.execute(sa.select(t.c.partition, t.c["offset"]).where(t.c.group_id == group)).all())
+
+
+def test_records_no_handler_takes_cost_no_transaction_and_their_offsets_are_kept_later(broker, setup, unique):
+    """A poll of records that change nothing opens no transaction: their offsets wait, and Kafka is
+    told only what the database holds; they are kept after ``offsets_wait_seconds``, with the next
+    poll that applies something, or when the member leaves — and a new member starts after them."""
+    from services.kernel import metrics
+
+    engine, topic, producer = setup
+    group = f"test-{unique}"
+    others = [StoredEvent(**{**envelope(f"s-{unique}", v).__dict__, "event_type": "Other"}) for v in (1, 2, 3)]
+    for event in others:
+        producer.send(topic, key=event.stream_id.encode(), value=event.to_json())
+    producer.flush()
+    ignored = metrics.MESSAGES_HANDLED.labels(group, topic, "Other")
+    consumer = make_consumer(broker, engine, topic, unique)
+    consumer.offsets_wait_seconds = 3600.0  # never due while it runs
+    writes = []
+    plain = consumer._save_offsets
+    consumer._save_offsets = lambda connection, offsets: (writes.append(dict(offsets)), plain(connection, offsets))[1]
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while ignored._value.get() < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ignored._value.get() == 3, "the records were not polled"
+        time.sleep(1.0)  # polls after them: still nothing written, nothing told to Kafka
+        assert writes == [] and _kept_offsets(engine, group) == {}
+        assert not committed_to_end(broker.bootstrap, group, topic)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    ends = {p: o for (_t, p), o in read_ends(broker.bootstrap, topic).items() if o}
+    assert _kept_offsets(engine, group) == ends  # kept as the member left, in one transaction
+    assert len(writes) == 1 and committed_to_end(broker.bootstrap, group, topic)
+
+    handled = envelope(f"s-{unique}", 4)
+    producer.send(topic, key=handled.stream_id.encode(), value=handled.to_json())
+    producer.flush()
+    second = make_consumer(broker, engine, topic, unique)
+    second.offsets_wait_seconds = 0.2
+    consume_until(second, lambda: effect_rows(engine) == [handled.event_id]
+                  and committed_to_end(broker.bootstrap, group, topic), timeout=30)
+    assert ignored._value.get() == 3, "the new member read the ignored records again"
+
+
+def read_ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
+    from services.kernel.kafka import BrokerView
+
+    view = BrokerView(bootstrap, "test-ends")
+    try:
+        return view.end_offsets({topic: view.topics([topic])[topic].partitions})
+    finally:
+        view.close()
