@@ -24,13 +24,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
-# Pages the write-ahead log may hold before a commit copies them into the database file (SQLite's
-# default is 1,000: about 4 MB). A checkpoint writes each page it copies once, however often the
-# log holds it, and pays an fsync of the file; a command dirties the same hot pages (the log's last
-# leaf, its indexes' and the read models') again and again, so a larger log copies far fewer pages
-# per command (issue 23: a rating's commit 340 -> 310 microseconds). The log then grows to about
-# 40 MB per database between checkpoints; one commit in several hundred pays for a checkpoint.
-SQLITE_WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 
 def normalise_url(url: str) -> str:
@@ -102,7 +95,6 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -410,15 +410,17 @@ def hostile_json(body: bytes) -> tuple[int, str, dict[str, Any]] | None:
       the field (each schema may set a lower maximum of its own).
 
     A body that is not JSON at all is left to the schema's own parser (400)."""
-    depth = deepest = 0
-    brackets = body.count(b"[") + body.count(b"{")  # strings' brackets too: at least the real depth
-    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', body)) if brackets > MAX_JSON_DEPTH else ():
-        depth += 1 if bracket.group() in (b"[", b"{") else -1
-        if depth > deepest:
-            deepest = depth
-            if deepest > MAX_JSON_DEPTH:
-                return 400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep", {
-                    "json": {"_schema": [f"nested more than {MAX_JSON_DEPTH} levels"]}}
+    # A body with no more opening brackets than the limit (those in strings counted too) cannot
+    # nest deeper: most bodies are not scanned.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+        depth = deepest = 0
+        for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', body)):
+            depth += 1 if bracket.group() in (b"[", b"{") else -1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return 400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep", {
+                        "json": {"_schema": [f"nested more than {MAX_JSON_DEPTH} levels"]}}
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
