@@ -365,6 +365,11 @@ class EventConsumer:
         for key, offset in offsets.items():
             if self._waiting.get(key) == offset:
                 del self._waiting[key]
+        self._tell_kafka(offsets)
+
+    def _tell_kafka(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit ``offsets`` to Kafka after this poll (:meth:`_commit_applied`)."""
+        for key, offset in offsets.items():
             self._to_commit[TopicPartition(*key)] = offset
 
     def save_waiting_offsets(self, *, due_only: bool = True) -> None:
@@ -632,7 +637,7 @@ class EventConsumer:
                     self._kept(saving)
                 except TRANSIENT_ERRORS as exc:  # behind is harmless: the inbox dedupes what is read again
                     log.warning("offsets not kept in the database", extra={"error": repr(exc)})
-                    self._kept(kept)  # told to Kafka all the same, as the records are applied
+                    self._tell_kafka(kept)  # all the same, as the records are applied (as before)
         self.save_waiting_offsets()
         self._commit_applied(consumer)
         return count

@@ -356,12 +356,11 @@ class Sealer:
         kept = self.keys.kept_body(body)
         if kept is not None:
             return kept
-        tokens = {token.decode() for token in set(_SHOWN_BYTES.findall(body))}
+        tokens = {match.group(0).decode() for match in _SHOWN_BYTES.finditer(body)}
         opened = self._opened(tokens)
         if not opened:
             return body
-        contents = {token.encode(): _json_string_content(text) for token, text in opened.items()}  # once each
-        result = _SHOWN_BYTES.sub(lambda match: contents[match.group(0)], body)
+        result = _SHOWN_BYTES.sub(lambda match: _json_string_content(opened[match.group(0).decode()]), body)
         self.keys.keep_body(body, result, {token.split(".", 2)[1] for token in tokens})
         return result
 
