@@ -10,7 +10,7 @@ person and their community. The page opens ``<live URL>?ticket=…&named=false``
 ``static/live.js`` then, for an event that concerns the page (any event of the community on the
 dashboard; an event naming the project on its page), fetches the page again from the web client
 and swaps its ``data-live-region`` parts in place — a part where the person is typing is left
-alone — and says so in a polite status line. When the stream ends (the gateway closes one after
+alone; an opened ``<details>`` stays open in the new part — and says so in a polite status line. When the stream ends (the gateway closes one after
 five minutes) or fails, it asks for a new ticket and resumes after the last event it saw
 (``last_event_id``), backing off while the gateway is unreachable.
 

@@ -73,6 +73,10 @@ def test_the_dashboard_redraws_when_a_project_is_proposed(site, browser, viewpor
         page.wait_for_selector("[data-chart=stages][data-drawn=true]")
         page.evaluate("window.stillTheSamePage = true")
         charts_before = page.text_content("#dashboard-charts")
+        # A person reading a chart's figures: the table stays open, the focus on its summary.
+        stages = page.locator("section[aria-labelledby=stages-h] details")
+        stages.locator("summary").focus()
+        stages.evaluate("d => { d.open = true; }")
 
         propose(site, "res10", f"小区门口加装雨棚 {uuid.uuid4().hex[:6]}")
 
@@ -80,6 +84,10 @@ def test_the_dashboard_redraws_when_a_project_is_proposed(site, browser, viewpor
         assert page.evaluate("window.stillTheSamePage") is True
         page.wait_for_selector("[data-chart=stages][data-drawn=true]")  # drawn again in the new part
         assert int(page.get_attribute("#live", "data-updates")) >= 1
+        assert page.evaluate("document.getElementById('stages-h').closest('section').querySelector('details').open")
+        assert page.evaluate("document.activeElement.closest('section[aria-labelledby=stages-h] details') !== null")
+        hours = page.locator("section[aria-labelledby=hours-h] details")
+        assert hours.evaluate("d => d.open") is False  # what was closed stays closed
         assert accessibility_violations(page) == []
     finally:
         page.context.close()

@@ -1,6 +1,8 @@
 // Live pages (see web/live.py): the page opens the gateway's live stream with a single-use stream
 // ticket from the web client, and when an event concerns it, fetches itself again and swaps its
-// [data-live-region] parts in place. A part where the person is typing is left until they leave it.
+// [data-live-region] parts in place. A part where the person is typing is left until they leave it;
+// a part that is swapped keeps the <details> the person opened (a chart's figures) open, and the
+// focus on the summary that had it.
 // Pages arrive by full loads and by htmx swaps (hx-boost): the stream follows the current page.
 (function () {
   if (window.cocreateLive) { return; }
@@ -89,6 +91,34 @@
     return false;
   }
 
+  // A <details> is known by the nearest ancestor that has an id or is labelled (a section), and
+  // its place among that ancestor's <details>: the same template gives the same key in the new part.
+  function detailsKey(details, region) {
+    var owner = details.parentElement;
+    while (owner && owner !== region && !owner.id && !owner.getAttribute("aria-labelledby")) { owner = owner.parentElement; }
+    owner = owner || region;
+    var name = owner === region ? "" : (owner.id || "@" + owner.getAttribute("aria-labelledby"));
+    return name + "#" + Array.prototype.indexOf.call(owner.querySelectorAll("details"), details);
+  }
+
+  // What the person opened stays open in the part that replaces it; returns the summary to focus.
+  function carryOver(region, node) {
+    var opened = {}, focusedKey = null, active = document.activeElement;
+    region.querySelectorAll("details").forEach(function (d) {
+      var key = detailsKey(d, region);
+      if (d.open) { opened[key] = true; }
+      var summary = d.querySelector("summary");
+      if (summary && summary === active) { focusedKey = key; }
+    });
+    var focused = null;
+    node.querySelectorAll("details").forEach(function (d) {
+      var key = detailsKey(d, node);
+      if (opened[key]) { d.open = true; }
+      if (key === focusedKey) { focused = d.querySelector("summary"); }
+    });
+    return focused;
+  }
+
   function refresh() {
     var el = marker();
     if (!el) { return; }
@@ -105,7 +135,9 @@
         if (!replacement) { return; }
         if (busy(region)) { kept = true; return; }
         var node = document.importNode(replacement, true);
+        var focused = carryOver(region, node);
         region.replaceWith(node);
+        if (focused) { focused.focus({preventScroll: true}); }
         if (window.htmx) { window.htmx.process(node); }
       });
       state.pending = kept;
