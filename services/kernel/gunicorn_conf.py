@@ -4,8 +4,9 @@ Prometheus multiprocess mode: ``PROMETHEUS_MULTIPROC_DIR`` must be set before pr
 is first imported, so it is set here (the master loads this file before any worker imports the
 app); the directory is wiped when the master starts and a dead worker's gauges are marked.
 
-The worker class is ``GUNICORN_WORKER_CLASS``: gunicorn's own default (``sync``, which gunicorn runs
-as ``gthread`` when ``GUNICORN_THREADS`` > 1) for the services and the web client; ``gevent`` for
+The worker class is ``GUNICORN_WORKER_CLASS``: ``sync`` for the services and the web client — run
+as :class:`services.kernel.serving.SyncWorker` (gunicorn's sync worker, whose lingering close no
+longer holds up the next request), or as gunicorn's ``gthread`` when ``GUNICORN_THREADS`` > 1; ``gevent`` for
 the gateway (decision 17: a live stream is a parked greenlet, not a held thread), with at most
 ``GUNICORN_WORKER_CONNECTIONS`` connections per worker. The gevent worker monkey-patches the
 standard library when it starts, before it imports the app: the app is never loaded by the master
@@ -22,6 +23,9 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))  # thread worker classes only
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+if worker_class == "sync" and threads == 1:
+    # gunicorn's sync worker, its lingering close off the request path (services.kernel.serving)
+    worker_class = "services.kernel.serving.SyncWorker"
 worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000"))  # gevent only
 preload_app = False  # the gevent worker patches before the app is imported: never import it in the master
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))

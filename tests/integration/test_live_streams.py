@@ -447,7 +447,7 @@ def test_the_gunicorn_settings_load_nothing_of_an_app_in_the_master():
     would run with unpatched sockets, locks and threads."""
     env = {"PATH": "/usr/bin:/bin", "PROMETHEUS_MULTIPROC_DIR": "/tmp/cocreate-test-unused"}
     code = ("import sys; import services.kernel.gunicorn_conf as c; "
-            "assert c.preload_app is False and c.worker_class == 'sync', c.worker_class; "
+            "assert c.preload_app is False and c.worker_class == 'services.kernel.serving.SyncWorker', c.worker_class; "
             "loaded = [m for m in ('flask', 'gateway', 'sqlalchemy', 'urllib3', 'gevent', 'prometheus_client') "
             "if m in sys.modules]; assert not loaded, loaded")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT, env=env)
