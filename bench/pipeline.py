@@ -14,8 +14,11 @@ One run starts its own tansu broker (in-memory storage) on a free port and measu
   nothing, so each event costs exactly the kernel's own work: envelope parse, inbox lookup and
   insert in one durable SQLite transaction, offset commit per poll) reads the topic the relay filled,
   stepped with ``poll_once`` until the handler has seen all N. Anchor: a bare ``KafkaConsumer``
-  (fresh group, ``auto_offset_reset="earliest"``) iterating the same topic and json-decoding each
-  value until N messages are read.
+  with the kernel's consumer settings (``make_consumer``: fresh group, from the earliest offset,
+  the same fetch settings) polling the same topic and json-decoding each value until N messages
+  are read. (With kafka-python's defaults instead — a fetch may wait 500 ms — it measured either
+  about 20,000 or about 50,000 events/s from one run to the next: how many fetches were under way
+  when its clock started.)
 
 Both producers are created and both topics exist before the clock starts. For both consumers the
 clock starts when the first message is received, which leaves the group join out of the figure;
@@ -142,20 +145,23 @@ def consumer_rate(workdir: Path, bootstrap: str, topic: str, events: int) -> flo
 
 
 def bare_consumer_rate(bootstrap: str, topic: str, events: int) -> float:
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
-                             auto_offset_reset="earliest", consumer_timeout_ms=int(TIMEOUT_S * 1000))
+    """A bare kafka-python consumer with the kernel's consumer settings (``make_consumer``, as ours
+    and as the relay's anchor has the kernel's producer settings), json-decoding each value."""
+    group = f"bench-bare-{uuid.uuid4().hex[:8]}"
+    consumer = make_consumer(bootstrap, group, [topic], client_id=f"consumer-{group}")
     count, first = 0, 0.0
     try:
-        for message in consumer:
-            if count == 0:
-                first = time.perf_counter()
-            json.loads(message.value)
-            count += 1
-            if count == events:
-                break
+        deadline = time.monotonic() + TIMEOUT_S
+        while count < events and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for message in records:
+                    if count == 0:
+                        first = time.perf_counter()
+                    json.loads(message.value)
+                    count += 1
         elapsed = time.perf_counter() - first
     finally:
-        consumer.close()
+        consumer.close(autocommit=False)
     if count != events:
         raise TimeoutError(f"bare consumer read {count} of {events} messages")
     return rate(events, elapsed)

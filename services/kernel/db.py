@@ -416,3 +416,21 @@ class Prepared:
 
     def execute(self, connection: Connection, params: dict | None = None) -> None:
         self.run(connection, params).close()
+
+    def execute_many(self, connection: Connection, rows: list[dict]) -> None:
+        """Execute once per row of ``rows`` (by bind name): one ``executemany`` of the driver on
+        SQLite (a consumer's inbox rows: SQLAlchemy built each row's parameters in Python); through
+        SQLAlchemy elsewhere, whose batched insert PostgreSQL is better served by."""
+        if not rows:
+            return
+        if connection.dialect.name != "sqlite":
+            connection.execute(self.statement, rows)
+            return
+        sql, order, defaults = self._sql(connection.dialect)
+        values = [{**defaults, **row} for row in rows] if defaults else rows
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.executemany(sql, [tuple(row[name] for name in order) for row in values]
+                               if order is not None else values)
+        finally:
+            cursor.close()

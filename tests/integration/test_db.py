@@ -261,3 +261,29 @@ def test_an_engine_nobody_uses_is_collected_with_the_connections_kept_on_it(tmp_
     del engine, connection
     gc.collect()
     assert dropped() is None and open_files() == 0
+
+
+def test_a_prepared_statement_runs_once_per_row_with_its_written_values_on_both_backends(database_url):
+    """``Prepared.execute_many`` (a consumer's inbox rows): one driver call on SQLite, SQLAlchemy's
+    batched insert elsewhere; the values written into the statement apply to every row, and a row
+    that breaks a constraint fails the whole call inside the caller's transaction."""
+    import sqlalchemy as sa
+
+    from services.kernel.db import Prepared
+
+    metadata = sa.MetaData()
+    table = sa.Table("prepared_rows", metadata, sa.Column("id", sa.String(20), primary_key=True),
+                     sa.Column("n", sa.Integer, nullable=False), sa.Column("kind", sa.String(20), nullable=False))
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    add = Prepared(table.insert().values(id=sa.bindparam("id"), n=sa.bindparam("n"), kind="inbox"))
+    with write_transaction(engine) as connection:
+        add.execute_many(connection, [{"id": f"r{i}", "n": i} for i in range(5)])
+        add.execute_many(connection, [])
+    with pytest.raises((sa.exc.IntegrityError, sqlite3.IntegrityError)):
+        with write_transaction(engine) as connection:
+            add.execute_many(connection, [{"id": "r9", "n": 9}, {"id": "r0", "n": 0}])  # r0 is there already
+    with read_transaction(engine) as connection:
+        rows = connection.execute(sa.select(table.c.id, table.c.n, table.c.kind).order_by(table.c.id)).all()
+    assert [tuple(row) for row in rows] == [(f"r{i}", i, "inbox") for i in range(5)]  # r9 rolled back with it
+    engine.dispose()
