@@ -43,8 +43,8 @@ class Lingering:
 
     def __init__(self, clock=time.monotonic) -> None:
         self._clock = clock
-        # socket -> (deadline, bytes discarded); dicts keep insertion order: the oldest first
-        self._kept: dict[socket.socket, tuple[float, int]] = {}
+        # socket -> (deadline, bytes discarded, at most); dicts keep insertion order: the oldest first
+        self._kept: dict[socket.socket, tuple[float, int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -71,7 +71,7 @@ class Lingering:
             oldest = next(iter(self._kept))
             del self._kept[oldest]
             _close(oldest)
-        self._kept[sock] = (self._clock() + timeout, drained)
+        self._kept[sock] = (self._clock() + timeout, drained, max_drain)
 
     def sweep(self) -> None:
         """Close every kept connection whose client closed, that was drained to the limit, or whose
@@ -79,13 +79,13 @@ class Lingering:
         if not self._kept:
             return
         now = self._clock()
-        for sock, (deadline, drained) in list(self._kept.items()):
-            left = _drain(sock, drained, MAX_DRAIN_BYTES) if now < deadline else None
+        for sock, (deadline, drained, max_drain) in list(self._kept.items()):
+            left = _drain(sock, drained, max_drain) if now < deadline else None
             if left is None:
                 del self._kept[sock]
                 _close(sock)
             elif left != drained:
-                self._kept[sock] = (deadline, left)
+                self._kept[sock] = (deadline, left, max_drain)
 
 
 def _drain(sock: socket.socket, drained: int, max_drain: int) -> int | None:
