@@ -130,7 +130,10 @@ def main(argv=None) -> int:
         if not keep:
             for entry in left:
                 target = workdir / entry
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+                if target.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
             left.clear()
 
     try:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
-import signal
 import sys
 import time
 from pathlib import Path
@@ -146,13 +146,12 @@ def served():
     env.pop("GUNICORN_THREADS", None)
     process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "python:services.kernel.gunicorn_conf",
                                 "tests.support.serving_app:app"], cwd=ROOT, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, timeout=30)
         yield port, process
     finally:
         stop_group(process, signal.SIGTERM)
-        process.stderr.close()
 
 
 def get(port: int, path: str) -> tuple[int, dict]:
