@@ -557,6 +557,9 @@ class EventConsumer:
         listener.consumer = consumer
         self._committed = {}
         self._to_commit = {}
+        # Offsets read by the client before (of the topics as they were then, perhaps): the new
+        # member starts at the database's offsets and reads those records again.
+        self._waiting = {}
         self._commit_retry_at = 0.0
         self._verified_at = time.monotonic()
         self._unassigned_since = None
@@ -611,6 +614,8 @@ class EventConsumer:
         except KafkaError as exc:
             log.info("broker check failed; polling on", extra={"error": repr(exc)})
             return True
+        if consumer is not None:
+            self._tell_kafka_again(consumer, committed)
         for key, end in ends.items():
             done = committed.get(key)
             lag = end - (done if done is not None else begins.get(key, 0))
@@ -622,6 +627,30 @@ class EventConsumer:
                                    "committed_by_us": ours, "committed_on_broker": done, "end_offset": end})
                 return False
         return True
+
+    def _tell_kafka_again(self, consumer, committed: Mapping[tuple[str, int], int]) -> None:
+        """Where Kafka's committed offset of a partition this member holds is behind the one its
+        database keeps (for the topic as it is now), Kafka is told again after the next poll: a
+        commit lost on its way (a rebalance, the broker restarting) would otherwise leave the group
+        short of the end of its topics until another record came."""
+        assigned = consumer.assignment()
+        if not assigned:
+            return
+        try:
+            kept = database_offsets(self.engine, self.group_id)
+        except TRANSIENT_ERRORS as exc:  # the next check tries again
+            log.info("offsets not read from the database", extra={"error": repr(exc)})
+            return
+        for tp in assigned:
+            topic_id, offset = kept.get((tp.topic, tp.partition), (None, None))
+            if offset is None or topic_id is None or topic_id != self._topic_ids.get(tp.topic):
+                continue
+            done = committed.get((tp.topic, tp.partition))
+            if (done is None or done < offset) and self._to_commit.get(tp, -1) < offset:
+                log.info("telling Kafka the offset the database keeps", extra={
+                    "group": self.group_id, "topic": tp.topic, "partition": tp.partition, "offset": offset,
+                    "committed_on_broker": done})
+                self._to_commit[tp] = offset
 
     def poll_once(self, consumer, timeout_ms: int = 500) -> int:
         batch = consumer.poll(timeout_ms=timeout_ms)

@@ -14,6 +14,7 @@ took.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import committed_to_end
+from tests.support.broker import behind_the_end
 from tests.support.platform import LocalPlatform
 from tests.support.projects import Community, HttpClient, Person, ProjectsDriver
 
@@ -36,7 +37,9 @@ DELIVERY_MINUTES = 20
 UNIT = {"unit_id": "drill-jsb", "name": "街道建设办"}
 DRILL_ENV = {  # one caller sends far more than the per-caller limit; a busy 2-core box is slow
     "GATEWAY_RATE_LIMIT_PER_CALLER": "0", "GATEWAY_RATE_LIMIT_PER_IP": "0",
-    "GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "10", "COCREATE_LOG_LEVEL": "WARNING",
+    "GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "10",
+    # The processes' logs (under pytest's tmp_path, ``logs/``): warnings, or more to look into a drill
+    "COCREATE_LOG_LEVEL": os.environ.get("DRILL_LOG_LEVEL", "WARNING"),
 }
 
 
@@ -199,24 +202,47 @@ def wait_for_effects(platform: LocalPlatform, load: Load, broker_back: float) ->
         time.sleep(1.0)
 
 
-def drained(platform: LocalPlatform) -> bool:
-    """Nothing is on its way any more, checked in the order records flow: the projects relay has
+PROCESS_OF = {"projects relay": "projects-relay", "volunteers.project-labour": "volunteers-consumer",
+              "feedback.project-evaluations": "feedback-consumer", "volunteers relay": "volunteers-relay",
+              "feedback relay": "feedback-relay", "gateway.live-feed": "gateway-feed"}
+
+GROUP_DATABASE = {"volunteers.project-labour": "volunteers", "feedback.project-evaluations": "feedback",
+                  "gateway.live-feed": "gateway"}
+
+
+def on_its_way(platform: LocalPlatform) -> dict[str, object]:
+    """What is still on its way, checked in the order records flow: the projects relay has
     published its whole store; the volunteers and feedback consumers have committed the end of
     projects.events (so they record no more effects); their relays have published those effects;
-    the gateway's feed has committed the end of all three topics."""
-    def published(service: str) -> bool:
+    the gateway's feed has committed the end of all three topics. Empty once nothing is; else the
+    first stage that is not done and what it lacks (a drill that fails here says where it stuck)."""
+    def unpublished(service: str) -> dict[str, object]:
         db = platform.data_dir / f"{service}.db"
         [(last,)] = rows(db, "SELECT coalesce(max(position), 0) FROM events")
         [(checkpoint,)] = rows(db, "SELECT coalesce(max(position), 0) FROM relay_checkpoints")
-        return checkpoint >= last
+        return {} if checkpoint >= last else {"relay checkpoint": checkpoint, "last position": last}
 
     bootstrap = platform.broker.bootstrap
-    return (published("projects")
-            and committed_to_end(bootstrap, "volunteers.project-labour", "projects.events")
-            and committed_to_end(bootstrap, "feedback.project-evaluations", "projects.events")
-            and published("volunteers") and published("feedback")
-            and committed_to_end(bootstrap, "gateway.live-feed", "projects.events", "volunteers.events",
-                                 "feedback.events"))
+    stages = [
+        ("projects relay", lambda: unpublished("projects")),
+        ("volunteers.project-labour", lambda: behind_the_end(bootstrap, "volunteers.project-labour",
+                                                             "projects.events")),
+        ("feedback.project-evaluations", lambda: behind_the_end(bootstrap, "feedback.project-evaluations",
+                                                                "projects.events")),
+        ("volunteers relay", lambda: unpublished("volunteers")),
+        ("feedback relay", lambda: unpublished("feedback")),
+        ("gateway.live-feed", lambda: behind_the_end(bootstrap, "gateway.live-feed", "projects.events",
+                                                     "volunteers.events", "feedback.events")),
+    ]
+    for name, lacks in stages:
+        found = lacks()
+        if found:
+            if name in GROUP_DATABASE:  # and where the group's own database says it goes on reading
+                found = {**found, "database offsets": rows(
+                    platform.data_dir / f"{GROUP_DATABASE[name]}.db", "SELECT topic, partition, topic_id, \"offset\" "
+                    "FROM consumer_offsets WHERE group_id = ? ORDER BY topic, partition", name)}
+            return {name: found}
+    return {}
 
 
 def each_relay_has_published(platform: LocalPlatform, timeout: float = 60.0) -> None:
@@ -256,8 +282,9 @@ def check_recovery(name: str, platform: LocalPlatform, load: Load, broker_back: 
         # Every effect is there, but records republished after the loss, and redeliveries, may
         # still be on their way: only once they have all landed does "doubled: 0" mean something.
         deadline = time.monotonic() + 120
-        while not drained(platform):
-            assert time.monotonic() < deadline, "relays and consumers did not drain within 120 s"
+        while lacking := on_its_way(platform):
+            assert time.monotonic() < deadline, (f"relays and consumers did not drain within 120 s: {lacking}\n"
+                                                 + platform.tails([PROCESS_OF[name] for name in lacking], lines=60))
             platform.check_alive()
             time.sleep(1.0)
         found = census(platform, load)

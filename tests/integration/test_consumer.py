@@ -272,6 +272,72 @@ def test_a_member_tells_kafka_what_the_database_applied_before_a_crash(broker, s
     assert sorted(effect_rows(engine)) == sorted(e.event_id for e in events)
 
 
+class LostCommits(EventConsumer):
+    """A consumer whose first ``losses`` asynchronous offset commits vanish on their way: neither
+    sent nor answered (as one can be when the broker restarts or the group rebalances under it)."""
+
+    def __init__(self, *args, losses: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.losses = losses
+        self.lost = 0
+
+    def _connect(self):
+        client = super()._connect()
+        commit_async = client.commit_async
+
+        def losing_commit_async(offsets=None, callback=None):
+            if self.lost < self.losses:
+                self.lost += 1
+                return None
+            return commit_async(offsets, callback=callback)
+
+        client.commit_async = losing_commit_async
+        return client
+
+
+def test_a_lost_offset_commit_is_made_again_when_no_record_follows(broker, setup, unique):
+    """The database holds the offsets, Kafka never got them and no record follows: the member's
+    periodic check with the broker sees Kafka behind its database and tells it again."""
+    engine, topic, producer = setup
+    group = f"test-{unique}"
+    publish(producer, topic, unique, 3)
+    consumer = make_consumer(broker, engine, topic, unique, kind=LostCommits, losses=10**6, verify_seconds=0.5)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))  # one member all along
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (len(effect_rows(engine)) == 3 and consumer.lost >= 1) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(effect_rows(engine)) == 3 and consumer.lost >= 1, "the records were not applied"
+        assert not committed_to_end(broker.bootstrap, group, topic), "Kafka was told: the drill is void"
+        consumer.losses = consumer.lost  # from now on commits arrive; no record comes to carry one
+        while not committed_to_end(broker.bootstrap, group, topic) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert committed_to_end(broker.bootstrap, group, topic), "the group stayed behind its database"
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def test_offsets_waiting_when_the_client_is_built_again_are_not_kept_for_the_new_one(broker, setup, unique):
+    """Offsets of ignored records wait in memory for a while; a new client (the broker lost the topic
+    and it was created again) reads from the database's offsets, so what waited is dropped, not kept
+    later under the new topic's id (an offset of the old topic there would skip the new one's records)."""
+    engine, topic, _producer = setup
+    consumer = make_consumer(broker, engine, topic, unique)
+    consumer._waiting = {(topic, 0): 999}
+    client = consumer._connect()
+    try:
+        assert consumer._waiting == {}
+        consumer.save_waiting_offsets(due_only=False)
+        assert _kept_offsets(engine, f"test-{unique}") == {}
+    finally:
+        consumer._disconnect(client)
+        consumer.view.close()
+
+
 def _kept_offsets(engine, group: str) -> dict[int, int]:
     from services.kernel.consumer import consumer_offsets_table as t
 

@@ -109,15 +109,26 @@ def committed_to_end(bootstrap: str, group: str, *topics: str) -> bool:
     them, redeliveries included, was handled (a consumer commits an offset only after the
     database commit of the effects before it). Asked through the admin client, which creates no
     topic; False while a topic is missing or the broker does not answer."""
+    return not behind_the_end(bootstrap, group, *topics)
+
+
+def behind_the_end(bootstrap: str, group: str, *topics: str) -> dict[str, object]:
+    """What keeps ``group`` from having committed the end of ``topics``: ``{"topic/partition":
+    (committed offset or None, end offset)}`` for each partition behind, ``{topic: "missing"}`` for a
+    topic the broker does not hold, ``{"broker": error}`` when it does not answer; empty when the
+    group is at the end of every partition."""
     view = BrokerView(bootstrap, "test-offsets")
     try:
         found = view.topics(topics)
-        if any(found.get(topic) is None for topic in topics):
-            return False
+        missing = {topic: "missing" for topic in topics if found.get(topic) is None}
+        if missing:
+            return missing
         ends = view.end_offsets({topic: found[topic].partitions for topic in topics})
         committed = view.committed(group)
-    except (KafkaError, OSError):  # the broker is not (yet, or no longer) answering
-        return False
+    except (KafkaError, OSError) as exc:  # the broker is not (yet, or no longer) answering
+        return {"broker": repr(exc)}
     finally:
         view.close()
-    return all(end == 0 or committed.get(key, -1) >= end for key, end in ends.items())
+    return {f"{topic}/{partition}": (committed.get((topic, partition)), end)
+            for (topic, partition), end in sorted(ends.items())
+            if end != 0 and committed.get((topic, partition), -1) < end}
