@@ -22,6 +22,8 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from decimal import Decimal
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +36,7 @@ from flask.json.provider import DefaultJSONProvider
 import flask_smorest
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedMediaType
+from webargs.flaskparser import FlaskParser
 from werkzeug.http import HTTP_STATUS_CODES
 
 from cocreate_client.messages import DEFAULT_LOCALE, field_errors, match_locale, message_for_error
@@ -198,11 +201,61 @@ def role_list_field(**kwargs: Any) -> ma.fields.List:
     return ma.fields.List(ma.fields.String(validate=ma.validate.OneOf(ROLES)), **kwargs)
 
 
+_PURE_VALIDATORS = (ma.validate.Regexp, ma.validate.OneOf, ma.validate.Range, ma.validate.Length,
+                    ma.validate.Equal, ma.validate.NoneOf, ma.validate.ContainsOnly)
+_IMMUTABLE_VALUES = (str, int, float, bool, type(None), Decimal, date, datetime)
+
+
+class QueryParser(FlaskParser):
+    """webargs' Flask parser, with the arguments of a query string remembered (issue 23: loading a
+    one-field query through marshmallow was a sixth of a live ranking's time, and a page's readers
+    send the same query again and again). Only where the answer depends on the query string alone:
+    a query's schema (not a body's) without hooks, whose fields have no default computed at load time
+    and only marshmallow's own validators (a pattern, a choice, a range, a length), and whose loaded
+    values are all immutable (text, numbers, dates; not lists). Errors are never remembered: a bad
+    query is checked again each time. At most ``KEPT`` query strings per worker; then it starts
+    over (a caller sending endless distinct queries costs what it cost before, no memory)."""
+
+    KEPT = 1024
+    _QUERY = frozenset({"query", "querystring"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loaded: dict[tuple, dict] = {}
+        self._pure: dict[ma.Schema, bool] = {}
+
+    def _process_location_data(self, location_data, schema, req, location, unknown, validators):
+        if location not in self._QUERY or validators or not self._is_pure(schema):
+            return super()._process_location_data(location_data, schema, req, location, unknown, validators)
+        key = (schema, unknown, req.query_string)
+        found = self._loaded.get(key)
+        if found is None:
+            found = super()._process_location_data(location_data, schema, req, location, unknown, validators)
+            if type(found) is dict and all(isinstance(value, _IMMUTABLE_VALUES) for value in found.values()):
+                if len(self._loaded) >= self.KEPT:
+                    self._loaded.clear()
+                self._loaded[key] = found
+            return found
+        return dict(found)  # the caller's own copy
+
+    def _is_pure(self, schema: ma.Schema) -> bool:
+        pure = self._pure.get(schema)
+        if pure is None:
+            pure = self._pure[schema] = not schema._hooks and all(
+                not callable(field.load_default) and not isinstance(field, ma.fields.Nested)
+                and all(isinstance(v, _PURE_VALIDATORS) for v in field.validators)
+                for field in schema.fields.values())
+        return pure
+
+
 class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's Blueprint, every app's: an argument schema given as a class is built once.
     (webargs builds a new instance of a schema class for every request it parses: a twentieth of a
     small read's time, issue 23.) The schemas keep no state between loads, and a sync worker or a
-    greenlet loads one request at a time without yielding inside ``load``."""
+    greenlet loads one request at a time without yielding inside ``load``. Query strings are parsed
+    by :class:`QueryParser`."""
+
+    ARGUMENTS_PARSER = QueryParser()
 
     def arguments(self, schema, *args: Any, **kwargs: Any):
         return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)
