@@ -34,7 +34,7 @@ from bench.load import Request, Result, closed_loop, open_loop
 from bench.platform import HelloWorld, Platform, cpu_seconds, descendants, gunicorn_pids
 from services.feedback.domain import period_of
 from services.kernel.events import utc_now
-from tests.support.projects import Community, HttpClient, Person, ProjectsDriver
+from tests.support.projects import Community, FlaskClient, HttpClient, Person, ProjectsDriver
 
 CONCURRENCY = 4
 LATENCY_RUNS = 3
@@ -75,21 +75,37 @@ def ballot_pools(projects_url: str, representatives: int, projects_per_pool: int
     return (*pools, [(pid, c.residents[0]) for pid in all_projects])
 
 
-def rating_pools(feedback_url: str, subjects_per_pool: int, residents: int, count: int = 2) -> tuple:
-    d = ProjectsDriver(HttpClient(feedback_url))
+RATING_LEVELS = (5, 4, 5, 4, 3, 5, 4, 2, 5, 4)  # a bad one (2) in ten opens a follow-up case
+
+
+def rating_writes(driver: ProjectsDriver, pool: int, subjects_per_pool: int,
+                  residents: int) -> list[tuple[str, dict, Person]]:
+    """One pool of new ratings (path, body, rater), resident by resident, each rating every one of
+    ``subjects_per_pool`` services registered for the pool."""
     cadre = Person("bench-cadre", "社区干部", ("cadre",), "bench")
     people = [Person(f"bench-rater{i}", f"居民{i}", ("resident",), "bench") for i in range(residents)]
-    levels = (5, 4, 5, 4, 3, 5, 4, 2, 5, 4)
-    pools = []
-    for pool in range(count):
-        subjects = [f"svc-{pool}-{i}" for i in range(subjects_per_pool)]
-        for subject in subjects:
-            d.post(cadre, "/subjects", {"subject_id": subject, "kind": "service", "name": f"便民服务{subject}",
-                                        "community_id": "bench"})
-        pools.append([_request("POST", f"/subjects/{subject}/ratings", person,
-                               {"level": levels[(i + j) % len(levels)]})
-                      for i, person in enumerate(people) for j, subject in enumerate(subjects)])
-    return tuple(pools)
+    subjects = [f"svc-{pool}-{i}" for i in range(subjects_per_pool)]
+    for subject in subjects:
+        driver.post(cadre, "/subjects", {"subject_id": subject, "kind": "service", "name": f"便民服务{subject}",
+                                         "community_id": "bench"})
+    return [(f"/subjects/{subject}/ratings", {"level": RATING_LEVELS[(i + j) % len(RATING_LEVELS)]}, person)
+            for i, person in enumerate(people) for j, subject in enumerate(subjects)]
+
+
+def rating_pools(feedback_url: str, subjects_per_pool: int, residents: int, count: int = 2) -> tuple:
+    d = ProjectsDriver(HttpClient(feedback_url))
+    return tuple([_request("POST", path, person, body)
+                  for path, body, person in rating_writes(d, pool, subjects_per_pool, residents)]
+                 for pool in range(count))
+
+
+def rating_calls(client, count: int, subjects: int = 8) -> tuple[list[tuple[str, dict, dict]], int]:
+    """``count`` new ratings (path, body, headers) as :func:`rating_pools` makes them, for the
+    feedback app behind Flask's test ``client`` (``python -m bench.profile_http``); and how many
+    subjects they rate."""
+    d = ProjectsDriver(FlaskClient(client))
+    writes = rating_writes(d, 0, subjects, -(-count // subjects))
+    return [(path, body, person.headers) for path, body, person in writes[:count]], subjects
 
 
 # -- measuring ----------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -121,16 +122,18 @@ RULES: list[Rule] = [
     Rule(DECIDE, lambda f: f.under("services/projects/domain.py", "services/projects/handlers.py",
                                    "services/projects/commands.py", "services/projects/community.py",
                                    "services/projects/rounds.py", "services/projects/budgeting.py",
+                                   "services/feedback/domain.py", "services/feedback/handlers.py",
+                                   "services/feedback/commands.py", "services/feedback/ids.py",
                                    "services/kernel/model.py"),
          not_under=_READ_SIDE),
     Rule(APPEND, lambda f: f.file.endswith("services/kernel/aggregate.py") and f.function == "UnitOfWork.record"),
     Rule(APPEND, _in("services/kernel/eventstore.py", "append", "_append", "_sqlite_append", "_rows")),
     Rule(PROJ, lambda f: f.file.endswith("services/kernel/aggregate.py") and f.function.startswith("AggregateView.")
          and f.short.startswith("apply")),
-    Rule(PROJ, lambda f: f.under("services/projects/views.py", "services/kernel/history.py")
-         and f.short.startswith("apply")),
-    Rule(ANSWER, lambda f: f.under("services/projects/views.py") and not f.short.startswith("apply"),
-         not_under=frozenset({PROJ, LOAD})),
+    Rule(PROJ, lambda f: f.under("services/projects/views.py", "services/feedback/views.py",
+                                 "services/kernel/history.py") and f.short.startswith(("apply", "_apply", "_add"))),
+    Rule(ANSWER, lambda f: f.under("services/projects/views.py", "services/feedback/views.py")
+         and not f.short.startswith(("apply", "_apply", "_add")), not_under=frozenset({PROJ, LOAD})),
     Rule(ANSWER, _in("services/projects/api.py", "project_answer")),
     Rule(BEGIN, _in("services/kernel/db.py", "_on_begin"), keeps_below=True),
     Rule(LOG, lambda f: f.under("/logging/", "/prometheus_client/", "services/kernel/logs.py",
@@ -246,6 +249,8 @@ def logs_to(path: Path):
         try:
             yield
         finally:
+            for handler in logging.getLogger().handlers:  # the lines a handler batches go there too
+                handler.flush()
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
@@ -266,74 +271,155 @@ def fsync_floor(directory: Path, rounds: int = 200) -> float:
     return statistics.median(times)
 
 
-# -- (a) a ballot to the projects service ---------------------------------------------------------
+# -- (a) a write: a ballot to the projects service, a rating to the feedback service ---------------
+
+def _writes(workdir: Path, service: str, calls: list[tuple[str, dict, dict]], app, requests: int,
+            interval_s: float, explain: str, title: str) -> str:
+    """Time and profile ``calls`` (path, body, headers; each a new write, answered 201) sent to
+    ``app`` through Flask's test client: 20 to warm up, ``requests`` unprofiled with every commit
+    timed, ``requests`` more under the profiler."""
+    from services.kernel import db
+    from services.kernel.db import _commit as _driver_commit
+    from tests.support.apps import container
+
+    client = app.test_client()
+
+    def send(part) -> None:
+        for path, body, headers in part:
+            reply = client.post(path, json=body, headers=headers)
+            if reply.status_code != 201:
+                raise RuntimeError(f"POST {path} -> {reply.status_code}: {reply.get_data()[:300]!r}")
+
+    if len(calls) < 20 + 2 * requests:
+        raise ValueError(f"{len(calls)} writes prepared for {20 + 2 * requests}")
+    send(calls[:20])  # warm-up
+    dialect = container(app).store.engine.dialect
+    commits: list[float] = []
+
+    def timed_commit(dbapi_connection, _plain=dialect.do_commit):
+        began = time.perf_counter()
+        try:
+            _plain(dbapi_connection)
+        finally:
+            commits.append((time.perf_counter() - began) * 1000)
+
+    dialect.do_commit = timed_commit  # the unprofiled run times every commit (SQLAlchemy -> sqlite3)
+    db._commit = timed_commit  # and those on the driver alone (write_transaction on SQLite)
+    began, cpu = time.perf_counter(), time.process_time()
+    send(calls[20:20 + requests])
+    plain_ms = (time.perf_counter() - began) * 1000 / requests
+    cpu_ms = (time.process_time() - cpu) * 1000 / requests
+    del dialect.do_commit
+    db._commit = _driver_commit
+    profile = Profile(interval_s, explain)
+    with profile.running():
+        send(calls[20 + requests:20 + 2 * requests])
+    floor = fsync_floor(workdir)
+    return profile.table(requests, [
+        title,
+        (f"unprofiled: {plain_ms:.2f} ms per request (CPU of this process {cpu_ms:.2f} ms), of which the commits "
+         f"{sum(commits) / requests:.2f} ms ({len(commits) / requests:.1f} per request: the command's, the answer's "
+         f"read; median {statistics.median(commits):.2f}, max {max(commits):.1f} ms); fsync of 4 KiB on this disk: "
+         f"{floor:.2f} ms (median)")])
+
 
 def ballot(workdir: Path, requests: int, interval_s: float, explain: str = "") -> str:
     from services.kernel.logs import configure_logging
     from services.projects.service import DEFINITION
-    from tests.support.apps import container, service_app
+    from tests.support.apps import service_app
     from tests.support.projects import Community, FlaskClient, ProjectsDriver
 
     from bench.http import VOTERS_PER_BOX
 
     configure_logging("projects")
     reps = VOTERS_PER_BOX  # as many ballots per project as `make bench` casts (and its anchor per box)
-    projects_per_run = -(-(requests + 20) // reps)
+    projects = -(-(20 + 2 * requests) // reps)
     with logs_to(workdir / "projects.log"):
         app = service_app(DEFINITION, f"sqlite:///{workdir}/projects.db")
-        client = app.test_client()
-        d = ProjectsDriver(FlaskClient(client))
+        d = ProjectsDriver(FlaskClient(app.test_client()))
         c = Community(d, "prof", representatives=reps, residents=8, fund_fen=1_000_000_000)
-        runs = []
-        for _run in range(2):  # one without the profiler, one with it: each ballot is a new one
-            ids = []
-            for _ in range(projects_per_run):
-                pid = c.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
-                c.qualify(pid)
-                d.post(c.cadre, f"/projects/{pid}/vote/open", {}, status=200)
-                ids.append(pid)
-            runs.append([(f"/projects/{pid}/vote/ballots", rep.headers) for rep in c.representatives for pid in ids])
+        ids = []
+        for _ in range(projects):
+            pid = c.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
+            c.qualify(pid)
+            d.post(c.cadre, f"/projects/{pid}/vote/open", {}, status=200)
+            ids.append(pid)
+        # project by project, as `make bench`'s pools (each ballot a new one)
+        calls = [(f"/projects/{pid}/vote/ballots", {"choice": "yes"}, rep.headers)
+                 for pid in ids for rep in c.representatives]
+        return _writes(workdir, "projects", calls, app, requests, interval_s, explain, (
+            f"(a) POST /projects/<id>/vote/ballots — the projects service in process (Flask test client), SQLite "
+            f"WAL + synchronous=FULL, {requests} ballots over {projects} projects ({reps} each), one after the other"))
 
-        def cast(calls) -> None:
-            for path, headers in calls:
-                reply = client.post(path, json={"choice": "yes"}, headers=headers)
-                if reply.status_code != 201:
-                    raise RuntimeError(f"POST {path} -> {reply.status_code}: {reply.get_data()[:300]!r}")
 
-        cast(runs[0][:20])  # warm-up
-        dialect = container(app).store.engine.dialect
-        commits: list[float] = []
+def rating(workdir: Path, requests: int, interval_s: float, explain: str = "") -> str:
+    from services.feedback.service import DEFINITION
+    from services.kernel.logs import configure_logging
+    from tests.support.apps import service_app
 
-        from services.kernel.db import _commit as _driver_commit
+    from bench.http import rating_calls
 
-        def timed_commit(dbapi_connection, _plain=dialect.do_commit):
-            began = time.perf_counter()
-            try:
-                _plain(dbapi_connection)
-            finally:
-                commits.append((time.perf_counter() - began) * 1000)
+    configure_logging("feedback")
+    with logs_to(workdir / "feedback.log"):
+        app = service_app(DEFINITION, f"sqlite:///{workdir}/feedback.db")
+        calls, subjects = rating_calls(app.test_client(), 20 + 2 * requests)
+        return _writes(workdir, "feedback", calls, app, requests, interval_s, explain, (
+            f"(a') POST /subjects/<id>/ratings — the feedback service in process (Flask test client), SQLite "
+            f"WAL + synchronous=FULL, {requests} ratings of {subjects} subjects, the levels of `make bench`'s "
+            f"pools, one after the other"))
 
-        from services.kernel import db
 
-        dialect.do_commit = timed_commit  # the unprofiled run times every commit (SQLAlchemy -> sqlite3)
-        db._commit = timed_commit  # and those on the driver alone (write_transaction on SQLite)
-        began, cpu = time.perf_counter(), time.process_time()
-        cast(runs[0][20:20 + requests])
-        plain_ms = (time.perf_counter() - began) * 1000 / requests
-        cpu_ms = (time.process_time() - cpu) * 1000 / requests
-        del dialect.do_commit
-        db._commit = _driver_commit
+# -- (c) a read: the live ranking, against hello-world ------------------------------------------
+
+def ranking(workdir: Path, requests: int, interval_s: float, explain: str = "") -> str:
+    """``GET /rankings/<community>/service`` (the live ranking, cached per log position) to the
+    feedback service in process, after 800 ratings of 80 services; and a hello-world Flask app's
+    ``GET /hello`` through the same test client, unprofiled, for the fixed cost of a request."""
+    import flask
+
+    from services.feedback.domain import period_of
+    from services.feedback.service import DEFINITION
+    from services.kernel.events import utc_now
+    from services.kernel.logs import configure_logging
+    from tests.support.apps import service_app
+    from tests.support.projects import FlaskClient, Person, ProjectsDriver
+
+    from bench.http import rating_writes
+
+    configure_logging("feedback")
+    with logs_to(workdir / "feedback.log"):
+        app = service_app(DEFINITION, f"sqlite:///{workdir}/ranking.db")
+        client = app.test_client()
+        for path, body, person in rating_writes(ProjectsDriver(FlaskClient(client)), 9, 80, 10):
+            if client.post(path, json=body, headers=person.headers).status_code != 201:
+                raise RuntimeError(f"POST {path} refused")
+        viewer = Person("bench-rater0", "居民0", ("resident",), "bench")
+        url = f"/rankings/bench/service?period={period_of(utc_now(), 'month')}"
+        hello = flask.Flask("hello")
+        hello.add_url_rule("/hello", "hello", lambda: {"hello": "world"})
+
+        def get(client, url: str, headers: dict, count: int) -> tuple[float, float]:
+            began, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                reply = client.get(url, headers=headers)
+                if reply.status_code != 200:
+                    raise RuntimeError(f"GET {url} -> {reply.status_code}: {reply.get_data()[:300]!r}")
+            return (time.perf_counter() - began) * 1000 / count, (time.process_time() - cpu) * 1000 / count
+
+        get(client, url, viewer.headers, 50)  # warm-up (the cached answer)
+        size = len(client.get(url, headers=viewer.headers).get_data())
+        hello_client = hello.test_client()
+        get(hello_client, "/hello", {}, 50)
+        hello_ms, hello_cpu = get(hello_client, "/hello", {}, requests)
+        plain_ms, cpu_ms = get(client, url, viewer.headers, requests)
         profile = Profile(interval_s, explain)
         with profile.running():
-            cast(runs[1][:requests])
-    floor = fsync_floor(workdir)
+            get(client, url, viewer.headers, requests)
     return profile.table(requests, [
-        (f"(a) POST /projects/<id>/vote/ballots — the projects service in process (Flask test client), SQLite "
-         f"WAL + synchronous=FULL, {requests} ballots over {projects_per_run} projects, one after the other"),
-        (f"unprofiled: {plain_ms:.2f} ms per request (CPU of this process {cpu_ms:.2f} ms), of which the commits "
-         f"{sum(commits) / requests:.2f} ms ({len(commits) / requests:.1f} per request: the command's, the answer's "
-         f"read; median {statistics.median(commits):.2f}, max {max(commits):.1f} ms); fsync of 4 KiB on this disk: "
-         f"{floor:.2f} ms (median)")])
+        (f"(c) GET /rankings/<community>/service — the live ranking of 80 services ({size:,} bytes), the feedback "
+         f"service in process (Flask test client), {requests} requests one after the other"),
+        (f"unprofiled: {plain_ms:.3f} ms per request (CPU {cpu_ms:.3f} ms); hello-world Flask through the same test "
+         f"client: {hello_ms:.3f} ms (CPU {hello_cpu:.3f} ms)")])
 
 
 # -- (b) the gateway's project overview -----------------------------------------------------------
@@ -438,7 +524,8 @@ def overview_child(job_text: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_http", description=__doc__.splitlines()[0])
-    parser.add_argument("--part", nargs="*", choices=("ballot", "overview"), default=["ballot", "overview"])
+    parser.add_argument("--part", nargs="*", choices=("ballot", "rating", "ranking", "overview"),
+                        default=["ballot", "rating", "ranking", "overview"])
     parser.add_argument("--requests", type=int, default=300, help="requests per part (profiled, and unprofiled)")
     parser.add_argument("--interval-ms", type=float, default=1.0, help="pyinstrument's sampling interval")
     parser.add_argument("--explain", default="", metavar="LAYER",
@@ -450,6 +537,10 @@ def main(argv=None) -> int:
     try:
         if "ballot" in args.part:
             print(ballot(workdir, args.requests, args.interval_ms / 1000, args.explain), "\n", flush=True)
+        if "rating" in args.part:
+            print(rating(workdir, args.requests, args.interval_ms / 1000, args.explain), "\n", flush=True)
+        if "ranking" in args.part:
+            print(ranking(workdir, args.requests, args.interval_ms / 1000, args.explain), "\n", flush=True)
         if "overview" in args.part:
             print(overview(workdir, args.requests, args.interval_ms / 1000, args.explain), "\n", flush=True)
     finally:
