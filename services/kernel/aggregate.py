@@ -90,7 +90,12 @@ class UnitOfWork:
         stream_id = cls.stream_id_for(aggregate_id)
         state = self._snapshot(cls, aggregate_id)
         if state is None:
-            return cls.replay(aggregate_id, self.store.load(stream_id, connection=self.connection))
+            # As the view's class when there is one (what its row would be loaded as): the append
+            # then applies the events to this state instead of reading the row, and a handler
+            # answering with the record has it already (issue 23: a new rating read its stream twice).
+            view = self.store.view_of(cls)
+            return (view.cls if view is not None else cls).replay(
+                aggregate_id, self.store.load(stream_id, connection=self.connection))
         for event in self.store.load(stream_id, after_version=state.version, connection=self.connection):
             state.apply(event)
         return state
