@@ -113,3 +113,32 @@ def test_a_missing_setting_stops_a_worker_with_the_variable_named(tmp_path):
                             text=True, env=env, timeout=60)
     assert result.returncode == 2
     assert "PROJECTS_RELAY_BATCH_SIZE" in result.stderr
+
+
+def test_a_new_aggregate_is_loaded_as_its_views_class_and_its_row_is_written_without_being_read(
+        database_url, unique, tmp_path):
+    """An aggregate without a row in its view (a new one) is loaded as the view's class: its append
+    writes the row from that state (no read of the row first) and a handler answering with the
+    record has it already; an existing one is loaded from its row, as before."""
+    from services.feedback.domain import Subject
+    from services.feedback.views import SubjectRecord
+    from services.kernel.aggregate import unit_of_work
+
+    settings = load_settings(FEEDBACK, environ={"COCREATE_JWT_SECRET": TEST_SECRET},
+                             database_url=database_url, data_dir=tmp_path)
+    store = bootstrap(FEEDBACK, settings).store
+    view = store.view_of(Subject)
+    reads = []
+    plain = view._read.first
+    view._read.first = lambda connection, params: (reads.append(params["id"]), plain(connection, params))[1]
+    body = {"kind": "service", "name": "便民服务", "community_id": f"c-{unique}"}
+    with unit_of_work(store) as uow:
+        subject = uow.load(Subject, f"s-{unique}")
+        assert type(subject) is SubjectRecord and not subject.exists
+        reads.clear()
+        uow.record(subject, subject.register(None, body))
+    assert reads == [], "the new row was read before it was written"
+    with unit_of_work(store) as uow:
+        again = uow.load(Subject, f"s-{unique}")
+    assert type(again) is SubjectRecord and again.version == 1 and again.name == "便民服务"
+    assert reads == [f"s-{unique}"]  # an existing one: from its row
