@@ -41,7 +41,12 @@ Kafka client is closed and a new one is built: nothing kept in memory from befor
 positions) survives; the new member starts at the committed offsets, or at the earliest offset
 where the broker has none, and the inbox makes the repeats harmless. The same check reports the
 lag of every partition of the subscribed topics, held by this member or not: end offset minus
-committed offset, or minus the beginning offset where nothing is committed.
+committed offset, or minus the beginning offset where nothing is committed. It also tells Kafka
+again an offset the database keeps that Kafka's committed one is behind (a commit lost on its way),
+and it builds a new client when one has stopped receiving: a partition it holds has records beyond
+everything received and committed, and nothing more came for ``stall_seconds`` and at least
+``stall_polls`` polls (a drill once saw the client receive nothing more of a partition after the
+broker came back empty, one record short of its end, for minutes).
 """
 
 from __future__ import annotations
@@ -220,6 +225,12 @@ class EventConsumer:
         self._verified_at = 0.0
         self._unassigned_since: float | None = None
         self.unassigned_grace_seconds = 10.0
+        # Fetching stalled (see the module's doc): per partition held, the next offset received.
+        self.stall_seconds = 20.0
+        self.stall_polls = 10
+        self._received: dict[tuple[str, int], int] = {}
+        self._behind: dict[tuple[str, int], tuple[int, float, int]] = {}  # (progress, since, polls then)
+        self._polls = 0
         # Offsets of polls that held only records no handler takes, not yet kept in the database:
         # kept with the next poll that applies something, or after ``offsets_wait_seconds``.
         self._waiting: dict[tuple[str, int], int] = {}
@@ -430,6 +441,7 @@ class EventConsumer:
             topic_id, offset = kept.get((tp.topic, tp.partition), (None, None))
             if tp.topic in current and topic_id == self._topic_ids.get(tp.topic):
                 consumer.seek(tp, offset)
+                self._received[(tp.topic, tp.partition)] = offset  # where it goes on (not a stall)
                 where = offset
                 # Kafka may not know it yet (the last commit was refused, or the process died between
                 # the two commits): told after this poll, even when no record follows.
@@ -560,6 +572,7 @@ class EventConsumer:
         # Offsets read by the client before (of the topics as they were then, perhaps): the new
         # member starts at the database's offsets and reads those records again.
         self._waiting = {}
+        self._received, self._behind = {}, {}
         self._commit_retry_at = 0.0
         self._verified_at = time.monotonic()
         self._unassigned_since = None
@@ -616,6 +629,11 @@ class EventConsumer:
             return True
         if consumer is not None:
             self._tell_kafka_again(consumer, committed)
+            stalled = self._stalled(consumer, ends, committed, begins)
+            if stalled:
+                log.warning("the Kafka client receives nothing more of a partition it holds although the broker "
+                            "has more; building a new one", extra={"group": self.group_id, "stalled": stalled})
+                return False
         for key, end in ends.items():
             done = committed.get(key)
             lag = end - (done if done is not None else begins.get(key, 0))
@@ -627,6 +645,29 @@ class EventConsumer:
                                    "committed_by_us": ours, "committed_on_broker": done, "end_offset": end})
                 return False
         return True
+
+    def _stalled(self, consumer, ends: Mapping[tuple[str, int], int], committed: Mapping[tuple[str, int], int],
+                 begins: Mapping[tuple[str, int], int]) -> dict[str, list[int]]:
+        """The partitions this member holds whose end lies beyond everything received and committed
+        (and beyond the beginning: records are there to read), with no progress for
+        ``stall_seconds`` and ``stall_polls`` polls: ``{"topic/partition": [progress, end]}``."""
+        now, held, stalled = time.monotonic(), set(), {}
+        for tp in consumer.assignment():
+            key = (tp.topic, tp.partition)
+            held.add(key)
+            end = ends.get(key)
+            progress = max(self._received.get(key, 0), committed.get(key, 0), begins.get(key, 0))
+            if end is None or progress >= end:
+                self._behind.pop(key, None)
+                continue
+            seen = self._behind.get(key)
+            if seen is None or seen[0] != progress:
+                self._behind[key] = (progress, now, self._polls)
+            elif now - seen[1] >= self.stall_seconds and self._polls - seen[2] >= self.stall_polls:
+                stalled[f"{tp.topic}/{tp.partition}"] = [progress, end]
+        for key in [key for key in self._behind if key not in held]:
+            del self._behind[key]
+        return stalled
 
     def _tell_kafka_again(self, consumer, committed: Mapping[tuple[str, int], int]) -> None:
         """Where Kafka's committed offset of a partition this member holds is behind the one its
@@ -655,12 +696,14 @@ class EventConsumer:
     def poll_once(self, consumer, timeout_ms: int = 500) -> int:
         batch = consumer.poll(timeout_ms=timeout_ms)
         self.broker_ok = True
+        self._polls += 1
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         count = 0
         records = [record for partition_records in batch.values() for record in partition_records]
         for partition, partition_records in batch.items():
             if partition_records:
                 offsets[partition] = OffsetAndMetadata(partition_records[-1].offset + 1, "", -1)
+                self._received[(partition.topic, partition.partition)] = partition_records[-1].offset + 1
         kept = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
         if records and self.handle_together(records, kept):
             count = len(records)

@@ -321,6 +321,38 @@ def test_a_lost_offset_commit_is_made_again_when_no_record_follows(broker, setup
     assert not thread.is_alive()
 
 
+class BlindFirstClient(EventConsumer):
+    """A consumer whose first Kafka client joins the group and polls, but receives no record (as a
+    client whose fetching stalled): its polls answer nothing. The clients built after it are plain."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clients = 0
+
+    def _connect(self):
+        client = super()._connect()
+        self.clients += 1
+        if self.clients == 1:
+            poll = client.poll
+            client.poll = lambda timeout_ms=0, **kwargs: (poll(timeout_ms=timeout_ms, **kwargs), {})[1]
+        return client
+
+
+def test_a_client_that_receives_nothing_of_a_partition_it_holds_is_built_again(broker, setup, unique):
+    """Records wait on a partition the member holds, nothing of them arrives poll after poll: the
+    member's check with the broker sees no progress towards the partition's end and builds a new
+    client, which reads them."""
+    engine, topic, producer = setup
+    events = publish(producer, topic, unique, 3)
+    consumer = make_consumer(broker, engine, topic, unique, kind=BlindFirstClient, verify_seconds=0.3)
+    consumer.stall_seconds, consumer.stall_polls = 1.0, 3
+    consume_until(consumer, lambda: len(effect_rows(engine)) == 3
+                  and committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=45,
+                  what="the stalled client was never replaced")
+    assert consumer.clients >= 2
+    assert sorted(effect_rows(engine)) == sorted(e.event_id for e in events)
+
+
 def test_offsets_waiting_when_the_client_is_built_again_are_not_kept_for_the_new_one(broker, setup, unique):
     """Offsets of ignored records wait in memory for a while; a new client (the broker lost the topic
     and it was created again) reads from the database's offsets, so what waited is dropped, not kept
