@@ -1,10 +1,15 @@
 """Where an HTTP request's time goes, layer by layer: ``python -m bench.profile_http``.
 
-    python -m bench.profile_http [--part ballot overview] [--requests 300] [--interval-ms 0.2]
+    python -m bench.profile_http [--part ballot rating ranking overview] [--requests 300] [--interval-ms 0.2]
 
 - ``ballot``: ``POST /projects/<id>/vote/ballots`` (a representative casts a council ballot) to the
   projects service built in this process (as :mod:`tests.support.apps` builds it) on a SQLite file
   (WAL, ``synchronous=FULL``), called through Flask's test client: no gunicorn, no socket.
+- ``rating``: ``POST /subjects/<id>/ratings`` to the feedback service, the same way; the ratings
+  of ``make bench``'s pools (:func:`bench.http.rating_writes`: their levels, a bad one in ten
+  opening a follow-up case, top ones growing burst incidents), 8 subjects so that each gets many.
+- ``ranking``: ``GET /rankings/<community>/service`` (the live ranking) to the feedback service,
+  beside a hello-world Flask app through the same test client (the fixed cost of a request).
 - ``overview``: ``GET /api/v1/projects/<id>/overview`` to the gateway built in a child process
   monkey-patched by gevent (as gunicorn's gevent worker serves it), its three services the real
   ones of :class:`bench.platform.Platform` (gunicorn, sync workers); the child also times each
