@@ -229,6 +229,7 @@ class EventConsumer:
         self.stall_seconds = 20.0
         self.stall_polls = 10
         self._received: dict[tuple[str, int], int] = {}
+        self._kept_at_last_check: dict[tuple[str, int], int] = {}  # the database's offsets, last check
         self._behind: dict[tuple[str, int], tuple[int, float, int]] = {}  # (progress, since, polls then)
         self._polls = 0
         # Offsets of polls that held only records no handler takes, not yet kept in the database:
@@ -572,7 +573,7 @@ class EventConsumer:
         # Offsets read by the client before (of the topics as they were then, perhaps): the new
         # member starts at the database's offsets and reads those records again.
         self._waiting = {}
-        self._received, self._behind = {}, {}
+        self._received, self._behind, self._kept_at_last_check = {}, {}, {}
         self._commit_retry_at = 0.0
         self._verified_at = time.monotonic()
         self._unassigned_since = None
@@ -671,9 +672,10 @@ class EventConsumer:
 
     def _tell_kafka_again(self, consumer, committed: Mapping[tuple[str, int], int]) -> None:
         """Where Kafka's committed offset of a partition this member holds is behind the one its
-        database keeps (for the topic as it is now), Kafka is told again after the next poll: a
-        commit lost on its way (a rebalance, the broker restarting) would otherwise leave the group
-        short of the end of its topics until another record came."""
+        database keeps (for the topic as it is now) and the database's has not moved since the last
+        check (no poll is about to commit it), Kafka is told again after the next poll: a commit
+        lost on its way (a rebalance, the broker restarting) would otherwise leave the group short
+        of the end of its topics until another record came."""
         assigned = consumer.assignment()
         if not assigned:
             return
@@ -682,12 +684,15 @@ class EventConsumer:
         except TRANSIENT_ERRORS as exc:  # the next check tries again
             log.info("offsets not read from the database", extra={"error": repr(exc)})
             return
+        before, self._kept_at_last_check = self._kept_at_last_check, {}
         for tp in assigned:
-            topic_id, offset = kept.get((tp.topic, tp.partition), (None, None))
+            key = (tp.topic, tp.partition)
+            topic_id, offset = kept.get(key, (None, None))
             if offset is None or topic_id is None or topic_id != self._topic_ids.get(tp.topic):
                 continue
-            done = committed.get((tp.topic, tp.partition))
-            if (done is None or done < offset) and self._to_commit.get(tp, -1) < offset:
+            self._kept_at_last_check[key] = offset
+            done = committed.get(key)
+            if (done is None or done < offset) and before.get(key) == offset and self._to_commit.get(tp, -1) < offset:
                 log.info("telling Kafka the offset the database keeps", extra={
                     "group": self.group_id, "topic": tp.topic, "partition": tp.partition, "offset": offset,
                     "committed_on_broker": done})
