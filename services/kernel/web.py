@@ -235,8 +235,9 @@ class QueryParser(FlaskParser):
                 if len(self._loaded) >= self.KEPT:
                     self._loaded.clear()
                 self._loaded[key] = found
-            return found
-        return dict(found)  # the caller's own copy
+            else:
+                return found
+        return dict(found)  # the caller's own copy: a view may change what it is given
 
     def _is_pure(self, schema: ma.Schema) -> bool:
         pure = self._pure.get(schema)
