@@ -22,12 +22,15 @@ One run starts its own tansu broker (in-memory storage) on a free port and measu
 
 Both producers are created and both topics exist before the clock starts. For both consumers the
 clock starts when the first message is received, which leaves the group join out of the figure;
-it stops when the N-th message has been handled (ours: after that poll's offset commit).
+it stops when the N-th message has been handled (ours: after that poll's offset commit). Three
+rounds (one with ``--quick``), each side in turn, each round on topics and groups of its own: the
+rows give the medians and the ranges (one run of each moved by 10–20 points between runs).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import tempfile
 import time
@@ -114,9 +117,9 @@ def bare_producer_rate(store: EventStore, bootstrap: str, topic: str, kernel_par
 # -- consumer ------------------------------------------------------------------------------------
 
 def consumer_rate(workdir: Path, bootstrap: str, topic: str, events: int) -> float:
-    engine = make_engine(f"sqlite:///{workdir}/consumer.db")
-    EventStore(engine, service="bench-consumer").create_schema()  # creates the inbox table
     group = f"bench-ours-{uuid.uuid4().hex[:8]}"
+    engine = make_engine(f"sqlite:///{workdir}/{group}.db")  # a database of its own per round
+    EventStore(engine, service="bench-consumer").create_schema()  # creates the inbox table
     seen = {"count": 0, "first": 0.0}
 
     def handler(connection, event) -> None:
@@ -169,26 +172,37 @@ def bare_consumer_rate(bootstrap: str, topic: str, events: int) -> float:
 
 # -- the rows ------------------------------------------------------------------------------------
 
+ROUNDS = 3  # alternating rounds of each side; the rows give the medians and ours' range
+
+
 def run(workdir: Path, quick: bool) -> list[dict]:
     events = 20_000 if quick else 50_000
+    rounds = 1 if quick else ROUNDS
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     broker = subprocess.Popen(broker_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    figures: dict[str, list[float]] = {"bare_out": [], "hashed_out": [], "ours_out": [], "bare_in": [], "ours_in": []}
     try:
         wait_for_port(port)
         store = fill_store(f"sqlite:///{workdir}/pipeline.db", events)
-        suffix = uuid.uuid4().hex[:8]
-        relay_topic, bare_topic = f"bench-relay-{suffix}.events", f"bench-bare-{suffix}.events"
-        hashed_topic = f"bench-bare-hashed-{suffix}.events"
-        ensure_topics(bootstrap, [relay_topic, bare_topic, hashed_topic, f"{relay_topic}.dlq"],
-                      TopicPolicy(partitions=PARTITIONS))
-
-        bare_out, value_bytes = bare_producer_rate(store, bootstrap, bare_topic)
-        hashed_out, _ = bare_producer_rate(store, bootstrap, hashed_topic, kernel_partitioner=True)
-        ours_out, page = relay_rate(store, bootstrap, relay_topic, events)
+        relay_topics = []
+        for _round in range(rounds):  # each round on topics of its own
+            suffix = uuid.uuid4().hex[:8]
+            relay_topic, bare_topic = f"bench-relay-{suffix}.events", f"bench-bare-{suffix}.events"
+            hashed_topic = f"bench-bare-hashed-{suffix}.events"
+            ensure_topics(bootstrap, [relay_topic, bare_topic, hashed_topic, f"{relay_topic}.dlq"],
+                          TopicPolicy(partitions=PARTITIONS))
+            bare_out, value_bytes = bare_producer_rate(store, bootstrap, bare_topic)
+            hashed_out, _ = bare_producer_rate(store, bootstrap, hashed_topic, kernel_partitioner=True)
+            ours_out, page = relay_rate(store, bootstrap, relay_topic, events)
+            figures["bare_out"].append(bare_out)
+            figures["hashed_out"].append(hashed_out)
+            figures["ours_out"].append(ours_out)
+            relay_topics.append(relay_topic)
         store.engine.dispose()
-        bare_in = bare_consumer_rate(bootstrap, relay_topic, events)
-        ours_in = consumer_rate(workdir, bootstrap, relay_topic, events)
+        for relay_topic in relay_topics:  # each round's consumers (fresh groups) read that round's topic
+            figures["bare_in"].append(bare_consumer_rate(bootstrap, relay_topic, events))
+            figures["ours_in"].append(consumer_rate(workdir, bootstrap, relay_topic, events))
     finally:
         broker.terminate()
         try:
@@ -196,17 +210,24 @@ def run(workdir: Path, quick: bool) -> list[dict]:
         except subprocess.TimeoutExpired:
             broker.kill()
             broker.wait()
-    common = {"events": events, "partitions": PARTITIONS, "mean value bytes": round(value_bytes)}
+    median = {name: statistics.median(values) for name, values in figures.items()}
+
+    def spread(name: str) -> str:
+        return f"{min(figures[name]):,.0f}–{max(figures[name]):,.0f}"
+
+    common = {"events": events, "partitions": PARTITIONS, "mean value bytes": round(value_bytes),
+              "median of": rounds}
     return [
-        {"measure": "relay: SQLite event store to Kafka", "unit": "events/s", "ours": ours_out,
-         "anchors": {"bare kafka-python producer": bare_out,
-                     "the same with the kernel's partitioner (KeyHashPartitioner)": hashed_out},
-         "targets": [{"what": "≥ 70% of bare producer", "met": ours_out >= 0.7 * bare_out}],
-         "extra": {**common, "relay page": page}},
-        {"measure": "consumer: Kafka to handler with inbox (SQLite)", "unit": "events/s", "ours": ours_in,
-         "anchors": {"bare kafka-python consumer": bare_in},
-         "targets": [{"what": "≥ 60% of bare consumer", "met": ours_in >= 0.6 * bare_in}],
-         "extra": {**common, "clock starts": "first message received"}},
+        {"measure": "relay: SQLite event store to Kafka", "unit": "events/s", "ours": median["ours_out"],
+         "anchors": {"bare kafka-python producer": median["bare_out"],
+                     "the same with the kernel's partitioner (KeyHashPartitioner)": median["hashed_out"]},
+         "targets": [{"what": "≥ 70% of bare producer", "met": median["ours_out"] >= 0.7 * median["bare_out"]}],
+         "extra": {**common, "ours range": spread("ours_out"), "bare range": spread("bare_out"), "relay page": page}},
+        {"measure": "consumer: Kafka to handler with inbox (SQLite)", "unit": "events/s", "ours": median["ours_in"],
+         "anchors": {"bare kafka-python consumer": median["bare_in"]},
+         "targets": [{"what": "≥ 60% of bare consumer", "met": median["ours_in"] >= 0.6 * median["bare_in"]}],
+         "extra": {**common, "ours range": spread("ours_in"), "bare range": spread("bare_in"),
+                   "clock starts": "first message received"}},
     ]
 
 
