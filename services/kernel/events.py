@@ -219,7 +219,10 @@ _new = object.__new__
 
 def _utf8(text: str | bytes) -> bytes:
     return text if isinstance(text, bytes) else text.encode()
+
+
 _TYPED: dict[type, msgspec.json.Decoder] = {}
+
 
 class _Envelope(msgspec.Struct):
     """An envelope's fields with the types :meth:`StoredEvent.from_envelope` requires of them."""
