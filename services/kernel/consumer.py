@@ -59,6 +59,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
+import msgspec
 import psycopg
 import sqlalchemy as sa
 from kafka import ConsumerRebalanceListener, TopicPartition
@@ -90,8 +91,30 @@ inbox_table = sa.Table(
     sa.Column("processed_at_us", sa.BigInteger, nullable=False),
 )
 
-_INBOX_ADD = Prepared(inbox_table.insert().values(
-    **{name: sa.bindparam(name) for name in ("group_id", "event_id", "topic", "partition", "offset", "processed_at_us")}))
+_INBOX_COLUMNS = ("group_id", "event_id", "topic", "partition", "offset", "processed_at_us")
+_INBOX_ADD = Prepared(inbox_table.insert().values(**{name: sa.bindparam(name) for name in _INBOX_COLUMNS}))
+# A batch's ids in one parameter, a JSON array (the expanding IN of 500 parameters was built and
+# compiled by SQLAlchemy on every poll: a tenth of a consumer's batch, issue 23).
+_INBOX_SEEN_SQLITE = "SELECT event_id FROM inbox WHERE group_id = ? AND event_id IN (SELECT value FROM json_each(?))"
+
+
+def _already_applied(connection: Connection, group_id: str, event_ids: list[str]) -> set[str]:
+    """Those of ``event_ids`` that ``group_id``'s inbox holds."""
+    if connection.dialect.name == "sqlite":
+        cursor = connection.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(_INBOX_SEEN_SQLITE, (group_id, _ENCODE_IDS(event_ids).decode()))
+            return {row[0] for row in cursor.fetchall()}
+        finally:
+            cursor.close()
+    seen: set[str] = set()
+    for start in range(0, len(event_ids), 500):
+        seen.update(connection.execute(sa.select(inbox_table.c.event_id).where(
+            inbox_table.c.group_id == group_id, inbox_table.c.event_id.in_(event_ids[start:start + 500]))).scalars())
+    return seen
+
+
+_ENCODE_IDS = msgspec.json.encode
 
 # Where each group goes on reading (the next offset), kept with its effects: see the module's doc.
 consumer_offsets_table = sa.Table(
@@ -328,12 +351,9 @@ class EventConsumer:
         saving = {**self._waiting, **(offsets or {})}
         try:
             with write_transaction(self.engine) as connection:
-                seen: set[str] = set()
-                for start in range(0, len(wanted), 500):
-                    seen.update(connection.execute(sa.select(inbox_table.c.event_id).where(
-                        inbox_table.c.group_id == self.group_id,
-                        inbox_table.c.event_id.in_(wanted[start:start + 500]))).scalars())
+                seen = _already_applied(connection, self.group_id, wanted)
                 now = to_micros(utc_now())
+                group = self.group_id
                 inbox_rows = []
                 for record, event in zip(records, events):
                     handler = self.handlers.get(event.event_type) or self.handlers.get(ANY_EVENT)
@@ -344,9 +364,7 @@ class EventConsumer:
                         outcomes.append((record, event, "duplicate"))
                         continue
                     seen.add(event.event_id)
-                    inbox_rows.append({"group_id": self.group_id, "event_id": event.event_id, "topic": record.topic,
-                                       "partition": record.partition, "offset": record.offset,
-                                       "processed_at_us": now})
+                    inbox_rows.append((group, event.event_id, record.topic, record.partition, record.offset, now))
                     token = correlation_id_var.set(event.metadata.get("correlation_id") or event.event_id)
                     try:
                         handler(connection, event)
@@ -354,7 +372,7 @@ class EventConsumer:
                         correlation_id_var.reset(token)
                     outcomes.append((record, event, "handled"))
                 # one statement for the batch, in the same transaction as the effects
-                _INBOX_ADD.execute_many(connection, inbox_rows)
+                _INBOX_ADD.execute_many(connection, inbox_rows, _INBOX_COLUMNS)
                 if saving:  # this poll's and those that waited
                     self._save_offsets(connection, saving)
         except Exception as exc:  # rolled back: the records are applied one by one instead

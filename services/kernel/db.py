@@ -417,12 +417,25 @@ class Prepared:
     def execute(self, connection: Connection, params: dict | None = None) -> None:
         self.run(connection, params).close()
 
-    def execute_many(self, connection: Connection, rows: list[dict]) -> None:
-        """Execute once per row of ``rows`` (by bind name): one ``executemany`` of the driver on
-        SQLite (a consumer's inbox rows: SQLAlchemy built each row's parameters in Python); through
-        SQLAlchemy elsewhere, whose batched insert PostgreSQL is better served by."""
+    def execute_many(self, connection: Connection, rows: list, columns: tuple[str, ...] | None = None) -> None:
+        """Execute once per row of ``rows``: dicts by bind name, or — with ``columns`` — tuples of
+        those binds' values in that order (a consumer's batch: no dict per row, and on SQLite the
+        tuples go to the driver as they are when the statement binds them in that order). One
+        ``executemany`` of the driver on SQLite (SQLAlchemy built each row's parameters in Python);
+        through SQLAlchemy elsewhere, whose batched insert PostgreSQL is better served by."""
         if not rows:
             return
+        if columns is not None:
+            if connection.dialect.name == "sqlite":
+                sql, order, defaults = self._sql(connection.dialect)
+                if order == columns and not defaults:
+                    cursor = connection.connection.dbapi_connection.cursor()
+                    try:
+                        cursor.executemany(sql, rows)
+                    finally:
+                        cursor.close()
+                    return
+            rows = [dict(zip(columns, row)) for row in rows]
         if connection.dialect.name != "sqlite":
             connection.execute(self.statement, rows)
             return

@@ -205,8 +205,16 @@ class StoredEvent:
         except (ValueError, RecursionError):  # msgspec's DecodeError and ValidationError are ValueErrors
             typed = None
         if typed is not None and typed.event_id and typed.event_type and typed.stream_id:
-            return cls.of_row(typed.event_id, typed.event_type, typed.schema_version, typed.stream_id, typed.version,
-                              typed.position, parse_time(typed.occurred_at), typed.data, typed.metadata)
+            at = typed.occurred_at  # RFC 3339, parsed by msgspec; other ISO 8601 forms go the plain way
+            zone = at.tzinfo
+            if zone is not timezone.utc and zone is not None:
+                try:
+                    at = at.astimezone(timezone.utc)
+                except OverflowError:
+                    zone = None
+            if zone is not None:  # a time without a zone goes the plain way, which refuses it
+                return cls.of_row(typed.event_id, typed.event_type, typed.schema_version, typed.stream_id,
+                                  typed.version, typed.position, at, typed.data, typed.metadata)
         try:
             envelope = loads(raw)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
@@ -233,7 +241,7 @@ class _Envelope(msgspec.Struct):
     stream_id: str
     version: int
     position: int
-    occurred_at: str
+    occurred_at: datetime
     data: dict
     metadata: dict
 

@@ -216,6 +216,28 @@ def test_a_poll_is_applied_in_one_transaction_or_record_by_record(setup, unique)
         assert connection.execute(sa.select(sa.func.count()).select_from(inbox_table)).scalar() == 2
 
 
+def test_a_batch_skips_what_its_group_applied_in_an_earlier_one_on_both_backends(database_url, unique):
+    """The inbox's lookup for a whole poll (one statement on SQLite, the ids as one JSON array): an
+    event another poll of this group applied is a duplicate; one only another group applied is not."""
+    engine = make_engine(database_url)
+    EventStore(engine, service="consumertest").create_schema()
+    effects.create(engine, checkfirst=True)
+    topic = f"consumertest-{unique}.events"
+    ours, theirs = (EventConsumer(engine=engine, group_id=f"{name}-{unique}", topics=[topic],
+                                  handlers={"Happened": handler}, bootstrap_servers="127.0.0.1:1")
+                    for name, handler in (("ours", record_effect), ("theirs", lambda connection, event: None)))
+    a, b, c, d = (envelope(f"s-{unique}", v) for v in range(1, 5))
+    assert theirs.handle_together([_Record(topic, e.to_json()) for e in (c, d)]) is True
+    assert ours.handle_together([_Record(topic, e.to_json()) for e in (a, b)]) is True
+    assert ours.handle_together([_Record(topic, e.to_json()) for e in (b, c, a, d, c)]) is True
+    assert sorted(effect_rows(engine)) == sorted(e.event_id for e in (a, b, c, d))  # each once
+    with engine.connect() as connection:
+        kept = connection.execute(sa.select(inbox_table.c.group_id, inbox_table.c.event_id)).all()
+    assert sorted(kept) == sorted([(f"ours-{unique}", e.event_id) for e in (a, b, c, d)]
+                                  + [(f"theirs-{unique}", e.event_id) for e in (c, d)])
+    engine.dispose()
+
+
 class RefusedCommits(EventConsumer):
     """A consumer whose Kafka client has its first ``refusals`` offset commits refused, as a broker
     does in a rebalance (the client is real; only its answer to those commits is replaced)."""

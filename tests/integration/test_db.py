@@ -287,3 +287,29 @@ def test_a_prepared_statement_runs_once_per_row_with_its_written_values_on_both_
         rows = connection.execute(sa.select(table.c.id, table.c.n, table.c.kind).order_by(table.c.id)).all()
     assert [tuple(row) for row in rows] == [(f"r{i}", i, "inbox") for i in range(5)]  # r9 rolled back with it
     engine.dispose()
+
+
+def test_a_prepared_statement_takes_rows_as_tuples_of_named_columns_in_any_order(database_url):
+    """``Prepared.execute_many(..., columns=...)``: rows as tuples, passed to SQLite's driver as they
+    are when the statement binds the columns in that order, mapped by name otherwise (another
+    order, a value written into the statement, PostgreSQL)."""
+    import sqlalchemy as sa
+
+    from services.kernel.db import Prepared
+
+    metadata = sa.MetaData()
+    table = sa.Table("tuple_rows", metadata, sa.Column("id", sa.String(20), primary_key=True),
+                     sa.Column("n", sa.Integer, nullable=False), sa.Column("kind", sa.String(20), nullable=False))
+    engine = make_engine(database_url)
+    metadata.create_all(engine)
+    same = Prepared(table.insert().values(id=sa.bindparam("id"), n=sa.bindparam("n"), kind=sa.bindparam("kind")))
+    written = Prepared(table.insert().values(id=sa.bindparam("id"), n=sa.bindparam("n"), kind="written"))
+    with write_transaction(engine) as connection:
+        same.execute_many(connection, [("a1", 1, "same"), ("a2", 2, "same")], ("id", "n", "kind"))
+        same.execute_many(connection, [("same", 3, "a3")], ("kind", "n", "id"))  # another order
+        written.execute_many(connection, [(4, "a4")], ("n", "id"))
+        same.execute_many(connection, [], ("id", "n", "kind"))
+    with read_transaction(engine) as connection:
+        rows = connection.execute(sa.select(table.c.id, table.c.n, table.c.kind).order_by(table.c.id)).all()
+    assert [tuple(row) for row in rows] == [("a1", 1, "same"), ("a2", 2, "same"), ("a3", 3, "same"), ("a4", 4, "written")]
+    engine.dispose()

@@ -83,6 +83,23 @@ def test_envelope_accepts_offset_times_and_normalises_them():
     assert parsed.occurred_at.tzinfo == UTC
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2024-05-06T15:08:09.5+08:00", datetime(2024, 5, 6, 7, 8, 9, 500000, tzinfo=UTC)),
+    ("2024-05-06T07:08:09.123456Z", datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)),
+    ("2024-05-06T07:08:09+00:00", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),
+    ("20240506T150809+0800", datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)),  # ISO 8601, not RFC 3339
+], ids=repr)
+def test_from_json_gives_every_time_in_utc(text, expected):
+    parsed = StoredEvent.from_json(json.dumps(envelope(occurred_at=text)))
+    assert parsed.occurred_at == expected
+    assert parsed.occurred_at.tzinfo is UTC
+
+
+def test_from_json_refuses_a_time_that_leaves_the_calendar_in_utc():
+    with pytest.raises(EnvelopeError, match="out of range"):
+        StoredEvent.from_json(json.dumps(envelope(occurred_at="0001-01-01T00:00:00+08:00")))
+
+
 def test_metadata_as_dict():
     assert Metadata(actor="p", correlation_id="c").as_dict() == {
         "actor": "p", "correlation_id": "c", "causation_id": None}
