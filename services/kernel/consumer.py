@@ -245,6 +245,7 @@ class EventConsumer:
         self._committed: dict[tuple[str, int], int] = {}  # what this member committed, since it was built
         self._to_commit: dict[TopicPartition, int] = {}  # applied (the database says) but not yet committed
         self._commit_retry_at = 0.0
+        self._commit_due_at = 0.0  # Kafka is told at most every kafka_commit_seconds
         self._verified_at = 0.0
         self._unassigned_since: float | None = None
         self.unassigned_grace_seconds = 10.0
@@ -260,6 +261,11 @@ class EventConsumer:
         self._waiting: dict[tuple[str, int], int] = {}
         self._waiting_since = 0.0
         self.offsets_wait_seconds = 1.0
+        # Kafka is told the applied offsets at most this often (a poll of a few records each time an
+        # event arrives told it after every poll: an offset commit per poll for the broker and the
+        # client, issue 23). Kafka's offsets only show the group's progress (a new member starts at
+        # the database's), so they trail by this much at most.
+        self.kafka_commit_seconds = 0.5
 
     # -- one message ------------------------------------------------------------------------
 
@@ -593,6 +599,7 @@ class EventConsumer:
         self._waiting = {}
         self._received, self._behind, self._kept_at_last_check = {}, {}, {}
         self._commit_retry_at = 0.0
+        self._commit_due_at = 0.0
         self._verified_at = time.monotonic()
         self._unassigned_since = None
         log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
@@ -757,9 +764,12 @@ class EventConsumer:
         event's way from one service to another, p50, went from 100 to 76-81 ms). That is safe because Kafka's offsets are not where a
         member starts (the database's are) and the inbox dedupes a redelivery. A refusal puts the
         offsets back, to be sent again after a later poll (at most once a second while refused);
-        only partitions still assigned are sent (another member commits its own)."""
-        if not self._to_commit or time.monotonic() < self._commit_retry_at:
+        only partitions still assigned are sent (another member commits its own). At most once
+        every ``kafka_commit_seconds``: what is applied meanwhile goes with the next commit."""
+        now = time.monotonic()
+        if not self._to_commit or now < self._commit_retry_at or now < self._commit_due_at:
             return
+        self._commit_due_at = now + self.kafka_commit_seconds
         offsets = self._to_commit_assigned(consumer)
         self._to_commit = {}
         if not offsets:

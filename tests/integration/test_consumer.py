@@ -270,6 +270,47 @@ class RefusedCommits(EventConsumer):
         return client
 
 
+class CountedCommits(EventConsumer):
+    """A consumer that counts the offset commits its Kafka client sends while it polls."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.commits = 0
+
+    def _connect(self):
+        client = super()._connect()
+        commit_async = client.commit_async
+
+        def counted_commit_async(offsets=None, callback=None):
+            self.commits += 1
+            return commit_async(offsets, callback=callback)
+
+        client.commit_async = counted_commit_async
+        return client
+
+
+def test_kafka_is_told_at_most_once_an_interval_and_everything_on_leaving(broker, setup, unique):
+    """An offset commit per poll cost the broker and the client a request for every few records:
+    within ``kafka_commit_seconds`` of a commit, what is applied waits for the next one — or for a
+    clean stop, which tells Kafka everything."""
+    engine, topic, producer = setup
+    consumer = make_consumer(broker, engine, topic, unique, kind=CountedCommits)
+    consumer.kafka_commit_seconds = 3600.0
+    publish(producer, topic, unique, 1)
+    more: list = []
+
+    def applied_in_two_steps() -> bool:
+        if not more:
+            if len(effect_rows(engine)) == 1 and consumer.commits == 1:
+                more.extend(publish(producer, topic, unique, 4))  # after the first commit
+            return False
+        return len(effect_rows(engine)) == 5
+
+    consume_until(consumer, applied_in_two_steps, timeout=30, what="the records were not applied")
+    assert consumer.commits == 1  # the first poll's; the next four records' offsets waited
+    assert committed_to_end(broker.bootstrap, f"test-{unique}", topic)  # told when the member left
+
+
 def test_a_refused_offset_commit_is_made_again_when_no_record_follows(broker, setup, unique):
     engine, topic, producer = setup
     publish(producer, topic, unique, 3)
