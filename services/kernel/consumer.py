@@ -43,10 +43,10 @@ where the broker has none, and the inbox makes the repeats harmless. The same ch
 lag of every partition of the subscribed topics, held by this member or not: end offset minus
 committed offset, or minus the beginning offset where nothing is committed. It also tells Kafka
 again an offset the database keeps that Kafka's committed one is behind (a commit lost on its way),
-and it builds a new client when one has stopped receiving: a partition it holds has records beyond
-everything received and committed, and nothing more came for ``stall_seconds`` and at least
-``stall_polls`` polls (a drill once saw the client receive nothing more of a partition after the
-broker came back empty, one record short of its end, for minutes).
+and it builds a new client when it has stopped getting on: a partition it holds has records beyond
+what the group applied (its database's offset, Kafka's committed one), and that did not move for
+``stall_seconds`` and at least ``stall_polls`` polls (drills saw a group stop one record short of a
+partition's end after the broker came back empty, for minutes).
 """
 
 from __future__ import annotations
@@ -252,7 +252,6 @@ class EventConsumer:
         # Fetching stalled (see the module's doc): per partition held, the next offset received.
         self.stall_seconds = 20.0
         self.stall_polls = 10
-        self._received: dict[tuple[str, int], int] = {}
         self._kept_at_last_check: dict[tuple[str, int], int] = {}  # the database's offsets, last check
         self._behind: dict[tuple[str, int], tuple[int, float, int]] = {}  # (progress, since, polls then)
         self._polls = 0
@@ -466,7 +465,6 @@ class EventConsumer:
             topic_id, offset = kept.get((tp.topic, tp.partition), (None, None))
             if tp.topic in current and topic_id == self._topic_ids.get(tp.topic):
                 consumer.seek(tp, offset)
-                self._received[(tp.topic, tp.partition)] = offset  # where it goes on (not a stall)
                 where = offset
                 # Kafka may not know it yet (the last commit was refused, or the process died between
                 # the two commits): told after this poll, even when no record follows.
@@ -597,7 +595,7 @@ class EventConsumer:
         # Offsets read by the client before (of the topics as they were then, perhaps): the new
         # member starts at the database's offsets and reads those records again.
         self._waiting = {}
-        self._received, self._behind, self._kept_at_last_check = {}, {}, {}
+        self._behind, self._kept_at_last_check = {}, {}
         self._commit_retry_at = 0.0
         self._commit_due_at = 0.0
         self._verified_at = time.monotonic()
@@ -654,11 +652,14 @@ class EventConsumer:
             log.info("broker check failed; polling on", extra={"error": repr(exc)})
             return True
         if consumer is not None:
-            self._tell_kafka_again(consumer, committed)
-            stalled = self._stalled(consumer, ends, committed, begins)
+            kept = self._applied_offsets()
+            stalled = {}
+            if kept is not None:
+                self._tell_kafka_again(consumer, committed, kept)
+                stalled = self._stalled(consumer, ends, committed, begins, kept)
             if stalled:
-                log.warning("the Kafka client receives nothing more of a partition it holds although the broker "
-                            "has more; building a new one", extra={"group": self.group_id, "stalled": stalled})
+                log.warning("nothing more of a partition this member holds is applied although the broker has "
+                            "more; building a new Kafka client", extra={"group": self.group_id, "stalled": stalled})
                 return False
         for key, end in ends.items():
             done = committed.get(key)
@@ -672,17 +673,31 @@ class EventConsumer:
                 return False
         return True
 
+    def _applied_offsets(self) -> dict[tuple[str, int], int] | None:
+        """The offsets the group's database keeps for its topics as they are now (what it applied
+        and skipped); None when the database cannot be read (the next check tries again)."""
+        try:
+            kept = database_offsets(self.engine, self.group_id)
+        except TRANSIENT_ERRORS as exc:
+            log.info("offsets not read from the database", extra={"error": repr(exc)})
+            return None
+        return {key: offset for key, (topic_id, offset) in kept.items()
+                if topic_id is not None and topic_id == self._topic_ids.get(key[0])}
+
     def _stalled(self, consumer, ends: Mapping[tuple[str, int], int], committed: Mapping[tuple[str, int], int],
-                 begins: Mapping[tuple[str, int], int]) -> dict[str, list[int]]:
-        """The partitions this member holds whose end lies beyond everything received and committed
-        (and beyond the beginning: records are there to read), with no progress for
-        ``stall_seconds`` and ``stall_polls`` polls: ``{"topic/partition": [progress, end]}``."""
+                 begins: Mapping[tuple[str, int], int], kept: Mapping[tuple[str, int], int]) -> dict[str, list[int]]:
+        """The partitions this member holds whose end lies beyond what the group applied — the
+        offset its database keeps, Kafka's committed offset, or the beginning — with no progress for
+        ``stall_seconds`` and ``stall_polls`` polls: ``{"topic/partition": [progress, end]}``. What
+        counts is what was applied, not what the client received: drills saw a group stop one record
+        short of a partition's end, for minutes, with nothing said (a paused process makes no polls;
+        a member that holds nothing is joining the group, and a new client would restart its join)."""
         now, held, stalled = time.monotonic(), set(), {}
         for tp in consumer.assignment():
             key = (tp.topic, tp.partition)
             held.add(key)
             end = ends.get(key)
-            progress = max(self._received.get(key, 0), committed.get(key, 0), begins.get(key, 0))
+            progress = max(kept.get(key, 0), committed.get(key, 0), begins.get(key, 0))
             if end is None or progress >= end:
                 self._behind.pop(key, None)
                 continue
@@ -695,7 +710,8 @@ class EventConsumer:
             del self._behind[key]
         return stalled
 
-    def _tell_kafka_again(self, consumer, committed: Mapping[tuple[str, int], int]) -> None:
+    def _tell_kafka_again(self, consumer, committed: Mapping[tuple[str, int], int],
+                          kept: Mapping[tuple[str, int], int]) -> None:
         """Where Kafka's committed offset of a partition this member holds is behind the one its
         database keeps (for the topic as it is now) and the database's has not moved since the last
         check (no poll is about to commit it), Kafka is told again after the next poll: a commit
@@ -704,16 +720,11 @@ class EventConsumer:
         assigned = consumer.assignment()
         if not assigned:
             return
-        try:
-            kept = database_offsets(self.engine, self.group_id)
-        except TRANSIENT_ERRORS as exc:  # the next check tries again
-            log.info("offsets not read from the database", extra={"error": repr(exc)})
-            return
         before, self._kept_at_last_check = self._kept_at_last_check, {}
         for tp in assigned:
             key = (tp.topic, tp.partition)
-            topic_id, offset = kept.get(key, (None, None))
-            if offset is None or topic_id is None or topic_id != self._topic_ids.get(tp.topic):
+            offset = kept.get(key)
+            if offset is None:
                 continue
             self._kept_at_last_check[key] = offset
             done = committed.get(key)
@@ -733,7 +744,6 @@ class EventConsumer:
         for partition, partition_records in batch.items():
             if partition_records:
                 offsets[partition] = OffsetAndMetadata(partition_records[-1].offset + 1, "", -1)
-                self._received[(partition.topic, partition.partition)] = partition_records[-1].offset + 1
         kept = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
         if records and self.handle_together(records, kept):
             count = len(records)

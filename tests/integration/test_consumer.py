@@ -416,6 +416,39 @@ def test_a_client_that_receives_nothing_of_a_partition_it_holds_is_built_again(b
     assert sorted(effect_rows(engine)) == sorted(e.event_id for e in events)
 
 
+class ForgetfulFirstClient(EventConsumer):
+    """A consumer whose first Kafka client's records are received but never applied nor kept (as
+    if they were lost between the client and the database): its polls answer them, the consumer
+    drops them. The clients built after it are plain."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clients = 0
+
+    def _connect(self):
+        client = super()._connect()
+        self.clients += 1
+        return client
+
+    def handle_together(self, records, offsets=None) -> bool:
+        return True if self.clients == 1 else super().handle_together(records, offsets)
+
+
+def test_records_received_but_never_applied_are_read_again_by_a_new_client(broker, setup, unique):
+    """What counts is what the group applied, not what its client received: records that arrived
+    and were never applied (nor their offsets kept) leave the group behind the end, and a new client
+    reads them again from the database's offsets."""
+    engine, topic, producer = setup
+    events = publish(producer, topic, unique, 3)
+    consumer = make_consumer(broker, engine, topic, unique, kind=ForgetfulFirstClient, verify_seconds=0.3)
+    consumer.stall_seconds, consumer.stall_polls = 1.0, 3
+    consume_until(consumer, lambda: len(effect_rows(engine)) == 3
+                  and committed_to_end(broker.bootstrap, f"test-{unique}", topic), timeout=45,
+                  what="the records received and dropped were never read again")
+    assert consumer.clients >= 2
+    assert sorted(effect_rows(engine)) == sorted(e.event_id for e in events)
+
+
 def test_offsets_waiting_when_the_client_is_built_again_are_not_kept_for_the_new_one(broker, setup, unique):
     """Offsets of ignored records wait in memory for a while; a new client (the broker lost the topic
     and it was created again) reads from the database's offsets, so what waited is dropped, not kept
