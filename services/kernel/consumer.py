@@ -249,7 +249,7 @@ class EventConsumer:
         self._verified_at = 0.0
         self._unassigned_since: float | None = None
         self.unassigned_grace_seconds = 10.0
-        # Fetching stalled (see the module's doc): per partition held, the next offset received.
+        # A client that stopped getting on (see the module's doc): no progress of what was applied.
         self.stall_seconds = 20.0
         self.stall_polls = 10
         self._kept_at_last_check: dict[tuple[str, int], int] = {}  # the database's offsets, last check
