@@ -72,7 +72,8 @@ from services.kernel.db import Prepared, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, from_micros, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
-from services.kernel.kafka import DLQ_SUFFIX, BrokerView, TopicMissing, TopicPolicy, make_consumer, make_producer
+from services.kernel.kafka import (DLQ_SUFFIX, FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, BrokerView, TopicMissing, TopicPolicy,
+                                  make_consumer, make_producer, set_fetch_wait)
 from services.kernel.logs import correlation_id_var
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,12 @@ class EventConsumer:
         # client, issue 23). Kafka's offsets only show the group's progress (a new member starts at
         # the database's), so they trail by this much at most.
         self.kafka_commit_seconds = 0.5
+        # After this long without a record the broker may hold each fetch longer (IDLE_FETCH_WAIT_MS:
+        # an idle consumer asks about three times a second instead of ten; a record that arrives
+        # is still answered at once); the first record brings the short wait back.
+        self.idle_after_seconds = 2.0
+        self._fetch_wait = FETCH_WAIT_MS
+        self._record_at = time.monotonic()
 
     # -- one message ------------------------------------------------------------------------
 
@@ -598,6 +605,7 @@ class EventConsumer:
         self._behind, self._kept_at_last_check = {}, {}
         self._commit_retry_at = 0.0
         self._commit_due_at = 0.0
+        self._fetch_wait, self._record_at = FETCH_WAIT_MS, time.monotonic()
         self._verified_at = time.monotonic()
         self._unassigned_since = None
         log.info("consumer started", extra={"group": self.group_id, "topics": self.topics})
@@ -745,6 +753,7 @@ class EventConsumer:
             if partition_records:
                 offsets[partition] = OffsetAndMetadata(partition_records[-1].offset + 1, "", -1)
         kept = {(tp.topic, tp.partition): meta.offset for tp, meta in offsets.items()}
+        self._pace_fetches(consumer, bool(records))
         if records and self.handle_together(records, kept):
             count = len(records)
         else:
@@ -763,6 +772,18 @@ class EventConsumer:
         self.save_waiting_offsets()
         self._commit_applied(consumer)
         return count
+
+    def _pace_fetches(self, consumer, received: bool) -> None:
+        """The short fetch wait while records come; the long one after ``idle_after_seconds``
+        without any (see ``services.kernel.kafka.make_consumer``)."""
+        now = time.monotonic()
+        if received:
+            self._record_at = now
+            wait = FETCH_WAIT_MS
+        else:
+            wait = IDLE_FETCH_WAIT_MS if now - self._record_at >= self.idle_after_seconds else self._fetch_wait
+        if wait != self._fetch_wait and set_fetch_wait(consumer, wait):
+            self._fetch_wait = wait
 
     def _commit_applied(self, consumer) -> None:
         """Tell Kafka what the database holds as applied and Kafka was not yet told: this poll's

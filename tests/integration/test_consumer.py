@@ -18,7 +18,7 @@ from services.kernel.consumer import ConsumerStalled, EventConsumer, inbox_table
 from services.kernel.db import make_engine
 from services.kernel.events import StoredEvent, utc_now
 from services.kernel.eventstore import EventStore
-from services.kernel.kafka import ensure_topics
+from services.kernel.kafka import FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, ensure_topics, set_fetch_wait
 from tests.support.broker import committed_to_end, read_topic
 from tests.support.consumers import consume_until
 from tests.support.drill_service import effects, record_effect
@@ -309,6 +309,44 @@ def test_kafka_is_told_at_most_once_an_interval_and_everything_on_leaving(broker
     consume_until(consumer, applied_in_two_steps, timeout=30, what="the records were not applied")
     assert consumer.commits == 1  # the first poll's; the next four records' offsets waited
     assert committed_to_end(broker.bootstrap, f"test-{unique}", topic)  # told when the member left
+
+
+class KeptClient(EventConsumer):
+    """A consumer that keeps its Kafka client where the test can look at it."""
+
+    def _connect(self):
+        self.client = super()._connect()
+        return self.client
+
+
+def test_an_idle_consumer_lets_the_broker_hold_its_fetches_longer_until_a_record_comes(broker, setup, unique):
+    """Idle, a consumer asked ten times a second (two hundredths of a core each, and the broker's
+    time): after ``idle_after_seconds`` without a record its fetches may wait IDLE_FETCH_WAIT_MS;
+    a record is still received, and brings the short wait back. Read from the installed
+    kafka-python's fetcher itself: another version keeping it elsewhere fails here."""
+    engine, topic, producer = setup
+    consumer = make_consumer(broker, engine, topic, unique, kind=KeptClient)
+    consumer.idle_after_seconds = 0.5
+
+    def wait_ms() -> int | None:
+        client = getattr(consumer, "client", None)
+        return None if client is None else client._fetcher.config["fetch_max_wait_ms"]
+
+    seen: list[int | None] = []
+
+    def idle_then_busy() -> bool:
+        seen.append(wait_ms())
+        if IDLE_FETCH_WAIT_MS in seen and not effect_rows(engine) and len(seen) == seen.index(IDLE_FETCH_WAIT_MS) + 1:
+            publish(producer, topic, unique, 1)  # once, when the long wait is first seen
+        return bool(effect_rows(engine)) and wait_ms() == FETCH_WAIT_MS
+
+    consume_until(consumer, idle_then_busy, timeout=30, what="the consumer did not go idle and back")
+    assert seen[0] in (None, FETCH_WAIT_MS) and IDLE_FETCH_WAIT_MS in seen
+    assert FETCH_WAIT_MS < IDLE_FETCH_WAIT_MS
+
+
+def test_a_client_without_the_fetch_wait_where_we_look_is_left_alone():
+    assert set_fetch_wait(object(), IDLE_FETCH_WAIT_MS) is False
 
 
 def test_a_refused_offset_commit_is_made_again_when_no_record_follows(broker, setup, unique):
