@@ -71,9 +71,9 @@ class KafkaSettings:
     kafka_dlq_partitions: int = setting(1, doc="partitions of every dead-letter topic (created with, and checked at start)")
     kafka_replication_factor: int = setting(1, doc="replication factor of the topics the relay creates")
     broker_verify_seconds: float = setting(
-        2.0, doc="how often an idle relay, and every consumer, compares what the broker holds with what it "
-                 "acknowledged or committed (the relay also checks before each round); consumer lag is "
-                 "reported at the same pace")
+        2.0, doc="how often a relay, and every consumer, compares what the broker holds with what it "
+                 "acknowledged or committed (a relay also before its first round after a pause); consumer lag "
+                 "is reported at the same pace")
 
     def validate_kafka(self, prefix: str) -> None:
         for name in ("kafka_topic_partitions", "kafka_dlq_partitions", "kafka_replication_factor"):

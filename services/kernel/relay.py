@@ -12,15 +12,21 @@ The log is the source of truth; the broker may lose data (the local broker keeps
 memory and comes back empty; a Kafka topic can be deleted and created again, or truncated by an
 unclean leader election). So with each checkpoint move the relay records the round it published:
 its positions, the topic's id and, per partition, the first and last offsets the broker
-acknowledged (``relay_rounds``, the newest ``rounds_kept``). Before each round, at least every
-``verify_seconds`` while idle, and after any producer error it compares what the recorded rounds
-say was acknowledged with what the broker holds now (:class:`~services.kernel.kafka.BrokerView`):
+acknowledged (``relay_rounds``, the newest ``rounds_kept``). Before a round that follows a pause
+(``busy_seconds`` without a round), at least every ``verify_seconds`` while rounds follow each other
+or nothing is published, and after any producer error it compares what the recorded rounds say was
+acknowledged with what the broker holds now (:class:`~services.kernel.kafka.BrokerView`):
 the topic is missing or has another id, or a partition ends at or before the last offset
 acknowledged on it. Then it logs the loss, counts it (``cocreate_relay_broker_data_loss_total``),
 moves its checkpoint back past every round the broker no longer holds in full — to the start of
 the newest round of the held prefix, or of the log when even the oldest recorded round is gone
 (e.g. an empty broker) — and publishes again from there. Offsets acknowledged lower than the
-previous round's on the same topic mean the same (the broker lost records mid-round).
+previous round's on the same topic mean the same (the broker lost records mid-round): that is
+checked after every round, and a loss found either way makes the next round compare first. A
+broker restarted between two rounds of a busy relay is noticed by the round's own producer (its
+connection fails), and a partition lost that the rounds of the next second do not write to, by
+the check a second later (issue 23: a check before every round, two requests to the broker, was a
+quarter of a busy relay's time and of the broker's for it).
 
 The opposite case — the topic holds more than the log — means the service's database was restored
 to an earlier point: events after it are gone from the log although they are on the topic and
@@ -149,6 +155,10 @@ class Relay:
         self.broker_ok = False
         self._lag_updated_at = 0.0
         self._verified_at = float("-inf")
+        # While rounds follow each other within this, the broker is compared at most every
+        # verify_seconds (module docstring); a round after a longer pause compares first.
+        self.busy_seconds = 0.25
+        self._round_at = float("-inf")
         self._topic: TopicInfo | None = None
         self._rounds_since_prune = 0
         # (topic id, last acknowledged offset per partition, first offset of the newest round per partition)
@@ -318,6 +328,7 @@ class Relay:
         metrics.RELAY_REPUBLISHED.labels(self.store.service, self.topic).inc(max(0, checkpoint - position))
         self._rewind(position)
         self._drop_producer()  # a broker that lost its data lost our producer id too
+        self._verified_at = self._round_at = float("-inf")  # the next round compares first
         return position
 
     # -- what the topic holds that the log must hold too ------------------------------------
@@ -387,7 +398,7 @@ class Relay:
                     return self.publish_once()
             self._update_lag(start)
             return 0
-        if self.verify() is not None:  # before each round: a broker that lost data is caught here
+        if self._compare_before_round() and self.verify() is not None:  # a broker that lost data
             start = self.checkpoint()
             page = self.store.read_all(start, self.batch_size)
         producer = self._ensure_producer()
@@ -425,6 +436,7 @@ class Relay:
                                        acknowledged=self._acknowledged()[1])
                 return 0
             self._record_round(start + 1, acknowledged, offsets)
+            self._round_at = time.monotonic()
             metrics.RELAY_PUBLISHED.labels(self.store.service, self.topic).inc(acknowledged - start)
         if failure is not None or len(page) < self.batch_size or time.monotonic() - self._lag_updated_at >= 1.0:
             self._update_lag(acknowledged)  # while draining a backlog, at most once a second
@@ -432,6 +444,12 @@ class Relay:
             raise PublishFailed(f"published up to position {acknowledged}: {failure!r}") from (
                 failure if isinstance(failure, BaseException) else None)
         return acknowledged - start
+
+    def _compare_before_round(self) -> bool:
+        """Whether to compare with the broker before this round: after a pause of ``busy_seconds``
+        (or none yet), a loss found, a producer error; else at most every ``verify_seconds``."""
+        now = time.monotonic()
+        return now - self._round_at >= self.busy_seconds or now - self._verified_at >= self.verify_seconds
 
     def _went_back(self, offsets: dict[int, list[int]]) -> dict[int, int]:
         """Per partition, the first offset of this round when it is not past every offset

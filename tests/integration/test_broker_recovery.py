@@ -283,3 +283,61 @@ def test_the_end_offset_probe_creates_no_topic_that_went_away_meanwhile(broker, 
         assert check.topics([topic])[topic] is None, "the probe created the topic"
     finally:
         check.close()
+
+
+def send_to(bootstrap: str, topic: str, partition: int, count: int) -> None:
+    """``count`` records to ``partition``, one batch (a producer closed at once, as :func:`produce`)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    try:
+        for n in range(count):
+            producer.send(topic, value=b"x%d" % n, partition=partition)
+        producer.flush(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+def test_fetched_end_offsets_are_used_again_only_while_nothing_was_appended(broker, unique, monkeypatch):
+    """An idle consumer's check built a fetching client every two seconds (12 ms of CPU) to learn
+    ends that had not moved. With ``reuse_seconds`` the ends fetched are given again while the
+    broker's ``ListOffsets`` answers the same; a record appended, a topic created again or an
+    empty partition fetch again."""
+    topic = f"reuse-{unique}.events"
+    ensure_topics(broker.bootstrap, {topic: 3})
+    for partition in range(3):
+        send_to(broker.bootstrap, topic, partition, 3)
+    view = BrokerView(broker.bootstrap, f"reuse-{unique}")
+    fetches: list[int] = []
+    real = view._fetch_ends
+
+    def counted(*args, **kwargs):
+        fetches.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(view, "_fetch_ends", counted)
+    try:
+        view.topics([topic])
+        first = view.end_offsets({topic: 3}, reuse_seconds=30)
+        assert first == {(topic, p): 3 for p in range(3)} and len(fetches) == 1
+        assert view.end_offsets({topic: 3}, reuse_seconds=30) == first and len(fetches) == 1  # reused
+        assert view.end_offsets({topic: 3}) == first and len(fetches) == 2  # not asked to reuse: fetched
+
+        send_to(broker.bootstrap, topic, 1, 1)  # one more record on partition 1
+        moved = view.end_offsets({topic: 3}, reuse_seconds=30)
+        assert moved == {**first, (topic, 1): 4} and len(fetches) == 3
+        assert view.end_offsets({topic: 3}, reuse_seconds=30) == moved and len(fetches) == 3
+
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
+        ensure_topics(broker.bootstrap, {topic: 3})  # created again: its ids differ, partition 2 stays empty
+        for partition in (0, 1):
+            send_to(broker.bootstrap, topic, partition, 3)
+        view.topics([topic])
+        again = view.end_offsets({topic: 3}, reuse_seconds=30)
+        assert again == {(topic, 0): 3, (topic, 1): 3, (topic, 2): 0} and len(fetches) == 4
+        send_to(broker.bootstrap, topic, 2, 2)  # the empty partition's first batch
+        assert view.end_offsets({topic: 3}, reuse_seconds=30)[(topic, 2)] == 2 and len(fetches) == 5
+    finally:
+        view.close()

@@ -11,10 +11,10 @@ import uuid
 import psycopg
 import pytest
 import sqlalchemy as sa
-from kafka import KafkaProducer
+from kafka import KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError
 
-from services.kernel.consumer import ConsumerStalled, EventConsumer, inbox_table
+from services.kernel.consumer import ConsumerStalled, EventConsumer, TopicReplaced, inbox_table
 from services.kernel.db import make_engine
 from services.kernel.events import StoredEvent, utc_now
 from services.kernel.eventstore import EventStore
@@ -566,3 +566,38 @@ def read_ends(bootstrap: str, topic: str) -> dict[tuple[str, int], int]:
         return view.end_offsets({topic: view.topics([topic])[topic].partitions})
     finally:
         view.close()
+
+
+class Seeks:
+    """Where a rebalance listener moves a Kafka client's partitions."""
+
+    def __init__(self) -> None:
+        self.seeks: list[tuple[TopicPartition, object]] = []
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp, "beginning"))
+
+
+def test_an_assignment_of_a_topic_created_again_since_the_client_was_built_is_refused(broker, setup, unique):
+    """A client built before the broker lost a topic may rejoin the new broker before its check sees
+    the topic created again; started at the offsets kept for the old topic, it would skip the new
+    topic's records that bear the same offsets. Its assignment is refused (the poll fails with a
+    KafkaError and the run loop builds a new client), before any partition is moved."""
+    engine, topic, producer = setup
+    publish(producer, topic, unique, 3)
+    consumer = make_consumer(broker, engine, topic, unique)
+    consume_until(consumer, lambda: len(effect_rows(engine)) == 3, timeout=30)
+    assigned = [TopicPartition(topic, p) for p in range(3)]
+    client = Seeks()
+    consumer._start_at_database_offsets(client, assigned)
+    assert (TopicPartition(topic, 0), "beginning") in client.seeks or any(  # the topic it was built for
+        isinstance(offset, int) for _tp, offset in client.seeks)
+
+    client = Seeks()
+    consumer._topic_ids = {topic: "an-id-the-broker-no-longer-has"}  # built before the topic was created again
+    with pytest.raises(TopicReplaced):
+        consumer._start_at_database_offsets(client, assigned)
+    assert client.seeks == []

@@ -303,3 +303,69 @@ def test_the_rewind_goes_back_past_every_round_not_held(store, topic, unique):
     assert relay.verify() == 0
     publish_all(relay)
     assert event_ids_on(broker, topic) == all_event_ids(store)
+
+
+def count_questions(relay: Relay) -> list[int]:
+    """How many times the relay asks the broker which topics it holds (each comparison asks once
+    at least): a one-item list, counted as it goes."""
+    asked, topics = [0], relay.view.topics
+
+    def counted(names):
+        asked[0] += 1
+        return topics(names)
+
+    relay.view.topics = counted
+    return asked
+
+
+def test_a_busy_relay_compares_with_the_broker_after_a_pause_and_otherwise_every_verify_seconds(store, topic, unique):
+    """Before every round the relay asked the broker twice (its topics, their end offsets): a quarter
+    of a busy relay's time, and of the broker's for it (issue 23). Rounds that follow each other
+    within ``busy_seconds`` compare at most every ``verify_seconds``; a round after a pause compares
+    first, and with ``verify_seconds`` 0 every round does (the tests above)."""
+    broker = FakeBroker()
+    streams = streams_by_partition(unique)
+    append_round_robin(store, streams, 4)
+    relay = make_relay(store, broker, topic, verify_seconds=60)
+    relay.busy_seconds = 60  # every round below follows the one before within it, however slow the machine
+    asked = count_questions(relay)
+    assert relay.publish_once() == 4  # the first round compares
+    first = asked[0]
+    assert first >= 1
+    for _ in range(3):
+        append_round_robin(store, streams, 4)
+        assert relay.publish_once() == 4
+    assert asked[0] == first  # busy: not asked again within verify_seconds
+
+    relay.busy_seconds = 0  # the next round comes after a pause
+    append_round_robin(store, streams, 4)
+    assert relay.publish_once() == 4
+    assert asked[0] == first + 1
+    assert positions_on(broker, topic) == list(range(1, 21))
+
+
+def test_a_busy_relay_whose_offsets_are_given_again_republishes_and_compares_before_its_next_round(
+        store, topic, unique):
+    """A round that does not compare first still finds a broker that lost records where it writes:
+    the offsets it is given are ones acknowledged before. It moves back, and the round after it
+    compares with the broker first."""
+    broker = FakeBroker()
+    streams = streams_by_partition(unique)
+    append_round_robin(store, streams, 12)
+    relay = make_relay(store, broker, topic, verify_seconds=60)
+    relay.busy_seconds = 60
+    assert publish_all(relay) == 12
+    broker.truncate(topic, 0, broker.end(topic, 0) - 1)  # partition 0 lost its last record
+    lost_before = losses(topic)
+    asked = count_questions(relay)
+
+    append_round_robin(store, streams, 4)  # the next round writes to partition 0 again
+    assert relay.publish_once() == 0  # not compared before; given an offset acknowledged before: moved back
+    assert asked[0] == 0
+    assert losses(topic) == lost_before + 1
+    assert relay.checkpoint() < 12
+
+    publish_all(relay)
+    assert asked[0] >= 1  # the round after the loss compared first
+    assert event_ids_on(broker, topic) == all_event_ids(store)
+    assert relay.checkpoint() == 16

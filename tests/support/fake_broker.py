@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -265,6 +266,8 @@ class FakeBrokerView:
         self.closes = 0
         self.end_offset_calls = 0
         self.fetches = 0  # end_offsets answers that needed the (real view's) fetch probe
+        self._topic_ids: dict[str, str | None] = {}
+        self._fetched: dict[tuple[str, int], tuple[str | None, int, int, float]] = {}
 
     def close(self) -> None:
         self.closes += 1
@@ -276,6 +279,7 @@ class FakeBrokerView:
         for name in names:
             topic = self.broker._topics.get(name)
             found[name] = None if topic is None else TopicInfo(name, topic.topic_id, len(topic.partitions))
+            self._topic_ids[name] = None if topic is None else topic.topic_id
         return found
 
     def create(self, topics: Mapping[str, int], replication_factor: int) -> None:
@@ -286,19 +290,30 @@ class FakeBrokerView:
             self.broker.create_topic(name, partitions)
 
     def end_offsets(self, partitions: Mapping[str, int], beyond: Mapping[tuple[str, int], int] | None = None,
-                    timeout: float = 5.0, fetch: bool = True) -> dict[tuple[str, int], int]:
+                    timeout: float = 5.0, fetch: bool = True, reuse_seconds: float = 0.0) -> dict[tuple[str, int], int]:
         """``{topic: partition count}`` in, ``{(topic, partition): end offset}`` out, decided as
         the real view decides: the ``ListOffsets`` answer (which falls
         :attr:`FakeBroker.listed_behind` short of the end) when ``fetch`` is false or when it lies
-        beyond each offset of ``beyond``; otherwise the true end (a fetch's high watermark)."""
+        beyond each offset of ``beyond``; the ends fetched before when ``reuse_seconds`` lets them
+        be reused (same ids, same answers, not empty, young enough); otherwise the true end
+        (a fetch's high watermark)."""
         self.broker._answer()
         self.end_offset_calls += 1
         wanted = self._wanted(partitions)
         listed = {key: self.broker._listed_end(*key) for key in wanted}
         if not fetch or (beyond is not None and all(listed[key] > beyond.get(key, -1) for key in listed)):
             return listed
+        now = time.monotonic()
+        if reuse_seconds > 0:
+            known = {key: self._fetched.get(key) for key in wanted}
+            if all(entry is not None and entry[0] == self._topic_ids.get(key[0]) and entry[1] == listed[key]
+                   and entry[2] > 0 and now - entry[3] < reuse_seconds for key, entry in known.items()):
+                return {key: entry[2] for key, entry in known.items()}  # type: ignore[index]
         self.fetches += 1
-        return {key: self.broker._topic(key[0]).partitions[key[1]].end for key in wanted}
+        ends = {key: self.broker._topic(key[0]).partitions[key[1]].end for key in wanted}
+        for key, end in ends.items():
+            self._fetched[key] = (self._topic_ids.get(key[0]), listed[key], end, now)
+        return ends
 
     def begin_offsets(self, partitions: Mapping[str, int]) -> dict[tuple[str, int], int]:
         self.broker._answer()
