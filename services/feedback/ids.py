@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -41,6 +42,11 @@ class RatingIds:
         self._key = hmac.new(secret, b"rating-stream-key", hashlib.sha256).digest()
         self._cipher = Cipher(algorithms.AES(hmac.new(secret, b"rating-public-id", hashlib.sha256).digest()),
                               modes.ECB())
+        # One encryptor and one decryptor, used again: ECB turns each 16-byte block on its own and
+        # keeps nothing between calls (a new context per id took 4.1 µs, 0.25 µs used again; each
+        # answer that shows a rating turns one or more). A lock, as a context is one thread's at a time.
+        self._encryptor, self._decryptor = self._cipher.encryptor(), self._cipher.decryptor()
+        self._lock = threading.Lock()
 
     def stored(self, subject_id: str, period: str, person_id: str, source: str) -> str:
         key = f"{subject_id}\x1f{period}\x1f{person_id}\x1f{source}"
@@ -48,8 +54,10 @@ class RatingIds:
 
     def public(self, stored_id: str) -> str:
         block = bytes.fromhex(stored_id[1:]) + b"\0\0\0\0"
-        encryptor = self._cipher.encryptor()
-        return "r" + (encryptor.update(block) + encryptor.finalize()).hex()
+        if len(block) != 16:
+            raise ValueError(f"not a stored rating id: {stored_id!r}")
+        with self._lock:
+            return "r" + self._encryptor.update(block).hex()
 
     def resolve(self, public_id: str) -> str | None:
         """The stored id behind a public id, or None when it is not one."""
@@ -59,8 +67,10 @@ class RatingIds:
             block = bytes.fromhex(public_id[1:])
         except ValueError:
             return None
-        decryptor = self._cipher.decryptor()
-        plain = decryptor.update(block) + decryptor.finalize()
+        if len(block) != 16:
+            return None
+        with self._lock:
+            plain = self._decryptor.update(block)
         return "r" + plain[:12].hex() if plain[12:] == b"\0\0\0\0" else None
 
 

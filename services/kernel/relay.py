@@ -396,7 +396,7 @@ class Relay:
             if time.monotonic() - self._verified_at >= self.verify_seconds:
                 if self.verify() is not None:
                     return self.publish_once()
-            self._update_lag(start)
+            self._caught_up()
             return 0
         if self._compare_before_round() and self.verify() is not None:  # a broker that lost data
             start = self.checkpoint()
@@ -438,8 +438,8 @@ class Relay:
             self._record_round(start + 1, acknowledged, offsets)
             self._round_at = time.monotonic()
             metrics.RELAY_PUBLISHED.labels(self.store.service, self.topic).inc(acknowledged - start)
-        if failure is not None or len(page) < self.batch_size or time.monotonic() - self._lag_updated_at >= 1.0:
-            self._update_lag(acknowledged)  # while draining a backlog, at most once a second
+        if failure is not None or time.monotonic() - self._lag_updated_at >= 1.0:
+            self._update_lag(acknowledged)  # at most once a second; an empty page says "caught up" at once
         if failure is not None:
             raise PublishFailed(f"published up to position {acknowledged}: {failure!r}") from (
                 failure if isinstance(failure, BaseException) else None)
@@ -460,6 +460,13 @@ class Relay:
         previous = acknowledged[1]
         return {partition: first for partition, (first, _last) in offsets.items()
                 if partition in previous and first <= previous[partition]}
+
+    def _caught_up(self) -> None:
+        """No event after the checkpoint (an empty page): no lag, known without asking the log (an
+        idle relay asked it twice every ``idle_seconds``)."""
+        self._lag_updated_at = time.monotonic()
+        metrics.RELAY_LAG_EVENTS.labels(self.store.service).set(0)
+        metrics.RELAY_LAG_SECONDS.labels(self.store.service).set(0.0)
 
     def _update_lag(self, checkpoint: int) -> None:
         self._lag_updated_at = time.monotonic()
