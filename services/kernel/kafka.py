@@ -246,12 +246,11 @@ class BrokerView:
         ``reuse_seconds``: the ends fetched before are given again, without a fetch, while for
         every partition ``ListOffsets`` answers what it answered then, the topics have the ids
         :meth:`topics` saw then, and the fetch is younger than this. A batch appended moves that
-        answer: Kafka's is the end itself; the local broker's, one past the first offset of the last
-        batch (measured: 1 for a first batch of 3, 4 after one more record), and a new batch starts
-        at the old end. A broker answering the first offset of the last batch would leave the answer
-        for an empty partition where it was, so a partition that was empty (end 0) is fetched every
-        time. Issue 23: an idle consumer's check every two seconds built a fetching client each
-        time, 12 ms of CPU.
+        answer: Kafka's is the end itself; the local broker's, one past the first offset of the
+        last batch (measured: 0 for an empty partition, 1 after a first batch of 3, 4 after one
+        more record; ``tests/integration/test_broker_recovery.py`` holds it to that), and a new
+        batch starts at the old end. Issue 23: an idle consumer's check every two seconds built a
+        fetching client each time, 12 ms of CPU.
         """
         ends = self._listed(partitions, OffsetSpec.LATEST)
         if not fetch or (beyond is not None and all(ends[key] > beyond.get(key, -1) for key in ends)):
@@ -260,7 +259,7 @@ class BrokerView:
         if reuse_seconds > 0:
             known = {key: self._fetched.get(key) for key in ends}
             if all(entry is not None and entry[0] == self._topic_ids.get(key[0]) and entry[1] == ends[key]
-                   and entry[2] > 0 and now - entry[3] < reuse_seconds for key, entry in known.items()):
+                   and now - entry[3] < reuse_seconds for key, entry in known.items()):
                 return {key: entry[2] for key, entry in known.items()}  # type: ignore[index]
         fetched = self._fetch_ends(ends, partitions, timeout)
         for key, end in fetched.items():

@@ -295,7 +295,7 @@ class FakeBrokerView:
         the real view decides: the ``ListOffsets`` answer (which falls
         :attr:`FakeBroker.listed_behind` short of the end) when ``fetch`` is false or when it lies
         beyond each offset of ``beyond``; the ends fetched before when ``reuse_seconds`` lets them
-        be reused (same ids, same answers, not empty, young enough); otherwise the true end
+        be reused (same ids, same answers, young enough); otherwise the true end
         (a fetch's high watermark)."""
         self.broker._answer()
         self.end_offset_calls += 1
@@ -307,7 +307,7 @@ class FakeBrokerView:
         if reuse_seconds > 0:
             known = {key: self._fetched.get(key) for key in wanted}
             if all(entry is not None and entry[0] == self._topic_ids.get(key[0]) and entry[1] == listed[key]
-                   and entry[2] > 0 and now - entry[3] < reuse_seconds for key, entry in known.items()):
+                   and now - entry[3] < reuse_seconds for key, entry in known.items()):
                 return {key: entry[2] for key, entry in known.items()}  # type: ignore[index]
         self.fetches += 1
         ends = {key: self.broker._topic(key[0]).partitions[key[1]].end for key in wanted}
