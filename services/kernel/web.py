@@ -206,6 +206,19 @@ _PURE_VALIDATORS = (ma.validate.Regexp, ma.validate.OneOf, ma.validate.Range, ma
 _IMMUTABLE_VALUES = (str, int, float, bool, type(None), Decimal, date, datetime)
 
 
+class _LoadLater:
+    """A location's data, loaded when first needed (:class:`QueryParser`)."""
+
+    __slots__ = ("load",)
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self.load = load
+
+
+def _loaded(location_data: Any) -> Any:
+    return location_data.load() if type(location_data) is _LoadLater else location_data
+
+
 class QueryParser(FlaskParser):
     """webargs' Flask parser, with the arguments of a query string remembered (issue 23: loading a
     one-field query through marshmallow was a sixth of a live ranking's time, and a page's readers
@@ -224,13 +237,26 @@ class QueryParser(FlaskParser):
         self._loaded: dict[tuple, dict] = {}
         self._pure: dict[ma.Schema, bool] = {}
 
+    def _load_location_data(self, *, schema, req, location):
+        # A query string remembered needs no parsing at all (werkzeug's ``request.args``, a fifth of
+        # a live ranking's argument handling): loaded only when :meth:`_process_location_data` needs it.
+        if location in self._QUERY and self._is_pure(schema):
+            return _LoadLater(lambda: super(QueryParser, self)._load_location_data(
+                schema=schema, req=req, location=location))
+        return super()._load_location_data(schema=schema, req=req, location=location)
+
     def _process_location_data(self, location_data, schema, req, location, unknown, validators):
-        if location not in self._QUERY or validators or not self._is_pure(schema):
-            return super()._process_location_data(location_data, schema, req, location, unknown, validators)
+        if type(location_data) is _LoadLater:  # a query's, of a pure schema
+            cacheable = not validators
+        else:
+            cacheable = location in self._QUERY and not validators and self._is_pure(schema)
+        if not cacheable:
+            return super()._process_location_data(_loaded(location_data), schema, req, location, unknown, validators)
         key = (schema, unknown, req.query_string)
         found = self._loaded.get(key)
         if found is None:
-            found = super()._process_location_data(location_data, schema, req, location, unknown, validators)
+            found = super()._process_location_data(_loaded(location_data), schema, req, location, unknown,
+                                                   validators)
             if type(found) is dict and all(isinstance(value, _IMMUTABLE_VALUES) for value in found.values()):
                 if len(self._loaded) >= self.KEPT:
                     self._loaded.clear()
