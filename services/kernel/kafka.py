@@ -172,6 +172,35 @@ class TopicInfo:
     partitions: int
 
 
+class FetchedEnds:
+    """The end offsets a broker view fetched, each with the ``ListOffsets`` answer and the topic id
+    it was fetched under, given again while both are the same (``BrokerView.end_offsets``)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        # (topic, partition) -> (topic id, ListOffsets answer, fetched end, when)
+        self._kept: dict[tuple[str, int], tuple[str | None, int, int, float]] = {}
+
+    def reusable(self, listed: Mapping[tuple[str, int], int], topic_ids: Mapping[str, str | None],
+                 reuse_seconds: float) -> dict[tuple[str, int], int] | None:
+        """The ends kept for every partition of ``listed`` (ListOffsets answers), or None."""
+        if reuse_seconds <= 0:
+            return None
+        now, ends = self._clock(), {}
+        for key, answer in listed.items():
+            kept = self._kept.get(key)
+            if kept is None or kept[0] != topic_ids.get(key[0]) or kept[1] != answer or now - kept[3] >= reuse_seconds:
+                return None
+            ends[key] = kept[2]
+        return ends
+
+    def keep(self, listed: Mapping[tuple[str, int], int], fetched: Mapping[tuple[str, int], int],
+             topic_ids: Mapping[str, str | None]) -> None:
+        now = self._clock()
+        for key, end in fetched.items():
+            self._kept[key] = (topic_ids.get(key[0]), listed[key], end, now)
+
+
 class BrokerView:
     """What the broker holds now, asked without creating anything: one admin client kept open
     between calls, and a group-less consumer for fetch high watermarks, opened per question."""
@@ -181,8 +210,7 @@ class BrokerView:
         self.client_id = client_id
         self._admin: KafkaAdminClient | None = None
         self._topic_ids: dict[str, str | None] = {}  # as :meth:`topics` last saw them
-        # (topic, partition) -> (topic id, ListOffsets answer, fetched end, when): end_offsets' reuse
-        self._fetched: dict[tuple[str, int], tuple[str | None, int, int, float]] = {}
+        self._fetched = FetchedEnds()
 
     def _admin_client(self) -> KafkaAdminClient:
         if self._admin is None:
@@ -255,15 +283,11 @@ class BrokerView:
         ends = self._listed(partitions, OffsetSpec.LATEST)
         if not fetch or (beyond is not None and all(ends[key] > beyond.get(key, -1) for key in ends)):
             return ends
-        now = time.monotonic()
-        if reuse_seconds > 0:
-            known = {key: self._fetched.get(key) for key in ends}
-            if all(entry is not None and entry[0] == self._topic_ids.get(key[0]) and entry[1] == ends[key]
-                   and now - entry[3] < reuse_seconds for key, entry in known.items()):
-                return {key: entry[2] for key, entry in known.items()}  # type: ignore[index]
+        reused = self._fetched.reusable(ends, self._topic_ids, reuse_seconds)
+        if reused is not None:
+            return reused
         fetched = self._fetch_ends(ends, partitions, timeout)
-        for key, end in fetched.items():
-            self._fetched[key] = (self._topic_ids.get(key[0]), ends[key], end, now)
+        self._fetched.keep(ends, fetched, self._topic_ids)
         return fetched
 
     def _fetch_ends(self, ends: dict[tuple[str, int], int], partitions: Mapping[str, int],

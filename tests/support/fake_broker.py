@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 
 from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 from kafka.partitioner.default import murmur2
 
-from services.kernel.kafka import TopicInfo
+from services.kernel.kafka import FetchedEnds, TopicInfo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +266,7 @@ class FakeBrokerView:
         self.end_offset_calls = 0
         self.fetches = 0  # end_offsets answers that needed the (real view's) fetch probe
         self._topic_ids: dict[str, str | None] = {}
-        self._fetched: dict[tuple[str, int], tuple[str | None, int, int, float]] = {}
+        self._fetched = FetchedEnds()  # the real view's rule for reusing fetched ends
 
     def close(self) -> None:
         self.closes += 1
@@ -303,16 +302,12 @@ class FakeBrokerView:
         listed = {key: self.broker._listed_end(*key) for key in wanted}
         if not fetch or (beyond is not None and all(listed[key] > beyond.get(key, -1) for key in listed)):
             return listed
-        now = time.monotonic()
-        if reuse_seconds > 0:
-            known = {key: self._fetched.get(key) for key in wanted}
-            if all(entry is not None and entry[0] == self._topic_ids.get(key[0]) and entry[1] == listed[key]
-                   and now - entry[3] < reuse_seconds for key, entry in known.items()):
-                return {key: entry[2] for key, entry in known.items()}  # type: ignore[index]
+        reused = self._fetched.reusable(listed, self._topic_ids, reuse_seconds)
+        if reused is not None:
+            return reused
         self.fetches += 1
         ends = {key: self.broker._topic(key[0]).partitions[key[1]].end for key in wanted}
-        for key, end in ends.items():
-            self._fetched[key] = (self._topic_ids.get(key[0]), listed[key], end, now)
+        self._fetched.keep(listed, ends, self._topic_ids)
         return ends
 
     def begin_offsets(self, partitions: Mapping[str, int]) -> dict[tuple[str, int], int]:
