@@ -46,7 +46,9 @@ again an offset the database keeps that Kafka's committed one is behind (a commi
 and it builds a new client when it has stopped getting on: a partition it holds has records beyond
 what the group applied (its database's offset, Kafka's committed one), and that did not move for
 ``stall_seconds`` and at least ``stall_polls`` polls (drills saw a group stop one record short of a
-partition's end after the broker came back empty, for minutes).
+partition's end, for minutes: an ignored record's waiting offset kept after a later batch's moved
+the database's offset back, mended in :meth:`EventConsumer._kept`; the check stays for any other
+way a client stops getting on).
 """
 
 from __future__ import annotations
@@ -421,9 +423,14 @@ class EventConsumer:
         self._waiting.update(offsets)
 
     def _kept(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """``offsets`` are in the database now: nothing of them waits, and Kafka is told them."""
+        """``offsets`` are in the database now: nothing of them waits — nor an offset of the same
+        partition before them, which kept later would move the database's offset back (an ignored
+        record's offset waiting when a later batch applied the next record: the group then stood
+        one record short of the partition's end until its client was built again, as the
+        broker-loss drills saw) — and Kafka is told them."""
         for key, offset in offsets.items():
-            if self._waiting.get(key) == offset:
+            waiting = self._waiting.get(key)
+            if waiting is not None and waiting <= offset:
                 del self._waiting[key]
         self._tell_kafka(offsets)
 

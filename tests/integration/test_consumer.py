@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from kafka import KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError
 
-from services.kernel.consumer import ConsumerStalled, EventConsumer, TopicReplaced, inbox_table
+from services.kernel.consumer import ConsumerStalled, EventConsumer, TopicReplaced, database_offsets, inbox_table
 from services.kernel.db import make_engine
 from services.kernel.events import StoredEvent, utc_now
 from services.kernel.eventstore import EventStore
@@ -601,3 +601,32 @@ def test_an_assignment_of_a_topic_created_again_since_the_client_was_built_is_re
     with pytest.raises(TopicReplaced):
         consumer._start_at_database_offsets(client, assigned)
     assert client.seeks == []
+
+
+def test_an_ignored_records_waiting_offset_does_not_move_back_the_offset_a_later_batch_kept(broker, setup, unique):
+    """A record no handler takes keeps no offset at once: it waits. When the next poll's record is
+    applied, its batch keeps the later offset; the earlier one waiting must not be kept after it
+    (on leaving, or once it has waited): the database's offset would move back one record, and the
+    group stand one short of the partition's end — the broker-loss drills' "stall" (stop 42)."""
+    engine, topic, producer = setup
+    consumer = make_consumer(broker, engine, topic, unique)
+    consumer.offsets_wait_seconds = 60  # the ignored record's offset is still waiting when the next comes
+    stream = f"s-{unique}"
+    ignored = StoredEvent(event_id=str(uuid.uuid4()), event_type="NobodysBusiness", schema_version=1,
+                          stream_id=stream, version=1, position=1, occurred_at=utc_now(), data={},
+                          metadata={"actor": None, "correlation_id": None, "causation_id": None})
+    handled = envelope(stream, 2)
+    producer.send(topic, key=stream.encode(), value=ignored.to_json())
+    producer.flush()
+    sent = []
+
+    def applied_after_the_wait() -> bool:
+        if not sent and consumer._waiting:  # the ignored record's offset waits: now the next record
+            producer.send(topic, key=stream.encode(), value=handled.to_json())
+            producer.flush()
+            sent.append(True)
+        return handled.event_id in effect_rows(engine)
+
+    consume_until(consumer, applied_after_the_wait, timeout=30, what="the second record was not applied")
+    kept = {key: offset for key, (_id, offset) in database_offsets(engine, f"test-{unique}").items() if key[0] == topic}
+    assert list(kept.values()) == [2], kept  # the end of the partition, kept after the consumer left
