@@ -203,7 +203,8 @@ class FetchedEnds:
 
 class BrokerView:
     """What the broker holds now, asked without creating anything: one admin client kept open
-    between calls, and a group-less consumer for fetch high watermarks, opened per question."""
+    between calls, and a group-less consumer for fetch high watermarks, opened per question (and
+    its answers reused while nothing was appended, where the caller asks: :class:`FetchedEnds`)."""
 
     def __init__(self, bootstrap_servers: str, client_id: str) -> None:
         self.bootstrap_servers = bootstrap_servers

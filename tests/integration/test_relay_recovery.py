@@ -369,3 +369,20 @@ def test_a_busy_relay_whose_offsets_are_given_again_republishes_and_compares_bef
     assert asked[0] >= 1  # the round after the loss compared first
     assert event_ids_on(broker, topic) == all_event_ids(store)
     assert relay.checkpoint() == 16
+
+
+def test_an_idle_relay_reports_no_lag_without_reading_the_log(store, topic, unique, monkeypatch):
+    """An empty page after the checkpoint means nothing is waiting: the lag is 0, known without a
+    read of the log's last position (an idle relay made one every ``idle_seconds``)."""
+    broker = FakeBroker()
+    append_round_robin(store, streams_by_partition(unique), 4)
+    relay = make_relay(store, broker, topic, verify_seconds=60)
+    assert publish_all(relay) == 4
+    metrics.RELAY_LAG_EVENTS.labels(SERVICE).set(7)
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the idle relay read the log's last position")
+
+    monkeypatch.setattr(store, "last_position", no_reading)
+    assert relay.publish_once() == 0
+    assert metrics.RELAY_LAG_EVENTS.labels(SERVICE)._value.get() == 0
