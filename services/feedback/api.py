@@ -596,8 +596,7 @@ class LiveRanking(MethodView):
         current_principal().require_reader(community_id)
         check_kind(kind)
         period = query.get("period") or current_period(community_id)
-        with store().read_transaction() as connection:
-            body = views.live_ranking(store(), connection, community_id, kind, period)
+        body = views.live_ranking(store(), community_id, kind, period)
         return flask.Response(body, mimetype="application/json")  # kept encoded (views.live_ranking)
 
 

@@ -613,14 +613,23 @@ def ranking_table(connection: Connection, community_id: str, kind: str, period: 
 _LIVE: AtVersion[bytes] = AtVersion("live_ranking", size=256)
 
 
-def live_ranking(store: EventStore, connection: Connection, community_id: str, kind: str, period: str) -> bytes:
-    """The live ranking's answer as JSON, as of the log's last position in ``connection``'s snapshot:
-    ``{community_id, kind, period, published: false, formula, ranked, not_enough_ratings}``."""
-    def make() -> bytes:
-        table = ranking_table(connection, community_id, kind, period)
-        return dumps({"community_id": community_id, "kind": kind, "period": period, "published": False,
-                      **table}).encode()
-    return _LIVE.get(connection, (community_id, kind, period), store.last_position(connection=connection), make)
+def live_ranking(store: EventStore, community_id: str, kind: str, period: str) -> bytes:
+    """The live ranking's answer as JSON, as of the log's last position:
+    ``{community_id, kind, period, published: false, formula, ranked, not_enough_ratings}``.
+
+    The answer kept for the position the log is at is given without a transaction (the position is
+    one statement, and a kept answer is that position's answer); otherwise it is made in a read
+    transaction, at the position of that transaction's snapshot."""
+    key = (community_id, kind, period)
+    kept = _LIVE.kept(store.engine, key, store.last_position())
+    if kept is not None:
+        return kept
+    with store.read_transaction() as connection:
+        def make() -> bytes:
+            table = ranking_table(connection, community_id, kind, period)
+            return dumps({"community_id": community_id, "kind": kind, "period": period, "published": False,
+                          **table}).encode()
+        return _LIVE.get(connection, key, store.last_position(connection=connection), make)
 
 
 def verify_ranking(store: EventStore, ranking: RankingRecord, edition: int | None = None) -> dict[str, Any]:

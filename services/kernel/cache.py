@@ -58,6 +58,19 @@ class AtVersion(Generic[T]):
         self.keep(connection.engine, key, version, value)
         return value
 
+    def kept(self, engine: Engine, key: Hashable, version: int) -> T | None:
+        """The value kept for ``key`` at ``version`` in ``engine``'s database, or None (nothing
+        made: a caller that finds nothing opens its transaction and calls :meth:`get`, which
+        counts the miss)."""
+        with self._lock:
+            kept = self._kept.get(engine)
+            value = kept.get((key, version)) if kept is not None else None
+            if value is not None:
+                kept.move_to_end((key, version))
+        if value is not None:
+            (self._counted or self._label())[0].inc()
+        return value
+
     def _label(self) -> tuple:
         self._counted = (metrics.CACHE_LOOKUPS.labels(self.name, "hit"), metrics.CACHE_LOOKUPS.labels(self.name, "miss"))
         return self._counted

@@ -366,6 +366,28 @@ def _keep_reader(free: list, connection: Connection, driver: sqlite3.Connection)
         free.append((connection, driver))
 
 
+def read_alone(engine: Engine, statement: "Prepared", params: dict | None = None):
+    """The first row of ``statement``, read as a statement of its own: it sees what was committed
+    when it ran, as one statement of a read transaction would, without the transaction around it.
+    On a SQLite file a kept reader connection runs it with no ``BEGIN``/``COMMIT`` (two statements
+    of the driver, and the transaction's bookkeeping: a twentieth of a cached live ranking's time,
+    issue 23); elsewhere in a read transaction. For one question asked alone (the log's last
+    position, to find a kept answer); a read of two statements that must agree needs a transaction."""
+    free = _reader_connections(engine)
+    if free is None:
+        with read_transaction(engine) as connection:
+            return statement.first(connection, params)
+    try:
+        connection, driver = free.pop()
+    except IndexError:
+        connection = _detached(engine)
+        driver = connection.connection.dbapi_connection
+    try:
+        return statement.first(connection, params)
+    finally:
+        _keep_reader(free, connection, driver)
+
+
 def ping(engine: Engine) -> None:
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT 1")

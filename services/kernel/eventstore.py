@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from services.kernel import metrics
-from services.kernel.db import Prepared, is_sqlite, lock_schema, read_transaction, write_transaction
+from services.kernel.db import Prepared, is_sqlite, lock_schema, read_alone, read_transaction, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import (
     Metadata, NewEvent, StoredEvent, UpcasterChain, dumps, from_micros, loads, to_micros, utc_now,
@@ -426,8 +426,7 @@ class EventStore:
     def last_position(self, *, connection: Connection | None = None) -> int:
         if connection is not None:
             return _LAST_POSITION.first(connection)[0] or 0
-        with read_transaction(self.engine) as own:
-            return _LAST_POSITION.first(own)[0] or 0
+        return read_alone(self.engine, _LAST_POSITION)[0] or 0
 
     def occurred_at_of(self, position: int) -> datetime | None:
         with read_transaction(self.engine) as connection:

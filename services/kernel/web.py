@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
@@ -46,7 +45,7 @@ from services.kernel.config import AuthSettings
 from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
 from services.kernel.events import Metadata, dumps
 from services.kernel.logs import correlation_id_var, request_line
-from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES
+from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES, new_correlation_id
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +416,7 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
     @app.before_request
     def _start():
         request, g = flask.request._get_current_object(), flask.g._get_current_object()  # once, not per use
-        correlation_id = request.headers.get(CORRELATION_HEADER, "").strip()[:128] or str(uuid.uuid4())
+        correlation_id = request.headers.get(CORRELATION_HEADER, "").strip()[:128] or new_correlation_id()
         g.correlation_id = correlation_id
         g.correlation_token = correlation_id_var.set(correlation_id)
         g.started = time.perf_counter()

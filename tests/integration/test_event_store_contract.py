@@ -236,6 +236,21 @@ def test_a_reader_never_passes_a_gap_filled_later(make, unique):
         (1, f"base-{unique}"), (2, f"slow-{unique}"), (3, f"later-{unique}")]
 
 
+def test_the_last_position_asked_alone_sees_every_commit_of_another_writer(database_url, unique):
+    """``last_position()`` without a transaction is one statement on a kept reader connection
+    (``services.kernel.db.read_alone``): it must leave no snapshot open behind it, or the next
+    question on that connection would be answered from the old snapshot."""
+    reader, writer = make_store(database_url), make_store(database_url)  # two engines: as two processes
+    start = reader.last_position()
+    for n in range(1, 4):
+        writer.append(f"project-{unique}", n - 1, [ev(n=n)])
+        assert reader.last_position() == start + n
+        with reader.read_transaction() as connection:
+            assert reader.last_position(connection=connection) == start + n
+    reader.engine.dispose()
+    writer.engine.dispose()
+
+
 def test_a_transaction_sees_its_own_appends_and_an_error_discards_them_all(make, unique):
     store = make()
     store.append(f"kept-{unique}", 0, [ev(n=0)])

@@ -36,3 +36,18 @@ def test_an_answer_made_in_a_commands_transaction_is_kept_for_the_readers_after_
     cache.keep(engine, "p2", 1, {"label": "p2"})  # size 2: the least recently used (p1@5) goes
     with engine.connect() as connection:
         assert cache.get(connection, "p1", 5, lambda: {"label": "again"}) == {"label": "again"}
+
+
+def test_kept_gives_only_what_was_kept_at_that_version_and_makes_nothing():
+    cache: AtVersion[dict] = AtVersion("test", size=2)
+    first, second = sa.create_engine("sqlite://"), sa.create_engine("sqlite://")
+    assert cache.kept(first, "p1", 3) is None  # nothing kept for this database yet
+    cache.keep(first, "p1", 3, {"label": "p1@3"})
+    assert cache.kept(first, "p1", 3) == {"label": "p1@3"}
+    assert cache.kept(first, "p1", 4) is None  # a new version: not the answer kept
+    assert cache.kept(second, "p1", 3) is None  # another database
+    cache.keep(first, "p2", 1, {"label": "p2"})
+    assert cache.kept(first, "p1", 3) == {"label": "p1@3"}  # looked up: now the most recently used
+    cache.keep(first, "p3", 1, {"label": "p3"})  # size 2: p2 goes, not p1@3
+    assert cache.kept(first, "p2", 1) is None
+    assert cache.kept(first, "p1", 3) == {"label": "p1@3"}

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from services.kernel.events import EnvelopeError, StoredEvent, dumps, from_micros, loads
-from services.kernel.model import NewEvent, new_event_id
+from services.kernel.model import NewEvent, new_correlation_id, new_event_id
 
 
 def test_the_canonical_text_is_the_standard_librarys():
@@ -35,6 +35,19 @@ def test_event_ids_are_time_ordered_uuids_version_7():
     later = new_event_id()
     time.sleep(0.002)
     assert new_event_id() > later  # a later millisecond sorts later
+
+
+def test_correlation_ids_are_random_uuids_version_4():
+    ids = [new_correlation_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(i).version == 4 and uuid.UUID(i).variant == uuid.RFC_4122 and str(uuid.UUID(i)) == i
+               for i in ids)
+    # every one of the 122 random bits varies
+    ints = [uuid.UUID(i).int for i in ids]
+    varied = 0
+    for x in ints[1:]:
+        varied |= x ^ ints[0]
+    assert bin(varied).count("1") == 122
 
 
 class Level(msgspec.Struct):
