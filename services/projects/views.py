@@ -666,7 +666,8 @@ def statistics(connection: Connection, community_id: str) -> dict[str, Any]:
 
 
 def find_project(connection: Connection, project_id: str) -> Project:
-    project = PROJECTS.get(connection, project_id)
+    """The project for a page (read, never changed: shared by the readers of its version)."""
+    project = PROJECTS.get_shared(connection, project_id)
     if project is None:
         raise NotFound(f"no project {project_id}")
     return project

@@ -325,6 +325,29 @@ def test_a_resident_proposes_a_project(api):
     api.refused(OUTSIDER, "GET", f"/projects/{pid}", status=403, reason="other_community")
 
 
+def test_a_project_read_for_its_page_is_decoded_once_per_version_and_never_given_to_a_command(api):
+    """``PROJECTS.get_shared``: the page's readers share the project decoded at its version; a
+    command loads its own (``get``), so the shared one is never changed, and a new version is
+    decoded again."""
+    from services.projects.views import PROJECTS
+
+    c = Community(api.d, "haicang")
+    pid = c.propose()["project_id"]
+    with api.store.read_transaction() as connection:
+        first, again = PROJECTS.get_shared(connection, pid), PROJECTS.get_shared(connection, pid)
+        own = PROJECTS.get(connection, pid)
+    assert first is again and own is not first and own == first
+    before = api.d.get(c.residents[1], f"/projects/{pid}")
+    assert before["cosigner_count"] == 0 and before["my_actions"] == ["cosign"]
+    api.d.post(c.residents[1], f"/projects/{pid}/cosignatures", {})
+    assert first.version == 1 and first.cosigner_ids == [] == own.cosigner_ids  # the shared one is as it was
+    after = api.d.get(c.residents[1], f"/projects/{pid}")
+    assert after["version"] == 2 and after["cosigner_count"] == 1 and after["my_actions"] == []
+    with api.store.read_transaction() as connection:
+        now = PROJECTS.get_shared(connection, pid)
+    assert now is not first and now.version == 2 and now.cosigner_ids == ["haicang-r1"]
+
+
 def test_proposal_refusals(api):
     c = Community(api.d, "haicang")
     resident = c.residents[0]
