@@ -180,7 +180,7 @@ class AggregateView:
         self._read = Prepared(sa.select(self.table.c.state).where(self.table.c.id == sa.bindparam("id")))
         self._read_versioned = Prepared(sa.select(self.table.c.version, self.table.c.state)
                                         .where(self.table.c.id == sa.bindparam("id")))
-        self._decoded: AtVersion[Any] = AtVersion(f"{table_name}-decoded", size=512)
+        self._decoded: AtVersion[Any] = AtVersion(f"{table_name}_decoded", size=512)
         self._prepared: dict[tuple, Prepared] = {}
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
