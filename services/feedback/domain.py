@@ -126,23 +126,27 @@ def empty_stats() -> dict[str, int]:
 def count_level(stats: dict[str, int], level: int, sign: int) -> None:
     stats["n"] += sign
     stats["total"] += sign * level
-    stats[f"l{level}"] += sign
+    stats[_LEVEL_COUNTS[level]] += sign  # (a level outside 1–5: a KeyError, as "l7" would be)
     if level >= 4:
         stats["top"] += sign
+
+
+_LEVEL_COUNTS = {level: f"l{level}" for level in range(1, 6)}  # once, not per event of a replay
+_SUBMITTED = {level: ((level, 1),) for level in range(1, 6)}
 
 
 STATS_EVENTS = ("RatingSubmitted", "RatingRevised", "RatingExcluded")
 
 
-def stats_changes(event_type: str, d: dict[str, Any]) -> list[tuple[int, int]]:
-    """How a rating event changes its subject's counts in its period: [(level, +1 | -1)]."""
-    if event_type == "RatingSubmitted":
-        return [(d["level"], 1)]
+def stats_changes(event_type: str, d: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    """How a rating event changes its subject's counts in its period: ((level, +1 | -1), …)."""
+    if event_type == "RatingSubmitted":  # most of a log: one tuple per level, made once
+        return _SUBMITTED.get(d["level"]) or ((d["level"], 1),)
     if event_type == "RatingRevised":
-        return [(d["previous_level"], -1), (d["level"], 1)] if d["counted"] else []
+        return ((d["previous_level"], -1), (d["level"], 1)) if d["counted"] else ()
     if event_type == "RatingExcluded":
-        return [(d["level"], -1)]
-    return []
+        return ((d["level"], -1),)
+    return ()
 
 
 def bayesian_score(total: int, n: int, prior_mean: str, prior_weight: int) -> Decimal:

@@ -168,11 +168,11 @@ def test_the_digest_depends_on_the_figures_and_the_formula():
 # -- counting rating events --------------------------------------------------------------------
 
 def test_stats_changes_per_rating_event():
-    assert stats_changes("RatingSubmitted", {"level": 4}) == [(4, 1)]
-    assert stats_changes("RatingRevised", {"previous_level": 4, "level": 2, "counted": True}) == [(4, -1), (2, 1)]
-    assert stats_changes("RatingRevised", {"previous_level": 4, "level": 2, "counted": False}) == []
-    assert stats_changes("RatingExcluded", {"level": 2}) == [(2, -1)]
-    assert stats_changes("AppealFiled", {"level": 2}) == []
+    assert stats_changes("RatingSubmitted", {"level": 4}) == ((4, 1),)
+    assert stats_changes("RatingRevised", {"previous_level": 4, "level": 2, "counted": True}) == ((4, -1), (2, 1))
+    assert stats_changes("RatingRevised", {"previous_level": 4, "level": 2, "counted": False}) == ()
+    assert stats_changes("RatingExcluded", {"level": 2}) == ((2, -1),)
+    assert stats_changes("AppealFiled", {"level": 2}) == ()
 
 
 def test_count_level_through_submit_revise_and_exclude():
@@ -205,7 +205,7 @@ def test_a_revision_of_an_excluded_rating_changes_no_counts():
     fresh = Rating(id="ry")
     applied(fresh, fresh.submit(subject, "r1", "2026-10", 2, {}, "", {"kind": "resident"}, T0))
     [counted] = fresh.revise(RATER, T0 + timedelta(days=1), 5, {}, "改评")
-    assert stats_changes(counted.event_type, counted.data) == [(2, -1), (5, 1)]
+    assert stats_changes(counted.event_type, counted.data) == ((2, -1), (5, 1))
     # Excluding twice decides nothing.
     assert rating.exclude("again", "c2", "burst_review") == []
 
@@ -459,7 +459,7 @@ def test_an_upheld_appeal_excludes_the_rating_with_the_reason():
     assert decided.data["upheld"] is True and decided.data["by"] == "c2"
     assert excluded.data["reason"] == "appeal upheld (malicious): 核实为恶意差评"
     assert (excluded.data["via"], excluded.data["by"], excluded.data["level"]) == ("appeal", "c2", 1)
-    assert stats_changes(excluded.event_type, excluded.data) == [(1, -1)]
+    assert stats_changes(excluded.event_type, excluded.data) == ((1, -1),)
     applied(rating, events)
     assert rating.appeal["status"] == "upheld" and rating.excluded["reason"] == excluded.data["reason"]
     assert rating.level == 1  # nothing deleted
