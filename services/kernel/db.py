@@ -318,11 +318,7 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             with connection.begin():
                 yield connection
         return
-    try:
-        connection, driver = free.pop()
-    except IndexError:
-        connection = _detached(engine)
-        driver = connection.connection.dbapi_connection
+    connection, driver = _borrow_reader(engine, free)
     try:
         driver.execute("BEGIN DEFERRED")
     except BaseException:
@@ -359,6 +355,15 @@ def _reader_connections(engine: Engine) -> "list[tuple[Connection, sqlite3.Conne
     return free
 
 
+def _borrow_reader(engine: Engine, free: list) -> "tuple[Connection, sqlite3.Connection]":
+    """A kept reader connection of ``engine`` (``free``), or a new one to keep after (:func:`_keep_reader`)."""
+    try:
+        return free.pop()
+    except IndexError:
+        connection = _detached(engine)
+        return connection, connection.connection.dbapi_connection
+
+
 def _keep_reader(free: list, connection: Connection, driver: sqlite3.Connection) -> None:
     if connection.invalidated or connection.closed or driver.in_transaction or len(free) >= READERS_KEPT:
         connection.close()
@@ -377,11 +382,7 @@ def read_alone(engine: Engine, statement: "Prepared", params: dict | None = None
     if free is None:
         with read_transaction(engine) as connection:
             return statement.first(connection, params)
-    try:
-        connection, driver = free.pop()
-    except IndexError:
-        connection = _detached(engine)
-        driver = connection.connection.dbapi_connection
+    connection, driver = _borrow_reader(engine, free)
     try:
         return statement.first(connection, params)
     finally:
