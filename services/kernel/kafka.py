@@ -71,6 +71,53 @@ def no_auto_create(client):
     return client
 
 
+def keep_completed_joins(consumer: KafkaConsumer) -> KafkaConsumer:
+    """Make a group member use a join the broker completed while no ``poll`` was waiting for it.
+
+    kafka-python 3.0 runs a member's JoinGroup and SyncGroup as one task on its network thread;
+    ``poll`` waits for it at most its own timeout and leaves it running. The next ``poll`` awaits
+    the same task if it is still running — but when it has finished in between, the library drops
+    its answer (the assignment) and sends a new JoinGroup, which starts another round. A member
+    that does anything between polls (the consumer checks the broker, writes its offsets) lost its
+    assignment whenever the round ended in that gap; the local broker makes each round last 3 s,
+    so members joined 2 to 11 times, and one that polled 200 ms with a second between polls never
+    got an assignment at all (13 joins in 40 s: ``tests/integration/test_consumer.py``,
+    ``test_a_join_the_broker_completes_between_two_polls_is_used``).
+
+    Here the finished task's assignment is applied as the library applies one it awaited (the same
+    state changes, then its ``_on_join_complete_async``: partitions assigned, the listener called).
+    A failed task is left to the library, which retries as before. Raises where the client is not
+    built the way this relies on: another kafka-python needs this looked at again."""
+    from kafka.coordinator.base import MemberState
+
+    coordinator = getattr(consumer, "_coordinator", None)
+    needed = ("_join_task", "rejoining", "rejoin_needed", "state", "_lock", "_generation",
+              "_enable_heartbeat", "_on_join_complete_async", "join_group_async")
+    if coordinator is None or not all(hasattr(coordinator, name) for name in needed):
+        raise RuntimeError("kafka-python changed how a group member joins; check whether a join that ends "
+                           "between two polls is still dropped (services.kernel.kafka.keep_completed_joins)")
+    plain = coordinator.join_group_async
+
+    async def join_group_async(timeout_ms=None):
+        task = coordinator._join_task
+        if task is not None and task.is_done and task.succeeded() and coordinator.rejoining:
+            coordinator._join_task = None
+            with coordinator._lock:
+                coordinator.rejoining = False
+                coordinator.rejoin_needed = False
+                coordinator.state = MemberState.STABLE
+                coordinator._enable_heartbeat()
+            generation = coordinator._generation
+            log.debug("a join completed between two polls is used", extra={"group": coordinator.group_id})
+            await coordinator._on_join_complete_async(generation.generation_id, generation.member_id,
+                                                      generation.protocol, task.value)
+            return True
+        return await plain(timeout_ms=timeout_ms)
+
+    coordinator.join_group_async = join_group_async
+    return consumer
+
+
 class KeyHashPartitioner(DefaultPartitioner):
     """kafka-python's default partitioner — a keyed record goes to the partition the Java client
     would choose: murmur2 of the key, modulo the partition count — with each key's hash remembered
@@ -156,6 +203,7 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         **CLIENT_TIMEOUTS,
     )
     no_auto_create(consumer)
+    keep_completed_joins(consumer)
     consumer.subscribe(pattern=topics_pattern(topics), listener=listener)
     return consumer
 
