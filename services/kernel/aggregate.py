@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.cache import AtVersion
-from services.kernel.db import Prepared, read_transaction
+from services.kernel.db import Prepared, read_alone, read_transaction
 from services.kernel.errors import ConcurrencyError, Forbidden, NotFound
 from services.kernel.events import Metadata, NewEvent, StoredEvent, dumps, loads, to_micros, utc_now
 from services.kernel.eventstore import chunked
@@ -265,6 +265,22 @@ class AggregateView:
         if row is None:
             return None
         return self._decoded.get(connection, aggregate_id, row[0], lambda: self.cls.from_json(row[1]))
+
+    def get_shared_alone(self, engine, aggregate_id: str) -> Any | None:
+        """:meth:`get_shared` without a transaction around it: the row's version and state are one
+        statement (:func:`services.kernel.db.read_alone`), and what is decoded from them is that
+        version's aggregate. For a reader that then finds its answer kept at that version; one that
+        must read more of the database at the same version opens a transaction (and uses
+        :meth:`get_shared` in it)."""
+        row = read_alone(engine, self._read_versioned, {"id": aggregate_id})
+        if row is None:
+            return None
+        version, state = row
+        decoded = self._decoded.kept(engine, aggregate_id, version)
+        if decoded is None:
+            decoded = self.cls.from_json(state)
+            self._decoded.keep(engine, aggregate_id, version, decoded)
+        return decoded
 
     def find(self, connection: Connection, *, order_by: Sequence[Any] = (), limit: int | None = None,
              where: Sequence[Any] = (), **equal: Any) -> list[Any]:

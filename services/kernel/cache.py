@@ -19,6 +19,7 @@ most per database; the values are shared: callers copy before they change anythi
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -32,11 +33,20 @@ T = TypeVar("T")
 
 
 class AtVersion(Generic[T]):
+    # Lookups are counted per process and added to the metric at most every COUNT_SECONDS or
+    # COUNTS_HELD lookups: a multiprocess counter's increment writes its file under a lock, and
+    # two a page were a fiftieth of a kept page's time (issue 23). A scrape may miss the lookups
+    # of the last second; a process that stops loses them.
+    COUNT_SECONDS = 1.0
+    COUNTS_HELD = 256
+
     def __init__(self, name: str, size: int = 512) -> None:
         self.name, self.size = name, size
         self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> OrderedDict
         self._lock = threading.Lock()
-        self._counted: tuple | None = None  # (hits, misses): labelled once, at the first lookup
+        self._counted: tuple | None = None  # (hits, misses): labelled once, when first counted
+        self._hits = self._misses = 0  # since they were last added to the metric
+        self._count_by = 0.0  # the first lookup is counted at once
 
     def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T]) -> T:
         """The value of ``key`` at ``version`` in ``connection``'s database: kept, or made by
@@ -49,11 +59,14 @@ class AtVersion(Generic[T]):
             value = kept.get(entry)
             if value is not None:
                 kept.move_to_end(entry)
-        counted = self._counted or self._label()
+                self._hits += 1
+            else:
+                self._misses += 1
+            due = self._hits + self._misses >= self.COUNTS_HELD or time.monotonic() >= self._count_by
+        if due:
+            self._count()
         if value is not None:
-            counted[0].inc()
             return value
-        counted[1].inc()
         value = make()
         self.keep(connection.engine, key, version, value)
         return value
@@ -67,13 +80,24 @@ class AtVersion(Generic[T]):
             value = kept.get((key, version)) if kept is not None else None
             if value is not None:
                 kept.move_to_end((key, version))
-        if value is not None:
-            (self._counted or self._label())[0].inc()
+                self._hits += 1
+            due = self._hits + self._misses >= self.COUNTS_HELD or time.monotonic() >= self._count_by
+        if due:
+            self._count()
         return value
 
-    def _label(self) -> tuple:
-        self._counted = (metrics.CACHE_LOOKUPS.labels(self.name, "hit"), metrics.CACHE_LOOKUPS.labels(self.name, "miss"))
-        return self._counted
+    def _count(self) -> None:
+        """Add the lookups counted since the last time to ``cocreate_cache_lookups_total``."""
+        with self._lock:
+            hits, misses, self._hits, self._misses = self._hits, self._misses, 0, 0
+            self._count_by = time.monotonic() + self.COUNT_SECONDS
+        if self._counted is None:
+            self._counted = (metrics.CACHE_LOOKUPS.labels(self.name, "hit"),
+                             metrics.CACHE_LOOKUPS.labels(self.name, "miss"))
+        if hits:
+            self._counted[0].inc(hits)
+        if misses:
+            self._counted[1].inc(misses)
 
     def keep(self, engine: Engine, key: Hashable, version: int, value: T) -> None:
         """Keep ``value`` as ``key``'s at ``version`` in ``engine``'s database: made in a transaction

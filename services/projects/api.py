@@ -525,10 +525,18 @@ class ProjectResource(MethodView):
         """Project detail: current stage, what the stage allows (``allowed_actions``) and what the
         caller may do now (``my_actions``), totals"""
         principal = current_principal()
-        with store().read_transaction() as connection:
-            project = views.find_project(connection, project_id)
+        # The page kept for the project's version needs no transaction: the version is one
+        # statement, and a kept page is that version's page (docs/architecture.md).
+        engine = store().engine
+        project = views.find_project_alone(engine, project_id)
+        if project is not None:
             principal.require_reader(project.community_id)
-            page = views.project_detail_json(connection, project)
+        page = None if project is None else views.kept_project_detail_json(engine, project)
+        if page is None:
+            with store().read_transaction() as connection:
+                project = views.find_project(connection, project_id)
+                principal.require_reader(project.community_id)
+                page = views.project_detail_json(connection, project)
         # what this caller may do now (allowed_actions is what the stage allows anyone)
         return etagged_encoded(page, {"my_actions": project.actions_for(principal)}, project.version)
 

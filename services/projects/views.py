@@ -483,6 +483,11 @@ def keep_page(engine, project: Project, page: dict[str, Any]) -> None:
 _PAGES_JSON: AtVersion[bytes] = AtVersion("project_detail_json", size=1024)
 
 
+def kept_project_detail_json(engine, project: Project) -> bytes | None:
+    """:func:`project_detail_json` as kept for the project's version, or None (nothing made)."""
+    return _PAGES_JSON.kept(engine, project.id, project.version)
+
+
 def project_detail_json(connection: Connection, project: Project) -> bytes:
     """:func:`project_detail` encoded (canonical JSON), kept at the project's version too."""
     return _PAGES_JSON.get(connection, project.id, project.version,
@@ -663,6 +668,12 @@ def statistics(connection: Connection, community_id: str) -> dict[str, Any]:
     """:func:`community_stats` of an existing community."""
     require_community(connection, community_id)
     return community_stats(connection, community_id)
+
+
+def find_project_alone(engine, project_id: str) -> Project | None:
+    """The project for a page, read without a transaction (one statement: its version and state),
+    or None when there is none (the transaction's read answers 404)."""
+    return PROJECTS.get_shared_alone(engine, project_id)
 
 
 def find_project(connection: Connection, project_id: str) -> Project:

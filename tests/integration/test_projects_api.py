@@ -348,6 +348,29 @@ def test_a_project_read_for_its_page_is_decoded_once_per_version_and_never_given
     assert now is not first and now.version == 2 and now.cosigner_ids == ["haicang-r1"]
 
 
+def test_a_project_page_kept_for_its_version_is_answered_without_a_transaction(api, monkeypatch):
+    """``GET /projects/<id>``: the project's version and state are one statement; the page kept for
+    that version is the answer, with no read transaction. A new version is read in one (never the
+    kept page of the old), and a missing project or another community's reader is refused as before."""
+    c = Community(api.d, "haicang")
+    pid = c.propose()["project_id"]
+    reader = c.residents[1]
+    first = api.d.get(reader, f"/projects/{pid}")  # made (and kept) in a transaction
+    opened: list[int] = []
+    plain = type(api.store).read_transaction
+    monkeypatch.setattr(type(api.store), "read_transaction",
+                        lambda store, *a, **k: (opened.append(1), plain(store, *a, **k))[1])
+    again = api.d.get(reader, f"/projects/{pid}")
+    assert again == first and opened == []
+    api.d.post(reader, f"/projects/{pid}/cosignatures", {})  # a new version, kept as the command's answer
+    opened.clear()
+    after = api.d.get(c.residents[2], f"/projects/{pid}")
+    assert after["version"] == 2 and after["cosigner_count"] == 1 and after["my_actions"] == ["cosign"]
+    assert api.d.get(reader, f"/projects/{pid}")["my_actions"] == []  # per caller, on the kept page
+    api.refused(reader, "GET", "/projects/nosuchproject", status=404)
+    api.refused(OUTSIDER, "GET", f"/projects/{pid}", status=403, reason="other_community")
+
+
 def test_proposal_refusals(api):
     c = Community(api.d, "haicang")
     resident = c.residents[0]
