@@ -85,35 +85,54 @@ def keep_completed_joins(consumer: KafkaConsumer) -> KafkaConsumer:
     ``test_a_join_the_broker_completes_between_two_polls_is_used``).
 
     Here the finished task's assignment is applied as the library applies one it awaited (the same
-    state changes, then its ``_on_join_complete_async``: partitions assigned, the listener called).
-    A failed task is left to the library, which retries as before. Raises where the client is not
-    built the way this relies on: another kafka-python needs this looked at again."""
+    state changes, then its ``_on_join_complete_async``: partitions assigned, the listener called)
+    — only while it is still the member's: the member is still joining under the generation the
+    task gave it, and the task finished less than the session time-out less one heartbeat interval
+    ago (no heartbeat goes out during a join: after longer, the broker may have dropped the member
+    and given its partitions to another). Otherwise, and for a failed task, the library goes on as
+    before (a new JoinGroup). Raises where the client is not built the way this relies on: another
+    kafka-python needs this looked at again."""
     from kafka.coordinator.base import MemberState
 
     coordinator = getattr(consumer, "_coordinator", None)
-    needed = ("_join_task", "rejoining", "rejoin_needed", "state", "_lock", "_generation",
-              "_enable_heartbeat", "_on_join_complete_async", "join_group_async")
+    needed = ("_join_task", "rejoining", "rejoin_needed", "state", "_lock", "_generation", "config",
+              "_enable_heartbeat", "_on_join_complete_async", "join_group_async", "_do_join_and_sync_async")
     if coordinator is None or not all(hasattr(coordinator, name) for name in needed):
         raise RuntimeError("kafka-python changed how a group member joins; check whether a join that ends "
                            "between two polls is still dropped (services.kernel.kafka.keep_completed_joins)")
-    plain = coordinator.join_group_async
+    plain_join, plain_round = coordinator.join_group_async, coordinator._do_join_and_sync_async
+    fresh_for = (coordinator.config["session_timeout_ms"] - coordinator.config["heartbeat_interval_ms"]) / 1000
+    finished = {"at": None}  # when the last join round's task ended, on the network thread
+
+    async def do_join_and_sync_async():
+        finished["at"] = None
+        try:
+            return await plain_round()
+        finally:
+            finished["at"] = time.monotonic()
 
     async def join_group_async(timeout_ms=None):
         task = coordinator._join_task
         if task is not None and task.is_done and task.succeeded() and coordinator.rejoining:
-            coordinator._join_task = None
-            with coordinator._lock:
-                coordinator.rejoining = False
-                coordinator.rejoin_needed = False
-                coordinator.state = MemberState.STABLE
-                coordinator._enable_heartbeat()
-            generation = coordinator._generation
-            log.debug("a join completed between two polls is used", extra={"group": coordinator.group_id})
-            await coordinator._on_join_complete_async(generation.generation_id, generation.member_id,
-                                                      generation.protocol, task.value)
-            return True
-        return await plain(timeout_ms=timeout_ms)
+            generation, ended = coordinator._generation, finished["at"]
+            if (coordinator.state is MemberState.REBALANCING and not generation.is_lost()
+                    and generation.protocol is not None
+                    and ended is not None and time.monotonic() - ended < fresh_for):
+                coordinator._join_task = None
+                with coordinator._lock:
+                    coordinator.rejoining = False
+                    coordinator.rejoin_needed = False
+                    coordinator.state = MemberState.STABLE
+                    coordinator._enable_heartbeat()
+                log.debug("a join completed between two polls is used", extra={"group": coordinator.group_id})
+                await coordinator._on_join_complete_async(generation.generation_id, generation.member_id,
+                                                          generation.protocol, task.value)
+                return True
+            log.info("a join completed between two polls is too old to use, or no longer the member's; "
+                     "joining again", extra={"group": coordinator.group_id})
+        return await plain_join(timeout_ms=timeout_ms)
 
+    coordinator._do_join_and_sync_async = do_join_and_sync_async
     coordinator.join_group_async = join_group_async
     return consumer
 
