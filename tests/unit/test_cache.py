@@ -51,3 +51,27 @@ def test_kept_gives_only_what_was_kept_at_that_version_and_makes_nothing():
     cache.keep(first, "p3", 1, {"label": "p3"})  # size 2: p2 goes, not p1@3
     assert cache.kept(first, "p2", 1) is None
     assert cache.kept(first, "p1", 3) == {"label": "p1@3"}
+
+
+def test_lookups_reach_the_metric_within_a_second_or_256_lookups_and_none_is_lost(monkeypatch):
+    from services.kernel import cache as cache_module
+    from services.kernel import metrics
+
+    now = [1000.0]
+    monkeypatch.setattr(cache_module.time, "monotonic", lambda: now[0])
+    cache: AtVersion[dict] = AtVersion("test-counted", size=4)
+    hits, misses = (metrics.CACHE_LOOKUPS.labels("test-counted", kind) for kind in ("hit", "miss"))
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as connection:
+        cache.get(connection, "p1", 1, lambda: {"made": 1})  # the first lookup is counted at once
+        assert (hits._value.get(), misses._value.get()) == (0, 1)
+        for _ in range(10):
+            cache.get(connection, "p1", 1, lambda: {"made": 2})
+        assert cache.kept(engine, "p1", 1) == {"made": 1}
+        assert hits._value.get() == 0  # held: not a second yet, 11 lookups
+        now[0] += 1.0
+        cache.kept(engine, "p1", 2)  # a miss of kept counts nothing (its caller's get will)
+        assert (hits._value.get(), misses._value.get()) == (11, 1)
+        for _ in range(256):
+            cache.kept(engine, "p1", 1)
+        assert hits._value.get() == 11 + 256  # 256 held: added without waiting for the second
