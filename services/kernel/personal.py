@@ -110,10 +110,14 @@ class KeyStore:
     whole answers opened with kept keys (:meth:`kept_body`), for as long as the key (every key of
     the answer) and no longer: a read of the same tokens or the same answer within that time
     decrypts nothing (issue 23: opening the names of a project's page was a tenth of its time).
-    Shredding or erasing in this process, and :meth:`forget_cached`, drop them at once.
+    When the key's time is up it is read again; found unchanged, it keeps its texts (at most
+    ``TEXTS_PER_KEY``, the oldest going first; ``TEXTS_KEPT`` in all), found gone (shredded by
+    another process) it loses them with it. Shredding or erasing in this process, and
+    :meth:`forget_cached`, drop them at once.
     """
 
-    TEXTS_PER_KEY = 256  # a person's tokens opened while the key is kept (each seal is a new token)
+    TEXTS_PER_KEY = 1024  # a person's tokens opened while the key is kept (each seal is a new token)
+    TEXTS_KEPT = 100_000  # the texts of all keys together
     BODIES_KEPT = 256  # whole answers opened (kept bytes of a page: the same body again and again)
     BODY_BYTES_KEPT = 262_144
 
@@ -124,6 +128,7 @@ class KeyStore:
         self._kept: dict[str, tuple[tuple[str, str, bytes] | None, float, dict[str, str]]] = {}
         self._active: dict[tuple[str, str], tuple[str, float]] = {}
         self._bodies: dict[bytes, tuple[bytes, float]] = {}  # answer -> opened, until its first key goes
+        self._texts = 0  # how many texts all kept keys hold
         self._lock = threading.Lock()
 
     def create_schema(self) -> None:
@@ -133,6 +138,7 @@ class KeyStore:
     def forget_cached(self) -> None:
         with self._lock:
             self._kept.clear()
+            self._texts = 0
             self._active.clear()
             self._bodies.clear()
 
@@ -195,11 +201,20 @@ class KeyStore:
         return found
 
     def _remember(self, kid: str, value: tuple[str, str, bytes] | None) -> None:
+        """Keep ``kid``'s key (or that it is gone) for ``cache_seconds``. A key read again and
+        found unchanged keeps the texts opened with it: only a key that is gone, or read anew with
+        another value, loses them (issue 23: every five seconds each worker decrypted again every
+        name of every page it answered)."""
         if self.cache_seconds > 0:
             with self._lock:
                 if len(self._kept) > 50_000:
                     self._kept.clear()
-                self._kept[kid] = (value, time.monotonic() + self.cache_seconds, {})
+                    self._texts = 0
+                before = self._kept.get(kid)
+                texts = before[2] if value is not None and before is not None and before[0] == value else {}
+                if before is not None and texts is not before[2]:
+                    self._texts -= len(before[2])
+                self._kept[kid] = (value, time.monotonic() + self.cache_seconds, texts)
 
     def kept_texts(self, tokens: Iterable[str]) -> dict[str, str]:
         """``token -> text`` for the tokens opened before with a key that is still kept."""
@@ -237,11 +252,17 @@ class KeyStore:
         """Keep what ``token`` opened to, for as long as its key ``kid`` is kept."""
         with self._lock:
             kept = self._kept.get(kid)
-            if kept is None or kept[0] is None:
+            if kept is None or kept[0] is None or token in kept[2]:
                 return
-            if len(kept[2]) >= self.TEXTS_PER_KEY:
-                kept[2].clear()
+            if self._texts >= self.TEXTS_KEPT:  # every key's texts go: rare, and bounded memory
+                for other in self._kept.values():
+                    other[2].clear()
+                self._texts = 0
+            elif len(kept[2]) >= self.TEXTS_PER_KEY:  # the key's oldest text goes
+                del kept[2][next(iter(kept[2]))]
+                self._texts -= 1
             kept[2][token] = text
+            self._texts += 1
 
     def rotate(self, person_id: str, purpose: str) -> list[str]:
         """Retire the person's key for ``purpose`` (a correction): the next seal makes a new key.
@@ -275,7 +296,9 @@ class KeyStore:
             connection.execute(person_keys.delete().where(person_keys.c.kid.in_([row.kid for row in rows])))
         with self._lock:
             for row in rows:
-                self._kept.pop(row.kid, None)
+                dropped = self._kept.pop(row.kid, None)
+                if dropped is not None:
+                    self._texts -= len(dropped[2])
                 self._active.pop((row.person_id, row.purpose), None)
             if rows:
                 self._bodies.clear()  # (which held one of these keys' texts is not worth finding out)
@@ -370,7 +393,10 @@ class Sealer:
             return opened
         matches = {token: _SHOWN.fullmatch(token) for token in tokens if token not in opened}
         keys = self.keys.keys({match.group(2) for match in matches.values() if match})
+        opened.update(self.keys.kept_texts(matches))  # what a key read again and found unchanged kept
         for token, match in matches.items():
+            if token in opened:
+                continue
             found = keys.get(match.group(2)) if match else None
             opened[token] = PLACEHOLDER
             if found is None:

@@ -143,22 +143,49 @@ def test_texts_opened_with_a_kept_key_are_kept_with_it_and_go_with_it(keys_url, 
     assert json.loads(sealer.open_json(body)) == opened and len(decrypted) == 2
     assert json.loads(sealer.open_json(body)) == opened and sealer.open(name) == "王芳"
     assert len(decrypted) == 2  # kept: nothing decrypted again
-    clock[0] += 5.1  # the key's time is up: read again, opened again
-    assert json.loads(sealer.open_json(body)) == opened and len(decrypted) == 4
+    clock[0] += 5.1  # the key's time is up: read again, found unchanged, so its texts are still good
+    assert json.loads(sealer.open_json(body)) == opened and len(decrypted) == 2
     keys.rotate("p-1", "name")
     keys.shred([name.split(".")[1]], "corrected")
     assert sealer.open(name) == PLACEHOLDER  # shredded here: its kept text went with it
-    assert json.loads(sealer.open_json(body))["phone"] == "138****8000" and len(decrypted) == 4
+    assert json.loads(sealer.open_json(body))["phone"] == "138****8000" and len(decrypted) == 2
     keys.forget_cached()
-    assert sealer.open(phone) == "13800138000" and len(decrypted) == 5
+    assert sealer.open(phone) == "13800138000" and len(decrypted) == 3
     assert json.loads(sealer.open_json(body)) == {**opened, "by": PLACEHOLDER, "again": PLACEHOLDER}
-    assert sealer.open_json(body) == sealer.open_json(body) and len(decrypted) == 6  # the answer kept whole
+    assert sealer.open_json(body) == sealer.open_json(body) and len(decrypted) == 4  # the answer kept whole
     keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
     assert sealer.open(phone) == PLACEHOLDER and sealer.open(masked) == PLACEHOLDER
     assert set(json.loads(sealer.open_json(body)).values()) == {PLACEHOLDER}  # erased here: the kept answer too
     no_keeping = KeyStore(keys_url, cache_seconds=0)  # keeps no key, so no text either
     token = Sealer(no_keeping).seal("李雷", "p-2", "name")
-    assert [Sealer(no_keeping).open(token) for _ in range(2)] == ["李雷", "李雷"] and len(decrypted) == 8
+    assert [Sealer(no_keeping).open(token) for _ in range(2)] == ["李雷", "李雷"] and len(decrypted) == 6
     answer = json.dumps({"by": token}).encode()
     assert [Sealer(no_keeping).open_json(answer) for _ in range(2)] == ['{"by": "李雷"}'.encode()] * 2
-    assert len(decrypted) == 10
+    assert len(decrypted) == 8
+
+
+def test_a_key_shredded_by_another_process_takes_its_kept_texts_when_read_again(keys_url, monkeypatch):
+    """Texts kept with a key outlive the key's re-reading only while the key is unchanged: once
+    another process has shredded it, the first read after the key's time is up finds it gone and
+    its tokens open to the placeholder — and a person's many tokens are kept up to the bound, the
+    oldest going first, not all at once."""
+    from services.kernel import personal
+
+    clock = [1000.0]
+    monkeypatch.setattr(personal.time, "monotonic", lambda: clock[0])
+    keys, other = KeyStore(keys_url, cache_seconds=5), KeyStore(keys_url, cache_seconds=5)
+    keys.create_schema()
+    sealer = Sealer(keys)
+    names = [sealer.seal(f"王芳{i}", "p-1", "name") for i in range(3)]
+    assert [sealer.open(token) for token in names] == ["王芳0", "王芳1", "王芳2"]
+    monkeypatch.setattr(KeyStore, "TEXTS_PER_KEY", 2)
+    kid = names[0].split(".")[1]
+    keys.forget_cached()
+    assert [sealer.open(token) for token in names] == ["王芳0", "王芳1", "王芳2"]
+    assert list(keys._kept[kid][2]) == names[1:]  # the oldest went, the others stayed
+    other.rotate("p-1", "name")
+    other.shred([kid], "corrected")  # in another process
+    assert sealer.open(names[2]) == "王芳2"  # kept here until the key's time is up …
+    clock[0] += 5.1
+    assert [sealer.open(token) for token in names] == [PLACEHOLDER] * 3  # … then read again: gone
+    assert keys._kept[kid][2] == {} and keys._texts == 0
