@@ -47,3 +47,29 @@ def test_the_bench_page_carries_a_full_run_of_every_part():
     for part in ("append, SQLite", "replay 1,000,000", "ranking read", "relay:", "consumer:", "HTTP write",
                  "HTTP read", "HTTP composed", "web client:", "propagation", "live streams:"):
         assert part in carried, part
+
+
+def test_a_write_is_judged_by_the_median_of_its_rounds_each_against_the_anchor_measured_just_before():
+    """A write's row from its paired rounds (``bench.http.PAIRS``): its figure and the anchor's are
+    the medians of the rounds' rates, and each target the median of the rounds' own ratios — a
+    round in which the machine was slow for both sides does not count against ours."""
+    from bench.http import WRITE_ANCHOR, _paired_into
+
+    row = {"ours": 500.0, "anchors": {WRITE_ANCHOR: 900.0, "hello": 3000.0}, "extra": {},
+           "targets": [{"what": "≥ 1.0× the eventsourcing write anchor", "met": False},
+                       {"what": "p99 < 50 ms", "met": True}]}
+    rounds = [{"anchor": 1000.0, "ours": 1020.0, "paused": 1100.0},  # ratios 1.02, 1.10
+              {"anchor": 600.0, "ours": 630.0, "paused": 570.0},  # the machine slow for both: 1.05, 0.95
+              {"anchor": 1100.0, "ours": 1000.0, "paused": 1150.0}]  # 0.91, 1.05
+    _paired_into(row, rounds)
+    assert row["ours"] == 1000.0 and row["anchors"][WRITE_ANCHOR] == 1000.0 and row["anchors"]["hello"] == 3000.0
+    assert row["targets"][0] == {"what": "≥ 1.0× the eventsourcing write anchor (1.02×)", "met": True}
+    assert row["targets"][1] == {"what": "p99 < 50 ms", "met": True}
+    assert row["targets"][2] == {"what": "pipeline paused (the anchor's work alone): ≥ 1.0× the write anchor "
+                                         "(1.05×)", "met": True}
+    assert row["extra"]["first peak (sets the half rate): req/s"] == 500
+    assert row["extra"]["rounds (anchor, ours, ours with the pipeline paused: req/s)"] == (
+        "1,000, 1,020, 1,100; 600, 630, 570; 1,100, 1,000, 1,150")
+    slower = dict(row, targets=[{"what": "≥ 1.0×", "met": True}], extra={}, ours=0.0)
+    _paired_into(slower, [{**r, "ours": r["ours"] * 0.9} for r in rounds])
+    assert slower["targets"][0]["met"] is False and slower["targets"][0]["what"].endswith("(0.92×)")
