@@ -56,14 +56,14 @@ test-integration: venv ## the integration and end-to-end tests
 	$(VENV)/bin/python -m pytest tests/integration tests/e2e
 
 # Benchmarks (not part of `make test`): every figure beside its anchor, measured in the same run;
-# writes bench/results/latest.{json,md}. Under 10 minutes on 2 cores; bench-quick is a smoke run.
+# writes bench/results/latest.{json,md}. About 11 minutes on 2 cores; bench-quick is a smoke run.
 BENCH_STAMP := $(VENV)/.bench-stamp
 
 $(BENCH_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev,local,web,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) ## the benchmarks, into bench/results/ and bench/README.md (under 10 minutes)
+bench: $(BENCH_STAMP) ## the benchmarks, into bench/results/ and bench/README.md (about 11 minutes)
 	$(VENV)/bin/python -m bench --readme
 
 bench-quick: $(BENCH_STAMP) ## a smoke run of the benchmarks
