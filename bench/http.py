@@ -36,13 +36,16 @@ import contextlib
 import json
 import statistics
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from bench.anchors import ComposedAnchor, WriteAnchor
 from bench.load import Request, Result, closed_loop, open_loop
 from bench.platform import HelloWorld, Platform, cpu_seconds, descendants, gunicorn_pids
 from services.feedback.domain import period_of
 from services.kernel.events import utc_now
 from tests.support.projects import Community, FlaskClient, HttpClient, Person, ProjectsDriver
+
+if TYPE_CHECKING:  # (bench.anchors needs the bench's extras, eventsourcing: imported where the anchors run)
+    from bench.anchors import WriteAnchor
 
 CONCURRENCY = 4
 LATENCY_RUNS = 3
@@ -225,6 +228,7 @@ def _thirds(pool: list[Request], runs: int = LATENCY_RUNS) -> list[list[Request]
 
 
 def run(workdir, quick: bool, platform: Platform) -> list[dict]:
+    from bench.anchors import WriteAnchor
     peak_seconds, latency_seconds = (3.0, 2.0) if quick else (8.0, 4.0)
     reads = 20_000 if quick else 60_000
 
@@ -251,6 +255,7 @@ def run(workdir, quick: bool, platform: Platform) -> list[dict]:
 
 def _run(workdir, quick: bool, platform: Platform, write_app: WriteAnchor, peak_seconds: float,
          latency_seconds: float, reads: int, anchor_writes: int, pair_writes: int, spread) -> list[dict]:
+    from bench.anchors import ComposedAnchor
     hello_requests = [Request("GET", "/hello")] * reads
     with HelloWorld(workdir) as hello_app:
         hello = spread(hello_app.url, hello_requests, [hello_requests] * LATENCY_RUNS)
