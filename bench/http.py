@@ -32,7 +32,6 @@ code. Before the first write is measured the pipeline is through the events of t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 from collections.abc import Callable
@@ -240,17 +239,14 @@ def run(workdir, quick: bool, platform: Platform) -> list[dict]:
     pair_writes = anchor_writes // 2  # a round's pool, for half the peak time (PAIRS)
     boxes = (-(-anchor_writes // VOTERS_PER_BOX) + LATENCY_RUNS * -(-(anchor_writes // 2) // VOTERS_PER_BOX)
              + 2 * PAIRS * -(-pair_writes // VOTERS_PER_BOX))  # (the rounds of both writes)
-    anchors = contextlib.ExitStack()  # the write anchor serves until the writes' rounds are done
-    write_app = anchors.enter_context(WriteAnchor(workdir, boxes, VOTERS_PER_BOX))
-    try:
-        return _run(workdir, quick, platform, write_app, peak_seconds, latency_seconds, reads, anchor_writes,
+    with WriteAnchor(workdir, boxes, VOTERS_PER_BOX) as write_app:  # serving until the writes' rounds are done
+        rows = _run(workdir, quick, platform, write_app, peak_seconds, latency_seconds, reads, anchor_writes,
                     pair_writes, spread)
-    finally:
         most_per_box = write_app.most_events_per_box()
-        anchors.close()
-        if most_per_box > VOTERS_PER_BOX + 1:  # its opening and its ballots
-            raise RuntimeError(f"a write anchor box holds {most_per_box} events, more than "
-                               f"{VOTERS_PER_BOX} ballots: not the shape of our projects")
+    if most_per_box > VOTERS_PER_BOX + 1:  # its opening and its ballots
+        raise RuntimeError(f"a write anchor box holds {most_per_box} events, more than "
+                           f"{VOTERS_PER_BOX} ballots: not the shape of our projects")
+    return rows
 
 
 def _run(workdir, quick: bool, platform: Platform, write_app: WriteAnchor, peak_seconds: float,
