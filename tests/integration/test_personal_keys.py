@@ -189,3 +189,16 @@ def test_a_key_shredded_by_another_process_takes_its_kept_texts_when_read_again(
     clock[0] += 5.1
     assert [sealer.open(token) for token in names] == [PLACEHOLDER] * 3  # … then read again: gone
     assert keys._kept[kid][2] == {} and keys._texts == 0
+
+
+def test_the_texts_of_all_keys_together_are_bounded(keys_url, monkeypatch):
+    """Past ``TEXTS_KEPT`` texts over all keys, every key's texts go at once (memory stays bounded
+    however many people a process reads), and the count starts again from the one just opened."""
+    keys = KeyStore(keys_url, cache_seconds=3600)
+    keys.create_schema()
+    sealer = Sealer(keys)
+    tokens = [sealer.seal("王芳", "p-1", "name"), sealer.seal("李雷", "p-2", "name"), sealer.seal("韩梅", "p-3", "name")]
+    monkeypatch.setattr(KeyStore, "TEXTS_KEPT", 2)
+    assert [sealer.open(token) for token in tokens[:2]] == ["王芳", "李雷"] and keys._texts == 2
+    assert sealer.open(tokens[2]) == "韩梅"
+    assert keys._texts == 1 and [len(kept[2]) for kept in keys._kept.values()] == [0, 0, 1]
