@@ -258,7 +258,8 @@ RATINGS = AggregateView(RatingRecord, "ratings_view", [
     sa.Index("ix_ratings_subject_level_time", "subject_id", "level", "rated_at_us"),
 ], lambda r: {"subject_id": r.subject_id, "community_id": r.community_id, "period": r.period,
               "person_id": r.person_id, "level": r.level, "excluded": r.excluded is not None,
-              "rated_at_us": to_micros(parse_time(r.rated_at)) if r.rated_at else 0})
+              "rated_at_us": to_micros(parse_time(r.rated_at)) if r.rated_at else 0},
+                        index_created=False)  # its lists are of a subject's period or a person's
 CASES = AggregateView(CaseRecord, "cases_view", [
     sa.Column("community_id", sa.String(100), nullable=False, index=True),
     sa.Column("subject_id", sa.String(100), nullable=False),

@@ -162,7 +162,11 @@ class AggregateView:
     (``columns`` with ``extract(state) -> {column: value}``) for filtering and sorting."""
 
     def __init__(self, cls: type[Aggregate], table_name: str, columns: Sequence[sa.Column] = (),
-                 extract: Callable[[Any], Mapping[str, Any]] = lambda state: {}) -> None:
+                 extract: Callable[[Any], Mapping[str, Any]] = lambda state: {}, *,
+                 index_created: bool = True) -> None:
+        """``index_created``: ``created_at_us`` has an index of its own, for lists of all the
+        aggregates in the order they came; a view whose every list is narrowed by another of its
+        indexes first leaves it out (one page less for each new row's commit to write)."""
         self.cls = cls
         self.name = table_name
         self.extract = extract
@@ -170,12 +174,18 @@ class AggregateView:
             table_name, sa.MetaData(),
             sa.Column("id", sa.String(100), primary_key=True),
             sa.Column("version", sa.Integer, nullable=False),
-            sa.Column("created_at_us", sa.BigInteger, nullable=False, index=True),
+            sa.Column("created_at_us", sa.BigInteger, nullable=False, index=index_created),
             sa.Column("updated_at_us", sa.BigInteger, nullable=False),
             sa.Column("state", sa.Text, nullable=False),
             *columns,
         )
         self.tables = [self.table]
+        # the extracted columns an index holds: an update leaves out those whose value is the same
+        # (SQLite rewrites an index entry of every column an UPDATE sets, changed or not: a ballot's
+        # commit wrote two index pages more to the WAL, a fifth of its pages; issue 23)
+        self._indexed = frozenset(column.name for index in self.table.indexes for column in index.columns
+                                  if column.name not in ("id", "version", "created_at_us", "updated_at_us",
+                                                         "state"))
         self._prefix = cls.stream_prefix + "-"
         self._read = Prepared(sa.select(self.table.c.state).where(self.table.c.id == sa.bindparam("id")))
         self._read_versioned = Prepared(sa.select(self.table.c.version, self.table.c.state)
@@ -198,14 +208,24 @@ class AggregateView:
             row = self._read.first(connection, {"id": aggregate_id})
             state = self.cls.from_json(row[0]) if row is not None else self.cls(id=aggregate_id)
             exists = row is not None
+        indexed_before = self._indexed_values(state) if exists and self._indexed else None
         state.apply(event)
         values = {"version": state.version, "updated_at_us": to_micros(event.occurred_at),
                   "state": state.to_json(), **self.extract(state)}
         if not exists:
             self._statement("insert", values).execute(
                 connection, {"id": aggregate_id, "created_at_us": to_micros(event.occurred_at), **values})
-        else:
-            self._statement("update", values).execute(connection, {"b_id": aggregate_id, **values})
+            return
+        if indexed_before:
+            for name, value in indexed_before.items():
+                if name in values and values[name] == value:
+                    del values[name]
+        self._statement("update", values).execute(connection, {"b_id": aggregate_id, **values})
+
+    def _indexed_values(self, state: Any) -> dict[str, Any]:
+        """The indexed columns' values of ``state`` (before an event is applied to it)."""
+        extracted = self.extract(state)
+        return {name: extracted[name] for name in self._indexed if name in extracted}
 
     def _statement(self, kind: str, values: Mapping[str, Any]) -> Prepared:
         """The insert or update of a row with these columns, prepared once (a command runs it)."""

@@ -38,7 +38,7 @@ class StreamIndex:
             "stream_index",
             metadata,
             sa.Column("stream_id", sa.String(200), primary_key=True),
-            sa.Column("stream_type", sa.String(100), nullable=False, index=True),
+            sa.Column("stream_type", sa.String(100), nullable=False),  # no index: no read is by it
             sa.Column("version", sa.Integer, nullable=False),
             sa.Column("last_event_type", sa.String(200), nullable=False),
             sa.Column("last_position", sa.BigInteger, nullable=False),
