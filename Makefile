@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # where `make cli` links the `cocreate` command
 CLI_BIN ?= $(HOME)/.local/bin
 
-.PHONY: help venv run demo cli test test-unit test-integration bench bench-quick screenshots rebuild clean translations
+.PHONY: help venv run demo cli test test-unit test-integration bench bench-quick bench-instructions screenshots rebuild clean translations
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench: $(BENCH_STAMP) ## the benchmarks, into bench/results/ and bench/README.md
 
 bench-quick: $(BENCH_STAMP) ## a smoke run of the benchmarks
 	$(VENV)/bin/python -m bench --quick
+
+bench-instructions: $(BENCH_STAMP) ## instructions per write in a gunicorn worker, by callgrind (about 3 minutes)
+	$(VENV)/bin/python -m bench.instructions
 
 # The web client's main pages, in Chinese, at 375×812 and 1280×800, into docs/screenshots/ (shown in
 # web/README.md and README.md): the local platform on free ports, the demo community, Chromium.

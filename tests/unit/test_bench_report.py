@@ -73,3 +73,16 @@ def test_a_write_is_judged_by_the_median_of_its_rounds_each_against_the_anchor_m
     slower = dict(row, targets=[{"what": "≥ 1.0×", "met": True}], extra={}, ours=0.0)
     _paired_into(slower, [{**r, "ours": r["ours"] * 0.9} for r in rounds])
     assert slower["targets"][0]["met"] is False and slower["targets"][0]["what"].endswith("(0.92×)")
+
+
+def test_instructions_are_read_from_a_callgrind_dumps_summary_and_judged_against_the_anchor():
+    from bench.instructions import ratios, summary_instructions
+
+    dump = ("# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\npid: 9412\ncmd: gunicorn\npart: 1\n"
+            "events: Ir\nsummary: 483735775\n\nob=(1) libpython3.11.so\nfn=(1) _PyEval_EvalFrameDefault\n"
+            "0 12\ntotals: 494460585\n")
+    assert summary_instructions(dump) == 483_735_775  # the summary, not the totals line
+    with pytest.raises(ValueError, match="not a callgrind dump"):
+        summary_instructions("events: Ir\ntotals: 5\n")
+    assert ratios({"anchor": 4_000_000, "ballot": 3_000_000, "rating": 5_000_000}) == \
+        {"anchor": 1.0, "ballot": 0.75, "rating": 1.25}

@@ -1,0 +1,223 @@
+"""Instructions per write in a real gunicorn worker, counted by callgrind: ``python -m bench.instructions``.
+
+    python -m bench.instructions [--requests 100] [--workers 2] [--only anchor ballot rating]
+
+This machine's speed drifts by a tenth or more within minutes, so requests per second and CPU
+milliseconds cannot tell apart two writes whose costs differ by less than that. An instruction
+count can: valgrind's callgrind counts every instruction a process executes in user space, the
+same for the same code, inputs and environment whatever else the machine does. For each write —
+the write anchor's command (:mod:`bench.anchors`: get, decide, save with ``eventsourcing`` on
+SQLite WAL, ``synchronous=FULL``), a council ballot (projects), a satisfaction rating (feedback) —
+this starts the app under gunicorn with the same settings as ``make bench`` (``--workers`` sync
+workers, :mod:`services.kernel.gunicorn_conf`), each worker under callgrind; sends
+:data:`WARM_UP` writes, zeroes the workers' counters (``callgrind_control -z``), sends
+``--requests`` writes one after the other over HTTP, dumps the counters (``callgrind_control -d``)
+and prints the instructions per request summed over the workers, and each write's ratio to the
+anchor's. The aggregates have the shape of ``make bench``'s: 25 ballots on a box or a project,
+ratings as :func:`bench.http.rating_calls` makes them.
+
+Not counted: what the kernel does for the process (system calls, the fsync, page faults), and time
+a process spends waiting; and an instruction is not a fixed time (a process whose data misses the
+CPU's caches more runs fewer instructions per second). The figure says how much work the code
+does per request, not how fast the machine does it; ``make bench`` says that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WARM_UP = 40
+WRITES = ("anchor", "ballot", "rating")
+START_SECONDS = 600  # an app's start under valgrind (imports run some 50 times slower)
+
+
+def summary_instructions(dump_text: str) -> int:
+    """The instruction count of a callgrind dump: its ``summary:`` line (what ``callgrind_annotate``
+    calls the program's totals)."""
+    for line in dump_text.splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise ValueError("no 'summary:' line: not a callgrind dump")
+
+
+def ratios(per_request: dict[str, float]) -> dict[str, float]:
+    """Each write's instructions per request as a multiple of the write anchor's."""
+    anchor = per_request["anchor"]
+    return {name: value / anchor for name, value in per_request.items()}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prepare(write: str, workdir: Path, count: int) -> tuple[str, dict[str, str], list[tuple[str, bytes, dict]]]:
+    """The gunicorn target, its environment and ``count`` writes (path, body, headers) of ``write``,
+    its database made beforehand in this process."""
+    if write == "anchor":
+        from bench.anchors import ballot_requests, open_boxes
+        from bench.http import VOTERS_PER_BOX
+
+        boxes = open_boxes(workdir / "ballots.db", -(-count // VOTERS_PER_BOX))
+        # VOTERS_PER_BOX ballots on a box, box after box (as a pool of `make bench` fills its boxes)
+        requests = [request for start in range(0, count, VOTERS_PER_BOX)
+                    for request in ballot_requests([boxes[start // VOTERS_PER_BOX]], min(VOTERS_PER_BOX, count - start),
+                                                   f"box{start}")]
+        return ("bench.anchors:write_app()", {"BENCH_WRITE_ANCHOR_DB": str(workdir / "ballots.db")},
+                [(r.path, r.body, dict(r.headers)) for r in requests])
+    from tests.conftest import TEST_SECRET
+    from tests.support.apps import KEYSTORE_URL, service_app
+
+    service = {"ballot": "projects", "rating": "feedback"}[write]
+    url = f"sqlite:///{workdir}/{service}.db"
+    if write == "ballot":
+        from bench.http import VOTERS_PER_BOX
+        from services.projects.service import DEFINITION
+        from tests.support.projects import Community, FlaskClient, ProjectsDriver
+
+        app = service_app(DEFINITION, url)
+        driver = ProjectsDriver(FlaskClient(app.test_client()))
+        community = Community(driver, "bench", representatives=VOTERS_PER_BOX, residents=8, fund_fen=1_000_000_000)
+        calls = []
+        for _ in range(-(-count // VOTERS_PER_BOX)):
+            project_id = community.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
+            community.qualify(project_id)
+            driver.post(community.cadre, f"/projects/{project_id}/vote/open", {}, status=200)
+            calls += [(f"/projects/{project_id}/vote/ballots", {"choice": "yes"}, rep.headers)
+                      for rep in community.representatives]  # project after project
+    else:
+        from bench.http import rating_calls
+        from services.feedback.service import DEFINITION
+
+        app = service_app(DEFINITION, url)
+        calls, _subjects = rating_calls(app.test_client(), count)
+    env = {f"{service.upper()}_DATABASE_URL": url, "COCREATE_JWT_SECRET": TEST_SECRET,
+           "COCREATE_KEYSTORE_URL": KEYSTORE_URL, "COCREATE_DATA_DIR": str(workdir)}
+    return (f"services.{service}.app:build()", env,
+            [(path, json.dumps(body).encode(), dict(headers)) for path, body, headers in calls[:count]])
+
+
+def _post(port: int, path: str, body: bytes, headers: dict) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        connection.request("POST", path, body=body, headers={"Content-Type": "application/json", **headers})
+        reply = connection.getresponse()
+        answer = reply.read()
+    finally:
+        connection.close()
+    if reply.status != 201:
+        raise RuntimeError(f"POST {path} -> {reply.status}: {answer[:300]!r}")
+
+
+@contextlib.contextmanager
+def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: int) -> Iterator[tuple[int, list[int]]]:
+    """gunicorn serving ``target`` with ``workers`` sync workers, the master and each worker under
+    callgrind (dumps in ``workdir``); yields its port and the workers' pids once it answers."""
+    port = _free_port()
+    full_env = {**os.environ, **env, "GUNICORN_WORKERS": str(workers), "GUNICORN_BIND": f"127.0.0.1:{port}",
+                "GUNICORN_TIMEOUT": str(START_SECONDS), "COCREATE_APP_NAME": "instructions",
+                "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    with open(workdir / "gunicorn.log", "wb") as log:
+        process = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.%p", "--trace-children=yes",
+             gunicorn, "-c", "python:services.kernel.gunicorn_conf", target],
+            cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + START_SECONDS
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"gunicorn under valgrind exited: "
+                                       f"{(workdir / 'gunicorn.log').read_text(errors='replace')[-2000:]}")
+                pids = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
+                                                            text=True).stdout.split()]
+                if len(pids) == workers:
+                    try:
+                        with socket.create_connection(("127.0.0.1", port), timeout=1):
+                            break
+                    except OSError:
+                        pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{target} did not start under valgrind in {START_SECONDS} s")
+                time.sleep(1)
+            yield port, pids
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def count(write: str, requests: int, workers: int) -> float:
+    """Instructions per request of ``write``, summed over the workers."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"cocreate-instructions-{write}-"))
+    try:
+        logging.disable(logging.CRITICAL)  # the set-up's own lines (its app runs in this process)
+        try:
+            target, env, calls = _prepare(write, workdir, WARM_UP + requests)
+        finally:
+            logging.disable(logging.NOTSET)
+        with _under_callgrind(target, env, workdir, workers) as (port, pids):
+            for call in calls[:WARM_UP]:  # imports, first statements, caches: not counted
+                _post(port, *call)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+            for call in calls[WARM_UP:]:
+                _post(port, *call)
+            for pid in pids:
+                subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+            total = 0
+            for pid in pids:
+                dumps = glob.glob(f"{workdir}/callgrind.{pid}.*")  # the dump made by -d (the rest is at exit)
+                if len(dumps) != 1:
+                    raise RuntimeError(f"worker {pid}: {len(dumps)} dumps, expected the one made after the writes")
+                total += summary_instructions(Path(dumps[0]).read_text(errors="replace"))
+        return total / requests
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100, help="writes counted, after the warm-up")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (make bench serves 2)")
+    parser.add_argument("--only", nargs="*", choices=WRITES, default=list(WRITES))
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind (callgrind) is not installed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cocreate-instructions-metrics-"))
+    per_request: dict[str, float] = {}
+    for write in ("anchor", *[w for w in WRITES if w != "anchor" and w in args.only]):
+        began = time.monotonic()
+        per_request[write] = count(write, args.requests, args.workers)
+        print(f"{write}: {per_request[write]:,.0f} instructions per request "
+              f"({args.requests} requests, {args.workers} workers, {time.monotonic() - began:.0f} s)", flush=True)
+    for write, ratio in ratios(per_request).items():
+        if write != "anchor":
+            print(f"{write} / write anchor: {ratio:.2f}×")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
