@@ -30,12 +30,10 @@ Handler = Callable[[Any, UnitOfWork], Any]
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What a handled command gave: the handler's result and the events recorded, in order; and
-    ``answer``, what the caller's ``then`` read in the command's transaction (None without one)."""
+    """What a handled command gave: the handler's result and the events recorded, in order."""
 
     result: Any
     recorded: list[StoredEvent]
-    answer: Any = None
 
     def first(self, event_type: str, key: str) -> Any:
         """``data[key]`` of the first recorded event of ``event_type`` (e.g. a new claim's id), or None."""
@@ -57,20 +55,21 @@ class MessageBus:
         self.new_id = new_id
 
     def handle(self, command: Any, *, actor: Principal | None = None, metadata: Metadata | None = None,
-               connection=None, then: Callable[[Any, Any], Any] | None = None) -> Outcome:
+               connection=None) -> Outcome:
         """Run ``command``'s handler and commit; a refusal (a domain error) changes nothing.
 
         ``connection`` joins a transaction the caller holds (a consumer's, with its inbox row).
-        ``then(connection, result)`` runs after the handler, in its transaction (the read models
-        already updated): the answer read there (``Outcome.answer``) costs no second transaction."""
+        What the caller answers with is read after this returns, outside the write transaction:
+        on SQLite the writers of a file take turns for the whole transaction (issue 23: a
+        project's page read inside it held the turn a fifth longer, and two workers waited on
+        each other for it)."""
         handler = self.handlers.get(type(command))
         if handler is None:
             raise LookupError(f"no handler for the command {type(command).__name__}")
         with unit_of_work(self.store, metadata, connection=connection, clock=self.clock,
                           new_id=self.new_id, actor=actor) as uow:
             result = handler(command, uow)
-            answer = then(uow.connection, result) if then is not None else None
         if connection is None:  # committed: a joined transaction commits later, with its caller
             for done in uow.committed:
                 done()
-        return Outcome(result, list(uow.recorded), answer)
+        return Outcome(result, list(uow.recorded))

@@ -801,12 +801,11 @@ def opened(value: Any) -> Any:
     return value if sealer is None else sealer.open_all(value)
 
 
-def send(command: Any, then: Callable[[Any, Any], Any] | None = None):
+def send(command: Any):
     """Hand ``command`` to the app's message bus as the caller of this request; the
-    :class:`services.kernel.bus.Outcome` (the handler's result and the events recorded, and what
-    ``then`` read in the command's transaction: :meth:`services.kernel.bus.MessageBus.handle`)."""
+    :class:`services.kernel.bus.Outcome` (the handler's result and the events recorded)."""
     principal = current_principal()
-    return service_container().bus.handle(command, actor=principal, metadata=event_metadata(principal), then=then)
+    return service_container().bus.handle(command, actor=principal, metadata=event_metadata(principal))
 
 
 IDENTIFIER = {"validate": ma.validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",

@@ -363,19 +363,17 @@ def store():
 
 
 def send_project(command):
-    """Send a project command; its answer's page is read in the command's transaction."""
-    return send(command, then=views.page_in_transaction)
+    """Send a project command (its answer: :func:`project_answer`)."""
+    return send(command)
 
 
 def project_answer(outcome: Outcome, status: int = 200, created_id: str | None = None):
     """A project command's answer: the project's detail after it, the events recorded, its version as ETag."""
     project = outcome.result
-    if outcome.answer is not None:  # read in the command's transaction (send_project)
-        views.keep_page(store().engine, project, outcome.answer)
-        detail = dict(outcome.answer)
-    else:
-        with store().read_transaction() as connection:
-            detail = views.project_detail(connection, project)
+    # read once the command has committed, outside its write transaction (MessageBus.handle): the
+    # page of the command's version, whatever came after it (project_detail), kept for the readers after
+    with store().read_transaction() as connection:
+        detail = views.project_detail(connection, project)
     detail["my_actions"] = project.actions_for(current_principal())  # as GET /projects/<id> shows it
     return command_answer("project", detail, project.version, outcome.recorded, status, created_id)
 

@@ -468,18 +468,6 @@ def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     return dict(_PAGES.get(connection, project.id, project.version, lambda: _project_detail(connection, project)))
 
 
-def page_in_transaction(connection: Connection, project: Project) -> dict[str, Any]:
-    """The project's page read in a command's own transaction (``send(command, then=…)``), the
-    read models just updated: the command's answer without a second transaction. Kept only once
-    the command has committed (:func:`keep_page`)."""
-    return _project_detail(connection, project)
-
-
-def keep_page(engine, project: Project, page: dict[str, Any]) -> None:
-    """Keep a page read by :func:`page_in_transaction`, its command committed."""
-    _PAGES.keep(engine, project.id, project.version, page)
-
-
 _PAGES_JSON: AtVersion[bytes] = AtVersion("project_detail_json", size=1024)
 
 

@@ -371,6 +371,40 @@ def test_a_project_page_kept_for_its_version_is_answered_without_a_transaction(a
     api.refused(OUTSIDER, "GET", f"/projects/{pid}", status=403, reason="other_community")
 
 
+def test_a_commands_answer_is_read_after_its_write_transaction_at_its_version(api, monkeypatch):
+    """A command's page is read once its write transaction has ended (writers take turns for the
+    whole transaction: read inside it, the page held every other writer up), at the command's
+    version: the page kept for that version is the next reader's."""
+    import contextlib
+
+    from services.projects import views
+
+    c = Community(api.d, "haicang")
+    pid = c.propose()["project_id"]
+    writing: list[bool] = []
+    read_while: list[bool] = []
+    plain_write = type(api.store).write_transaction
+
+    @contextlib.contextmanager
+    def write_transaction(store, *args, **kwargs):
+        with plain_write(store, *args, **kwargs) as connection:
+            writing.append(True)
+            try:
+                yield connection
+            finally:
+                writing.pop()
+
+    plain_page = views._project_detail
+    monkeypatch.setattr(type(api.store), "write_transaction", write_transaction)
+    monkeypatch.setattr(views, "_project_detail",
+                        lambda connection, project: (read_while.append(bool(writing)), plain_page(connection, project))[1])
+    answer = api.d.post(c.residents[1], f"/projects/{pid}/cosignatures", {})
+    assert answer["project"]["version"] == 2 and answer["project"]["cosigner_count"] == 1
+    assert read_while == [False], "the answer's page was read inside the command's write transaction"
+    assert api.d.get(c.residents[2], f"/projects/{pid}")["cosigner_count"] == 1
+    assert read_while == [False], "the page kept for the command's version was read again"
+
+
 def test_proposal_refusals(api):
     c = Community(api.d, "haicang")
     resident = c.residents[0]

@@ -129,19 +129,3 @@ def test_commands_are_frozen_and_need_their_handler():
         MessageBus(InMemoryEventStore(), {Mutable: add})
     with pytest.raises(LookupError, match="no handler for the command Add"):
         MessageBus(InMemoryEventStore(), {}).handle(Add(counter_id="c1", amount=1), actor=ALICE)
-
-
-def test_then_reads_in_the_commands_transaction_and_a_refusal_never_reaches_it(bus):
-    seen = []
-
-    def then(connection, result):
-        seen.append((connection is not None, result.total, [e.data["amount"] for e in bus.store.load("counter-c1",
-                                                                                                   connection=connection)]))
-        return {"total": result.total}
-
-    outcome = bus.handle(Add(counter_id="c1", amount=3), actor=ALICE, then=then)
-    assert outcome.answer == {"total": 3} and seen == [(True, 3, [3])]  # the command's own append is seen
-    with pytest.raises(Conflict):
-        bus.handle(Add(counter_id="c1", amount=-1), actor=ALICE, then=then)
-    assert len(seen) == 1
-    assert bus.handle(Add(counter_id="c1", amount=1), actor=ALICE).answer is None
