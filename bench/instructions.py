@@ -62,12 +62,6 @@ def ratios(per_request: dict[str, float]) -> dict[str, float]:
     return {name: value / anchor for name, value in per_request.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _prepare(write: str, workdir: Path, count: int) -> tuple[str, dict[str, str], list[tuple[str, bytes, dict]]]:
     """The gunicorn target, its environment and ``count`` writes (path, body, headers) of ``write``,
     its database made beforehand in this process."""
@@ -130,7 +124,10 @@ def _post(port: int, path: str, body: bytes, headers: dict) -> None:
 def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: int) -> Iterator[tuple[int, list[int]]]:
     """gunicorn serving ``target`` with ``workers`` sync workers, the master and each worker under
     callgrind (dumps in ``workdir``); yields its port and the workers' pids once it answers."""
-    port = _free_port()
+    from services.kernel.broker import free_port
+    from tests.support.platform import stop_group
+
+    port = free_port()
     full_env = {**os.environ, **env, "GUNICORN_WORKERS": str(workers), "GUNICORN_BIND": f"127.0.0.1:{port}",
                 "GUNICORN_TIMEOUT": str(START_SECONDS), "COCREATE_APP_NAME": "instructions",
                 "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics")}
@@ -159,13 +156,7 @@ def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: i
                 time.sleep(1)
             yield port, pids
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process, signal.SIGTERM, timeout=120)
 
 
 def count(write: str, requests: int, workers: int) -> float:
