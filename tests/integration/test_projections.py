@@ -144,7 +144,7 @@ def test_a_new_aggregate_is_loaded_as_its_views_class_and_its_row_is_written_wit
     assert reads == [f"s-{unique}"]  # an existing one: from its row
 
 
-def test_an_update_sets_an_indexed_column_only_when_its_value_changes(database_url, unique, tmp_path):
+def test_an_update_sets_an_indexed_column_only_when_its_value_changes(database_url, unique):
     """SQLite rewrites the index entry of every column an UPDATE sets, changed or not: a view's
     update leaves out the indexed columns whose value stayed the same (a ballot's commit wrote two
     index pages of ``projects_view`` more for nothing), and sets one that changed; the row is what a
