@@ -123,6 +123,23 @@ def rating_calls(client, count: int, subjects: int = 8) -> tuple[list[tuple[str,
     return [(path, body, person.headers) for path, body, person in writes[:count]], subjects
 
 
+def ballot_calls(client, count: int) -> tuple[list[tuple[str, dict, dict]], int]:
+    """``count`` new ballots (path, body, headers) for the projects app behind Flask's test
+    ``client``: projects with open votes, :data:`VOTERS_PER_BOX` representatives each, ballot after
+    ballot project after project (``python -m bench.profile_http``, ``python -m bench.instructions``);
+    and how many projects they vote on."""
+    d = ProjectsDriver(FlaskClient(client))
+    c = Community(d, "bench", representatives=VOTERS_PER_BOX, residents=8, fund_fen=1_000_000_000)
+    projects = -(-count // VOTERS_PER_BOX)
+    calls = []
+    for _ in range(projects):
+        project_id = c.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
+        c.qualify(project_id)
+        d.post(c.cadre, f"/projects/{project_id}/vote/open", {}, status=200)
+        calls += [(f"/projects/{project_id}/vote/ballots", {"choice": "yes"}, rep.headers) for rep in c.representatives]
+    return calls[:count], projects
+
+
 # -- measuring ----------------------------------------------------------------------------------
 
 def measure(url: str, peak_pool: list[Request], half_pool: list[Request], duration: float) -> dict:

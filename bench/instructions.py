@@ -82,20 +82,11 @@ def _prepare(write: str, workdir: Path, count: int) -> tuple[str, dict[str, str]
     service = {"ballot": "projects", "rating": "feedback"}[write]
     url = f"sqlite:///{workdir}/{service}.db"
     if write == "ballot":
-        from bench.http import VOTERS_PER_BOX
+        from bench.http import ballot_calls
         from services.projects.service import DEFINITION
-        from tests.support.projects import Community, FlaskClient, ProjectsDriver
 
         app = service_app(DEFINITION, url)
-        driver = ProjectsDriver(FlaskClient(app.test_client()))
-        community = Community(driver, "bench", representatives=VOTERS_PER_BOX, residents=8, fund_fen=1_000_000_000)
-        calls = []
-        for _ in range(-(-count // VOTERS_PER_BOX)):
-            project_id = community.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
-            community.qualify(project_id)
-            driver.post(community.cadre, f"/projects/{project_id}/vote/open", {}, status=200)
-            calls += [(f"/projects/{project_id}/vote/ballots", {"choice": "yes"}, rep.headers)
-                      for rep in community.representatives]  # project after project
+        calls, _projects = ballot_calls(app.test_client(), count)
     else:
         from bench.http import rating_calls
         from services.feedback.service import DEFINITION

@@ -332,26 +332,15 @@ def ballot(workdir: Path, requests: int, interval_s: float, explain: str = "") -
     from services.kernel.logs import configure_logging
     from services.projects.service import DEFINITION
     from tests.support.apps import service_app
-    from tests.support.projects import Community, FlaskClient, ProjectsDriver
 
-    from bench.http import VOTERS_PER_BOX
+    from bench.http import VOTERS_PER_BOX, ballot_calls
 
     configure_logging("projects")
     reps = VOTERS_PER_BOX  # as many ballots per project as `make bench` casts (and its anchor per box)
-    projects = -(-(20 + 2 * requests) // reps)
     with logs_to(workdir / "projects.log"):
         app = service_app(DEFINITION, f"sqlite:///{workdir}/projects.db")
-        d = ProjectsDriver(FlaskClient(app.test_client()))
-        c = Community(d, "prof", representatives=reps, residents=8, fund_fen=1_000_000_000)
-        ids = []
-        for _ in range(projects):
-            pid = c.propose(requested_fen=100_000, estimated_cost_fen=200_000)["project_id"]
-            c.qualify(pid)
-            d.post(c.cadre, f"/projects/{pid}/vote/open", {}, status=200)
-            ids.append(pid)
         # project by project, as `make bench`'s pools (each ballot a new one)
-        calls = [(f"/projects/{pid}/vote/ballots", {"choice": "yes"}, rep.headers)
-                 for pid in ids for rep in c.representatives]
+        calls, projects = ballot_calls(app.test_client(), 20 + 2 * requests)
         return _writes(workdir, "projects", calls, app, requests, interval_s, explain, (
             f"(a) POST /projects/<id>/vote/ballots — the projects service in process (Flask test client), SQLite "
             f"WAL + synchronous=FULL, {requests} ballots over {projects} projects ({reps} each), one after the other"))
