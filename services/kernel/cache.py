@@ -32,21 +32,48 @@ from services.kernel import metrics
 T = TypeVar("T")
 
 
-class AtVersion(Generic[T]):
-    # Lookups are counted per process and added to the metric at most every COUNT_SECONDS or
-    # COUNTS_HELD lookups: a multiprocess counter's increment writes its file under a lock, and
-    # two a page were a fiftieth of a kept page's time (issue 23). A scrape may miss the lookups
-    # of the last second; a process that stops loses them.
+class _Counted:
+    """Lookups counted per process and added to ``cocreate_cache_lookups_total`` at most every
+    COUNT_SECONDS or COUNTS_HELD lookups: a multiprocess counter's increment writes its file under a
+    lock, and two a page were a fiftieth of a kept page's time (issue 23). A scrape may miss the
+    lookups of the last second; a process that stops loses them."""
+
     COUNT_SECONDS = 1.0
     COUNTS_HELD = 256
+    RESULTS: tuple[str, ...] = ("hit", "miss")
 
-    def __init__(self, name: str, size: int = 512) -> None:
+    def __init__(self, name: str, size: int) -> None:
         self.name, self.size = name, size
         self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> OrderedDict
         self._lock = threading.Lock()
-        self._counted: tuple | None = None  # (hits, misses): labelled once, when first counted
-        self._hits = self._misses = 0  # since they were last added to the metric
+        self._counted: tuple | None = None  # a child per result: labelled once, when first counted
+        self._counts = [0] * len(self.RESULTS)  # since they were last added to the metric
         self._count_by = 0.0  # the first lookup is counted at once
+
+    def _note(self, result: int | None) -> bool:
+        """Count a lookup (an index of RESULTS; None: nothing to count), under the lock; whether the
+        counts are due."""
+        if result is not None:
+            self._counts[result] += 1
+        return sum(self._counts) >= self.COUNTS_HELD or time.monotonic() >= self._count_by
+
+    def _count(self) -> None:
+        """Add the lookups counted since the last time to ``cocreate_cache_lookups_total``."""
+        with self._lock:
+            counts, self._counts = self._counts, [0] * len(self.RESULTS)
+            self._count_by = time.monotonic() + self.COUNT_SECONDS
+        if self._counted is None:
+            self._counted = tuple(metrics.CACHE_LOOKUPS.labels(self.name, result) for result in self.RESULTS)
+        for child, count in zip(self._counted, counts):
+            if count:
+                child.inc(count)
+
+
+class AtVersion(_Counted, Generic[T]):
+    """Answers kept at the version (or position) they were computed at (see the module's text)."""
+
+    def __init__(self, name: str, size: int = 512) -> None:
+        super().__init__(name, size)
 
     def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T]) -> T:
         """The value of ``key`` at ``version`` in ``connection``'s database: kept, or made by
@@ -59,10 +86,7 @@ class AtVersion(Generic[T]):
             value = kept.get(entry)
             if value is not None:
                 kept.move_to_end(entry)
-                self._hits += 1
-            else:
-                self._misses += 1
-            due = self._hits + self._misses >= self.COUNTS_HELD or time.monotonic() >= self._count_by
+            due = self._note(0 if value is not None else 1)
         if due:
             self._count()
         if value is not None:
@@ -80,24 +104,10 @@ class AtVersion(Generic[T]):
             value = kept.get((key, version)) if kept is not None else None
             if value is not None:
                 kept.move_to_end((key, version))
-                self._hits += 1
-            due = self._hits + self._misses >= self.COUNTS_HELD or time.monotonic() >= self._count_by
+            due = self._note(0 if value is not None else None)  # (a miss: the caller's get counts it)
         if due:
             self._count()
         return value
-
-    def _count(self) -> None:
-        """Add the lookups counted since the last time to ``cocreate_cache_lookups_total``."""
-        with self._lock:
-            hits, misses, self._hits, self._misses = self._hits, self._misses, 0, 0
-            self._count_by = time.monotonic() + self.COUNT_SECONDS
-        if self._counted is None:
-            self._counted = (metrics.CACHE_LOOKUPS.labels(self.name, "hit"),
-                             metrics.CACHE_LOOKUPS.labels(self.name, "miss"))
-        if hits:
-            self._counted[0].inc(hits)
-        if misses:
-            self._counted[1].inc(misses)
 
     def keep(self, engine: Engine, key: Hashable, version: int, value: T) -> None:
         """Keep ``value`` as ``key``'s at ``version`` in ``engine``'s database: made in a transaction
@@ -111,3 +121,52 @@ class AtVersion(Generic[T]):
             kept.move_to_end((key, version))
             while len(kept) > self.size:
                 kept.popitem(last=False)
+
+
+class Newest(_Counted, Generic[T]):
+    """The newest value made of each key, grown to a later version instead of made anew (issue 23).
+
+    For what a stream's events only add to, version by version — a project's page rows
+    (``services.projects.views.ProjectDetails``): what there is up to version *v* is what there was
+    up to an earlier version *u* and what the versions after *u* added. So the value kept at *u* is
+    grown to *v* by ``grow(value, u)``, which reads only what came after *u* (most often nothing: a
+    ballot adds no row), instead of ``make()`` reading everything again. One value per key — the
+    newest made — per process and database, ``size`` keys at most, least recently used dropped
+    first. A version older than the one kept is made anew and not kept; the one kept is never
+    changed (``grow`` makes a new value; callers copy before they change anything).
+
+    As for :class:`AtVersion`, what is kept must have been read in a transaction that cannot be
+    rolled back — a read transaction, or after the write has committed: callers read pages there.
+    Counted as ``hit`` (the version kept), ``grown`` and ``miss`` in ``cocreate_cache_lookups_total``.
+    """
+
+    RESULTS = ("hit", "grown", "miss")
+
+    def __init__(self, name: str, size: int = 1024) -> None:
+        super().__init__(name, size)
+
+    def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T],
+            grow: Callable[[T, int], T]) -> T:
+        with self._lock:
+            kept = self._kept.get(connection.engine)
+            if kept is None:
+                kept = self._kept[connection.engine] = OrderedDict()
+            found = kept.get(key)
+            if found is not None:
+                kept.move_to_end(key)
+            result = 2 if found is None or found[0] > version else (0 if found[0] == version else 1)
+            due = self._note(result)
+        if due:
+            self._count()
+        if result == 0:
+            return found[1]
+        value = grow(found[1], found[0]) if result == 1 else make()
+        if found is None or version > found[0]:
+            with self._lock:
+                newest = kept.get(key)
+                if newest is None or version > newest[0]:  # (another thread may have kept a newer one)
+                    kept[key] = (version, value)
+                    kept.move_to_end(key)
+                    while len(kept) > self.size:
+                        kept.popitem(last=False)
+        return value

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
-from services.kernel.cache import AtVersion
+from services.kernel.cache import AtVersion, Newest
 from services.kernel.db import Prepared
 from services.kernel import privacy
 from services.kernel.errors import NotFound
@@ -376,6 +376,7 @@ class ProjectDetails:
         self.tables = [self.table]
         self._prefix = Project.stream_prefix + "-"
         self._queries: tuple[Prepared, ...] | None = None
+        self._pages: Newest[ProjectPage] = Newest("project_details", size=1024)
         self._insert = Prepared(self.table.insert().values(  # most of a project's commands add a row
             {name: sa.bindparam(name) for name in ("project_id", "version", "event_type", "item_id", "entry")}))
 
@@ -400,10 +401,18 @@ class ProjectDetails:
 
     def page(self, connection: Connection, project_id: str, version: int) -> ProjectPage:
         """The project's rows up to ``version``: every entry but the tailed ones, the latest
-        maintenance logs and their count, and the time of each pledge's latest delivery."""
+        maintenance logs and their count, and the time of each pledge's latest delivery. Grown
+        from the page this process read last of the project when that one is older (rows are only
+        ever added: what came after it is all there is to read), read whole otherwise
+        (:class:`~services.kernel.cache.Newest`; issue 23: the four queries over all the rows were
+        half of a ballot's answer). Called in read transactions (what is kept has committed)."""
+        return self._pages.get(connection, project_id, version, lambda: self._read(connection, project_id, version),
+                               lambda kept, since: self._grow(connection, kept, project_id, since, version))
+
+    def _read(self, connection: Connection, project_id: str, version: int) -> ProjectPage:
         if self._queries is None:
             self._queries = self._prepare()
-        entries_q, count_q, latest_q, delivered_q = self._queries
+        entries_q, count_q, latest_q, delivered_q, _after_q = self._queries
         at = {"project_id": project_id, "version": version}
         entries: dict[str, list[tuple[str | None, dict[str, Any]]]] = defaultdict(list)
         for event_type, item_id, entry in entries_q.all(connection, at):
@@ -414,8 +423,28 @@ class ProjectDetails:
         return ProjectPage(dict(entries), [loads(entry) for entry in reversed(latest)], count,
                            {item_id: loads(entry)["delivered_at"] for item_id, entry in delivered})
 
+    def _grow(self, connection: Connection, kept: ProjectPage, project_id: str, since: int,
+              version: int) -> ProjectPage:
+        """``kept`` (the page at ``since``) with the rows of the versions after it up to ``version``:
+        a new page (the kept one is shared), or ``kept`` itself when no row came."""
+        if self._queries is None:
+            self._queries = self._prepare()
+        rows = self._queries[4].all(connection, {"project_id": project_id, "since": since, "version": version})
+        if not rows:
+            return kept
+        entries, logs, count = dict(kept.entries), kept.maintenance_logs, kept.maintenance_log_count
+        delivered = kept.last_delivered_at
+        for event_type, item_id, entry in rows:  # in version order
+            if event_type == "MaintenanceLogged":
+                logs, count = [*logs, loads(entry)][-MAINTENANCE_LOGS_SHOWN:], count + 1
+            elif event_type == "ContributionDelivered":
+                delivered = {**delivered, item_id: loads(entry)["delivered_at"]}
+            else:
+                entries[event_type] = [*entries.get(event_type, ()), (item_id, loads(entry))]
+        return ProjectPage(entries, logs, count, delivered)
+
     def _prepare(self) -> tuple[Prepared, ...]:
-        """The page's four queries, prepared once (every project page and command answer runs them)."""
+        """The page's four queries and the rows after a version (:meth:`_grow`), prepared once."""
         t = self.table
         upto = [t.c.project_id == sa.bindparam("project_id"), t.c.version <= sa.bindparam("version")]
         logs = [*upto, t.c.event_type == "MaintenanceLogged"]
@@ -429,6 +458,9 @@ class ProjectDetails:
             Prepared(sa.select(t.c.item_id, t.c.entry).join(last, sa.and_(
                 t.c.project_id == sa.bindparam("project_id"), t.c.item_id == last.c.item_id,
                 t.c.version == last.c.version))),
+            Prepared(sa.select(t.c.event_type, t.c.item_id, t.c.entry)
+                     .where(t.c.project_id == sa.bindparam("project_id"), t.c.version > sa.bindparam("since"),
+                            t.c.version <= sa.bindparam("version")).order_by(t.c.version)),
         )
 
 

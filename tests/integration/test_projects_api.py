@@ -850,6 +850,45 @@ def test_co_manage_maintainers_logs_and_problems(api):
     api.refused(c.cadre, "POST", resolution, {"resolution": "again"}, status=409, reason="already_resolved", **watch)
 
 
+def test_a_projects_page_grown_from_an_older_one_is_the_page_read_whole_at_every_version(any_api, monkeypatch):
+    """A page this process read at an earlier version is grown by the rows after it (views.ProjectDetails,
+    issue 23): at every pair of versions the grown page is the page read whole — the entries, the
+    latest maintenance logs and their count (two shown here, four written), each pledge's latest delivery."""
+    from services.projects import views
+
+    monkeypatch.setattr(views, "MAINTENANCE_LOGS_SHOWN", 2)  # (read when the queries are prepared, and when grown)
+    api, d = any_api, any_api.d
+    c = Community(d, "haicang")
+    pid = c.approved_project()["project_id"]
+    labour = d.post(c.residents[3], f"/projects/{pid}/pledges", {"kind": "labour", "labour_minutes": 240})["created_id"]
+    money = d.post(c.residents[2], f"/projects/{pid}/pledges", {"kind": "money", "money_fen": 5_000})["created_id"]
+    for minutes in (200, 40):  # the pledge's latest delivery replaces the first one's time on the page
+        d.post(c.grid_worker, f"/projects/{pid}/pledges/{labour}/deliveries", {"labour_minutes": minutes})
+    d.post(c.grid_worker, f"/projects/{pid}/pledges/{money}/deliveries", {"money_fen": 5_000})
+    d.post(c.cadre, f"/projects/{pid}/milestones", {"progress": 100, "note": "全部完成"})
+    d.post(c.cadre, f"/projects/{pid}/completion", status=200)
+    d.post(c.grid_worker, f"/projects/{pid}/maintainers", {"maintainer_id": "haicang-r4", "name": "居民4",
+                                                          "kind": "resident", "duty": "每周检查扶手"})
+    for day in range(21, 25):
+        d.post(c.residents[4], f"/projects/{pid}/maintenance-logs",
+               {"note": f"第 {day} 日检查", "performed_at": f"2026-11-{day}T10:00:00+08:00"})
+    problem = d.post(c.residents[5], f"/projects/{pid}/problems", {"description": "二楼扶手松动"})["created_id"]
+    d.post(c.residents[4], f"/projects/{pid}/problems/{problem}/resolution", {"resolution": "已加固"})
+    final = api.detail(pid)["version"]
+    with api.store.read_transaction() as connection:
+        whole = {version: views.ProjectDetails()._read(connection, pid, version) for version in range(1, final + 1)}
+        assert whole[final].maintenance_log_count == 4 and len(whole[final].maintenance_logs) == 2
+        assert len(whole[final].last_delivered_at) == 2 and whole[final].entries["ProblemResolved"]
+        for older in range(1, final):
+            for version in range(older + 1, final + 1):
+                details = views.ProjectDetails()
+                kept = details.page(connection, pid, older)
+                details._read = lambda *_args: pytest.fail("read whole, not grown")
+                assert details.page(connection, pid, version) == whole[version], (older, version)
+                assert kept == whole[older]  # the kept page is left as it was
+    assert [log["note"] for log in api.detail(pid)["maintenance_logs"]] == ["第 23 日检查", "第 24 日检查"]
+
+
 # == 共评 co_evaluate ==============================================================================
 
 def test_the_evaluation_opens_rates_once_and_closes_with_the_average(api):

@@ -75,3 +75,56 @@ def test_lookups_reach_the_metric_within_a_second_or_256_lookups_and_none_is_los
         for _ in range(256):
             cache.kept(engine, "p1", 1)
         assert hits._value.get() == 11 + 256  # 256 held: added without waiting for the second
+
+
+def test_the_newest_value_of_a_key_is_grown_to_a_later_version_and_an_older_one_is_made_alone():
+    from services.kernel.cache import Newest
+
+    cache: Newest[list] = Newest("test-newest", size=2)
+    first, second = sa.create_engine("sqlite://"), sa.create_engine("sqlite://")
+    calls = []
+
+    def make(label):
+        def go():
+            calls.append(("make", label))
+            return [label]
+        return go
+
+    def grow(label):
+        def go(kept, since):
+            calls.append(("grow", label, since))
+            return [*kept, label]
+        return go
+
+    with first.connect() as a, second.connect() as b:
+        assert cache.get(a, "p1", 3, make("p1@3"), grow("-")) == ["p1@3"]  # nothing kept: made
+        assert cache.get(a, "p1", 3, make("-"), grow("-")) == ["p1@3"]  # the version kept
+        assert cache.get(a, "p1", 5, make("-"), grow("p1@5")) == ["p1@3", "p1@5"]  # grown from 3, kept
+        assert cache.get(a, "p1", 4, make("p1@4"), grow("-")) == ["p1@4"]  # older: made alone, not kept
+        assert cache.get(a, "p1", 6, make("-"), grow("p1@6")) == ["p1@3", "p1@5", "p1@6"]  # from 5, not 4
+        assert cache.get(b, "p1", 6, make("other db"), grow("-")) == ["other db"]  # another database
+        cache.get(a, "p2", 1, make("p2@1"), grow("-"))
+        cache.get(a, "p3", 1, make("p3@1"), grow("-"))  # size 2: p1 (least recently used) goes
+        assert cache.get(a, "p1", 7, make("p1@7"), grow("-")) == ["p1@7"]
+    assert calls == [("make", "p1@3"), ("grow", "p1@5", 3), ("make", "p1@4"), ("grow", "p1@6", 5),
+                     ("make", "other db"), ("make", "p2@1"), ("make", "p3@1"), ("make", "p1@7")]
+
+
+def test_a_grown_value_leaves_the_kept_one_as_it_was_and_the_lookups_are_counted_by_result(monkeypatch):
+    from services.kernel import cache as cache_module
+    from services.kernel import metrics
+    from services.kernel.cache import Newest
+
+    monkeypatch.setattr(cache_module.time, "monotonic", lambda: 1000.0)  # the first lookup is counted at once
+    cache: Newest[list] = Newest("test-newest-counted", size=4)
+    hit, grown, miss = (metrics.CACHE_LOOKUPS.labels("test-newest-counted", kind) for kind in ("hit", "grown", "miss"))
+    engine = sa.create_engine("sqlite://")
+    with engine.connect() as connection:
+        kept = cache.get(connection, "p", 1, lambda: ["a"], lambda value, since: value)
+        assert (hit._value.get(), grown._value.get(), miss._value.get()) == (0, 0, 1)
+        later = cache.get(connection, "p", 2, lambda: ["made"], lambda value, since: [*value, "b"])
+        assert (kept, later) == (["a"], ["a", "b"])
+        assert cache.get(connection, "p", 2, lambda: ["made"], lambda value, since: ["grown again"]) is later
+        monkeypatch.setattr(cache_module.time, "monotonic", lambda: 1001.0)
+        cache.get(connection, "p", 2, lambda: ["made"], lambda value, since: ["grown again"])
+    assert (hit._value.get(), grown._value.get(), miss._value.get()) == (2, 1, 1)
