@@ -45,7 +45,8 @@ def feed_consumer(settings, store):
     return EventConsumer(engine=store.engine, group_id=FEED_GROUP, topics=TOPICS,
                          handlers={ANY_EVENT: pruning(store, timedelta(hours=settings.feed_retention_hours))},
                          bootstrap_servers=settings.kafka_bootstrap_servers, topic_policy=settings.topic_policy,
-                         verify_seconds=settings.broker_verify_seconds)
+                         verify_seconds=settings.broker_verify_seconds,
+                         pace_max_seconds=settings.pipeline_pace_max_seconds)
 
 
 def dead_letters_main(action: str, republish_all: bool) -> None:

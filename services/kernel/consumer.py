@@ -75,7 +75,7 @@ from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, from_micros, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
 from services.kernel.kafka import (DLQ_SUFFIX, FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, BrokerView, TopicMissing, TopicPolicy,
-                                  make_consumer, make_producer, set_fetch_wait)
+                                  make_consumer, make_producer, paced_wait, set_fetch_wait)
 from services.kernel.logs import correlation_id_var
 
 log = logging.getLogger(__name__)
@@ -236,8 +236,10 @@ class EventConsumer:
         topic_policy: TopicPolicy = TopicPolicy(),
         verify_seconds: float = 2.0,
         broker_view: BrokerView | None = None,
+        pace_max_seconds: float = 0.1,
     ) -> None:
         self.engine = engine
+        self.pace_max_seconds = pace_max_seconds  # (services.kernel.kafka.paced_wait)
         self.group_id = group_id
         self.topics = list(topics)
         self.handlers = dict(handlers)
@@ -597,7 +599,9 @@ class EventConsumer:
                         backoff = min(5.0, backoff * 2)
                         continue
                 try:
-                    self.poll_once(consumer)
+                    received = self.poll_once(consumer)
+                    if received:  # fewer, fuller fetches while records flow (kafka.paced_wait)
+                        stop.wait(paced_wait(received, 0.0, self.pace_max_seconds))
                 except (KafkaError, TopicMissing, OSError) as exc:  # a dead letter that could not be sent
                     log.warning("broker failed mid-poll; reconnecting", extra={"error": repr(exc)})
                     self._disconnect(consumer)

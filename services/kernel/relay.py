@@ -55,7 +55,9 @@ from services.kernel import metrics
 from services.kernel.db import Prepared, read_transaction, write_transaction
 from services.kernel.eventstore import EventStore, events_table, kernel_metadata
 from services.kernel.events import EnvelopeError, StoredEvent, to_micros, utc_now
-from services.kernel.kafka import DLQ_SUFFIX, BrokerView, TopicInfo, TopicMissing, TopicPolicy, make_producer
+from services.kernel.kafka import (
+    DLQ_SUFFIX, BrokerView, TopicInfo, TopicMissing, TopicPolicy, make_producer, paced_wait,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +140,11 @@ class Relay:
         verify_seconds: float = 1.0,
         rounds_kept: int = 1000,
         broker_view: BrokerView | None = None,
+        pace_max_seconds: float = 0.1,
     ) -> None:
         self.store = store
         self.topic = topic
+        self.pace_max_seconds = pace_max_seconds  # (services.kernel.kafka.paced_wait)
         self.name = f"{store.service}->{topic}"
         self.bootstrap_servers = bootstrap_servers
         self.batch_size = batch_size
@@ -490,8 +494,8 @@ class Relay:
                     published = self.publish_once()
                     self.broker_ok = True
                     backoff = 0.2
-                    if published < self.batch_size:
-                        stop.wait(self.idle_seconds)
+                    if published < self.batch_size:  # (a full page: the next one at once)
+                        stop.wait(paced_wait(published, self.idle_seconds, self.pace_max_seconds))
                 except (KafkaError, PublishFailed, TopicMissing, OSError) as exc:
                     self.broker_ok = False
                     metrics.RELAY_ERRORS.labels(self.store.service, self.topic).inc()

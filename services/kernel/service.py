@@ -170,7 +170,7 @@ def relay_main(definition: ServiceDefinition) -> None:
         container.store, topic=settings.topic, bootstrap_servers=settings.kafka_bootstrap_servers,
         batch_size=settings.relay_batch_size, idle_seconds=settings.relay_idle_seconds,
         topic_policy=settings.topic_policy, verify_seconds=settings.broker_verify_seconds,
-        rounds_kept=settings.relay_rounds_kept,
+        rounds_kept=settings.relay_rounds_kept, pace_max_seconds=settings.pipeline_pace_max_seconds,
     )
     run_until_signalled(relay.run, health_port=settings.health_port,
                         readiness=_worker_readiness(relay, container, settings))
@@ -183,7 +183,7 @@ def _consumer(definition: ServiceDefinition, group: str, settings: ServiceSettin
         engine=container.store.engine, group_id=subscription.group, topics=subscription.topics,
         handlers=subscription.handlers(container), bootstrap_servers=settings.kafka_bootstrap_servers,
         max_retries=settings.consumer_max_retries, topic_policy=settings.topic_policy,
-        verify_seconds=settings.broker_verify_seconds,
+        verify_seconds=settings.broker_verify_seconds, pace_max_seconds=settings.pipeline_pace_max_seconds,
     )
 
 

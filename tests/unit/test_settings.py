@@ -287,3 +287,13 @@ def test_topic_shape_and_verify_pace_must_be_positive_for_workers_and_the_feed(v
 def test_relay_rounds_kept_must_be_positive():
     with pytest.raises(SettingsError, match="PROJECTS_RELAY_ROUNDS_KEPT"):
         load_service({**BASE, "PROJECTS_RELAY_ROUNDS_KEPT": "0"})
+
+
+def test_pipeline_pacing_is_a_setting_of_workers_and_the_feed_from_0_to_5_seconds():
+    assert load_service(dict(BASE)).pipeline_pace_max_seconds == 0.1
+    assert load_service({**BASE, "COCREATE_PIPELINE_PACE_MAX_SECONDS": "0"}).pipeline_pace_max_seconds == 0.0
+    assert load(GatewaySettings, "GATEWAY", {**BASE, "GATEWAY_PIPELINE_PACE_MAX_SECONDS": "0.25"}
+                ).pipeline_pace_max_seconds == 0.25
+    for value in ("-0.1", "6"):
+        with pytest.raises(SettingsError, match="PROJECTS_PIPELINE_PACE_MAX_SECONDS must be between 0 and 5"):
+            load_service({**BASE, "PROJECTS_PIPELINE_PACE_MAX_SECONDS": value})
