@@ -23,7 +23,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -49,6 +49,17 @@ class _Counted:
         self._counted: tuple | None = None  # a child per result: labelled once, when first counted
         self._counts = [0] * len(self.RESULTS)  # since they were last added to the metric
         self._count_by = 0.0  # the first lookup is counted at once
+
+    def _find(self, engine: Engine, entry: Hashable) -> tuple[OrderedDict, Any]:
+        """Under the lock: this database's kept values, and the one of ``entry`` (None if none),
+        made the most recently used."""
+        kept = self._kept.get(engine)
+        if kept is None:
+            kept = self._kept[engine] = OrderedDict()
+        value = kept.get(entry)
+        if value is not None:
+            kept.move_to_end(entry)
+        return kept, value
 
     def _note(self, result: int | None) -> bool:
         """Count a lookup (an index of RESULTS; None: nothing to count), under the lock; whether the
@@ -78,14 +89,8 @@ class AtVersion(_Counted, Generic[T]):
     def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T]) -> T:
         """The value of ``key`` at ``version`` in ``connection``'s database: kept, or made by
         ``make()`` (outside the lock) and kept."""
-        entry = (key, version)
         with self._lock:
-            kept = self._kept.get(connection.engine)
-            if kept is None:
-                kept = self._kept[connection.engine] = OrderedDict()
-            value = kept.get(entry)
-            if value is not None:
-                kept.move_to_end(entry)
+            _kept, value = self._find(connection.engine, (key, version))
             due = self._note(0 if value is not None else 1)
         if due:
             self._count()
@@ -148,12 +153,7 @@ class Newest(_Counted, Generic[T]):
     def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T],
             grow: Callable[[T, int], T]) -> T:
         with self._lock:
-            kept = self._kept.get(connection.engine)
-            if kept is None:
-                kept = self._kept[connection.engine] = OrderedDict()
-            found = kept.get(key)
-            if found is not None:
-                kept.move_to_end(key)
+            kept, found = self._find(connection.engine, key)
             result = 2 if found is None or found[0] > version else (0 if found[0] == version else 1)
             due = self._note(result)
         if due:
