@@ -74,7 +74,7 @@ from services.kernel.db import Prepared, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, from_micros, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
-from services.kernel.kafka import (DLQ_SUFFIX, FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, BrokerView, TopicMissing, TopicPolicy,
+from services.kernel.kafka import (DLQ_SUFFIX, FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, MAX_POLL_RECORDS, BrokerView, TopicMissing, TopicPolicy,
                                   make_consumer, make_producer, paced_wait, set_fetch_wait)
 from services.kernel.logs import correlation_id_var
 
@@ -600,8 +600,8 @@ class EventConsumer:
                         continue
                 try:
                     received = self.poll_once(consumer)
-                    if received:  # fewer, fuller fetches while records flow (kafka.paced_wait)
-                        stop.wait(paced_wait(received, 0.0, self.pace_max_seconds))
+                    if 0 < received < MAX_POLL_RECORDS:  # fewer, fuller fetches while records flow
+                        stop.wait(paced_wait(received, 0.0, self.pace_max_seconds))  # (a full poll: a backlog)
                 except (KafkaError, TopicMissing, OSError) as exc:  # a dead letter that could not be sent
                     log.warning("broker failed mid-poll; reconnecting", extra={"error": repr(exc)})
                     self._disconnect(consumer)

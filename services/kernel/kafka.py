@@ -177,6 +177,7 @@ def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
 
 
 FETCH_WAIT_MS = 100  # while records flow (make_consumer)
+MAX_POLL_RECORDS = 500  # a poll returns at most this many (make_consumer); a full one means more are waiting
 # While none came for a while (EventConsumer.poll_once): each of the platform's four consumers
 # idle with 100 ms took 2.3–2.6% of a core (the broker 4.4% in all), most of it in asking; with
 # 300 ms, 1.5–1.6% (the broker 3.0%). Not longer: the fetch the client already sent when records come
@@ -197,7 +198,8 @@ PACE_SECONDS_PER_EVENT = 0.002
 def paced_wait(events: int, floor_seconds: float, max_seconds: float) -> float:
     """How long to wait after a round that held ``events``: 2 ms each, at most ``max_seconds``
     (``PIPELINE_PACE_MAX_SECONDS``; 0: no pacing), and never less than ``floor_seconds`` (a relay's
-    idle poll interval, which it waited after every round that did not fill a page before)."""
+    idle poll interval, which it waited after every round that did not fill a page before). Not
+    called after a full round (a relay's page, a consumer's ``MAX_POLL_RECORDS``): a backlog goes on at once."""
     return max(floor_seconds, min(max_seconds, events * PACE_SECONDS_PER_EVENT))
 
 
@@ -226,7 +228,7 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
         max_poll_interval_ms=60_000,
-        max_poll_records=500,
+        max_poll_records=MAX_POLL_RECORDS,
         # How long the broker may hold a fetch while no record is there. Kafka answers as soon as
         # one arrives; the local tansu answers an idle consumer's fetch at once too, but while
         # records flow it holds each fetch for up to half this time (records sent every 10 ms

@@ -402,7 +402,7 @@ class ProjectDetails:
     def page(self, connection: Connection, project_id: str, version: int) -> ProjectPage:
         """The project's rows up to ``version``: every entry but the tailed ones, the latest
         maintenance logs and their count, and the time of each pledge's latest delivery. Grown
-        from the page this process read last of the project when that one is older (rows are only
+        from the newest page this process keeps of the project when that one is older (rows are only
         ever added: what came after it is all there is to read), read whole otherwise
         (:class:`~services.kernel.cache.Newest`; issue 23: the four queries over all the rows were
         half of a ballot's answer). Called in read transactions (what is kept has committed)."""

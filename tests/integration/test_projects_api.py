@@ -857,6 +857,7 @@ def test_a_projects_page_grown_from_an_older_one_is_the_page_read_whole_at_every
     from services.projects import views
 
     monkeypatch.setattr(views, "MAINTENANCE_LOGS_SHOWN", 2)  # (read when the queries are prepared, and when grown)
+    monkeypatch.setattr(views, "DETAILS", views.ProjectDetails())  # the app's, prepared with 2 (the original after)
     api, d = any_api, any_api.d
     c = Community(d, "haicang")
     pid = c.approved_project()["project_id"]

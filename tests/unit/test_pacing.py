@@ -52,10 +52,10 @@ def test_a_relay_waits_after_each_round_by_what_it_published_and_not_after_a_ful
     assert stop.waits == [0.05, 0.05, 0.08, 0.1, 0.05]  # (a full page, 100 or more: the next at once)
 
 
-def test_a_consumer_waits_after_a_poll_that_brought_records_and_polls_again_at_once_after_one_that_did_not():
+def test_a_consumer_waits_after_a_poll_that_brought_records_and_at_once_after_an_empty_or_a_full_one():
     consumer = EventConsumer(engine=None, group_id="g", topics=["t.events"], handlers={},
                              bootstrap_servers="127.0.0.1:1", pace_max_seconds=0.1)
-    received = iter([0, 0, 12, 0, 60, 3])
+    received = iter([0, 0, 12, 500, 0, 60, 3])  # (500: a full poll, a backlog: the next at once)
     polls = []
 
     def poll_once(_client):
@@ -70,5 +70,5 @@ def test_a_consumer_waits_after_a_poll_that_brought_records_and_polls_again_at_o
     consumer.view = SimpleNamespace(close=lambda: None)
     stop = Stop(rounds=3)
     consumer.run(stop)
-    assert stop.waits == [0.024, 0.1, 0.006] and len(polls) == 6
+    assert stop.waits == [0.024, 0.1, 0.006] and len(polls) == 7
 
