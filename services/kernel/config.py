@@ -75,10 +75,10 @@ class KafkaSettings:
                  "acknowledged or committed (a relay also before its first round after a pause); consumer lag "
                  "is reported at the same pace")
     pipeline_pace_max_seconds: float = setting(
-        0.1, doc="the longest a relay, or a consumer, waits after a busy round before the next, so that the next "
-                 "gathers more (2 ms for each event the round held: `services.kernel.kafka.paced_wait`); 0: none. "
-                 "Fewer, fuller rounds cost the relays, consumers and broker less per event under load, and add "
-                 "up to this to an event's way from service to service then; at most 0.2")
+        0.2, doc="the longest a relay, or a consumer, waits after a busy round before the next, so that the next "
+                 "gathers more (2 ms for each event the round held: `services.kernel.kafka.paced_wait`); 0: none, "
+                 "at most 1. Fewer, fuller rounds cost the relays, consumers and broker less per event under load, "
+                 "and add up to this to an event's way from service to service then")
 
     def validate_kafka(self, prefix: str) -> None:
         for name in ("kafka_topic_partitions", "kafka_dlq_partitions", "kafka_replication_factor"):
@@ -86,10 +86,8 @@ class KafkaSettings:
                 raise SettingsError(f"environment variable {prefix}_{name.upper()} must be >= 1")
         if self.broker_verify_seconds <= 0:
             raise SettingsError(f"environment variable {prefix}_BROKER_VERIFY_SECONDS must be > 0")
-        # below the pause after which a relay compares with the broker before its next round
-        # (Relay.busy_seconds, 0.25 s): paced rounds would each count as one after a pause
-        if not 0 <= self.pipeline_pace_max_seconds <= 0.2:
-            raise SettingsError(f"environment variable {prefix}_PIPELINE_PACE_MAX_SECONDS must be between 0 and 0.2")
+        if not 0 <= self.pipeline_pace_max_seconds <= 1:
+            raise SettingsError(f"environment variable {prefix}_PIPELINE_PACE_MAX_SECONDS must be between 0 and 1")
 
     @property
     def topic_policy(self) -> "TopicPolicy":

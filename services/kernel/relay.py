@@ -140,7 +140,7 @@ class Relay:
         verify_seconds: float = 1.0,
         rounds_kept: int = 1000,
         broker_view: BrokerView | None = None,
-        pace_max_seconds: float = 0.1,
+        pace_max_seconds: float = 0.2,
     ) -> None:
         self.store = store
         self.topic = topic
@@ -160,8 +160,9 @@ class Relay:
         self._lag_updated_at = 0.0
         self._verified_at = float("-inf")
         # While rounds follow each other within this, the broker is compared at most every
-        # verify_seconds (module docstring); a round after a longer pause compares first.
-        self.busy_seconds = 0.25
+        # verify_seconds (module docstring); a round after a longer pause compares first. A paced
+        # wait (services.kernel.kafka.paced_wait) is not a pause: it is added.
+        self.busy_seconds = 0.25 + pace_max_seconds
         self._round_at = float("-inf")
         self._topic: TopicInfo | None = None
         self._rounds_since_prune = 0

@@ -72,3 +72,10 @@ def test_a_consumer_waits_after_a_poll_that_brought_records_and_at_once_after_an
     consumer.run(stop)
     assert stop.waits == [0.024, 0.1, 0.006] and len(polls) == 7
 
+
+
+def test_a_paced_wait_is_not_a_pause_after_which_the_relay_compares_with_the_broker_first():
+    for pace in (0.0, 0.2, 1.0):
+        relay = Relay(SimpleNamespace(service="test"), topic="t.events", bootstrap_servers="127.0.0.1:1",
+                      pace_max_seconds=pace)
+        assert relay.busy_seconds == pytest.approx(0.25 + pace)  # (0.25 s: the pause it compared after before)

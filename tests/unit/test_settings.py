@@ -289,11 +289,11 @@ def test_relay_rounds_kept_must_be_positive():
         load_service({**BASE, "PROJECTS_RELAY_ROUNDS_KEPT": "0"})
 
 
-def test_pipeline_pacing_is_a_setting_of_workers_and_the_feed_from_0_to_a_fifth_of_a_second():
-    assert load_service(dict(BASE)).pipeline_pace_max_seconds == 0.1
+def test_pipeline_pacing_is_a_setting_of_workers_and_the_feed_from_0_to_1_second():
+    assert load_service(dict(BASE)).pipeline_pace_max_seconds == 0.2
     assert load_service({**BASE, "COCREATE_PIPELINE_PACE_MAX_SECONDS": "0"}).pipeline_pace_max_seconds == 0.0
-    assert load(GatewaySettings, "GATEWAY", {**BASE, "GATEWAY_PIPELINE_PACE_MAX_SECONDS": "0.2"}
-                ).pipeline_pace_max_seconds == 0.2
-    for value in ("-0.1", "0.25"):  # (0.25 s is a relay's pause before it compares with the broker)
-        with pytest.raises(SettingsError, match="PROJECTS_PIPELINE_PACE_MAX_SECONDS must be between 0 and 0.2"):
+    assert load(GatewaySettings, "GATEWAY", {**BASE, "GATEWAY_PIPELINE_PACE_MAX_SECONDS": "0.5"}
+                ).pipeline_pace_max_seconds == 0.5
+    for value in ("-0.1", "1.5"):
+        with pytest.raises(SettingsError, match="PROJECTS_PIPELINE_PACE_MAX_SECONDS must be between 0 and 1"):
             load_service({**BASE, "PROJECTS_PIPELINE_PACE_MAX_SECONDS": value})
