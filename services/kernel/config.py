@@ -75,7 +75,7 @@ class KafkaSettings:
                  "acknowledged or committed (a relay also before its first round after a pause); consumer lag "
                  "is reported at the same pace")
     pipeline_pace_max_seconds: float = setting(
-        0.2, doc="the longest a relay, or a consumer, waits after a busy round before the next, so that the next "
+        0.1, doc="the longest a relay, or a consumer, waits after a busy round before the next, so that the next "
                  "gathers more (2 ms for each event the round held: `services.kernel.kafka.paced_wait`); 0: none, "
                  "at most 1. Fewer, fuller rounds cost the relays, consumers and broker less per event under load, "
                  "and add up to this to an event's way from service to service then")

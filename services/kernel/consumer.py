@@ -236,7 +236,7 @@ class EventConsumer:
         topic_policy: TopicPolicy = TopicPolicy(),
         verify_seconds: float = 2.0,
         broker_view: BrokerView | None = None,
-        pace_max_seconds: float = 0.2,
+        pace_max_seconds: float = 0.1,
     ) -> None:
         self.engine = engine
         self.pace_max_seconds = pace_max_seconds  # (services.kernel.kafka.paced_wait)

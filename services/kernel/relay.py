@@ -140,7 +140,7 @@ class Relay:
         verify_seconds: float = 1.0,
         rounds_kept: int = 1000,
         broker_view: BrokerView | None = None,
-        pace_max_seconds: float = 0.2,
+        pace_max_seconds: float = 0.1,
     ) -> None:
         self.store = store
         self.topic = topic

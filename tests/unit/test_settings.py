@@ -290,7 +290,7 @@ def test_relay_rounds_kept_must_be_positive():
 
 
 def test_pipeline_pacing_is_a_setting_of_workers_and_the_feed_from_0_to_1_second():
-    assert load_service(dict(BASE)).pipeline_pace_max_seconds == 0.2
+    assert load_service(dict(BASE)).pipeline_pace_max_seconds == 0.1
     assert load_service({**BASE, "COCREATE_PIPELINE_PACE_MAX_SECONDS": "0"}).pipeline_pace_max_seconds == 0.0
     assert load(GatewaySettings, "GATEWAY", {**BASE, "GATEWAY_PIPELINE_PACE_MAX_SECONDS": "0.5"}
                 ).pipeline_pace_max_seconds == 0.5
