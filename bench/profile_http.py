@@ -324,7 +324,8 @@ def _writes(workdir: Path, service: str, calls: list[tuple[str, dict, dict]], ap
         title,
         (f"unprofiled: {plain_ms:.2f} ms per request (CPU of this process {cpu_ms:.2f} ms), of which the commits "
          f"{sum(commits) / requests:.2f} ms ({len(commits) / requests:.1f} per request: the write transactions'; "
-         f"a read transaction ends on the driver untimed; median {statistics.median(commits):.2f}, max {max(commits):.1f} ms); fsync of 4 KiB on this disk: "
+         f"a read transaction ends on the driver untimed; median {statistics.median(commits):.2f}, "
+         f"max {max(commits):.1f} ms); fsync of 4 KiB on this disk: "
          f"{floor:.2f} ms (median)")])
 
 

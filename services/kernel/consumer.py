@@ -74,8 +74,8 @@ from services.kernel.db import Prepared, write_transaction
 from services.kernel.errors import ConcurrencyError
 from services.kernel.events import EnvelopeError, StoredEvent, from_micros, to_micros, utc_now
 from services.kernel.eventstore import kernel_metadata
-from services.kernel.kafka import (DLQ_SUFFIX, FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, MAX_POLL_RECORDS, BrokerView, TopicMissing, TopicPolicy,
-                                  make_consumer, make_producer, paced_wait, set_fetch_wait)
+from services.kernel.kafka import (DLQ_SUFFIX, FETCH_WAIT_MS, IDLE_FETCH_WAIT_MS, MAX_POLL_RECORDS, BrokerView,
+                                  TopicMissing, TopicPolicy, make_consumer, make_producer, paced_wait, set_fetch_wait)
 from services.kernel.logs import correlation_id_var
 
 log = logging.getLogger(__name__)

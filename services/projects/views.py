@@ -410,9 +410,7 @@ class ProjectDetails:
                                lambda kept, since: self._grow(connection, kept, project_id, since, version))
 
     def _read(self, connection: Connection, project_id: str, version: int) -> ProjectPage:
-        if self._queries is None:
-            self._queries = self._prepare()
-        entries_q, count_q, latest_q, delivered_q, _after_q = self._queries
+        entries_q, count_q, latest_q, delivered_q, _after_q = self._prepared()
         at = {"project_id": project_id, "version": version}
         entries: dict[str, list[tuple[str | None, dict[str, Any]]]] = defaultdict(list)
         for event_type, item_id, entry in entries_q.all(connection, at):
@@ -427,9 +425,7 @@ class ProjectDetails:
               version: int) -> ProjectPage:
         """``kept`` (the page at ``since``) with the rows of the versions after it up to ``version``:
         a new page (the kept one is shared), or ``kept`` itself when no row came."""
-        if self._queries is None:
-            self._queries = self._prepare()
-        rows = self._queries[4].all(connection, {"project_id": project_id, "since": since, "version": version})
+        rows = self._prepared()[4].all(connection, {"project_id": project_id, "since": since, "version": version})
         if not rows:
             return kept
         entries, logs, count = dict(kept.entries), kept.maintenance_logs, kept.maintenance_log_count
@@ -442,6 +438,11 @@ class ProjectDetails:
             else:
                 entries[event_type] = [*entries.get(event_type, ()), (item_id, loads(entry))]
         return ProjectPage(entries, logs, count, delivered)
+
+    def _prepared(self) -> tuple[Prepared, ...]:
+        if self._queries is None:
+            self._queries = self._prepare()
+        return self._queries
 
     def _prepare(self) -> tuple[Prepared, ...]:
         """The page's four queries and the rows after a version (:meth:`_grow`), prepared once."""
