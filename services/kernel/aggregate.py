@@ -27,7 +27,7 @@ from services.kernel.cache import AtVersion
 from services.kernel.db import Prepared, read_alone, read_transaction
 from services.kernel.errors import ConcurrencyError, Forbidden, NotFound
 from services.kernel.events import Metadata, NewEvent, StoredEvent, dumps, loads, to_micros, utc_now
-from services.kernel.eventstore import chunked
+from services.kernel.eventstore import chunked, events_table
 from services.kernel.model import Aggregate, Principal, use_state_codec  # noqa: F401 (Aggregate re-exported)
 
 # Read-model rows hold aggregate states as the log holds payloads: msgspec writes the same canonical
@@ -89,26 +89,25 @@ class UnitOfWork:
         to how an aggregate folds its events therefore needs ``rebuild``, as any read model does.
         """
         stream_id = cls.stream_id_for(aggregate_id)
-        state = self._snapshot(cls, aggregate_id)
-        if state is None:
-            # As the view's class when there is one (what its row would be loaded as): the append
-            # then applies the events to this state instead of reading the row, and a handler
-            # answering with the record has it already (issue 23: a new rating read its stream twice).
-            view = self.store.view_of(cls)
-            return (view.cls if view is not None else cls).replay(
-                aggregate_id, self.store.load(stream_id, connection=self.connection))
-        for event in self.store.load(stream_id, after_version=state.version, connection=self.connection):
-            state.apply(event)
-        return state
-
-    def _snapshot(self, cls: type[A], aggregate_id: str) -> A | None:
         view = self.store.view_of(cls)
         if view is None:
-            return None
-        try:
-            return view.get(self.connection, aggregate_id)
-        except (TypeError, ValueError, KeyError):
-            return None
+            return cls.replay(aggregate_id, self.store.load(stream_id, connection=self.connection))
+        # The row and the stream's last version in one statement: in the usual cases — the row at
+        # the stream's head, or neither (a new aggregate: a new rating, the id it would have had
+        # before) — nothing else is read (issue 23: a rating read three streams that had nothing
+        # after, or nothing at all, one statement more each).
+        state, head = view.get_at_head(self.connection, aggregate_id, stream_id)
+        if state is None:
+            # As the view's class (what its row would be loaded as): the append then applies the
+            # events to this state instead of reading the row, and a handler answering with the
+            # record has it already (issue 23: a new rating read its stream twice).
+            if head is None:
+                return view.cls(id=aggregate_id)
+            return view.cls.replay(aggregate_id, self.store.load(stream_id, connection=self.connection))
+        if head is not None and head > state.version:
+            for event in self.store.load(stream_id, after_version=state.version, connection=self.connection):
+                state.apply(event)
+        return state
 
     def get(self, cls: type[A], aggregate_id: str, *, expected_version: int | None = None) -> A:
         """An existing aggregate (404 otherwise); with ``expected_version`` (from ``If-Match``) a
@@ -190,6 +189,10 @@ class AggregateView:
         self._read = Prepared(sa.select(self.table.c.state).where(self.table.c.id == sa.bindparam("id")))
         self._read_versioned = Prepared(sa.select(self.table.c.version, self.table.c.state)
                                         .where(self.table.c.id == sa.bindparam("id")))
+        self._read_at_head = Prepared(sa.select(
+            sa.select(self.table.c.state).where(self.table.c.id == sa.bindparam("id")).scalar_subquery(),
+            sa.select(sa.func.max(events_table.c.version))
+            .where(events_table.c.stream_id == sa.bindparam("stream_id")).scalar_subquery()))
         self._decoded: AtVersion[Any] = AtVersion(f"{table_name}_decoded", size=512)
         self._prepared: dict[tuple, Prepared] = {}
 
@@ -274,6 +277,19 @@ class AggregateView:
     def get(self, connection: Connection, aggregate_id: str) -> Any | None:
         row = self._read.first(connection, {"id": aggregate_id})
         return None if row is None else self.cls.from_json(row[0])
+
+    def get_at_head(self, connection: Connection, aggregate_id: str, stream_id: str) -> tuple[Any | None, int | None]:
+        """The aggregate decoded from its row (None without a row, or with a row that no longer
+        fits the class: a field removed since), and the last version of its stream in the log
+        (None for a stream without events), read by one statement."""
+        row = self._read_at_head.first(connection, {"id": aggregate_id, "stream_id": stream_id})
+        state = None
+        if row[0] is not None:
+            try:
+                state = self.cls.from_json(row[0])
+            except (TypeError, ValueError, KeyError):
+                state = None
+        return state, row[1]
 
     def get_shared(self, connection: Connection, aggregate_id: str) -> Any | None:
         """:meth:`get` for a read that changes nothing: the aggregate decoded from its row once per
