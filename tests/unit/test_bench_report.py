@@ -86,3 +86,22 @@ def test_instructions_are_read_from_a_callgrind_dumps_summary_and_judged_against
         summary_instructions("events: Ir\ntotals: 5\n")
     assert ratios({"anchor": 4_000_000, "ballot": 3_000_000, "rating": 5_000_000}) == \
         {"anchor": 1.0, "ballot": 0.75, "rating": 1.25}
+
+
+def test_pipeline_samples_count_for_the_innermost_frame_that_is_not_the_standard_library():
+    """``python -m bench.profile_pipeline``: a thread's wait counts for the code that waits (here
+    kafka-python's poll), a sample of our code for ours, one of the standard library alone as such."""
+    from bench.profile_pipeline import classify
+
+    raw = "\n".join([
+        "main (services/kernel/worker.py:10);run (services/kernel/consumer.py:600);"
+        "poll (kafka/consumer/group.py:700);wait (threading.py:331) 7",
+        "main (services/kernel/worker.py:10);from_json (services/kernel/events.py:204);loads (json/__init__.py:346) 3",
+        "main (gateway/__main__.py:5);execute (sqlalchemy/engine/base.py:1400) 2",
+        "_bootstrap (threading.py:1002) 1",
+        "not a sample line",
+    ])
+    shares, frames = classify(raw)
+    assert shares == {"kafka-python": 7, "ours": 3, "SQLAlchemy": 2, "stdlib": 1}
+    assert frames["ours", "from_json (services/kernel/events.py:204)"] == 3
+    assert frames["kafka-python", "poll (kafka/consumer/group.py:700)"] == 7
