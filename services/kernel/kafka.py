@@ -40,6 +40,9 @@ from kafka.partitioner.default import DefaultPartitioner, murmur2
 log = logging.getLogger(__name__)
 
 CLIENT_TIMEOUTS = {"request_timeout_ms": 10_000}
+# kafka-python's own metrics (sensors recorded on every request, fetch and record batch) are read by
+# nobody here — the workers export their own (services.kernel.metrics) —, so they are not kept.
+CLIENT_METRICS = {"metrics_enabled": False}
 # The admin client's bootstrap (30 s by default) and reconnect back-off (up to 30 s): a worker
 # probing a broker that is away should hear "no" within seconds and find it soon after it is back.
 ADMIN_TIMEOUTS = {**CLIENT_TIMEOUTS, "bootstrap_timeout_ms": 5_000, "reconnect_backoff_max_ms": 1_000}
@@ -173,6 +176,7 @@ def make_producer(bootstrap_servers: str, client_id: str) -> KafkaProducer:
         retry_backoff_ms=200,
         allow_auto_create_topics=False,
         **CLIENT_TIMEOUTS,
+        **CLIENT_METRICS,
     ))
 
 
@@ -242,6 +246,7 @@ def make_consumer(bootstrap_servers: str, group_id: str, topics: Iterable[str], 
         # A pattern subscription finds its topics in the next metadata refresh: soon, not in 5 min.
         metadata_max_age_ms=1_000,
         **CLIENT_TIMEOUTS,
+        **CLIENT_METRICS,
     )
     no_auto_create(consumer)
     keep_completed_joins(consumer)

@@ -677,3 +677,21 @@ def test_an_ignored_records_waiting_offset_does_not_move_back_the_offset_a_later
     consume_until(consumer, applied_after_the_wait, timeout=WITHIN, what="the second record was not applied")
     kept = {key: offset for key, (_id, offset) in database_offsets(engine, f"test-{unique}").items() if key[0] == topic}
     assert list(kept.values()) == [2], kept  # the end of the partition, kept after the consumer left
+
+
+def test_the_kernels_kafka_clients_keep_no_metrics_of_their_own(broker, setup, unique):
+    """kafka-python records sensors on every request, fetch and record batch for metrics nobody
+    reads here (the workers export their own): the kernel's producer and consumer keep none (a
+    tenth of kafka-python's CPU in the pipeline, ``python -m bench.profile_pipeline``)."""
+    from services.kernel.kafka import make_producer
+
+    _engine, topic, _producer = setup
+    producer = make_producer(broker.bootstrap, f"probe-{unique}")
+    consumer = make_kafka_consumer(broker.bootstrap, f"group-{unique}", [topic], f"probe-{unique}")
+    try:
+        assert producer._metrics is None and not producer.metrics()
+        assert consumer._metrics is None and not consumer.metrics()
+        producer.send(topic, key=b"k", value=b"{}").get(timeout=10)  # and they work all the same
+    finally:
+        producer.close(timeout=5)
+        consumer.close()
