@@ -27,7 +27,7 @@ from services.kernel.consumer import ConsumerStalled, EventConsumer, Handler, li
 from services.kernel.db import make_engine, ping
 from services.kernel.events import UpcasterChain, utc_now
 from services.kernel.eventstore import EventStore, Projection, rebuild
-from services.kernel.history import StreamIndex, history_blueprint, records_blueprint
+from services.kernel.history import history_blueprint, records_blueprint
 from services.kernel.kafka import broker_reachable
 from services.kernel.logs import configure_logging
 from services.kernel.personal import KeyStore, Sealer
@@ -77,7 +77,6 @@ class Container:
 
     settings: ServiceSettings
     store: EventStore
-    stream_index: StreamIndex
     bus: MessageBus
     resources: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # seals personal fields as events are stored and opens them where an answer leaves the process
@@ -96,11 +95,10 @@ def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, creat
     stamps events with the wall clock: ``occurred_at`` is when an event was stored, and it orders
     the read models' lists even when a test's clock stands still."""
     engine = make_engine(settings.effective_database_url)
-    index = StreamIndex()
     keys = KeyStore(settings.effective_keystore_url(settings.data_dir), cache_seconds=settings.keystore_cache_seconds)
     sealer = Sealer(keys)
     store = EventStore(engine, service=definition.name, upcasters=definition.upcasters(),
-                       projections=[index, *definition.projections()], sealer=sealer)
+                       projections=list(definition.projections()), sealer=sealer)
     if create_schema:
         keys.create_schema()
         store.create_schema()
@@ -109,7 +107,7 @@ def bootstrap(definition: ServiceDefinition, settings: ServiceSettings, *, creat
     if callable(handlers):
         handlers = handlers(resources)
     bus = MessageBus(store, handlers, clock=clock, new_id=new_id)
-    return Container(settings=settings, store=store, stream_index=index, bus=bus, resources=resources, sealer=sealer)
+    return Container(settings=settings, store=store, bus=bus, resources=resources, sealer=sealer)
 
 
 def create_service_app(definition: ServiceDefinition, settings: ServiceSettings, *,
@@ -125,7 +123,7 @@ def create_service_app(definition: ServiceDefinition, settings: ServiceSettings,
     app.extensions["cocreate.collectors"] = list(definition.collectors(container))
     require_tokens(app)
     open_personal_fields(app, container.sealer)
-    api.register_blueprint(history_blueprint(container.store, container.stream_index))
+    api.register_blueprint(history_blueprint(container.store))
     api.register_blueprint(records_blueprint(container.store, definition.name))
     for blueprint in definition.blueprints:
         api.register_blueprint(blueprint)

@@ -471,6 +471,13 @@ def test_stream_summary_with_etag(service, unique):
     assert summary["last_event_type"] == "Step3"
     assert summary["last_position"] == stored[-1].position
     assert summary["created_at"].endswith("Z") and summary["updated_at"] >= summary["created_at"]
+    # read from the log: the first event's time and the last one's, whatever another stream does
+    from services.kernel.events import format_time
+
+    fill(store, f"project-{unique}-other", count=2)
+    again = app.test_client().get(f"/streams/{stream_id}", headers=ADMIN).get_json()
+    assert (again["created_at"], again["updated_at"], again["version"]) == (
+        format_time(stored[0].occurred_at), format_time(stored[-1].occurred_at), 3)
 
 
 def test_stream_events_up_to_version_and_as_of(service, unique):
