@@ -96,60 +96,62 @@ def main(argv=None) -> int:
         print("py-spy is not installed (pip install -e '.[bench]'): CPU per process only", file=sys.stderr)
         spy = None
     workdir = Path(tempfile.mkdtemp(prefix="cocreate-pipeline-"))
-    with Platform(workdir) as platform:
-        url, pool = pools(platform, args.write, int(args.rate * args.seconds * 1.2))
-        platform.wait_until_drained()
-        processes = platform.processes()
-        pipeline = platform.pipeline_pids()
-        broker = [pid for pid, command in processes.items() if "tansu" in command]
-        before = cpu_seconds(pipeline + broker)
-        time.sleep(IDLE_SECONDS)
-        idle = {pid: used - before[pid] for pid, used in cpu_seconds(pipeline + broker).items()}
-        spies = []
-        if spy is not None:
-            for pid in pipeline:
-                out = workdir / f"py-spy-{pid}.txt"
-                spies.append((out, subprocess.Popen(
-                    [spy, "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate", "250",
-                     "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(out)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
-            time.sleep(1.0)  # every sampler attached
-        start = cpu_seconds(pipeline + broker)
-        result = open_loop(url, pool, rate=args.rate, concurrency=4, duration=args.seconds)
-        end = cpu_seconds(pipeline + broker)
-        for _out, process in spies:
-            process.wait(timeout=args.seconds + 60)
-    writes = result.ok
-    if writes == 0:
-        raise SystemExit(f"no write succeeded ({result.errors} errors: {result.first_error})")
-    scale = result.seconds / IDLE_SECONDS
-    print(f"{args.write}s: {writes} in {result.seconds:.1f} s ({writes / result.seconds:.0f}/s), {result.errors} errors")
-    print(f"{'ms/write':>9} {'idle':>6}  process (idle: the same process's CPU while the platform stood idle, "
-          f"over the same time, per write)")
-    for pid in pipeline + broker:
-        used = end[pid] - start[pid]
-        print(f"{used / writes * 1000:9.3f} {idle[pid] * scale / writes * 1000:6.3f}  {processes[pid][-90:]}")
-    pipeline_ms = sum(end[pid] - start[pid] for pid in pipeline) / writes * 1000
-    broker_ms = sum(end[pid] - start[pid] for pid in broker) / writes * 1000
-    print(f"pipeline {pipeline_ms:.3f} ms per {args.write} (idle {sum(idle[p] for p in pipeline) * scale / writes * 1000:.3f}), "
-          f"broker {broker_ms:.3f}")
-    if spies:
-        shares: collections.Counter = collections.Counter()
-        frames: collections.Counter = collections.Counter()
-        for out, _process in spies:
-            if out.exists():
-                found, where = classify(out.read_text())
-                shares += found
-                frames += where
-        total = sum(shares.values())
-        print(f"py-spy, {total} samples of the pipeline's processes holding the GIL:")
-        for package, samples in shares.most_common():
-            print(f"  {samples / total:6.1%}  {samples / total * pipeline_ms:6.3f} ms/{args.write}  {package}")
-        if args.frames:
-            print(f"the {args.frames} functions sampled most (the innermost frame of the package a sample is put in):")
-            for (package, frame), samples in frames.most_common(args.frames):
-                print(f"  {samples / total:6.1%}  {package}: {frame[:110]}")
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        with Platform(workdir) as platform:
+            url, pool = pools(platform, args.write, int(args.rate * args.seconds * 1.2))
+            platform.wait_until_drained()
+            processes = platform.processes()
+            pipeline = platform.pipeline_pids()
+            broker = [pid for pid, command in processes.items() if "tansu" in command]
+            before = cpu_seconds(pipeline + broker)
+            time.sleep(IDLE_SECONDS)
+            idle = {pid: used - before[pid] for pid, used in cpu_seconds(pipeline + broker).items()}
+            spies = []
+            if spy is not None:
+                for pid in pipeline:
+                    out = workdir / f"py-spy-{pid}.txt"
+                    spies.append((out, subprocess.Popen(
+                        [spy, "record", "--pid", str(pid), "--gil", "--nonblocking", "--rate", "250",
+                         "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(out)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+                time.sleep(1.0)  # every sampler attached
+            start = cpu_seconds(pipeline + broker)
+            result = open_loop(url, pool, rate=args.rate, concurrency=4, duration=args.seconds)
+            end = cpu_seconds(pipeline + broker)
+            for _out, process in spies:
+                process.wait(timeout=args.seconds + 60)
+        writes = result.ok
+        if writes == 0:
+            raise SystemExit(f"no write succeeded ({result.errors} errors: {result.first_error})")
+        scale = result.seconds / IDLE_SECONDS
+        print(f"{args.write}s: {writes} in {result.seconds:.1f} s ({writes / result.seconds:.0f}/s), {result.errors} errors")
+        print(f"{'ms/write':>9} {'idle':>6}  process (idle: the same process's CPU while the platform stood idle, "
+              f"over the same time, per write)")
+        for pid in pipeline + broker:
+            used = end[pid] - start[pid]
+            print(f"{used / writes * 1000:9.3f} {idle[pid] * scale / writes * 1000:6.3f}  {processes[pid][-90:]}")
+        pipeline_ms = sum(end[pid] - start[pid] for pid in pipeline) / writes * 1000
+        broker_ms = sum(end[pid] - start[pid] for pid in broker) / writes * 1000
+        print(f"pipeline {pipeline_ms:.3f} ms per {args.write} (idle {sum(idle[p] for p in pipeline) * scale / writes * 1000:.3f}), "
+              f"broker {broker_ms:.3f}")
+        if spies and any(out.exists() and out.stat().st_size for out, _process in spies):
+            shares: collections.Counter = collections.Counter()
+            frames: collections.Counter = collections.Counter()
+            for out, _process in spies:
+                if out.exists():
+                    found, where = classify(out.read_text())
+                    shares += found
+                    frames += where
+            total = sum(shares.values())
+            print(f"py-spy, {total} samples of the pipeline's processes holding the GIL:")
+            for package, samples in shares.most_common():
+                print(f"  {samples / total:6.1%}  {samples / total * pipeline_ms:6.3f} ms/{args.write}  {package}")
+            if args.frames:
+                print(f"the {args.frames} functions sampled most (the innermost frame of the package a sample is put in):")
+                for (package, frame), samples in frames.most_common(args.frames):
+                    print(f"  {samples / total:6.1%}  {package}: {frame[:110]}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -18,7 +18,7 @@ from services.kernel import web
 from services.kernel.auth import issue_token
 from services.kernel.config import AuthSettings
 from services.kernel.db import make_engine
-from services.kernel.events import NewEvent
+from services.kernel.events import NewEvent, format_time
 from services.kernel.eventstore import EventStore
 from services.projects.service import DEFINITION as PROJECTS
 from tests.conftest import TEST_SECRET
@@ -472,8 +472,6 @@ def test_stream_summary_with_etag(service, unique):
     assert summary["last_position"] == stored[-1].position
     assert summary["created_at"].endswith("Z") and summary["updated_at"] >= summary["created_at"]
     # read from the log: the first event's time and the last one's, whatever another stream does
-    from services.kernel.events import format_time
-
     fill(store, f"project-{unique}-other", count=2)
     again = app.test_client().get(f"/streams/{stream_id}", headers=ADMIN).get_json()
     assert (again["created_at"], again["updated_at"], again["version"]) == (
