@@ -27,7 +27,7 @@ from services.feedback.domain import (
     previous_period, rank, ranking_key, support_triggers,
 )
 from services.feedback.ids import RatingIds, legacy_rating_id
-from services.kernel.aggregate import UnitOfWork
+from services.kernel.aggregate import UnitOfWork, reads_first
 from services.kernel.bus import Handler
 from services.kernel.errors import ConcurrencyError, NotFound
 from services.kernel.model import Aggregate, fields_of
@@ -154,13 +154,16 @@ class RatingHandlers:
                 return earlier
         return rating
 
+    @reads_first
     def submit_rating(self, cmd: c.SubmitRating, uow: UnitOfWork) -> views.RatingRecord:
         """A resident rates a subject: the first time in a period it is a new rating, again in the
-        same period it revises that rating."""
+        same period it revises that rating. Run optimistically (:func:`reads_first`): the subject,
+        the community's policy and the rating are loaded, and the rating decided, outside the
+        writers' turn; the burst check and the follow-up case come after the first record, in it."""
         actor = uow.actor
         subject = uow.get(Subject, cmd.subject_id)
         subject.may_be_rated_by(actor)
-        policy, _ = views.policy_for(uow.connection, subject.community_id)
+        policy = uow.load(Policy, subject.community_id).settings  # a community without changes has the defaults
         period = period_of(uow.now(), policy["period"])
         rating = self._rating(uow, subject.id, period, actor.person_id, "resident")
         if rating.exists:

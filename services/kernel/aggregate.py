@@ -36,6 +36,7 @@ from services.kernel.model import Aggregate, Principal, use_state_codec  # noqa:
 use_state_codec(dumps, loads)
 
 A = TypeVar("A", bound=Aggregate)
+H = TypeVar("H", bound=Callable[..., Any])
 
 
 def new_id() -> str:
@@ -43,13 +44,32 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+class Stale(Exception):
+    """An optimistic unit of work (:func:`reads_first`) found, at its first write, that a stream it
+    had loaded has changed since: what it decided on is out of date, so it is run again from the
+    start in the writers' turn (:class:`services.kernel.bus.MessageBus`). Never reaches a caller."""
+
+
 class UnitOfWork:
-    """Load aggregates and append their new events in one serialised write transaction."""
+    """Load aggregates and append their new events in one serialised write transaction.
+
+    A unit given ``start_writing`` begins instead in a read transaction (a handler marked
+    :func:`reads_first`): it loads and decides there, outside the writers' turn, and keeps the
+    version of every stream it loads. Its first :meth:`record` calls ``start_writing`` (which ends
+    the read transaction and opens the write transaction, serialised with every appender) and then
+    reads the head of each of those streams, in one statement: if one has moved, the unit raises
+    :class:`Stale` and nothing has been written. So what it appends was decided on the state its
+    streams have in the write transaction, as if it had been loaded there; everything after the
+    first record runs in the write transaction, as in any unit."""
 
     def __init__(self, store, connection, metadata: Metadata, clock: Callable[[], datetime],
-                 new_id: Callable[[], str] = new_id, actor: Principal | None = None):
+                 new_id: Callable[[], str] = new_id, actor: Principal | None = None,
+                 start_writing: Callable[[], Any] | None = None):
         self.store = store
         self.connection = connection
+        self._start_writing = start_writing
+        # stream id -> the version loaded, while the unit reads before its first write
+        self._read_at: dict[str, int] | None = {} if start_writing is not None else None
         self.metadata = metadata
         self.clock = clock
         self.id_factory = new_id
@@ -88,6 +108,13 @@ class UnitOfWork:
         no longer fits the class (a field removed since), the whole stream is replayed. A change
         to how an aggregate folds its events therefore needs ``rebuild``, as any read model does.
         """
+        state = self._load(cls, aggregate_id)
+        if self._read_at is not None:  # read before the first write: checked at it
+            if self._read_at.setdefault(state.stream_id, state.version) != state.version:
+                raise Stale(state.stream_id)  # loaded twice, at two versions (not a snapshot)
+        return state
+
+    def _load(self, cls: type[A], aggregate_id: str) -> A:
         stream_id = cls.stream_id_for(aggregate_id)
         view = self.store.view_of(cls)
         if view is None:
@@ -127,7 +154,10 @@ class UnitOfWork:
         """Append ``events`` after the version ``state`` was loaded at, and apply them to it.
 
         The state is handed to the store with the append: the store's :class:`AggregateView` of its
-        class applies the events to it and writes it, instead of reading and parsing its row again."""
+        class applies the events to it and writes it, instead of reading and parsing its row again.
+        A unit still reading (:func:`reads_first`) starts writing first."""
+        if self._start_writing is not None:
+            self._begin_writing()
         stored = self.store.append(state.stream_id, state.version, events, metadata=self.metadata,
                                    connection=self.connection, state=state)
         for event in stored:
@@ -135,6 +165,28 @@ class UnitOfWork:
                 state.apply(event)
         self.recorded.extend(stored)
         return stored
+
+    def _begin_writing(self) -> None:
+        """Leave the read transaction for the write transaction, and check there that no stream
+        loaded so far has moved (:class:`Stale` if one has)."""
+        start, self._start_writing = self._start_writing, None
+        read_at, self._read_at = self._read_at, None
+        self.connection = start()
+        if read_at and self.store.stream_heads(list(read_at), connection=self.connection) != list(read_at.values()):
+            raise Stale(", ".join(read_at))
+
+
+def reads_first(handler: H) -> H:
+    """Mark a command handler as one the bus may run optimistically: it loads and decides in a read
+    transaction, outside the writers' turn, and its first record checks that the streams it loaded
+    have not moved (:class:`UnitOfWork`), or it runs again, pessimistically, from the start.
+
+    Only for a handler whose every read before its first ``record`` is a ``load``/``get`` of the
+    unit of work (a read model queried then would not be checked) and which changes nothing
+    outside the unit before it (it may run twice). Issue 23: a rating held the SQLite writers'
+    turn for its four loads and its decision too, half its request, while the other worker waited."""
+    handler.reads_first = True  # type: ignore[attr-defined]
+    return handler
 
 
 @contextlib.contextmanager

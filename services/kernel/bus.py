@@ -13,13 +13,15 @@ transaction), runs the handler, commits, and returns the handler's result with t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from services.kernel.aggregate import UnitOfWork, new_id, unit_of_work
+from services.kernel import metrics
+from services.kernel.aggregate import Stale, UnitOfWork, new_id, unit_of_work
 from services.kernel.events import Metadata, StoredEvent, utc_now
 from services.kernel.model import Principal
 
@@ -66,6 +68,15 @@ class MessageBus:
         handler = self.handlers.get(type(command))
         if handler is None:
             raise LookupError(f"no handler for the command {type(command).__name__}")
+        if connection is None and getattr(handler, "reads_first", False):
+            try:
+                uow, result = self._reading_first(handler, command, actor, metadata)
+            except Stale:  # a stream it loaded moved before its first write: again, in the turn throughout
+                metrics.COMMANDS_RERUN.labels(type(command).__name__).inc()
+            else:
+                for done in uow.committed:
+                    done()
+                return Outcome(result, list(uow.recorded))
         with unit_of_work(self.store, metadata, connection=connection, clock=self.clock,
                           new_id=self.new_id, actor=actor) as uow:
             result = handler(command, uow)
@@ -73,3 +84,20 @@ class MessageBus:
             for done in uow.committed:
                 done()
         return Outcome(result, list(uow.recorded))
+
+    def _reading_first(self, handler: Handler, command: Any, actor: Principal | None,
+                       metadata: Metadata | None) -> tuple[UnitOfWork, Any]:
+        """Run a :func:`~services.kernel.aggregate.reads_first` handler: in a read transaction until
+        its first record, then in the write transaction (:class:`UnitOfWork` checks there that what
+        it loaded has not moved, else :class:`Stale`, and nothing is written). A handler that
+        records nothing never takes the writers' turn."""
+        with contextlib.ExitStack() as reading, contextlib.ExitStack() as writing:
+            def start_writing():
+                reading.close()  # the read snapshot ends before the turn is taken
+                connection = writing.enter_context(self.store.write_transaction())
+                self.store.lock_for_write(connection)
+                return connection
+
+            uow = UnitOfWork(self.store, reading.enter_context(self.store.read_transaction()),
+                             metadata or Metadata(), self.clock, self.new_id, actor, start_writing=start_writing)
+            return uow, handler(command, uow)

@@ -137,6 +137,7 @@ _STREAM_AFTER = Prepared(sa.select(*(events_table.c[name] for name in _COLUMNS))
     events_table.c.stream_id == sa.bindparam("stream_id"), events_table.c.version > sa.bindparam("after"))
     .order_by(events_table.c.version))
 
+_STREAM_HEADS: dict[int, Prepared] = {}  # EventStore.stream_heads, by the number of streams
 _LAST_POSITION = Prepared(sa.select(sa.func.max(events_table.c.position)))  # what a kept answer is keyed by
 
 _dumps = dumps  # the log's canonical JSON (services.kernel.events.dumps)
@@ -324,6 +325,18 @@ class EventStore:
             return connection.execute(query).scalar() or 0
         with read_transaction(self.engine) as own:
             return own.execute(query).scalar() or 0
+
+    def stream_heads(self, stream_ids: Sequence[str], *, connection: Connection) -> list[int]:
+        """The last version of each stream (0 for one without events), in order, by one statement:
+        each a lookup of the unique ``(stream_id, version)`` index (what an optimistic unit of work
+        checks at its first write, :class:`services.kernel.aggregate.UnitOfWork`)."""
+        statement = _STREAM_HEADS.get(len(stream_ids))
+        if statement is None:
+            statement = _STREAM_HEADS[len(stream_ids)] = Prepared(sa.select(*(
+                sa.select(sa.func.coalesce(sa.func.max(events_table.c.version), 0))
+                .where(events_table.c.stream_id == sa.bindparam(f"s{i}")).scalar_subquery()
+                for i in range(len(stream_ids)))))
+        return list(statement.first(connection, {f"s{i}": stream_id for i, stream_id in enumerate(stream_ids)}))
 
     def load(
         self,

@@ -158,6 +158,9 @@ class InMemoryEventStore:
     def current_version(self, stream_id: str, *, connection: MemoryTransaction | None = None) -> int:
         return self._version(stream_id, connection if isinstance(connection, MemoryTransaction) else None)
 
+    def stream_heads(self, stream_ids: Sequence[str], *, connection: MemoryTransaction | None = None) -> list[int]:
+        return [self.current_version(stream_id, connection=connection) for stream_id in stream_ids]
+
     def load(self, stream_id: str, *, up_to_version: int | None = None, as_of: datetime | None = None,
              after_version: int = 0, connection: MemoryTransaction | None = None) -> list[StoredEvent]:
         found = []

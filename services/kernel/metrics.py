@@ -69,6 +69,11 @@ CACHE_LOOKUPS = Counter(
     "cocreate_cache_lookups_total", "Lookups of answers kept per process at a version (services.kernel.cache)",
     ["cache", "result"],
 )
+COMMANDS_RERUN = Counter(
+    "cocreate_commands_rerun_total",
+    "Commands run optimistically whose loaded streams had moved by their first write, run again in the "
+    "writers' turn (services.kernel.bus)", ["command"],
+)
 EVENTS_APPENDED = Counter(
     "cocreate_events_appended_total", "Events appended to the event store", ["service", "event_type"],
 )

@@ -129,3 +129,86 @@ def test_commands_are_frozen_and_need_their_handler():
         MessageBus(InMemoryEventStore(), {Mutable: add})
     with pytest.raises(LookupError, match="no handler for the command Add"):
         MessageBus(InMemoryEventStore(), {}).handle(Add(counter_id="c1", amount=1), actor=ALICE)
+
+
+# -- optimistic units: a handler that reads first (services.kernel.aggregate.reads_first) ----------
+
+def _rerun_count(command: str) -> float:
+    from services.kernel import metrics
+    return metrics.COMMANDS_RERUN.labels(command)._value.get()
+
+
+def test_a_handler_that_reads_first_is_run_again_in_the_turn_when_a_stream_it_loaded_moved():
+    """Between its load and its first record another command appends to the stream it loaded: its
+    first record finds the stream moved, writes nothing, and the bus runs it again from the start in
+    the write transaction, where it decides on the new state (no lost update, no 409 to its caller)."""
+    from services.kernel.aggregate import reads_first
+
+    store = InMemoryEventStore(service="test")
+    runs: list[int] = []
+
+    @reads_first
+    def add_late(cmd: Add, uow) -> Counter:
+        counter = uow.load(Counter, cmd.counter_id)
+        runs.append(counter.version)
+        if len(runs) == 1:  # another writer, between this run's load and its record
+            store.append(counter.stream_id, counter.version, [NewEvent("Added", {"amount": 10, "by": "bob"})])
+        uow.record(counter, counter.add(cmd.amount, uow.actor.person_id))
+        return counter
+
+    bus = MessageBus(store, {Add: add_late})
+    before = _rerun_count("Add")
+    outcome = bus.handle(Add(counter_id="c1", amount=2), actor=ALICE)
+    assert runs == [0, 1], "run again after the stream moved, on the state with the other writer's event"
+    assert (outcome.result.total, outcome.result.version) == (12, 2)
+    assert [(e.version, e.data["amount"]) for e in store.load("counter-c1")] == [(1, 10), (2, 2)]
+    assert [e.version for e in outcome.recorded] == [2], "the first run recorded nothing"
+    assert _rerun_count("Add") == before + 1
+    again = bus.handle(Add(counter_id="c1", amount=3), actor=ALICE)
+    assert runs == [0, 1, 2] and again.result.version == 3 and _rerun_count("Add") == before + 1
+
+
+def test_a_handler_that_reads_first_runs_once_when_only_other_streams_moved():
+    from services.kernel.aggregate import reads_first
+
+    store = InMemoryEventStore(service="test")
+    runs: list[int] = []
+
+    @reads_first
+    def add_beside(cmd: Add, uow) -> Counter:
+        counter = uow.load(Counter, cmd.counter_id)
+        runs.append(counter.version)
+        store.append(f"counter-other{len(runs)}", 0, [NewEvent("Added", {"amount": 1, "by": "bob"})])
+        uow.record(counter, counter.add(cmd.amount, uow.actor.person_id))
+        return counter
+
+    before = _rerun_count("Add")
+    outcome = MessageBus(store, {Add: add_beside}).handle(Add(counter_id="c1", amount=2), actor=ALICE)
+    assert runs == [0] and outcome.result.version == 1 and _rerun_count("Add") == before
+
+
+def test_a_handler_that_reads_first_and_records_nothing_never_opens_a_write_transaction():
+    from services.kernel.aggregate import reads_first
+
+    store = InMemoryEventStore(service="test")
+    opened: list[str] = []
+    plain = store.write_transaction
+
+    def write_transaction():
+        opened.append("write")
+        return plain()
+
+    store.write_transaction = write_transaction
+
+    @reads_first
+    def refuse(cmd: Add, uow) -> Counter:
+        counter = uow.load(Counter, cmd.counter_id)
+        uow.record(counter, counter.add(cmd.amount, uow.actor.person_id))  # refused for 0 before it writes
+        return counter
+
+    bus = MessageBus(store, {Add: refuse})
+    with pytest.raises(Conflict):
+        bus.handle(Add(counter_id="c1", amount=0), actor=ALICE)
+    assert opened == [] and store.last_position() == 0
+    bus.handle(Add(counter_id="c1", amount=4), actor=ALICE)
+    assert opened == ["write"] and store.current_version("counter-c1") == 1
