@@ -50,28 +50,34 @@ PEOPLE = AggregateView(Person, "people_view", [
 
 class ObligationsView:
     """Whose obligation each open one is (a follow-up case's id -> its rater): the feedback-cases
-    consumer learns a case's closing by its id alone."""
+    consumer learns a case's closing by its id alone. Its statements are prepared once (``Prepared``):
+    the consumer runs them for every case opened or closed, and through SQLAlchemy's statement
+    building they were a fifth of that consumer's CPU while ratings came in (issue 23)."""
 
     name = "obligations_view"
 
     def __init__(self) -> None:
-        self.table = sa.Table(
+        self.table = t = sa.Table(
             "obligations_view", sa.MetaData(),
             sa.Column("ref", sa.String(100), primary_key=True),
             sa.Column("person_id", sa.String(100), nullable=False, index=True),
             sa.Column("kind", sa.String(40), nullable=False),
         )
         self.tables = [self.table]
+        self._open = Prepared(t.insert().values(ref=sa.bindparam("ref"), person_id=sa.bindparam("person_id"),
+                                                kind=sa.bindparam("kind")))
+        self._end = Prepared(t.delete().where(t.c.ref == sa.bindparam("ref")))
+        self._person = Prepared(sa.select(t.c.person_id).where(t.c.ref == sa.bindparam("ref")))
 
     def apply(self, connection: Connection, event: StoredEvent) -> None:
         if event.event_type == "ObligationOpened":
-            connection.execute(self.table.insert().values(ref=event.data["ref"], person_id=event.data["person_id"],
-                                                          kind=event.data["kind"]))
+            self._open.execute(connection, {"ref": event.data["ref"], "person_id": event.data["person_id"],
+                                            "kind": event.data["kind"]})
         elif event.event_type == "ObligationEnded":
-            connection.execute(self.table.delete().where(self.table.c.ref == event.data["ref"]))
+            self._end.execute(connection, {"ref": event.data["ref"]})
 
     def person_of(self, connection: Connection, ref: str) -> str | None:
-        row = connection.execute(sa.select(self.table.c.person_id).where(self.table.c.ref == ref)).first()
+        row = self._person.first(connection, {"ref": ref})
         return row[0] if row else None
 
 
