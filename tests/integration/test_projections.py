@@ -152,20 +152,10 @@ def test_a_command_loads_an_aggregate_in_one_statement_unless_its_row_is_behind_
     the stream's events are read only when the row is behind them (appended by a writer that does
     not keep the view: an older release during a rolling upgrade), missing (a view added since) or
     no longer fits the class — and then the state is the fold of the whole log all the same."""
-    import dataclasses
-
     from services.kernel.aggregate import AggregateView, unit_of_work
     from services.kernel.db import make_engine
     from services.kernel.eventstore import EventStore
-    from services.kernel.model import Aggregate
-
-    @dataclasses.dataclass
-    class Crate(Aggregate):
-        stream_prefix = "crate"
-        items: int = 0
-
-        def on_Packed(self, data, _event):
-            self.items += data["n"]
+    from tests.support.events import Crate
 
     view = AggregateView(Crate, f"crates_{unique[:8]}")
     engine = make_engine(database_url)

@@ -4,7 +4,6 @@ it loaded moved before its first write."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import pytest
@@ -15,16 +14,8 @@ from services.kernel.bus import MessageBus
 from services.kernel.db import make_engine
 from services.kernel.events import NewEvent
 from services.kernel.eventstore import EventStore
-from services.kernel.model import Aggregate, command
-
-
-@dataclasses.dataclass
-class Crate(Aggregate):
-    stream_prefix = "crate"
-    items: int = 0
-
-    def on_Packed(self, data, _event):
-        self.items += data["n"]
+from services.kernel.model import command
+from tests.support.events import Crate
 
 
 @command

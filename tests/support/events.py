@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from datetime import datetime, timezone
 
 from services.kernel.events import StoredEvent
+from services.kernel.model import Aggregate
 
 T0 = datetime(2026, 11, 2, 1, 0, tzinfo=timezone.utc)  # a Monday, 09:00 in Xiamen
 
@@ -35,3 +37,15 @@ class Log:
 
 def kinds(events) -> list[str]:
     return [e.event_type for e in events]
+
+
+@dataclasses.dataclass
+class Crate(Aggregate):
+    """The smallest aggregate, for the kernel's tests on a real store (a unit of work, a view):
+    ``Packed`` events add ``n`` items."""
+
+    stream_prefix = "crate"
+    items: int = 0
+
+    def on_Packed(self, data, _event):
+        self.items += data["n"]

@@ -138,25 +138,34 @@ def _rerun_count(command: str) -> float:
     return metrics.COMMANDS_RERUN.labels(command)._value.get()
 
 
-def test_a_handler_that_reads_first_is_run_again_in_the_turn_when_a_stream_it_loaded_moved():
-    """Between its load and its first record another command appends to the stream it loaded: its
-    first record finds the stream moved, writes nothing, and the bus runs it again from the start in
-    the write transaction, where it decides on the new state (no lost update, no 409 to its caller)."""
+def _adding_after(store: InMemoryEventStore, runs: list[int], meanwhile):
+    """An ``Add`` handler that reads first and calls ``meanwhile(counter, run)`` between its load
+    and its record (another writer's work), keeping each run's loaded version in ``runs``."""
     from services.kernel.aggregate import reads_first
-
-    store = InMemoryEventStore(service="test")
-    runs: list[int] = []
 
     @reads_first
     def add_late(cmd: Add, uow) -> Counter:
         counter = uow.load(Counter, cmd.counter_id)
         runs.append(counter.version)
-        if len(runs) == 1:  # another writer, between this run's load and its record
-            store.append(counter.stream_id, counter.version, [NewEvent("Added", {"amount": 10, "by": "bob"})])
+        meanwhile(counter, len(runs))
         uow.record(counter, counter.add(cmd.amount, uow.actor.person_id))
         return counter
 
-    bus = MessageBus(store, {Add: add_late})
+    return add_late
+
+
+def test_a_handler_that_reads_first_is_run_again_in_the_turn_when_a_stream_it_loaded_moved():
+    """Between its load and its first record another command appends to the stream it loaded: its
+    first record finds the stream moved, writes nothing, and the bus runs it again from the start in
+    the write transaction, where it decides on the new state (no lost update, no 409 to its caller)."""
+    store = InMemoryEventStore(service="test")
+    runs: list[int] = []
+
+    def another_writer(counter: Counter, run: int) -> None:
+        if run == 1:
+            store.append(counter.stream_id, counter.version, [NewEvent("Added", {"amount": 10, "by": "bob"})])
+
+    bus = MessageBus(store, {Add: _adding_after(store, runs, another_writer)})
     before = _rerun_count("Add")
     outcome = bus.handle(Add(counter_id="c1", amount=2), actor=ALICE)
     assert runs == [0, 1], "run again after the stream moved, on the state with the other writer's event"
@@ -169,21 +178,15 @@ def test_a_handler_that_reads_first_is_run_again_in_the_turn_when_a_stream_it_lo
 
 
 def test_a_handler_that_reads_first_runs_once_when_only_other_streams_moved():
-    from services.kernel.aggregate import reads_first
-
     store = InMemoryEventStore(service="test")
     runs: list[int] = []
 
-    @reads_first
-    def add_beside(cmd: Add, uow) -> Counter:
-        counter = uow.load(Counter, cmd.counter_id)
-        runs.append(counter.version)
-        store.append(f"counter-other{len(runs)}", 0, [NewEvent("Added", {"amount": 1, "by": "bob"})])
-        uow.record(counter, counter.add(cmd.amount, uow.actor.person_id))
-        return counter
+    def beside(_counter: Counter, run: int) -> None:
+        store.append(f"counter-other{run}", 0, [NewEvent("Added", {"amount": 1, "by": "bob"})])
 
     before = _rerun_count("Add")
-    outcome = MessageBus(store, {Add: add_beside}).handle(Add(counter_id="c1", amount=2), actor=ALICE)
+    outcome = MessageBus(store, {Add: _adding_after(store, runs, beside)}).handle(Add(counter_id="c1", amount=2),
+                                                                                  actor=ALICE)
     assert runs == [0] and outcome.result.version == 1 and _rerun_count("Add") == before
 
 
