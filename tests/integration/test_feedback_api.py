@@ -308,6 +308,37 @@ def test_cases_are_read_by_the_resident_and_handlers_only(w):
     invalid(w.call(CADRE, "GET", "/cases?status=lost"), "status", location="query")
 
 
+def test_a_rating_decided_while_the_policy_changes_is_decided_again_on_the_new_policy(both, monkeypatch):
+    """A rating loads the subject, the policy and the rating before it takes the writers' turn
+    (``reads_first``, ADR 21). A cadre changes the period from month to quarter between the rating's
+    loads and its record, from another thread: the change does not wait for the rating (it holds no
+    turn yet), and the rating's first record finds the policy moved and is decided again on the
+    new policy — it belongs to the quarter, not to the month it was first decided in."""
+    import threading
+
+    from services.kernel import metrics
+
+    both.register("wang", person_id="p-wang")
+    plain = handlers.RatingHandlers._rating
+    changes: list[str] = ["quarter"]
+
+    def rating_after_a_policy_change(self, uow, *args):
+        if changes:
+            cadre = threading.Thread(target=both.policy, kwargs={"period": changes.pop()})
+            cadre.start()
+            cadre.join(15)
+            assert not cadre.is_alive(), "the policy change waited for a rating that was only reading"
+        return plain(self, uow, *args)
+
+    monkeypatch.setattr(handlers.RatingHandlers, "_rating", rating_after_a_policy_change)
+    before = metrics.COMMANDS_RERUN.labels("SubmitRating")._value.get()
+    rating = both.rate(RES[0], "wang", 4, 201)["resource"]
+    assert rating["period"] == "2026-Q4"
+    assert both.get(CADRE, f"/policies/{C}")["settings"]["period"] == "quarter"
+    assert metrics.COMMANDS_RERUN.labels("SubmitRating")._value.get() == before + 1
+    assert both.figures("wang", "2026-Q4")["ratings"] == 1 and both.figures("wang", "2026-10") is None  # none in the month
+
+
 def test_the_rated_person_does_not_learn_the_bad_rater_through_the_case(w):
     """A rater is never shown to the rated subject (api.py's docstring); the follow-up case of a
     bad rating about the cadre must not name the resident to that cadre either."""
