@@ -18,9 +18,11 @@ from localrun.__main__ import live_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 APPS = ("gateway", "projects", "volunteers", "feedback", "web")
+# every worker's probe port (the Procfile's ``<NAME>_PORT``): a platform fixture gives each a free
+# one, so that no default port is taken on a machine where something else holds it
 WORKERS = ("projects_relay", "volunteers_relay", "feedback_relay", "volunteers_consumer", "volunteers_cases",
            "feedback_consumer",
-           "feedback_sweep", "gateway_feed")
+           "feedback_sweep", "projects_rounds", "gateway_feed")
 
 
 def get(url: str) -> tuple[int, bytes, str]:

@@ -76,3 +76,16 @@ def test_json_log_lines_are_made_readable():
     assert readable(line) == 'INFO    relay started  topic=projects.events counts={"a": 1}'
     assert readable("plain text") == "plain text"
     assert readable("{not json") == "{not json"
+
+
+def test_the_platform_fixtures_give_every_port_of_the_procfile_a_free_one():
+    """The tests that run ``make run`` give every process's port a free one (``APPS``, ``WORKERS``,
+    the broker's): a port left at its default is taken on a machine where anything holds it (a
+    platform left over from an interrupted run held 9121, the budgeting rounds job's, and every
+    test of ``make run``'s client failed at its start)."""
+    import re
+
+    from tests.support.run_platform import APPS, WORKERS
+
+    defaults = set(re.findall(r"\$\{([A-Z_]+)_PORT:-\d+\}", (ROOT / "Procfile").read_text()))
+    assert defaults == {name.upper() for name in (*APPS, *WORKERS)} | {"COCREATE_BROKER"}
