@@ -320,11 +320,10 @@ class EventStore:
     # -- reading ----------------------------------------------------------------------------
 
     def current_version(self, stream_id: str, *, connection: Connection | None = None) -> int:
-        query = sa.select(sa.func.max(events_table.c.version)).where(events_table.c.stream_id == stream_id)
         if connection is not None:
-            return connection.execute(query).scalar() or 0
+            return self.stream_heads([stream_id], connection=connection)[0]
         with read_transaction(self.engine) as own:
-            return own.execute(query).scalar() or 0
+            return self.stream_heads([stream_id], connection=own)[0]
 
     def stream_heads(self, stream_ids: Sequence[str], *, connection: Connection) -> list[int]:
         """The last version of each stream (0 for one without events), in order, by one statement:
