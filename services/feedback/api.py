@@ -24,7 +24,6 @@ from datetime import datetime
 from operator import itemgetter
 
 import marshmallow as ma
-import flask
 from flask.views import MethodView
 
 from services.feedback import commands as c
@@ -41,7 +40,7 @@ from services.kernel.errors import DomainError, Forbidden, NotFound
 from services.kernel.web import (
     Blueprint,
     ANY_ROLE, IDENTIFIER, PUBLIC_QUERY, CommandSchema, JsonBoolean, Schema, command_answer, current_principal,
-    etagged, public, roles, send, service_container, text_field,
+    encoded_answer, etagged, public, roles, send, service_container, text_field,
 )
 
 f = ma.fields
@@ -596,8 +595,7 @@ class LiveRanking(MethodView):
         current_principal().require_reader(community_id)
         check_kind(kind)
         period = query.get("period") or current_period(community_id)
-        body = views.live_ranking(store(), community_id, kind, period)
-        return flask.Response(body, mimetype="application/json")  # kept encoded (views.live_ranking)
+        return encoded_answer(views.live_ranking(store(), community_id, kind, period))  # kept encoded
 
 
 @rankings.route("/<community_id>/<kind>/<period>")

@@ -31,7 +31,7 @@ from services.feedback.domain import (
 )
 from services.kernel import privacy
 from services.kernel.aggregate import AggregateView
-from services.kernel.cache import AtVersion
+from services.kernel.cache import AtVersion, EncodedAnswer
 from services.kernel.db import Prepared
 from services.kernel.events import StoredEvent, dumps, format_time, parse_time, to_micros
 from services.kernel.eventstore import EventStore, chunked
@@ -613,10 +613,10 @@ def ranking_table(connection: Connection, community_id: str, kind: str, period: 
 
 # The live ranking as it stands at a position of the log: the same until the next event (a rating,
 # a subject renamed, the policy changed all move the position), so it is kept per worker, encoded.
-_LIVE: AtVersion[bytes] = AtVersion("live_ranking", size=256)
+_LIVE: AtVersion[EncodedAnswer] = AtVersion("live_ranking", size=256)
 
 
-def live_ranking(store: EventStore, community_id: str, kind: str, period: str) -> bytes:
+def live_ranking(store: EventStore, community_id: str, kind: str, period: str) -> EncodedAnswer:
     """The live ranking's answer as JSON, as of the log's last position:
     ``{community_id, kind, period, published: false, formula, ranked, not_enough_ratings}``.
 
@@ -628,10 +628,10 @@ def live_ranking(store: EventStore, community_id: str, kind: str, period: str) -
     if kept is not None:
         return kept
     with store.read_transaction() as connection:
-        def make() -> bytes:
+        def make() -> EncodedAnswer:
             table = ranking_table(connection, community_id, kind, period)
-            return dumps({"community_id": community_id, "kind": kind, "period": period, "published": False,
-                          **table}).encode()
+            return EncodedAnswer.of(dumps({"community_id": community_id, "kind": kind, "period": period,
+                                           "published": False, **table}).encode())
         return _LIVE.get(connection, key, store.last_position(connection=connection), make)
 
 

@@ -23,13 +23,30 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import Connection, Engine
 
 from services.kernel import metrics
+from services.kernel.personal import MARK
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAnswer:
+    """A JSON answer kept encoded, and whether it holds a sealed personal field (:mod:`services.kernel.personal`).
+    Every JSON answer is searched for sealed fields as it leaves the process
+    (:func:`services.kernel.web.open_personal_fields`); a kept answer is searched once, when it is made,
+    not each time it is given (a live ranking's 15 KB took 9 µs, a twentieth of its request: issue 23)."""
+
+    body: bytes
+    sealed: bool
+
+    @classmethod
+    def of(cls, body: bytes) -> "EncodedAnswer":
+        return cls(body, MARK in body)
 
 
 class _Counted:

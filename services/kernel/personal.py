@@ -47,6 +47,7 @@ from services.kernel.privacy import personal_fields
 PLACEHOLDER = "已注销"
 PURPOSES = ("contact", "name", "content")
 PREFIX = "pii1."
+MARK = b"pii1"  # what every sealed string starts with, masked (``pii1m.``) or not: a body without it holds none
 TOKEN = re.compile(r"pii1\.(k[0-9a-f]{32})\.([A-Za-z0-9_-]{38,})")
 # what readers may meet: a token, or a phone's token masked for a reader who sees it masked
 # (``pii1m.``, made by model.mask_phone: it opens as ``138****5678``)
@@ -374,7 +375,7 @@ class Sealer:
 
     def open_json(self, body: bytes) -> bytes:
         """A JSON document (bytes) with every sealed string in it opened (as JSON string content)."""
-        if b"pii1" not in body:
+        if MARK not in body:
             return body
         kept = self.keys.kept_body(body)
         if kept is not None:

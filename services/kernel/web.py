@@ -41,11 +41,13 @@ from werkzeug.http import HTTP_STATUS_CODES
 from cocreate_client.messages import DEFAULT_LOCALE, field_errors, match_locale, message_for_error
 from services.kernel import metrics
 from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS, Principal, TokenVerifier
+from services.kernel.cache import EncodedAnswer
 from services.kernel.config import AuthSettings
 from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
 from services.kernel.events import Metadata, dumps
 from services.kernel.logs import correlation_id_var, request_line
 from services.kernel.model import LEGACY_ROLE_ALIASES, ROLE_MEANINGS, ROLES, new_correlation_id
+from services.kernel.personal import MARK
 
 log = logging.getLogger(__name__)
 
@@ -604,7 +606,6 @@ def _install_operational_routes(app: flask.Flask, readiness: Mapping[str, Readin
 
 
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/static")
-_SEALED_MARK = b"pii1"  # services.kernel.personal: "pii1." and a masked phone's "pii1m."
 _OPENED_TYPES = frozenset({"application/json", "application/problem+json"})
 
 
@@ -612,7 +613,8 @@ def open_personal_fields(app: flask.Flask, sealer: Any | None) -> None:
     """Personal fields are stored sealed (:mod:`services.kernel.personal`): the log, read models and
     caches hold tokens, and every JSON answer is opened as it leaves the process — a token whose
     key is gone (erased, corrected) reads ``已注销``. An answer stays byte-for-byte what the view
-    made when it holds no token; a streamed answer is left to its view."""
+    made when it holds no token; a streamed answer is left to its view. An answer made by
+    :func:`encoded_answer` says itself whether it holds a token (searched for once, when it was kept)."""
     if sealer is None:
         return
 
@@ -620,11 +622,23 @@ def open_personal_fields(app: flask.Flask, sealer: Any | None) -> None:
     def _open(response: flask.Response):
         if response.is_streamed or response.direct_passthrough or response.mimetype not in _OPENED_TYPES:
             return response
-        body = response.get_data()
-        if _SEALED_MARK in body:
-            response.set_data(sealer.open_json(body))
+        if getattr(response, _HOLDS_SEALED, True):
+            body = response.get_data()
+            if MARK in body:
+                response.set_data(sealer.open_json(body))
         return response
 
+
+_HOLDS_SEALED = "cocreate_holds_sealed"  # set by encoded_answer alone: False when its body holds no token
+
+
+def encoded_answer(answer: EncodedAnswer, status: int = 200) -> flask.Response:
+    """A JSON answer kept encoded (:class:`services.kernel.cache.EncodedAnswer`), as it is; the
+    search for sealed fields as it leaves (:func:`open_personal_fields`) is skipped when the answer
+    was found to hold none when it was kept."""
+    response = flask.Response(answer.body, status, mimetype="application/json")
+    setattr(response, _HOLDS_SEALED, answer.sealed)
+    return response
 
 
 def require_tokens(app: flask.Flask, *, open_paths: tuple[str, ...] = (),
@@ -832,12 +846,14 @@ def etagged(body: Mapping[str, Any], version: int, status: int = 200, location: 
     return response
 
 
-def etagged_encoded(encoded: bytes, extra: Mapping[str, Any], version: int) -> flask.Response:
+def etagged_encoded(encoded: EncodedAnswer, extra: Mapping[str, Any], version: int) -> flask.Response:
     """An answer kept encoded (a JSON object: :mod:`services.kernel.cache`) with ``extra``'s keys added
     — what differs per caller — and the resource's version as its ETag; not encoded again."""
     added = dumps(dict(extra)).encode()[1:-1]
-    body = encoded if not added else (encoded[:-1] + (b"," if encoded != b"{}" else b"") + added + b"}")
-    response = flask.Response(body, mimetype="application/json")
+    body = encoded.body
+    if added:
+        body = body[:-1] + (b"," if body != b"{}" else b"") + added + b"}"
+    response = encoded_answer(EncodedAnswer(body, encoded.sealed or MARK in added))
     response.set_etag(str(version))
     return response
 

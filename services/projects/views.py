@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
-from services.kernel.cache import AtVersion, Newest
+from services.kernel.cache import AtVersion, EncodedAnswer, Newest
 from services.kernel.db import Prepared
 from services.kernel import privacy
 from services.kernel.errors import NotFound
@@ -501,18 +501,18 @@ def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     return dict(_PAGES.get(connection, project.id, project.version, lambda: _project_detail(connection, project)))
 
 
-_PAGES_JSON: AtVersion[bytes] = AtVersion("project_detail_json", size=1024)
+_PAGES_JSON: AtVersion[EncodedAnswer] = AtVersion("project_detail_json", size=1024)
 
 
-def kept_project_detail_json(engine, project: Project) -> bytes | None:
+def kept_project_detail_json(engine, project: Project) -> EncodedAnswer | None:
     """:func:`project_detail_json` as kept for the project's version, or None (nothing made)."""
     return _PAGES_JSON.kept(engine, project.id, project.version)
 
 
-def project_detail_json(connection: Connection, project: Project) -> bytes:
+def project_detail_json(connection: Connection, project: Project) -> EncodedAnswer:
     """:func:`project_detail` encoded (canonical JSON), kept at the project's version too."""
     return _PAGES_JSON.get(connection, project.id, project.version,
-                           lambda: dumps(project_detail(connection, project)).encode())
+                           lambda: EncodedAnswer.of(dumps(project_detail(connection, project)).encode()))
 
 
 def _project_detail(connection: Connection, project: Project) -> dict[str, Any]:

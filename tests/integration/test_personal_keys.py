@@ -202,3 +202,39 @@ def test_the_texts_of_all_keys_together_are_bounded(keys_url, monkeypatch):
     assert [sealer.open(token) for token in tokens[:2]] == ["王芳", "李雷"] and keys._texts == 2
     assert sealer.open(tokens[2]) == "韩梅"
     assert keys._texts == 1 and [len(kept[2]) for kept in keys._kept.values()] == [0, 0, 1]
+
+
+def test_a_kept_answer_is_opened_as_it_leaves_when_it_was_found_to_hold_a_token(keys):
+    """A kept answer (services.kernel.cache.EncodedAnswer) is searched for tokens once, when it is
+    made: one that holds a token — masked or not, or in the caller's keys added to it — is opened
+    on every answer, and reads the placeholder once its key is erased; one that holds none is
+    given byte for byte."""
+    import flask
+
+    from services.kernel.cache import EncodedAnswer
+    from services.kernel.model import mask_phone
+    from services.kernel.web import encoded_answer, etagged_encoded, open_personal_fields
+
+    sealer = Sealer(keys)
+    name, phone = sealer.seal("王芳", "p-1", "name"), sealer.seal("13800138000", "p-1", "contact")
+    clean = EncodedAnswer.of(json.dumps({"ranked": [{"name": "环卫所", "score": 4.5}]}, ensure_ascii=False).encode())
+    sealed = EncodedAnswer.of(json.dumps({"by": name}).encode())
+    masked = EncodedAnswer.of(json.dumps({"phone": mask_phone(phone)}).encode())
+    assert (clean.sealed, sealed.sealed, masked.sealed) == (False, True, True)
+    app = flask.Flask("kept")
+    open_personal_fields(app, sealer)
+    app.add_url_rule("/clean", "clean", lambda: encoded_answer(clean))
+    app.add_url_rule("/sealed", "sealed", lambda: encoded_answer(sealed))
+    app.add_url_rule("/masked", "masked", lambda: encoded_answer(masked))
+    app.add_url_rule("/added", "added", lambda: etagged_encoded(clean, {"my_name": name}, 7))
+    client = app.test_client()
+    assert client.get("/clean").get_data() == clean.body
+    assert client.get("/sealed").get_json() == {"by": "王芳"}
+    assert client.get("/masked").get_json() == {"phone": "138****8000"}
+    added = client.get("/added")
+    assert added.get_json() == {"ranked": [{"name": "环卫所", "score": 4.5}], "my_name": "王芳"}
+    assert added.headers["ETag"] == '"7"'
+    assert keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
+    assert client.get("/sealed").get_json() == {"by": PLACEHOLDER}
+    assert client.get("/masked").get_json() == {"phone": PLACEHOLDER}
+    assert client.get("/added").get_json()["my_name"] == PLACEHOLDER
