@@ -23,6 +23,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from services.kernel.metrics import process_id
+
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
@@ -159,9 +161,9 @@ class WriterQueue:
         return queue
 
     def _file(self) -> int:
-        if self._fd is None or self._pid != os.getpid():
+        if self._fd is None or self._pid != process_id():
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
+            self._pid = process_id()
         return self._fd
 
     @classmethod
@@ -210,47 +212,74 @@ def _roll_back(connection: Connection, driver: sqlite3.Connection) -> None:
         driver.rollback()
 
 
-@contextlib.contextmanager
-def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that may write: serialised with other writers on SQLite.
+def write_transaction(engine: Engine):
+    """A transaction that may write (a context manager giving its connection): serialised with
+    other writers on SQLite.
 
     On SQLite the transaction is opened and ended on the driver itself, and SQLAlchemy joins it
     when the first statement runs through it (the "begin" listener sees it open): a command that
     appends through the driver's cursor alone pays no SQLAlchemy transaction at all (issue 23:
     about a tenth of a one-event append). On a file, writers take turns (:class:`WriterQueue`)
-    and write through the connection kept for the engine between turns (``_writer_connection``)."""
+    and write through the connection kept for the engine between turns (``_writer_connection``).
+    A class rather than a generator: this runs for every write, and a generator's context manager
+    was a twentieth of a one-event append's own work (issue 23)."""
     if not is_sqlite(engine):
-        with engine.connect().execution_options(write=True) as connection:
-            with connection.begin():
-                yield connection
-        return
-    queue = WriterQueue.of(engine)  # (inline rather than nested context managers: this runs for every write)
-    if queue is None:  # a memory database: no other process, nothing kept
-        connection = engine.connect()
-        driver = connection.connection.dbapi_connection
-    else:
-        queue.acquire()
-    try:
-        if queue is not None:
-            connection, driver = _writer_connection(engine)
-        _begin_immediate(driver)  # (the "begin" listener joins; no write option needed)
-        try:
+        return _write_transaction(engine)
+    return _SQLiteWrite(engine)
+
+
+@contextlib.contextmanager
+def _write_transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.connect().execution_options(write=True) as connection:
+        with connection.begin():
             yield connection
-        except BaseException:
-            _roll_back(connection, driver)
-            if queue is not None and (connection.invalidated or connection.closed):
-                engine.__dict__.pop(_WRITER, None)  # not lent again: the next turn opens another
-                connection.close()
-            raise
-        if connection.in_transaction():
-            connection.commit()
-        elif driver.in_transaction:
-            _commit(driver)
-    finally:
-        if queue is None:
-            connection.close()
+
+
+class _SQLiteWrite:
+    __slots__ = ("engine", "queue", "connection", "driver")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> Connection:
+        engine = self.engine
+        queue = self.queue = WriterQueue.of(engine)
+        if queue is None:  # a memory database: no other process, nothing kept
+            connection = engine.connect()
+            driver = connection.connection.dbapi_connection
         else:
-            queue.release()
+            queue.acquire()
+        try:
+            if queue is not None:
+                connection, driver = _writer_connection(engine)
+            self.connection, self.driver = connection, driver
+            _begin_immediate(driver)  # (the "begin" listener joins; no write option needed)
+        except BaseException:
+            if queue is None:
+                connection.close()
+            else:
+                queue.release()
+            raise
+        return connection
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        connection, driver, queue = self.connection, self.driver, self.queue
+        try:
+            if exc_type is not None:
+                _roll_back(connection, driver)
+                if queue is not None and (connection.invalidated or connection.closed):
+                    self.engine.__dict__.pop(_WRITER, None)  # not lent again: the next turn opens another
+                    connection.close()
+            elif connection.in_transaction():
+                connection.commit()
+            elif driver.in_transaction:
+                _commit(driver)
+        finally:
+            if queue is None:
+                connection.close()
+            else:
+                queue.release()
+        return False
 
 
 # The connection each engine of a queued SQLite file writes with, kept between transactions: writers
@@ -269,15 +298,15 @@ def _writer_connection(engine: Engine) -> tuple[Connection, sqlite3.Connection]:
     kept = engine.__dict__.get(_WRITER)
     if kept is not None:
         pid, connection, driver = kept
-        if pid == os.getpid() and not (connection.closed or connection.invalidated):
+        if pid == process_id() and not (connection.closed or connection.invalidated):
             return connection, driver
-        if pid != os.getpid():
+        if pid != process_id():
             _LEFT_BEHIND_BY_FORK.append(connection)  # the parent's: not this process's to close
         else:
             connection.close()
     connection = _detached(engine)
     driver = connection.connection.dbapi_connection
-    engine.__dict__[_WRITER] = (os.getpid(), connection, driver)
+    engine.__dict__[_WRITER] = (process_id(), connection, driver)
     return connection, driver
 
 
@@ -293,11 +322,11 @@ def _detached(engine: Engine) -> Connection:
 @sa.event.listens_for(Engine, "engine_disposed")
 def _close_writer(engine: Engine) -> None:
     kept = engine.__dict__.pop(_WRITER, None)
-    if kept is not None and kept[0] == os.getpid():
+    if kept is not None and kept[0] == process_id():
         kept[1].detach()  # closed for real, not checked in to the pool dispose has just replaced
         kept[1].close()
     readers = engine.__dict__.pop(_READERS, None)
-    if readers is not None and readers[0] == os.getpid() and readers[1]:
+    if readers is not None and readers[0] == process_id() and readers[1]:
         while readers[1]:
             connection, _driver = readers[1].pop()
             connection.detach()
@@ -346,12 +375,12 @@ _READERS = "_cocreate_readers"  # (pid, the list, or None: this engine's reads u
 
 def _reader_connections(engine: Engine) -> "list[tuple[Connection, sqlite3.Connection]] | None":
     kept = engine.__dict__.get(_READERS)
-    if kept is not None and kept[0] == os.getpid():
+    if kept is not None and kept[0] == process_id():
         return kept[1]
     if kept is not None and kept[1]:
         _LEFT_BEHIND_BY_FORK.extend(connection for connection, _driver in kept[1])  # the parent's
     free = [] if is_sqlite(engine) and WriterQueue.of(engine) is not None else None
-    engine.__dict__[_READERS] = (os.getpid(), free)
+    engine.__dict__[_READERS] = (process_id(), free)
     return free
 
 

@@ -275,10 +275,13 @@ def _require_mapping(envelope: Mapping[str, Any], key: str) -> Mapping[str, Any]
     return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def to_micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("naive datetime: times must be timezone-aware")
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 

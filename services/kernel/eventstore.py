@@ -298,8 +298,10 @@ class EventStore:
         actual, last_position = heads[0] or 0, heads[1] or 0
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
-        occurred_us = to_micros(self._clock())
-        occurred_at = from_micros(occurred_us)  # what a reader will get back: microseconds
+        moment = self._clock()
+        occurred_us = to_micros(moment)
+        # what a reader will get back: microseconds, in UTC (what the default clock gives already)
+        occurred_at = moment if moment.tzinfo is timezone.utc else from_micros(occurred_us)
         if metadata is None:
             meta, meta_json = dict(_NO_METADATA_DICT), _NO_METADATA_JSON
         else:

@@ -32,7 +32,9 @@ if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 _pid = os.getpid()
 
 
-def _process_pid() -> int:
+def process_id() -> int:
+    """This process's id without a system call (kept current after a fork): what the multiprocess
+    values and the SQLite writers' turn (services.kernel.db) check on every change."""
     return _pid
 
 
@@ -53,7 +55,7 @@ def _unused_multiprocess_class(value_class) -> bool:
 
 os.register_at_fork(after_in_child=_forked)
 if _unused_multiprocess_class(_prometheus_values.ValueClass):
-    _prometheus_values.ValueClass = _prometheus_values.MultiProcessValue(process_identifier=_process_pid)
+    _prometheus_values.ValueClass = _prometheus_values.MultiProcessValue(process_identifier=process_id)
 
 
 HTTP_REQUESTS = Counter(

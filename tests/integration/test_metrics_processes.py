@@ -53,7 +53,7 @@ def run(tmp_path: Path, first: str) -> dict:
 
 def test_values_take_the_pid_from_the_process_and_a_forked_child_writes_its_own_files(tmp_path):
     found = run(tmp_path, "services")
-    assert found["asks"] == "_process_pid"  # not os.getpid at every change
+    assert found["asks"] == "process_id"  # not os.getpid at every change
     assert found["total"]["cocreate_http_requests_total"] == 1 + 2 + 4
     parent, child = found["pids"]
     assert {f"counter_{parent}.db", f"counter_{child}.db"} <= set(found["files"])
