@@ -106,15 +106,20 @@ class AtVersion(_Counted, Generic[T]):
     def get(self, connection: Connection, key: Hashable, version: int, make: Callable[[], T]) -> T:
         """The value of ``key`` at ``version`` in ``connection``'s database: kept, or made by
         ``make()`` (outside the lock) and kept."""
+        return self.get_of(connection.engine, key, version, make)
+
+    def get_of(self, engine: Engine, key: Hashable, version: int, make: Callable[[], T]) -> T:
+        """:meth:`get` by the database's engine: for a value made of what the caller holds already
+        (an aggregate at ``version``), with no transaction."""
         with self._lock:
-            _kept, value = self._find(connection.engine, (key, version))
+            _kept, value = self._find(engine, (key, version))
             due = self._note(0 if value is not None else 1)
         if due:
             self._count()
         if value is not None:
             return value
         value = make()
-        self.keep(connection.engine, key, version, value)
+        self.keep(engine, key, version, value)
         return value
 
     def kept(self, engine: Engine, key: Hashable, version: int) -> T | None:

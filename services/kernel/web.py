@@ -622,9 +622,10 @@ def open_personal_fields(app: flask.Flask, sealer: Any | None) -> None:
     def _open(response: flask.Response):
         if response.is_streamed or response.direct_passthrough or response.mimetype not in _OPENED_TYPES:
             return response
-        if getattr(response, _HOLDS_SEALED, True):
+        holds = getattr(response, _HOLDS_SEALED, None)
+        if holds is not False:
             body = response.get_data()
-            if MARK in body:
+            if holds or MARK in body:  # (open_json finds nothing to open when nothing is there)
                 response.set_data(sealer.open_json(body))
         return response
 
@@ -710,11 +711,16 @@ def _view_method(app: flask.Flask, endpoint: str, method: str):
 
 
 def is_public_view(request: flask.Request) -> bool:
-    """Whether the request's route and method (HEAD as GET) is a read marked by :func:`public`."""
+    """Whether the request's route and method (HEAD as GET) is a read marked by :func:`public`
+    (found once per route: kept on the route's rule, which an app never changes once it serves)."""
     rule = request.url_rule
     if rule is None or request.method not in ("GET", "HEAD"):
         return False
-    return bool(getattr(_view_method(flask.current_app, rule.endpoint, "get"), _PUBLIC_MARK, False))
+    marked = rule.__dict__.get(_PUBLIC_MARK)
+    if marked is None:
+        marked = rule.__dict__[_PUBLIC_MARK] = bool(
+            getattr(_view_method(flask.current_app, rule.endpoint, "get"), _PUBLIC_MARK, False))
+    return marked
 
 
 def public_request() -> bool:

@@ -536,7 +536,7 @@ class ProjectResource(MethodView):
                 principal.require_reader(project.community_id)
                 page = views.project_detail_json(connection, project)
         # what this caller may do now (allowed_actions is what the stage allows anyone)
-        return etagged_encoded(page, {"my_actions": project.actions_for(principal)}, project.version)
+        return etagged_encoded(page, {"my_actions": views.actions_for(engine, project, principal)}, project.version)
 
 
 @projects.route("/<project_id>/history")

@@ -515,6 +515,18 @@ def project_detail_json(connection: Connection, project: Project) -> EncodedAnsw
                            lambda: EncodedAnswer.of(dumps(project_detail(connection, project)).encode()))
 
 
+# What a caller may do on a project at its version (Project.actions_for: a dry run of each allowed
+# action's decision, refusals raised and caught): decided by the project's state and the caller's
+# id, roles and community alone, so the same until the project changes. Kept per worker, by those.
+_ACTIONS: AtVersion[tuple[str, ...]] = AtVersion("project_actions", size=4096)
+
+
+def actions_for(engine, project: Project, principal) -> list[str]:
+    """``project.actions_for(principal)``, kept at the project's version for the same caller."""
+    key = (project.id, principal.person_id, principal.roles, principal.community)
+    return list(_ACTIONS.get_of(engine, key, project.version, lambda: tuple(project.actions_for(principal))))
+
+
 def _project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     page = DETAILS.page(connection, project.id, project.version)
     opinions = page.all("OpinionPosted")

@@ -348,6 +348,29 @@ def test_a_project_read_for_its_page_is_decoded_once_per_version_and_never_given
     assert now is not first and now.version == 2 and now.cosigner_ids == ["haicang-r1"]
 
 
+def test_what_a_caller_may_do_is_decided_once_per_version_of_the_project(api, monkeypatch):
+    """``my_actions`` is a dry run of every allowed action's decision (two of them refused, raised and
+    caught): kept per worker for the project's version and the caller's id, roles and community, it is
+    decided again for another caller or a new version, never served from another's."""
+    from services.projects.domain import Project
+
+    c = Community(api.d, "haicang")
+    pid = c.propose()["project_id"]
+    decided: list[str] = []
+    plain = Project.actions_for
+    monkeypatch.setattr(Project, "actions_for", lambda p, actor: (decided.append(actor.person_id), plain(p, actor))[1])
+    reader = c.residents[1]
+    assert [api.d.get(reader, f"/projects/{pid}")["my_actions"] for _ in range(3)] == [["cosign"]] * 3
+    assert decided == ["haicang-r1"]
+    assert api.d.get(c.residents[0], f"/projects/{pid}")["my_actions"] == ["amend", "withdraw"]
+    assert api.d.get(ADMIN, f"/projects/{pid}")["my_actions"] == []
+    assert decided == ["haicang-r1", "haicang-r0", ADMIN.person_id]
+    api.d.post(reader, f"/projects/{pid}/cosignatures", {})
+    decided.clear()
+    assert api.d.get(reader, f"/projects/{pid}")["my_actions"] == []
+    assert decided == ["haicang-r1"]
+
+
 def test_a_project_page_kept_for_its_version_is_answered_without_a_transaction(api, monkeypatch):
     """``GET /projects/<id>``: the project's version and state are one statement; the page kept for
     that version is the answer, with no read transaction. A new version is read in one (never the
