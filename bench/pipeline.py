@@ -22,9 +22,11 @@ One run starts its own tansu broker (in-memory storage) on a free port and measu
 
 Both producers are created and both topics exist before the clock starts. For both consumers the
 clock starts when the first message is received, which leaves the group join out of the figure;
-it stops when the N-th message has been handled (ours: after that poll's offset commit). Three
+it stops when the N-th message has been handled (ours: after that poll's offset commit). Five
 rounds (one with ``--quick``), each side in turn, each round on topics and groups of its own: the
-rows give the medians and the ranges (one run of each moved by 10–20 points between runs).
+rows give the medians and the ranges, and each target is the median of the rounds' own ratios (one
+run of each moved by 10–20 points between runs; the bare producer alone from 11,948 to 16,712
+events/s within one part).
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def bare_consumer_rate(bootstrap: str, topic: str, events: int) -> float:
 
 # -- the rows ------------------------------------------------------------------------------------
 
-ROUNDS = 3  # alternating rounds of each side; the rows give the medians and ours' range
+ROUNDS = 5  # rounds of each side in turn; the rows give the medians, the ranges and the rounds' ratios
 
 
 def run(workdir: Path, quick: bool) -> list[dict]:
@@ -211,6 +213,9 @@ def run(workdir: Path, quick: bool) -> list[dict]:
             broker.kill()
             broker.wait()
     median = {name: statistics.median(values) for name, values in figures.items()}
+    # a target: the median of the rounds' own ratios (each round's sides measured one after the other)
+    relay_share = statistics.median(o / b for o, b in zip(figures["ours_out"], figures["bare_out"]))
+    consumer_share = statistics.median(o / b for o, b in zip(figures["ours_in"], figures["bare_in"]))
 
     def spread(name: str) -> str:
         return f"{min(figures[name]):,.0f}–{max(figures[name]):,.0f}"
@@ -221,12 +226,14 @@ def run(workdir: Path, quick: bool) -> list[dict]:
         {"measure": "relay: SQLite event store to Kafka", "unit": "events/s", "ours": median["ours_out"],
          "anchors": {"bare kafka-python producer": median["bare_out"],
                      "the same with the kernel's partitioner (KeyHashPartitioner)": median["hashed_out"]},
-         "targets": [{"what": "≥ 70% of bare producer", "met": median["ours_out"] >= 0.7 * median["bare_out"]}],
-         "extra": {**common, "ours range": spread("ours_out"), "bare range": spread("bare_out"), "relay page": page}},
+         "targets": [{"what": f"≥ 70% of bare producer ({relay_share:.0%})", "met": relay_share >= 0.7}],
+         "extra": {**common, "ours range": spread("ours_out"), "bare range": spread("bare_out"),
+                   "ours / bare (median of the rounds' ratios)": f"{relay_share:.0%}", "relay page": page}},
         {"measure": "consumer: Kafka to handler with inbox (SQLite)", "unit": "events/s", "ours": median["ours_in"],
          "anchors": {"bare kafka-python consumer": median["bare_in"]},
-         "targets": [{"what": "≥ 60% of bare consumer", "met": median["ours_in"] >= 0.6 * median["bare_in"]}],
+         "targets": [{"what": f"≥ 60% of bare consumer ({consumer_share:.0%})", "met": consumer_share >= 0.6}],
          "extra": {**common, "ours range": spread("ours_in"), "bare range": spread("bare_in"),
+                   "ours / bare (median of the rounds' ratios)": f"{consumer_share:.0%}",
                    "clock starts": "first message received"}},
     ]
 
