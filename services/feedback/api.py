@@ -412,8 +412,8 @@ class SubjectRatings(MethodView):
         period = query.get("period") or current_period(subject.community_id)
         with store().read_transaction() as connection:
             found = views.ratings_of_subject(connection, subject_id, period)
-        items = [{**present(principal, rating), "flagged": rating.id in subject.flagged_ratings}
-                 for rating in found]
+        flagged = subject.flagged_ratings
+        items = [{**present(principal, rating), "flagged": rating.id in flagged} for rating in found]
         if not privacy.shown("rating", "rated_at",
                              privacy.relations(principal, subject.community_id, rated=subject.person_id)):
             items.sort(key=itemgetter("rating_id"))  # not in the order they came: that is timing too

@@ -243,7 +243,14 @@ class Subject(Aggregate):
     person_id: str | None = None
     # flag_id -> {rating_ids, status, last_at, window_minutes}: one burst incident each (see below)
     incidents: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    flagged_ratings: list[str] = dataclasses.field(default_factory=list)
+    # the flagged ratings were kept a second time beside their incidents, in a list every top
+    # rating of a growing incident made longer (and every rating of the subject read and wrote)
+    retired: ClassVar[frozenset[str]] = frozenset({"flagged_ratings"})
+
+    @property
+    def flagged_ratings(self) -> frozenset[str]:
+        """The ratings in the subject's burst incidents (each in one)."""
+        return frozenset(rating_id for incident in self.incidents.values() for rating_id in incident["rating_ids"])
 
     def register(self, actor: Principal | None, body: dict[str, Any], via: str = "staff") -> list[NewEvent]:
         if self.exists:
@@ -323,19 +330,16 @@ class Subject(Aggregate):
     def on_BurstIncidentOpened(self, d, event) -> None:
         self.incidents[d["flag_id"]] = {"rating_ids": list(d["rating_ids"]), "status": "open",
                                         "last_at": d["window_to"], "window_minutes": d["window_minutes"]}
-        self.flagged_ratings.extend(d["rating_ids"])
 
     def on_BurstIncidentGrew(self, d, event) -> None:
         incident = self.incidents[d["flag_id"]]
         incident["rating_ids"] = [*incident["rating_ids"], *d["rating_ids"]]
         incident["last_at"] = d["window_to"]
-        self.flagged_ratings.extend(d["rating_ids"])
 
     def on_BurstFlagged(self, d, event) -> None:
         """A flag stored before bursts were incidents (one per top rating after the first ten of a
         burst): an incident of its own, with the window it looked at."""
         self.incidents[d["flag_id"]] = legacy_incident(d)
-        self.flagged_ratings.extend(d["rating_ids"])
 
     def on_BurstReviewed(self, d, event) -> None:
         self.incidents[d["flag_id"]]["status"] = "excluded" if d["decision"] == "exclude" else "kept"

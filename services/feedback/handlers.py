@@ -115,7 +115,8 @@ def _open_case(uow: UnitOfWork, rating: Rating) -> bool:
 def _check_burst(uow: UnitOfWork, subject: Subject, rating: Rating, policy: dict[str, Any]) -> None:
     """A top rating joins the subject's burst incident while it grows; otherwise it may complete a
     new one: ``burst_min_ratings`` top ratings not in an incident within ``burst_window_minutes``."""
-    if rating.id in subject.flagged_ratings:
+    flagged = subject.flagged_ratings
+    if rating.id in flagged:
         return  # a flagged rating revised: it is in its incident already
     now = uow.now()
     growing = subject.growing_incident(now)
@@ -124,7 +125,7 @@ def _check_burst(uow: UnitOfWork, subject: Subject, rating: Rating, policy: dict
         return
     window = policy["burst_window_minutes"]
     since = now - timedelta(minutes=window)
-    fresh = [r for r in views.top_ratings_since(uow.connection, subject.id, since) if r not in subject.flagged_ratings]
+    fresh = [r for r in views.top_ratings_since(uow.connection, subject.id, since) if r not in flagged]
     if len(fresh) >= policy["burst_min_ratings"]:
         uow.record(subject, subject.open_incident(uow.new_id(), fresh, since, now, window))
 

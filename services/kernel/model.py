@@ -171,6 +171,9 @@ class Aggregate:
 
     stream_prefix: ClassVar[str] = ""
     label: ClassVar[str] = "aggregate"
+    # Fields a state written by an earlier release may hold that the class keeps no longer (a value
+    # now derived from the others): dropped as such a state is read, left out when it is written again.
+    retired: ClassVar[frozenset[str]] = frozenset()
 
     id: str
     version: int = 0
@@ -216,6 +219,8 @@ class Aggregate:
     @classmethod
     def from_json(cls: type[A], text: str | bytes) -> A:
         fields = _state_codec[1](text)
+        if cls.retired and not cls.retired.isdisjoint(fields):
+            fields = {name: value for name, value in fields.items() if name not in cls.retired}
         if fields.keys() == _plain_fields(cls):
             # Every field given and nothing else: the instance is what ``__init__`` would make of
             # them, without it (a dataclass's ``__init__`` was two thirds of reading a project's
