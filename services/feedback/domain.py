@@ -40,6 +40,7 @@ import json
 import re
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
+from itertools import chain
 from typing import Any, ClassVar
 
 from services.kernel.model import (
@@ -250,7 +251,7 @@ class Subject(Aggregate):
     @property
     def flagged_ratings(self) -> frozenset[str]:
         """The ratings in the subject's burst incidents (each in one)."""
-        return frozenset(rating_id for incident in self.incidents.values() for rating_id in incident["rating_ids"])
+        return frozenset(chain.from_iterable(incident["rating_ids"] for incident in self.incidents.values()))
 
     def register(self, actor: Principal | None, body: dict[str, Any], via: str = "staff") -> list[NewEvent]:
         if self.exists:
