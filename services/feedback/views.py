@@ -55,10 +55,10 @@ class SubjectRecord(Subject):
         (as :meth:`on_BurstFlagged` folds the events a rebuild reads)."""
         if (b'"flags":' if isinstance(text, bytes) else '"flags":') not in text:  # (inside a string it reads \"flags\")
             return super().from_json(text)  # the kernel's codec and its way without __init__ (issue 23)
-        fields = {name: value for name, value in json.loads(text).items() if name not in cls.retired}
+        fields = json.loads(text)
         if "flags" in fields:
             fields["incidents"] = {flag_id: _legacy_row(flag) for flag_id, flag in fields.pop("flags").items()}
-        return cls(**fields)
+        return cls.from_fields(fields)
 
     def view(self) -> dict[str, Any]:
         return {"subject_id": self.id, "kind": self.kind, "name": self.name, "community_id": self.community_id,

@@ -218,7 +218,12 @@ class Aggregate:
 
     @classmethod
     def from_json(cls: type[A], text: str | bytes) -> A:
-        fields = _state_codec[1](text)
+        return cls.from_fields(_state_codec[1](text))
+
+    @classmethod
+    def from_fields(cls: type[A], fields: dict[str, Any]) -> A:
+        """The state of a decoded JSON object (``fields``, which it may keep): its retired fields
+        dropped, a field added since taking its default."""
         if cls.retired and not cls.retired.isdisjoint(fields):
             fields = {name: value for name, value in fields.items() if name not in cls.retired}
         if fields.keys() == _plain_fields(cls):
