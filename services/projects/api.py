@@ -17,8 +17,8 @@ from flask.views import MethodView
 from services.kernel.bus import Outcome
 from services.kernel.web import (
     Blueprint,
-    IDENTIFIER, PUBLIC_QUERY, CommandSchema, NoQuery, Schema, command_answer, current_principal, etagged, etagged_encoded,
-    public, roles, send, service_container, text_field,
+    IDENTIFIER, PUBLIC_QUERY, CommandSchema, NoQuery, Schema, command_answer, command_answer_parts, current_principal,
+    etagged, etagged_encoded, public, roles, send, service_container, text_field,
 )
 from services.projects import commands as c
 from services.projects import open_data
@@ -371,11 +371,11 @@ def project_answer(outcome: Outcome, status: int = 200, created_id: str | None =
     """A project command's answer: the project's detail after it, the events recorded, its version as ETag."""
     project = outcome.result
     # read once the command has committed, outside its write transaction (MessageBus.handle): the
-    # page of the command's version, whatever came after it (project_detail), kept for the readers after
+    # page of the command's version, whatever came after it, kept for the readers after
     with store().read_transaction() as connection:
-        detail = views.project_detail(connection, project)
-    detail["my_actions"] = project.actions_for(current_principal())  # as GET /projects/<id> shows it
-    return command_answer("project", detail, project.version, outcome.recorded, status, created_id)
+        parts = views.project_detail_parts(connection, project)
+    mine = {"my_actions": project.actions_for(current_principal())}  # as GET /projects/<id> shows it
+    return command_answer_parts("project", parts, mine, project.version, outcome.recorded, status, created_id)
 
 
 def min_count() -> int:

@@ -343,6 +343,9 @@ class ProjectPage:
     maintenance_logs: list[dict[str, Any]]  # the latest ones, oldest first
     maintenance_log_count: int
     last_delivered_at: dict[str, str]  # pledge id -> when its latest delivery was made
+    # what the page lists of these rows, encoded once (:func:`listing_json`): a page is kept and given
+    # again while no row is added, so from one version to the next (a ballot adds none)
+    listed: bytes | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def all(self, event_type: str) -> list[dict[str, Any]]:
         return [entry for _item, entry in self.entries.get(event_type, ())]
@@ -489,18 +492,16 @@ def project_summary(project: Project) -> dict[str, Any]:
     }
 
 
-# A project's page at a version is the same every time (its rows up to that version never change):
-# kept per worker, the answer to a command that changed the project is the next reader's page too.
-_PAGES: AtVersion[dict[str, Any]] = AtVersion("project_detail", size=1024)
-
-
 def project_detail(connection: Connection, project: Project) -> dict[str, Any]:
     """The project's page at its version: its state, with what ``project_details`` keeps of its
     events up to that version (so a command's answer and a past version read it alike). A new
-    dict each time (the page itself is kept: :mod:`services.kernel.cache`)."""
-    return dict(_PAGES.get(connection, project.id, project.version, lambda: _project_detail(connection, project)))
+    dict each time (the page's rows are kept: :class:`ProjectDetails`)."""
+    page = DETAILS.page(connection, project.id, project.version)
+    return {**_listed(page), **_stated(project, page)}
 
 
+# A project's page at a version is the same every time (its rows up to that version never change):
+# kept encoded per worker, the answer to a command that changed the project is the next reader's page too.
 _PAGES_JSON: AtVersion[EncodedAnswer] = AtVersion("project_detail_json", size=1024)
 
 
@@ -510,9 +511,55 @@ def kept_project_detail_json(engine, project: Project) -> EncodedAnswer | None:
 
 
 def project_detail_json(connection: Connection, project: Project) -> EncodedAnswer:
-    """:func:`project_detail` encoded (canonical JSON), kept at the project's version too."""
-    return _PAGES_JSON.get(connection, project.id, project.version,
-                           lambda: EncodedAnswer.of(dumps(project_detail(connection, project)).encode()))
+    """:func:`project_detail` encoded, kept at the project's version too."""
+    return _PAGES_JSON.get(connection, project.id, project.version, lambda: _joined(*_parts(connection, project)))
+
+
+def project_detail_parts(connection: Connection, project: Project) -> tuple[bytes, bytes]:
+    """:func:`project_detail` encoded in two JSON objects whose keys together are the page's: what its
+    rows list (:func:`listing_json`: the same bytes while no row is added, so their sealed names are
+    opened once, not at each version — issue 23: a ballot's answer searched and opened the whole page
+    again, a twelfth of its time) and what the project's state says. The page they make is kept for
+    the next reader (:func:`project_detail_json`). Called after the command committed, or in a read
+    transaction."""
+    listed, stated = _parts(connection, project)
+    _PAGES_JSON.get(connection, project.id, project.version, lambda: _joined(listed, stated))
+    return listed, stated
+
+
+def _parts(connection: Connection, project: Project) -> tuple[bytes, bytes]:
+    page = DETAILS.page(connection, project.id, project.version)
+    return listing_json(page), dumps(_stated(project, page)).encode()
+
+
+def _joined(listed: bytes, stated: bytes) -> EncodedAnswer:
+    return EncodedAnswer.of(listed[:-1] + b"," + stated[1:])
+
+
+def listing_json(page: ProjectPage) -> bytes:
+    """What the page lists of its rows (:func:`_listed`), encoded once per page (kept on it)."""
+    listed = page.listed
+    if listed is None:
+        listed = page.listed = dumps(_listed(page)).encode()  # (two threads at once: the same bytes)
+    return listed
+
+
+def _listed(page: ProjectPage) -> dict[str, Any]:
+    """The fields of a project's page that its rows alone decide."""
+    opinions = page.all("OpinionPosted")
+    stances = {stance: 0 for stance in STANCES}
+    for opinion in opinions:
+        stances[opinion["stance"]] += 1
+    completed = page.last("ProjectCompleted")
+    return {
+        "cosigners": page.all("ProjectCosigned"), "revisions": _revisions(page), "opinions": opinions,
+        "opinion_stances": stances, "withdrawal": page.last("ProjectWithdrawn"),
+        "spending": page.all("ProjectSpendingRecorded"), "milestones": page.all("MilestoneRecorded"),
+        "completed_at": completed["at"] if completed else None,
+        "maintainers": page.all("MaintainerAssigned"), "maintenance_logs": page.maintenance_logs,
+        "maintenance_log_count": page.maintenance_log_count,
+        "problems": _problems(page), "results": page.last("ResultsPublished"), "rewards": page.all("RewardGranted"),
+    }
 
 
 # What a caller may do on a project at its version (Project.actions_for: a dry run of each allowed
@@ -527,29 +574,15 @@ def actions_for(engine, project: Project, principal) -> list[str]:
     return list(_ACTIONS.get_of(engine, key, project.version, lambda: tuple(project.actions_for(principal))))
 
 
-def _project_detail(connection: Connection, project: Project) -> dict[str, Any]:
-    page = DETAILS.page(connection, project.id, project.version)
-    opinions = page.all("OpinionPosted")
-    stances = {stance: 0 for stance in STANCES}
-    for opinion in opinions:
-        stances[opinion["stance"]] += 1
-    completed = page.last("ProjectCompleted")
+def _stated(project: Project, page: ProjectPage) -> dict[str, Any]:
+    """The fields of a project's page that its state decides (with some of its rows)."""
     return {
         **project_summary(project),
         "description": project.description, "location": project.location,
-        "allowed_actions": project.allowed_actions(),
-        "cosigners_required": project.cosigners_required, "cosigners": page.all("ProjectCosigned"),
-        "revisions": _revisions(page), "opinions": opinions, "opinion_stances": stances,
-        "withdrawal": page.last("ProjectWithdrawn"), "vote": _vote(project, page),
-        "round_id": project.round_id, "funded_by_round": project.funded_by_round,
-        "responsible_unit": project.responsible_unit,
-        "pledges": _pledges(project, page), "totals": _totals(project, page),
-        "spending": page.all("ProjectSpendingRecorded"), "milestones": page.all("MilestoneRecorded"),
-        "completed_at": completed["at"] if completed else None,
-        "maintainers": page.all("MaintainerAssigned"), "maintenance_logs": page.maintenance_logs,
-        "maintenance_log_count": page.maintenance_log_count,
-        "problems": _problems(page), "evaluation": _evaluation(project, page),
-        "results": page.last("ResultsPublished"), "rewards": page.all("RewardGranted"),
+        "allowed_actions": project.allowed_actions(), "cosigners_required": project.cosigners_required,
+        "vote": _vote(project, page), "round_id": project.round_id, "funded_by_round": project.funded_by_round,
+        "responsible_unit": project.responsible_unit, "pledges": _pledges(project, page),
+        "totals": _totals(project, page), "evaluation": _evaluation(project, page),
     }
 
 

@@ -8,7 +8,8 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from services.kernel.personal import PLACEHOLDER, KeyStore, PersonErased, Sealer, is_sealed
+from services.kernel.events import StoredEvent, utc_now
+from services.kernel.personal import MARK, PLACEHOLDER, KeyStore, PersonErased, Sealer, is_sealed
 
 
 @pytest.fixture()
@@ -238,3 +239,63 @@ def test_a_kept_answer_is_opened_as_it_leaves_when_it_was_found_to_hold_a_token(
     assert client.get("/sealed").get_json() == {"by": PLACEHOLDER}
     assert client.get("/masked").get_json() == {"phone": PLACEHOLDER}
     assert client.get("/added").get_json()["my_name"] == PLACEHOLDER
+
+
+def test_a_command_answer_in_parts_is_opened_part_by_part_and_a_kept_part_reads_an_erasure(keys_url):
+    """``command_answer_parts``: the resource's parts (JSON objects) and the caller's keys added, the
+    events recorded and the id created make one answer with every token opened; a part given again
+    byte for byte is found opened among the kept bodies, until its key is erased: then the next
+    answer reads the placeholder. The answer holds no token for the hook to search."""
+    import flask
+
+    from services.kernel.web import command_answer_parts, open_personal_fields
+
+    keys = KeyStore(keys_url, cache_seconds=3600)  # as a service keeps its keys (for seconds), and so what it opened
+    keys.create_schema()
+    sealer = Sealer(keys)
+    name, other = sealer.seal("王芳", "p-1", "name"), sealer.seal("李雷", "p-2", "name")
+    listed = json.dumps({"cosigners": [{"name": name, "person_id": "p-1"}]}, ensure_ascii=False).encode()
+    recorded = [StoredEvent.of_row("e1", "ProjectCosigned", 1, "project-x", 3, 9, utc_now(), {"name": other}, {})]
+    app = flask.Flask("parts")
+    open_personal_fields(app, sealer)
+    found: list[tuple[bytes, bool]] = []  # what kept_body was asked for, and whether it had it
+    plain = keys.kept_body
+    keys.kept_body = lambda body: (opened := plain(body), found.append((body, opened is not None)))[0]
+
+    @app.post("/answer/<int:version>")
+    def answer(version):
+        stated = json.dumps({"version": version, "proposer_name": other}).encode()
+        return command_answer_parts("project", [listed, stated], {"my_actions": ["cosign"]}, version, recorded, 201,
+                                    "c-1")
+
+    client = app.test_client()
+    first = client.post("/answer/3")
+    assert first.status_code == 201 and first.headers["ETag"] == '"3"'
+    assert first.get_json() == {
+        "project": {"cosigners": [{"name": "王芳", "person_id": "p-1"}], "version": 3, "proposer_name": "李雷",
+                    "my_actions": ["cosign"]},
+        "recorded": [{"event_type": "ProjectCosigned", "stream_id": "project-x", "version": 3, "position": 9,
+                      "data": {"name": "李雷"}}],
+        "created_id": "c-1"}
+    assert MARK not in first.get_data() and (listed, False) in found
+    found.clear()
+    second = client.post("/answer/4")
+    assert second.get_json()["project"]["cosigners"][0]["name"] == "王芳"
+    assert (listed, True) in found  # the same part, found opened among the kept bodies
+    assert keys.erase("p-1", reason="withdrawn_consent", requested_at_us=1, confirmed_by="cadre-1")
+    third = client.post("/answer/5").get_json()
+    assert third["project"]["cosigners"][0]["name"] == PLACEHOLDER
+    assert third["project"]["proposer_name"] == "李雷" and third["recorded"][0]["data"]["name"] == "李雷"
+
+
+def test_a_command_answer_in_parts_without_a_sealer_is_the_parts_joined():
+    """Without sealing (no Sealer installed) the parts are joined as they are, an empty one left out."""
+    import flask
+
+    from services.kernel.web import command_answer_parts
+
+    app = flask.Flask("plain")
+    app.add_url_rule("/a", "a", lambda: command_answer_parts("resource", [b'{"a":1}', b"{}", b'{"b":[2]}'], {}, 7, []))
+    answer = app.test_client().get("/a")
+    assert answer.status_code == 200 and answer.headers["ETag"] == '"7"'
+    assert json.loads(answer.get_data()) == {"resource": {"a": 1, "b": [2]}, "recorded": [], "created_id": None}

@@ -371,6 +371,33 @@ def test_what_a_caller_may_do_is_decided_once_per_version_of_the_project(api, mo
     assert decided == ["haicang-r1"]
 
 
+def test_a_commands_answer_is_the_page_of_its_version_and_the_next_readers_page(api, monkeypatch):
+    """A command's answer holds the project's page at the command's version, made of what its rows
+    list (kept while no row is added) and what its state says: the same page, key for key, as
+    ``GET /projects/<id>`` then gives the same caller (the page kept for the next reader, with the
+    caller's ``my_actions``); through co-signing, an opinion, the vote's opening and its ballots,
+    which add no row: the listing is not made again for them."""
+    from services.projects import views
+
+    c = Community(api.d, "haicang", representatives=3)
+    pid = c.propose()["project_id"]
+    made: list[int] = []
+    plain = views._listed
+    monkeypatch.setattr(views, "_listed", lambda page: (made.append(1), plain(page))[1])
+    commands = [(r, "cosignatures", {}) for r in c.residents[1:7]]
+    commands += [(c.residents[2], "opinions", {"stance": "support", "text": "好"}), (c.cadre, "vote/open", {})]
+    commands += [(r, "vote/ballots", {"choice": "yes"}) for r in c.representatives]
+    for caller, path, body in commands:
+        made.clear()
+        answer = api.d.post(caller, f"/projects/{pid}/{path}", body)
+        assert answer["project"] == api.d.get(caller, f"/projects/{pid}"), path
+        assert made == ([] if path == "vote/ballots" else [1]), path
+    assert answer["recorded"][0]["event_type"] == "BallotCast" and answer["created_id"] is None
+    assert answer["project"]["vote"]["ballots_cast"] == len(c.representatives)
+    assert answer["project"]["opinions"][0]["name"] == c.residents[2].name
+    assert [cosigner["name"] for cosigner in answer["project"]["cosigners"]] == [r.name for r in c.residents[1:7]]
+
+
 def test_a_project_page_kept_for_its_version_is_answered_without_a_transaction(api, monkeypatch):
     """``GET /projects/<id>``: the project's version and state are one statement; the page kept for
     that version is the answer, with no read transaction. A new version is read in one (never the
@@ -417,10 +444,10 @@ def test_a_commands_answer_is_read_after_its_write_transaction_at_its_version(ap
             finally:
                 writing.pop()
 
-    plain_page = views._project_detail
+    plain_page = views._stated
     monkeypatch.setattr(type(api.store), "write_transaction", write_transaction)
-    monkeypatch.setattr(views, "_project_detail",
-                        lambda connection, project: (read_while.append(bool(writing)), plain_page(connection, project))[1])
+    monkeypatch.setattr(views, "_stated",
+                        lambda project, page: (read_while.append(bool(writing)), plain_page(project, page))[1])
     answer = api.d.post(c.residents[1], f"/projects/{pid}/cosignatures", {})
     assert answer["project"]["version"] == 2 and answer["project"]["cosigner_count"] == 1
     assert read_while == [False], "the answer's page was read inside the command's write transaction"
