@@ -35,7 +35,7 @@ from flask.json.provider import DefaultJSONProvider
 import flask_smorest
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, InternalServerError, UnsupportedMediaType
-from webargs.flaskparser import FlaskParser
+from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.http import HTTP_STATUS_CODES
 
 from cocreate_client.messages import DEFAULT_LOCALE, field_errors, match_locale, message_for_error
@@ -266,6 +266,13 @@ class QueryParser(FlaskParser):
                 return found
         return dict(found)  # the caller's own copy: a view may change what it is given
 
+    def _raw_load_json(self, req):
+        # the body as the request hooks parsed it to check it (checked_json), when they did
+        document = req.environ.get(_PARSED_JSON, _NOT_JSON)
+        if document is not _NOT_JSON and is_json_request(req):
+            return document
+        return super()._raw_load_json(req)
+
     def _is_pure(self, schema: ma.Schema) -> bool:
         pure = self._pure.get(schema)
         if pure is None:
@@ -435,9 +442,11 @@ def _install_request_hooks(app: flask.Flask, name: str) -> None:
         if request.method in ("POST", "PUT", "PATCH") and _has_body(request):
             if not _is_json(environ.get("CONTENT_TYPE", "")) and not request.is_json:
                 raise UnsupportedMediaType("request bodies must be JSON (Content-Type: application/json)")
-            problem = hostile_json(request.get_data(cache=True))
+            problem, document = checked_json(request.get_data(cache=True))
             if problem is not None:
                 return error_response(*problem)
+            if document is not _NOT_JSON:
+                environ[_PARSED_JSON] = document  # the arguments' parser reads it (QueryParser), not the body again
 
     @app.after_request
     def _finish(response: flask.Response):
@@ -479,6 +488,15 @@ _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 def hostile_json(body: bytes) -> tuple[int, str, dict[str, Any]] | None:
+    """:func:`checked_json`'s reason to refuse ``body``, or None."""
+    return checked_json(body)[0]
+
+
+_NOT_JSON = object()  # checked_json's document of a body that is not JSON (UTF-8)
+_PARSED_JSON = "cocreate.json"  # the request's body as checked_json parsed it, in its WSGI environ
+
+
+def checked_json(body: bytes) -> tuple[tuple[int, str, dict[str, Any]] | None, Any]:
     """Why a JSON body must be refused before any schema or store sees it, as (status, message,
     errors in the schemas' shape ``{"json": {field: [...]}}``), or None. Every app checks this
     first, so these answers are the same at the gateway and at each service, on SQLite and
@@ -490,7 +508,9 @@ def hostile_json(body: bytes) -> tuple[int, str, dict[str, Any]] | None:
     * an integer outside the signed 64-bit range of every store's integer columns — 422, naming
       the field (each schema may set a lower maximum of its own).
 
-    A body that is not JSON at all is left to the schema's own parser (400)."""
+    A body that is not JSON (UTF-8) at all is left to the schema's own parser (400). With the reason
+    (or None), the document parsed (:data:`_NOT_JSON` for a body that is not JSON), which the
+    arguments' parser takes instead of parsing the body again (issue 23)."""
     # A body with no more opening brackets than the limit (those in strings counted too) cannot
     # nest deeper: most bodies are not scanned.
     if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
@@ -500,21 +520,21 @@ def hostile_json(body: bytes) -> tuple[int, str, dict[str, Any]] | None:
             if depth > deepest:
                 deepest = depth
                 if deepest > MAX_JSON_DEPTH:
-                    return 400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep", {
-                        "json": {"_schema": [f"nested more than {MAX_JSON_DEPTH} levels"]}}
+                    return (400, f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep", {
+                        "json": {"_schema": [f"nested more than {MAX_JSON_DEPTH} levels"]}}), _NOT_JSON
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+        document = json.loads(body.decode())  # (as webargs reads a body: UTF-8, nothing else)
+    except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+        return None, _NOT_JSON
     found = _hostile_value(document, [])
     if found is None:
-        return None
+        return None, document
     path, problem = found
     errors: dict[Any, Any] = {problem_key: [problem] for problem_key in [path[-1] if path else "_schema"]}
     for key in reversed(path[:-1]):
         errors = {key: errors}
     where = ".".join(str(key) for key in path if key != "_schema") or "the body"
-    return 422, f"the request is not valid: {where} {problem}", {"json": errors}
+    return (422, f"the request is not valid: {where} {problem}", {"json": errors}), _NOT_JSON
 
 
 def _hostile_value(value: Any, path: list) -> tuple[list, str] | None:

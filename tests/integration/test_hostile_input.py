@@ -88,6 +88,31 @@ def test_the_depth_limit_and_what_it_does_not_count():
     assert hostile_json('{"t": "海沧 \U0001F600"}'.encode()) is None  # a real astral character is fine
 
 
+def test_a_body_is_parsed_once_and_only_as_utf_8(projects, monkeypatch):
+    """The request hooks parse a JSON body to check it; the arguments' parser takes that document
+    rather than parsing the body again. A body that is JSON in another encoding than UTF-8 (which
+    Python's json would read from bytes) is refused with a 400 by the arguments' parser, as before,
+    and nothing is written."""
+    import json
+
+    from webargs import core
+
+    client, store = projects
+
+    def parsed_again(*_args, **_kwargs):
+        raise AssertionError("the body was parsed again")
+
+    monkeypatch.setattr(core, "parse_json", parsed_again)
+    assert client.post("/projects", json=PROPOSAL, headers=RESIDENT.headers).status_code == 201
+    monkeypatch.undo()
+    before = store.last_position()
+    for encoding in ("utf-16", "utf-32"):
+        reply = client.post("/projects", data=json.dumps(PROPOSAL, ensure_ascii=False).encode(encoding),
+                            headers={**RESIDENT.headers, "Content-Type": "application/json"})
+        assert_error(_Reply(reply), 400)
+    assert store.last_position() == before
+
+
 class _Reply:
     """Flask's test response with the shape assert_error reads."""
 
