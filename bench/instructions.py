@@ -1,6 +1,6 @@
 """Instructions per write in a real gunicorn worker, counted by callgrind: ``python -m bench.instructions``.
 
-    python -m bench.instructions [--requests 100] [--workers 2] [--only anchor ballot rating]
+    python -m bench.instructions [--requests 100] [--workers 2] [--only anchor ballot rating] [--simulate]
 
 This machine's speed drifts by a tenth or more within minutes, so requests per second and CPU
 milliseconds cannot tell apart two writes whose costs differ by less than that. An instruction
@@ -19,12 +19,22 @@ ratings as :func:`bench.http.rating_calls` makes them.
 Not counted: what the kernel does for the process (system calls, the fsync, page faults), and time
 a process spends waiting; and an instruction is not a fixed time (a process whose data misses the
 CPU's caches more runs fewer instructions per second). The figure says how much work the code
-does per request, not how fast the machine does it; ``make bench`` says that.
+does per request, not how fast the machine does it; ``make bench`` says that. With ``--simulate``
+callgrind also runs its model of this CPU's caches and of a branch predictor (:data:`SIMULATION`)
+and prints, per request, the misses and mispredicted branches of each write beside the anchor's:
+where an instruction count and a CPU time disagree, the stalls the model counts are the first
+suspects.
+
+Under valgrind a request takes fifty to a hundred times longer, so work a worker does on a timer would be
+counted many times more per request than at ``make bench``'s rates; the key store's keys are kept
+for :data:`KEYS_KEPT_SECONDS` (``COCREATE_KEYSTORE_CACHE_SECONDS``) so that they are read once, as
+a worker serving hundreds of writes a second reads them once per thousands of requests.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import glob
 import http.client
@@ -45,15 +55,33 @@ ROOT = Path(__file__).resolve().parents[1]
 WARM_UP = 40
 WRITES = ("anchor", "ballot", "rating")
 START_SECONDS = 600  # an app's start under valgrind (imports run some 50 times slower)
+KEYS_KEPT_SECONDS = "300"
+# --simulate: callgrind's model of the caches (first-level instruction and data caches and the
+# last-level cache, sized as valgrind reads them from this CPU) and of a branch predictor. Each
+# event is what a request would cost on that model: D1mr/D1mw first-level data misses, DLmr/DLmw
+# last-level misses (a trip to memory), I1mr/ILmr instruction fetch misses, Bcm/Bim mispredicted
+# conditional and indirect branches. A model, not this CPU's counters (this VM exposes none): it
+# knows no other tenant sharing the last-level cache and no prefetcher.
+SIMULATION = ("--cache-sim=yes", "--branch-sim=yes")
+EVENTS_SHOWN = ("Ir", "I1mr", "ILmr", "D1mr", "D1mw", "DLmr", "DLmw", "Bcm", "Bim")
+
+
+def summary_counts(dump_text: str) -> dict[str, int]:
+    """Every event's count in a callgrind dump's ``summary:`` line (what ``callgrind_annotate`` calls
+    the program's totals), by the names of its ``events:`` line: ``Ir`` alone, or with
+    ``--simulate`` also the simulated caches' and branch predictor's (``D1mr``, ``DLmr``, ``Bcm``…)."""
+    names: list[str] = []
+    for line in dump_text.splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith("summary:") and names:
+            return dict(zip(names, (int(value) for value in line.split()[1:])))
+    raise ValueError("no 'events:' and 'summary:' lines: not a callgrind dump")
 
 
 def summary_instructions(dump_text: str) -> int:
-    """The instruction count of a callgrind dump: its ``summary:`` line (what ``callgrind_annotate``
-    calls the program's totals)."""
-    for line in dump_text.splitlines():
-        if line.startswith("summary:"):
-            return int(line.split()[1])
-    raise ValueError("no 'summary:' line: not a callgrind dump")
+    """The instruction count of a callgrind dump (its summary's ``Ir``)."""
+    return summary_counts(dump_text)["Ir"]
 
 
 def ratios(per_request: dict[str, float]) -> dict[str, float]:
@@ -94,6 +122,7 @@ def _prepare(write: str, workdir: Path, count: int) -> tuple[str, dict[str, str]
         app = service_app(DEFINITION, url)
         calls, _subjects = rating_calls(app.test_client(), count)
     env = {f"{service.upper()}_DATABASE_URL": url, "COCREATE_JWT_SECRET": TEST_SECRET,
+           "COCREATE_KEYSTORE_CACHE_SECONDS": KEYS_KEPT_SECONDS,
            "COCREATE_KEYSTORE_URL": KEYSTORE_URL, "COCREATE_DATA_DIR": str(workdir)}
     return (f"services.{service}.app:build()", env,
             [(path, json.dumps(body).encode(), dict(headers)) for path, body, headers in calls[:count]])
@@ -112,9 +141,11 @@ def _post(port: int, path: str, body: bytes, headers: dict) -> None:
 
 
 @contextlib.contextmanager
-def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: int) -> Iterator[tuple[int, list[int]]]:
+def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: int,
+                     simulate: bool = False) -> Iterator[tuple[int, list[int]]]:
     """gunicorn serving ``target`` with ``workers`` sync workers, the master and each worker under
-    callgrind (dumps in ``workdir``); yields its port and the workers' pids once it answers."""
+    callgrind (dumps in ``workdir``; ``simulate``: with its cache and branch simulation); yields its
+    port and the workers' pids once it answers."""
     from services.kernel.broker import free_port
     from tests.support.platform import stop_group
 
@@ -126,7 +157,7 @@ def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: i
     with open(workdir / "gunicorn.log", "wb") as log:
         process = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/callgrind.%p", "--trace-children=yes",
-             gunicorn, "-c", "python:services.kernel.gunicorn_conf", target],
+             *(SIMULATION if simulate else ()), gunicorn, "-c", "python:services.kernel.gunicorn_conf", target],
             cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + START_SECONDS
@@ -150,8 +181,9 @@ def _under_callgrind(target: str, env: dict[str, str], workdir: Path, workers: i
             stop_group(process, signal.SIGTERM, timeout=120)
 
 
-def count(write: str, requests: int, workers: int) -> float:
-    """Instructions per request of ``write``, summed over the workers."""
+def count(write: str, requests: int, workers: int, simulate: bool = False) -> dict[str, float]:
+    """Each event's count per request of ``write`` (instructions, ``Ir``; with ``simulate`` the
+    simulated misses too), summed over the workers."""
     workdir = Path(tempfile.mkdtemp(prefix=f"cocreate-instructions-{write}-"))
     try:
         logging.disable(logging.CRITICAL)  # the set-up's own lines (its app runs in this process)
@@ -159,7 +191,7 @@ def count(write: str, requests: int, workers: int) -> float:
             target, env, calls = _prepare(write, workdir, WARM_UP + requests)
         finally:
             logging.disable(logging.NOTSET)
-        with _under_callgrind(target, env, workdir, workers) as (port, pids):
+        with _under_callgrind(target, env, workdir, workers, simulate) as (port, pids):
             for call in calls[:WARM_UP]:  # imports, first statements, caches: not counted
                 _post(port, *call)
             for pid in pids:
@@ -168,15 +200,29 @@ def count(write: str, requests: int, workers: int) -> float:
                 _post(port, *call)
             for pid in pids:
                 subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-            total = 0
+            totals: collections.Counter = collections.Counter()
             for pid in pids:
                 dumps = glob.glob(f"{workdir}/callgrind.{pid}.*")  # the dump made by -d (the rest is at exit)
                 if len(dumps) != 1:
                     raise RuntimeError(f"worker {pid}: {len(dumps)} dumps, expected the one made after the writes")
-                total += summary_instructions(Path(dumps[0]).read_text(errors="replace"))
-        return total / requests
+                totals.update(summary_counts(Path(dumps[0]).read_text(errors="replace")))
+        return {event: total / requests for event, total in totals.items()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def simulation_table(simulated: dict[str, dict[str, float]]) -> str:
+    """Per request, each simulated event of each write, and its ratio to the anchor's."""
+    writes = list(simulated)
+    lines = [f"{'per request':>12}" + "".join(f"{write:>14}" for write in writes)
+             + "".join(f"{write + '/anchor':>16}" for write in writes[1:])]
+    for event in EVENTS_SHOWN:
+        if all(event in simulated[write] for write in writes):
+            anchor = simulated[writes[0]][event]
+            lines.append(f"{event:>12}" + "".join(f"{simulated[write][event]:>14,.0f}" for write in writes)
+                         + "".join(f"{simulated[write][event] / anchor if anchor else float('nan'):>15.2f}×"
+                                   for write in writes[1:]))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -184,20 +230,26 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=100, help="writes counted, after the warm-up")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (make bench serves 2)")
     parser.add_argument("--only", nargs="*", choices=WRITES, default=list(WRITES))
+    parser.add_argument("--simulate", action="store_true",
+                        help="with callgrind's cache and branch simulation: misses per request too (about 3× slower)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind (callgrind) is not installed: apt-get install valgrind", file=sys.stderr)
         return 2
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="cocreate-instructions-metrics-"))
     per_request: dict[str, float] = {}
+    simulated: dict[str, dict[str, float]] = {}
     for write in ("anchor", *[w for w in WRITES if w != "anchor" and w in args.only]):
         began = time.monotonic()
-        per_request[write] = count(write, args.requests, args.workers)
+        simulated[write] = count(write, args.requests, args.workers, args.simulate)
+        per_request[write] = simulated[write]["Ir"]
         print(f"{write}: {per_request[write]:,.0f} instructions per request "
               f"({args.requests} requests, {args.workers} workers, {time.monotonic() - began:.0f} s)", flush=True)
     for write, ratio in ratios(per_request).items():
         if write != "anchor":
             print(f"{write} / write anchor: {ratio:.2f}×")
+    if args.simulate:
+        print(simulation_table(simulated))
     return 0
 
 

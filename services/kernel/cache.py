@@ -49,6 +49,16 @@ class EncodedAnswer:
         return cls(body, MARK in body)
 
 
+def joined_objects(*objects: bytes) -> bytes:
+    """Encoded JSON objects (compact, as :func:`services.kernel.events.dumps` writes them) joined into
+    one holding their members in order, without decoding them; an empty object adds none. The
+    callers give objects whose keys differ (a page's parts, an answer and what differs per caller)."""
+    members = [found for found in objects if found != b"{}"]
+    if len(members) == 1:
+        return members[0]  # (a kept answer with nothing added: not copied)
+    return b"{" + b",".join(found[1:-1] for found in members) + b"}"
+
+
 class _Counted:
     """Lookups counted per process and added to ``cocreate_cache_lookups_total`` at most every
     COUNT_SECONDS or COUNTS_HELD lookups: a multiprocess counter's increment writes its file under a

@@ -41,7 +41,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from cocreate_client.messages import DEFAULT_LOCALE, field_errors, match_locale, message_for_error
 from services.kernel import metrics
 from services.kernel.auth import REQUIRED_CLAIMS, TOKEN_CLAIMS, Principal, TokenVerifier
-from services.kernel.cache import EncodedAnswer
+from services.kernel.cache import EncodedAnswer, joined_objects
 from services.kernel.config import AuthSettings
 from services.kernel.errors import ConcurrencyError, DomainError, Forbidden
 from services.kernel.events import Metadata, dumps
@@ -877,11 +877,8 @@ def etagged(body: Mapping[str, Any], version: int, status: int = 200, location: 
 def etagged_encoded(encoded: EncodedAnswer, extra: Mapping[str, Any], version: int) -> flask.Response:
     """An answer kept encoded (a JSON object: :mod:`services.kernel.cache`) with ``extra``'s keys added
     — what differs per caller — and the resource's version as its ETag; not encoded again."""
-    added = dumps(dict(extra)).encode()[1:-1]
-    body = encoded.body
-    if added:
-        body = body[:-1] + (b"," if body != b"{}" else b"") + added + b"}"
-    response = encoded_answer(EncodedAnswer(body, encoded.sealed or MARK in added))
+    added = dumps(dict(extra)).encode()
+    response = encoded_answer(EncodedAnswer(joined_objects(encoded.body, added), encoded.sealed or MARK in added))
     response.set_etag(str(version))
     return response
 
@@ -904,12 +901,10 @@ def command_answer_parts(key: str, parts: Sequence[bytes], extra: Mapping[str, A
     hook to look for."""
     sealer = flask.current_app.extensions.get(_SEALER)
     opened = sealer.open_json if sealer is not None else _as_it_is
-    fields = [opened(part)[1:-1] for part in parts]
-    if extra:
-        fields.append(opened(dumps(dict(extra)).encode()[1:-1]))
+    resource = joined_objects(*map(opened, parts), opened(dumps(dict(extra)).encode()))
     rest = opened(b',"recorded":' + dumps(recorded_json(recorded)).encode()
                   + b',"created_id":' + dumps(created_id).encode() + b"}")
-    body = b'{"' + key.encode() + b'":{' + b",".join(field for field in fields if field) + b"}" + rest
+    body = b'{"' + key.encode() + b'":' + resource + rest
     response = encoded_answer(EncodedAnswer(body, sealer is None and MARK in body), status)
     response.set_etag(str(version))
     return response

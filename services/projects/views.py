@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from services.kernel.aggregate import AggregateView
-from services.kernel.cache import AtVersion, EncodedAnswer, Newest
+from services.kernel.cache import AtVersion, EncodedAnswer, Newest, joined_objects
 from services.kernel.db import Prepared
 from services.kernel import privacy
 from services.kernel.errors import NotFound
@@ -533,7 +533,7 @@ def _parts(connection: Connection, project: Project) -> tuple[bytes, bytes]:
 
 
 def _joined(listed: bytes, stated: bytes) -> EncodedAnswer:
-    return EncodedAnswer.of(listed[:-1] + b"," + stated[1:])
+    return EncodedAnswer.of(joined_objects(listed, stated))
 
 
 def listing_json(page: ProjectPage) -> bytes:

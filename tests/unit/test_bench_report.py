@@ -106,6 +106,22 @@ def test_instructions_are_read_from_a_callgrind_dumps_summary_and_judged_against
         {"anchor": 1.0, "ballot": 0.75, "rating": 1.25}
 
 
+def test_simulated_misses_are_read_by_the_names_of_the_dumps_events_line_and_put_beside_the_anchors():
+    from bench.instructions import simulation_table, summary_counts, summary_instructions
+
+    dump = ("# callgrind format\nversion: 1\ncmd: gunicorn\npart: 1\n"
+            "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim\n"
+            "summary: 4000 900 500 100 40 10 8 9 2 700 50 60 30\n\nfn=(1) main\n0 12\n")
+    counts = summary_counts(dump)
+    assert counts["Ir"] == 4000 and counts["D1mr"] == 40 and counts["Bim"] == 30 and len(counts) == 13
+    assert summary_instructions(dump) == 4000
+    table = simulation_table({"anchor": counts, "ballot": {**counts, "Ir": 3000.0, "DLmr": 18.0}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["per", "request", "anchor", "ballot", "ballot/anchor"]
+    assert [line.split()[0] for line in lines[1:]] == ["Ir", "I1mr", "ILmr", "D1mr", "D1mw", "DLmr", "DLmw", "Bcm", "Bim"]
+    assert lines[1].split() == ["Ir", "4,000", "3,000", "0.75×"] and lines[6].split() == ["DLmr", "9", "18", "2.00×"]
+
+
 def test_pipeline_samples_count_for_the_innermost_frame_that_is_not_the_standard_library():
     """``python -m bench.profile_pipeline``: a thread's wait counts for the code that waits (here
     kafka-python's poll), a sample of our code for ours, one of the standard library alone as such."""

@@ -128,3 +128,20 @@ def test_a_grown_value_leaves_the_kept_one_as_it_was_and_the_lookups_are_counted
         monkeypatch.setattr(cache_module.time, "monotonic", lambda: 1001.0)
         cache.get(connection, "p", 2, lambda: ["made"], lambda value, since: ["grown again"])
     assert (hit._value.get(), grown._value.get(), miss._value.get()) == (2, 1, 1)
+
+
+def test_encoded_objects_are_joined_into_one_holding_every_member_in_order():
+    import json
+
+    from services.kernel.cache import joined_objects
+    from services.kernel.events import dumps
+
+    page = dumps({"cosigners": [{"name": "张三"}], "vote": {"yes": 3}}).encode()
+    mine = dumps({"my_actions": ["cast_ballot"]}).encode()
+    joined = joined_objects(page, mine)
+    assert json.loads(joined) == {"cosigners": [{"name": "张三"}], "vote": {"yes": 3}, "my_actions": ["cast_ballot"]}
+    assert list(json.loads(joined)) == ["cosigners", "vote", "my_actions"]
+    # an empty object adds no member (no stray comma), and a single object comes back as it was
+    assert joined_objects(b"{}", page, b"{}") is page
+    assert joined_objects(b"{}", b"{}") == b"{}" and joined_objects() == b"{}"
+    assert json.loads(joined_objects(b'{"a":1}', b"{}", b'{"b":"}{"}')) == {"a": 1, "b": "}{"}
