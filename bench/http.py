@@ -25,7 +25,9 @@ first anchor is the one its "ours = x%" compares with.
 Every row is judged in :data:`PAIRS` rounds, after its peak and latency runs: in each, back to
 back and for half the peak time, its anchor's peak (the anchors serve throughout), ours, and for a
 write ours with the pipeline paused. The row's figure and the anchor's are the medians of the
-rounds' rates, and each target the median of the rounds' own ratios: on a shared machine whose
+rounds' rates, and each target the median of the rounds' own ratios (a write's row gives the CPU
+time per write, user and system, of the anchor's workers and of ours paused in its rounds too: where
+the two spend their time, read from ``/proc``): on a shared machine whose
 speed drifts by a tenth or more within minutes, one anchor run measured minutes before ours decided
 as much as the code. Before the first write is measured the pipeline is through the events of the
 set-up.
@@ -39,7 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bench.load import Request, Result, closed_loop, open_loop
-from bench.platform import HelloWorld, Platform, cpu_seconds, descendants, gunicorn_pids
+from bench.platform import HelloWorld, Platform, cpu_split, descendants, gunicorn_pids
 from services.feedback.domain import period_of
 from services.kernel.events import utc_now
 from tests.support.projects import Community, FlaskClient, HttpClient, Person, ProjectsDriver
@@ -212,14 +214,14 @@ def _row(label: str, figures: dict, anchors: list[tuple[str, dict]], target: tup
                         {"what": "p99 < 50 ms at half the peak rate (median of 3 runs)", "met": lat["p99"] < 50}]}
 
 
-def with_cpu(groups: dict[str, list[int]], go: Callable[[], dict]) -> tuple[dict, dict[str, float]]:
+def with_cpu(groups: dict[str, list[int]], go: Callable[[], dict]) -> tuple[dict, dict[str, tuple[float, float]]]:
     """Run ``go`` (a peak and its latency runs) and return its figures with the CPU time, in ms per
-    request answered, each group of processes used meanwhile."""
-    before = cpu_seconds([pid for pids in groups.values() for pid in pids])
+    request answered, each group of processes used meanwhile: (user, system)."""
+    before = cpu_split([pid for pids in groups.values() for pid in pids])
     figures = go()
-    after = cpu_seconds(before)
+    after = cpu_split(before)
     answered = figures["peak"].ok + sum(half.ok for half in figures["halves"])
-    return figures, {name: sum(after[pid] - before[pid] for pid in pids) * 1000 / max(1, answered)
+    return figures, {name: cpu_per_request({pid: before[pid] for pid in pids}, after, answered)
                      for name, pids in groups.items()}
 
 
@@ -234,8 +236,12 @@ def platform_groups(platform: Platform, app: str) -> dict[str, list[int]]:
     return {"workers": workers, "pipeline": pipeline, "broker": broker, "rest": rest}
 
 
-def _cpu_text(cpu: dict[str, float]) -> str:
-    return ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
+def cpu_text(cpu: dict[str, tuple[float, float]]) -> str:
+    """Each group's CPU ms per request, user + system, and for the workers the two apart (where a
+    write's time goes in the worker: its own code, or the kernel's work for it)."""
+    return ", ".join(f"{name} {user + system:.2f}" + (f" (user {user:.2f}, system {system:.2f})"
+                                                      if name == "workers" else "")
+                     for name, (user, system) in cpu.items())
 
 
 def _thirds(pool: list[Request], runs: int = LATENCY_RUNS) -> list[list[Request]]:
@@ -299,7 +305,7 @@ def _run_beside(workdir, quick: bool, platform: Platform, write_app: WriteAnchor
                     "get, decide, save; SQLite WAL, synchronous FULL)", written, write_rss,
                     **{"ballot boxes": boxes, "ballots per box": VOTERS_PER_BOX,
                        "most events in a box at the end": most_per_box,
-                       "CPU ms per request": _cpu_text(anchor_cpu)}),
+                       "CPU ms per request": cpu_text(anchor_cpu)}),
         _anchor_row("HTTP anchor: hello-world gateway (gevent) GET /hello composing 3 hello-world services",
                     composed, composed_rss, **{"worker class": "gevent"}),
     ]
@@ -359,29 +365,44 @@ def _run_beside(workdir, quick: bool, platform: Platform, write_app: WriteAnchor
         figures, cpu = with_cpu(platform_groups(platform, app), go)
         _check_all(figures, label)
         row = _row(label, figures, anchors, target, platform.worker_rss_mb(app))
-        row["extra"]["CPU ms per request"] = _cpu_text(cpu)
-        paired = paired_rounds(write_app, u[app], rounds[app], pair_writes, peak_seconds / 2, platform, label)
+        row["extra"]["CPU ms per request"] = cpu_text(cpu)
+        paired = paired_rounds(write_app, u[app], rounds[app], pair_writes, peak_seconds / 2, platform, label,
+                               gunicorn_pids(platform.ports[app]))
         _paired_into(row, paired, target[1])
         rows.append(row)
     return rows
 
 
 def paired_rounds(write_app: WriteAnchor, url: str, pools: list[tuple[list[Request], list[Request]]],
-                  anchor_writes: int, seconds: float, platform: Platform, label: str) -> list[dict[str, float]]:
+                  anchor_writes: int, seconds: float, platform: Platform, label: str,
+                  workers: list[int]) -> list[dict]:
     """:data:`PAIRS` rounds, each back to back: the write anchor's peak, ours, and ours with the
-    pipeline stopped — the anchor's work alone (a command and its save); the rates of each."""
+    pipeline stopped — the anchor's work alone (a command and its save); the rates of each, and the
+    CPU time (user, system: ms per write) of the anchor's workers and of ours (``workers``) paused."""
+    anchor_workers = [write_app.server.process.pid, *descendants(write_app.server.process.pid)]
     measured = []
     for i, (ours_pool, paused_pool) in enumerate(pools[:PAIRS], 1):
+        before = cpu_split(anchor_workers)
         anchor = closed_loop(write_app.url, write_app.requests(anchor_writes, f"round{label[:12]}{i}"),
                              concurrency=CONCURRENCY, duration=seconds)
+        anchor_cpu = cpu_per_request(before, cpu_split(anchor_workers), anchor.ok)
         _check(anchor, f"write anchor, round {i}")
         ours = closed_loop(url, ours_pool, concurrency=CONCURRENCY, duration=seconds)
         _check(ours, f"{label}, round {i}")
         with platform.pipeline_paused():
+            before = cpu_split(workers)
             paused = closed_loop(url, paused_pool, concurrency=CONCURRENCY, duration=seconds)
+            paused_cpu = cpu_per_request(before, cpu_split(workers), paused.ok)
         _check(paused, f"{label}, pipeline paused, round {i}")
-        measured.append({"anchor": anchor.per_second, "ours": ours.per_second, "paused": paused.per_second})
+        measured.append({"anchor": anchor.per_second, "ours": ours.per_second, "paused": paused.per_second,
+                         "anchor_cpu": anchor_cpu, "paused_cpu": paused_cpu})
     return measured
+
+
+def cpu_per_request(before: dict[int, tuple[float, float]], after: dict[int, tuple[float, float]],
+                    answered: int) -> tuple[float, float]:
+    """(user, system) ms per request that ``before`` and ``after`` (:func:`bench.platform.cpu_split`) say."""
+    return tuple(sum(after[pid][i] - before[pid][i] for pid in before) * 1000 / max(1, answered) for i in (0, 1))
 
 
 def read_rounds(anchor_url: str, anchor_pool: list[Request], url: str, pool: list[Request], seconds: float,
@@ -413,6 +434,10 @@ def _paired_into(row: dict, rounds: list[dict[str, float]], wanted: float) -> No
     row["extra"][f"rounds ({legs}: req/s)"] = "; ".join(
         ", ".join(f"{r[leg]:,.0f}" for leg in ("anchor", "ours", "paused") if leg in r) for r in rounds)
     row["extra"]["ours / anchor (median of the rounds' ratios)"] = said
+    if "paused_cpu" in rounds[0]:  # where the paused rounds' time goes: the workers' own work, or the kernel's
+        row["extra"]["CPU ms per write in the rounds, user/system (median): the anchor's workers, ours paused"] = (
+            "; ".join(f"{statistics.median(r[leg][0] for r in rounds):.2f}/"
+                      f"{statistics.median(r[leg][1] for r in rounds):.2f}" for leg in ("anchor_cpu", "paused_cpu")))
     row["targets"][0] = {"what": f"{row['targets'][0]['what']} ({said})", "met": ratio >= wanted}
     if paused:
         alone = statistics.median(r["paused"] / r["anchor"] for r in rounds)

@@ -236,17 +236,22 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
-def cpu_seconds(pids) -> dict[int, float]:
-    """CPU time (user + system, s) each of ``pids`` has used so far (0 for one that is gone)."""
+def cpu_split(pids) -> dict[int, tuple[float, float]]:
+    """CPU time (user, system: s) each of ``pids`` has used so far ((0, 0) for one that is gone)."""
     ticks = os.sysconf("SC_CLK_TCK")
     used = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            used[pid] = (int(fields[11]) + int(fields[12])) / ticks
+            used[pid] = (int(fields[11]) / ticks, int(fields[12]) / ticks)
         except OSError:
-            used[pid] = 0.0
+            used[pid] = (0.0, 0.0)
     return used
+
+
+def cpu_seconds(pids) -> dict[int, float]:
+    """CPU time (user + system, s) each of ``pids`` has used so far (0 for one that is gone)."""
+    return {pid: user + system for pid, (user, system) in cpu_split(pids).items()}
 
 
 def gunicorn_pids(port: int) -> list[int]:

@@ -73,6 +73,24 @@ def test_a_write_is_judged_by_the_median_of_its_rounds_each_against_the_anchor_m
     slower = dict(row, targets=[{"what": "≥ 1.0×", "met": True}], extra={}, ours=0.0)
     _paired_into(slower, [{**r, "ours": r["ours"] * 0.9} for r in rounds], 1.0)
     assert slower["targets"][0]["met"] is False and slower["targets"][0]["what"].endswith("(0.92×)")
+    assert not any(key.startswith("CPU ms per write") for key in row["extra"])  # (rounds without CPU times)
+    timed = dict(row, targets=[{"what": "≥ 1.0×", "met": True}], extra={}, ours=0.0)
+    cpu = [((1.6, 0.30), (1.7, 0.25)), ((2.0, 0.32), (1.9, 0.28)), ((1.5, 0.28), (1.8, 0.27))]
+    _paired_into(timed, [{**r, "anchor_cpu": a, "paused_cpu": p} for r, (a, p) in zip(rounds, cpu)], 1.0)
+    assert timed["extra"]["CPU ms per write in the rounds, user/system (median): the anchor's workers, ours paused"] \
+        == "1.60/0.30; 1.80/0.27"
+
+
+def test_cpu_per_request_is_told_apart_in_user_and_system_time_for_the_workers():
+    from bench.http import cpu_per_request, cpu_text
+
+    before = {1: (10.0, 1.0), 2: (5.0, 0.5)}
+    after = {1: (10.6, 1.1), 2: (5.4, 0.6), 3: (99.0, 9.0)}  # (3: not one of the group's)
+    user, system = cpu_per_request(before, after, 500)
+    assert round(user, 6) == 2.0 and round(system, 6) == 0.4
+    assert cpu_per_request({1: (1.0, 1.0)}, {1: (1.0, 1.0)}, 0) == (0.0, 0.0)  # nothing answered: no division by 0
+    assert cpu_text({"workers": (2.05, 0.32), "pipeline": (0.7, 0.18), "broker": (0.4, 0.12)}) == (
+        "workers 2.37 (user 2.05, system 0.32), pipeline 0.88, broker 0.52")
 
 
 def test_a_read_is_judged_by_the_median_of_its_rounds_against_hello_world_measured_just_before():
