@@ -122,8 +122,17 @@ _COLUMNS = ("position", "event_id", "stream_id", "version", "event_type", "schem
 _SQLITE_INSERT = f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
-_SQLITE_HEADS = ("SELECT (SELECT max(version) FROM events WHERE stream_id = ?), "
-                 "(SELECT max(position) FROM events)")
+# A command's first event on SQLite: its version checked and its position taken in the insert itself
+# (the next after the log's last; ``position`` is the table's rowid, so ``lastrowid`` gives it back),
+# one statement where a read of the stream's heads and an insert were two (issue 23). A stream at
+# another version than the expected one makes the version NULL, which its NOT NULL constraint
+# refuses. (``INSERT … SELECT … WHERE`` would say so by inserting nothing, but SQLite copies a
+# SELECT that reads the table it inserts into to a temporary table first: slower than two statements.)
+_SQLITE_INSERT_CHECKED = (f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ("
+                          "coalesce((SELECT max(position) FROM events), 0) + 1, ?, ?, "
+                          "CASE WHEN coalesce((SELECT max(version) FROM events WHERE stream_id = ?), 0) = ? THEN ? END, "
+                          f"{', '.join('?' * (len(_COLUMNS) - 4))})")
+_SQLITE_VERSION = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?"
 _MAX_POSITION = 2**63 - 1
 # The payload and metadata as UTF-8 bytes (what the JSON decoder reads fastest; not decoded into
 # text first).
@@ -276,28 +285,47 @@ class EventStore:
         return stored
 
     def _sqlite_append(self, cursor, stream_id, expected_version, events, metadata, state) -> list[StoredEvent]:
-        rows, stored = self._rows(stream_id, expected_version, cursor.execute(_SQLITE_HEADS, (stream_id,)).fetchone(),
-                                  events, metadata, state)
+        tails, stored = self._encoded(stream_id, expected_version, events, metadata, state)
         # No savepoint: nothing continues a transaction after a conflict (a unit of work or a
         # consumer's batch is rolled back as a whole), and it would cost two statements.
+        event_id, _stream, version, *rest = tails[0]
         try:
-            if len(rows) == 1:
-                cursor.execute(_SQLITE_INSERT, rows[0])
-            else:
-                cursor.executemany(_SQLITE_INSERT, rows)
-        except sqlite3.IntegrityError as exc:
-            raise ConcurrencyError(stream_id, expected_version, None) from exc
-        return stored
+            cursor.execute(_SQLITE_INSERT_CHECKED, (event_id, stream_id, stream_id, expected_version, version, *rest))
+            first = cursor.lastrowid
+            if len(tails) > 1:  # the rest follow it: the transaction holds the write lock
+                cursor.executemany(_SQLITE_INSERT, [(first + offset, *tail)
+                                                    for offset, tail in enumerate(tails[1:], start=1)])
+        except sqlite3.IntegrityError as exc:  # another version (NULL), or a unique index: an event id again
+            actual = cursor.execute(_SQLITE_VERSION, (stream_id,)).fetchone()[0]
+            raise ConcurrencyError(stream_id, expected_version,
+                                   None if actual == expected_version else actual) from exc
+        return self._positioned(stored, first)
 
     def _rows(self, stream_id, expected_version, heads, events, metadata,
               state=None) -> tuple[list[tuple], list[StoredEvent]]:
         """The rows to insert and the events as stored, after checking the stream's version against
-        ``heads`` (its version, the log's last position). Personal fields are sealed here, with the
-        key of the person the field policy names — or, for an event that does not name them, the
-        person of the record it is about (``state.person_id``: a follow-up case's resident)."""
+        ``heads`` (its version, the log's last position): PostgreSQL's append, which read both under
+        its table lock."""
         actual, last_position = heads[0] or 0, heads[1] or 0
         if actual != expected_version:
             raise ConcurrencyError(stream_id, expected_version, actual)
+        tails, stored = self._encoded(stream_id, expected_version, events, metadata, state)
+        return ([(last_position + offset, *tail) for offset, tail in enumerate(tails, start=1)],
+                self._positioned(stored, last_position + 1))
+
+    @staticmethod
+    def _positioned(stored: list[StoredEvent], first: int) -> list[StoredEvent]:
+        """The events as stored, numbered from the log position ``first``."""
+        for offset, event in enumerate(stored):
+            event.__dict__["position"] = first + offset  # (built by ``StoredEvent.of_row``, not yet shared)
+        return stored
+
+    def _encoded(self, stream_id, expected_version, events, metadata,
+                 state=None) -> tuple[list[tuple], list[StoredEvent]]:
+        """Each event's row without its position, and the events as they will be stored (their
+        positions still to be given). Personal fields are sealed here, with the key of the person
+        the field policy names — or, for an event that does not name them, the person of the record
+        it is about (``state.person_id``: a follow-up case's resident)."""
         moment = self._clock()
         occurred_us = to_micros(moment)
         # what a reader will get back: microseconds, in UTC (what the default clock gives already)
@@ -307,17 +335,17 @@ class EventStore:
         else:
             meta = metadata.as_dict()
             meta_json = dumps(meta)
-        rows, stored, of_row = [], [], StoredEvent.of_row
+        tails, stored, of_row = [], [], StoredEvent.of_row
         sealer, owner = self.sealer, getattr(state, "person_id", None) or None
         for offset, event in enumerate(events, start=1):
             data = dict(event.data)
             if sealer is not None:
                 data = sealer.seal_event(event.event_type, data, owner)
-            rows.append((last_position + offset, event.event_id, stream_id, expected_version + offset,
-                         event.event_type, event.schema_version, occurred_us, dumps(data), meta_json))
+            tails.append((event.event_id, stream_id, expected_version + offset, event.event_type,
+                          event.schema_version, occurred_us, dumps(data), meta_json))
             stored.append(of_row(event.event_id, event.event_type, event.schema_version, stream_id,
-                                 expected_version + offset, last_position + offset, occurred_at, data, meta))
-        return rows, stored
+                                 expected_version + offset, 0, occurred_at, data, meta))
+        return tails, stored
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -68,8 +68,12 @@ def test_conflicting_append_is_refused_and_changes_nothing(make, unique):
     with pytest.raises(ConcurrencyError) as stale:
         store.append(stream, 0, [ev(n=99)])
     assert stale.value.actual_version == 1
-    with pytest.raises(ConcurrencyError):
+    with pytest.raises(ConcurrencyError) as ahead:
         store.append(stream, 5, [ev(n=99)])  # ahead of the stream: would leave a version gap
+    assert ahead.value.actual_version == 1
+    with pytest.raises(ConcurrencyError) as ahead_with_more:
+        store.append(stream, 2, [ev(n=98), ev(n=99)])
+    assert ahead_with_more.value.actual_version == 1
     assert [e.data["n"] for e in store.load(stream)] == [1]
     assert store.last_position() == 1
 
