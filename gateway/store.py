@@ -114,11 +114,13 @@ for _column in FEED_COLUMNS:
     feed_events.append_column(_column)
 
 # What the feed worker runs for every event (GatewayStore.add_feed_event), prepared once.
-_STREAM_COMMUNITY = Prepared(sa.select(feed_streams.c.community_id)
-                             .where(feed_streams.c.stream_id == sa.bindparam("stream_id")))
+# what the feed learnt of a stream, by one statement: its community and whom it rates (None where nothing)
+_STREAM_KNOWN = Prepared(sa.select(
+    sa.select(feed_streams.c.community_id).where(feed_streams.c.stream_id == sa.bindparam("stream_id"))
+    .scalar_subquery(),
+    sa.select(feed_rated.c.person_id).where(feed_rated.c.stream_id == sa.bindparam("stream_id")).scalar_subquery()))
 _STREAM_ADD = Prepared(feed_streams.insert().values(stream_id=sa.bindparam("stream_id"),
                                                     community_id=sa.bindparam("community_id")))
-_STREAM_RATED = Prepared(sa.select(feed_rated.c.person_id).where(feed_rated.c.stream_id == sa.bindparam("stream_id")))
 _STREAM_RATED_ADD = Prepared(feed_rated.insert().values(stream_id=sa.bindparam("stream_id"),
                                                         person_id=sa.bindparam("person_id")))
 _FEED_ADD = Prepared(feed_events.insert().values(
@@ -310,22 +312,19 @@ class GatewayStore:
         services, so its statements are prepared once (``Prepared``; issue 23: through SQLAlchemy's
         statement building they cost the worker more than the rest of a message did)."""
         stream = {"stream_id": event.stream_id}
+        known_community, known_rated = _STREAM_KNOWN.first(connection, stream)
         community = event.data.get("community_id") if isinstance(event.data.get("community_id"), str) else None
-        if community:
-            if _STREAM_COMMUNITY.first(connection, stream) is None:
-                _STREAM_ADD.execute(connection, {**stream, "community_id": community})
-        else:
-            known = _STREAM_COMMUNITY.first(connection, stream)
-            community = known[0] if known else None
+        if not community:
+            community = known_community
+        elif known_community is None:
+            _STREAM_ADD.execute(connection, {**stream, "community_id": community})
         # A rating's, a case's or a subject's stream rates the subject's person (the subject's own
         # events, e.g. a burst incident of its ratings opened or grown, are rating events too).
         rated = event.data.get("person_id" if event.event_type == "SubjectRegistered" else "subject_person_id")
-        if isinstance(rated, str) and rated:
-            if _STREAM_RATED.first(connection, stream) is None:
-                _STREAM_RATED_ADD.execute(connection, {**stream, "person_id": rated})
-        else:
-            known = _STREAM_RATED.first(connection, stream)
-            rated = known[0] if known else None
+        if not (isinstance(rated, str) and rated):
+            rated = known_rated
+        elif known_rated is None:
+            _STREAM_RATED_ADD.execute(connection, {**stream, "person_id": rated})
         now = utc_now()
         _FEED_ADD.execute(connection, {
             "event_id": event.event_id, "community_id": community, "stream_id": event.stream_id,

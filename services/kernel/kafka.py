@@ -393,7 +393,7 @@ class BrokerView:
             bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-probe",
             group_id=None, enable_auto_commit=False, auto_offset_reset="none",
             allow_auto_create_topics=False, fetch_max_wait_ms=10, max_partition_fetch_bytes=65_536,
-            **ADMIN_TIMEOUTS)
+            **ADMIN_TIMEOUTS, **CLIENT_METRICS)
         no_auto_create(probe)
         try:
             probe.assign(wanted)
@@ -429,7 +429,7 @@ class BrokerView:
         reader = no_auto_create(KafkaConsumer(
             bootstrap_servers=self.bootstrap_servers.split(","), client_id=f"{self.client_id}-reader",
             group_id=None, enable_auto_commit=False, auto_offset_reset="none",
-            allow_auto_create_topics=False, fetch_max_wait_ms=100, **ADMIN_TIMEOUTS))
+            allow_auto_create_topics=False, fetch_max_wait_ms=100, **ADMIN_TIMEOUTS, **CLIENT_METRICS))
         try:
             assigned = {p: TopicPartition(topic, p) for p in sorted(left)}
             reader.assign(list(assigned.values()))
